@@ -1,0 +1,46 @@
+"""edgegw: edge-gateway runtime and driver SDK.
+
+The package root re-exports the public SDK names only; everything else is private.
+"""
+
+from gateway.model import Alert, Lane, Quality, Reading, Sample, Severity, Value, now_ms
+from gateway.sdk import (
+    BadDataError,
+    DeviceContext,
+    Driver,
+    DriverError,
+    DriverOptions,
+    Emit,
+    PermanentError,
+    PointValue,
+    PolledDriver,
+    PushDriver,
+    ReadResult,
+    TransientError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Alert",
+    "BadDataError",
+    "DeviceContext",
+    "Driver",
+    "DriverError",
+    "DriverOptions",
+    "Emit",
+    "Lane",
+    "PermanentError",
+    "PointValue",
+    "PolledDriver",
+    "PushDriver",
+    "Quality",
+    "ReadResult",
+    "Reading",
+    "Sample",
+    "Severity",
+    "TransientError",
+    "Value",
+    "__version__",
+    "now_ms",
+]

@@ -1,0 +1,228 @@
+"""Driver SDK: what a third-party driver author writes against.
+
+A driver is a class with a pydantic ``Options`` model, ``open(ctx)`` and ``close()``, and either
+``read()`` (polled: returns the values of one poll) or ``run(emit)`` (push/streaming). ``write``
+is optional (commands, rule actions, shadow desired state).
+
+Drivers never retry, back off, schedule or buffer: the runtime owns all of that. A driver raises
+``TransientError`` (timeout, connection lost: retried with backoff, quality ``comm_error``),
+``BadDataError`` (the device answered garbage: counted, quality ``bad_data``) or
+``PermanentError`` (configuration does not fit the device: quality ``config_error``, retried
+only slowly).
+
+Discovery: entry points in the group ``edgegw.drivers``; built-in drivers are registered the
+same way. Loading is guarded per plugin: a broken plugin marks only its own devices unavailable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, ClassVar, Protocol, TypeVar
+
+from pydantic import BaseModel, ConfigDict
+
+from gateway.model import Lane, Quality, Sample, Value
+
+log = logging.getLogger("edgegw.sdk")
+
+ENTRY_POINT_GROUP = "edgegw.drivers"
+
+
+# --------------------------------------------------------------------------- errors
+class DriverError(Exception):
+    """Base class of the errors a driver raises. ``quality`` is what the samples become."""
+
+    quality: ClassVar[Quality] = Quality.COMM_ERROR
+
+
+class TransientError(DriverError):
+    """The device or link failed this time (timeout, refused, disconnected). Retried."""
+
+
+class BadDataError(TransientError):
+    """The device answered, but with something malformed (bad CRC, exception response)."""
+
+    quality = Quality.BAD_DATA
+
+
+class PermanentError(DriverError):
+    """Retrying will not help until the configuration or the device changes."""
+
+    quality = Quality.CONFIG_ERROR
+
+
+# --------------------------------------------------------------------------- values
+@dataclass(frozen=True, slots=True)
+class PointValue:
+    """A point's value with an explicit quality (and optionally the device's own timestamp)."""
+
+    value: Value
+    quality: Quality = Quality.GOOD
+    ts_ms: int | None = None
+
+
+ReadResult = Mapping[str, "Value | PointValue"]
+
+
+class Emit(Protocol):
+    """How a push driver hands samples to the runtime.
+
+    ``await emit(samples, durable=True)`` returns only once the samples are committed to the
+    outbox (for protocols that acknowledge to the device, e.g. CoAP 2.04 after durability).
+    """
+
+    def __call__(
+        self, samples: Sequence[Sample], *, lane: Lane = Lane.TELEMETRY, durable: bool = False
+    ) -> Awaitable[None]: ...
+
+
+class DriverOptions(BaseModel):
+    """Base for driver option models: unknown keys are errors (with did-you-mean in check)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------- context
+R = TypeVar("R")
+
+
+@dataclass
+class DeviceContext:
+    """What the runtime gives a driver instance for one device."""
+
+    device_id: str
+    driver_name: str
+    state_dir: Path
+    log: logging.Logger | logging.LoggerAdapter[logging.Logger]
+    _shared: dict[str, Any] = field(default_factory=dict, repr=False)
+    _shared_refs: dict[str, int] = field(default_factory=dict, repr=False)
+    _counters: dict[str, int] = field(default_factory=dict, repr=False)
+
+    def shared(self, key: str, factory: Callable[[], R]) -> R:
+        """A resource shared by all devices on one bus (a Modbus client, a serial port).
+
+        Created by ``factory`` on first use; the same object is returned for the same key to
+        every device of the gateway. Release it with ``release(key)`` in ``close()``.
+        """
+        if key not in self._shared:
+            self._shared[key] = factory()
+            self._shared_refs[key] = 0
+        self._shared_refs[key] += 1
+        return self._shared[key]  # type: ignore[no-any-return]
+
+    def release(self, key: str) -> Any | None:
+        """Drop one reference; returns the resource when the last user released it."""
+        if key not in self._shared_refs:
+            return None
+        self._shared_refs[key] -= 1
+        if self._shared_refs[key] <= 0:
+            del self._shared_refs[key]
+            return self._shared.pop(key)
+        return None
+
+    def count(self, event: str, n: int = 1) -> None:
+        """Count a device-level event (``bad_frame``, ``checksum_error``...). Exported as metrics."""
+        self._counters[event] = self._counters.get(event, 0) + n
+
+    @property
+    def counters(self) -> Mapping[str, int]:
+        return self._counters
+
+    async def run_blocking(self, fn: Callable[..., R], *args: Any) -> R:
+        """Run blocking work (decode, file I/O) off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+
+# --------------------------------------------------------------------------- driver classes
+class Driver:
+    """Common base of polled and push drivers.
+
+    Subclasses set ``Options`` (a ``DriverOptions`` subclass) and implement ``open``/``close``.
+    """
+
+    Options: ClassVar[type[DriverOptions]] = DriverOptions
+    #: points this driver can write (empty: no ``write`` support)
+    writable: ClassVar[bool] = False
+
+    def __init__(self, options: DriverOptions) -> None:
+        self.options = options
+
+    @classmethod
+    def bus_key(cls, options: DriverOptions) -> str | None:
+        """Devices whose key is equal share one bus scheduler (one request in flight).
+
+        ``None`` (the default) means the device is a bus of its own.
+        """
+        return None
+
+    @classmethod
+    def points(cls, options: DriverOptions) -> Sequence[str]:
+        """The metric names this device produces, when known from config (used by ``check``)."""
+        return ()
+
+    async def open(self, ctx: DeviceContext) -> None:
+        self.ctx = ctx
+
+    async def close(self) -> None:
+        return None
+
+    async def write(self, point: str, value: Value) -> None:
+        raise PermanentError(f"driver {type(self).__name__} does not support writes")
+
+
+class PolledDriver(Driver):
+    """A driver the runtime polls on the device's schedule."""
+
+    async def read(self) -> ReadResult:
+        raise NotImplementedError
+
+
+class PushDriver(Driver):
+    """A driver that produces samples on its own (streams, servers, subscriptions)."""
+
+    async def run(self, emit: Emit) -> None:
+        raise NotImplementedError
+
+
+# --------------------------------------------------------------------------- registry
+@dataclass(frozen=True, slots=True)
+class DriverEntry:
+    name: str
+    distribution: str
+    version: str
+    target: str
+    cls: type[Driver] | None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.cls is not None
+
+
+def discover_drivers(group: str = ENTRY_POINT_GROUP) -> dict[str, DriverEntry]:
+    """Load every driver entry point, each load guarded (one broken plugin breaks only itself)."""
+    found: dict[str, DriverEntry] = {}
+    for ep in metadata.entry_points(group=group):
+        dist = ep.dist.name if ep.dist is not None else "?"
+        version = ep.dist.version if ep.dist is not None else "?"
+        try:
+            cls = ep.load()
+            if not (isinstance(cls, type) and issubclass(cls, Driver)):
+                raise TypeError(f"{ep.value} is not a gateway.sdk.Driver subclass")
+            entry = DriverEntry(ep.name, dist, version, ep.value, cls)
+        except Exception as exc:  # a plugin may raise anything at import time
+            log.error(
+                "driver plugin %r from distribution %s %s failed to load: %s: %s",
+                ep.name, dist, version, type(exc).__name__, exc,
+            )
+            entry = DriverEntry(ep.name, dist, version, ep.value, None, f"{type(exc).__name__}: {exc}")
+        if ep.name in found and found[ep.name].ok:
+            log.warning("driver name %r registered twice; keeping %s", ep.name, found[ep.name].distribution)
+            continue
+        found[ep.name] = entry
+    return found
