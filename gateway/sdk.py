@@ -126,7 +126,7 @@ class DeviceContext:
         return None
 
     def count(self, event: str, n: int = 1) -> None:
-        """Count a device-level event (``bad_frame``, ``checksum_error``...). Exported as metrics."""
+        """Count a device event (``bad_frame``, ``checksum_error``...); exported as metrics."""
         self._counters[event] = self._counters.get(event, 0) + n
 
     @property
@@ -218,11 +218,19 @@ def discover_drivers(group: str = ENTRY_POINT_GROUP) -> dict[str, DriverEntry]:
         except Exception as exc:  # a plugin may raise anything at import time
             log.error(
                 "driver plugin %r from distribution %s %s failed to load: %s: %s",
-                ep.name, dist, version, type(exc).__name__, exc,
+                ep.name,
+                dist,
+                version,
+                type(exc).__name__,
+                exc,
             )
-            entry = DriverEntry(ep.name, dist, version, ep.value, None, f"{type(exc).__name__}: {exc}")
+            entry = DriverEntry(
+                ep.name, dist, version, ep.value, None, f"{type(exc).__name__}: {exc}"
+            )
         if ep.name in found and found[ep.name].ok:
-            log.warning("driver name %r registered twice; keeping %s", ep.name, found[ep.name].distribution)
+            log.warning(
+                "driver name %r registered twice; keeping %s", ep.name, found[ep.name].distribution
+            )
             continue
         found[ep.name] = entry
     return found

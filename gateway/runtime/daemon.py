@@ -1,0 +1,93 @@
+"""`edgegw run`: the gateway daemon's process lifecycle (uvicorn-style).
+
+SIGTERM/SIGINT start a graceful shutdown (drivers stopped, pending readings sealed into the outbox,
+outbox closed) bounded by ``--shutdown-timeout``; a second signal forces exit at once. The
+config is checked completely before anything starts; a bad config exits 2 with every issue.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("edgegw.daemon")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-c", "--config", required=True, type=Path, help="gateway YAML file")
+    parser.add_argument(
+        "--for",
+        dest="duration",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="stop by itself after this many seconds (demos, tests)",
+    )
+    parser.add_argument("--shutdown-timeout", type=float, default=10.0, metavar="SECONDS")
+
+
+def load(config: Path) -> tuple[Any, Any]:
+    """Load and check the config; exit 2 printing every issue when it is not valid."""
+    from gateway.config import ConfigError, load_and_check
+    from gateway.sdk import discover_drivers
+
+    drivers = discover_drivers()
+    try:
+        cfg = load_and_check(config, {n: e.cls for n, e in drivers.items() if e.cls is not None})
+    except ConfigError as exc:
+        for issue in exc.issues:
+            print(issue, file=sys.stderr)
+        raise SystemExit(2) from None
+    return cfg, drivers
+
+
+async def serve(cfg: Any, drivers: Any, duration: float | None, shutdown_timeout: float) -> int:
+    from gateway.runtime.supervisor import Gateway
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    signals = 0
+
+    def on_signal(signum: int) -> None:
+        nonlocal signals
+        signals += 1
+        if signals > 1:
+            log.error("second signal %s: exiting without a clean shutdown", signum)
+            os._exit(1)
+        log.info("signal %s: shutting down", signal.Signals(signum).name)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+    gw = Gateway(cfg, drivers)
+    try:
+        await gw.start()
+        if duration is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), duration)
+        else:
+            await stop.wait()
+    finally:
+        try:
+            await asyncio.wait_for(gw.stop(), shutdown_timeout)
+        except TimeoutError:
+            log.error("clean shutdown took longer than %.0f s; exiting", shutdown_timeout)
+            return 1
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg, drivers = load(args.config)
+    level = getattr(args, "log_level", None) or cfg.gateway.log_level
+    logging.basicConfig(
+        level=str(level).upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    return asyncio.run(serve(cfg, drivers, args.duration, args.shutdown_timeout))

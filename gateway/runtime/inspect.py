@@ -1,0 +1,60 @@
+"""Read a gateway's own outbox back into samples (tests, `edgegw status`, model fitting).
+
+Opens the database read-only, so it is safe next to a running daemon.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from gateway.model import Alert, Sample
+from gateway.runtime.sealing import key_lookup
+from gateway.wire.codec import decode_batch
+from gateway.wire.envelope import open_sealed, parse_header
+
+
+def _rows(db: Path) -> list[tuple[int, bytes]]:
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return [
+            (int(r[0]), bytes(r[1]))
+            for r in con.execute("SELECT seq, envelope FROM batches ORDER BY seq")
+        ]
+    finally:
+        con.close()
+
+
+def read_outbox(
+    state_dir: Path | str, *, gateway_id: str | None = None, db: Path | None = None
+) -> tuple[list[Sample], list[Alert], list[int]]:
+    """(samples, alerts, seqs) of every batch still stored in the outbox."""
+    state = Path(state_dir)
+    path = db or state / "outbox.db"
+    lookup = key_lookup(state)
+    samples: list[Sample] = []
+    alerts: list[Alert] = []
+    seqs: list[int] = []
+    for seq, env in _rows(path):
+        header = parse_header(env)
+        key = lookup(header.key_id)
+        if key is None:
+            raise KeyError(f"no key with id {header.key_id} for outbox batch {seq}")
+        gw = gateway_id or _gateway_id(state)
+        _, plaintext = open_sealed(key, gw, env)
+        batch = decode_batch(plaintext)
+        samples.extend(batch.samples)
+        alerts.extend(batch.alerts)
+        seqs.append(seq)
+    return samples, alerts, seqs
+
+
+def read_outbox_samples(state_dir: Path | str, gateway_id: str | None = None) -> list[Sample]:
+    return read_outbox(state_dir, gateway_id=gateway_id)[0]
+
+
+def _gateway_id(state_dir: Path) -> str:
+    marker = state_dir / "gateway-id"
+    if marker.exists():
+        return marker.read_text().strip()
+    raise FileNotFoundError(f"{marker} is missing; pass gateway_id explicitly")

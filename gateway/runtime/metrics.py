@@ -1,0 +1,98 @@
+"""Prometheus text endpoint over the components' ``stats()`` dicts.
+
+Components never import prometheus_client: each exposes ``stats() -> dict`` and this module
+flattens them. Nested dicts under a key in ``LABEL_KEYS`` become labels
+(``{"devices": {"boiler-1": {"polls": 3}}}`` -> ``edgegw_scheduler_polls{device="boiler-1"} 3``);
+other nested keys extend the metric name. Non-numeric leaves are skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from prometheus_client import start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector, CollectorRegistry
+
+log = logging.getLogger("edgegw.metrics")
+
+LABEL_KEYS = {
+    "devices": "device",
+    "lanes": "lane",
+    "buses": "bus",
+    "kinds": "kind",
+    "rules": "rule",
+}
+_NAME_OK = re.compile(r"[^a-zA-Z0-9_]")
+
+StatsFn = Callable[[], Mapping[str, Any]]
+
+
+def flatten(
+    stats: Mapping[str, Any], prefix: str, labels: tuple[tuple[str, str], ...] = ()
+) -> Iterator[tuple[str, tuple[tuple[str, str], ...], float]]:
+    for key, value in stats.items():
+        if isinstance(value, int | float):  # bool is an int
+            yield f"{prefix}_{_NAME_OK.sub('_', key)}", labels, float(value)
+        elif isinstance(value, Mapping):
+            if key in LABEL_KEYS:
+                for lv, sub in value.items():
+                    if isinstance(sub, Mapping):
+                        yield from flatten(sub, prefix, (*labels, (LABEL_KEYS[key], str(lv))))
+                    elif isinstance(sub, int | float):
+                        yield (
+                            f"{prefix}_{_NAME_OK.sub('_', key)}",
+                            (*labels, (LABEL_KEYS[key], str(lv))),
+                            float(sub),
+                        )
+            else:
+                yield from flatten(value, f"{prefix}_{_NAME_OK.sub('_', key)}", labels)
+
+
+class StatsCollector(Collector):
+    def __init__(self, sources: Mapping[str, StatsFn]) -> None:
+        self._sources = sources
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        families: dict[tuple[str, tuple[str, ...]], GaugeMetricFamily] = {}
+        for component, fn in self._sources.items():
+            try:
+                stats = fn()
+            except Exception:
+                log.exception("stats of %s failed", component)
+                continue
+            for name, labels, value in flatten(stats, f"edgegw_{component}"):
+                label_names = tuple(k for k, _ in labels)
+                fam_key = (name, label_names)
+                fam = families.get(fam_key)
+                if fam is None:
+                    fam = GaugeMetricFamily(
+                        name, f"edgegw {component} statistic", labels=label_names
+                    )
+                    families[fam_key] = fam
+                fam.add_metric([v for _, v in labels], value)
+        yield from families.values()
+
+    def snapshot(self) -> dict[str, Any]:
+        """All sources' raw stats (for status.json)."""
+        out: dict[str, Any] = {}
+        for component, fn in self._sources.items():
+            try:
+                out[component] = fn()
+            except Exception as exc:
+                out[component] = {"error": str(exc)}
+        return out
+
+
+def serve(listen: str, collector: StatsCollector) -> Any:
+    """Start the HTTP endpoint on ``host:port`` (localhost by default); returns the server."""
+    host, _, port = listen.rpartition(":")
+    registry = CollectorRegistry()
+    registry.register(collector)
+    server, _thread = start_http_server(
+        int(port), addr=host.strip("[]") or "127.0.0.1", registry=registry
+    )
+    return server

@@ -1,0 +1,324 @@
+"""The data path inside the gateway: driver samples -> edge stages -> batcher -> sealed outbox.
+
+Invariants:
+- Stages run on the event loop and must be fast and non-blocking; they see samples in arrival order.
+- The batcher seals a lane's pending items when ``max_readings`` is reached or when the oldest
+  pending item is ``max_age`` old, so a crash loses at most ``max_age`` of unsealed readings.
+- Encoding, sealing and the SQLite transaction run in the ONE outbox thread (``OutboxThread``),
+  never on the event loop. A caller of ``submit(..., durable=True)`` resumes only after the
+  transaction holding its samples has committed.
+- Backpressure: at most ``max_pending_seals`` batches wait for the outbox thread; beyond that,
+  ``submit`` waits, so memory stays bounded when the disk is slow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+from gateway.model import Alert, Lane, Sample, now_ms
+
+log = logging.getLogger("edgegw.pipeline")
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class WriteRequest:
+    """A stage asks the runtime to write ``value`` to ``device.point`` (via the bus scheduler)."""
+
+    device: str
+    point: str
+    value: float | int | bool | str
+    reason: str = ""
+
+
+StageOutput = tuple[list[Sample], list[Alert], list[WriteRequest]]
+
+
+class Stage(Protocol):
+    name: str
+
+    def process(self, samples: list[Sample], now_ms: int) -> StageOutput: ...
+
+    def tick(self, now_ms: int) -> StageOutput: ...
+
+
+class OutboxThread:
+    """The one thread that owns the SQLite outbox; everything touching it goes through here."""
+
+    def __init__(self) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
+
+    @property
+    def executor(self) -> ThreadPoolExecutor:
+        return self._executor
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=True)
+
+
+class OutboxLike(Protocol):
+    def append(
+        self, lane: Lane, plaintext: bytes, *, count: int, first_ts_ms: int, last_ts_ms: int
+    ) -> int: ...
+
+
+@dataclass
+class _Pending:
+    samples: list[Sample] = field(default_factory=list)
+    alerts: list[Alert] = field(default_factory=list)
+    since: float = 0.0  # monotonic time of the oldest pending item
+    waiters: list[asyncio.Future[int]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.samples) + len(self.alerts)
+
+
+class Batcher:
+    """Groups items per lane and seals them into the outbox by size or age."""
+
+    def __init__(
+        self,
+        outbox: OutboxLike,
+        outbox_thread: OutboxThread,
+        *,
+        max_readings: int = 5000,
+        max_age: float = 0.25,
+        max_bulk_bytes: int = 4 * 1024 * 1024,
+        max_pending_seals: int = 16,
+        encode: Callable[..., bytes] | None = None,
+    ) -> None:
+        if encode is None:
+            from gateway.wire.codec import encode_batch
+
+            encode = encode_batch
+        self._encode = encode
+        self._outbox = outbox
+        self._thread = outbox_thread
+        self.max_readings = max_readings
+        self.max_age = max_age
+        self.max_bulk_bytes = max_bulk_bytes
+        self._pending: dict[Lane, _Pending] = {lane: _Pending() for lane in Lane}
+        self._bulk_bytes = 0
+        self._seal_slots = asyncio.Semaphore(max_pending_seals)
+        self._inflight: set[asyncio.Task[None]] = set()
+        self.readings_in = 0
+        self.alerts_in = 0
+        self.batches_sealed = 0
+        self.readings_sealed = 0
+        self.seal_errors = 0
+        self.last_seal_ms = 0
+
+    def add(self, lane: Lane, samples: Sequence[Sample], alerts: Sequence[Alert] = ()) -> _Pending:
+        p = self._pending[lane]
+        if not len(p):
+            p.since = time.monotonic()
+        p.samples.extend(samples)
+        p.alerts.extend(alerts)
+        self.readings_in += len(samples)
+        self.alerts_in += len(alerts)
+        if lane is Lane.BULK:
+            self._bulk_bytes += sum(len(s.value) for s in samples if isinstance(s.value, bytes))
+        return p
+
+    def due(self, now: float) -> list[Lane]:
+        """Lanes that must be sealed now (full, or oldest item older than max_age)."""
+        out = []
+        for lane, p in self._pending.items():
+            n = len(p)
+            if not n:
+                continue
+            if (
+                n >= self.max_readings
+                or now - p.since >= self.max_age
+                or (lane is Lane.BULK and self._bulk_bytes >= self.max_bulk_bytes)
+                or lane is Lane.ALERT  # alerts are sealed at once: latency budget 100 ms
+            ):
+                out.append(lane)
+        return out
+
+    async def seal(self, lane: Lane) -> None:
+        """Hand the lane's pending items to the outbox thread (waits if too many are queued)."""
+        p = self._pending[lane]
+        if not len(p):
+            return
+        self._pending[lane] = _Pending()
+        if lane is Lane.BULK:
+            self._bulk_bytes = 0
+        await self._seal_slots.acquire()
+        task = asyncio.get_running_loop().create_task(self._commit(lane, p))
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+
+    async def _commit(self, lane: Lane, p: _Pending) -> None:
+        try:
+            seq = await self._thread.call(self._encode_append, lane, p.samples, p.alerts)
+        except Exception as exc:
+            self.seal_errors += 1
+            log.error("sealing a %s batch of %d items failed: %s", lane.name.lower(), len(p), exc)
+            for w in p.waiters:
+                if not w.done():
+                    w.set_exception(exc)
+        else:
+            self.batches_sealed += 1
+            self.readings_sealed += len(p.samples)
+            self.last_seal_ms = now_ms()
+            for w in p.waiters:
+                if not w.done():
+                    w.set_result(seq)
+        finally:
+            self._seal_slots.release()
+
+    def _encode_append(self, lane: Lane, samples: list[Sample], alerts: list[Alert]) -> int:
+        # Runs in the outbox thread.
+        plaintext = self._encode(samples=samples, alerts=alerts)
+        stamps = [s.ts_ms for s in samples] + [a.ts_ms for a in alerts]
+        return self._outbox.append(
+            lane,
+            plaintext,
+            count=len(samples) + len(alerts),
+            first_ts_ms=min(stamps),
+            last_ts_ms=max(stamps),
+        )
+
+    async def drain(self) -> None:
+        """Seal everything pending and wait until the outbox thread has committed it."""
+        for lane in Lane:
+            await self.seal(lane)
+        if self._inflight:
+            await asyncio.gather(*list(self._inflight), return_exceptions=True)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "readings_in": self.readings_in,
+            "alerts_in": self.alerts_in,
+            "batches_sealed": self.batches_sealed,
+            "readings_sealed": self.readings_sealed,
+            "seal_errors": self.seal_errors,
+            "pending": {lane.name.lower(): len(p) for lane, p in self._pending.items()},
+            "seals_in_flight": len(self._inflight),
+        }
+
+
+class Pipeline:
+    """Runs the edge stages and feeds the batcher; ``run()`` is its clock (ticks every 50 ms)."""
+
+    TICK = 0.05
+
+    def __init__(
+        self,
+        batcher: Batcher,
+        stages: Sequence[Stage] = (),
+        *,
+        on_writes: Callable[[list[WriteRequest]], None] | None = None,
+        clock_ms: Callable[[], int] = now_ms,
+    ) -> None:
+        self.batcher = batcher
+        self.stages = list(stages)
+        self._on_writes = on_writes
+        self._clock_ms = clock_ms
+        self.ticks = 0
+        self.stage_errors: dict[str, int] = {}
+        self._last_tick_ms = 0
+
+    def _run_stages(
+        self, samples: list[Sample], start: int, now: int
+    ) -> tuple[list[Sample], list[Alert]]:
+        """Run ``samples`` through stages[start:]; tick outputs enter at their stage's successor."""
+        alerts: list[Alert] = []
+        writes: list[WriteRequest] = []
+        for stage in self.stages[start:]:
+            if not samples:
+                break
+            try:
+                samples, a, w = stage.process(samples, now)
+            except Exception:
+                # A broken stage must not lose data: pass its input through unchanged.
+                self.stage_errors[stage.name] = self.stage_errors.get(stage.name, 0) + 1
+                log.exception("edge stage %s failed; passing samples through", stage.name)
+                continue
+            alerts.extend(a)
+            writes.extend(w)
+        if writes and self._on_writes is not None:
+            self._on_writes(writes)
+        return samples, alerts
+
+    async def submit(
+        self, samples: Sequence[Sample], *, lane: Lane = Lane.TELEMETRY, durable: bool = False
+    ) -> None:
+        """Accept samples from a driver (this is the ``emit`` given to push drivers)."""
+        if lane is Lane.TELEMETRY and self.stages:
+            out, alerts = self._run_stages(list(samples), 0, self._clock_ms())
+        else:
+            out, alerts = list(samples), []
+        waiters: list[asyncio.Future[int]] = []
+        if alerts:
+            p = self.batcher.add(Lane.ALERT, (), alerts)
+            if durable:
+                waiters.append(self._waiter(p))
+        if out:
+            p = self.batcher.add(lane, out)
+            if durable:
+                waiters.append(self._waiter(p))
+        due = set(self.batcher.due(time.monotonic()))
+        if durable:
+            # The caller acknowledges to its device after this returns: seal now, not at max_age.
+            due |= {lane, Lane.ALERT} if alerts else {lane}
+        for ln in sorted(due):
+            await self.batcher.seal(ln)
+        if waiters:
+            await asyncio.gather(*waiters)
+
+    @staticmethod
+    def _waiter(p: _Pending) -> asyncio.Future[int]:
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        p.waiters.append(fut)
+        return fut
+
+    async def tick_once(self) -> None:
+        now = self._clock_ms()
+        self._last_tick_ms = now
+        for i, stage in enumerate(self.stages):
+            try:
+                samples, alerts, writes = stage.tick(now)
+            except Exception:
+                self.stage_errors[stage.name] = self.stage_errors.get(stage.name, 0) + 1
+                log.exception("edge stage %s failed in tick", stage.name)
+                continue
+            if writes and self._on_writes is not None:
+                self._on_writes(writes)
+            more_alerts: list[Alert] = []
+            if samples:
+                samples, more_alerts = self._run_stages(samples, i + 1, now)
+            if alerts or more_alerts:
+                self.batcher.add(Lane.ALERT, (), alerts + more_alerts)
+            if samples:
+                self.batcher.add(Lane.TELEMETRY, samples)
+        for ln in self.batcher.due(time.monotonic()):
+            await self.batcher.seal(ln)
+        self.ticks += 1
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time()
+        while True:
+            deadline = max(deadline + self.TICK, loop.time())
+            await asyncio.sleep(deadline - loop.time())
+            await self.tick_once()
+
+    @property
+    def last_tick_ms(self) -> int:
+        return self._last_tick_ms
+
+    def stats(self) -> dict[str, Any]:
+        stats = {"ticks": self.ticks, "stage_errors": dict(self.stage_errors)}
+        return stats | self.batcher.stats()

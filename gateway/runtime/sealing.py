@@ -1,0 +1,89 @@
+"""Which data key seals the outbox's batches, and the key lookup used to open them again.
+
+- Enrolled gateway (uplink enabled): the data key is derived (ECDH of the gateway's own key with
+  the cloud ingest's key-agreement public key, HKDF with the key id), so no key crosses the broker.
+- Local-only gateway (uplink disabled): a random 256-bit key in ``state_dir/local-data.key``
+  (mode 0600, key id 0). Data at rest is encrypted either way; local-only batches are readable
+  only on this gateway (``edgegw status``/tests use ``key_lookup``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from gateway.wire.keys import Sealer, derive_data_key
+
+LOCAL_KEY_ID = 0
+
+
+class IdentityMissing(RuntimeError):
+    """The uplink is enabled but the gateway has not been enrolled yet."""
+
+
+def local_key(state_dir: Path) -> bytes:
+    path = state_dir / "local-data.key"
+    if path.exists():
+        key = path.read_bytes()
+        if len(key) != 32:
+            raise ValueError(f"{path}: expected 32 bytes, found {len(key)}; move it aside")
+        return key
+    state_dir.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_bytes(32)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return key
+
+
+def identity_key(identity_dir: Path) -> tuple[str, int, bytes]:
+    """(gateway id, key id, derived data key) from an enrolled identity dir."""
+    meta_path = identity_dir / "identity.json"
+    if not meta_path.exists():
+        raise IdentityMissing(
+            f"{identity_dir} holds no enrolled identity: run `edgegw enroll -c CONFIG --token T` "
+            "first (the token comes from `edgegw-cloud token create GATEWAY_ID`)"
+        )
+    meta = json.loads(meta_path.read_text())
+    own = serialization.load_pem_private_key((identity_dir / "gateway.key").read_bytes(), None)
+    peer = serialization.load_pem_public_key((identity_dir / "ingest-ka.pub").read_bytes())
+    if not isinstance(own, ec.EllipticCurvePrivateKey) or not isinstance(
+        peer, ec.EllipticCurvePublicKey
+    ):
+        raise ValueError(f"{identity_dir}: gateway.key / ingest-ka.pub must be EC P-256 keys")
+    gw = str(meta["gateway_id"])
+    key_id = int(meta["key_id"])
+    return gw, key_id, derive_data_key(own, peer, key_id, gw)
+
+
+def make_sealer(gateway_id: str, state_dir: Path, identity_dir: Path | None) -> Sealer:
+    if identity_dir is None:
+        return Sealer(local_key(state_dir), LOCAL_KEY_ID, gateway_id)
+    gw, key_id, key = identity_key(identity_dir)
+    if gw != gateway_id:
+        raise IdentityMissing(
+            f"{identity_dir} is enrolled as {gw!r} but the config says gateway.id {gateway_id!r}"
+        )
+    return Sealer(key, key_id, gateway_id)
+
+
+def key_lookup(state_dir: Path, identity_dir: Path | None = None) -> Callable[[int], bytes | None]:
+    """Key by key id, for reading this gateway's own outbox."""
+    keys: dict[int, bytes] = {}
+    if (state_dir / "local-data.key").exists():
+        keys[LOCAL_KEY_ID] = local_key(state_dir)
+    ident = identity_dir or state_dir / "identity"
+    if (ident / "identity.json").exists():
+        _, key_id, key = identity_key(ident)
+        keys[key_id] = key
+    return keys.get

@@ -1,0 +1,127 @@
+"""`edgegw status`: what a gateway is doing, whether it is running or stopped.
+
+Reads the state dir only: ``status.json`` (written every 2 s by the daemon: counters of every
+component) and the outbox database itself (read-only), so it also works after a crash.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+from gateway.model import Lane
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("-c", "--config", type=Path, help="gateway YAML file")
+    src.add_argument("--state-dir", type=Path, help="the gateway's state directory")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def outbox_summary(db: Path) -> dict[str, Any]:
+    if not db.exists():
+        return {"exists": False}
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        lanes = {
+            Lane(int(lane)).name.lower(): {"batches": n, "bytes": b or 0, "readings": r or 0}
+            for lane, n, b, r in con.execute(
+                "SELECT lane, count(*), sum(length(envelope)), sum(count)"
+                " FROM batches GROUP BY lane"
+            )
+        }
+    finally:
+        con.close()
+    files = sum(p.stat().st_size for p in db.parent.glob(db.name + "*") if p.is_file())
+    return {"exists": True, "file_bytes": files, "lanes": lanes}
+
+
+def collect(state_dir: Path, outbox_path: Path | None = None) -> dict[str, Any]:
+    doc: dict[str, Any] = {"state_dir": str(state_dir)}
+    status_file = state_dir / "status.json"
+    if status_file.exists():
+        st = json.loads(status_file.read_text())
+        age = time.time() - st["written_ms"] / 1000
+        running = _alive(int(st["pid"])) and age < 10
+        doc |= {
+            "gateway_id": st["gateway_id"],
+            "running": running,
+            "pid": st["pid"] if running else None,
+            "status_age_seconds": round(age, 1),
+            "unavailable": st.get("unavailable", {}),
+            "stats": st.get("stats", {}),
+        }
+    else:
+        doc["running"] = False
+    doc["outbox"] = outbox_summary(outbox_path or state_dir / "outbox.db")
+    return doc
+
+
+def render(doc: dict[str, Any]) -> str:
+    lines = [
+        f"gateway {doc.get('gateway_id', '?')}: "
+        + (f"running (pid {doc['pid']})" if doc.get("running") else "not running")
+    ]
+    ob = doc["outbox"]
+    if ob.get("exists"):
+        lines.append(f"outbox: {ob['file_bytes']} bytes on disk")
+        for lane, v in ob["lanes"].items():
+            lines.append(
+                f"  {lane:<9} {v['batches']:>7} batches {v['readings']:>9} items {v['bytes']:>10} B"
+            )
+    stats = doc.get("stats", {})
+    pipe = stats.get("pipeline", {})
+    if pipe:
+        lines.append(
+            f"pipeline: {pipe.get('readings_in', 0)} readings in, "
+            f"{pipe.get('batches_sealed', 0)} batches sealed"
+        )
+    out = stats.get("outbox", {})
+    if out:
+        keys = ("appended", "delivered", "dropped_batches", "quarantined", "gaps")
+        lines.append("outbox counters: " + ", ".join(f"{k}={out[k]}" for k in keys if k in out))
+    for bus, s in stats.get("scheduler", {}).get("buses", {}).items():
+        for dev, d in s.get("devices", {}).items():
+            lines.append(
+                f"  device {dev:<16} bus {bus}: polls={d.get('polls', 0)} "
+                f"failures={d.get('failures', 0)} state={d.get('state', '?')}"
+            )
+    for dev, why in doc.get("unavailable", {}).items():
+        lines.append(f"  device {dev:<16} UNAVAILABLE: {why}")
+    up = stats.get("uplink")
+    if up:
+        lines.append(
+            "uplink: " + ", ".join(f"{k}={v}" for k, v in up.items() if isinstance(v, int | float))
+        )
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    outbox_path = None
+    if args.config is not None:
+        from gateway.config import load_config
+
+        cfg = load_config(args.config)
+        state_dir = Path(cfg.gateway.state_dir)
+        outbox_path = Path(cfg.outbox.path) if cfg.outbox.path else None
+    else:
+        state_dir = args.state_dir
+    doc = collect(state_dir, outbox_path)
+    print(json.dumps(doc, indent=1, default=str) if args.json else render(doc))
+    return 0
