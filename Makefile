@@ -1,0 +1,44 @@
+# edgegw: the two quick-start targets set up everything on a fresh Debian / Raspberry Pi OS machine.
+#   make demo   - system packages + venv, then the whole path on embedded defaults (bounded run)
+#   make test   - system packages + venv, then the test suite (the exact command CI runs)
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+STAMP   = $(VENV)/.installed
+APT_PACKAGES = mosquitto socat libcoap3-bin python3-gi gir1.2-gst-rtsp-server-1.0 \
+               gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly \
+               gstreamer1.0-libav gstreamer1.0-tools
+DEMO_ARGS ?=
+
+.PHONY: demo test system-deps venv lint bench clean
+
+system-deps:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing system packages:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $$missing; \
+	fi
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev,ml,camera]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: system-deps venv
+	$(PY) -m examples.demo $(DEMO_ARGS)
+
+test: system-deps venv
+	$(PY) -m pytest tests
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+bench: venv
+	for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b; done
+
+clean:
+	rm -rf $(VENV) demo-data .pytest_cache
