@@ -300,7 +300,7 @@ async def main_async(a: argparse.Namespace) -> int:
             "--broker",
             f"mqtts://127.0.0.1:{broker_port}",
         )
-        gw = spawn("gateway", tool("edgegw"), "run", "-c", str(cfg))
+        gw = spawn("gateway", tool("edgegw"), "run", "-c", str(cfg), "--drain-timeout", "60")
         store = cloud_dir / "store.db"
         t0 = time.monotonic()
         cut_at = a.duration / 2 - a.cut_broker / 2 if a.cut_broker else None

@@ -30,7 +30,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="stop by itself after this many seconds (demos, tests)",
     )
-    parser.add_argument("--shutdown-timeout", type=float, default=10.0, metavar="SECONDS")
+    parser.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="on shutdown, wait up to this long for the uplink to deliver the outbox",
+    )
+    parser.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="bound on the clean shutdown (added to --drain-timeout)",
+    )
 
 
 def load(config: Path) -> tuple[Any, Any]:
@@ -48,7 +61,9 @@ def load(config: Path) -> tuple[Any, Any]:
     return cfg, drivers
 
 
-async def serve(cfg: Any, drivers: Any, duration: float | None, shutdown_timeout: float) -> int:
+async def serve(
+    cfg: Any, drivers: Any, duration: float | None, shutdown_timeout: float, drain: float = 0.0
+) -> int:
     from gateway.runtime.supervisor import Gateway
 
     loop = asyncio.get_running_loop()
@@ -76,7 +91,7 @@ async def serve(cfg: Any, drivers: Any, duration: float | None, shutdown_timeout
             await stop.wait()
     finally:
         try:
-            await asyncio.wait_for(gw.stop(), shutdown_timeout)
+            await asyncio.wait_for(gw.stop(drain), shutdown_timeout + drain)
         except TimeoutError:
             log.error("clean shutdown took longer than %.0f s; exiting", shutdown_timeout)
             return 1
@@ -90,4 +105,6 @@ def run(args: argparse.Namespace) -> int:
         level=str(level).upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    return asyncio.run(serve(cfg, drivers, args.duration, args.shutdown_timeout))
+    return asyncio.run(
+        serve(cfg, drivers, args.duration, args.shutdown_timeout, args.drain_timeout)
+    )

@@ -376,13 +376,23 @@ class Gateway:
             else:
                 log.error("pipeline clock stalled; withholding the watchdog ping")
 
+    async def _outbox_backlog(self) -> int:
+        return len(await self.outbox_thread.call(self.outbox.next_batches, 1, ()))
+
     # ------------------------------------------------------------------ shutdown
-    async def stop(self) -> None:
+    async def stop(self, drain_timeout: float = 0.0) -> None:
+        """Stop producing, seal what is pending, optionally let the uplink drain, then close.
+
+        With ``drain_timeout`` > 0 and an uplink, waits until every stored batch is acknowledged
+        by the cloud (or the timeout passes) before disconnecting; nothing is lost either way,
+        undelivered batches stay in the outbox for the next start.
+        """
         notify("STOPPING=1")
-        for task in self._tasks:
+        uplink_tasks = [t for t in self._tasks if t.get_name() == "uplink"]
+        others = [t for t in self._tasks if t not in uplink_tasks]
+        for task in others:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks.clear()
+        await asyncio.gather(*others, return_exceptions=True)
         for dev_id, drv in list(self._polled.items()) + list(self._push.items()):
             try:
                 await drv.close()
@@ -391,6 +401,15 @@ class Gateway:
         if self.pipeline is not None:
             await self.pipeline.tick_once()
             await self.pipeline.batcher.drain()
+        if uplink_tasks and drain_timeout > 0:
+            deadline = time.monotonic() + drain_timeout
+            # Poll until deadline: acks arrive in the uplink, which has no "outbox empty" event.
+            while time.monotonic() < deadline and await self._outbox_backlog():  # noqa: ASYNC110
+                await asyncio.sleep(0.1)
+        for task in uplink_tasks:
+            task.cancel()
+        await asyncio.gather(*uplink_tasks, return_exceptions=True)
+        self._tasks.clear()
         if self.collector is not None:
             self.write_status()
         if self.outbox is not None:
@@ -399,4 +418,3 @@ class Gateway:
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
         log.info("gateway %s stopped", self.gateway_id)
-
