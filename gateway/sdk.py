@@ -165,6 +165,15 @@ class Driver:
         """The metric names this device produces, when known from config (used by ``check``)."""
         return ()
 
+    @property
+    def pushes(self) -> bool:
+        """True when the runtime should call ``run(emit)`` instead of polling ``read()``.
+
+        A driver class that can do both (a serial port in request or streaming mode) overrides
+        this from its options.
+        """
+        return isinstance(self, PushDriver)
+
     async def open(self, ctx: DeviceContext) -> None:
         self.ctx = ctx
 

@@ -32,8 +32,8 @@ from gateway.sdk import (
     Driver,
     DriverEntry,
     DriverError,
+    DriverOptions,
     PolledDriver,
-    PushDriver,
     ReadResult,
     TransientError,
 )
@@ -49,6 +49,17 @@ class LazyOpenDriver(PolledDriver):
     The device then shows COMM_ERROR (and the circuit breaker backs off) instead of the
     gateway refusing to start because one device was unreachable at boot.
     """
+
+    inner_cls: type[Driver] = PolledDriver
+
+    @classmethod
+    def points(cls, options: DriverOptions) -> Sequence[str]:
+        return cls.inner_cls.points(options)
+
+    @classmethod
+    def for_class(cls, inner_cls: type[Driver]) -> type[LazyOpenDriver]:
+        """A wrapper class whose class-level hooks (``points``) answer for ``inner_cls``."""
+        return type(f"LazyOpen{inner_cls.__name__}", (cls,), {"inner_cls": inner_cls})
 
     def __init__(self, inner: PolledDriver, ctx: DeviceContext) -> None:
         super().__init__(inner.options)
@@ -94,7 +105,7 @@ class Gateway:
         self._shared_refs: dict[str, int] = {}
         self._contexts: dict[str, DeviceContext] = {}
         self._polled: dict[str, LazyOpenDriver] = {}
-        self._push: dict[str, PushDriver] = {}
+        self._push: dict[str, Any] = {}
         self._unavailable: dict[str, str] = {}
         self._device_bus: dict[str, Any] = {}
         self._schedulers: dict[str, Any] = {}
@@ -205,8 +216,8 @@ class Gateway:
                 log.error("device %s unavailable: %s", dev.id, exc)
                 continue
             ctx = self._context(dev.id, dev.driver)
-            if isinstance(driver, PolledDriver):
-                wrapped = LazyOpenDriver(driver, ctx)
+            if not driver.pushes and isinstance(driver, PolledDriver):
+                wrapped = LazyOpenDriver.for_class(cls)(driver, ctx)
                 self._polled[dev.id] = wrapped
                 bus = cls.bus_key(options) or f"device:{dev.id}"
                 sched = self._schedulers.get(bus)
@@ -224,10 +235,10 @@ class Gateway:
                         timeout=float(dev.timeout),
                         sink=self._sink,
                         stagger=dev.stagger,
-                        points=list(cls.points(options)),
+                        driver_name=dev.driver,
                     )
                 )
-            elif isinstance(driver, PushDriver):
+            elif driver.pushes:
                 self._push[dev.id] = driver
                 self._tasks.append(
                     asyncio.create_task(self._run_push(dev.id, driver, ctx), name=f"push:{dev.id}")
@@ -246,7 +257,7 @@ class Gateway:
         assert self.pipeline is not None
         await self.pipeline.submit(samples)
 
-    async def _run_push(self, device_id: str, driver: PushDriver, ctx: DeviceContext) -> None:
+    async def _run_push(self, device_id: str, driver: Any, ctx: DeviceContext) -> None:
         """Run a push driver; on failure report COMM_ERROR and restart it with backoff."""
         assert self.pipeline is not None
         attempt = 0
