@@ -1,0 +1,179 @@
+"""Enrollment service: answers CSRs on ``enroll/<user>/<clientid>/req`` with certificates.
+
+The protocol is described in gateway/uplink/enroll.py. This side:
+- subscribes ``$share/enroll/enroll/+/+/req`` as ``edgegw-enroll`` (several serve processes on
+  one broker never answer one request twice);
+- trusts the ``<user>`` topic level as the requester's identity: the broker ACL
+  (``pattern write enroll/%u/%c/req``) only lets a client publish under its own certificate CN;
+- ``bootstrap`` requests must carry a valid token (``Registry.enroll``); a request from a
+  gateway's own identity is a renewal (``Registry.renew``) unless it carries a token;
+- answers on ``enroll/<user>/<clientid>/resp``, QoS 1, never retained.
+
+Invariants: every request gets an answer (ok or a refusal with reason); malformed requests are
+counted and answered, never crash the service; the CA key is only in this process's memory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.reasoncodes import ReasonCode
+
+from cloud_stub.pki_setup import BOOTSTRAP_CN, CloudPaths
+from cloud_stub.registry import EnrollmentRefused, Registry
+from gateway import pki
+from gateway.uplink.enroll import MAX_MESSAGE, Identity, write_identity
+
+log = logging.getLogger("edgegw.cloud.enroll")
+
+REQUEST_FILTER = "$share/enroll/enroll/+/+/req"
+
+
+class EnrollmentService:
+    """Answers enrollment and renewal requests; runs on paho's network thread."""
+
+    def __init__(
+        self, paths: CloudPaths, host: str = "127.0.0.1", port: int = 8883,
+        *, cert_days: int | None = None,
+    ) -> None:
+        self.paths = paths.require_initialised()
+        self.host, self.port = host, port
+        self.issuer = pki.Issuer.load(paths.ca_crt, paths.ca_key)
+        self.cert_days = cert_days
+        self._stats: dict[str, Any] = {
+            "requests": 0, "enrolled": 0, "renewed": 0, "malformed": 0, "refused": {},
+        }
+        self._ready = threading.Event()
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=pki.random_client_id("edgegw-enroll"),
+            protocol=mqtt.MQTTv5,
+        )
+        self.client.tls_set_context(pki.make_tls_context(paths.ca_crt, paths.enroll_crt,
+                                                         paths.enroll_key))
+        self.client.reconnect_delay_set(0.5, 30)
+        self.client.on_connect = self._on_connect
+        self.client.on_subscribe = self._on_subscribe
+        self.client.on_message = self._on_message
+
+    # ----------------------------------------------------------------- lifecycle
+    def start(self, timeout: float = 15.0) -> EnrollmentService:
+        self.client.connect_async(self.host, self.port, keepalive=30)
+        self.client.loop_start()
+        if not self._ready.wait(timeout):
+            self.stop()
+            raise RuntimeError(
+                f"enrollment service could not subscribe at {self.host}:{self.port} in {timeout}s"
+            )
+        return self
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def stats(self) -> dict[str, Any]:
+        return {**self._stats, "refused": dict(self._stats["refused"])}
+
+    def _on_connect(self, c: mqtt.Client, ud: Any, flags: Any, rc: ReasonCode, p: Any) -> None:
+        if rc.is_failure:
+            log.error("enrollment service refused by the broker: %s", rc)
+            return
+        c.subscribe(REQUEST_FILTER, qos=1)
+
+    def _on_subscribe(self, c: mqtt.Client, ud: Any, mid: int, rcs: list[ReasonCode], p: Any) -> None:
+        if rcs and not rcs[0].is_failure:
+            self._ready.set()
+        else:
+            log.error("enrollment service could not subscribe %s: %s", REQUEST_FILTER, rcs)
+
+    # ----------------------------------------------------------------- requests
+    def _refused(self, reason: str) -> None:
+        self._stats["refused"][reason] = self._stats["refused"].get(reason, 0) + 1
+
+    def _on_message(self, c: mqtt.Client, ud: Any, msg: mqtt.MQTTMessage) -> None:
+        parts = msg.topic.split("/")
+        if len(parts) != 4 or parts[0] != "enroll" or parts[3] != "req":
+            return
+        user, client_id = parts[1], parts[2]
+        self._stats["requests"] += 1
+        answer = self.handle(user, msg.payload)
+        c.publish(f"enroll/{user}/{client_id}/resp", json.dumps(answer).encode(), qos=1)
+
+    def handle(self, user: str, payload: bytes) -> dict[str, Any]:
+        """Turn one request into its answer (never raises for bad input)."""
+        nonce: Any = None
+        try:
+            if len(payload) > MAX_MESSAGE:
+                raise ValueError(f"request of {len(payload)} bytes exceeds {MAX_MESSAGE}")
+            req = json.loads(payload)
+            if not isinstance(req, dict):
+                raise ValueError("request is not a JSON object")
+            nonce = req.get("nonce")
+            if req.get("v") != 1:
+                raise ValueError(f"unsupported protocol version {req.get('v')!r} (want 1)")
+            csr = pki.load_csr(str(req["csr"]))
+            token = req.get("token")
+            if token is not None and not isinstance(token, str):
+                raise ValueError("token must be a string")
+        except (ValueError, KeyError, pki.PkiError) as exc:
+            self._stats["malformed"] += 1
+            log.warning("malformed enrollment request from %r: %s", user, exc)
+            return {"v": 1, "nonce": nonce, "ok": False, "reason": "malformed", "error": str(exc)}
+        kw = {"days": self.cert_days} if self.cert_days else {}
+        try:
+            with Registry(self.paths.registry_db) as reg:
+                cn = pki.common_name(csr.subject)
+                if user not in (BOOTSTRAP_CN, cn):
+                    # a gateway may re-enroll or renew itself, never another gateway
+                    reg.count("refused_other_identity")
+                    raise EnrollmentRefused(
+                        "other_identity", f"you are {user!r}; you cannot request {cn!r}"
+                    )
+                if token:
+                    cert = reg.enroll(token, csr, self.issuer, **kw)
+                    self._stats["enrolled"] += 1
+                elif user == BOOTSTRAP_CN:
+                    reg.count("refused_token_missing")
+                    raise EnrollmentRefused("token_missing", "a token is required to enroll")
+                else:
+                    cert = reg.renew(user, csr, self.issuer, **kw)
+                    self._stats["renewed"] += 1
+        except EnrollmentRefused as exc:
+            self._refused(exc.reason)
+            return {"v": 1, "nonce": nonce, "ok": False, "reason": exc.reason, "error": str(exc)}
+        kid = self.paths.current_key_id
+        return {
+            "v": 1, "nonce": nonce, "ok": True,
+            "certificate": pki.cert_pem(cert),
+            "ca": self.paths.ca_crt.read_text(),
+            "ingest_ka_pub": self.paths.ingest_ka_pub(kid).read_text(),
+            "key_id": kid,
+        }
+
+
+def provision_gateway(
+    paths: CloudPaths, gateway_id: str, identity_dir: Path | str, *, broker: str
+) -> Identity:
+    """Create a complete gateway identity directly (tests, demos, factory provisioning).
+
+    The same result as enrollment without broker or token: the key is generated into
+    ``identity_dir`` (0600) and only its public half is certified and registered.
+    """
+    from gateway.uplink.enroll import load_or_create_key
+
+    pki.check_gateway_id(gateway_id)
+    issuer = pki.Issuer.load(paths.ca_crt, paths.ca_key)
+    key = load_or_create_key(Path(identity_dir))
+    with Registry(paths.registry_db) as reg:
+        cert = reg.provision(gateway_id, key.public_key(), issuer)
+    kid = paths.current_key_id
+    return write_identity(
+        Path(identity_dir), gateway_id=gateway_id, key_id=kid, broker=broker,
+        certificate_pem=pki.cert_pem(cert), ca_pem=paths.ca_crt.read_text(),
+        ingest_ka_pub_pem=paths.ingest_ka_pub(kid).read_text(),
+    )

@@ -1,0 +1,406 @@
+"""Cloud ingest: MQTT batches -> authenticate + decode -> durable store -> end-to-end ack.
+
+Invariants:
+- Subscribes ``$share/<group>/gw/+/up/batch`` (MQTT v5 shared subscription) with the ingest
+  identity, so several workers (threads here, or processes/machines) share the load.
+- Per message: the gateway id comes from the topic, the data key from ECDH(ingest key-agreement
+  key of the header's key id, the gateway's certificate key from the registry), and the envelope
+  is opened with the gateway id as associated data. Only then is anything in it trusted.
+- The ack for a sequence is published only AFTER the transaction holding that batch committed
+  (WAL, synchronous=FULL). Duplicates (already stored) are acked ``delivered`` again: the ack is
+  idempotent, the store holds each (gateway, seq) once.
+- What a forged or damaged message can cause: a count and a WARNING, nothing else. Malformed
+  headers, unknown key ids, unknown gateways and envelopes that fail authentication are NEVER
+  acked: their sequence number is unauthenticated, and an ack (delivered or rejected) makes the
+  gateway delete that batch. ``rejected`` is sent only for an AUTHENTIC envelope whose plaintext
+  does not decode (the gateway quarantines it; retrying cannot help).
+- A store failure (disk full...) acks ``retry`` for the authentic batches of that transaction;
+  nothing is half-stored (one transaction).
+- Group commit: messages waiting in the queue are committed together (up to ``max_group``),
+  then acked per gateway in one message. A process crash before the ack only causes a resend.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import secrets
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from cloud_stub.pki_setup import INGEST_CN, CloudPaths
+from cloud_stub.store import BatchRecord, CloudStore
+from gateway import pki
+from gateway.model import Lane
+from gateway.wire import envelope, topics
+from gateway.wire.ack import AckStatus, encode_acks
+from gateway.wire.codec import CodecError, DecodedBatch, decode_batch
+from gateway.wire.keys import derive_data_key
+
+log = logging.getLogger("edgegw.cloud.ingest")
+
+ACK_DELIVERED, ACK_RETRY, ACK_REJECTED = AckStatus.DELIVERED, AckStatus.RETRY, AckStatus.REJECTED
+KEY_REFRESH_S = 5.0  # at most one registry lookup per gateway per this, whatever arrives
+TOUCH_EVERY_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Msg:
+    client: mqtt.Client
+    topic: str
+    payload: bytes
+    received_ms: int
+
+
+def parse_broker_url(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    if parts.scheme != "mqtts" or not parts.hostname:
+        raise ValueError(f"broker URL {url!r}: use mqtts://HOST:PORT (mutual TLS only)")
+    return parts.hostname, parts.port or 8883
+
+
+class _Keys:
+    """Data keys per (gateway, key id); derived on demand, cached, refreshed rate-limited."""
+
+    def __init__(self, paths: CloudPaths, registry: Any) -> None:
+        self.paths = paths
+        self.registry = registry
+        self._own: dict[int, Any] = {}
+        self._candidates: dict[tuple[str, int], list[bytes]] = {}
+        self._loaded_at: dict[tuple[str, int], float] = {}
+
+    def _own_key(self, key_id: int) -> Any | None:
+        if key_id not in self._own:
+            path = self.paths.ingest_ka_key(key_id)
+            if not path.exists():
+                return None
+            self._own[key_id] = pki.load_private_key(path)
+        return self._own[key_id]
+
+    def candidates(self, gw: str, key_id: int, *, refresh: bool = False) -> list[bytes] | None:
+        """Candidate data keys (newest gateway key first); None = unknown key id."""
+        own = self._own_key(key_id)
+        if own is None:
+            return None
+        k = (gw, key_id)
+        now = time.monotonic()
+        stale = refresh and now - self._loaded_at.get(k, 0.0) >= KEY_REFRESH_S
+        if k not in self._candidates or stale:
+            self._loaded_at[k] = now
+            pubs = self.registry.public_keys(gw) if self.registry is not None else []
+            self._candidates[k] = [derive_data_key(own, pub, key_id, gw) for pub in pubs]
+        return self._candidates[k]
+
+    def confirm(self, gw: str, key_id: int, key: bytes) -> None:
+        """Move the key that opened an envelope to the front (usually the only one)."""
+        lst = self._candidates.get((gw, key_id))
+        if lst and lst[0] != key and key in lst:
+            lst.remove(key)
+            lst.insert(0, key)
+
+
+class Ingest:
+    """Ingest workers (paho clients) + one writer thread owning the store. start()/stop()."""
+
+    def __init__(
+        self,
+        paths: CloudPaths,
+        broker_url: str,
+        *,
+        workers: int = 1,
+        share_group: str = "ingest",
+        max_group: int = 64,
+        store_path: Path | None = None,
+    ) -> None:
+        self.paths = paths
+        self.host, self.port = parse_broker_url(broker_url)
+        self.workers = max(1, workers)
+        self.share_group = share_group
+        self.max_group = max_group
+        self.store_path = store_path or paths.store_db
+        self._queue: queue.Queue[_Msg] = queue.Queue(maxsize=10_000)
+        self._stop = threading.Event()
+        self._clients: list[mqtt.Client] = []
+        self._writer: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._subscribed: set[int] = set()
+        self._warned: dict[tuple[str, str], int] = defaultdict(int)
+        self.counts: dict[str, int] = defaultdict(int)
+        self._store_stats: dict[str, Any] = {}
+        self._store_error: BaseException | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self, timeout: float = 15.0) -> Ingest:
+        """Start the writer and the workers; returns once every worker is subscribed."""
+        self._writer = threading.Thread(target=self._write_loop, name="ingest-writer",
+                                        daemon=True)
+        self._writer.start()
+        for i in range(self.workers):
+            self._clients.append(self._start_worker(i))
+        if not self._ready.wait(timeout):
+            log.warning("ingest: not all workers subscribed within %.0f s (broker down?); "
+                        "they keep retrying", timeout)
+        return self
+
+    def wait_subscribed(self, timeout: float) -> bool:
+        return self._ready.wait(timeout)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for c in self._clients:
+            c.disconnect()
+            c.loop_stop()
+        self._clients.clear()
+        if self._writer is not None:
+            self._writer.join(timeout=30)
+
+    def __enter__(self) -> Ingest:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stats(self) -> dict[str, int | float | dict[str, Any]]:
+        out: dict[str, int | float | dict[str, Any]] = dict(self.counts)
+        out["queue"] = self._queue.qsize()
+        out["store"] = dict(self._store_stats)
+        return out
+
+    # ------------------------------------------------------------------ workers
+    def _start_worker(self, i: int) -> mqtt.Client:
+        p = self.paths
+        client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=f"{INGEST_CN}-{i}-{secrets.token_hex(4)}",
+            protocol=mqtt.MQTTv5,
+        )
+        client.tls_set_context(pki.make_tls_context(p.ca_crt, p.ingest_crt, p.ingest_key))
+        client.reconnect_delay_set(min_delay=1, max_delay=10)
+        client.max_inflight_messages_set(200)
+        sub = f"$share/{self.share_group}/{topics.up_batch('+')}"
+
+        def on_connect(c: mqtt.Client, _u: Any, _f: Any, rc: ReasonCode,
+                       _p: Properties | None = None) -> None:
+            if rc.is_failure:
+                log.error("ingest worker %d: broker refused the connection (%s)", i, rc)
+                self.counts["connect_refused"] += 1
+                return
+            self.counts["connects"] += 1
+            c.subscribe(sub, qos=1)
+
+        def on_subscribe(c: mqtt.Client, _u: Any, _mid: int, rcs: list[ReasonCode],
+                         _p: Properties | None = None) -> None:
+            if any(r.is_failure for r in rcs):
+                log.error("ingest worker %d: subscription to %s refused (%s); check the ACL",
+                          i, sub, rcs)
+                self.counts["subscribe_refused"] += 1
+                return
+            self._subscribed.add(i)
+            if len(self._subscribed) >= self.workers:
+                self._ready.set()
+
+        def on_disconnect(c: mqtt.Client, _u: Any, _f: Any, rc: ReasonCode,
+                          _p: Properties | None = None) -> None:
+            if not self._stop.is_set():
+                self.counts["disconnects"] += 1
+                log.info("ingest worker %d disconnected (%s); reconnecting", i, rc)
+
+        def on_message(c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+            # paho's thread: hand over and return (the writer does the work)
+            self.counts["received"] += 1
+            self._queue.put(_Msg(c, msg.topic, bytes(msg.payload), time.time_ns() // 1_000_000))
+
+        client.on_connect = on_connect
+        client.on_subscribe = on_subscribe
+        client.on_disconnect = on_disconnect
+        client.on_message = on_message
+        client.connect_async(self.host, self.port, keepalive=30, clean_start=True)
+        client.loop_start()  # retries the first connection too (broker may still be starting)
+        return client
+
+    # ------------------------------------------------------------------ writer
+    def _write_loop(self) -> None:
+        from cloud_stub.registry import Registry  # one instance per thread (its contract)
+
+        store = CloudStore(self.store_path)
+        registry = Registry(self.paths.registry_db)
+        keys = _Keys(self.paths, registry)
+        last_touch: dict[str, float] = {}
+        try:
+            while not self._stop.is_set():
+                try:
+                    first = self._queue.get(timeout=0.2)
+                except queue.Empty:
+                    continue
+                group = [first]
+                while len(group) < self.max_group:
+                    try:
+                        group.append(self._queue.get_nowait())
+                    except queue.Empty:
+                        break
+                self._process(group, store, keys)
+                self._store_stats = store.stats()
+                now = time.monotonic()
+                for gw in {m.topic.split("/")[1] for m in group if m.topic.count("/") == 3}:
+                    if now - last_touch.get(gw, 0.0) >= TOUCH_EVERY_S:
+                        last_touch[gw] = now
+                        try:
+                            registry.touch(gw)
+                        except Exception as exc:  # last-seen is informational only
+                            log.debug("registry touch failed: %s", exc)
+        finally:
+            store.close()
+            registry.close()
+
+    def _warn(self, kind: str, gw: str, message: str, *args: Any) -> None:
+        """Count and log a misbehaving peer: first, 10th, 100th... occurrence per kind."""
+        self.counts[kind] += 1
+        n = self._warned[(kind, gw)] = self._warned[(kind, gw)] + 1
+        if n & (n - 1) == 0 or n % 1000 == 0:
+            log.warning(message + " [%s #%d]", *args, kind, n)
+
+    def _open(self, m: _Msg, keys: _Keys) -> tuple[str, Any, DecodedBatch | None] | None:
+        """(gateway, header, decoded or None if undecodable) for an AUTHENTIC envelope."""
+        gw = topics.gateway_of(m.topic) or ""
+        if not gw or m.topic != topics.up_batch(gw):
+            self._warn("bad_topic", "?", "message on unexpected topic %r ignored", m.topic)
+            return None
+        try:
+            header = envelope.parse_header(m.payload)
+        except Exception as exc:
+            self._warn("malformed", gw, "gateway %s: malformed envelope (%d bytes): %s",
+                       gw, len(m.payload), exc)
+            return None
+        candidates = keys.candidates(gw, header.key_id)
+        if candidates is None:
+            self._warn("unknown_key_id", gw, "gateway %s: batch %d sealed with unknown key id %d",
+                       gw, header.seq, header.key_id)
+            return None
+        plaintext = self._try_open(gw, m.payload, candidates, keys, header.key_id)
+        if plaintext is None:
+            # the gateway may have re-enrolled with a new key since we cached its keys
+            fresh = keys.candidates(gw, header.key_id, refresh=True) or []
+            if fresh != candidates:
+                plaintext = self._try_open(gw, m.payload, fresh, keys, header.key_id)
+        if plaintext is None:
+            if not keys.candidates(gw, header.key_id):
+                self._warn("unknown_gateway", gw, "batch for gateway %s, which has no "
+                           "certificate in the registry: ignored", gw)
+            else:
+                self._warn("unauthentic", gw, "gateway %s: envelope (seq %d in its unauthenticated"
+                           " header) fails authentication: tampered, forged or wrong key; "
+                           "ignored, not acked", gw, header.seq)
+            return None
+        try:
+            decoded = decode_batch(plaintext)
+        except CodecError as exc:
+            self._warn("undecodable", gw, "gateway %s: authentic batch %d does not decode (%s); "
+                       "acked as rejected", gw, header.seq, exc)
+            return gw, header, None
+        return gw, header, decoded
+
+    @staticmethod
+    def _try_open(gw: str, blob: bytes, candidates: list[bytes], keys: _Keys,
+                  key_id: int) -> bytes | None:
+        for key in candidates:
+            try:
+                _, plaintext = envelope.open_sealed(key, gw, blob)
+            except envelope.EnvelopeError:
+                continue
+            keys.confirm(gw, key_id, key)
+            return bytes(plaintext)
+        return None
+
+    def _process(self, group: list[_Msg], store: CloudStore, keys: _Keys) -> None:
+        records: list[BatchRecord] = []
+        routes: list[tuple[mqtt.Client, str, int]] = []  # per record: reply via, gateway, seq
+        acks: dict[tuple[int, str], tuple[mqtt.Client, list[tuple[int, int]]]] = {}
+
+        def ack(client: mqtt.Client, gw: str, seq: int, status: int) -> None:
+            acks.setdefault((id(client), gw), (client, []))[1].append((seq, status))
+
+        for m in group:
+            try:
+                opened = self._open(m, keys)
+            except Exception:  # never let one message stop the ingest
+                self.counts["errors"] += 1
+                log.exception("ingest: unexpected error on a message from %s", m.topic)
+                continue
+            if opened is None:
+                continue
+            gw, header, decoded = opened
+            if decoded is None:
+                ack(m.client, gw, header.seq, ACK_REJECTED)
+                continue
+            records.append(BatchRecord(
+                gw, header.seq, _lane_of(header, decoded), m.received_ms,
+                decoded.samples, decoded.alerts, decoded.gaps,
+            ))
+            routes.append((m.client, gw, header.seq))
+        if records:
+            try:
+                fresh = store.commit_many(records)
+            except Exception as exc:
+                self.counts["store_errors"] += 1
+                log.error("ingest: storing %d batches failed (%s: %s); acked retry, nothing "
+                          "stored", len(records), type(exc).__name__, exc)
+                for client, gw, seq in routes:
+                    ack(client, gw, seq, ACK_RETRY)
+            else:
+                for (client, gw, seq), rec, new in zip(routes, records, fresh, strict=True):
+                    if new:
+                        self.counts["batches_stored"] += 1
+                        self.counts["readings_stored"] += len(rec.samples)
+                    else:
+                        self.counts["duplicates"] += 1
+                        log.debug("gateway %s: batch %d already stored (re-sent); acked again",
+                                  gw, seq)
+                    ack(client, gw, seq, ACK_DELIVERED)
+        for (_, gw), (client, items) in acks.items():
+            client.publish(topics.down_ack(gw), encode_acks(items), qos=1)
+            self.counts["acks_sent"] += len(items)
+
+
+def _lane_of(header: Any, decoded: DecodedBatch) -> int:
+    """The batch's lane: alerts and gap records travel in the alert lane, blobs in bulk."""
+    if decoded.alerts or decoded.gaps:
+        return int(Lane.ALERT)
+    if any(isinstance(s.value, bytes) for s in decoded.samples[:1]):
+        return int(Lane.BULK)
+    return int(Lane.TELEMETRY)
+
+
+def run_ingest(
+    paths: CloudPaths,
+    broker_url: str,
+    stop_event: threading.Event,
+    *,
+    workers: int = 1,
+    share_group: str = "ingest",
+    on_ready: Callable[[Ingest], None] | None = None,
+) -> dict[str, int | float | dict[str, Any]]:
+    """Run the ingest until ``stop_event`` (a ``threading.Event``) is set; returns its stats.
+
+    Blocking: call it from a thread (or ``asyncio.to_thread``) in ``edgegw-cloud serve``.
+    """
+    ingest = Ingest(paths, broker_url, workers=workers, share_group=share_group)
+    ingest.start()
+    if on_ready is not None:
+        on_ready(ingest)
+    try:
+        while not stop_event.wait(1.0):
+            pass
+    finally:
+        ingest.stop()
+    return ingest.stats()

@@ -1,0 +1,435 @@
+"""Gateway registry (DATA/registry.db): gateways, certificates, enrollment tokens, counters.
+
+Invariants:
+- Tokens are stored only as SHA-256 hex digests. A token is 256 random bits
+  (``secrets.token_urlsafe(32)``), so a fast hash is enough: nobody can brute-force the preimage,
+  and lookup by digest needs no secret key on disk. The plaintext is shown once, at creation.
+- A token is single-use, expires, and is bound to one gateway id. Redeeming it, issuing the
+  certificate and recording it happen in ONE transaction (``BEGIN IMMEDIATE``): two concurrent
+  enrollments with one token cannot both succeed.
+- Revocation is per gateway and marks every certificate it holds; the CRL lists certificate
+  serials, so a later re-enrollment (a new token, explicitly allowed with ``reinstate``) gets a
+  new, unrevoked serial while the old ones stay revoked.
+- Every refusal is counted (``counters`` table) and logged at WARNING (a misbehaving peer).
+- Safe for several processes (``serve`` + CLI commands): WAL mode, busy timeout, short
+  transactions. One ``Registry`` object per thread.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import os
+import secrets
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from gateway import pki
+
+log = logging.getLogger("edgegw.cloud.registry")
+
+GATEWAY_CERT_DAYS = 365
+DEFAULT_TOKEN_TTL_S = 3600.0
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS gateways(
+    id TEXT PRIMARY KEY,
+    created_ms INTEGER NOT NULL,
+    enrolled_ms INTEGER,
+    revoked_ms INTEGER,
+    last_seen_ms INTEGER
+);
+CREATE TABLE IF NOT EXISTS certificates(
+    serial TEXT PRIMARY KEY,            -- hex: serials are up to 159 bits
+    gateway_id TEXT NOT NULL REFERENCES gateways(id),
+    issued_ms INTEGER NOT NULL,
+    not_after_ms INTEGER NOT NULL,
+    fingerprint TEXT NOT NULL,
+    pem TEXT NOT NULL,
+    how TEXT NOT NULL,                  -- enroll | renew | provision
+    revoked_ms INTEGER
+);
+CREATE INDEX IF NOT EXISTS certificates_gw ON certificates(gateway_id, issued_ms);
+CREATE TABLE IF NOT EXISTS tokens(
+    hash TEXT PRIMARY KEY,              -- sha256 hex of the token; the token itself is never stored
+    gateway_id TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    expires_ms INTEGER NOT NULL,
+    used_ms INTEGER,
+    used_serial TEXT
+);
+CREATE TABLE IF NOT EXISTS counters(name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+class RegistryError(Exception):
+    """An operator command cannot be carried out (unknown gateway, revoked gateway...)."""
+
+
+class EnrollmentRefused(Exception):
+    """An enrollment/renewal request is refused. ``reason`` is a stable counter name."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayRow:
+    id: str
+    created_ms: int
+    enrolled_ms: int | None
+    revoked_ms: int | None
+    last_seen_ms: int | None
+    cert_serial: str | None
+    cert_not_after_ms: int | None
+
+    @property
+    def revoked(self) -> bool:
+        return self.revoked_ms is not None
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.strip().encode("utf-8")).hexdigest()
+
+
+def _ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _ms_of(when: dt.datetime) -> int:
+    return int(when.timestamp() * 1000)
+
+
+class Registry:
+    """The registry database. Not thread-safe: one instance per thread."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fresh = not self.path.exists()
+        self._db = sqlite3.connect(self.path, isolation_level=None, timeout=10.0)
+        if fresh:  # token digests and the audit trail: not for other local users
+            os.chmod(self.path, 0o600)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(_SCHEMA)
+
+    # ----------------------------------------------------------------- plumbing
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    @contextmanager
+    def _txn(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _bump(self, db: sqlite3.Connection, name: str, n: int = 1) -> None:
+        db.execute(
+            "INSERT INTO counters(name, value) VALUES(?, ?) "
+            "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+            (name, n),
+        )
+
+    def count(self, name: str, n: int = 1) -> None:
+        with self._txn() as db:
+            self._bump(db, name, n)
+
+    def counters(self) -> dict[str, int]:
+        return {r["name"]: r["value"] for r in self._db.execute("SELECT name, value FROM counters")}
+
+    def _ensure_gateway(self, db: sqlite3.Connection, gateway_id: str) -> sqlite3.Row | None:
+        db.execute(
+            "INSERT OR IGNORE INTO gateways(id, created_ms) VALUES(?, ?)", (gateway_id, _ms())
+        )
+        row: sqlite3.Row | None = db.execute(
+            "SELECT * FROM gateways WHERE id = ?", (gateway_id,)
+        ).fetchone()
+        return row
+
+    # ----------------------------------------------------------------- tokens
+    def create_token(
+        self, gateway_id: str, ttl_s: float = DEFAULT_TOKEN_TTL_S, *, reinstate: bool = False
+    ) -> str:
+        """Create a one-time enrollment token for ``gateway_id``; returns the only plaintext copy."""
+        pki.check_gateway_id(gateway_id)
+        if ttl_s <= 0:
+            raise RegistryError(f"token ttl must be positive, got {ttl_s}s")
+        token = secrets.token_urlsafe(32)
+        now = _ms()
+        with self._txn() as db:
+            row = self._ensure_gateway(db, gateway_id)
+            if row is not None and row["revoked_ms"] is not None and not reinstate:
+                raise RegistryError(
+                    f"gateway {gateway_id} is revoked; pass --reinstate to let it enroll again "
+                    "(its old certificates stay revoked)"
+                )
+            db.execute(
+                "INSERT INTO tokens(hash, gateway_id, created_ms, expires_ms) VALUES(?, ?, ?, ?)",
+                (hash_token(token), gateway_id, now, now + int(ttl_s * 1000)),
+            )
+            self._bump(db, "tokens_created")
+        log.info("token created for gateway %s (expires in %.0fs)", gateway_id, ttl_s)
+        return token
+
+    def _refuse(self, reason: str, message: str, gateway_id: str) -> EnrollmentRefused:
+        try:
+            self.count(f"refused_{reason}")
+        except sqlite3.Error:  # counting must never hide the refusal itself
+            log.exception("could not count refusal %s", reason)
+        log.warning("enrollment refused (%s) for gateway %r: %s", reason, gateway_id, message)
+        return EnrollmentRefused(reason, message)
+
+    # ----------------------------------------------------------------- issuing
+    def enroll(
+        self,
+        token: str,
+        csr: x509.CertificateSigningRequest,
+        issuer: pki.Issuer,
+        *,
+        days: int = GATEWAY_CERT_DAYS,
+    ) -> x509.Certificate:
+        """Redeem ``token`` for a certificate for ``csr`` (already verified by ``pki.load_csr``).
+
+        Refusals (``EnrollmentRefused.reason``): ``bad_id``, ``token_unknown``, ``token_used``,
+        ``token_expired``, ``token_other_gateway``. The token is consumed only on success.
+        """
+        cn = pki.common_name(csr.subject)
+        try:
+            pki.check_gateway_id(cn)
+        except pki.PkiError as exc:
+            raise self._refuse("bad_id", str(exc), cn) from None
+        digest = hash_token(token)
+        now = _ms()
+        failure: tuple[str, str] | None = None
+        with self._txn() as db:
+            tok = db.execute("SELECT * FROM tokens WHERE hash = ?", (digest,)).fetchone()
+            generic = "create a new one with `edgegw-cloud token create GW_ID`"
+            if tok is None:
+                failure = ("token_unknown", f"token not recognised; {generic}")
+            elif tok["used_ms"] is not None:
+                failure = ("token_used", f"token was already used; {generic}")
+            elif tok["expires_ms"] <= now:
+                failure = ("token_expired", f"token expired; {generic}")
+            elif tok["gateway_id"] != cn:
+                failure = (
+                    "token_other_gateway",
+                    f"token was issued for another gateway id than {cn!r}; check gateway.id "
+                    f"in the config, or {generic}",
+                )
+            else:
+                cert = issuer.issue_from_csr(csr, days=days)
+                self._record_cert(db, cn, cert, "enroll")
+                db.execute(
+                    "UPDATE gateways SET enrolled_ms = ?, revoked_ms = NULL WHERE id = ?", (now, cn)
+                )
+                db.execute(
+                    "UPDATE tokens SET used_ms = ?, used_serial = ? WHERE hash = ?",
+                    (now, format(cert.serial_number, "x"), digest),
+                )
+                self._bump(db, "enrolled")
+        if failure is not None:
+            raise self._refuse(failure[0], failure[1], cn)
+        log.info("gateway %s enrolled, certificate serial %x", cn, cert.serial_number)
+        return cert
+
+    def renew(
+        self,
+        authenticated_id: str,
+        csr: x509.CertificateSigningRequest,
+        issuer: pki.Issuer,
+        *,
+        days: int = GATEWAY_CERT_DAYS,
+    ) -> x509.Certificate:
+        """Issue a new certificate to a gateway that authenticated with its current one.
+
+        ``authenticated_id`` comes from the broker (certificate CN in the topic, enforced by the
+        ACL), so no token is needed. The CSR must carry the same CN and the gateway must not be
+        revoked. Refusals: ``renew_other_gateway``, ``renew_unknown``, ``renew_revoked``.
+        """
+        cn = pki.common_name(csr.subject)
+        if cn != authenticated_id:
+            raise self._refuse(
+                "renew_other_gateway", f"renewal CSR is for {cn!r} but you are {authenticated_id!r}",
+                authenticated_id,
+            )
+        failure: tuple[str, str] | None = None
+        with self._txn() as db:
+            row = db.execute("SELECT * FROM gateways WHERE id = ?", (cn,)).fetchone()
+            if row is None or row["enrolled_ms"] is None:
+                failure = ("renew_unknown", f"gateway {cn!r} is not enrolled; enroll with a token")
+            elif row["revoked_ms"] is not None:
+                failure = ("renew_revoked", f"gateway {cn!r} is revoked")
+            else:
+                cert = issuer.issue_from_csr(csr, days=days)
+                self._record_cert(db, cn, cert, "renew")
+                self._bump(db, "renewed")
+        if failure is not None:
+            raise self._refuse(failure[0], failure[1], cn)
+        log.info("gateway %s renewed, certificate serial %x", cn, cert.serial_number)
+        return cert
+
+    def provision(
+        self, gateway_id: str, public_key: pki.PublicKey, issuer: pki.Issuer,
+        *, days: int = GATEWAY_CERT_DAYS,
+    ) -> x509.Certificate:
+        """Issue and register a certificate without a token (operator/test path, no broker)."""
+        pki.check_gateway_id(gateway_id)
+        cert = issuer.issue(public_key, gateway_id, client=True, days=days)
+        with self._txn() as db:
+            self._record_cert(db, gateway_id, cert, "provision")
+            db.execute(
+                "UPDATE gateways SET enrolled_ms = ?, revoked_ms = NULL WHERE id = ?",
+                (_ms(), gateway_id),
+            )
+        return cert
+
+    def _record_cert(
+        self, db: sqlite3.Connection, gateway_id: str, cert: x509.Certificate, how: str
+    ) -> None:
+        self._ensure_gateway(db, gateway_id)
+        db.execute(
+            "INSERT INTO certificates(serial, gateway_id, issued_ms, not_after_ms, fingerprint, "
+            "pem, how) VALUES(?, ?, ?, ?, ?, ?, ?)",
+            (
+                format(cert.serial_number, "x"), gateway_id, _ms(),
+                _ms_of(cert.not_valid_after_utc), pki.fingerprint(cert), pki.cert_pem(cert), how,
+            ),
+        )
+
+    # ----------------------------------------------------------------- revocation
+    def revoke(self, gateway_id: str) -> list[str]:
+        """Revoke the gateway and all its certificates; returns the newly revoked serials."""
+        now = _ms()
+        with self._txn() as db:
+            row = db.execute("SELECT * FROM gateways WHERE id = ?", (gateway_id,)).fetchone()
+            if row is None:
+                raise RegistryError(f"no gateway {gateway_id!r} in the registry (see `gateways`)")
+            serials = [
+                r["serial"]
+                for r in db.execute(
+                    "SELECT serial FROM certificates WHERE gateway_id = ? AND revoked_ms IS NULL",
+                    (gateway_id,),
+                )
+            ]
+            db.execute(
+                "UPDATE certificates SET revoked_ms = ? WHERE gateway_id = ? AND revoked_ms IS NULL",
+                (now, gateway_id),
+            )
+            db.execute(
+                "UPDATE gateways SET revoked_ms = COALESCE(revoked_ms, ?) WHERE id = ?",
+                (now, gateway_id),
+            )
+            # tokens still open for this gateway must not undo the revocation
+            db.execute(
+                "UPDATE tokens SET expires_ms = MIN(expires_ms, ?) "
+                "WHERE gateway_id = ? AND used_ms IS NULL",
+                (now, gateway_id),
+            )
+            self._bump(db, "revoked")
+        log.warning("gateway %s revoked (%d certificates)", gateway_id, len(serials))
+        return serials
+
+    def revoked_serials(self) -> list[tuple[int, dt.datetime]]:
+        return [
+            (int(r["serial"], 16), dt.datetime.fromtimestamp(r["revoked_ms"] / 1000, dt.timezone.utc))
+            for r in self._db.execute(
+                "SELECT serial, revoked_ms FROM certificates WHERE revoked_ms IS NOT NULL "
+                "ORDER BY revoked_ms"
+            )
+        ]
+
+    def revoked_gateways(self) -> list[str]:
+        return [
+            r["id"]
+            for r in self._db.execute(
+                "SELECT id FROM gateways WHERE revoked_ms IS NOT NULL ORDER BY id"
+            )
+        ]
+
+    # ----------------------------------------------------------------- queries
+    def gateways(self) -> list[GatewayRow]:
+        rows = self._db.execute(
+            """SELECT g.*, c.serial AS cert_serial, c.not_after_ms AS cert_not_after_ms
+               FROM gateways g LEFT JOIN certificates c ON c.serial = (
+                   SELECT serial FROM certificates WHERE gateway_id = g.id
+                   ORDER BY issued_ms DESC, rowid DESC LIMIT 1)
+               ORDER BY g.id"""
+        ).fetchall()
+        return [
+            GatewayRow(
+                r["id"], r["created_ms"], r["enrolled_ms"], r["revoked_ms"], r["last_seen_ms"],
+                r["cert_serial"], r["cert_not_after_ms"],
+            )
+            for r in rows
+        ]
+
+    def gateway(self, gateway_id: str) -> GatewayRow | None:
+        return next((g for g in self.gateways() if g.id == gateway_id), None)
+
+    def certificates(
+        self, gateway_id: str, *, include_revoked: bool = True
+    ) -> list[x509.Certificate]:
+        """The gateway's certificates, newest first."""
+        sql = "SELECT pem FROM certificates WHERE gateway_id = ?"
+        if not include_revoked:
+            sql += " AND revoked_ms IS NULL"
+        sql += " ORDER BY issued_ms DESC, rowid DESC"
+        return [pki.load_certificate(r["pem"]) for r in self._db.execute(sql, (gateway_id,))]
+
+    def public_keys(
+        self, gateway_id: str, *, include_revoked: bool = True
+    ) -> list[ec.EllipticCurvePublicKey]:
+        """Distinct gateway public keys, newest first: what ingest derives data keys from.
+
+        A renewal keeps the key, a re-enrollment may change it; batches sealed before the
+        change still need the old key, so every key the gateway ever held is returned.
+        """
+        out: list[ec.EllipticCurvePublicKey] = []
+        seen: set[str] = set()
+        for cert in self.certificates(gateway_id, include_revoked=include_revoked):
+            key = cert.public_key()
+            if not isinstance(key, ec.EllipticCurvePublicKey):
+                continue
+            fp = pki.public_key_fingerprint(key)
+            if fp not in seen:
+                seen.add(fp)
+                out.append(key)
+        return out
+
+    def is_revoked(self, gateway_id: str) -> bool:
+        row = self._db.execute(
+            "SELECT revoked_ms FROM gateways WHERE id = ?", (gateway_id,)
+        ).fetchone()
+        return row is not None and row["revoked_ms"] is not None
+
+    def touch(self, gateway_id: str, ts_ms: int | None = None) -> None:
+        """Record that the gateway was seen (ingest may call this; cheap, no new rows)."""
+        self._db.execute(
+            "UPDATE gateways SET last_seen_ms = MAX(COALESCE(last_seen_ms, 0), ?) WHERE id = ?",
+            (ts_ms if ts_ms is not None else _ms(), gateway_id),
+        )

@@ -1,0 +1,381 @@
+"""The cloud's durable store of ingested batches (SQLite ``DATA/store.db``).
+
+Invariants:
+- ``batches(gateway, seq)`` is the PRIMARY KEY: a batch is stored at most once. Its readings,
+  alerts and gaps are written in the SAME transaction as its ``batches`` row, so "seen" and
+  "stored" can never disagree (dedup and durability are one atomic step).
+- WAL mode, ``synchronous=FULL``: once ``commit_*`` returns, the batch survives a power cut;
+  only then may the ingest acknowledge it to the gateway.
+- Several batches may share one transaction (group commit for throughput); each batch in it is
+  still all-or-nothing.
+- Values keep their type: ``vtype`` says null/int/float/bool/str/blob. Numbers are stored as
+  INTEGER/REAL, strings as TEXT. Bytes (camera snapshots) go to ``blobs`` keyed by their SHA-256
+  (identical frames stored once); the reading's ``value`` is then the hex digest.
+- One writer per store (the ingest's writer thread); readers (``query``) may run concurrently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gateway.model import Alert, Sample, Value
+
+VT_NULL, VT_INT, VT_FLOAT, VT_BOOL, VT_STR, VT_BLOB = range(6)
+VTYPE_NAMES = ("null", "int", "float", "bool", "str", "blob")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS batches (
+    gateway     TEXT    NOT NULL,
+    seq         INTEGER NOT NULL,
+    lane        INTEGER NOT NULL,
+    received_ms INTEGER NOT NULL,
+    readings    INTEGER NOT NULL,
+    alerts      INTEGER NOT NULL DEFAULT 0,
+    gaps        INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (gateway, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS readings (
+    gateway TEXT    NOT NULL,
+    device  TEXT    NOT NULL,
+    metric  TEXT    NOT NULL,
+    ts_ms   INTEGER NOT NULL,
+    value,
+    vtype   INTEGER NOT NULL,
+    quality INTEGER NOT NULL,
+    seq     INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS readings_series ON readings (gateway, device, metric, ts_ms);
+CREATE TABLE IF NOT EXISTS blobs (
+    sha256 TEXT PRIMARY KEY,
+    size   INTEGER NOT NULL,
+    data   BLOB    NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS alerts (
+    gateway  TEXT    NOT NULL,
+    seq      INTEGER NOT NULL,
+    rule     TEXT    NOT NULL,
+    device   TEXT    NOT NULL,
+    ts_ms    INTEGER NOT NULL,
+    active   INTEGER NOT NULL,
+    severity INTEGER NOT NULL,
+    message  TEXT    NOT NULL,
+    metric   TEXT    NOT NULL,
+    value    REAL,
+    labels   TEXT    NOT NULL
+);
+CREATE INDEX IF NOT EXISTS alerts_device ON alerts (gateway, device, ts_ms);
+CREATE TABLE IF NOT EXISTS gaps (
+    gateway    TEXT    NOT NULL,
+    seq        INTEGER NOT NULL,
+    lane       INTEGER NOT NULL,
+    seqs       TEXT    NOT NULL,
+    from_ts_ms INTEGER NOT NULL,
+    to_ts_ms   INTEGER NOT NULL,
+    batches    INTEGER NOT NULL,
+    readings   INTEGER NOT NULL,
+    reason     TEXT    NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRecord:
+    """One decoded, authenticated batch ready to be stored."""
+
+    gateway: str
+    seq: int
+    lane: int
+    received_ms: int
+    samples: Sequence[Sample] = ()
+    alerts: Sequence[Alert] = ()
+    gaps: Sequence[Any] = ()  # gateway.wire.codec.Gap
+
+
+@dataclass
+class StoredReading:
+    gateway: str
+    device: str
+    metric: str
+    ts_ms: int
+    value: Value | dict[str, Any]
+    quality: int
+    seq: int
+
+
+@dataclass
+class _Counts:
+    batches: int = 0
+    duplicates: int = 0
+    readings: int = 0
+    alerts: int = 0
+    gaps: int = 0
+    transactions: int = 0
+
+
+def _encode_value(value: Value) -> tuple[Any, int, bytes | None]:
+    """(stored value, vtype, blob bytes or None)."""
+    if value is None:
+        return None, VT_NULL, None
+    if isinstance(value, bool):  # before int: bool is an int subclass
+        return int(value), VT_BOOL, None
+    if isinstance(value, int):
+        if -(2**63) <= value < 2**63:
+            return value, VT_INT, None
+        return str(value), VT_INT, None  # SQLite INTEGER is 64-bit: u64 kept as its digits
+    if isinstance(value, float):
+        return value, VT_FLOAT, None
+    if isinstance(value, str):
+        return value, VT_STR, None
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        data = bytes(value)
+        return hashlib.sha256(data).hexdigest(), VT_BLOB, data
+    raise TypeError(f"unsupported value type {type(value).__name__}")
+
+
+def decode_value(stored: Any, vtype: int) -> Value:
+    """The reading's value as the gateway produced it (blobs as their hex digest)."""
+    if vtype == VT_BOOL:
+        return bool(stored)
+    if vtype == VT_INT and isinstance(stored, str):
+        return int(stored)
+    if vtype == VT_FLOAT and stored is not None:
+        return float(stored)
+    return stored  # type: ignore[no-any-return]
+
+
+class CloudStore:
+    """SQLite store of everything the ingest accepted. Not thread-safe: one owner thread."""
+
+    def __init__(self, path: Path | str, *, readonly: bool = False) -> None:
+        self.path = Path(path)
+        if readonly:
+            if not self.path.exists():
+                raise FileNotFoundError(
+                    f"{self.path}: no cloud store here (run `edgegw-cloud serve` to create it, "
+                    "or pass the right --data-dir)"
+                )
+            self._db = sqlite3.connect(
+                f"file:{self.path}?mode=ro", uri=True, isolation_level=None,
+                check_same_thread=False,
+            )
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._counts = _Counts()
+
+    # ------------------------------------------------------------------ writing
+    def commit_batch(
+        self,
+        gateway: str,
+        seq: int,
+        lane: int,
+        received_ms: int,
+        samples: Sequence[Sample] = (),
+        alerts: Sequence[Alert] = (),
+        gaps: Sequence[Any] = (),
+    ) -> bool:
+        """Store one batch atomically. False = duplicate (already stored, nothing written)."""
+        record = BatchRecord(gateway, seq, lane, received_ms, samples, alerts, gaps)
+        return self.commit_many([record])[0]
+
+    def commit_many(self, records: Sequence[BatchRecord]) -> list[bool]:
+        """Store several batches in ONE transaction; per batch True = new, False = duplicate.
+
+        Durable (fsync'd, synchronous=FULL) when this returns. On any error the whole
+        transaction is rolled back and the error propagates: nothing of it was stored.
+        """
+        if not records:
+            return []
+        db = self._db
+        result: list[bool] = []
+        n_readings = n_alerts = n_gaps = 0
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for rec in records:
+                cur = db.execute(
+                    "INSERT OR IGNORE INTO batches"
+                    " (gateway, seq, lane, received_ms, readings, alerts, gaps)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (rec.gateway, rec.seq, int(rec.lane), rec.received_ms,
+                     len(rec.samples), len(rec.alerts), len(rec.gaps)),
+                )
+                if cur.rowcount == 0:
+                    result.append(False)
+                    continue
+                result.append(True)
+                self._insert_contents(rec)
+                n_readings += len(rec.samples)
+                n_alerts += len(rec.alerts)
+                n_gaps += len(rec.gaps)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        c = self._counts
+        c.transactions += 1
+        c.batches += sum(result)
+        c.duplicates += len(result) - sum(result)
+        c.readings += n_readings
+        c.alerts += n_alerts
+        c.gaps += n_gaps
+        return result
+
+    def _insert_contents(self, rec: BatchRecord) -> None:
+        db = self._db
+        gw, seq = rec.gateway, rec.seq
+        rows = []
+        blobs = []
+        for s in rec.samples:
+            value, vtype, blob = _encode_value(s.value)
+            if blob is not None:
+                blobs.append((value, len(blob), blob))
+            rows.append((gw, s.device, s.metric, s.ts_ms, value, vtype, int(s.quality), seq))
+        if blobs:
+            db.executemany(
+                "INSERT OR IGNORE INTO blobs (sha256, size, data) VALUES (?, ?, ?)", blobs
+            )
+        if rows:
+            db.executemany(
+                "INSERT INTO readings (gateway, device, metric, ts_ms, value, vtype, quality, seq)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+        if rec.alerts:
+            db.executemany(
+                "INSERT INTO alerts (gateway, seq, rule, device, ts_ms, active, severity, message,"
+                " metric, value, labels) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (gw, seq, a.rule, a.device, a.ts_ms, int(a.active), int(a.severity),
+                     a.message, a.metric, a.value, json.dumps(dict(a.labels), sort_keys=True))
+                    for a in rec.alerts
+                ],
+            )
+        if rec.gaps:
+            db.executemany(
+                "INSERT INTO gaps (gateway, seq, lane, seqs, from_ts_ms, to_ts_ms, batches,"
+                " readings, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (gw, seq, int(g.lane), json.dumps(list(g.seqs)), g.from_ts_ms, g.to_ts_ms,
+                     g.batches, g.readings, str(g.reason))
+                    for g in rec.gaps
+                ],
+            )
+
+    # ------------------------------------------------------------------ reading
+    def has_batch(self, gateway: str, seq: int) -> bool:
+        row = self._db.execute(
+            "SELECT 1 FROM batches WHERE gateway = ? AND seq = ?", (gateway, seq)
+        ).fetchone()
+        return row is not None
+
+    def batch_seqs(self, gateway: str) -> list[int]:
+        return [
+            r[0]
+            for r in self._db.execute(
+                "SELECT seq FROM batches WHERE gateway = ? ORDER BY seq", (gateway,)
+            )
+        ]
+
+    def batches(self, gateway: str) -> list[dict[str, int]]:
+        cur = self._db.execute(
+            "SELECT seq, lane, received_ms, readings, alerts, gaps FROM batches"
+            " WHERE gateway = ? ORDER BY seq",
+            (gateway,),
+        )
+        cols = [d[0] for d in cur.description]
+        return [dict(zip(cols, r, strict=True)) for r in cur]
+
+    def count_readings(self, gateway: str | None = None) -> int:
+        if gateway is None:
+            return int(self._db.execute("SELECT count(*) FROM readings").fetchone()[0])
+        return int(
+            self._db.execute(
+                "SELECT count(*) FROM readings WHERE gateway = ?", (gateway,)
+            ).fetchone()[0]
+        )
+
+    def readings(
+        self,
+        *,
+        gateway: str | None = None,
+        device: str | None = None,
+        metric: str | None = None,
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+        limit: int | None = None,
+    ) -> Iterator[StoredReading]:
+        """Stored readings matching every given filter, by (gateway, device, metric, ts)."""
+        where, params = [], []  # type: ignore[var-annotated]
+        for col, val in (("gateway", gateway), ("device", device), ("metric", metric)):
+            if val is not None:
+                where.append(f"{col} = ?")
+                params.append(val)
+        if since_ms is not None:
+            where.append("ts_ms >= ?")
+            params.append(since_ms)
+        if until_ms is not None:
+            where.append("ts_ms < ?")
+            params.append(until_ms)
+        sql = "SELECT gateway, device, metric, ts_ms, value, vtype, quality, seq FROM readings"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY gateway, device, metric, ts_ms"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        for gw, dev, met, ts, value, vtype, quality, seq in self._db.execute(sql, params):
+            out: Value | dict[str, Any]
+            if vtype == VT_BLOB:
+                size = self._db.execute(
+                    "SELECT size FROM blobs WHERE sha256 = ?", (value,)
+                ).fetchone()
+                out = {"blob_sha256": value, "size": size[0] if size else None}
+            else:
+                out = decode_value(value, vtype)
+            yield StoredReading(gw, dev, met, ts, out, quality, seq)
+
+    def blob(self, sha256: str) -> bytes | None:
+        row = self._db.execute("SELECT data FROM blobs WHERE sha256 = ?", (sha256,)).fetchone()
+        return bytes(row[0]) if row else None
+
+    def alerts(self, gateway: str) -> list[dict[str, Any]]:
+        cur = self._db.execute(
+            "SELECT seq, rule, device, ts_ms, active, severity, message, metric, value, labels"
+            " FROM alerts WHERE gateway = ? ORDER BY seq, ts_ms",
+            (gateway,),
+        )
+        cols = [d[0] for d in cur.description]
+        return [dict(zip(cols, r, strict=True)) for r in cur]
+
+    def gaps(self, gateway: str) -> list[dict[str, Any]]:
+        cur = self._db.execute(
+            "SELECT seq, lane, seqs, from_ts_ms, to_ts_ms, batches, readings, reason"
+            " FROM gaps WHERE gateway = ? ORDER BY seq",
+            (gateway,),
+        )
+        cols = [d[0] for d in cur.description]
+        return [dict(zip(cols, r, strict=True)) for r in cur]
+
+    def stats(self) -> dict[str, int | float | dict[str, Any]]:
+        c = self._counts
+        return {
+            "batches_stored": c.batches,
+            "batches_duplicate": c.duplicates,
+            "readings_stored": c.readings,
+            "alerts_stored": c.alerts,
+            "gaps_stored": c.gaps,
+            "transactions": c.transactions,
+        }
+
+    def close(self) -> None:
+        self._db.close()

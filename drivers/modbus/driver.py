@@ -1,0 +1,244 @@
+"""ModbusDriver: one device (unit id) on a Modbus TCP, RTU or RTU-over-TCP bus.
+
+Invariants:
+- Reads are planned once at ``open`` (see planner): one request per ``ReadGroup`` per poll.
+- ``read()`` returns every configured point: a value, ``PointValue(v, OUT_OF_RANGE)`` outside
+  [min, max], or ``PointValue(None, BAD_DATA)`` when its group got an exception response or a
+  short/malformed frame. Only when every group failed that way does ``read`` raise
+  ``BadDataError``. No answer / no connection raises ``TransientError`` at once (the device is
+  down; the runtime turns that into ``comm_error`` samples for all points).
+- Scale and offset are applied after decoding: ``value = raw * scale + offset``.
+- The pymodbus client is shared by every unit id on the bus (``ctx.shared`` keyed by
+  ``bus_key``) and closed when the last device releases it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+from drivers.modbus.bus import ExceptionResponseError, ModbusBus
+from drivers.modbus.codec import CodecError, decode, encode
+from drivers.modbus.options import BIT_KINDS, ModbusOptions, ModbusPoint
+from drivers.modbus.planner import ReadGroup, plan_reads
+from gateway import (
+    BadDataError,
+    DeviceContext,
+    DriverOptions,
+    PermanentError,
+    PointValue,
+    PolledDriver,
+    Quality,
+    ReadResult,
+    TransientError,
+    Value,
+)
+
+_READ_CALL = {
+    "holding": "read_holding_registers",
+    "input": "read_input_registers",
+    "coil": "read_coils",
+    "discrete": "read_discrete_inputs",
+}
+
+
+class ModbusDriver(PolledDriver):
+    """Polls the configured points of one Modbus unit id; writes holding registers and coils."""
+
+    Options: ClassVar[type[DriverOptions]] = ModbusOptions
+    writable: ClassVar[bool] = True
+
+    def __init__(self, options: DriverOptions) -> None:
+        if not isinstance(options, ModbusOptions):
+            options = ModbusOptions.model_validate(options.model_dump())
+        super().__init__(options)
+        self.opts: ModbusOptions = options
+        self.groups: list[ReadGroup] = plan_reads(
+            options.points,
+            max_gap=options.max_gap,
+            max_registers=options.max_registers,
+            max_bits=options.max_bits,
+        )
+        self._by_name = {p.name: p for p in options.points}
+        self._bus: ModbusBus | None = None
+
+    @classmethod
+    def bus_key(cls, options: DriverOptions) -> str | None:
+        assert isinstance(options, ModbusOptions)
+        return options.bus_endpoint()
+
+    @classmethod
+    def points(cls, options: DriverOptions) -> Sequence[str]:
+        assert isinstance(options, ModbusOptions)
+        return [p.name for p in options.points]
+
+    # ----------------------------------------------------------------- lifecycle
+    async def open(self, ctx: DeviceContext) -> None:
+        await super().open(ctx)
+        key = self.opts.bus_endpoint()
+        bus = ctx.shared(key, lambda: ModbusBus(self.opts))
+        try:
+            bus.check_compatible(self.opts)
+        except PermanentError:
+            ctx.release(key)
+            raise
+        self._bus = bus
+
+    async def close(self) -> None:
+        if self._bus is None:
+            return
+        last = self.ctx.release(self._bus.endpoint)
+        if isinstance(last, ModbusBus):
+            last.close()
+        self._bus = None
+
+    def _require_bus(self) -> ModbusBus:
+        if self._bus is None:
+            raise TransientError("driver not open")
+        return self._bus
+
+    # ----------------------------------------------------------------- reads
+    async def read(self) -> ReadResult:
+        bus = self._require_bus()
+        result: dict[str, Value | PointValue] = {}
+        failures: list[BadDataError] = []
+        for group in self.groups:
+            try:
+                values = await self._read_group(bus, group)
+            except BadDataError as exc:  # this group only; TransientError ends the poll
+                failures.append(exc)
+                self.ctx.count(_event(exc))
+                for point in group.points:
+                    result[point.name] = PointValue(None, Quality.BAD_DATA)
+                continue
+            for point in group.points:
+                result[point.name] = self._decode_point(point, group, values)
+        if failures and len(failures) == len(self.groups):
+            raise BadDataError(f"every read failed; first: {failures[0]}")
+        return result
+
+    async def _read_group(self, bus: ModbusBus, group: ReadGroup) -> list[int] | list[bool]:
+        what = f"unit {self.opts.unit_id} {group.kind} {group.start}+{group.count}"
+        call = getattr(bus.client, _READ_CALL[group.kind])
+        response = await bus.request(
+            call, what, timeout_s=self.opts.timeout, retries=self.opts.retries,
+            address=group.start, count=group.count, device_id=self.opts.unit_id,
+        )
+        values: list[int] | list[bool]
+        values = list(response.bits) if group.kind in BIT_KINDS else list(response.registers)
+        if len(values) < group.count:
+            raise BadDataError(f"{what}: short response ({len(values)} of {group.count})")
+        return values
+
+    def _decode_point(
+        self, point: ModbusPoint, group: ReadGroup, values: list[int] | list[bool]
+    ) -> Value | PointValue:
+        at = point.address - group.start
+        if point.kind in BIT_KINDS:
+            raw: Any = bool(values[at])
+        else:
+            try:
+                raw = decode(
+                    [int(v) for v in values[at : at + point.width]],
+                    point.data_type,
+                    word_order=point.word_order or self.opts.word_order,
+                    byte_order=point.byte_order or self.opts.byte_order,
+                    bit=point.bit,
+                    encoding=point.encoding,
+                )
+            except CodecError:
+                self.ctx.count("decode_error")
+                return PointValue(None, Quality.BAD_DATA)
+        if isinstance(raw, float) and not math.isfinite(raw):
+            self.ctx.count("non_finite")
+            return PointValue(None, Quality.BAD_DATA)
+        value: Value = raw
+        if isinstance(raw, int | float) and not isinstance(raw, bool) and (
+            point.scale != 1.0 or point.offset != 0.0
+        ):
+            value = raw * point.scale + point.offset
+        if isinstance(value, int | float) and not isinstance(value, bool) and (
+            (point.min is not None and value < point.min)
+            or (point.max is not None and value > point.max)
+        ):
+            return PointValue(value, Quality.OUT_OF_RANGE)
+        return value
+
+    # ----------------------------------------------------------------- writes
+    async def write(self, point: str, value: Value) -> None:
+        spec = self._by_name.get(point)
+        if spec is None:
+            raise PermanentError(f"unknown point {point!r}; known: {', '.join(self._by_name)}")
+        if not spec.writable:
+            raise PermanentError(f"point {point!r} is not writable (set writable: true)")
+        bus = self._require_bus()
+        what = f"unit {self.opts.unit_id} write {point}"
+        kw: dict[str, Any] = {
+            "timeout_s": self.opts.timeout, "retries": self.opts.retries,
+            "device_id": self.opts.unit_id,
+        }
+        try:
+            if spec.kind == "coil":
+                await bus.request(
+                    bus.client.write_coil, what, address=spec.address, value=bool(value), **kw
+                )
+                return
+            registers = await self._registers_for(bus, spec, value, what, kw)
+            if len(registers) == 1:
+                await bus.request(
+                    bus.client.write_register, what, address=spec.address, value=registers[0], **kw
+                )
+            else:
+                await bus.request(
+                    bus.client.write_registers, what, address=spec.address, values=registers, **kw
+                )
+        except ExceptionResponseError as exc:
+            self.ctx.count("write_refused")
+            if exc.code in (1, 2, 3):  # function/address/value: the point map does not fit
+                raise PermanentError(str(exc)) from exc
+            raise
+
+    async def _registers_for(
+        self, bus: ModbusBus, spec: ModbusPoint, value: Value, what: str, kw: dict[str, Any]
+    ) -> list[int]:
+        if isinstance(value, bytes) or value is None:
+            raise PermanentError(f"cannot write {value!r} to point {spec.name!r}")
+        if spec.data_type == "bit":
+            assert spec.bit is not None
+            # read-modify-write of the one register; the bus lock is not held in between, so a
+            # concurrent writer of the same register could interleave (documented in README)
+            current = await bus.request(
+                bus.client.read_holding_registers, what, address=spec.address, count=1, **kw
+            )
+            mask = 1 << spec.bit
+            reg = int(current.registers[0])
+            return [(reg | mask) if value else (reg & ~mask)]
+        raw: int | float | bool | str = value
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            if (spec.min is not None and value < spec.min) or (
+                spec.max is not None and value > spec.max
+            ):
+                raise PermanentError(
+                    f"value {value} for {spec.name!r} is outside [{spec.min}, {spec.max}]"
+                )
+            raw = (value - spec.offset) / spec.scale
+            if spec.scale == 1.0 and spec.offset == 0.0:
+                raw = value
+        try:
+            return encode(
+                raw,
+                spec.data_type,
+                word_order=spec.word_order or self.opts.word_order,
+                byte_order=spec.byte_order or self.opts.byte_order,
+                length=spec.length,
+                encoding=spec.encoding,
+            )
+        except CodecError as exc:
+            raise PermanentError(f"cannot write {value!r} to {spec.name!r}: {exc}") from None
+
+
+def _event(exc: BadDataError) -> str:
+    if isinstance(exc, ExceptionResponseError):
+        return "exception_response"
+    return "bad_frame"

@@ -1,0 +1,779 @@
+"""The gateway configuration: YAML -> validated model, every mistake reported with its location.
+
+Two phases, both reporting ``ConfigIssue``s formatted ``file:line:col: dotted.path: message
+(hint: ...)``:
+
+1. ``load_config(path)``: YAML (with ``include:`` and ``${ENV}``, see ``gateway.yamlsrc``) ->
+   ``GatewayConfig`` (pydantic, unknown keys forbidden everywhere). Raises ``ConfigError``.
+2. ``check_config(cfg, drivers)``: semantic checks that need the installed drivers: the driver
+   exists, ``options`` fit the driver's ``Options`` model, device ids are unique, ``bus:``
+   references exist, and the edge checks (``gateway.edge.config.validate_edge``).
+
+``load_and_check(path, drivers)`` runs both and is the one call the CLI and the daemon use.
+
+The format (reference: docs/configuration.md, examples/gateway.example.yaml)::
+
+    include: [devices/*.yaml]          # merged first; this file wins (lists are concatenated)
+    gateway:  {id: plant1-gw1, state_dir: ./var/edgegw, log_level: info}
+    metrics:  {enabled: true, listen: "127.0.0.1:9108"}
+    outbox:   {path: null, max_bytes: 64MiB, when_full: drop_oldest_telemetry, vacuum_every: 60s}
+    batch:    {max_readings: 5000, max_age: 250ms, max_bytes: 256KiB}
+    uplink:   {enabled: false, broker: "mqtts://127.0.0.1:8883", identity_dir: null, window: 32,
+               ack_timeout: 10s, keepalive: 30s, backoff_min: 0.5s, backoff_max: 30s,
+               stable_after: 20s}
+    buses:    {line1: {inter_frame_delay: 5ms, timeout: 1s}}
+    devices:  [{id: pump1, driver: modbus, enabled: true, poll: 1s, timeout: 2s, stagger: true,
+                bus: line1, options: {...}, aggregate: {...}}]
+    rules:    [...]                    # gateway.edge.config.RuleConfig
+    anomaly:  [...]                    # gateway.edge.config.AnomalyConfig
+
+Invariants:
+- Gateway and device ids match ``^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$``: they become MQTT topic
+  levels, so ``/``, ``+`` and ``#`` can never appear in them.
+- Relative paths (``state_dir``, ``outbox.path``, ``uplink.identity_dir``, anomaly models) are
+  relative to the folder of the main config file, never to the working directory.
+- Bad input never raises anything but ``ConfigError``; the semantic phase never raises at all
+  (a crashing plugin validator becomes an issue).
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+import re
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+from urllib.parse import urlsplit
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+
+from gateway.edge.config import AggregateConfig, AnomalyConfig, RuleConfig, validate_edge
+from gateway.sdk import Driver, DriverEntry, DriverOptions
+from gateway.units import ByteSize, Duration
+from gateway.yamlsrc import ConfigError, ConfigIssue, Loc, PathT, SourceMap, load_yaml
+
+__all__ = [
+    "BatchConfig",
+    "BusConfig",
+    "ConfigError",
+    "ConfigIssue",
+    "DeviceConfig",
+    "GatewayConfig",
+    "GatewaySection",
+    "MetricsConfig",
+    "OutboxConfig",
+    "UplinkConfig",
+    "check_config",
+    "config_json_schema",
+    "drivers_from_registry",
+    "load_and_check",
+    "load_config",
+]
+
+log = logging.getLogger("edgegw.config")
+
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+_ID_RE = re.compile(ID_PATTERN)
+
+
+# --------------------------------------------------------------------------- field types
+def _check_id(value: Any) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if isinstance(value, str) and not _ID_RE.match(value):
+        bad = sorted({c for c in value if not (c.isascii() and (c.isalnum() or c in "_.-"))})
+        why = f"it contains {', '.join(repr(c) for c in bad)}" if bad else "wrong start or length"
+        raise ValueError(
+            f"invalid id '{value}' ({why}): use 1-64 letters, digits, '_', '.' or '-', starting "
+            "with a letter or digit (ids become MQTT topic levels)"
+        )
+    return value
+
+
+Id = Annotated[
+    str,
+    BeforeValidator(_check_id),
+    WithJsonSchema({"type": "string", "pattern": ID_PATTERN}),
+]
+
+
+def _lower(value: Any) -> Any:
+    return value.lower() if isinstance(value, str) else value
+
+
+LogLevel = Annotated[
+    Literal["debug", "info", "warning", "error", "critical"], BeforeValidator(_lower)
+]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --------------------------------------------------------------------------- sections
+class GatewaySection(_Section):
+    """Identity and local state of this gateway."""
+
+    id: Id = Field(description="gateway id = certificate CN = MQTT client id and topic level")
+    state_dir: Path = Field(
+        Path("./var/edgegw"), description="local state (outbox, identity); relative to the config"
+    )
+    log_level: LogLevel = "info"
+
+
+class MetricsConfig(_Section):
+    """Prometheus metrics endpoint."""
+
+    enabled: bool = True
+    listen: str = Field("127.0.0.1:9108", description="host:port ([::1]:9108 for IPv6)")
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, v: str) -> str:
+        _split_host_port(v)
+        return v
+
+    @property
+    def host(self) -> str:
+        return _split_host_port(self.listen)[0]
+
+    @property
+    def port(self) -> int:
+        return _split_host_port(self.listen)[1]
+
+
+def _split_host_port(text: str) -> tuple[str, int]:
+    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([^:\s\[\]]+):(\d+)", text.strip())
+    if match is None:
+        raise ValueError(f"bad listen address '{text}' (use host:port, e.g. 127.0.0.1:9108)")
+    host = match.group(1) or match.group(3)
+    port = int(match.group(2) or match.group(4))
+    if port > 65535:
+        raise ValueError(f"bad port {port} in '{text}' (0-65535)")
+    return host, port
+
+
+class OutboxConfig(_Section):
+    """The store-and-forward buffer (SQLite)."""
+
+    path: Path | None = Field(None, description="default: <state_dir>/outbox.db")
+    max_bytes: ByteSize = Field(64 * 1024**2, description="size bound of the buffer on disk")
+    when_full: Literal["drop_oldest_telemetry", "drop_oldest", "reject_new"] = (
+        "drop_oldest_telemetry"
+    )
+    vacuum_every: Duration = 60.0
+
+    @field_validator("max_bytes")
+    @classmethod
+    def _min_size(cls, v: int) -> int:
+        if v < 64 * 1024:
+            raise ValueError(f"outbox max_bytes {v} is too small (at least 64KiB)")
+        return v
+
+
+class BatchConfig(_Section):
+    """When the batcher seals a batch: whichever limit is reached first."""
+
+    max_readings: int = Field(5000, gt=0)
+    max_age: Duration = Field(0.25, gt=0)
+    max_bytes: ByteSize = Field(256 * 1024, gt=0)
+
+
+class UplinkConfig(_Section):
+    """MQTT v5 session to the cloud (mutual TLS)."""
+
+    enabled: bool = False
+    broker: str = Field("mqtts://127.0.0.1:8883", description="mqtts://host:port")
+    identity_dir: Path | None = Field(None, description="default: <state_dir>/identity")
+    window: int = Field(32, gt=0, le=65535, description="batches in flight")
+    ack_timeout: Duration = Field(10.0, gt=0)
+    keepalive: Duration = Field(30.0, gt=0)
+    backoff_min: Duration = Field(0.5, gt=0)
+    backoff_max: Duration = Field(30.0, gt=0)
+    stable_after: Duration = 20.0
+
+    @field_validator("broker")
+    @classmethod
+    def _broker_url(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme not in ("mqtts", "mqtt") or not parts.hostname:
+            raise ValueError(f"bad broker URL '{v}' (use mqtts://host:port)")
+        try:
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError:
+            raise ValueError(f"bad port in broker URL '{v}'") from None
+        return v
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> UplinkConfig:
+        if self.backoff_min > self.backoff_max:
+            raise ValueError(
+                f"backoff_min ({self.backoff_min:g}s) is longer than backoff_max "
+                f"({self.backoff_max:g}s)"
+            )
+        return self
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.broker).hostname or ""
+
+    @property
+    def port(self) -> int:
+        parts = urlsplit(self.broker)
+        return parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+
+    @property
+    def tls(self) -> bool:
+        return urlsplit(self.broker).scheme == "mqtts"
+
+
+class BusConfig(_Section):
+    """Tuning of one physical bus (a serial line, a Modbus TCP endpoint)."""
+
+    inter_frame_delay: Duration = Field(0.0, description="pause between two requests")
+    timeout: Duration | None = Field(None, description="overrides the devices' timeout")
+
+
+class DeviceConfig(_Section):
+    """One field device; ``options`` are checked against the driver's ``Options`` model."""
+
+    id: Id
+    driver: str = Field(min_length=1, description="driver name, see `edgegw drivers`")
+    enabled: bool = True
+    poll: Duration = Field(1.0, gt=0, description="poll period (polled drivers)")
+    timeout: Duration = Field(2.0, gt=0)
+    stagger: bool = Field(True, description="spread first polls over one period")
+    bus: str | None = Field(None, description="name of a `buses:` entry tuning this device's bus")
+    options: dict[str, Any] = Field(default_factory=dict, description="driver options")
+    aggregate: AggregateConfig | None = None
+
+
+_SECTIONS = ("metrics", "outbox", "batch", "uplink", "buses", "devices", "rules", "anomaly")
+
+
+class GatewayConfig(_Section):
+    """The root of a gateway configuration file."""
+
+    gateway: GatewaySection
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    outbox: OutboxConfig = Field(default_factory=OutboxConfig)
+    batch: BatchConfig = Field(default_factory=BatchConfig)
+    uplink: UplinkConfig = Field(default_factory=UplinkConfig)
+    buses: dict[str, BusConfig] = Field(default_factory=dict)
+    devices: list[DeviceConfig] = Field(default_factory=list)
+    rules: list[RuleConfig] = Field(default_factory=list)
+    anomaly: list[AnomalyConfig] = Field(default_factory=list)
+
+    _source: SourceMap | None = PrivateAttr(None)
+    _data: dict[str, Any] = PrivateAttr(default_factory=dict)
+    _file: str | None = PrivateAttr(None)
+    _options: dict[str, DriverOptions] = PrivateAttr(default_factory=dict)
+    _warnings: list[ConfigIssue] = PrivateAttr(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_sections(cls, data: Any) -> Any:
+        """``devices:`` with nothing under it means "none", not "null is not a list"."""
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if not (k in _SECTIONS and v is None)}
+        return data
+
+    # ----------------------------------------------------------------- derived values
+    @property
+    def source(self) -> SourceMap | None:
+        """Where each value came from (``None`` for a config built in code)."""
+        return self._source
+
+    @property
+    def file(self) -> str | None:
+        return self._file
+
+    @property
+    def base_dir(self) -> Path | None:
+        """Folder of the main config file: relative paths in values are relative to it."""
+        return Path(self._file).resolve().parent if self._file else None
+
+    @property
+    def outbox_path(self) -> Path:
+        return self.outbox.path or self.gateway.state_dir / "outbox.db"
+
+    @property
+    def identity_dir(self) -> Path:
+        return self.uplink.identity_dir or self.gateway.state_dir / "identity"
+
+    @property
+    def warnings(self) -> list[ConfigIssue]:
+        """Non-fatal issues of the last ``check_config`` (e.g. a driver plugin failed to load)."""
+        return list(self._warnings)
+
+    def options_for(self, device_id: str) -> DriverOptions | None:
+        """The device's options as validated by its driver's model (after ``check_config``)."""
+        return self._options.get(device_id)
+
+    def _resolve_paths(self, base: Path) -> None:
+        def absolute(p: Path) -> Path:
+            p = p.expanduser()
+            return p if p.is_absolute() else base / p
+
+        self.gateway.state_dir = absolute(self.gateway.state_dir)
+        if self.outbox.path is not None:
+            self.outbox.path = absolute(self.outbox.path)
+        if self.uplink.identity_dir is not None:
+            self.uplink.identity_dir = absolute(self.uplink.identity_dir)
+
+
+# --------------------------------------------------------------------------- error mapping
+def _unwrap(tp: Any) -> Any:
+    while True:
+        origin = typing.get_origin(tp)
+        if origin is Annotated:
+            tp = typing.get_args(tp)[0]
+        elif origin in (Union, types.UnionType):
+            members = [a for a in typing.get_args(tp) if a is not type(None)]
+            if len(members) != 1:
+                return tp
+            tp = members[0]
+        else:
+            return tp
+
+
+def _is_model(tp: Any) -> bool:
+    return isinstance(tp, type) and issubclass(tp, BaseModel)
+
+
+def _field_names(model: type[BaseModel]) -> list[str]:
+    return [f.alias or name for name, f in model.model_fields.items()]
+
+
+def _field(model: type[BaseModel], key: Any) -> Any | None:
+    for name, f in model.model_fields.items():
+        if key in (name, f.alias):
+            return f.annotation
+    return None
+
+
+def _union_member(tp: Any, part: Any) -> Any | None:
+    """The member of a (discriminated) union that a pydantic loc part names."""
+    for member in typing.get_args(tp):
+        member = _unwrap(member)
+        if not _is_model(member):
+            continue
+        if member.__name__ == part:
+            return member
+        for f in member.model_fields.values():
+            if typing.get_origin(f.annotation) is Literal and part in typing.get_args(f.annotation):
+                return member
+    return None
+
+
+def _model_at(root: type[BaseModel], loc: Sequence[Any]) -> type[BaseModel] | None:
+    """The model class that validates the value at pydantic ``loc`` (for did-you-mean)."""
+    tp: Any = root
+    for part in loc:
+        tp = _unwrap(tp)
+        origin = typing.get_origin(tp)
+        if _is_model(tp):
+            nxt = _field(tp, part)
+            if nxt is None:
+                return None
+            tp = nxt
+        elif origin in (list, Sequence, tuple) and isinstance(part, int):
+            tp = typing.get_args(tp)[0]
+        elif origin in (dict, Mapping):
+            tp = typing.get_args(tp)[1]
+        elif origin in (Union, types.UnionType):
+            member = _union_member(tp, part)
+            if member is None:
+                return None
+            tp = member
+        else:
+            return None
+    tp = _unwrap(tp)
+    return tp if _is_model(tp) else None
+
+
+def _data_path(data: Any, loc: Sequence[Any]) -> PathT:
+    """Map a pydantic loc onto the data, dropping union tags that are not data keys."""
+    path: list[str | int] = []
+    node = data
+    for i, part in enumerate(loc):
+        last = i == len(loc) - 1
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        elif not last:
+            continue  # a union member / function tag in the loc, not a data key
+        path.append(part)
+    return tuple(path)
+
+
+def _did_you_mean(word: str, choices: Sequence[str]) -> str | None:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"did you mean '{close[0]}'?" if close else None
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if value is None:
+        return "nothing (null)"
+    text = repr(value) if not isinstance(value, str) else f"'{value}'"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+_TYPE_WORDS = {
+    "int_type": "expected a whole number",
+    "int_parsing": "expected a whole number",
+    "int_from_float": "expected a whole number",
+    "float_type": "expected a number",
+    "float_parsing": "expected a number",
+    "bool_type": "expected true or false",
+    "bool_parsing": "expected true or false",
+    "string_type": "expected a text value",
+    "model_type": "expected a mapping of keys",
+    "model_attributes_type": "expected a mapping of keys",
+    "dict_type": "expected a mapping",
+    "list_type": "expected a list (items starting with '- ')",
+    "path_type": "expected a file path",
+}
+
+
+def _issue_from_error(
+    err: Mapping[str, Any],
+    data: Any,
+    source: SourceMap,
+    model: type[BaseModel],
+    prefix: PathT,
+) -> ConfigIssue:
+    loc = tuple(err["loc"])
+    kind = err["type"]
+    path = (*prefix, *_data_path(_get(data, prefix), loc))
+    value = err.get("input")
+    ctx = err.get("ctx") or {}
+    hint: str | None = None
+    if kind == "missing":
+        where = source.value(path[:-1])
+        return ConfigIssue.at(where, path, f"missing required key '{path[-1]}'")
+    if kind == "extra_forbidden":
+        key = str(path[-1])
+        owner = _model_at(model, loc[:-1])
+        names = _field_names(owner) if owner else []
+        hint = _did_you_mean(key, names) or (f"valid keys: {', '.join(names)}" if names else None)
+        return ConfigIssue.at(source.key(path), path, f"unknown key '{key}'", hint)
+    where = source.value(path)
+    if kind == "value_error":
+        message = str(ctx.get("error") or err["msg"])
+        hint = getattr(ctx.get("error"), "hint", None)
+    elif kind == "literal_error":
+        expected = str(ctx.get("expected", ""))
+        message = f"expected one of {expected}, got {_shown(value)}"
+        choices = re.findall(r"'([^']*)'", expected)
+        hint = _did_you_mean(str(value), choices) if isinstance(value, str) else None
+    elif kind in _TYPE_WORDS:
+        message = f"{_TYPE_WORDS[kind]}, got {_shown(value)}"
+    elif kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        message = err["msg"].replace("Input should be", "must be") + f", got {_shown(value)}"
+    else:
+        msg = str(err["msg"])
+        message = (msg[:1].lower() + msg[1:]) + (
+            f", got {_shown(value)}" if not isinstance(value, dict | list) else ""
+        )
+    return ConfigIssue.at(where, path, message, hint)
+
+
+def _get(data: Any, path: PathT) -> Any:
+    for part in path:
+        try:
+            data = data[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return data
+
+
+def _issues(
+    exc: ValidationError, data: Any, source: SourceMap, model: type[BaseModel], prefix: PathT = ()
+) -> list[ConfigIssue]:
+    return [_issue_from_error(e, data, source, model, prefix) for e in exc.errors()]
+
+
+def _sorted(issues: list[ConfigIssue]) -> list[ConfigIssue]:
+    return sorted(issues, key=lambda i: i.sort_key)
+
+
+# --------------------------------------------------------------------------- loading
+def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> GatewayConfig:
+    """Load and validate a config file (phase 1). Raises ``ConfigError`` listing every issue."""
+    loaded = load_yaml(path, env=env)
+    try:
+        cfg = GatewayConfig.model_validate(loaded.data)
+    except ValidationError as exc:
+        raise ConfigError(_sorted(_issues(exc, loaded.data, loaded.source, GatewayConfig))) from None
+    cfg._source = loaded.source
+    cfg._data = loaded.data
+    cfg._file = os.fspath(path)
+    assert cfg.base_dir is not None
+    cfg._resolve_paths(cfg.base_dir)
+    return cfg
+
+
+def drivers_from_registry(
+    entries: Mapping[str, DriverEntry],
+) -> tuple[dict[str, type[Driver]], dict[str, str]]:
+    """Split ``discover_drivers()`` into loadable classes and ``{name: load error}``."""
+    ok = {name: e.cls for name, e in entries.items() if e.cls is not None}
+    broken = {name: e.error or "failed to load" for name, e in entries.items() if e.cls is None}
+    return ok, broken
+
+
+def check_config(
+    cfg: GatewayConfig,
+    drivers: Mapping[str, type[Driver]],
+    *,
+    unavailable: Mapping[str, str] | None = None,
+) -> list[ConfigIssue]:
+    """Semantic checks (phase 2); never raises. ``unavailable``: drivers installed but broken.
+
+    Devices of an unavailable driver get a warning (the daemon runs them as unavailable), not
+    an error. Validated driver options are kept on ``cfg`` (``cfg.options_for(device_id)``).
+    """
+    broken = dict(unavailable or {})
+    source = cfg.source or SourceMap(Loc(cfg.file or "<config>", 0, 0))
+    data = cfg._data
+    issues: list[ConfigIssue] = []
+    first_id: dict[str, PathT] = {}
+    points: dict[str, set[str] | None] = {}
+    bus_keys: dict[str, tuple[str, int]] = {}  # bus key -> (bus name, device index)
+    cfg._options = {}
+
+    for i, dev in enumerate(cfg.devices):
+        base: PathT = ("devices", i)
+        points[dev.id] = None
+        if dev.id in first_id:
+            first = source.value((*first_id[dev.id], "id"))
+            here = source.value((*base, "id"))
+            where = f"line {first.line}" if first.file == here.file else f"{first.file}:{first.line}"
+            issues.append(
+                ConfigIssue.at(
+                    here,
+                    (*base, "id"),
+                    f"duplicate device id '{dev.id}' (first defined at {where})",
+                    "device ids must be unique within a gateway",
+                )
+            )
+        else:
+            first_id[dev.id] = base
+        if dev.bus is not None and dev.bus not in cfg.buses:
+            hint = _did_you_mean(dev.bus, list(cfg.buses)) or (
+                f"defined buses: {', '.join(cfg.buses)}" if cfg.buses else "define it under 'buses:'"
+            )
+            issues.append(
+                ConfigIssue.at(
+                    source.value((*base, "bus")), (*base, "bus"), f"unknown bus '{dev.bus}'", hint
+                )
+            )
+        cls = drivers.get(dev.driver)
+        if cls is None:
+            issues.append(_driver_issue(dev, base, source, drivers, broken))
+            continue
+        opts = _check_options(cls, dev, base, data, source, issues)
+        if opts is None:
+            continue
+        cfg._options[dev.id] = opts
+        try:
+            pts = set(cls.points(opts))
+            key = cls.bus_key(opts)
+        except Exception as exc:  # plugin code: never let it crash the check
+            issues.append(
+                ConfigIssue.at(
+                    source.value((*base, "options")),
+                    (*base, "options"),
+                    f"driver '{dev.driver}' failed on these options: {type(exc).__name__}: {exc}",
+                )
+            )
+            continue
+        points[dev.id] = pts or None
+        if key is not None and dev.bus is not None:
+            other = bus_keys.setdefault(key, (dev.bus, i))
+            if other[0] != dev.bus:
+                issues.append(
+                    ConfigIssue.at(
+                        source.value((*base, "bus")),
+                        (*base, "bus"),
+                        f"device '{dev.id}' is on the same bus ({key}) as device "
+                        f"'{cfg.devices[other[1]].id}', which uses bus '{other[0]}'",
+                        f"use 'bus: {other[0]}' for every device on {key}",
+                    )
+                )
+
+    issues += _unused_buses(cfg, source, bus_keys)
+    issues += _edge_issues(cfg, points, data, source)
+    return _sorted(issues)
+
+
+def _driver_issue(
+    dev: DeviceConfig,
+    base: PathT,
+    source: SourceMap,
+    drivers: Mapping[str, type[Driver]],
+    broken: Mapping[str, str],
+) -> ConfigIssue:
+    where = source.value((*base, "driver"))
+    if dev.driver in broken:
+        return ConfigIssue.at(
+            where,
+            (*base, "driver"),
+            f"driver '{dev.driver}' is installed but failed to load ({broken[dev.driver]}); "
+            f"device '{dev.id}' will be unavailable",
+            "run 'edgegw drivers' for details",
+            severity="warning",
+        )
+    known = sorted({*drivers, *broken})
+    hint = _did_you_mean(dev.driver, known) or (
+        f"installed drivers: {', '.join(known)}" if known else "no drivers are installed"
+    )
+    return ConfigIssue.at(where, (*base, "driver"), f"unknown driver '{dev.driver}'", hint)
+
+
+def _check_options(
+    cls: type[Driver],
+    dev: DeviceConfig,
+    base: PathT,
+    data: Any,
+    source: SourceMap,
+    issues: list[ConfigIssue],
+) -> DriverOptions | None:
+    prefix = (*base, "options")
+    try:
+        return cls.Options.model_validate(dev.options)
+    except ValidationError as exc:
+        issues.extend(_issues(exc, data, source, cls.Options, prefix))
+    except Exception as exc:  # a plugin's validator may raise anything
+        issues.append(
+            ConfigIssue.at(
+                source.value(prefix),
+                prefix,
+                f"driver '{dev.driver}' could not check its options: {type(exc).__name__}: {exc}",
+            )
+        )
+    return None
+
+
+def _unused_buses(
+    cfg: GatewayConfig, source: SourceMap, bus_keys: Mapping[str, tuple[str, int]]
+) -> list[ConfigIssue]:
+    used = {d.bus for d in cfg.devices if d.bus is not None}
+    out = []
+    for name in cfg.buses:
+        if name in used:
+            continue
+        hint = _did_you_mean(name, sorted(used)) or f"add 'bus: {name}' to the devices on that bus"
+        out.append(
+            ConfigIssue.at(
+                source.key(("buses", name)),
+                ("buses", name),
+                f"bus '{name}' is not used by any device",
+                hint,
+                severity="warning",
+            )
+        )
+    return out
+
+
+def _edge_issues(
+    cfg: GatewayConfig, points: dict[str, set[str] | None], data: Any, source: SourceMap
+) -> list[ConfigIssue]:
+    try:
+        found = validate_edge(cfg, points)
+    except Exception as exc:  # another module's bug must not crash `check`
+        log.exception("edge config checks failed")
+        return [
+            ConfigIssue.at(
+                source.root, (), f"edge checks failed unexpectedly: {type(exc).__name__}: {exc}"
+            )
+        ]
+    out = []
+    for item in found:
+        dotted, message, hint = (tuple(item) + (None, None, None))[:3]
+        path = source.resolve(str(dotted), data)
+        out.append(ConfigIssue.at(source.value(path), path, str(message), hint))
+    return out
+
+
+def load_and_check(
+    path: str | os.PathLike[str],
+    drivers: Mapping[str, type[Driver]],
+    *,
+    unavailable: Mapping[str, str] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> GatewayConfig:
+    """Both phases. Raises ``ConfigError`` (errors and warnings) if any error was found;
+    otherwise returns the config with warnings logged and kept in ``cfg.warnings``."""
+    cfg = load_config(path, env=env)
+    issues = check_config(cfg, drivers, unavailable=unavailable)
+    if any(i.severity == "error" for i in issues):
+        raise ConfigError(issues)
+    cfg._warnings = issues
+    for issue in issues:
+        log.warning("%s", issue)
+    return cfg
+
+
+# --------------------------------------------------------------------------- JSON schema
+SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+
+
+def config_json_schema(drivers: Mapping[str, type[Driver]] | None = None) -> dict[str, Any]:
+    """JSON Schema of the config file for editors (yaml-language-server, VS Code, PyCharm).
+
+    With ``drivers``, each driver's ``Options`` schema is added under ``$defs`` as
+    ``driver.<name>`` and applied to ``options`` when ``driver:`` names it.
+    """
+    body = GatewayConfig.model_json_schema()
+    schema: dict[str, Any] = {
+        "$schema": SCHEMA_DIALECT,
+        "$id": "https://edgegw.invalid/schema/gateway-config.json",
+        "title": "edgegw gateway configuration",
+        "description": "Root of an edgegw config file; see docs/configuration.md.",
+        **{k: v for k, v in body.items() if k not in ("title", "description")},
+    }
+    schema["properties"]["include"] = {
+        "description": "files merged before this one (relative to this file; globs allowed)",
+        "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
+    }
+    defs: dict[str, Any] = schema.setdefault("$defs", {})
+    device = defs.get("DeviceConfig")
+    if drivers and device is not None:
+        conditions = []
+        for name, cls in sorted(drivers.items()):
+            safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+            prefix = f"driver.{safe}"
+            sub = cls.Options.model_json_schema(ref_template=f"#/$defs/{prefix}.{{model}}")
+            for inner, inner_schema in sub.pop("$defs", {}).items():
+                defs[f"{prefix}.{inner}"] = inner_schema
+            defs[prefix] = sub
+            conditions.append(
+                {
+                    "if": {"properties": {"driver": {"const": name}}, "required": ["driver"]},
+                    "then": {"properties": {"options": {"$ref": f"#/$defs/{prefix}"}}},
+                }
+            )
+        device["allOf"] = conditions
+        device["properties"]["driver"]["examples"] = sorted(drivers)
+    return schema

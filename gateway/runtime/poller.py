@@ -1,0 +1,168 @@
+"""DevicePoller: the PollTarget that wraps one polled driver instance.
+
+Invariants:
+- Every poll yields samples: values (GOOD, or the ``PointValue``'s own quality and timestamp),
+  or, when the read fails, one sample per known point (``Driver.points(options)``; a single
+  ``_status`` metric if none are known) with ``value=None`` and the error's quality
+  (timeout -> COMM_ERROR). A failed read is a quality change, never silence.
+- ``poll`` never raises: driver errors, timeouts and unexpected exceptions are counted (by
+  kind), logged (unexpected ones with the driver name) and reported as ``False``.
+- Slots skipped by the scheduler's open breaker are reported by ``report_skipped`` with the
+  quality of the last failure (COMM_ERROR for a device that stopped answering).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from gateway.model import Quality, Sample, now_ms
+from gateway.sdk import DriverError, PointValue, PolledDriver
+
+log = logging.getLogger("edgegw.poller")
+
+Sink = Callable[[list[Sample]], Awaitable[None] | None]
+STATUS_METRIC = "_status"
+
+
+class DevicePoller:
+    """Polls one driver with a timeout and hands the resulting samples to ``sink``."""
+
+    def __init__(
+        self,
+        device_id: str,
+        driver: PolledDriver,
+        *,
+        period: float,
+        timeout: float,
+        sink: Sink,
+        stagger: bool = True,
+        driver_name: str | None = None,
+        wall_clock: Callable[[], int] = now_ms,
+    ) -> None:
+        self.device_id = device_id
+        self.driver = driver
+        self.period = period
+        self.timeout = timeout
+        self.stagger = stagger
+        self.sink = sink
+        self.driver_name = driver_name or type(driver).__name__
+        self._wall_clock = wall_clock
+        known: Sequence[str] = ()
+        try:
+            known = type(driver).points(driver.options)
+        except Exception:  # a third-party driver's points() must not stop the device
+            log.warning(
+                "driver %s: points() failed for device %s",
+                self.driver_name,
+                device_id,
+                exc_info=True,
+            )
+        self.known_points: tuple[str, ...] = tuple(known) or (STATUS_METRIC,)
+        self.last_error_quality = Quality.COMM_ERROR
+        self.polls = 0
+        self.failures = 0
+        self.samples_out = 0
+        self.sink_errors = 0
+        self.errors: dict[str, int] = {}
+        self.last_latency = 0.0
+        self.max_latency = 0.0
+
+    async def poll(self) -> bool:
+        """One read; returns False when it failed (the breaker counts those)."""
+        self.polls += 1
+        start = time.perf_counter()
+        try:
+            async with asyncio.timeout(self.timeout):
+                result = await self.driver.read()
+            samples = self._samples(result)
+            ok = True
+        except DriverError as exc:
+            ok, samples = False, self._failed(exc.quality, type(exc).__name__)
+            log.debug("device %s: %s: %s", self.device_id, type(exc).__name__, exc)
+        except TimeoutError:
+            ok, samples = False, self._failed(Quality.COMM_ERROR, "timeout")
+            log.debug("device %s: read timed out after %.3gs", self.device_id, self.timeout)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            ok, samples = False, self._failed(Quality.COMM_ERROR, "unexpected")
+            log.error(
+                "driver %s raised %s for device %s: %s",
+                self.driver_name,
+                type(exc).__name__,
+                self.device_id,
+                exc,
+                exc_info=True,
+            )
+        self.last_latency = time.perf_counter() - start
+        self.max_latency = max(self.max_latency, self.last_latency)
+        await self._emit(samples)
+        return ok
+
+    async def report_skipped(self) -> None:
+        """Called by the scheduler for slots skipped while the device's breaker is open."""
+        self._count("circuit_open")
+        await self._emit(self._samples_for_failure(self.last_error_quality))
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "polls": self.polls,
+            "failures": self.failures,
+            "samples": self.samples_out,
+            "sink_errors": self.sink_errors,
+            "errors": dict(self.errors),
+            "last_latency_s": self.last_latency,
+            "max_latency_s": self.max_latency,
+        }
+
+    # ----------------------------------------------------------------- internals
+    def _count(self, kind: str) -> None:
+        self.errors[kind] = self.errors.get(kind, 0) + 1
+
+    def _failed(self, quality: Quality, kind: str) -> list[Sample]:
+        self.failures += 1
+        self._count(kind)
+        self.last_error_quality = quality
+        return self._samples_for_failure(quality)
+
+    def _samples_for_failure(self, quality: Quality) -> list[Sample]:
+        ts = self._wall_clock()
+        return [Sample(self.device_id, name, ts, None, quality) for name in self.known_points]
+
+    def _samples(self, result: Any) -> list[Sample]:
+        ts = self._wall_clock()
+        out: list[Sample] = []
+        for name, value in result.items():
+            if isinstance(value, PointValue):
+                out.append(
+                    Sample(
+                        self.device_id,
+                        name,
+                        value.ts_ms if value.ts_ms is not None else ts,
+                        value.value,
+                        value.quality,
+                    )
+                )
+            else:
+                out.append(Sample(self.device_id, name, ts, value, Quality.GOOD))
+        return out
+
+    async def _emit(self, samples: list[Sample]) -> None:
+        if not samples:
+            return
+        try:
+            result = self.sink(samples)
+            if inspect.isawaitable(result):
+                await result
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self.sink_errors += 1
+            log.exception("device %s: sink rejected %d samples", self.device_id, len(samples))
+            return
+        self.samples_out += len(samples)

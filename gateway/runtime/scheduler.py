@@ -1,0 +1,343 @@
+"""BusScheduler: polls every device of one physical bus on absolute deadlines.
+
+Invariants:
+- One asyncio task per bus (``run``) and at most one request in flight on the bus.
+- Each target has an absolute deadline on the monotonic clock: next = previous deadline +
+  period (never now + period), so polling does not drift. A target more than one period
+  behind skips the missed slots and counts them (``skipped_slots``).
+- First deadlines are staggered: target i of n starts at ``i / n`` of its period (deterministic).
+- Queued writes run before the next poll (``submit_write``).
+- Per-device circuit breaker: after ``failure_threshold`` consecutive failed polls the device
+  is only probed every backoff interval (exponential from ``backoff_min`` to ``backoff_max``,
+  with jitter); in between, its slots call the target's optional ``report_skipped()`` (cheap,
+  no bus I/O) so its samples keep flowing with an error quality. A successful probe closes the
+  breaker. A dead device thus costs healthy devices at most one timeout per probe.
+- Health flips (ok -> failing, failing -> ok) are logged once each at INFO.
+- Nothing a target does (raising included) stops the loop: an exception counts as a failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import inspect
+import logging
+import math
+import random
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar, runtime_checkable
+
+log = logging.getLogger("edgegw.scheduler")
+
+T = TypeVar("T")
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
+
+
+@runtime_checkable
+class PollTarget(Protocol):
+    """One polled device. ``poll`` returns False on failure (feeds the circuit breaker).
+
+    Optional: ``report_skipped()`` (sync or async), called for slots skipped while the
+    device's breaker is open, to report the device's samples with an error quality.
+    """
+
+    device_id: str
+    period: float
+    stagger: bool
+
+    async def poll(self) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerPolicy:
+    failure_threshold: int = 3
+    backoff_min: float = 1.0
+    backoff_max: float = 30.0
+    jitter: float = 0.2  # +-20 % of the backoff interval
+
+
+@dataclass
+class _Slot:
+    target: PollTarget
+    index: int
+    deadline: float = 0.0
+    # circuit breaker
+    consecutive_failures: int = 0
+    open: bool = False
+    probe_at: float = 0.0
+    backoff: float = 0.0
+    # stats
+    polls: int = 0
+    failures: int = 0
+    skipped_slots: int = 0
+    breaker_skips: int = 0
+    last_latency: float = 0.0
+    lateness_last: float = 0.0
+    lateness_max: float = 0.0
+    lateness: deque[float] = field(default_factory=lambda: deque(maxlen=512))
+
+    def stats(self) -> dict[str, Any]:
+        late = sorted(self.lateness)
+        p99 = late[min(len(late) - 1, math.ceil(0.99 * len(late)) - 1)] if late else 0.0
+        return {
+            "polls": self.polls,
+            "failures": self.failures,
+            "consecutive_failures": self.consecutive_failures,
+            "state": "open" if self.open else "ok",
+            "last_latency_s": self.last_latency,
+            "lateness_last_s": self.lateness_last,
+            "lateness_max_s": self.lateness_max,
+            "lateness_p99_s": p99,
+            "skipped_slots": self.skipped_slots,
+            "breaker_skips": self.breaker_skips,
+        }
+
+
+@dataclass
+class _Write:
+    device_id: str
+    fn: Callable[[], Awaitable[Any]]
+    future: asyncio.Future[Any]
+
+
+class BusScheduler:
+    """Runs the polls and writes of one bus, one at a time, on absolute deadlines."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        inter_frame_delay: float = 0.0,
+        breaker: BreakerPolicy | None = None,
+        clock: Clock = time.monotonic,
+        sleep: Sleep | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.name = name
+        self.inter_frame_delay = inter_frame_delay
+        self.policy = breaker or BreakerPolicy()
+        self._clock = clock
+        self._sleep = sleep  # injected with a fake clock; default: loop timers
+        self._rng = rng or random.Random()
+        self._slots: list[_Slot] = []
+        self._heap: list[tuple[float, int]] = []
+        self._writes: deque[_Write] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._started = False
+        self.in_flight = 0
+        self.writes_done = 0
+        self.write_failures = 0
+        self.poll_errors = 0
+
+    # ----------------------------------------------------------------- public API
+    def add(self, target: PollTarget) -> None:
+        """Add a device; allowed before or while running (it joins with its own stagger)."""
+        if target.period <= 0:
+            raise ValueError(f"device {target.device_id}: poll period must be > 0")
+        slot = _Slot(target, len(self._slots))
+        self._slots.append(slot)
+        if self._started:
+            slot.deadline = self._clock()
+            heapq.heappush(self._heap, (slot.deadline, slot.index))
+            self._wake()
+
+    async def submit_write(self, device_id: str, coro_fn: Callable[[], Awaitable[T]]) -> T:
+        """Run ``coro_fn()`` on this bus ahead of the next poll; returns its result."""
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._writes.append(_Write(device_id, coro_fn, future))
+        self._wake()
+        return await future
+
+    async def run(self) -> None:
+        """The bus task: forever poll due targets, writes first. Cancel to stop."""
+        self._start()
+        try:
+            while True:
+                if self._writes:
+                    await self._run_write(self._writes.popleft())
+                    continue
+                if not self._heap:
+                    await self._wait(None)
+                    continue
+                deadline, index = self._heap[0]
+                delay = deadline - self._clock()
+                if delay > 0:
+                    await self._wait(delay)
+                    continue
+                heapq.heappop(self._heap)
+                slot = self._slots[index]
+                await self._run_slot(slot)
+                heapq.heappush(self._heap, (slot.deadline, index))
+        finally:
+            for write in self._writes:
+                if not write.future.done():
+                    write.future.cancel()
+            self._writes.clear()
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "bus": self.name,
+            "in_flight": self.in_flight,
+            "writes_queued": len(self._writes),
+            "writes_done": self.writes_done,
+            "write_failures": self.write_failures,
+            "poll_errors": self.poll_errors,
+            "devices": {s.target.device_id: s.stats() for s in self._slots},
+        }
+
+    # ----------------------------------------------------------------- internals
+    def _start(self) -> None:
+        if self._started:
+            raise RuntimeError(f"bus scheduler {self.name} is already running")
+        self._started = True
+        now = self._clock()
+        n = len(self._slots)
+        for slot in self._slots:
+            offset = slot.target.period * slot.index / n if slot.target.stagger and n else 0.0
+            slot.deadline = now + offset
+            heapq.heappush(self._heap, (slot.deadline, slot.index))
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def _wait(self, delay: float | None) -> None:
+        """Sleep until ``delay`` passes or a write/target arrives."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._waiter = waiter
+        handle: asyncio.TimerHandle | None = None
+        task: asyncio.Task[None] | None = None
+        if delay is not None:
+            if self._sleep is None:
+                handle = loop.call_later(delay, _resolve, waiter)
+            else:
+                task = asyncio.ensure_future(self._sleep(delay))
+                task.add_done_callback(lambda _t: _resolve(waiter))
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+            if handle is not None:
+                handle.cancel()
+            if task is not None and not task.done():
+                task.cancel()
+
+    async def _gap(self) -> None:
+        if self.inter_frame_delay > 0:
+            if self._sleep is not None:
+                await self._sleep(self.inter_frame_delay)
+            else:
+                await asyncio.sleep(self.inter_frame_delay)  # bus timing, not synchronisation
+
+    async def _run_write(self, write: _Write) -> None:
+        if write.future.done():  # the submitter gave up
+            return
+        self.in_flight = 1
+        try:
+            result = await write.fn()
+        except asyncio.CancelledError:
+            write.future.cancel()
+            raise
+        except Exception as exc:  # handed to the submitter, never kills the bus
+            self.write_failures += 1
+            if not write.future.done():
+                write.future.set_exception(exc)
+        else:
+            self.writes_done += 1
+            if not write.future.done():
+                write.future.set_result(result)
+        finally:
+            self.in_flight = 0
+        await self._gap()
+
+    async def _run_slot(self, slot: _Slot) -> None:
+        start = self._clock()
+        lateness = max(0.0, start - slot.deadline)
+        if slot.open and start < slot.probe_at:
+            slot.breaker_skips += 1
+            await self._report_skipped(slot)
+        else:
+            slot.lateness_last = lateness
+            slot.lateness_max = max(slot.lateness_max, lateness)
+            slot.lateness.append(lateness)
+            self.in_flight = 1
+            try:
+                ok = await slot.target.poll()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a PollTarget must not raise; if it does, it is a failure
+                self.poll_errors += 1
+                log.exception("bus %s: poll of %s raised", self.name, slot.target.device_id)
+                ok = False
+            finally:
+                self.in_flight = 0
+            end = self._clock()
+            slot.last_latency = end - start
+            slot.polls += 1
+            self._breaker(slot, bool(ok), end)
+            await self._gap()
+        self._advance(slot)
+
+    async def _report_skipped(self, slot: _Slot) -> None:
+        report = getattr(slot.target, "report_skipped", None)
+        if report is None:
+            return
+        try:
+            result = report()
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            self.poll_errors += 1
+            log.exception("bus %s: report_skipped of %s raised", self.name, slot.target.device_id)
+
+    def _breaker(self, slot: _Slot, ok: bool, now: float) -> None:
+        policy = self.policy
+        if ok:
+            if slot.open:
+                log.info(
+                    "bus %s: device %s ok again after %d failed polls",
+                    self.name,
+                    slot.target.device_id,
+                    slot.consecutive_failures,
+                )
+            slot.open = False
+            slot.consecutive_failures = 0
+            slot.backoff = 0.0
+            return
+        slot.failures += 1
+        slot.consecutive_failures += 1
+        if slot.open:  # a failed half-open probe: back off further
+            slot.backoff = min(slot.backoff * 2, policy.backoff_max)
+        elif slot.consecutive_failures >= policy.failure_threshold:
+            slot.open = True
+            slot.backoff = min(max(policy.backoff_min, slot.target.period), policy.backoff_max)
+            log.info(
+                "bus %s: device %s failing (%d consecutive failed polls); probing every %.1fs",
+                self.name,
+                slot.target.device_id,
+                slot.consecutive_failures,
+                slot.backoff,
+            )
+        else:
+            return
+        spread = 1.0 + policy.jitter * (2 * self._rng.random() - 1)
+        slot.probe_at = now + slot.backoff * spread
+
+    def _advance(self, slot: _Slot) -> None:
+        period = slot.target.period
+        slot.deadline += period
+        behind = self._clock() - slot.deadline
+        if behind > period:
+            missed = int(behind // period)
+            slot.deadline += missed * period
+            slot.skipped_slots += missed
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

@@ -1,0 +1,588 @@
+"""The MQTT uplink: moves sealed batches from the outbox to the cloud ingest, end-to-end acked.
+
+Invariants (see docs/delivery.md for the whole story):
+- The outbox (SQLite) is the only buffer. The uplink holds at most ``window`` batches in flight
+  (published, not yet acknowledged by the ingest) and never deletes anything itself: it only
+  settles batches through ``outbox_io``.
+- A batch is settled DELIVERED only when the ingest's ack for its sequence arrives on
+  ``gw/{id}/down/ack`` (the ingest acks after its durable commit). PUBACK only means "the broker
+  has it"; a refused PUBACK (reason code >= 0x80, e.g. 0x87 not authorized) settles RETRY and
+  holds the batch back with backoff: data is never dropped for a broker refusal.
+- An ingest REJECTED ack (authentic but undecodable batch) settles REJECTED (quarantine).
+- No ack within ``ack_timeout``: the same envelope (same seq) is published again. After a
+  reconnect everything still in the outbox is sent again. The ingest deduplicates by
+  (gateway, seq), so resending is always safe.
+- One paho client per connection (clean start, no broker session): nothing of a dead connection
+  leaks into the next one. paho's network loop runs in paho's thread; every callback is handed to
+  the event loop with ``call_soon_threadsafe`` and tagged with its connection generation.
+- Reconnect: exponential backoff with full jitter, delay = uniform(0, min(max, min * 2**n));
+  n resets only after a connection stayed up ``stable_after`` seconds.
+- Retained ``online`` on connect, retained last will ``offline`` on ``gw/{id}/up/status``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from gateway import pki
+from gateway.store.outbox import Outcome
+from gateway.uplink.outbox_io import AsyncOutbox
+from gateway.wire import topics
+from gateway.wire.ack import AckStatus, decode_acks
+
+log = logging.getLogger("edgegw.uplink")
+
+ACK_DELIVERED, ACK_REJECTED = AckStatus.DELIVERED, AckStatus.REJECTED
+
+
+class UplinkConfigError(ValueError):
+    """The uplink cannot start: bad broker URL, missing or mismatched identity files."""
+
+
+@dataclass(frozen=True, slots=True)
+class TlsIdentity:
+    """Explicit certificate / key / CA paths (instead of an identity dir)."""
+
+    cert: Path
+    key: Path
+    ca: Path
+
+    @classmethod
+    def from_dir(cls, identity_dir: Path) -> TlsIdentity:
+        d = Path(identity_dir)
+        return cls(d / "gateway.crt", d / "gateway.key", d / "ca.crt")
+
+
+@dataclass
+class _Flight:
+    seq: int
+    envelope: bytes
+    count: int
+    lane: int
+    sent_at: float = 0.0  # monotonic time of the last publish
+    mid: int = -1
+    sends: int = 0
+    broker_has_it: bool = False
+
+
+@dataclass
+class _Counters:
+    connect_attempts: int = 0
+    connects: int = 0
+    disconnects: int = 0
+    connect_failures: int = 0
+    auth_failures: int = 0
+    published: int = 0
+    resends: int = 0
+    resend_timeouts: int = 0
+    puback_refused: int = 0
+    subscribe_refused: int = 0
+    acks_received: int = 0
+    acks_malformed: int = 0
+    batches_delivered: int = 0
+    readings_delivered: int = 0
+    batches_rejected: int = 0
+    batches_retry: int = 0
+    acks_unknown_seq: int = 0
+    last_ack_ms: int = 0
+    puback_reasons: dict[str, int] = field(default_factory=dict)
+
+
+def parse_broker_url(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    if parts.scheme != "mqtts":
+        raise UplinkConfigError(
+            f"uplink.broker {url!r}: use mqtts://HOST:PORT (the uplink always uses mutual TLS)"
+        )
+    if not parts.hostname:
+        raise UplinkConfigError(f"uplink.broker {url!r}: no host (use mqtts://HOST:PORT)")
+    try:
+        port = parts.port or 8883
+    except ValueError:
+        raise UplinkConfigError(f"uplink.broker {url!r}: bad port") from None
+    return parts.hostname, port
+
+
+def _reason_value(rc: ReasonCode | int) -> int:
+    return rc.value if isinstance(rc, ReasonCode) else int(rc)
+
+
+class Uplink:
+    """One gateway's MQTT v5 session to the cloud. ``await run()`` until cancelled."""
+
+    def __init__(
+        self,
+        gateway_id: str,
+        identity: Path | str | TlsIdentity,
+        broker_url: str,
+        outbox_io: AsyncOutbox,
+        *,
+        window: int = 32,
+        ack_timeout: float = 10.0,
+        keepalive: float = 30,
+        backoff_min: float = 0.5,
+        backoff_max: float = 30,
+        stable_after: float = 20,
+        poll_interval: float = 0.05,
+        rng: random.Random | None = None,
+    ) -> None:
+        if window < 1:
+            raise UplinkConfigError(f"uplink.window must be >= 1 (got {window})")
+        if not 0 < backoff_min <= backoff_max:
+            raise UplinkConfigError("uplink.backoff_min must be > 0 and <= uplink.backoff_max")
+        self.gateway_id = pki.check_gateway_id(gateway_id)
+        self.identity = (
+            identity if isinstance(identity, TlsIdentity) else TlsIdentity.from_dir(Path(identity))
+        )
+        self.host, self.port = parse_broker_url(broker_url)
+        self._check_identity()
+        self._io = outbox_io
+        self.window = window
+        self.ack_timeout = ack_timeout
+        self.keepalive = max(5, round(keepalive))
+        self.backoff_min = backoff_min
+        self.backoff_max = backoff_max
+        self.stable_after = stable_after
+        self.poll_interval = poll_interval
+        self._rng = rng or random.Random()
+        self._topic_batch = topics.up_batch(gateway_id)
+        self._topic_status = topics.up_status(gateway_id)
+        self._topic_ack = topics.down_ack(gateway_id)
+        self.c = _Counters()
+        # per-connection state
+        self._gen = 0
+        self._client: mqtt.Client | None = None
+        self._connected = False
+        self._lost: asyncio.Event | None = None
+        self._wake: asyncio.Event | None = None
+        self._inflight: dict[int, _Flight] = {}
+        self._mids: dict[int, int] = {}
+        # across connections
+        self._cooldown: dict[int, float] = {}  # seq -> monotonic time it may be sent again
+        self._settling: set[int] = set()  # settled here, outbox thread not done yet
+        self._refusals = 0  # consecutive broker/ingest refusals (drives the hold-back delay)
+        self._attempt = 0  # reconnect backoff exponent
+        self._backoff_now = 0.0
+        self._auth_failing = False
+        self._unreachable = False
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # ------------------------------------------------------------------ public
+    def notify(self) -> None:
+        """Tell the uplink the outbox has new batches (optional: it also polls)."""
+        if self._wake is not None:
+            self._wake.set()
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    def stats(self) -> dict[str, int | float | dict[str, Any]]:
+        c = self.c
+        return {
+            "connected": int(self._connected),
+            "connect_attempts": c.connect_attempts,
+            "connects": c.connects,
+            "disconnects": c.disconnects,
+            "connect_failures": c.connect_failures,
+            "auth_failures": c.auth_failures,
+            "published": c.published,
+            "resends": c.resends,
+            "resend_timeouts": c.resend_timeouts,
+            "puback_refused": c.puback_refused,
+            "subscribe_refused": c.subscribe_refused,
+            "acks_received": c.acks_received,
+            "acks_malformed": c.acks_malformed,
+            "acks_unknown_seq": c.acks_unknown_seq,
+            "batches_delivered": c.batches_delivered,
+            "readings_delivered": c.readings_delivered,
+            "batches_rejected": c.batches_rejected,
+            "batches_retry": c.batches_retry,
+            "inflight": len(self._inflight),
+            "held_back": len(self._cooldown),
+            "backoff_s": self._backoff_now,
+            "last_ack_ms": c.last_ack_ms,
+            "puback_reasons": dict(c.puback_reasons),
+        }
+
+    async def run(self) -> None:
+        """Connect, upload, reconnect with backoff; returns only by cancellation."""
+        try:
+            while True:
+                stayed_up = await self._session()
+                if stayed_up >= self.stable_after:
+                    self._attempt = 0
+                cap = min(self.backoff_max, self.backoff_min * (2**self._attempt))
+                self._attempt = min(self._attempt + 1, 32)
+                self._backoff_now = self._rng.uniform(0, cap)
+                log.debug("reconnecting in %.2f s (attempt %d)", self._backoff_now, self._attempt)
+                await asyncio.sleep(self._backoff_now)  # backoff delay, not synchronisation
+        finally:
+            if self._tasks:  # let pending settles reach the outbox thread
+                await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    # ------------------------------------------------------------------ connection
+    def _check_identity(self) -> None:
+        ident = self.identity
+        for what, path in (("certificate", ident.cert), ("key", ident.key), ("CA", ident.ca)):
+            if not Path(path).is_file():
+                raise UplinkConfigError(
+                    f"{path}: gateway {what} file not found (enroll the gateway with "
+                    "`edgegw enroll`, or point uplink.identity_dir at its identity)"
+                )
+        cert = pki.load_certificate(Path(ident.cert))
+        cn = pki.common_name(cert.subject)
+        if cn != self.gateway_id:
+            raise UplinkConfigError(
+                f"{ident.cert}: certificate CN is {cn!r} but gateway.id is {self.gateway_id!r}; "
+                "the client id must equal the certificate CN (fix gateway.id or re-enroll)"
+            )
+
+    def _new_client(self, gen: int, loop: asyncio.AbstractEventLoop) -> mqtt.Client:
+        client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=self.gateway_id,
+            protocol=mqtt.MQTTv5,
+            reconnect_on_failure=False,
+        )
+        ident = self.identity
+        client.tls_set_context(pki.make_tls_context(Path(ident.ca), Path(ident.cert),
+                                                    Path(ident.key)))
+        client.max_inflight_messages_set(self.window + 2)
+        client.max_queued_messages_set(0)  # the window bounds what we queue
+        client.will_set(self._topic_status, topics.STATUS_OFFLINE, qos=1, retain=True)
+
+        def bridge(fn: Callable[..., None]) -> Callable[..., None]:
+            def cb(*args: Any) -> None:
+                with contextlib.suppress(RuntimeError):  # loop closed during shutdown
+                    loop.call_soon_threadsafe(fn, gen, *args)
+
+            return cb
+
+        client.on_connect = bridge(self._on_connect)
+        client.on_disconnect = bridge(self._on_disconnect)
+        client.on_publish = bridge(self._on_publish)
+        client.on_subscribe = bridge(self._on_subscribe)
+        client.on_message = bridge(self._on_message)
+        return client
+
+    async def _session(self) -> float:
+        """One connection, from connect to loss. Returns how long it was up (seconds)."""
+        loop = asyncio.get_running_loop()
+        self._gen += 1
+        gen = self._gen
+        self._lost = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._connack: asyncio.Future[tuple[int, str]] = loop.create_future()
+        self._suback: asyncio.Future[int] = loop.create_future()
+        self.c.connect_attempts += 1
+        client = self._new_client(gen, loop)
+        self._client = client
+        try:
+            await loop.run_in_executor(
+                None, lambda: client.connect(self.host, self.port, self.keepalive,
+                                             clean_start=True)
+            )
+        except ssl.SSLCertVerificationError as exc:
+            self._auth_failed(f"the broker's certificate does not verify against "
+                              f"{self.identity.ca}: {exc.verify_message}")
+            return 0.0
+        except ssl.SSLError as exc:
+            self._auth_failed(f"TLS handshake refused ({exc.reason or exc}): the broker did not "
+                              "accept this gateway's certificate (revoked, expired or from "
+                              "another CA?)")
+            return 0.0
+        except OSError as exc:
+            self.c.connect_failures += 1
+            if not self._unreachable:
+                log.info("broker %s:%d unreachable: %s", self.host, self.port, exc)
+                self._unreachable = True
+            return 0.0
+        client.loop_start()
+        try:
+            return await self._connected_phase(client, gen)
+        except asyncio.CancelledError:
+            if self._connected:  # graceful stop: say so (the will covers only crashes)
+                with contextlib.suppress(Exception):
+                    info = client.publish(self._topic_status, topics.STATUS_OFFLINE, qos=1,
+                                          retain=True)
+                    await loop.run_in_executor(None, info.wait_for_publish, 2.0)
+            raise
+        finally:
+            self._connected = False
+            self._gen += 1  # late callbacks of this client are ignored from now on
+            self._drop_connection_state()
+            with contextlib.suppress(Exception):
+                client.disconnect()
+            await loop.run_in_executor(None, client.loop_stop)
+
+    async def _connected_phase(self, client: mqtt.Client, gen: int) -> float:
+        loop = asyncio.get_running_loop()
+        assert self._lost is not None
+        lost_wait = asyncio.ensure_future(self._lost.wait())
+        try:
+            done, _ = await asyncio.wait(
+                {self._connack, lost_wait}, timeout=max(10.0, self.keepalive),
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            if self._connack not in done:
+                if not self._lost.is_set():
+                    self.c.connect_failures += 1
+                    log.info("no CONNACK from %s:%d within the timeout", self.host, self.port)
+                else:
+                    # FIELD-NOTES: with TLS 1.3 a refused client certificate shows up only as
+                    # an EOF on the first read, i.e. a connection lost before any CONNACK.
+                    self._auth_failed("the broker closed the connection before CONNACK: the "
+                                      "gateway's certificate was probably refused (revoked, "
+                                      "expired or not issued by the broker's CA)")
+                return 0.0
+            rc, rc_name = self._connack.result()
+            if rc >= 0x80:
+                self.c.connect_failures += 1
+                self._auth_failed(f"broker refused the connection: CONNACK 0x{rc:02X} {rc_name}")
+                return 0.0
+            connected_at = loop.time()
+            self._connected = True
+            self.c.connects += 1
+            if self._auth_failing or self._unreachable:
+                log.info("connected to %s:%d again", self.host, self.port)
+            else:
+                log.debug("connected to %s:%d", self.host, self.port)
+            self._auth_failing = self._unreachable = False
+            client.subscribe(self._topic_ack, qos=1)
+            client.publish(self._topic_status, topics.STATUS_ONLINE, qos=1, retain=True)
+            done, _ = await asyncio.wait({self._suback, lost_wait},
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if self._suback not in done:
+                return loop.time() - connected_at
+            if self._suback.result() >= 0x80:
+                self.c.subscribe_refused += 1
+                self._auth_failed(f"broker refused the subscription to {self._topic_ack} "
+                                  f"(reason 0x{self._suback.result():02X}); check the broker ACL")
+                return loop.time() - connected_at
+            await self._pump()
+            return loop.time() - connected_at
+        finally:
+            lost_wait.cancel()
+
+    def _auth_failed(self, message: str) -> None:
+        self.c.auth_failures += 1
+        if not self._auth_failing:
+            log.error("uplink authentication failed for gateway %s at %s:%d: %s",
+                      self.gateway_id, self.host, self.port, message)
+            self._auth_failing = True
+        else:
+            log.debug("uplink authentication still failing: %s", message)
+
+    def _drop_connection_state(self) -> None:
+        # Everything in flight stays in the outbox; the next connection sends it again.
+        self._inflight.clear()
+        self._mids.clear()
+
+    # ------------------------------------------------------------------ the window
+    async def _pump(self) -> None:
+        loop = asyncio.get_running_loop()
+        assert self._lost is not None and self._wake is not None
+        while not self._lost.is_set():
+            now = loop.time()
+            self._resend_overdue(now)
+            self._release_cooldown(now)
+            room = self.window - len(self._inflight)
+            if room > 0:
+                exclude = set(self._inflight) | set(self._cooldown) | self._settling
+                batches = await self._io.next_batches(room, exclude)
+                if self._lost.is_set():
+                    break
+                for b in batches:
+                    if b.seq in self._inflight or b.seq in self._settling:
+                        continue
+                    self._send(_Flight(b.seq, bytes(b.envelope), b.count, int(b.lane)))
+            timeout = self._next_deadline(loop.time())
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+
+    def _next_deadline(self, now: float) -> float:
+        t = self.ack_timeout
+        if self._inflight:
+            oldest = min(f.sent_at for f in self._inflight.values())
+            t = max(0.0, oldest + self.ack_timeout - now)
+        if self._cooldown:
+            t = min(t, max(0.0, min(self._cooldown.values()) - now))
+        if len(self._inflight) < self.window:
+            t = min(t, self.poll_interval)
+        return t
+
+    def _send(self, flight: _Flight) -> None:
+        client = self._client
+        assert client is not None
+        info = client.publish(self._topic_batch, flight.envelope, qos=1)
+        flight.mid = info.mid
+        flight.sent_at = asyncio.get_running_loop().time()
+        flight.sends += 1
+        flight.broker_has_it = False
+        self._inflight[flight.seq] = flight
+        self._mids[info.mid] = flight.seq
+        self.c.published += 1
+        if flight.sends > 1:
+            self.c.resends += 1
+
+    def _resend_overdue(self, now: float) -> None:
+        overdue = [f for f in self._inflight.values() if now - f.sent_at >= self.ack_timeout]
+        if not overdue:
+            return
+        log.info("no ingest ack within %.1f s for %d batch(es) (first seq %d, broker confirmed "
+                 "%d of them); sending them again", self.ack_timeout, len(overdue),
+                 overdue[0].seq, sum(f.broker_has_it for f in overdue))
+        for flight in overdue:
+            self.c.resend_timeouts += 1
+            self._mids.pop(flight.mid, None)
+            self._send(flight)
+
+    def _release_cooldown(self, now: float) -> None:
+        for seq, until in list(self._cooldown.items()):
+            if until <= now:
+                del self._cooldown[seq]
+
+    def _hold_back(self, seq: int) -> None:
+        """Keep ``seq`` out of the window for a jittered, growing delay (refusals)."""
+        self._refusals = min(self._refusals + 1, 32)
+        cap = min(self.backoff_max, self.backoff_min * (2 ** (self._refusals - 1)))
+        delay = self.backoff_min / 2 + self._rng.uniform(0, cap)
+        self._cooldown[seq] = asyncio.get_running_loop().time() + delay
+
+    def _settle(self, items: list[tuple[int, Outcome]]) -> None:
+        """Hand outcomes to the outbox thread; the seqs stay excluded until it is done."""
+        if not items:
+            return
+        for seq, _ in items:
+            self._settling.add(seq)
+
+        async def go() -> None:
+            try:
+                many = getattr(self._io, "settle_many", None)
+                if many is not None:
+                    await many(items)
+                else:
+                    for seq, outcome in items:
+                        await self._io.settle(seq, outcome)
+            except Exception:
+                log.exception("settling batches %s in the outbox failed",
+                              [s for s, _ in items][:10])
+            finally:
+                for seq, _ in items:
+                    self._settling.discard(seq)
+                if self._wake is not None:
+                    self._wake.set()
+
+        task = asyncio.ensure_future(go())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ------------------------------------------------------------------ paho callbacks
+    # (run on the event loop via call_soon_threadsafe; ``gen`` filters stale connections)
+    def _on_connect(self, gen: int, _c: Any, _u: Any, _flags: Any, rc: ReasonCode | int,
+                    _p: Properties | None = None) -> None:
+        if gen == self._gen and not self._connack.done():
+            name = rc.getName() if isinstance(rc, ReasonCode) else str(rc)
+            self._connack.set_result((_reason_value(rc), name))
+
+    def _on_disconnect(self, gen: int, _c: Any, _u: Any, _flags: Any, rc: ReasonCode | int,
+                       _p: Properties | None = None) -> None:
+        if gen != self._gen:
+            return
+        if self._connected:
+            self.c.disconnects += 1
+            log.info("connection to %s:%d lost (%s)", self.host, self.port, rc)
+        if self._lost is not None:
+            self._lost.set()
+        if self._wake is not None:
+            self._wake.set()
+
+    def _on_subscribe(self, gen: int, _c: Any, _u: Any, _mid: int,
+                      rcs: list[ReasonCode], _p: Properties | None = None) -> None:
+        if gen == self._gen and not self._suback.done():
+            self._suback.set_result(max(_reason_value(r) for r in rcs) if rcs else 0x80)
+
+    def _on_publish(self, gen: int, _c: Any, _u: Any, mid: int, rc: ReasonCode | int,
+                    _p: Properties | None = None) -> None:
+        if gen != self._gen:
+            return
+        seq = self._mids.pop(mid, None)
+        if seq is None:
+            return  # the status message, or a flight already re-sent
+        flight = self._inflight.get(seq)
+        if flight is None:
+            return
+        code = _reason_value(rc)
+        if code < 0x80:
+            flight.broker_has_it = True
+            self._refusals = 0
+            return
+        name = rc.getName() if isinstance(rc, ReasonCode) else str(code)
+        key = f"0x{code:02X}"
+        self.c.puback_reasons[key] = self.c.puback_reasons.get(key, 0) + 1
+        self.c.puback_refused += 1
+        self.c.batches_retry += 1
+        log.error("broker refused batch %d on %s: PUBACK 0x%02X %s; kept in the outbox, "
+                  "retrying with backoff (check the broker ACL for this gateway)",
+                  seq, self._topic_batch, code, name)
+        del self._inflight[seq]
+        self._hold_back(seq)
+        self._settle([(seq, Outcome.RETRY)])
+
+    def _on_message(self, gen: int, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        if gen != self._gen or msg.topic != self._topic_ack:
+            return
+        try:
+            acks = decode_acks(msg.payload)
+        except Exception as exc:  # a malformed ack must never crash or settle anything
+            self.c.acks_malformed += 1
+            log.warning("malformed ack on %s (%d bytes): %s", msg.topic, len(msg.payload), exc)
+            return
+        self.c.acks_received += 1
+        self.c.last_ack_ms = time.time_ns() // 1_000_000
+        settle: list[tuple[int, Outcome]] = []
+        for seq, status in acks:
+            flight = self._inflight.pop(seq, None)
+            if flight is not None:
+                self._mids.pop(flight.mid, None)
+            elif seq in self._settling:
+                continue  # a second ack for a batch being settled (a re-send was acked too)
+            else:
+                self.c.acks_unknown_seq += 1  # e.g. an ack of a batch sent before a reconnect
+            if status == ACK_DELIVERED:
+                self._cooldown.pop(seq, None)
+                self.c.batches_delivered += 1
+                if flight is not None:
+                    self.c.readings_delivered += flight.count
+                settle.append((seq, Outcome.DELIVERED))
+            elif status == ACK_REJECTED:
+                self._cooldown.pop(seq, None)
+                self.c.batches_rejected += 1
+                log.warning("cloud ingest rejected batch %d (authentic but undecodable); "
+                            "quarantined in the outbox", seq)
+                settle.append((seq, Outcome.REJECTED))
+            else:
+                self.c.batches_retry += 1
+                log.info("cloud ingest asked to retry batch %d later", seq)
+                self._hold_back(seq)
+                settle.append((seq, Outcome.RETRY))
+        self._settle(settle)
+        if self._wake is not None:
+            self._wake.set()

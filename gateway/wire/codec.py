@@ -1,0 +1,834 @@
+"""Batch codec: samples, alerts and gap records <-> compact columnar bytes (the envelope plaintext).
+
+Layout (version 1)::
+
+    byte 0        format version (1), outside the compression so it can be checked first
+    bytes 1..     snappy (raw block format) of the body:
+      strings     uvarint n, then n x (uvarint len, utf-8)   device/metric/rule/... names
+      series      uvarint n, then per series (device, metric):
+                    uvarint device idx, uvarint metric idx, uvarint count, u8 flags
+                    timestamps  (unless FLAG_TS_SAME) first as zig-zag delta from the previous
+                                series' first timestamp, then count-1 zig-zag deltas
+                    quality     (unless FLAG_ALL_GOOD) uvarint runs, then (u8 quality, uvarint len)
+                    presence    (if FLAG_HAS_NONE) uvarint runs, run lengths alternating
+                                present/None, starting with present
+                    values      u8 column type, then the present values typed per column
+      alerts      uvarint n, then per alert (see _write_alerts)
+      gaps        uvarint n, then per gap (see _write_gaps)
+
+Value columns: float (decimal-scaled zig-zag varint deltas when every value is an exact short
+decimal, else XOR with the previous value as float32 or float64, byte-aligned, else plain f64),
+int (zig-zag varint deltas, first absolute), bool (bitmap), str/bytes (length-prefixed), and a
+tagged column for series whose values mix types.
+
+Invariants:
+- ``decode_batch(encode_batch(s, a, g))`` returns the same samples, alerts and gaps, exactly: floats
+  bit for bit (NaN payloads, inf, -0.0), ints of [-2**63, 2**64), value types preserved.
+  Samples come back grouped per series (order of first appearance), each series in input order.
+- Any malformed, truncated or oversized input makes ``decode_batch`` raise ``CodecError`` and
+  nothing else. Decoding is bounded: at most ``MAX_BODY_BYTES`` of plaintext and
+  ``MAX_SAMPLES`` samples per batch.
+- Bad input to ``encode_batch`` (unsupported value type, int out of range...) raises
+  ``CodecError`` naming the device and metric.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from array import array
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import snappy
+
+from gateway.model import Alert, Lane, Quality, Sample, Severity
+
+VERSION = 1
+MAX_BODY_BYTES = 64 * 1024 * 1024
+MAX_SAMPLES = 1_000_000
+
+FLAG_TS_SAME = 0x01  # timestamps identical to the previous series' (same count)
+FLAG_ALL_GOOD = 0x02  # every sample has Quality.GOOD
+FLAG_HAS_NONE = 0x04  # some values are None: presence runs follow
+_KNOWN_FLAGS = FLAG_TS_SAME | FLAG_ALL_GOOD | FLAG_HAS_NONE
+
+# value column types
+COL_NONE = 0
+COL_FLOAT = 1
+COL_INT = 2
+COL_BOOL = 3
+COL_STR = 4
+COL_BYTES = 5
+COL_MIXED = 6
+
+# float column modes
+F_PLAIN = 0
+F_DECIMAL = 1
+F_XOR64 = 2
+F_XOR32 = 3
+
+# tags of the mixed column
+T_FLOAT = 1
+T_INT = 2
+T_FALSE = 3
+T_TRUE = 4
+T_STR = 5
+T_BYTES = 6
+
+INT_MIN = -(2**63)
+INT_MAX = 2**64 - 1  # unsigned 64-bit counters are allowed too
+_MAX_DECIMALS = 9
+_MAX_EXACT = 2**53
+_MAX_VARINT_BYTES = 10
+
+_QUALITIES = {int(q): q for q in Quality}
+_LANES = {int(x): x for x in Lane}
+_SEVERITIES = {int(s): s for s in Severity}
+_F64 = struct.Struct(">d")
+
+
+class CodecError(ValueError):
+    """The bytes are not a valid batch (or the input cannot be encoded). Message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """Readings the gateway dropped on purpose (outbox full): the cloud learns what is missing."""
+
+    lane: Lane
+    seqs: tuple[int, ...]
+    from_ts_ms: int
+    to_ts_ms: int
+    batches: int
+    readings: int
+    reason: str = "outbox_full"
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedBatch:
+    samples: list[Sample]
+    alerts: list[Alert]
+    gaps: list[Gap]
+
+
+# =========================================================================== primitives
+def _zz(n: int) -> int:
+    return n << 1 if n >= 0 else ((-n) << 1) - 1
+
+
+def _unzz(z: int) -> int:
+    return z >> 1 if not z & 1 else -((z + 1) >> 1)
+
+
+def _put_uvarints(out: bytearray, values: Iterable[int]) -> None:
+    append = out.append
+    for v in values:
+        while v > 0x7F:
+            append((v & 0x7F) | 0x80)
+            v >>= 7
+        append(v)
+
+
+def _put_uvarint(out: bytearray, v: int) -> None:
+    while v > 0x7F:
+        out.append((v & 0x7F) | 0x80)
+        v >>= 7
+    out.append(v)
+
+
+def _put_zz_deltas(out: bytearray, values: Sequence[int], start: int = 0) -> None:
+    prev = start
+    zs = []
+    for v in values:
+        d = v - prev
+        zs.append(d << 1 if d >= 0 else ((-d) << 1) - 1)
+        prev = v
+    if zs and max(zs) < 0x80:
+        out += bytes(zs)
+    else:
+        _put_uvarints(out, zs)
+
+
+def _put_blob(out: bytearray, b: bytes) -> None:
+    _put_uvarint(out, len(b))
+    out += b
+
+
+def _runs(items: Sequence[Any]) -> list[tuple[Any, int]]:
+    runs: list[tuple[Any, int]] = []
+    prev = object()
+    n = 0
+    for it in items:
+        if it is prev or it == prev:
+            n += 1
+        else:
+            if n:
+                runs.append((prev, n))
+            prev, n = it, 1
+    if n:
+        runs.append((prev, n))
+    return runs
+
+
+class _Strings:
+    """The batch's string table: each distinct name stored once."""
+
+    def __init__(self) -> None:
+        self.index: dict[str, int] = {}
+
+    def __call__(self, s: str) -> int:
+        try:
+            i = self.index.get(s)
+        except TypeError:
+            raise CodecError(f"expected a string, got {type(s).__name__} {s!r}") from None
+        if i is None:
+            if not isinstance(s, str):
+                raise CodecError(f"expected a string, got {type(s).__name__} {s!r}")
+            i = self.index[s] = len(self.index)
+        return i
+
+    def write(self, out: bytearray) -> None:
+        _put_uvarint(out, len(self.index))
+        for s in self.index:
+            try:
+                _put_blob(out, s.encode("utf-8"))
+            except UnicodeEncodeError as exc:
+                raise CodecError(f"name {s!r} is not valid unicode: {exc}") from None
+
+
+# =========================================================================== encoding
+def encode_batch(
+    samples: Iterable[Sample] = (), alerts: Iterable[Alert] = (), gaps: Iterable[Gap] = ()
+) -> bytes:
+    """Encode samples, alerts and gap records as one versioned, snappy-compressed batch."""
+    strings = _Strings()
+    series: dict[tuple[str, str], list[Sample]] = {}
+    total = 0
+    for s in samples:
+        key = (s.device, s.metric)
+        lst = series.get(key)
+        if lst is None:
+            series[key] = [s]
+        else:
+            lst.append(s)
+        total += 1
+    if total > MAX_SAMPLES:
+        raise CodecError(f"batch of {total} samples exceeds the limit of {MAX_SAMPLES}")
+    body = bytearray()
+    series_out = bytearray()
+    _put_uvarint(series_out, len(series))
+    prev_first_ts = 0
+    prev_ts: list[int] | None = None
+    for (device, metric), lst in series.items():
+        _put_uvarint(series_out, strings(device))
+        _put_uvarint(series_out, strings(metric))
+        prev_first_ts, prev_ts = _write_series(series_out, lst, prev_first_ts, prev_ts)
+    alerts_out = bytearray()
+    _write_alerts(alerts_out, list(alerts), strings)
+    gaps_out = bytearray()
+    _write_gaps(gaps_out, list(gaps), strings)
+    strings.write(body)
+    body += series_out
+    body += alerts_out
+    body += gaps_out
+    if len(body) > MAX_BODY_BYTES:
+        raise CodecError(f"batch body of {len(body)} bytes exceeds {MAX_BODY_BYTES}")
+    return bytes((VERSION,)) + snappy.compress(bytes(body))
+
+
+def _check_int(v: int, what: str) -> int:
+    if not INT_MIN <= v <= INT_MAX:
+        raise CodecError(f"{what}: int {v} outside the 64-bit range [-2**63, 2**64)")
+    return v
+
+
+def _write_series(
+    out: bytearray, lst: list[Sample], prev_first_ts: int, prev_ts: list[int] | None
+) -> tuple[int, list[int]]:
+    s0 = lst[0]
+    where = f"device {s0.device!r} metric {s0.metric!r}"
+    n = len(lst)
+    ts = [s.ts_ms for s in lst]
+    for t in ts:
+        if type(t) is not int and (not isinstance(t, int) or isinstance(t, bool)):
+            raise CodecError(f"{where}: ts_ms must be int, got {type(t).__name__}")
+    if min(ts) < INT_MIN or max(ts) >= 2**63:
+        raise CodecError(f"{where}: ts_ms outside the signed 64-bit range")
+    qualities = [s.quality for s in lst]
+    values = [s.value for s in lst]
+    flags = 0
+    if ts == prev_ts:
+        flags |= FLAG_TS_SAME
+    if all(q is Quality.GOOD for q in qualities):
+        flags |= FLAG_ALL_GOOD
+    present = [v for v in values if v is not None]
+    if len(present) != n:
+        flags |= FLAG_HAS_NONE
+    _put_uvarint(out, n)
+    out.append(flags)
+    if not flags & FLAG_TS_SAME:
+        _put_uvarint(out, _zz(ts[0] - prev_first_ts))
+        _put_zz_deltas(out, ts[1:], ts[0])
+    if not flags & FLAG_ALL_GOOD:
+        qruns = _runs(qualities)
+        _put_uvarint(out, len(qruns))
+        for q, k in qruns:
+            try:
+                qv = int(q)
+            except (TypeError, ValueError):
+                raise CodecError(f"{where}: quality {q!r} is not a Quality") from None
+            if qv not in _QUALITIES:
+                raise CodecError(f"{where}: unknown quality {q!r}")
+            out.append(qv)
+            _put_uvarint(out, k)
+    if flags & FLAG_HAS_NONE:
+        pruns: list[int] = []
+        want_present = True
+        k = 0
+        for v in values:
+            if (v is not None) == want_present:
+                k += 1
+            else:
+                pruns.append(k)
+                want_present = not want_present
+                k = 1
+        pruns.append(k)
+        _put_uvarint(out, len(pruns))
+        _put_uvarints(out, pruns)
+    _write_values(out, present, where)
+    return ts[0], ts
+
+
+def _column_type(values: list[Any]) -> int:
+    if not values:
+        return COL_NONE
+    t = type(values[0])
+    if any(type(v) is not t for v in values):
+        return COL_MIXED
+    if t is float:
+        return COL_FLOAT
+    if t is bool:
+        return COL_BOOL
+    if t is int:
+        return COL_INT
+    if t is str:
+        return COL_STR
+    if t is bytes:
+        return COL_BYTES
+    return COL_MIXED  # subclasses (IntEnum, numpy scalars): validated per value below
+
+
+def _write_values(out: bytearray, values: list[Any], where: str) -> None:
+    col = _column_type(values)
+    out.append(col)
+    if col == COL_NONE:
+        return
+    if col == COL_FLOAT:
+        _write_floats(out, values)
+    elif col == COL_INT:
+        for v in values:
+            _check_int(v, where)
+        _put_zz_deltas(out, values)
+    elif col == COL_BOOL:
+        bits = bytearray((len(values) + 7) // 8)
+        for i, v in enumerate(values):
+            if v:
+                bits[i >> 3] |= 1 << (i & 7)
+        out += bits
+    elif col == COL_STR:
+        for v in values:
+            try:
+                _put_blob(out, v.encode("utf-8"))
+            except UnicodeEncodeError as exc:
+                raise CodecError(f"{where}: string value is not valid unicode: {exc}") from None
+    elif col == COL_BYTES:
+        for v in values:
+            _put_blob(out, v)
+    else:
+        _write_mixed(out, values, where)
+
+
+def _write_mixed(out: bytearray, values: list[Any], where: str) -> None:
+    for v in values:
+        if isinstance(v, bool):
+            out.append(T_TRUE if v else T_FALSE)
+        elif isinstance(v, int):
+            out.append(T_INT)
+            _put_uvarint(out, _zz(_check_int(int(v), where)))
+        elif isinstance(v, float):
+            out.append(T_FLOAT)
+            out += _F64.pack(v)
+        elif isinstance(v, str):
+            out.append(T_STR)
+            try:
+                _put_blob(out, str(v).encode("utf-8"))
+            except UnicodeEncodeError as exc:
+                raise CodecError(f"{where}: string value is not valid unicode: {exc}") from None
+        elif isinstance(v, bytes | bytearray | memoryview):
+            out.append(T_BYTES)
+            _put_blob(out, bytes(v))
+        else:
+            raise CodecError(
+                f"{where}: unsupported value type {type(v).__name__} "
+                "(use float, int, bool, str, bytes or None)"
+            )
+
+
+def _decimal_exponent(values: list[float]) -> int | None:
+    """Smallest e such that every value is exactly n / 10**e with |n| < 2**53, else None."""
+    e = 0
+    for v in values:
+        r = repr(v)
+        if "e" in r or "n" in r:  # exponent notation, nan, inf
+            return None
+        dot = r.find(".")
+        digits = len(r) - dot - 1
+        if digits == 1 and r[-1] == "0":
+            digits = 0
+        if digits > e:
+            e = digits
+            if e > _MAX_DECIMALS:
+                return None
+    return e
+
+
+def _decimal_ints(values: list[float], e: int) -> list[int] | None:
+    scale = 10**e
+    ints = []
+    for v in values:
+        n = round(v * scale)
+        if abs(n) >= _MAX_EXACT or n / scale != v or (n == 0 and math.copysign(1.0, v) < 0):
+            return None
+        ints.append(n)
+    return ints
+
+
+def _xor_encode(words: Iterable[int], width: int) -> bytes:
+    out = bytearray()
+    prev = 0
+    zero = b"\0"
+    for w in words:
+        x = w ^ prev
+        prev = w
+        if not x:
+            out.append(width << 4)
+            continue
+        b = x.to_bytes(width, "big").lstrip(zero)
+        mid = b.rstrip(zero)
+        out.append(((width - len(b)) << 4) | (len(b) - len(mid)))
+        out += mid
+    return bytes(out)
+
+
+def _write_floats(out: bytearray, values: list[float]) -> None:
+    e = _decimal_exponent(values)
+    ints = _decimal_ints(values, e) if e is not None else None
+    if e is not None and ints is not None:
+        out.append(F_DECIMAL)
+        out.append(e)
+        _put_zz_deltas(out, ints)
+        return
+    d = array("d", values)
+    f32_exact = False
+    if not any(v != v for v in values):  # NaN payloads may not survive f32 conversion
+        try:
+            f = array("f", values)
+            f32_exact = array("d", f).tobytes() == d.tobytes()
+        except OverflowError:
+            pass
+    if f32_exact:
+        words = array("I")
+        words.frombytes(f.tobytes())
+        xor = _xor_encode(words, 4)
+        mode = F_XOR32
+    else:
+        words = array("Q")
+        words.frombytes(d.tobytes())
+        xor = _xor_encode(words, 8)
+        mode = F_XOR64
+    if len(xor) < 8 * len(values):
+        out.append(mode)
+        out += xor
+    else:
+        out.append(F_PLAIN)
+        if struct.pack("=H", 1) != b"\x00\x01":
+            d.byteswap()
+        out += d.tobytes()
+
+
+def _write_alerts(out: bytearray, alerts: list[Alert], strings: _Strings) -> None:
+    _put_uvarint(out, len(alerts))
+    prev_ts = 0
+    for a in alerts:
+        where = f"alert {a.rule!r} device {a.device!r}"
+        if not isinstance(a.ts_ms, int) or not INT_MIN <= a.ts_ms < 2**63:
+            raise CodecError(f"{where}: ts_ms must be a signed 64-bit int")
+        _put_uvarint(out, strings(a.rule))
+        _put_uvarint(out, strings(a.device))
+        _put_uvarint(out, strings(a.metric))
+        _put_uvarint(out, strings(a.message))
+        _put_uvarint(out, _zz(a.ts_ms - prev_ts))
+        prev_ts = a.ts_ms
+        flags = (1 if a.active else 0) | (2 if a.value is not None else 0)
+        out.append(flags)
+        try:
+            sev = int(a.severity)
+        except (TypeError, ValueError):
+            raise CodecError(f"{where}: severity {a.severity!r} is not a Severity") from None
+        if sev not in _SEVERITIES:
+            raise CodecError(f"{where}: unknown severity {a.severity!r}")
+        out.append(sev)
+        if a.value is not None:
+            try:
+                out += _F64.pack(float(a.value))
+            except (TypeError, ValueError):
+                raise CodecError(f"{where}: value {a.value!r} is not a number") from None
+        _put_uvarint(out, len(a.labels))
+        for k, v in a.labels.items():
+            _put_uvarint(out, strings(k))
+            _put_uvarint(out, strings(v))
+
+
+def _write_gaps(out: bytearray, gaps: list[Gap], strings: _Strings) -> None:
+    _put_uvarint(out, len(gaps))
+    for g in gaps:
+        try:
+            lane = int(g.lane)
+        except (TypeError, ValueError):
+            raise CodecError(f"gap: lane {g.lane!r} is not a Lane") from None
+        if lane not in _LANES:
+            raise CodecError(f"gap: unknown lane {g.lane!r}")
+        for v in (*g.seqs, g.batches, g.readings):
+            if not isinstance(v, int) or not 0 <= v <= INT_MAX:
+                raise CodecError(f"gap: {v!r} is not an unsigned 64-bit int")
+        for v in (g.from_ts_ms, g.to_ts_ms):
+            if not isinstance(v, int) or not INT_MIN <= v < 2**63:
+                raise CodecError(f"gap: timestamp {v!r} is not a signed 64-bit int")
+        out.append(lane)
+        _put_uvarint(out, strings(g.reason))
+        _put_uvarint(out, len(g.seqs))
+        _put_zz_deltas(out, g.seqs)
+        _put_uvarint(out, _zz(g.from_ts_ms))
+        _put_uvarint(out, _zz(g.to_ts_ms - g.from_ts_ms))
+        _put_uvarint(out, g.batches)
+        _put_uvarint(out, g.readings)
+
+
+# =========================================================================== decoding
+class _Reader:
+    __slots__ = ("data", "end", "pos")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+        self.end = len(data)
+
+    def fail(self, what: str) -> CodecError:
+        return CodecError(f"malformed batch at byte {self.pos} of {self.end}: {what}")
+
+    def uvarint(self) -> int:
+        data, pos = self.data, self.pos
+        result = 0
+        shift = 0
+        while True:
+            if pos >= self.end:
+                raise self.fail("truncated varint")
+            b = data[pos]
+            pos += 1
+            result |= (b & 0x7F) << shift
+            if b < 0x80:
+                break
+            shift += 7
+            if shift >= 7 * _MAX_VARINT_BYTES:
+                raise self.fail("varint longer than 10 bytes")
+        self.pos = pos
+        return result
+
+    def uvarints(self, n: int) -> list[int]:
+        if n > self.end - self.pos:
+            raise self.fail(f"{n} varints announced, only {self.end - self.pos} bytes left")
+        data, pos = self.data, self.pos
+        chunk = data[pos : pos + n]
+        if n and max(chunk) < 0x80:  # fast path: every varint is one byte
+            self.pos = pos + n
+            return list(chunk)
+        return [self.uvarint() for _ in range(n)]
+
+    def count(self, what: str, min_bytes_each: float = 1.0) -> int:
+        n = self.uvarint()
+        if n * min_bytes_each > self.end - self.pos:
+            raise self.fail(f"{what} count {n} larger than the remaining data")
+        return n
+
+    def u8(self) -> int:
+        if self.pos >= self.end:
+            raise self.fail("truncated")
+        b = self.data[self.pos]
+        self.pos += 1
+        return b
+
+    def take(self, n: int) -> bytes:
+        if n > self.end - self.pos:
+            raise self.fail(f"{n} bytes announced, only {self.end - self.pos} left")
+        b = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return b
+
+    def blob(self) -> bytes:
+        return self.take(self.uvarint())
+
+    def text(self) -> str:
+        try:
+            return self.blob().decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise self.fail(f"invalid utf-8: {exc}") from None
+
+    def zz_deltas(self, n: int, start: int = 0) -> list[int]:
+        out = []
+        prev = start
+        for z in self.uvarints(n):
+            prev += z >> 1 if not z & 1 else -((z + 1) >> 1)
+            out.append(prev)
+        return out
+
+
+def _uncompressed_length(data: bytes) -> int:
+    r = _Reader(data)
+    r.pos = 1
+    return r.uvarint()
+
+
+def decode_batch(data: bytes) -> DecodedBatch:
+    """Decode a batch made by ``encode_batch``. Raises ``CodecError`` on anything malformed."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise CodecError(f"expected bytes, got {type(data).__name__}")
+    data = bytes(data)
+    if not data:
+        raise CodecError("empty batch")
+    if data[0] != VERSION:
+        raise CodecError(f"unsupported batch format version {data[0]} (this build reads {VERSION})")
+    size = _uncompressed_length(data)
+    if size > MAX_BODY_BYTES:
+        raise CodecError(f"batch body of {size} bytes exceeds the limit of {MAX_BODY_BYTES}")
+    try:
+        body = snappy.decompress(data[1:])
+    except Exception as exc:  # the snappy binding raises several unrelated types
+        raise CodecError(f"batch is not valid snappy data: {type(exc).__name__}: {exc}") from None
+    try:
+        return _decode_body(_Reader(bytes(body)))
+    except CodecError:
+        raise
+    except (ValueError, OverflowError, IndexError, KeyError, TypeError, MemoryError) as exc:
+        raise CodecError(f"malformed batch: {type(exc).__name__}: {exc}") from None
+
+
+def _decode_body(r: _Reader) -> DecodedBatch:
+    strings = [r.text() for _ in range(r.count("string"))]
+
+    def name(i: int) -> str:
+        if i >= len(strings):
+            raise r.fail(f"string index {i} out of range ({len(strings)} strings)")
+        return strings[i]
+
+    samples: list[Sample] = []
+    n_series = r.count("series", 4)
+    prev_first_ts = 0
+    prev_ts: list[int] | None = None
+    for _ in range(n_series):
+        device = name(r.uvarint())
+        metric = name(r.uvarint())
+        n = r.uvarint()
+        if n == 0:
+            raise r.fail("empty series")
+        if len(samples) + n > MAX_SAMPLES:
+            raise r.fail(f"more than {MAX_SAMPLES} samples")
+        flags = r.u8()
+        if flags & ~_KNOWN_FLAGS:
+            raise r.fail(f"unknown series flags {flags:#x}")
+        if flags & FLAG_TS_SAME:
+            if prev_ts is None or len(prev_ts) != n:
+                raise r.fail("series reuses timestamps of a previous series of another length")
+            ts = prev_ts
+        else:
+            first = prev_first_ts + _unzz(r.uvarint())
+            ts = [first, *r.zz_deltas(n - 1, first)]
+            for t in (min(ts), max(ts)):
+                if not INT_MIN <= t < 2**63:
+                    raise r.fail("timestamp outside the signed 64-bit range")
+        prev_first_ts, prev_ts = ts[0], ts
+        if flags & FLAG_ALL_GOOD:
+            qualities = [Quality.GOOD] * n
+        else:
+            qualities = []
+            for _ in range(r.count("quality run", 2)):
+                q = _QUALITIES.get(r.u8())
+                if q is None:
+                    raise r.fail("unknown quality")
+                qualities += [q] * min(r.uvarint(), n + 1 - len(qualities))
+            if len(qualities) != n:
+                raise r.fail("quality runs do not add up to the series length")
+        if flags & FLAG_HAS_NONE:
+            pruns = r.uvarints(r.count("presence run"))
+            if sum(pruns) != n:
+                raise r.fail("presence runs do not add up to the series length")
+            mask: list[bool] = []
+            for i, k in enumerate(pruns):
+                mask += [not i & 1] * k
+            n_present = sum(mask)
+        else:
+            mask = []
+            n_present = n
+        values = _read_values(r, n_present)
+        if flags & FLAG_HAS_NONE:
+            it = iter(values)
+            values = [next(it) if m else None for m in mask]
+        samples += map(Sample, [device] * n, [metric] * n, ts, values, qualities)
+    alerts = _read_alerts(r, name)
+    gaps = _read_gaps(r, name)
+    if r.pos != r.end:
+        raise r.fail(f"{r.end - r.pos} trailing bytes")
+    return DecodedBatch(samples, alerts, gaps)
+
+
+def _read_values(r: _Reader, n: int) -> list[Any]:
+    col = r.u8()
+    if col == COL_NONE:
+        if n:
+            raise r.fail("values missing for present samples")
+        return []
+    if n == 0:
+        raise r.fail("value column without present samples")
+    if col == COL_FLOAT:
+        return _read_floats(r, n)
+    if col == COL_INT:
+        values = r.zz_deltas(n)
+        if min(values) < INT_MIN or max(values) > INT_MAX:
+            raise r.fail("int value outside the 64-bit range")
+        return values
+    if col == COL_BOOL:
+        bits = r.take((n + 7) // 8)
+        return [bool(bits[i >> 3] >> (i & 7) & 1) for i in range(n)]
+    if col == COL_STR:
+        return [r.text() for _ in range(n)]
+    if col == COL_BYTES:
+        return [r.blob() for _ in range(n)]
+    if col == COL_MIXED:
+        return [_read_tagged(r) for _ in range(n)]
+    raise r.fail(f"unknown value column type {col}")
+
+
+def _read_tagged(r: _Reader) -> Any:
+    tag = r.u8()
+    if tag == T_FLOAT:
+        return _F64.unpack(r.take(8))[0]
+    if tag == T_INT:
+        v = _unzz(r.uvarint())
+        if not INT_MIN <= v <= INT_MAX:
+            raise r.fail("int value outside the 64-bit range")
+        return v
+    if tag == T_FALSE:
+        return False
+    if tag == T_TRUE:
+        return True
+    if tag == T_STR:
+        return r.text()
+    if tag == T_BYTES:
+        return r.blob()
+    raise r.fail(f"unknown value tag {tag}")
+
+
+def _xor_decode(r: _Reader, n: int, width: int) -> list[int]:
+    if n > r.end - r.pos:
+        raise r.fail("float column shorter than its count")
+    words = []
+    prev = 0
+    data = r.data
+    for _ in range(n):
+        h = r.u8()
+        lead, trail = h >> 4, h & 0x0F
+        k = width - lead - trail
+        if k < 0 or (k == 0 and trail):
+            raise r.fail("bad xor header")
+        if k:
+            pos = r.pos
+            if pos + k > r.end:
+                raise r.fail("truncated float column")
+            r.pos = pos + k
+            prev ^= int.from_bytes(data[pos : pos + k], "big") << (8 * trail)
+        words.append(prev)
+    return words
+
+
+def _read_floats(r: _Reader, n: int) -> list[float]:
+    mode = r.u8()
+    if mode == F_DECIMAL:
+        e = r.u8()
+        if e > _MAX_DECIMALS:
+            raise r.fail(f"decimal exponent {e} too large")
+        scale = 10**e
+        ints = r.zz_deltas(n)
+        if max(map(abs, ints)) >= _MAX_EXACT:
+            raise r.fail("decimal value out of range")
+        return [i / scale for i in ints]
+    if mode == F_PLAIN:
+        d = array("d")
+        d.frombytes(r.take(8 * n))
+        if struct.pack("=H", 1) != b"\x00\x01":
+            d.byteswap()
+        return d.tolist()
+    if mode in (F_XOR32, F_XOR64):
+        width = 4 if mode == F_XOR32 else 8
+        words = array("I" if width == 4 else "Q", _xor_decode(r, n, width))
+        floats = array("f" if width == 4 else "d")
+        floats.frombytes(words.tobytes())
+        return [float(x) for x in floats]
+    raise r.fail(f"unknown float mode {mode}")
+
+
+def _read_alerts(r: _Reader, name: Any) -> list[Alert]:
+    alerts = []
+    prev_ts = 0
+    for _ in range(r.count("alert", 7)):
+        rule, device, metric, message = (name(r.uvarint()) for _ in range(4))
+        ts = prev_ts + _unzz(r.uvarint())
+        if not INT_MIN <= ts < 2**63:
+            raise r.fail("alert timestamp outside the signed 64-bit range")
+        prev_ts = ts
+        flags = r.u8()
+        if flags & ~3:
+            raise r.fail(f"unknown alert flags {flags:#x}")
+        sev = _SEVERITIES.get(r.u8())
+        if sev is None:
+            raise r.fail("unknown severity")
+        value = _F64.unpack(r.take(8))[0] if flags & 2 else None
+        labels = {}
+        for _ in range(r.count("label", 2)):
+            k = name(r.uvarint())
+            labels[k] = name(r.uvarint())
+        alerts.append(Alert(rule, device, ts, bool(flags & 1), sev, message, metric, value, labels))
+    return alerts
+
+
+def _read_gaps(r: _Reader, name: Any) -> list[Gap]:
+    gaps = []
+    for _ in range(r.count("gap", 7)):
+        lane = _LANES.get(r.u8())
+        if lane is None:
+            raise r.fail("unknown lane")
+        reason = name(r.uvarint())
+        seqs = tuple(r.zz_deltas(r.count("gap seq")))
+        if seqs and (min(seqs) < 0 or max(seqs) > INT_MAX):
+            raise r.fail("gap seq outside the unsigned 64-bit range")
+        from_ts = _unzz(r.uvarint())
+        to_ts = from_ts + _unzz(r.uvarint())
+        batches = r.uvarint()
+        readings = r.uvarint()
+        for v in (from_ts, to_ts):
+            if not INT_MIN <= v < 2**63:
+                raise r.fail("gap timestamp outside the signed 64-bit range")
+        if batches > INT_MAX or readings > INT_MAX:
+            raise r.fail("gap counter outside the unsigned 64-bit range")
+        gaps.append(Gap(lane, seqs, from_ts, to_ts, batches, readings, reason))
+    return gaps

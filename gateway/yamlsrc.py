@@ -1,0 +1,542 @@
+"""Marked YAML loading: plain Python data plus the file:line:col of every value and key.
+
+The config loader needs to point at the exact place of a mistake, also after ``include:`` files
+were merged. PyYAML's ``compose`` gives nodes with marks; this module turns them into plain data
+(``dict``/``list``/scalars) and a ``SourceMap`` from path tuples such as
+``("devices", 2, "options", "address")`` to ``Loc(file, line, col)`` (1-based).
+
+Features and invariants:
+- ``include:`` at the top of a file (a path or a list of paths, relative to the including file,
+  glob patterns allowed) is loaded first; then the including file is merged on top. Merging is
+  deep: mappings merge key by key (later wins), lists concatenate, anything else is replaced.
+  An include cycle is an error located at the ``include:`` entry that closes it.
+- ``${NAME}`` and ``${NAME:-default}`` are substituted in scalar values (not in keys); the
+  default is used when NAME is unset or empty; ``$${`` is a literal ``${``. An unquoted scalar
+  is re-typed after substitution (``port: ${PORT}`` gives an int); quote it to keep a string.
+  An unset variable without a default is an error located at the scalar.
+- Duplicate mapping keys are errors (PyYAML would silently keep the last one), located at the
+  second key and naming the first one's line. YAML merge keys (``<<: *anchor``) work.
+- YAML syntax errors, unreadable files and non-UTF-8 bytes are reported as ``ConfigIssue``s
+  with a location; alias bombs and deep include chains are bounded. Nothing raises anything
+  but ``ConfigError``.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from yaml.constructor import ConstructorError, SafeConstructor
+from yaml.resolver import Resolver
+
+__all__ = [
+    "ConfigError",
+    "ConfigIssue",
+    "Loc",
+    "LoadedYaml",
+    "PathT",
+    "SourceMap",
+    "format_path",
+    "load_yaml",
+]
+
+PathT = tuple[str | int, ...]
+
+_YamlLoader: type[Any] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+MAX_NODES = 200_000  # bounds alias expansion ("billion laughs")
+MAX_INCLUDE_DEPTH = 16
+_STR_TAG = "tag:yaml.org,2002:str"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+_ENV_REF = re.compile(r"\$\$\{|\$\{([^}]*)\}|\$\{")
+_ENV_NAME = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?$", re.DOTALL)
+_GLOB_CHARS = re.compile(r"[*?\[]")
+
+
+# --------------------------------------------------------------------------- issues
+@dataclass(frozen=True, slots=True)
+class Loc:
+    """A place in a config file; ``line``/``col`` are 1-based, 0 when unknown."""
+
+    file: str
+    line: int
+    col: int
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigIssue:
+    """One problem in a configuration, formatted ``file:line:col: dotted.path: message``."""
+
+    file: str
+    line: int
+    col: int
+    path: str
+    message: str
+    hint: str | None = None
+    severity: Literal["error", "warning"] = "error"
+
+    @classmethod
+    def at(
+        cls,
+        loc: Loc,
+        path: PathT | str,
+        message: str,
+        hint: str | None = None,
+        severity: Literal["error", "warning"] = "error",
+    ) -> ConfigIssue:
+        dotted = path if isinstance(path, str) else format_path(path)
+        return cls(loc.file, loc.line, loc.col, dotted, message, hint, severity)
+
+    def __str__(self) -> str:
+        parts = [f"{self.file}:{self.line}:{self.col}" if self.line else self.file]
+        if self.path:
+            parts.append(self.path)
+        if self.severity == "warning":
+            parts.append("warning")
+        parts.append(self.message)
+        text = ": ".join(parts)
+        return f"{text} (hint: {self.hint})" if self.hint else text
+
+    @property
+    def sort_key(self) -> tuple[str, int, int, str]:
+        return (self.file, self.line, self.col, self.path)
+
+
+class ConfigError(Exception):
+    """The configuration is not usable; ``issues`` says every reason found, with locations."""
+
+    def __init__(self, issues: Iterable[ConfigIssue]) -> None:
+        self.issues = list(issues)
+        super().__init__("\n".join(str(i) for i in self.issues) or "invalid configuration")
+
+
+def format_path(path: PathT) -> str:
+    """``("devices", 2, "options", "address")`` -> ``devices.2.options.address``."""
+    return ".".join(str(part) for part in path)
+
+
+# --------------------------------------------------------------------------- source map
+@dataclass
+class SourceMap:
+    """Where every value (and every mapping key) of the loaded data came from."""
+
+    root: Loc
+    values: dict[PathT, Loc] = field(default_factory=dict)
+    keys: dict[PathT, Loc] = field(default_factory=dict)
+
+    def value(self, path: PathT) -> Loc:
+        """The value at ``path``, or the nearest enclosing value that exists."""
+        for n in range(len(path), -1, -1):
+            loc = self.values.get(path[:n])
+            if loc is not None:
+                return loc
+        return self.root
+
+    def key(self, path: PathT) -> Loc:
+        """The key that introduced ``path`` (falls back to the value's place)."""
+        return self.keys.get(path) or self.value(path)
+
+    def resolve(self, dotted: str, data: Any) -> PathT:
+        """Turn ``rules[0].when`` or ``rules.0.when`` into a path tuple, guided by ``data``.
+
+        Mapping keys containing dots (``buses: {"rs485.0": ...}``) are matched longest first.
+        """
+        tokens = [i if i else n for i, n in re.findall(r"\[(\d+)\]|([^.\[\]]+)", dotted)]
+        path: list[str | int] = []
+        node: Any = data
+        pos = 0
+        while pos < len(tokens):
+            tok = tokens[pos]
+            if isinstance(node, list) and tok.isdigit():
+                path.append(int(tok))
+                node = node[int(tok)] if int(tok) < len(node) else None
+                pos += 1
+                continue
+            if isinstance(node, dict):
+                for end in range(len(tokens), pos, -1):
+                    candidate = ".".join(tokens[pos:end])
+                    if candidate in node:
+                        path.append(candidate)
+                        node = node[candidate]
+                        pos = end
+                        break
+                else:
+                    path.append(tok)
+                    node = None
+                    pos += 1
+                continue
+            path.append(int(tok) if tok.isdigit() else tok)
+            node = None
+            pos += 1
+        return tuple(path)
+
+
+@dataclass
+class LoadedYaml:
+    """Merged plain data of a config file and its includes, with the source map."""
+
+    data: dict[str, Any]
+    source: SourceMap
+    files: list[str]
+
+
+# --------------------------------------------------------------------------- located tree
+@dataclass
+class _Scalar:
+    value: Any
+    loc: Loc
+
+
+@dataclass
+class _Seq:
+    items: list[_Node]
+    loc: Loc
+
+
+@dataclass
+class _Map:
+    entries: dict[Any, tuple[Loc, _Node]]
+    loc: Loc
+
+
+_Node = _Scalar | _Seq | _Map
+
+
+class _Abort(Exception):
+    """Stop loading now (the issue is already recorded)."""
+
+
+def _merge(base: _Node, over: _Node) -> _Node:
+    if isinstance(base, _Map) and isinstance(over, _Map):
+        entries = dict(base.entries)
+        for key, (kloc, value) in over.entries.items():
+            if key in entries:
+                entries[key] = (kloc, _merge(entries[key][1], value))
+            else:
+                entries[key] = (kloc, value)
+        return _Map(entries, over.loc)
+    if isinstance(base, _Seq) and isinstance(over, _Seq):
+        return _Seq(base.items + over.items, over.loc)
+    return over
+
+
+def _flatten(node: _Node, path: PathT, smap: SourceMap) -> Any:
+    smap.values[path] = node.loc
+    if isinstance(node, _Map):
+        out: dict[Any, Any] = {}
+        for key, (kloc, value) in node.entries.items():
+            smap.keys[(*path, key)] = kloc
+            out[key] = _flatten(value, (*path, key), smap)
+        return out
+    if isinstance(node, _Seq):
+        return [_flatten(item, (*path, i), smap) for i, item in enumerate(node.items)]
+    return node.value
+
+
+# --------------------------------------------------------------------------- loader
+class _FileLoader:
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+        self.issues: list[ConfigIssue] = []
+        self.files: list[str] = []
+        self.budget = MAX_NODES
+        self.constructor = SafeConstructor()
+        self.resolver = Resolver()
+        self.active: set[int] = set()
+
+    # ----------------------------------------------------------------- files
+    def load_file(self, path: Path, display: str, stack: tuple[Path, ...], via: Loc | None) -> _Map:
+        empty = _Map({}, Loc(display, 1, 1))
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:
+            where = via or Loc(display, 0, 0)
+            reason = exc.strerror or str(exc)
+            self.issues.append(ConfigIssue.at(where, (), f"cannot read {display}: {reason}"))
+            return empty
+        self.files.append(display)
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            line = raw[: exc.start].count(b"\n") + 1
+            col = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+            self.issues.append(
+                ConfigIssue.at(
+                    Loc(display, line, col), (), f"not valid UTF-8 (byte 0x{raw[exc.start]:02x})"
+                )
+            )
+            return empty
+        try:
+            root_node = yaml.compose(text, Loader=_YamlLoader)
+        except yaml.MarkedYAMLError as exc:
+            self.issues.append(self._syntax_issue(exc, display))
+            return empty
+        except yaml.YAMLError as exc:  # ReaderError (control characters) has no mark
+            self.issues.append(self._reader_issue(exc, display, text))
+            return empty
+        if root_node is None:
+            return empty
+        root = self.build(root_node, display, ())
+        if not isinstance(root, _Map):
+            self.issues.append(
+                ConfigIssue.at(
+                    root.loc,
+                    (),
+                    "the top level of a config file must be a mapping of sections",
+                    "start with e.g. 'gateway:' and 'devices:'",
+                )
+            )
+            return empty
+        included: _Node = _Map({}, root.loc)
+        inc = root.entries.pop("include", None)
+        if inc is not None:
+            for target, loc in self._include_targets(inc[1], path, display):
+                included = _merge(included, self._load_include(target, loc, path, stack))
+        return _merge(included, root)  # type: ignore[return-value]
+
+    def _include_targets(
+        self, node: _Node, path: Path, display: str
+    ) -> list[tuple[tuple[Path, str], Loc]]:
+        entries: list[_Node]
+        if isinstance(node, _Seq):
+            entries = node.items
+        elif isinstance(node, _Scalar) and node.value is None:
+            entries = []
+        else:
+            entries = [node]
+        targets: list[tuple[tuple[Path, str], Loc]] = []
+        for i, entry in enumerate(entries):
+            ipath: PathT = ("include", i) if isinstance(node, _Seq) else ("include",)
+            if not isinstance(entry, _Scalar) or not isinstance(entry.value, str) or not entry.value:
+                self.issues.append(
+                    ConfigIssue.at(entry.loc, ipath, "an include entry must be a file path")
+                )
+                continue
+            rel = entry.value
+            base_dir = path.parent
+            display_dir = os.path.dirname(display)
+            if _GLOB_CHARS.search(rel):
+                for match in sorted(glob.glob(str(base_dir / rel))):
+                    shown = os.path.normpath(
+                        os.path.join(display_dir, os.path.relpath(match, base_dir))
+                    )
+                    targets.append(((Path(match), shown), entry.loc))
+            else:
+                shown = os.path.normpath(os.path.join(display_dir, rel))
+                targets.append(((base_dir / rel, shown), entry.loc))
+        return targets
+
+    def _load_include(
+        self, target: tuple[Path, str], loc: Loc, parent: Path, stack: tuple[Path, ...]
+    ) -> _Map:
+        path, display = target
+        real = path.resolve()
+        chain = (*stack, parent.resolve())
+        if real in chain:
+            names = [p.name for p in chain[chain.index(real) :]] + [real.name]
+            self.issues.append(
+                ConfigIssue.at(
+                    loc,
+                    ("include",),
+                    f"include cycle: {' -> '.join(names)}",
+                    "remove one of these includes",
+                )
+            )
+            return _Map({}, loc)
+        if len(chain) > MAX_INCLUDE_DEPTH:
+            self.issues.append(
+                ConfigIssue.at(loc, ("include",), f"includes nested deeper than {MAX_INCLUDE_DEPTH}")
+            )
+            return _Map({}, loc)
+        if not path.is_file():
+            what = "is not a file" if path.exists() else "does not exist"
+            self.issues.append(
+                ConfigIssue.at(
+                    loc,
+                    ("include",),
+                    f"included file {display} {what}",
+                    f"paths are relative to the including file's folder ({parent.parent})",
+                )
+            )
+            return _Map({}, loc)
+        return self.load_file(path, display, chain, loc)
+
+    @staticmethod
+    def _syntax_issue(exc: yaml.MarkedYAMLError, display: str) -> ConfigIssue:
+        mark = exc.problem_mark or exc.context_mark
+        loc = Loc(display, mark.line + 1, mark.column + 1) if mark else Loc(display, 0, 0)
+        message = f"YAML syntax error: {exc.problem or exc.context or 'invalid YAML'}"
+        hint = None
+        if exc.context and exc.context_mark is not None and exc.problem:
+            hint = f"{exc.context} started at line {exc.context_mark.line + 1}"
+        return ConfigIssue.at(loc, (), message, hint)
+
+    @staticmethod
+    def _reader_issue(exc: yaml.YAMLError, display: str, text: str) -> ConfigIssue:
+        pos = getattr(exc, "position", None)
+        if isinstance(pos, int):
+            line = text.count("\n", 0, pos) + 1
+            col = pos - (text.rfind("\n", 0, pos) + 1) + 1
+        else:
+            line = col = 0
+        detail = str(exc).splitlines()[0]
+        return ConfigIssue.at(Loc(display, line, col), (), f"unreadable YAML: {detail}")
+
+    # ----------------------------------------------------------------- nodes
+    def _loc(self, node: yaml.Node, display: str) -> Loc:
+        return Loc(display, node.start_mark.line + 1, node.start_mark.column + 1)
+
+    def build(self, node: yaml.Node, display: str, path: PathT) -> _Node:
+        self.budget -= 1
+        loc = self._loc(node, display)
+        if self.budget < 0:
+            self.issues.append(
+                ConfigIssue.at(
+                    loc, path, f"document too large (more than {MAX_NODES} values after aliases)"
+                )
+            )
+            raise _Abort
+        if id(node) in self.active:
+            self.issues.append(ConfigIssue.at(loc, path, "recursive YAML alias"))
+            return _Scalar(None, loc)
+        if isinstance(node, yaml.ScalarNode):
+            return _Scalar(self._scalar(node, display, path), loc)
+        self.active.add(id(node))
+        try:
+            if isinstance(node, yaml.SequenceNode):
+                self._check_tag(node, "tag:yaml.org,2002:seq", display, path)
+                items = [self.build(n, display, (*path, i)) for i, n in enumerate(node.value)]
+                return _Seq(items, loc)
+            assert isinstance(node, yaml.MappingNode)
+            self._check_tag(node, "tag:yaml.org,2002:map", display, path)
+            return self._mapping(node, display, path, loc)
+        finally:
+            self.active.discard(id(node))
+
+    def _check_tag(self, node: yaml.Node, expected: str, display: str, path: PathT) -> None:
+        if node.tag != expected:
+            self.issues.append(
+                ConfigIssue.at(
+                    self._loc(node, display), path, f"unsupported YAML tag '{node.tag}'"
+                )
+            )
+
+    def _mapping(self, node: yaml.MappingNode, display: str, path: PathT, loc: Loc) -> _Map:
+        entries: dict[Any, tuple[Loc, _Node]] = {}
+        merges: list[yaml.Node] = []
+        for knode, vnode in node.value:
+            if knode.tag == _MERGE_TAG:
+                merges.append(vnode)
+                continue
+            kloc = self._loc(knode, display)
+            if not isinstance(knode, yaml.ScalarNode):
+                self.issues.append(ConfigIssue.at(kloc, path, "mapping keys must be plain scalars"))
+                continue
+            key = self._construct(knode, display, path)
+            if key in entries:
+                first = entries[key][0]
+                where = f"line {first.line}" if first.file == display else str(first)
+                self.issues.append(
+                    ConfigIssue.at(
+                        kloc,
+                        (*path, key),
+                        f"duplicate key '{key}' (first defined at {where})",
+                        "YAML keeps only one of them: remove or rename one",
+                    )
+                )
+                continue
+            entries[key] = (kloc, self.build(vnode, display, (*path, key)))
+        for mnode in merges:  # YAML merge keys: explicit keys win, earlier merges win
+            sources = mnode.value if isinstance(mnode, yaml.SequenceNode) else [mnode]
+            for src in sources:
+                merged = self.build(src, display, path)
+                if not isinstance(merged, _Map):
+                    self.issues.append(
+                        ConfigIssue.at(merged.loc, path, "'<<' must merge a mapping or a list of mappings")
+                    )
+                    continue
+                for key, entry in merged.entries.items():
+                    entries.setdefault(key, entry)
+        return _Map(entries, loc)
+
+    def _construct(self, node: yaml.ScalarNode, display: str, path: PathT) -> Any:
+        try:
+            return self.constructor.construct_object(node, deep=True)
+        except ConstructorError as exc:
+            self.issues.append(
+                ConfigIssue.at(
+                    self._loc(node, display), path, f"cannot read value: {exc.problem}"
+                )
+            )
+            return None
+
+    def _scalar(self, node: yaml.ScalarNode, display: str, path: PathT) -> Any:
+        if node.tag != _STR_TAG or "${" not in node.value:
+            return self._construct(node, display, path)
+        text = self._substitute(node.value, self._loc(node, display), path)
+        if node.style in (None, ""):  # plain scalar: type it as if written literally
+            tag = self.resolver.resolve(yaml.ScalarNode, text, (True, False))
+        else:
+            tag = _STR_TAG
+        return self._construct(
+            yaml.ScalarNode(tag, text, node.start_mark, node.end_mark, node.style), display, path
+        )
+
+    def _substitute(self, text: str, loc: Loc, path: PathT) -> str:
+        def replace(match: re.Match[str]) -> str:
+            whole = match.group(0)
+            if whole == "$${":
+                return "${"
+            inner = match.group(1)
+            parsed = _ENV_NAME.match(inner) if inner is not None else None
+            if parsed is None:
+                self.issues.append(
+                    ConfigIssue.at(
+                        loc,
+                        path,
+                        f"malformed variable reference '{whole}'",
+                        "use ${NAME} or ${NAME:-default}; write $${ for a literal ${",
+                    )
+                )
+                return ""
+            name, default = parsed.group(1), parsed.group(2)
+            value = self.env.get(name)
+            if value:
+                return value
+            if default is not None:
+                return default
+            if value is None:
+                self.issues.append(
+                    ConfigIssue.at(
+                        loc,
+                        path,
+                        f"environment variable {name} is not set",
+                        f"set {name} or give a default: ${{{name}:-value}}",
+                    )
+                )
+            return ""
+
+        return _ENV_REF.sub(replace, text)
+
+
+def load_yaml(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> LoadedYaml:
+    """Load a config file with its includes; raise ``ConfigError`` with every issue found."""
+    display = os.fspath(path)
+    loader = _FileLoader(os.environ if env is None else env)
+    try:
+        root = loader.load_file(Path(display), display, (), None)
+    except _Abort:
+        root = _Map({}, Loc(display, 1, 1))
+    except RecursionError:
+        loader.issues.append(ConfigIssue.at(Loc(display, 0, 0), (), "YAML nested too deeply"))
+        root = _Map({}, Loc(display, 1, 1))
+    if loader.issues:
+        raise ConfigError(sorted(loader.issues, key=lambda i: i.sort_key))
+    smap = SourceMap(root=Loc(display, 1, 1))
+    data = _flatten(root, (), smap)
+    return LoadedYaml(data, smap, loader.files)
