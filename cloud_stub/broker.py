@@ -29,7 +29,6 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from types import TracebackType
 
 from cloud_stub.pki_setup import BOOTSTRAP_CN, ENROLL_CN, INGEST_CN, CloudPaths
@@ -54,9 +53,7 @@ class Listener:
 
 
 def find_mosquitto() -> str:
-    found = shutil.which("mosquitto") or shutil.which(
-        "mosquitto", path=os.pathsep.join(_SEARCH)
-    )
+    found = shutil.which("mosquitto") or shutil.which("mosquitto", path=os.pathsep.join(_SEARCH))
     if not found:
         raise BrokerError(
             "mosquitto is not installed: run `apt-get install mosquitto` (Debian/Raspberry Pi OS) "
@@ -125,7 +122,8 @@ class ManagedBroker:
         self._proc: subprocess.Popen[bytes] | None = None
         self._lock = threading.RLock()
         self._supervise = False
-        self._wake = threading.Event()
+        self._wake = threading.Event()  # never set: a timed wait for poll loops
+        self._stopping = threading.Event()  # set by stop()/kill(): ends a backoff wait early
         self._thread: threading.Thread | None = None
         self.restarts = 0
         self.crashes = 0
@@ -178,15 +176,38 @@ class ManagedBroker:
             lines += self._listener_block(self.extra_listener.port, self.extra_listener.host)
         return "\n".join(lines)
 
+    def _check_reachable(self, user: pwd.struct_passwd) -> None:
+        """Mosquitto opens its files after dropping to ``user``: every ancestor must let it in."""
+        for d in reversed(self.paths.broker_dir.parents):
+            st = d.stat()
+            if st.st_uid == user.pw_uid:
+                ok = bool(st.st_mode & 0o100)
+            elif st.st_gid == user.pw_gid:
+                ok = bool(st.st_mode & 0o010)
+            else:
+                ok = bool(st.st_mode & 0o001)
+            if not ok:
+                raise BrokerError(
+                    f"mosquitto runs as user '{user.pw_name}' and cannot enter {d} "
+                    f"(mode {st.st_mode & 0o777:o}): `chmod o+x {d}` or put the data dir "
+                    "somewhere it can reach (e.g. /var/lib/edgegw-cloud)"
+                )
+
     def write_files(self) -> None:
         """(Re)write conf, ACL and the broker's private copies of its TLS files."""
         user = _mosquitto_user()
+        if user is not None:
+            self._check_reachable(user)
         self.paths.broker_dir.mkdir(parents=True, exist_ok=True)
         self.tls_dir.mkdir(mode=0o700, exist_ok=True)
         self.data_dir.mkdir(mode=0o700, exist_ok=True)
         p = self.paths
-        copies = [(p.ca_crt, "ca.crt", 0o644), (p.broker_crt, "broker.crt", 0o644),
-                  (p.broker_key, "broker.key", 0o600), (p.crl, "crl.pem", 0o644)]
+        copies = [
+            (p.ca_crt, "ca.crt", 0o644),
+            (p.broker_crt, "broker.crt", 0o644),
+            (p.broker_key, "broker.key", 0o600),
+            (p.crl, "crl.pem", 0o644),
+        ]
         for src, name, mode in copies:
             dst = self.tls_dir / name
             if mode == 0o600:
@@ -196,8 +217,15 @@ class ManagedBroker:
         pki.write_public(p.acl, acl_text(self._revoked()).encode())
         pki.write_public(p.mosquitto_conf, self.config_text().encode())
         if user is not None:
-            for path in (p.broker_dir, self.tls_dir, self.data_dir, p.acl, p.mosquitto_conf,
-                         *self.tls_dir.iterdir(), *self.data_dir.iterdir()):
+            for path in (
+                p.broker_dir,
+                self.tls_dir,
+                self.data_dir,
+                p.acl,
+                p.mosquitto_conf,
+                *self.tls_dir.iterdir(),
+                *self.data_dir.iterdir(),
+            ):
                 os.chown(path, user.pw_uid, user.pw_gid)
             if not p.mosquitto_log.exists():
                 p.mosquitto_log.touch(0o640)
@@ -220,7 +248,9 @@ class ManagedBroker:
         with open(self.stderr_path, "ab") as err:
             self._proc = subprocess.Popen(
                 [self.binary, "-c", str(self.paths.mosquitto_conf)],
-                stdin=subprocess.DEVNULL, stdout=err, stderr=err,
+                stdin=subprocess.DEVNULL,
+                stdout=err,
+                stderr=err,
                 start_new_session=True,  # a Ctrl-C in the terminal goes to us, we stop it
             )
 
@@ -229,7 +259,10 @@ class ManagedBroker:
         with self._lock:
             if self.running:
                 return self
+            self._check_port_free()
             self.write_files()
+            self._join()  # a supervisor from before stop()/kill() must be gone
+            self._stopping.clear()
             self._spawn()
             self._supervise = True
             if self._thread is None or not self._thread.is_alive():
@@ -239,6 +272,21 @@ class ManagedBroker:
                 self._thread.start()
         self.wait_ready(timeout)
         return self
+
+    def _check_port_free(self) -> None:
+        listeners = [("127.0.0.1", self.port)]
+        if self.extra_listener is not None:
+            listeners.append((self.extra_listener.host, self.extra_listener.port))
+        for host, port in listeners:
+            with socket.socket() as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Mosquitto does
+                try:
+                    s.bind((host, port))
+                except OSError as exc:
+                    raise BrokerError(
+                        f"port {port} is in use ({exc.strerror}): another broker (a system "
+                        "mosquitto on 8883?) holds it; pick another with --port"
+                    ) from None
 
     def wait_ready(self, timeout: float = 15.0) -> None:
         deadline = time.monotonic() + timeout
@@ -253,8 +301,10 @@ class ManagedBroker:
             if proc is not None and proc.poll() is not None:
                 last = BrokerError(f"mosquitto exited with status {proc.returncode}")
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1.0) as raw, \
-                        ctx.wrap_socket(raw, server_hostname="127.0.0.1"):
+                with (
+                    socket.create_connection(("127.0.0.1", self.port), timeout=1.0) as raw,
+                    ctx.wrap_socket(raw, server_hostname="127.0.0.1"),
+                ):
                     return
             except (OSError, ssl.SSLError) as exc:
                 last = exc
@@ -282,29 +332,35 @@ class ManagedBroker:
             with self._lock:
                 if not self._supervise:
                     return
-                if self._proc is not proc:  # restarted by restart(): watch the new one
+                if self._proc is not proc:  # replaced by start()/restart(): watch the new one
                     continue
                 self.crashes += 1
                 if time.monotonic() - started > 30.0:
-                    backoff = 0.5
+                    backoff = 0.5  # it had been up a while: a fresh crash, not a crash loop
                 log.error(
                     "mosquitto exited with status %s; restarting in %.1fs. Log:\n%s",
-                    proc.returncode, backoff, self.log_tail(5),
+                    proc.returncode,
+                    backoff,
+                    self.log_tail(5),
                 )
-            self._wake.wait(backoff)
+            if self._stopping.wait(backoff):
+                return
             with self._lock:
-                if not self._supervise or self._proc is not proc:
-                    if not self._supervise:
-                        return
-                    continue
-                self._spawn()
-                self.restarts += 1
+                if not self._supervise:
+                    return
+                if self._proc is proc:
+                    try:
+                        self._spawn()
+                        self.restarts += 1
+                    except OSError as exc:
+                        log.error("cannot restart mosquitto: %s", exc)
             backoff = min(backoff * 2, 30.0)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Graceful stop (SIGTERM: Mosquitto saves persistence), then SIGKILL after ``timeout``."""
         with self._lock:
             self._supervise = False
+            self._stopping.set()
             proc = self._proc
         if proc is not None and proc.poll() is None:
             proc.terminate()
@@ -319,6 +375,8 @@ class ManagedBroker:
         """SIGKILL the broker (fault tests). Supervision resumes only if ``restart``."""
         with self._lock:
             self._supervise = restart
+            if not restart:
+                self._stopping.set()
             proc = self._proc
         if proc is not None and proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
@@ -330,12 +388,27 @@ class ManagedBroker:
         self.stop()
         self.start(timeout)
 
-    def reload(self) -> None:
-        """Re-read ACL, CRL (and revoked gateways): rewrite the copies, then SIGHUP."""
+    def reload(self, timeout: float = 10.0) -> None:
+        """Re-read ACL, CRL (and revoked gateways): rewrite the copies, SIGHUP, and return once
+        Mosquitto has applied it (its single-threaded loop logs "Reloading config." and reloads
+        before it serves any new connection; our TLS probe after that line is such a one)."""
         with self._lock:
             self.write_files()
-            if self.running and self._proc is not None:
-                self._proc.send_signal(signal.SIGHUP)
+            if not (self.running and self._proc is not None):
+                return
+            log_path = self.paths.mosquitto_log
+            offset = log_path.stat().st_size if log_path.exists() else 0
+            self._proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), open(log_path, "rb") as fh:
+                fh.seek(offset)
+                if b"Reloading config" in fh.read():
+                    break
+            self._wake.wait(0.02)
+        else:
+            raise BrokerError(f"mosquitto did not reload within {timeout}s:\n{self.log_tail()}")
+        self.wait_ready(max(1.0, deadline - time.monotonic()))
 
     def _join(self) -> None:
         t = self._thread

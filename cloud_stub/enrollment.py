@@ -27,6 +27,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from cloud_stub.pki_setup import BOOTSTRAP_CN, CloudPaths
 from cloud_stub.registry import EnrollmentRefused, Registry
+from cloud_stub.revocation import refresh_crl
 from gateway import pki
 from gateway.uplink.enroll import MAX_MESSAGE, Identity, write_identity
 
@@ -39,24 +40,34 @@ class EnrollmentService:
     """Answers enrollment and renewal requests; runs on paho's network thread."""
 
     def __init__(
-        self, paths: CloudPaths, host: str = "127.0.0.1", port: int = 8883,
-        *, cert_days: int | None = None,
+        self,
+        paths: CloudPaths,
+        host: str = "127.0.0.1",
+        port: int = 8883,
+        *,
+        cert_days: int | None = None,
     ) -> None:
         self.paths = paths.require_initialised()
         self.host, self.port = host, port
         self.issuer = pki.Issuer.load(paths.ca_crt, paths.ca_key)
         self.cert_days = cert_days
         self._stats: dict[str, Any] = {
-            "requests": 0, "enrolled": 0, "renewed": 0, "malformed": 0, "refused": {},
+            "requests": 0,
+            "enrolled": 0,
+            "renewed": 0,
+            "malformed": 0,
+            "refused": {},
         }
         self._ready = threading.Event()
         self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=pki.random_client_id("edgegw-enroll"),
+            CallbackAPIVersion.VERSION2,
+            client_id=pki.random_client_id("edgegw-enroll"),
             protocol=mqtt.MQTTv5,
         )
-        self.client.tls_set_context(pki.make_tls_context(paths.ca_crt, paths.enroll_crt,
-                                                         paths.enroll_key))
-        self.client.reconnect_delay_set(0.5, 30)
+        self.client.tls_set_context(
+            pki.make_tls_context(paths.ca_crt, paths.enroll_crt, paths.enroll_key)
+        )
+        self.client.reconnect_delay_set(1, 30)
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
@@ -85,7 +96,9 @@ class EnrollmentService:
             return
         c.subscribe(REQUEST_FILTER, qos=1)
 
-    def _on_subscribe(self, c: mqtt.Client, ud: Any, mid: int, rcs: list[ReasonCode], p: Any) -> None:
+    def _on_subscribe(
+        self, c: mqtt.Client, ud: Any, mid: int, rcs: list[ReasonCode], p: Any
+    ) -> None:
         if rcs and not rcs[0].is_failure:
             self._ready.set()
         else:
@@ -101,7 +114,7 @@ class EnrollmentService:
             return
         user, client_id = parts[1], parts[2]
         self._stats["requests"] += 1
-        answer = self.handle(user, msg.payload)
+        answer = self.handle(user, bytes(msg.payload))
         c.publish(f"enroll/{user}/{client_id}/resp", json.dumps(answer).encode(), qos=1)
 
     def handle(self, user: str, payload: bytes) -> dict[str, Any]:
@@ -135,8 +148,13 @@ class EnrollmentService:
                         "other_identity", f"you are {user!r}; you cannot request {cn!r}"
                     )
                 if token:
+                    reinstated = reg.is_revoked(cn)
                     cert = reg.enroll(token, csr, self.issuer, **kw)
                     self._stats["enrolled"] += 1
+                    if reinstated:
+                        # a changed crl.pem makes `serve` reload the broker, which drops the
+                        # gateway's `deny #` ACL entry (its old serials stay in the CRL)
+                        refresh_crl(self.paths)
                 elif user == BOOTSTRAP_CN:
                     reg.count("refused_token_missing")
                     raise EnrollmentRefused("token_missing", "a token is required to enroll")
@@ -148,7 +166,9 @@ class EnrollmentService:
             return {"v": 1, "nonce": nonce, "ok": False, "reason": exc.reason, "error": str(exc)}
         kid = self.paths.current_key_id
         return {
-            "v": 1, "nonce": nonce, "ok": True,
+            "v": 1,
+            "nonce": nonce,
+            "ok": True,
             "certificate": pki.cert_pem(cert),
             "ca": self.paths.ca_crt.read_text(),
             "ingest_ka_pub": self.paths.ingest_ka_pub(kid).read_text(),
@@ -173,7 +193,11 @@ def provision_gateway(
         cert = reg.provision(gateway_id, key.public_key(), issuer)
     kid = paths.current_key_id
     return write_identity(
-        Path(identity_dir), gateway_id=gateway_id, key_id=kid, broker=broker,
-        certificate_pem=pki.cert_pem(cert), ca_pem=paths.ca_crt.read_text(),
+        Path(identity_dir),
+        gateway_id=gateway_id,
+        key_id=kid,
+        broker=broker,
+        certificate_pem=pki.cert_pem(cert),
+        ca_pem=paths.ca_crt.read_text(),
         ingest_ka_pub_pem=paths.ingest_ka_pub(kid).read_text(),
     )

@@ -188,7 +188,7 @@ class Ingest:
         client.tls_set_context(pki.make_tls_context(p.ca_crt, p.ingest_crt, p.ingest_key))
         client.reconnect_delay_set(min_delay=1, max_delay=10)
         client.max_inflight_messages_set(200)
-        sub = f"$share/{self.share_group}/{topics.up_batch('+')}"
+        sub = f"$share/{self.share_group}/gw/+/up/batch"
 
         def on_connect(c: mqtt.Client, _u: Any, _f: Any, rc: ReasonCode,
                        _p: Properties | None = None) -> None:

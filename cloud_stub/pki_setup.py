@@ -72,16 +72,27 @@ class CloudPaths:
         p = d / "pki"
         b = d / "broker"
         return cls(
-            data_dir=d, pki_dir=p, broker_dir=b,
-            ca_crt=p / "ca.crt", ca_key=p / "ca.key",
-            broker_crt=p / "broker.crt", broker_key=p / "broker.key",
-            ingest_crt=p / "ingest.crt", ingest_key=p / "ingest.key",
-            ota_signing_key=p / "ota-signing.key", ota_signing_pub=p / "ota-signing.pub",
-            bootstrap_crt=p / "bootstrap.crt", bootstrap_key=p / "bootstrap.key",
-            enroll_crt=p / "enroll.crt", enroll_key=p / "enroll.key",
+            data_dir=d,
+            pki_dir=p,
+            broker_dir=b,
+            ca_crt=p / "ca.crt",
+            ca_key=p / "ca.key",
+            broker_crt=p / "broker.crt",
+            broker_key=p / "broker.key",
+            ingest_crt=p / "ingest.crt",
+            ingest_key=p / "ingest.key",
+            ota_signing_key=p / "ota-signing.key",
+            ota_signing_pub=p / "ota-signing.pub",
+            bootstrap_crt=p / "bootstrap.crt",
+            bootstrap_key=p / "bootstrap.key",
+            enroll_crt=p / "enroll.crt",
+            enroll_key=p / "enroll.key",
             crl=p / "crl.pem",
-            mosquitto_conf=b / "mosquitto.conf", acl=b / "acl", mosquitto_log=b / "mosquitto.log",
-            registry_db=d / "registry.db", store_db=d / "store.db",
+            mosquitto_conf=b / "mosquitto.conf",
+            acl=b / "acl",
+            mosquitto_log=b / "mosquitto.log",
+            registry_db=d / "registry.db",
+            store_db=d / "store.db",
         )
 
     # ingest key-agreement keys are numbered: rotation = a new key id (DESIGN §5)
@@ -114,7 +125,8 @@ class CloudPaths:
     def require_initialised(self) -> CloudPaths:
         if not self.is_initialised():
             raise pki.PkiError(
-                f"{self.data_dir} is not an edgegw cloud data dir (no pki/ca.crt, ca.key, crl.pem); "
+                f"{self.data_dir} is not an edgegw cloud data dir (no pki/ca.crt, ca.key, "
+                "crl.pem); "
                 f"run `edgegw-cloud init --data-dir {self.data_dir}` first"
             )
         return self
@@ -134,8 +146,14 @@ def _pair_state(crt: Path, key: Path) -> bool:
 
 
 def _ensure_identity(
-    paths: CloudPaths, issuer: pki.Issuer, crt: Path, key: Path, cn: str,
-    *, server: bool = False, san: tuple[str, ...] = (),
+    paths: CloudPaths,
+    issuer: pki.Issuer,
+    crt: Path,
+    key: Path,
+    cn: str,
+    *,
+    server: bool = False,
+    san: tuple[str, ...] = (),
 ) -> bool:
     if _pair_state(crt, key):
         return False

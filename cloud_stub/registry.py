@@ -175,7 +175,7 @@ class Registry:
     def create_token(
         self, gateway_id: str, ttl_s: float = DEFAULT_TOKEN_TTL_S, *, reinstate: bool = False
     ) -> str:
-        """Create a one-time enrollment token for ``gateway_id``; returns the only plaintext copy."""
+        """Create a one-time token for ``gateway_id``; returns the only plaintext copy."""
         pki.check_gateway_id(gateway_id)
         if ttl_s <= 0:
             raise RegistryError(f"token ttl must be positive, got {ttl_s}s")
@@ -274,7 +274,8 @@ class Registry:
         cn = pki.common_name(csr.subject)
         if cn != authenticated_id:
             raise self._refuse(
-                "renew_other_gateway", f"renewal CSR is for {cn!r} but you are {authenticated_id!r}",
+                "renew_other_gateway",
+                f"renewal CSR is for {cn!r} but you are {authenticated_id!r}",
                 authenticated_id,
             )
         failure: tuple[str, str] | None = None
@@ -294,8 +295,12 @@ class Registry:
         return cert
 
     def provision(
-        self, gateway_id: str, public_key: pki.PublicKey, issuer: pki.Issuer,
-        *, days: int = GATEWAY_CERT_DAYS,
+        self,
+        gateway_id: str,
+        public_key: pki.PublicKey,
+        issuer: pki.Issuer,
+        *,
+        days: int = GATEWAY_CERT_DAYS,
     ) -> x509.Certificate:
         """Issue and register a certificate without a token (operator/test path, no broker)."""
         pki.check_gateway_id(gateway_id)
@@ -316,8 +321,13 @@ class Registry:
             "INSERT INTO certificates(serial, gateway_id, issued_ms, not_after_ms, fingerprint, "
             "pem, how) VALUES(?, ?, ?, ?, ?, ?, ?)",
             (
-                format(cert.serial_number, "x"), gateway_id, _ms(),
-                _ms_of(cert.not_valid_after_utc), pki.fingerprint(cert), pki.cert_pem(cert), how,
+                format(cert.serial_number, "x"),
+                gateway_id,
+                _ms(),
+                _ms_of(cert.not_valid_after_utc),
+                pki.fingerprint(cert),
+                pki.cert_pem(cert),
+                how,
             ),
         )
 
@@ -337,7 +347,8 @@ class Registry:
                 )
             ]
             db.execute(
-                "UPDATE certificates SET revoked_ms = ? WHERE gateway_id = ? AND revoked_ms IS NULL",
+                "UPDATE certificates SET revoked_ms = ? "
+                "WHERE gateway_id = ? AND revoked_ms IS NULL",
                 (now, gateway_id),
             )
             db.execute(
@@ -356,7 +367,7 @@ class Registry:
 
     def revoked_serials(self) -> list[tuple[int, dt.datetime]]:
         return [
-            (int(r["serial"], 16), dt.datetime.fromtimestamp(r["revoked_ms"] / 1000, dt.timezone.utc))
+            (int(r["serial"], 16), dt.datetime.fromtimestamp(r["revoked_ms"] / 1000, dt.UTC))
             for r in self._db.execute(
                 "SELECT serial, revoked_ms FROM certificates WHERE revoked_ms IS NOT NULL "
                 "ORDER BY revoked_ms"
@@ -382,8 +393,13 @@ class Registry:
         ).fetchall()
         return [
             GatewayRow(
-                r["id"], r["created_ms"], r["enrolled_ms"], r["revoked_ms"], r["last_seen_ms"],
-                r["cert_serial"], r["cert_not_after_ms"],
+                r["id"],
+                r["created_ms"],
+                r["enrolled_ms"],
+                r["revoked_ms"],
+                r["last_seen_ms"],
+                r["cert_serial"],
+                r["cert_not_after_ms"],
             )
             for r in rows
         ]

@@ -74,6 +74,7 @@ __all__ = [
     "DeviceConfig",
     "GatewayConfig",
     "GatewaySection",
+    "HintedValueError",
     "MetricsConfig",
     "OutboxConfig",
     "UplinkConfig",
@@ -91,15 +92,24 @@ _ID_RE = re.compile(ID_PATTERN)
 
 
 # --------------------------------------------------------------------------- field types
+class HintedValueError(ValueError):
+    """A validation error with a separate hint (shown as ``(hint: ...)``)."""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
 def _check_id(value: Any) -> Any:
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
     if isinstance(value, str) and not _ID_RE.match(value):
         bad = sorted({c for c in value if not (c.isascii() and (c.isalnum() or c in "_.-"))})
         why = f"it contains {', '.join(repr(c) for c in bad)}" if bad else "wrong start or length"
-        raise ValueError(
-            f"invalid id '{value}' ({why}): use 1-64 letters, digits, '_', '.' or '-', starting "
-            "with a letter or digit (ids become MQTT topic levels)"
+        raise HintedValueError(
+            f"invalid id '{value}' ({why})",
+            "use 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit "
+            "(ids become MQTT topic levels)",
         )
     return value
 
@@ -130,7 +140,8 @@ class GatewaySection(_Section):
 
     id: Id = Field(description="gateway id = certificate CN = MQTT client id and topic level")
     state_dir: Path = Field(
-        Path("./var/edgegw"), description="local state (outbox, identity); relative to the config"
+        default=Path("./var/edgegw"),
+        description="local state (outbox, identity); relative to the config",
     )
     log_level: LogLevel = "info"
 
@@ -139,7 +150,7 @@ class MetricsConfig(_Section):
     """Prometheus metrics endpoint."""
 
     enabled: bool = True
-    listen: str = Field("127.0.0.1:9108", description="host:port ([::1]:9108 for IPv6)")
+    listen: str = Field(default="127.0.0.1:9108", description="host:port ([::1]:9108 for IPv6)")
 
     @field_validator("listen")
     @classmethod
@@ -170,8 +181,10 @@ def _split_host_port(text: str) -> tuple[str, int]:
 class OutboxConfig(_Section):
     """The store-and-forward buffer (SQLite)."""
 
-    path: Path | None = Field(None, description="default: <state_dir>/outbox.db")
-    max_bytes: ByteSize = Field(64 * 1024**2, description="size bound of the buffer on disk")
+    path: Path | None = Field(default=None, description="default: <state_dir>/outbox.db")
+    max_bytes: ByteSize = Field(
+        default=64 * 1024**2, description="size bound of the buffer on disk"
+    )
     when_full: Literal["drop_oldest_telemetry", "drop_oldest", "reject_new"] = (
         "drop_oldest_telemetry"
     )
@@ -188,22 +201,22 @@ class OutboxConfig(_Section):
 class BatchConfig(_Section):
     """When the batcher seals a batch: whichever limit is reached first."""
 
-    max_readings: int = Field(5000, gt=0)
-    max_age: Duration = Field(0.25, gt=0)
-    max_bytes: ByteSize = Field(256 * 1024, gt=0)
+    max_readings: int = Field(default=5000, gt=0)
+    max_age: Duration = Field(default=0.25, gt=0)
+    max_bytes: ByteSize = Field(default=256 * 1024, gt=0)
 
 
 class UplinkConfig(_Section):
     """MQTT v5 session to the cloud (mutual TLS)."""
 
     enabled: bool = False
-    broker: str = Field("mqtts://127.0.0.1:8883", description="mqtts://host:port")
-    identity_dir: Path | None = Field(None, description="default: <state_dir>/identity")
-    window: int = Field(32, gt=0, le=65535, description="batches in flight")
-    ack_timeout: Duration = Field(10.0, gt=0)
-    keepalive: Duration = Field(30.0, gt=0)
-    backoff_min: Duration = Field(0.5, gt=0)
-    backoff_max: Duration = Field(30.0, gt=0)
+    broker: str = Field(default="mqtts://127.0.0.1:8883", description="mqtts://host:port")
+    identity_dir: Path | None = Field(default=None, description="default: <state_dir>/identity")
+    window: int = Field(default=32, gt=0, le=65535, description="batches in flight")
+    ack_timeout: Duration = Field(default=10.0, gt=0)
+    keepalive: Duration = Field(default=30.0, gt=0)
+    backoff_min: Duration = Field(default=0.5, gt=0)
+    backoff_max: Duration = Field(default=30.0, gt=0)
     stable_after: Duration = 20.0
 
     @field_validator("broker")
@@ -244,8 +257,8 @@ class UplinkConfig(_Section):
 class BusConfig(_Section):
     """Tuning of one physical bus (a serial line, a Modbus TCP endpoint)."""
 
-    inter_frame_delay: Duration = Field(0.0, description="pause between two requests")
-    timeout: Duration | None = Field(None, description="overrides the devices' timeout")
+    inter_frame_delay: Duration = Field(default=0.0, description="pause between two requests")
+    timeout: Duration | None = Field(default=None, description="overrides the devices' timeout")
 
 
 class DeviceConfig(_Section):
@@ -254,10 +267,12 @@ class DeviceConfig(_Section):
     id: Id
     driver: str = Field(min_length=1, description="driver name, see `edgegw drivers`")
     enabled: bool = True
-    poll: Duration = Field(1.0, gt=0, description="poll period (polled drivers)")
-    timeout: Duration = Field(2.0, gt=0)
-    stagger: bool = Field(True, description="spread first polls over one period")
-    bus: str | None = Field(None, description="name of a `buses:` entry tuning this device's bus")
+    poll: Duration = Field(default=1.0, gt=0, description="poll period (polled drivers)")
+    timeout: Duration = Field(default=2.0, gt=0)
+    stagger: bool = Field(default=True, description="spread first polls over one period")
+    bus: str | None = Field(
+        default=None, description="name of a `buses:` entry tuning this device's bus"
+    )
     options: dict[str, Any] = Field(default_factory=dict, description="driver options")
     aggregate: AggregateConfig | None = None
 
@@ -269,10 +284,10 @@ class GatewayConfig(_Section):
     """The root of a gateway configuration file."""
 
     gateway: GatewaySection
-    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
-    outbox: OutboxConfig = Field(default_factory=OutboxConfig)
-    batch: BatchConfig = Field(default_factory=BatchConfig)
-    uplink: UplinkConfig = Field(default_factory=UplinkConfig)
+    metrics: MetricsConfig = Field(default_factory=lambda: MetricsConfig())
+    outbox: OutboxConfig = Field(default_factory=lambda: OutboxConfig())
+    batch: BatchConfig = Field(default_factory=lambda: BatchConfig())
+    uplink: UplinkConfig = Field(default_factory=lambda: UplinkConfig())
     buses: dict[str, BusConfig] = Field(default_factory=dict)
     devices: list[DeviceConfig] = Field(default_factory=list)
     rules: list[RuleConfig] = Field(default_factory=list)
@@ -412,9 +427,9 @@ def _data_path(data: Any, loc: Sequence[Any]) -> PathT:
     node = data
     for i, part in enumerate(loc):
         last = i == len(loc) - 1
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+        in_dict = isinstance(node, dict) and part in node
+        in_list = isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+        if in_dict or in_list:
             node = node[part]
         elif not last:
             continue  # a union member / function tag in the loc, not a data key
@@ -518,13 +533,17 @@ def _sorted(issues: list[ConfigIssue]) -> list[ConfigIssue]:
 
 
 # --------------------------------------------------------------------------- loading
-def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> GatewayConfig:
+def load_config(
+    path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None
+) -> GatewayConfig:
     """Load and validate a config file (phase 1). Raises ``ConfigError`` listing every issue."""
     loaded = load_yaml(path, env=env)
     try:
         cfg = GatewayConfig.model_validate(loaded.data)
     except ValidationError as exc:
-        raise ConfigError(_sorted(_issues(exc, loaded.data, loaded.source, GatewayConfig))) from None
+        raise ConfigError(
+            _sorted(_issues(exc, loaded.data, loaded.source, GatewayConfig))
+        ) from None
     cfg._source = loaded.source
     cfg._data = loaded.data
     cfg._file = os.fspath(path)
@@ -568,7 +587,9 @@ def check_config(
         if dev.id in first_id:
             first = source.value((*first_id[dev.id], "id"))
             here = source.value((*base, "id"))
-            where = f"line {first.line}" if first.file == here.file else f"{first.file}:{first.line}"
+            where = (
+                f"line {first.line}" if first.file == here.file else f"{first.file}:{first.line}"
+            )
             issues.append(
                 ConfigIssue.at(
                     here,
@@ -581,7 +602,9 @@ def check_config(
             first_id[dev.id] = base
         if dev.bus is not None and dev.bus not in cfg.buses:
             hint = _did_you_mean(dev.bus, list(cfg.buses)) or (
-                f"defined buses: {', '.join(cfg.buses)}" if cfg.buses else "define it under 'buses:'"
+                f"defined buses: {', '.join(cfg.buses)}"
+                if cfg.buses
+                else "define it under 'buses:'"
             )
             issues.append(
                 ConfigIssue.at(
@@ -710,7 +733,7 @@ def _edge_issues(
         ]
     out = []
     for item in found:
-        dotted, message, hint = (tuple(item) + (None, None, None))[:3]
+        dotted, message, hint = (*tuple(item), None, None, None)[:3]
         path = source.resolve(str(dotted), data)
         out.append(ConfigIssue.at(source.value(path), path, str(message), hint))
     return out

@@ -184,7 +184,7 @@ def common_name(name: x509.Name) -> str:
 
 # --------------------------------------------------------------------------- certificates
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def _san(names: Iterable[str]) -> list[x509.GeneralName]:
@@ -214,9 +214,15 @@ def make_ca(
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-                encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
@@ -270,9 +276,15 @@ class Issuer:
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(
                 x509.KeyUsage(
-                    digital_signature=True, content_commitment=False, key_encipherment=False,
-                    data_encipherment=False, key_agreement=True, key_cert_sign=False,
-                    crl_sign=False, encipher_only=False, decipher_only=False,
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=True,
+                    key_cert_sign=False,
+                    crl_sign=False,
+                    encipher_only=False,
+                    decipher_only=False,
                 ),
                 critical=True,
             )
@@ -291,7 +303,10 @@ class Issuer:
         self, csr: x509.CertificateSigningRequest, *, days: int = 365
     ) -> x509.Certificate:
         """Issue a client certificate for a verified CSR; only its key and CN are used."""
-        return self.issue(csr.public_key(), common_name(csr.subject), client=True, days=days)
+        key = csr.public_key()
+        if not isinstance(key, ec.EllipticCurvePublicKey):
+            raise PkiError("CSR key must be EC P-256")
+        return self.issue(key, common_name(csr.subject), client=True, days=days)
 
     def crl(
         self, revoked: Iterable[tuple[int, dt.datetime]], *, days: int = 30
@@ -309,7 +324,7 @@ class Issuer:
             builder = builder.add_revoked_certificate(
                 x509.RevokedCertificateBuilder()
                 .serial_number(serial)
-                .revocation_date(when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc))
+                .revocation_date(when if when.tzinfo else when.replace(tzinfo=dt.UTC))
                 .build()
             )
         return builder.sign(self.key, hashes.SHA256())
@@ -360,7 +375,7 @@ def fingerprint(cert: x509.Certificate) -> str:
     return ":".join(digest[i : i + 2] for i in range(0, len(digest), 2))
 
 
-def public_key_fingerprint(key: PublicKey) -> str:
+def public_key_fingerprint(key: PublicKey | x509.certificate.CertificatePublicKeyTypes) -> str:
     der = key.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )

@@ -75,7 +75,8 @@ _BYTES_HELP = "use e.g. 4096, 256KiB, 64MiB, 10MB"
 
 
 def parse_duration(value: Any) -> float:
-    """Seconds from ``"500ms"``, ``"1.5s"``, ``"2m"``, ``"1h"``, ``"1d"``, ``"1m30s"`` or a number."""
+    """Seconds from ``"500ms"``, ``"1.5s"``, ``"2m"``, ``"1h"``, ``"1d"``, ``"1m30s"``, or a
+    number of seconds."""
     if isinstance(value, bool):
         raise ValueError(f"bad duration {value!r} ({_DURATION_HELP})")
     if isinstance(value, int | float):
@@ -110,7 +111,10 @@ def parse_bytes(value: Any) -> int:
         unit = match.group(2).lower() if match else ""
         if match is None or unit not in _BYTE_UNITS:
             raise ValueError(f"bad byte size '{value}' ({_BYTES_HELP})")
-        size = round(float(match.group(1)) * _BYTE_UNITS[unit])
+        exact = float(match.group(1)) * _BYTE_UNITS[unit]
+        if unit in ("", "b") and not exact.is_integer():
+            raise ValueError(f"bad byte size '{value}': a number of bytes must be whole")
+        size = round(exact)
     else:
         raise ValueError(f"bad byte size of type {type(value).__name__} ({_BYTES_HELP})")
     if size < 0:
@@ -118,14 +122,21 @@ def parse_bytes(value: Any) -> int:
     return size
 
 
+def _number(x: float) -> str:
+    text = f"{x:.6f}".rstrip("0").rstrip(".")
+    return text or "0"
+
+
 def format_duration(seconds: float) -> str:
-    """Short human form of a duration, for messages and ``status`` output."""
-    if seconds < 1 and seconds != 0:
-        return f"{seconds * 1000:g}ms"
-    for unit, size in (("d", 86400.0), ("h", 3600.0), ("m", 60.0)):
-        if seconds >= size and (seconds / size).is_integer():
-            return f"{seconds / size:g}{unit}"
-    return f"{seconds:g}s"
+    """Short human form of a duration that ``parse_duration`` reads back (µs precision)."""
+    if seconds == 0:
+        return "0s"
+    if seconds < 1:
+        return f"{_number(seconds * 1000)}ms"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{_number(seconds)}s"
 
 
 def format_bytes(size: int) -> str:

@@ -38,8 +38,8 @@ from yaml.resolver import Resolver
 __all__ = [
     "ConfigError",
     "ConfigIssue",
-    "Loc",
     "LoadedYaml",
+    "Loc",
     "PathT",
     "SourceMap",
     "format_path",
@@ -312,7 +312,11 @@ class _FileLoader:
         targets: list[tuple[tuple[Path, str], Loc]] = []
         for i, entry in enumerate(entries):
             ipath: PathT = ("include", i) if isinstance(node, _Seq) else ("include",)
-            if not isinstance(entry, _Scalar) or not isinstance(entry.value, str) or not entry.value:
+            if (
+                not isinstance(entry, _Scalar)
+                or not isinstance(entry.value, str)
+                or not entry.value
+            ):
                 self.issues.append(
                     ConfigIssue.at(entry.loc, ipath, "an include entry must be a file path")
                 )
@@ -350,7 +354,9 @@ class _FileLoader:
             return _Map({}, loc)
         if len(chain) > MAX_INCLUDE_DEPTH:
             self.issues.append(
-                ConfigIssue.at(loc, ("include",), f"includes nested deeper than {MAX_INCLUDE_DEPTH}")
+                ConfigIssue.at(
+                    loc, ("include",), f"includes nested deeper than {MAX_INCLUDE_DEPTH}"
+                )
             )
             return _Map({}, loc)
         if not path.is_file():
@@ -421,9 +427,7 @@ class _FileLoader:
     def _check_tag(self, node: yaml.Node, expected: str, display: str, path: PathT) -> None:
         if node.tag != expected:
             self.issues.append(
-                ConfigIssue.at(
-                    self._loc(node, display), path, f"unsupported YAML tag '{node.tag}'"
-                )
+                ConfigIssue.at(self._loc(node, display), path, f"unsupported YAML tag '{node.tag}'")
             )
 
     def _mapping(self, node: yaml.MappingNode, display: str, path: PathT, loc: Loc) -> _Map:
@@ -457,7 +461,9 @@ class _FileLoader:
                 merged = self.build(src, display, path)
                 if not isinstance(merged, _Map):
                     self.issues.append(
-                        ConfigIssue.at(merged.loc, path, "'<<' must merge a mapping or a list of mappings")
+                        ConfigIssue.at(
+                            merged.loc, path, "'<<' must merge a mapping or a list of mappings"
+                        )
                     )
                     continue
                 for key, entry in merged.entries.items():
@@ -469,9 +475,7 @@ class _FileLoader:
             return self.constructor.construct_object(node, deep=True)
         except ConstructorError as exc:
             self.issues.append(
-                ConfigIssue.at(
-                    self._loc(node, display), path, f"cannot read value: {exc.problem}"
-                )
+                ConfigIssue.at(self._loc(node, display), path, f"cannot read value: {exc.problem}")
             )
             return None
 

@@ -15,11 +15,12 @@ Invariants:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import struct
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 from drivers.modbus.bus import ExceptionResponseError, ModbusBus
-from drivers.modbus.codec import CodecError, decode, encode
+from drivers.modbus.codec import CodecError, compile_decoder, encode
 from drivers.modbus.options import BIT_KINDS, ModbusOptions, ModbusPoint
 from drivers.modbus.planner import ReadGroup, plan_reads
 from gateway import (
@@ -34,6 +35,8 @@ from gateway import (
     TransientError,
     Value,
 )
+
+PointReader = Callable[[Sequence[Any]], "Value | PointValue"]
 
 _READ_CALL = {
     "holding": "read_holding_registers",
@@ -61,6 +64,9 @@ class ModbusDriver(PolledDriver):
             max_bits=options.max_bits,
         )
         self._by_name = {p.name: p for p in options.points}
+        self._readers: list[list[tuple[str, PointReader]]] = [
+            [(p.name, self._compile(p, g)) for p in g.points] for g in self.groups
+        ]
         self._bus: ModbusBus | None = None
 
     @classmethod
@@ -103,7 +109,7 @@ class ModbusDriver(PolledDriver):
         bus = self._require_bus()
         result: dict[str, Value | PointValue] = {}
         failures: list[BadDataError] = []
-        for group in self.groups:
+        for index, group in enumerate(self.groups):
             try:
                 values = await self._read_group(bus, group)
             except BadDataError as exc:  # this group only; TransientError ends the poll
@@ -112,8 +118,13 @@ class ModbusDriver(PolledDriver):
                 for point in group.points:
                     result[point.name] = PointValue(None, Quality.BAD_DATA)
                 continue
-            for point in group.points:
-                result[point.name] = self._decode_point(point, group, values)
+            try:
+                for name, reader in self._readers[index]:
+                    result[name] = reader(values)
+            except (struct.error, IndexError, TypeError, ValueError):  # not 16-bit registers
+                self.ctx.count("decode_error")
+                for point in group.points:
+                    result[point.name] = PointValue(None, Quality.BAD_DATA)
         if failures and len(failures) == len(self.groups):
             raise BadDataError(f"every read failed; first: {failures[0]}")
         return result
@@ -131,39 +142,43 @@ class ModbusDriver(PolledDriver):
             raise BadDataError(f"{what}: short response ({len(values)} of {group.count})")
         return values
 
-    def _decode_point(
-        self, point: ModbusPoint, group: ReadGroup, values: list[int] | list[bool]
-    ) -> Value | PointValue:
+    def _compile(self, point: ModbusPoint, group: ReadGroup) -> PointReader:
+        """Build the point's decoder once: ``fn(group values) -> value | PointValue``."""
         at = point.address - group.start
         if point.kind in BIT_KINDS:
-            raw: Any = bool(values[at])
-        else:
-            try:
-                raw = decode(
-                    [int(v) for v in values[at : at + point.width]],
-                    point.data_type,
-                    word_order=point.word_order or self.opts.word_order,
-                    byte_order=point.byte_order or self.opts.byte_order,
-                    bit=point.bit,
-                    encoding=point.encoding,
-                )
-            except CodecError:
-                self.ctx.count("decode_error")
+            return lambda values: bool(values[at])
+        decode_at = compile_decoder(
+            point.data_type,
+            point.width,
+            word_order=point.word_order or self.opts.word_order,
+            byte_order=point.byte_order or self.opts.byte_order,
+            bit=point.bit,
+            encoding=point.encoding,
+        )
+        numeric = point.data_type not in ("bool", "bit", "string")
+        is_float = point.data_type.startswith("float")
+        scaled = numeric and (point.scale != 1.0 or point.offset != 0.0)
+        lo, hi = point.min, point.max
+        ranged = numeric and (lo is not None or hi is not None)
+        if not (scaled or ranged or is_float):
+            return lambda values: decode_at(values, at)
+        scale, offset, count = point.scale, point.offset, self._count_event
+
+        def read(values: Sequence[Any]) -> Value | PointValue:
+            value: Any = decode_at(values, at)
+            if is_float and not math.isfinite(value):
+                count("non_finite")
                 return PointValue(None, Quality.BAD_DATA)
-        if isinstance(raw, float) and not math.isfinite(raw):
-            self.ctx.count("non_finite")
-            return PointValue(None, Quality.BAD_DATA)
-        value: Value = raw
-        if isinstance(raw, int | float) and not isinstance(raw, bool) and (
-            point.scale != 1.0 or point.offset != 0.0
-        ):
-            value = raw * point.scale + point.offset
-        if isinstance(value, int | float) and not isinstance(value, bool) and (
-            (point.min is not None and value < point.min)
-            or (point.max is not None and value > point.max)
-        ):
-            return PointValue(value, Quality.OUT_OF_RANGE)
-        return value
+            if scaled:
+                value = value * scale + offset
+            if (lo is not None and value < lo) or (hi is not None and value > hi):
+                return PointValue(value, Quality.OUT_OF_RANGE)
+            return value  # type: ignore[no-any-return]
+
+        return read
+
+    def _count_event(self, event: str) -> None:
+        self.ctx.count(event)
 
     # ----------------------------------------------------------------- writes
     async def write(self, point: str, value: Value) -> None:

@@ -24,6 +24,8 @@ from av.video.frame import PictureType, VideoFrame
 
 from drivers.rtsp.options import scaled_size
 
+_TIME_BASE = Fraction(1, 1000)
+
 
 @dataclass(frozen=True, slots=True)
 class FrameMetrics:
@@ -72,13 +74,14 @@ class JpegEncoder:
         self.qscale = jpeg_qscale(quality)
         self._ctx: av.codec.context.CodecContext | None = None
         self._size: tuple[int, int] | None = None
+        self._pts = 0
 
     def _context(self, size: tuple[int, int]) -> av.codec.context.CodecContext:
         if self._ctx is None or self._size != size:
             ctx = av.CodecContext.create("mjpeg", "w")
             ctx.width, ctx.height = size
             ctx.pix_fmt = "yuvj420p"
-            ctx.time_base = Fraction(1, 1000)
+            ctx.time_base = _TIME_BASE
             ctx.qmin = ctx.qmax = self.qscale
             self._ctx, self._size = ctx, size
         return self._ctx
@@ -87,8 +90,12 @@ class JpegEncoder:
         """JPEG bytes of ``frame`` scaled to the configured size, and that size."""
         size = scaled_size(frame.width, frame.height, self.width, self.height)
         scaled = frame.reformat(width=size[0], height=size[1], format="yuvj420p")
-        scaled.pts = None
-        scaled.pict_type = PictureType.NONE  # FFmpeg's intra-only encoder refuses "P" frames
+        # The encoder wants strictly increasing pts in its own time base: a decoded frame
+        # carries the stream's pts/time base, and repeated or missing pts give EINVAL.
+        self._pts += 1
+        scaled.time_base = _TIME_BASE
+        scaled.pts = self._pts
+        scaled.pict_type = PictureType.NONE  # let the encoder decide (it is intra-only)
         packets = self._context(size).encode(scaled)  # type: ignore[attr-defined]
         data = b"".join(bytes(p) for p in packets)
         if not data:

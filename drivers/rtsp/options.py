@@ -14,7 +14,7 @@ import re
 from typing import Annotated, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BeforeValidator, Field, field_validator, model_validator
+from pydantic import BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from gateway.sdk import DriverOptions
 
@@ -62,43 +62,61 @@ def redact_url(url: str) -> str:
 class RtspOptions(DriverOptions):
     """One RTSP camera: where it is, what to emit and how much CPU decoding may take."""
 
+    # the url may hold a password: keep raw input values out of validation errors
+    model_config = ConfigDict(hide_input_in_errors=True)
+
     url: str = Field(description="rtsp:// or rtsps:// URL; put credentials in ${ENV} variables")
     transport: Literal["tcp", "udp"] = Field(
-        "tcp", description="RTP transport; tcp survives lossy links and NAT, udp has less latency"
+        default="tcp",
+        description="RTP transport; tcp survives lossy links and NAT, udp has less latency",
     )
     snapshot_every: Duration = Field(
-        60.0, description="emit a JPEG snapshot this often (0 disables snapshots)"
+        default=60.0, description="emit a JPEG snapshot this often (0 disables snapshots)"
     )
     snapshot_width: int | None = Field(
-        None, ge=16, le=7680, description="snapshot width in pixels (aspect kept if height unset)"
+        default=None,
+        ge=16,
+        le=7680,
+        description="snapshot width in pixels (aspect kept if height unset)",
     )
     snapshot_height: int | None = Field(
-        None, ge=16, le=4320, description="snapshot height in pixels (aspect kept if width unset)"
+        default=None,
+        ge=16,
+        le=4320,
+        description="snapshot height in pixels (aspect kept if width unset)",
     )
-    jpeg_quality: int = Field(80, ge=1, le=100, description="JPEG quality 1 (smallest) - 100")
+    jpeg_quality: int = Field(
+        default=80, ge=1, le=100, description="JPEG quality 1 (smallest) - 100"
+    )
     metrics_every: Duration = Field(
-        10.0, description="emit brightness, motion, fps and counters this often"
+        default=10.0, description="emit brightness, motion, fps and counters this often"
     )
     frame_deadline: Duration = Field(
-        10.0, description="no frame for this long -> samples with quality comm_error"
+        default=10.0, description="no frame for this long -> samples with quality comm_error"
     )
-    open_timeout: Duration = Field(10.0, description="bound on connecting + RTSP handshake")
-    read_timeout: Duration = Field(5.0, description="bound on one read from an open stream")
+    open_timeout: Duration = Field(default=10.0, description="bound on connecting + RTSP handshake")
+    read_timeout: Duration = Field(default=5.0, description="bound on one read from an open stream")
     decode_every: int = Field(
-        1, ge=1, description="process only every Nth frame (intra-only codecs skip decoding too)"
+        default=1,
+        ge=1,
+        description="process only every Nth frame (intra-only codecs skip decoding too)",
     )
     max_fps: float | None = Field(
-        None, gt=0, description="process at most this many frames per second"
+        default=None, gt=0, description="process at most this many frames per second"
     )
     keyframes_only: bool = Field(
-        False, description="decode key frames only (lowest CPU for H.264/H.265)"
+        default=False, description="decode key frames only (lowest CPU for H.264/H.265)"
     )
     analysis_width: int = Field(
-        160, ge=16, le=1920, description="frames are downscaled to this width for metrics"
+        default=160, ge=16, le=1920, description="frames are downscaled to this width for metrics"
     )
-    backoff_min: Duration = Field(1.0, description="first reconnect delay")
-    backoff_max: Duration = Field(60.0, description="reconnect delay cap (exponential, jittered)")
-    low_latency: bool = Field(True, description="no demuxer buffering, short stream probing")
+    backoff_min: Duration = Field(default=1.0, description="first reconnect delay")
+    backoff_max: Duration = Field(
+        default=60.0, description="reconnect delay cap (exponential, jittered)"
+    )
+    low_latency: bool = Field(
+        default=True, description="no demuxer buffering, short stream probing"
+    )
 
     @field_validator("url")
     @classmethod

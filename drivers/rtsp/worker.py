@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import av
 from av.container import InputContainer
@@ -113,6 +114,7 @@ class CameraWorker:
         self._last_processed = float("-inf")
         self._packet_index = 0
         self._snapshot_failing = False
+        self._in_trouble = False
         self.started_at = time.monotonic()
         #: monotonic time of the last video packet received (None: none yet)
         self.last_frame_at: float | None = None
@@ -174,25 +176,38 @@ class CameraWorker:
                 self._session()
                 reason = "end of stream"
             except Exception as exc:  # FFmpeg/network errors, and anything unexpected
-                reason = f"{type(exc).__name__}: {exc}"
+                reason = self._redact(f"{type(exc).__name__}: {exc}")
             self.connected = False
             if self._stop.is_set():
                 break
+            got_frames = self._totals.frames_received > frames_before
             with self._lock:
                 self._totals.last_error = reason
-                if self._totals.frames_received > frames_before:
+                if got_frames:
                     self._totals.disconnects += 1
                     self._interval.reconnects += 1
-            got_frames = self._totals.frames_received > frames_before
             if got_frames and time.monotonic() - session_start >= STABLE_AFTER:
                 step = 0
             delay = min(self.options.backoff_max, self.options.backoff_min * 2**step)
             delay *= random.uniform(0.5, 1.0)
             step = min(step + 1, 30)
-            self._log.info(
-                "camera %s: %s; reconnecting in %.1fs", self.options.redacted_url, reason, delay
+            # health flips are logged once (INFO); the retries of a dead camera only at DEBUG
+            level = logging.DEBUG if self._in_trouble and not got_frames else logging.INFO
+            self._in_trouble = True
+            self._log.log(
+                level,
+                "camera %s: %s; reconnecting in %.1fs",
+                self.options.redacted_url,
+                reason,
+                delay,
             )
             self._stop.wait(delay)
+
+    def _redact(self, text: str) -> str:
+        """Error texts from FFmpeg quote the URL: never let its password reach a log."""
+        text = text.replace(self.options.url, self.options.redacted_url)
+        password = urlsplit(self.options.url).password
+        return text.replace(password, "***") if password else text
 
     def _open(self) -> InputContainer:
         o = self.options
@@ -227,7 +242,9 @@ class CameraWorker:
             with self._lock:
                 self._totals.connects += 1
             self._analyzer.reset()
-            self._log.debug(
+            self._in_trouble = False
+            self._log.log(
+                logging.INFO if self._in_trouble else logging.DEBUG,
                 "camera %s: connected, codec %s %sx%s",
                 self.options.redacted_url,
                 ctx.name,

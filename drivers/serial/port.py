@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import termios
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -29,6 +30,10 @@ _PARITY = {
     "mark": serial.PARITY_MARK,
     "space": serial.PARITY_SPACE,
 }
+
+
+#: what pyserial and termios raise when a port fails or vanishes
+PORT_ERRORS = (serial.SerialException, OSError, termios.error)
 
 
 class PortLost(Exception):
@@ -93,7 +98,7 @@ class SerialLink:
                 write_timeout=0,
                 exclusive=s.exclusive,
             )
-        except (serial.SerialException, OSError, ValueError) as exc:
+        except (*PORT_ERRORS, ValueError) as exc:
             self._failures += 1
             delay = min(s.reopen_max, s.reopen_min * 2 ** (self._failures - 1))
             self._next_open = time.monotonic() + delay
@@ -109,7 +114,7 @@ class SerialLink:
         self.stop_reading()
         ser, self._ser = self._ser, None
         if ser is not None:
-            with contextlib.suppress(serial.SerialException, OSError):
+            with contextlib.suppress(*PORT_ERRORS):
                 ser.close()
 
     def _lost(self, exc: BaseException) -> None:
@@ -143,7 +148,7 @@ class SerialLink:
             return
         try:
             data = ser.read(65536)
-        except (serial.SerialException, OSError) as exc:
+        except PORT_ERRORS as exc:
             self._lost(exc)
             return
         if data:
@@ -178,7 +183,7 @@ class SerialLink:
         if self._ser is not None:
             try:
                 self._ser.reset_input_buffer()
-            except (serial.SerialException, OSError) as exc:
+            except PORT_ERRORS as exc:
                 self._lost(exc)
                 raise PortLost(self.last_error) from exc
 
@@ -188,7 +193,7 @@ class SerialLink:
             raise PortLost(f"{self.settings.port} is closed")
         try:
             n = ser.write(data)
-        except (serial.SerialException, OSError) as exc:
+        except PORT_ERRORS as exc:
             self._lost(exc)
             raise PortLost(self.last_error) from exc
         if n is not None and n < len(data):

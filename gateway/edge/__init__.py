@@ -1,0 +1,36 @@
+"""Local intelligence on the gateway: rules with actions, aggregation, anomaly detection.
+
+``build_stages(cfg, submit_blocking=...)`` returns the pipeline stages for a ``GatewayConfig`` in
+their order: anomaly (so its scores reach the rules and the aggregation), rules, aggregate. Stages
+for empty config sections are left out. Each stage implements the ``Stage`` protocol of
+``gateway.runtime.pipeline`` and ``stats()``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from gateway.edge.aggregate import AggregateStage
+from gateway.edge.anomaly import AnomalyStage, SubmitBlocking
+from gateway.edge.rules import RuleStage
+
+__all__ = ["AggregateStage", "AnomalyStage", "RuleStage", "build_stages"]
+
+
+def build_stages(cfg: Any, *, submit_blocking: SubmitBlocking | None = None) -> list[Any]:
+    """The edge stages for ``cfg`` (anomaly, rules, aggregate; empty ones omitted)."""
+    stages: list[Any] = []
+    base = getattr(cfg, "base_dir", None)
+    if cfg.anomaly:
+        anomaly = AnomalyStage(cfg.anomaly, base_dir=Path(base) if base else None)
+        anomaly.start(submit_blocking)
+        stages.append(anomaly)
+    if any(r.enabled for r in cfg.rules):
+        stages.append(RuleStage(cfg.rules))
+    aggregates = {
+        d.id: d.aggregate for d in cfg.devices if getattr(d, "aggregate", None) is not None
+    }
+    if aggregates:
+        stages.append(AggregateStage(aggregates))
+    return stages

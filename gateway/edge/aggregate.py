@@ -70,7 +70,12 @@ def resolve_plan(cfg: AggregateConfig | None, metric: str) -> Plan:
 
     if pick("raw"):
         return RAW
-    window, deadband, pct, silence = pick("window"), pick("deadband"), pick("deadband_pct"), pick("max_silence")
+    window, deadband, pct, silence = (
+        pick("window"),
+        pick("deadband"),
+        pick("deadband_pct"),
+        pick("max_silence"),
+    )
     rbe = deadband is not None or pct is not None or silence is not None
     if window is None and not rbe:
         return RAW
@@ -91,7 +96,18 @@ def resolve_plan(cfg: AggregateConfig | None, metric: str) -> Plan:
 class Accumulator:
     """Running statistics of one window (Welford for mean/stddev)."""
 
-    __slots__ = ("count", "first", "first_ts", "last", "last_ts", "m2", "max", "mean", "min", "total")
+    __slots__ = (
+        "count",
+        "first",
+        "first_ts",
+        "last",
+        "last_ts",
+        "m2",
+        "max",
+        "mean",
+        "min",
+        "total",
+    )
 
     def __init__(self) -> None:
         self.count = 0
@@ -156,8 +172,14 @@ class AggregateStage:
         self._deadlines: list[tuple[int, int, int]] = []  # (close at, series id, window start)
         self._by_id: list[_Series] = []
         self.counters: dict[str, int] = {
-            "samples_in": 0, "passed_through": 0, "windows_closed": 0, "window_samples_out": 0,
-            "late_dropped": 0, "rbe_sent": 0, "rbe_suppressed": 0, "heartbeats": 0,
+            "samples_in": 0,
+            "passed_through": 0,
+            "windows_closed": 0,
+            "window_samples_out": 0,
+            "late_dropped": 0,
+            "rbe_sent": 0,
+            "rbe_suppressed": 0,
+            "heartbeats": 0,
         }
 
     def _get(self, device: str, metric: str) -> _Series:
@@ -202,7 +224,9 @@ class AggregateStage:
                 acc = series.windows.get(start)
                 if acc is None:
                     acc = series.windows[start] = Accumulator()
-                    heapq.heappush(self._deadlines, (start + w + plan.lateness_ms, series.sid, start))
+                    heapq.heappush(
+                        self._deadlines, (start + w + plan.lateness_ms, series.sid, start)
+                    )
                 acc.add(s.ts_ms, v)
             elif self._rbe_pass(series, s.metric, s.ts_ms, v):
                 out.append(s)

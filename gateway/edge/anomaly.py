@@ -6,9 +6,9 @@ Detectors:
 - ``model``: the last ``window`` rows, flattened time-major, go to a TFLite model (see litert.py);
   the score is the standardised reconstruction error (or the model's own score output).
 - ``zscore``: robust z-score per metric against the median/MAD of the previous ``window`` rows
-  (default 60); the row's score is the largest |z| over the metrics (default threshold 3.5).
+  (default 60); the row's score is the largest |z| over the metrics (default threshold 5).
 - ``ewma``: |x - mean| / std with exponentially weighted mean and variance (``alpha``), largest
-  over the metrics (default threshold 4).
+  over the metrics (default threshold 5).
 The score is itself a reading (``score_metric``, default ``anomaly.score``) and an Alert is raised
 once per episode: after ``min_consecutive`` scores above ``threshold``, cleared at the first score
 at or below ``clear_threshold`` (default: ``threshold``).
@@ -43,7 +43,7 @@ from gateway.runtime.pipeline import StageOutput
 
 log = logging.getLogger("edgegw.edge.anomaly")
 
-DEFAULT_THRESHOLDS = {"zscore": 3.5, "ewma": 4.0}
+DEFAULT_THRESHOLDS = {"zscore": 5.0, "ewma": 5.0}
 DEFAULT_STAT_WINDOW = 60
 MAD_TO_SIGMA = 1.4826
 
@@ -192,8 +192,16 @@ class AnomalyStage:
         self._by_device: dict[str, list[_Detector]] = {}
         self._detectors: list[_Detector] = []
         self.counters: dict[str, int] = {
-            "rows": 0, "windows": 0, "scores": 0, "raised": 0, "cleared": 0, "resets": 0,
-            "queue_dropped": 0, "inference_errors": 0, "batches": 0, "detectors_failed": 0,
+            "rows": 0,
+            "windows": 0,
+            "scores": 0,
+            "raised": 0,
+            "cleared": 0,
+            "resets": 0,
+            "queue_dropped": 0,
+            "inference_errors": 0,
+            "batches": 0,
+            "detectors_failed": 0,
         }
         for cfg in configs:
             try:
@@ -221,12 +229,15 @@ class AnomalyStage:
                 spec = litert.ModelSpec.load(spec_path)
                 if spec.features != cfg.metrics:
                     raise litert.ModelShapeError(
-                        f"metrics {cfg.metrics} differ from the model's features {spec.features}")
+                        f"metrics {cfg.metrics} differ from the model's features {spec.features}"
+                    )
                 model = litert.TFLiteModel(path, spec)
             except litert.RuntimeMissingError:
                 if cfg.fallback is None:
                     raise
-                log.warning("anomaly %s: no TFLite runtime; using the %s fallback", cfg.name, cfg.fallback)
+                log.warning(
+                    "anomaly %s: no TFLite runtime; using the %s fallback", cfg.name, cfg.fallback
+                )
                 kind, model = cfg.fallback, None
                 threshold = cfg.threshold if cfg.threshold is not None else DEFAULT_THRESHOLDS[kind]
                 window = None
@@ -245,10 +256,16 @@ class AnomalyStage:
             stat = Ewma(n, cfg.alpha, cfg.warmup)
         wlen = window if model is not None and window else 1
         return _Detector(
-            cfg=cfg, kind=kind, threshold=threshold,
+            cfg=cfg,
+            kind=kind,
+            threshold=threshold,
             clear_threshold=cfg.clear_threshold if cfg.clear_threshold is not None else threshold,
-            rows=RowAssembler(cfg.metrics), severity=Severity[cfg.severity.upper()], stat=stat,
-            model=model, window=deque(maxlen=wlen), window_len=wlen,
+            rows=RowAssembler(cfg.metrics),
+            severity=Severity[cfg.severity.upper()],
+            stat=stat,
+            model=model,
+            window=deque(maxlen=wlen),
+            window_len=wlen,
         )
 
     def start(self, submit_blocking: SubmitBlocking | None) -> None:
@@ -283,7 +300,12 @@ class AnomalyStage:
     def stats(self) -> dict[str, Any]:
         queued = sum(len(d.queue) for d in self._detectors)
         active = sum(1 for d in self._detectors if d.active)
-        return {**self.counters, "detectors": len(self._detectors), "queued": queued, "active": active}
+        return {
+            **self.counters,
+            "detectors": len(self._detectors),
+            "queued": queued,
+            "active": active,
+        }
 
     def drain(self) -> StageOutput:
         """Wait for every queued window to be scored (shutdown, tests); blocks."""
@@ -343,7 +365,9 @@ class AnomalyStage:
             if det.inflight is None and det.queue:
                 self._submit_next(det, inline=self._submit is None, out=out, alerts=alerts)
 
-    def _submit_next(self, det: _Detector, *, inline: bool, out: list[Sample], alerts: list[Alert]) -> None:
+    def _submit_next(
+        self, det: _Detector, *, inline: bool, out: list[Sample], alerts: list[Alert]
+    ) -> None:
         if not det.queue:
             return
         batch = list(det.queue)
@@ -363,16 +387,26 @@ class AnomalyStage:
         self.counters["inference_errors"] += 1
         if not det.errors_logged:
             det.errors_logged = True
-            log.error("anomaly %s: inference failed: %s: %s (logged once)", det.cfg.name,
-                      type(exc).__name__, exc)
+            log.error(
+                "anomaly %s: inference failed: %s: %s (logged once)",
+                det.cfg.name,
+                type(exc).__name__,
+                exc,
+            )
 
     def _finish(
-        self, det: _Detector, results: list[tuple[int, float]], out: list[Sample], alerts: list[Alert]
+        self,
+        det: _Detector,
+        results: list[tuple[int, float]],
+        out: list[Sample],
+        alerts: list[Alert],
     ) -> None:
         for ts, score in results:
             self._emit(det, ts, score, out, alerts)
 
-    def _emit(self, det: _Detector, ts: int, score: float, out: list[Sample], alerts: list[Alert]) -> None:
+    def _emit(
+        self, det: _Detector, ts: int, score: float, out: list[Sample], alerts: list[Alert]
+    ) -> None:
         cfg = det.cfg
         self.counters["scores"] += 1
         value = score if math.isfinite(score) else 1e300
@@ -392,19 +426,41 @@ class AnomalyStage:
 
     def _alert(self, det: _Detector, ts: int, score: float, raised: bool) -> Alert:
         cfg = det.cfg
-        fields = {"rule": cfg.name, "device": cfg.device, "score": score, "threshold": det.threshold,
-                  "metrics": ", ".join(cfg.metrics), "kind": det.kind}
+        fields = {
+            "rule": cfg.name,
+            "device": cfg.device,
+            "score": score,
+            "threshold": det.threshold,
+            "metrics": ", ".join(cfg.metrics),
+            "kind": det.kind,
+        }
         if cfg.message:
             text = render_message(cfg.message, lambda k: fields.get(k))
         else:
-            text = (f"{cfg.name}: {det.kind} anomaly score {score:.4g} > {det.threshold:.4g} "
-                    f"over {fields['metrics']}")
+            text = (
+                f"{cfg.name}: {det.kind} anomaly score {score:.4g} > {det.threshold:.4g} "
+                f"over {fields['metrics']}"
+            )
         if not raised:
-            text = f"cleared: {text}" if cfg.message else (
-                f"{cfg.name}: {det.kind} anomaly score back to {score:.4g} (<= {det.clear_threshold:.4g})")
-        return Alert(rule=cfg.name, device=cfg.device, ts_ms=ts, active=raised, severity=det.severity,
-                     message=text, metric=cfg.score_metric, value=score if math.isfinite(score) else None,
-                     labels={"detector": det.kind})
+            text = (
+                f"cleared: {text}"
+                if cfg.message
+                else (
+                    f"{cfg.name}: {det.kind} anomaly score back to {score:.4g} "
+                    f"(<= {det.clear_threshold:.4g})"
+                )
+            )
+        return Alert(
+            rule=cfg.name,
+            device=cfg.device,
+            ts_ms=ts,
+            active=raised,
+            severity=det.severity,
+            message=text,
+            metric=cfg.score_metric,
+            value=score if math.isfinite(score) else None,
+            labels={"detector": det.kind},
+        )
 
 
 def _score_batch(model: Any, batch: list[tuple[int, Any]]) -> list[tuple[int, float]]:

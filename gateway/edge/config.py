@@ -48,7 +48,7 @@ class WriteAction(_Model):
     device: str | None = None
     point: str = Field(min_length=1)
     value: bool | int | float | str
-    on: Literal["raise", "clear"] = "raise"
+    edge: Literal["raise", "clear"] = "raise"  # `on:` would be a YAML 1.1 boolean
     min_interval: Duration = 0.0
 
 
@@ -57,7 +57,7 @@ class LogAction(_Model):
 
     type: Literal["log"]
     level: Literal["debug", "info", "warning", "error"] = "warning"
-    on: Literal["raise", "clear", "both"] = "both"
+    edge: Literal["raise", "clear", "both"] = "both"
 
 
 Action = Annotated[AlertAction | WriteAction | LogAction, Field(discriminator="type")]
@@ -109,8 +109,10 @@ class AggregateSpec(_Model):
     @classmethod
     def _some_functions(cls, v: list[str] | None) -> list[str] | None:
         if v is not None and not v:
-            raise ValueError("functions must name at least one of min, max, mean, count, first, "
-                             "last, sum, stddev")
+            raise ValueError(
+                "functions must name at least one of min, max, mean, count, first, "
+                "last, sum, stddev"
+            )
         if v is not None and len(set(v)) != len(v):
             raise ValueError("functions lists a function twice")
         return v
@@ -126,7 +128,9 @@ class AggregateSpec(_Model):
             raise ValueError(f"bad name template {v!r}: {exc}") from None
         bad = fields - {"metric", "fn"}
         if bad:
-            raise ValueError(f"name template {v!r} may only use {{metric}} and {{fn}}, not {sorted(bad)}")
+            raise ValueError(
+                f"name template {v!r} may only use {{metric}} and {{fn}}, not {sorted(bad)}"
+            )
         return v
 
 
@@ -163,8 +167,10 @@ class AnomalyConfig(_Model):
     @model_validator(mode="after")
     def _model_needed(self) -> AnomalyConfig:
         if self.kind == "model" and not self.model:
-            raise ValueError("kind: model needs `model: path/to/model.tflite` "
-                             "(or use kind: zscore / ewma for a statistical detector)")
+            raise ValueError(
+                "kind: model needs `model: path/to/model.tflite` "
+                "(or use kind: zscore / ewma for a statistical detector)"
+            )
         if len(set(self.metrics)) != len(self.metrics):
             raise ValueError("metrics lists a metric twice")
         return self
@@ -210,8 +216,10 @@ def validate_edge(
     extra = derived_metrics(cfg)
     issues: list[Issue] = []
     issues += _check_rules(getattr(cfg, "rules", None) or [], devices, points_by_device, extra)
-    issues += _check_aggregates(getattr(cfg, "devices", None) or [], points_by_device)
-    issues += _check_anomaly(getattr(cfg, "anomaly", None) or [], devices, points_by_device, base_dir)
+    issues += _check_aggregates(getattr(cfg, "devices", None) or [], points_by_device, extra)
+    issues += _check_anomaly(
+        getattr(cfg, "anomaly", None) or [], devices, points_by_device, base_dir
+    )
     return issues
 
 
@@ -235,12 +243,18 @@ def _check_rules(
     for i, rule in enumerate(rules):
         base = f"rules.{i}"
         if rule.name in names:
-            issues.append((f"{base}.name", f"duplicate rule name {rule.name!r}", "rule names must be unique"))
+            issues.append(
+                (f"{base}.name", f"duplicate rule name {rule.name!r}", "rule names must be unique")
+            )
         names.add(rule.name)
         known_device = rule.device in devices
         if not known_device:
             issues.append(_unknown_device(f"{base}.device", rule.device, devices))
-        known = _known_names(points.get(rule.device), extra.get(rule.device, ())) if known_device else None
+        known = (
+            _known_names(points.get(rule.device), extra.get(rule.device, ()))
+            if known_device
+            else None
+        )
         for key in ("when", "clear"):
             source = getattr(rule, key)
             if source is None:
@@ -254,36 +268,55 @@ def _check_rules(
                 continue
             for metric in compiled.metrics:
                 if metric not in known:
-                    hint = _did_you_mean(metric, known) or f"{rule.device} has: {', '.join(sorted(known))}"
+                    hint = (
+                        _did_you_mean(metric, known)
+                        or f"{rule.device} has: {', '.join(sorted(known))}"
+                    )
                     issues.append(
-                        (f"{base}.{key}", f"unknown metric {metric!r} of device {rule.device!r}", hint)
+                        (
+                            f"{base}.{key}",
+                            f"unknown metric {metric!r} of device {rule.device!r}",
+                            hint,
+                        )
                     )
         for j, action in enumerate(rule.actions):
-            if isinstance(action, WriteAction) and action.device is not None and action.device not in devices:
+            if (
+                isinstance(action, WriteAction)
+                and action.device is not None
+                and action.device not in devices
+            ):
                 issues.append(_unknown_device(f"{base}.actions.{j}.device", action.device, devices))
     return issues
 
 
-def _check_aggregates(devs: list[Any], points: Mapping[str, set[str] | None]) -> list[Issue]:
+def _check_aggregates(
+    devs: list[Any], points: Mapping[str, set[str] | None], extra: Mapping[str, set[str]]
+) -> list[Issue]:
     issues: list[Issue] = []
     for i, dev in enumerate(devs):
         agg: AggregateConfig | None = getattr(dev, "aggregate", None)
         if agg is None:
             continue
-        known = points.get(dev.id)
+        known = _known_names(points.get(dev.id), extra.get(dev.id, ()))
         for metric in agg.metrics:
             if known is not None and metric not in known:
                 hint = _did_you_mean(metric, known) or f"{dev.id} has: {', '.join(sorted(known))}"
-                issues.append((f"devices.{i}.aggregate.metrics.{metric}", f"unknown metric {metric!r}", hint))
+                issues.append(
+                    (f"devices.{i}.aggregate.metrics.{metric}", f"unknown metric {metric!r}", hint)
+                )
         for where, spec in [("", agg), *((f".metrics.{m}", s) for m, s in agg.metrics.items())]:
+            if where and (spec.raw or (spec.functions is None and spec.name is None)):
+                continue  # inherits the device-level settings, already checked
             fns = spec.functions if spec.functions is not None else agg.functions
             name = spec.name if spec.name is not None else agg.name
             if fns and len(fns) > 1 and name is not None and "{fn}" not in name:
-                issues.append((
-                    f"devices.{i}.aggregate{where}.name",
-                    f"name template {name!r} gives every function the same metric name",
-                    "include {fn}, e.g. '{metric}.{fn}'",
-                ))
+                issues.append(
+                    (
+                        f"devices.{i}.aggregate{where}.name",
+                        f"name template {name!r} gives every function the same metric name",
+                        "include {fn}, e.g. '{metric}.{fn}'",
+                    )
+                )
     return issues
 
 
@@ -301,8 +334,13 @@ def _check_anomaly(
         base = f"anomaly.{i}"
         key = (det.device, det.score_metric)
         if key in seen:
-            issues.append((f"{base}.score_metric", f"anomaly.{seen[key]} already writes "
-                           f"{det.score_metric!r} for {det.device!r}", "set a distinct score_metric"))
+            issues.append(
+                (
+                    f"{base}.score_metric",
+                    f"anomaly.{seen[key]} already writes {det.score_metric!r} for {det.device!r}",
+                    "set a distinct score_metric",
+                )
+            )
         seen[key] = i
         if det.device not in devices:
             issues.append(_unknown_device(f"{base}.device", det.device, devices))
@@ -310,44 +348,83 @@ def _check_anomaly(
             known = points.get(det.device)
             for j, metric in enumerate(det.metrics):
                 if known is not None and metric not in known:
-                    hint = _did_you_mean(metric, known) or f"{det.device} has: {', '.join(sorted(known))}"
+                    hint = (
+                        _did_you_mean(metric, known)
+                        or f"{det.device} has: {', '.join(sorted(known))}"
+                    )
                     issues.append((f"{base}.metrics.{j}", f"unknown metric {metric!r}", hint))
         if det.kind != "model" or det.model is None:
             continue
         model_path = resolve_path(det.model, base_dir)
         if not model_path.is_file():
-            issues.append((f"{base}.model", f"model file {str(model_path)!r} does not exist",
-                           "fit one with `edgegw model fit` or fix the path"))
+            issues.append(
+                (
+                    f"{base}.model",
+                    f"model file {str(model_path)!r} does not exist",
+                    "fit one with `edgegw model fit` or fix the path",
+                )
+            )
             continue
-        spec_path = resolve_path(det.spec, base_dir) if det.spec else litert.spec_path_for(model_path)
+        spec_path = (
+            resolve_path(det.spec, base_dir) if det.spec else litert.spec_path_for(model_path)
+        )
         try:
             spec = litert.ModelSpec.load(spec_path)
         except FileNotFoundError:
-            issues.append((f"{base}.spec", f"model spec {str(spec_path)!r} does not exist",
-                           "a model needs its JSON spec (window, features, scaling) beside it"))
+            issues.append(
+                (
+                    f"{base}.spec",
+                    f"model spec {str(spec_path)!r} does not exist",
+                    "a model needs its JSON spec (window, features, scaling) beside it",
+                )
+            )
             continue
         except ValueError as exc:
             issues.append((f"{base}.spec", f"bad model spec {str(spec_path)!r}: {exc}", None))
             continue
         if spec.features != det.metrics:
-            issues.append((f"{base}.metrics", f"metrics {det.metrics} differ from the model's features "
-                           f"{spec.features}", "list the metrics in the model's feature order"))
+            issues.append(
+                (
+                    f"{base}.metrics",
+                    f"metrics {det.metrics} differ from the model's features {spec.features}",
+                    "list the metrics in the model's feature order",
+                )
+            )
         if det.window is not None and det.window != spec.window:
-            issues.append((f"{base}.window", f"window {det.window} differs from the model's window "
-                           f"{spec.window}", "omit window to use the model's"))
+            issues.append(
+                (
+                    f"{base}.window",
+                    f"window {det.window} differs from the model's window {spec.window}",
+                    "omit window to use the model's",
+                )
+            )
         if det.threshold is None and spec.threshold is None:
-            issues.append((f"{base}.threshold", "no threshold: neither the config nor the model spec "
-                           "has one", "set threshold: (score above which it is an anomaly)"))
+            issues.append(
+                (
+                    f"{base}.threshold",
+                    "no threshold: neither the config nor the model spec has one",
+                    "set threshold: (score above which it is an anomaly)",
+                )
+            )
         if litert.runtime_available() is None:
             if det.fallback is None:
-                issues.append((f"{base}.kind", "no TFLite runtime is installed for this model",
-                               "pip install 'edgegw[ml]' (ai-edge-litert), or set fallback: zscore"))
+                issues.append(
+                    (
+                        f"{base}.kind",
+                        "no TFLite runtime is installed for this model",
+                        "pip install 'edgegw[ml]' (ai-edge-litert), or set fallback: zscore",
+                    )
+                )
             continue
         try:
             in_shape, out_shape = litert.inspect_model_shapes(model_path)
             litert.check_shapes(spec, in_shape, out_shape, det.model)
         except litert.ModelShapeError as exc:
-            issues.append((f"{base}.model", str(exc), "refit the model or fix window/metrics in its spec"))
+            issues.append(
+                (f"{base}.model", str(exc), "refit the model or fix window/metrics in its spec")
+            )
         except (ValueError, RuntimeError) as exc:
-            issues.append((f"{base}.model", f"{det.model} is not a loadable TFLite model: {exc}", None))
+            issues.append(
+                (f"{base}.model", f"{det.model} is not a loadable TFLite model: {exc}", None)
+            )
     return issues

@@ -42,7 +42,7 @@ ALL_FUNCTIONS = sorted(WINDOW_FUNCTIONS | SERIES_FUNCTIONS | PLAIN_FUNCTIONS)
 MAX_EXPONENT = 64
 
 
-class Unknown(Exception):  # noqa: N818 - a control-flow signal, not an error
+class Unknown(Exception):
     """A value the expression needs is not known (yet): the result is unknown."""
 
 
@@ -144,7 +144,7 @@ class _Compiler:
             return node.value
         return None
 
-    def compile(self, node: ast.AST) -> Fn:  # noqa: C901 - one branch per node type
+    def compile(self, node: ast.AST) -> Fn:
         if isinstance(node, ast.Expression):
             return self.compile(node.body)
         if isinstance(node, ast.Constant):
@@ -161,7 +161,9 @@ class _Compiler:
         if isinstance(node, ast.Tuple | ast.List):
             items = []
             for elt in node.elts:
-                if not isinstance(elt, ast.Constant) or not isinstance(elt.value, bool | int | float | str):
+                if not isinstance(elt, ast.Constant) or not isinstance(
+                    elt.value, bool | int | float | str
+                ):
                     raise self.fail(elt, "only literals are allowed inside a tuple/list")
                 items.append(elt.value)
             frozen = frozenset(items)
@@ -209,7 +211,11 @@ class _Compiler:
         if isinstance(node, ast.Compare):
             return self.compile_compare(node)
         if isinstance(node, ast.IfExp):
-            test, body, orelse = self.compile(node.test), self.compile(node.body), self.compile(node.orelse)
+            test, body, orelse = (
+                self.compile(node.test),
+                self.compile(node.body),
+                self.compile(node.orelse),
+            )
             return lambda ctx: body(ctx) if test(ctx) else orelse(ctx)
         if isinstance(node, ast.Call):
             return self.compile_call(node)
@@ -236,8 +242,10 @@ class _Compiler:
         return compare
 
     def duration_arg(self, node: ast.AST, fn: str) -> float:
-        if isinstance(node, ast.Constant) and isinstance(node.value, str | int | float) and not isinstance(
-            node.value, bool
+        if (
+            isinstance(node, ast.Constant)
+            and isinstance(node.value, str | int | float)
+            and not isinstance(node.value, bool)
         ):
             try:
                 seconds = parse_duration(node.value)
@@ -246,22 +254,34 @@ class _Compiler:
             if seconds <= 0:
                 raise self.fail(node, f"{fn}(): window must be longer than 0", 'e.g. "30s", "5m"')
             return seconds
-        raise self.fail(node, f"{fn}(): the window must be a literal duration", 'e.g. avg(temp, "5m")')
+        raise self.fail(
+            node, f"{fn}(): the window must be a literal duration", 'e.g. avg(temp, "5m")'
+        )
 
     def compile_call(self, node: ast.Call) -> Fn:
         if not isinstance(node.func, ast.Name):
-            raise self.fail(node, "only the built-in functions can be called", ", ".join(ALL_FUNCTIONS))
+            raise self.fail(
+                node, "only the built-in functions can be called", ", ".join(ALL_FUNCTIONS)
+            )
         fn = node.func.id
         if node.keywords or any(isinstance(a, ast.Starred) for a in node.args):
             raise self.fail(node, f"{fn}(): keyword and * arguments are not allowed")
         args = node.args
         if fn not in ALL_FUNCTIONS:
-            raise self.fail(node, f"unknown function {fn!r}", _suggest(fn, ALL_FUNCTIONS) or ", ".join(ALL_FUNCTIONS))
+            raise self.fail(
+                node,
+                f"unknown function {fn!r}",
+                _suggest(fn, ALL_FUNCTIONS) or ", ".join(ALL_FUNCTIONS),
+            )
         # window form: f(metric, "5m"); min/max fall back to the plain form when the second
         # argument is not a literal string (min(a, b) keeps its usual meaning)
-        windowed = fn in WINDOW_FUNCTIONS and len(args) == 2 and (
-            fn not in ("min", "max")
-            or (isinstance(args[1], ast.Constant) and isinstance(args[1].value, str))
+        windowed = (
+            fn in WINDOW_FUNCTIONS
+            and len(args) == 2
+            and (
+                fn not in ("min", "max")
+                or (isinstance(args[1], ast.Constant) and isinstance(args[1].value, str))
+            )
         )
         if windowed:
             metric = self.metric_name(args[0])
@@ -288,7 +308,9 @@ class _Compiler:
         compiled = [self.compile(a) for a in args]
         if fn in ("min", "max"):
             if len(compiled) < 2:
-                raise self.fail(node, f"{fn}() needs a window (f(metric, \"5m\")) or two or more values")
+                raise self.fail(
+                    node, f'{fn}() needs a window (f(metric, "5m")) or two or more values'
+                )
             builtin = min if fn == "min" else max
             return lambda ctx: builtin(c(ctx) for c in compiled)
         if fn == "abs":
@@ -314,8 +336,10 @@ def compile_expr(source: str) -> Compiled:
         tree = ast.parse(source.strip(), mode="eval")
     except SyntaxError as exc:
         col = f" at column {exc.offset}" if exc.offset else ""
-        raise ExprError(f"syntax error{col} in {source!r}: {exc.msg}", "rule expressions use Python syntax: "
-                        "and/or/not, == != < <= > >=") from None
+        raise ExprError(
+            f"syntax error{col} in {source!r}: {exc.msg}",
+            "rule expressions use Python syntax: and/or/not, == != < <= > >=",
+        ) from None
     compiler = _Compiler(source.strip())
     fn = compiler.compile(tree)
     return Compiled(compiler.source, fn, compiler.metrics, compiler.windows, compiler.uses_time)

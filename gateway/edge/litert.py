@@ -10,8 +10,8 @@ Invariants:
   ``features`` values, ``x = [r0f0, r0f1, ..., r1f0, ...]``. Input shapes ``[1, W*F]`` and
   ``[1, W, F]`` are both accepted.
 - ``output: reconstruction`` models (autoencoders) return the reconstructed window in raw units;
-  the score is the mean squared *standardised* reconstruction error, using the spec's per-feature
-  scaling. ``output: score`` models return the score directly (shape ``[1, 1]`` or ``[1]``).
+  the score is the mean squared reconstruction error, normalised per feature by the spec's
+  ``residual_scale`` (else ``scaling.std``). ``output: score`` models return the score directly (shape ``[1, 1]`` or ``[1]``).
 - A ``ModelSpec`` JSON file lives beside the ``.tflite`` (same stem, ``.json``).
 """
 
@@ -58,9 +58,7 @@ def load_interpreter_class() -> tuple[Any, str]:
         return Interpreter, "tflite-runtime"
     except ImportError as exc:
         errors.append(f"tflite_runtime: {exc}")
-    raise RuntimeMissingError(
-        "no TFLite runtime is installed (" + "; ".join(errors) + ")"
-    )
+    raise RuntimeMissingError("no TFLite runtime is installed (" + "; ".join(errors) + ")")
 
 
 def runtime_available() -> str | None:
@@ -93,6 +91,8 @@ class ModelSpec(BaseModel):
     layout: Literal["time_major"] = "time_major"
     output: Literal["reconstruction", "score"] = "reconstruction"
     scaling: Scaling | None = None
+    #: per-feature divisor of reconstruction residuals (raw units); default: ``scaling.std``
+    residual_scale: list[float] | None = None
     threshold: float | None = Field(default=None, gt=0)
     calibration: dict[str, Any] = Field(default_factory=dict)
 
@@ -114,7 +114,9 @@ def spec_path_for(model_path: Path) -> Path:
 
 
 # --------------------------------------------------------------------------- building
-def build_dense_model(layers: Sequence[tuple[FloatArray, FloatArray]], *, description: str = "") -> bytes:
+def build_dense_model(
+    layers: Sequence[tuple[FloatArray, FloatArray]], *, description: str = ""
+) -> bytes:
     """A TFLite flatbuffer of chained FULLY_CONNECTED ops (no activation), built without TF.
 
     ``layers[i] = (W, b)`` with ``W`` of shape ``[out, in]`` (TFLite's layout) and ``b`` of shape
@@ -162,7 +164,9 @@ def build_dense_model(layers: Sequence[tuple[FloatArray, FloatArray]], *, descri
         b = np.asarray(b, dtype=np.float32)
         out_size, layer_in = w.shape
         if layer_in != in_size or b.shape != (out_size,):
-            raise ValueError(f"layer {i}: weights {w.shape} / bias {b.shape} do not chain from {in_size}")
+            raise ValueError(
+                f"layer {i}: weights {w.shape} / bias {b.shape} do not chain from {in_size}"
+            )
         wt = add_tensor(f"dense{i}/weights", [out_size, layer_in], w)
         bt = add_tensor(f"dense{i}/bias", [out_size], b)
         last = i == len(layers) - 1
@@ -192,26 +196,26 @@ def build_dense_model(layers: Sequence[tuple[FloatArray, FloatArray]], *, descri
 
 
 def pca_autoencoder_layers(
-    components: FloatArray, mean: FloatArray, std: FloatArray, window: int
+    components: FloatArray, centre: FloatArray, scale: FloatArray
 ) -> list[tuple[FloatArray, FloatArray]]:
     """The two dense layers of a PCA autoencoder with standardisation folded into the weights.
 
-    ``components`` is ``[k, D]`` (orthonormal rows, in standardised space, ``D = window * F``);
-    ``mean``/``std`` are per feature (length F). Encoder ``h = V (x - mu) / sigma``, decoder
-    ``x_hat = sigma * (V^T h) + mu`` - both affine, so each is one FULLY_CONNECTED op.
+    ``components`` is ``[k, D]`` (orthonormal rows in standardised space, ``D = window * F``);
+    ``centre``/``scale`` have length ``D`` (per-feature mean/std tiled over the window, the centre
+    possibly refined by the training mean). Encoder ``h = V (x - c) / s``, decoder
+    ``x_hat = s * (V^T h) + c`` - both affine, so each is one FULLY_CONNECTED op.
     """
     import numpy as np
 
     v = np.asarray(components, dtype=np.float64)
-    mu = np.tile(np.asarray(mean, dtype=np.float64), window)
-    sigma = np.tile(np.asarray(std, dtype=np.float64), window)
-    w1 = v / sigma[None, :]
-    b1 = -(v @ (mu / sigma))
-    w2 = v.T * sigma[:, None]
-    b2 = mu
+    c = np.asarray(centre, dtype=np.float64)
+    sd = np.asarray(scale, dtype=np.float64)
+    w1 = v / sd[None, :]
+    b1 = -(v @ (c / sd))
+    w2 = v.T * sd[:, None]
     return [
         (w1.astype(np.float32), b1.astype(np.float32)),
-        (w2.astype(np.float32), b2.astype(np.float32)),
+        (w2.astype(np.float32), c.astype(np.float32)),
     ]
 
 
@@ -226,12 +230,17 @@ def dense_forward(layers: Sequence[tuple[FloatArray, FloatArray]], x: FloatArray
 
 
 def reconstruction_scores(x: FloatArray, x_hat: FloatArray, spec: ModelSpec) -> FloatArray:
-    """Mean squared standardised reconstruction error per row of ``x`` (``[N, W*F]``)."""
+    """Mean squared normalised reconstruction error per row of ``x`` (``[N, W*F]``).
+
+    Residuals are divided per feature by ``spec.residual_scale`` (fitted models: the RMS residual
+    on training data, so a normal window scores about 1), else by ``scaling.std``, else by 1.
+    """
     import numpy as np
 
     diff = np.asarray(x, dtype=np.float64) - np.asarray(x_hat, dtype=np.float64)
-    if spec.scaling is not None:
-        diff = diff / np.tile(np.asarray(spec.scaling.std, dtype=np.float64), spec.window)[None, :]
+    scale = spec.residual_scale or (spec.scaling.std if spec.scaling is not None else None)
+    if scale is not None:
+        diff = diff / np.tile(np.asarray(scale, dtype=np.float64), spec.window)[None, :]
     return np.mean(diff * diff, axis=1)
 
 
@@ -269,7 +278,9 @@ class TFLiteModel:
         """Raw model output for one flattened window ``x`` (length ``W*F``)."""
         import numpy as np
 
-        self._interp.set_tensor(self._in_index, np.asarray(x, dtype=np.float32).reshape(self._in_shape))
+        self._interp.set_tensor(
+            self._in_index, np.asarray(x, dtype=np.float32).reshape(self._in_shape)
+        )
         self._interp.invoke()
         out: FloatArray = self._interp.get_tensor(self._out_index).reshape(-1).copy()
         return out
@@ -295,7 +306,8 @@ def check_shapes(spec: ModelSpec, in_shape: list[int], out_shape: list[int], whe
         n_out *= int(d)
     if spec.output == "reconstruction" and n_out != w * f:
         raise ModelShapeError(
-            f"{where}: reconstruction output has {n_out} values, expected {w * f} (= window x features)"
+            f"{where}: reconstruction output has {n_out} values, "
+            f"expected {w * f} (= window x features)"
         )
     if spec.output == "score" and n_out != 1:
         raise ModelShapeError(f"{where}: score output has {n_out} values, expected 1")

@@ -99,7 +99,7 @@ class _Rule:
 
 
 def render_message(template: str, lookup: Callable[[str], Any]) -> str:
-    """``str.format``-style template whose field names may contain dots (``{anomaly.score:.2f}``)."""
+    """``str.format``-style template; field names may contain dots (``{anomaly.score:.2f}``)."""
     out: list[str] = []
     try:
         parsed = list(_FORMATTER.parse(template))
@@ -129,8 +129,14 @@ class RuleStage:
         self._devices: dict[str, _Device] = {}
         self._rules: list[_Rule] = []
         self.counters: dict[str, int] = {
-            "evaluations": 0, "unknown": 0, "eval_errors": 0, "raised": 0, "cleared": 0,
-            "writes": 0, "writes_suppressed": 0, "out_of_order": 0,
+            "evaluations": 0,
+            "unknown": 0,
+            "eval_errors": 0,
+            "raised": 0,
+            "cleared": 0,
+            "writes": 0,
+            "writes_suppressed": 0,
+            "out_of_order": 0,
         }
         for cfg in rules:
             if not cfg.enabled:
@@ -191,7 +197,8 @@ class RuleStage:
         for dev in self._devices.values():
             dev.clock = max(dev.clock, now_ms)
             due = [
-                r for r in dev.rules
+                r
+                for r in dev.rules
                 if r.state in (RuleState.PENDING, RuleState.CLEARING) or r.uses_time
             ]
             if due:
@@ -228,8 +235,13 @@ class RuleStage:
             self.counters["eval_errors"] += 1
             if not rule.error_logged:
                 rule.error_logged = True
-                log.warning("rule %s: %r failed: %s: %s (treated as unknown; logged once)",
-                            rule.cfg.name, expr.source, type(exc).__name__, exc)
+                log.warning(
+                    "rule %s: %r failed: %s: %s (treated as unknown; logged once)",
+                    rule.cfg.name,
+                    expr.source,
+                    type(exc).__name__,
+                    exc,
+                )
             return None
 
     def _evaluate_all(
@@ -239,7 +251,9 @@ class RuleStage:
         for rule in rules:
             self._evaluate(rule, ctx, alerts, writes)
 
-    def _evaluate(self, rule: _Rule, ctx: _Context, alerts: list[Alert], writes: list[WriteRequest]) -> None:
+    def _evaluate(
+        self, rule: _Rule, ctx: _Context, alerts: list[Alert], writes: list[WriteRequest]
+    ) -> None:
         self.counters["evaluations"] += 1
         t = ctx.now
         if rule.state in (RuleState.IDLE, RuleState.PENDING):
@@ -271,7 +285,12 @@ class RuleStage:
             self._edge(rule, ctx, False, alerts, writes)
 
     def _edge(
-        self, rule: _Rule, ctx: _Context, raised: bool, alerts: list[Alert], writes: list[WriteRequest]
+        self,
+        rule: _Rule,
+        ctx: _Context,
+        raised: bool,
+        alerts: list[Alert],
+        writes: list[WriteRequest],
     ) -> None:
         cfg = rule.cfg
         self.counters["raised" if raised else "cleared"] += 1
@@ -281,34 +300,55 @@ class RuleStage:
         on = "raise" if raised else "clear"
         for i, action in enumerate(cfg.actions):
             if isinstance(action, WriteAction):
-                if action.on != on:
+                if action.edge != on:
                     continue
                 last = rule.last_write_ms.get(i)
                 if last is not None and ctx.now - last < action.min_interval * 1000:
                     self.counters["writes_suppressed"] += 1
-                    log.info("rule %s: write %s.%s suppressed by min_interval", cfg.name,
-                             action.device or cfg.device, action.point)
+                    log.info(
+                        "rule %s: write %s.%s suppressed by min_interval",
+                        cfg.name,
+                        action.device or cfg.device,
+                        action.point,
+                    )
                     continue
                 rule.last_write_ms[i] = ctx.now
                 self.counters["writes"] += 1
-                writes.append(WriteRequest(
-                    device=action.device or cfg.device, point=action.point, value=action.value,
-                    reason=f"rule {cfg.name} {'raised' if raised else 'cleared'}",
-                ))
+                writes.append(
+                    WriteRequest(
+                        device=action.device or cfg.device,
+                        point=action.point,
+                        value=action.value,
+                        reason=f"rule {cfg.name} {'raised' if raised else 'cleared'}",
+                    )
+                )
             elif isinstance(action, LogAction):
-                if action.on in (on, "both"):
-                    log.log(logging.getLevelName(action.level.upper()), "rule %s: %s", cfg.name, message)
+                if action.edge in (on, "both"):
+                    log.log(
+                        logging.getLevelName(action.level.upper()), "rule %s: %s", cfg.name, message
+                    )
             else:
-                alerts.append(Alert(
-                    rule=cfg.name, device=cfg.device, ts_ms=ctx.now, active=raised,
-                    severity=rule.severity, message=message, metric=primary,
-                    value=float(value) if is_number(value) else None,
-                ))
+                alerts.append(
+                    Alert(
+                        rule=cfg.name,
+                        device=cfg.device,
+                        ts_ms=ctx.now,
+                        active=raised,
+                        severity=rule.severity,
+                        message=message,
+                        metric=primary,
+                        value=float(value) if is_number(value) else None,
+                    )
+                )
 
     def _message(self, rule: _Rule, ctx: _Context, raised: bool) -> str:
         cfg = rule.cfg
-        specials = {"rule": cfg.name, "device": cfg.device, "severity": cfg.severity,
-                    "state": "raised" if raised else "cleared"}
+        specials = {
+            "rule": cfg.name,
+            "device": cfg.device,
+            "severity": cfg.severity,
+            "state": "raised" if raised else "cleared",
+        }
         primary = rule.when.metrics[0] if rule.when.metrics else None
 
         def lookup(name: str) -> Any:

@@ -24,7 +24,7 @@ class SeriesHistory:
     __slots__ = ("_head", "horizon_ms", "last_ts", "ts", "values")
 
     def __init__(self, horizon_s: float = 0.0) -> None:
-        self.horizon_ms = int(math.ceil(horizon_s * 1000))
+        self.horizon_ms = math.ceil(horizon_s * 1000)
         self.ts: list[int] = []
         self.values: list[float] = []
         self._head = 0

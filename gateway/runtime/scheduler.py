@@ -128,6 +128,7 @@ class BusScheduler:
         self._writes: deque[_Write] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._started = False
+        self._running = False
         self.in_flight = 0
         self.writes_done = 0
         self.write_failures = 0
@@ -173,6 +174,7 @@ class BusScheduler:
                 await self._run_slot(slot)
                 heapq.heappush(self._heap, (slot.deadline, index))
         finally:
+            self._running = False
             for write in self._writes:
                 if not write.future.done():
                     write.future.cancel()
@@ -191,8 +193,11 @@ class BusScheduler:
 
     # ----------------------------------------------------------------- internals
     def _start(self) -> None:
-        if self._started:
+        if self._running:
             raise RuntimeError(f"bus scheduler {self.name} is already running")
+        self._running = True
+        if self._started:  # run() again after a cancel: keep the deadlines
+            return
         self._started = True
         now = self._clock()
         n = len(self._slots)
@@ -279,7 +284,7 @@ class BusScheduler:
             end = self._clock()
             slot.last_latency = end - start
             slot.polls += 1
-            self._breaker(slot, bool(ok), end)
+            self._breaker(slot, bool(ok), start)
             await self._gap()
         self._advance(slot)
 
@@ -295,7 +300,8 @@ class BusScheduler:
             self.poll_errors += 1
             log.exception("bus %s: report_skipped of %s raised", self.name, slot.target.device_id)
 
-    def _breaker(self, slot: _Slot, ok: bool, now: float) -> None:
+    def _breaker(self, slot: _Slot, ok: bool, started: float) -> None:
+        """Update the breaker; the next probe is due ``backoff`` after this attempt started."""
         policy = self.policy
         if ok:
             if slot.open:
@@ -326,7 +332,7 @@ class BusScheduler:
         else:
             return
         spread = 1.0 + policy.jitter * (2 * self._rng.random() - 1)
-        slot.probe_at = now + slot.backoff * spread
+        slot.probe_at = started + slot.backoff * spread
 
     def _advance(self, slot: _Slot) -> None:
         period = slot.target.period

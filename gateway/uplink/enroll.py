@@ -90,7 +90,9 @@ class Identity:
                 "CONFIG --token TOKEN` (get a token with `edgegw-cloud token create GW_ID`)"
             ) from None
         except (ValueError, KeyError, TypeError) as exc:
-            raise EnrollmentError(f"{meta_path}: unreadable identity ({exc}); enroll again") from None
+            raise EnrollmentError(
+                f"{meta_path}: unreadable identity ({exc}); enroll again"
+            ) from None
         for f in (ident.key_path, ident.cert_path, ident.ca_path, ident.ingest_ka_pub_path):
             if not f.exists():
                 raise EnrollmentError(f"{f} is missing: the identity is incomplete; enroll again")
@@ -113,8 +115,14 @@ class Identity:
 
 
 def write_identity(
-    identity_dir: Path, *, gateway_id: str, key_id: int, broker: str,
-    certificate_pem: str, ca_pem: str, ingest_ka_pub_pem: str,
+    identity_dir: Path,
+    *,
+    gateway_id: str,
+    key_id: int,
+    broker: str,
+    certificate_pem: str,
+    ca_pem: str,
+    ingest_ka_pub_pem: str,
 ) -> Identity:
     """Write certificate, CA, ingest key and identity.json (last) next to gateway.key."""
     d = Path(identity_dir)
@@ -196,7 +204,9 @@ class _Exchange:
             self.connected.set()
         self.answered.set()  # wake the waiter; it checks self.answer
 
-    def _on_subscribe(self, c: mqtt.Client, ud: Any, mid: int, rcs: list[ReasonCode], p: Any) -> None:
+    def _on_subscribe(
+        self, c: mqtt.Client, ud: Any, mid: int, rcs: list[ReasonCode], p: Any
+    ) -> None:
         self.sub_ok = bool(rcs) and not rcs[0].is_failure
         self.subscribed.set()
 
@@ -277,8 +287,9 @@ def enroll(
             raise EnrollmentError(
                 f"{identity_dir} holds gateway {current.gateway_id!r}, not {gateway_id!r}"
             )
-        pki.verify_issued_by(pki.load_certificate(current.cert_path),
-                             pki.load_certificate(current.ca_path))
+        pki.verify_issued_by(
+            pki.load_certificate(current.cert_path), pki.load_certificate(current.ca_path)
+        )
         ca_path, cert_path, key_path = current.ca_path, current.cert_path, current.key_path
         username = gateway_id
         key = current.private_key()
@@ -288,7 +299,9 @@ def enroll(
                 "a token is needed: `edgegw-cloud token create GW_ID` prints one (or --renew)"
             )
         if bootstrap_dir is None:
-            raise EnrollmentError("--bootstrap-dir is needed (bootstrap.crt, bootstrap.key, ca.crt)")
+            raise EnrollmentError(
+                "--bootstrap-dir is needed (bootstrap.crt, bootstrap.key, ca.crt)"
+            )
         b = Path(bootstrap_dir)
         ca_path, cert_path, key_path = b / "ca.crt", b / "bootstrap.crt", b / "bootstrap.key"
         for f in (ca_path, cert_path, key_path):
@@ -313,8 +326,12 @@ def enroll(
 
 
 def _accept(
-    answer: dict[str, Any], key: ec.EllipticCurvePrivateKey, gateway_id: str,
-    identity_dir: Path, pinned_ca_path: Path, broker: str,
+    answer: dict[str, Any],
+    key: ec.EllipticCurvePrivateKey,
+    gateway_id: str,
+    identity_dir: Path,
+    pinned_ca_path: Path,
+    broker: str,
 ) -> Identity:
     if not answer.get("ok"):
         raise EnrollmentError(
@@ -329,7 +346,9 @@ def _accept(
         raise EnrollmentError(f"malformed enrollment answer: {exc}") from None
     pinned = pki.load_certificate(pinned_ca_path)
     if pki.fingerprint(ca) != pki.fingerprint(pinned):
-        raise EnrollmentError("the answer's CA is not the pinned CA (bootstrap ca.crt); refusing it")
+        raise EnrollmentError(
+            "the answer's CA is not the pinned CA (bootstrap ca.crt); refusing it"
+        )
     try:
         pki.verify_issued_by(cert, pinned)
     except pki.PkiError as exc:
@@ -341,12 +360,20 @@ def _accept(
     if pki.common_name(cert.subject) != gateway_id:
         raise EnrollmentError(f"the issued certificate is not for {gateway_id!r}")
     ident = write_identity(
-        identity_dir, gateway_id=gateway_id, key_id=key_id, broker=broker,
-        certificate_pem=str(answer["certificate"]), ca_pem=pki.cert_pem(ca),
+        identity_dir,
+        gateway_id=gateway_id,
+        key_id=key_id,
+        broker=broker,
+        certificate_pem=str(answer["certificate"]),
+        ca_pem=pki.cert_pem(ca),
         ingest_ka_pub_pem=str(answer["ingest_ka_pub"]),
     )
-    log.info("gateway %s enrolled: certificate serial %x, valid until %s", gateway_id,
-             cert.serial_number, cert.not_valid_after_utc.isoformat())
+    log.info(
+        "gateway %s enrolled: certificate serial %x, valid until %s",
+        gateway_id,
+        cert.serial_number,
+        cert.not_valid_after_utc.isoformat(),
+    )
     return ident
 
 
@@ -354,19 +381,31 @@ def _accept(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-c", "--config", type=Path, help="gateway.yaml (gateway.id, uplink.*)")
     parser.add_argument("--token", help="one-time token from `edgegw-cloud token create GW_ID`")
-    parser.add_argument("--bootstrap-dir", type=Path,
-                        help="dir with ca.crt, bootstrap.crt, bootstrap.key "
-                             "(default: STATE_DIR/bootstrap)")
-    parser.add_argument("--renew", action="store_true",
-                        help="renew with the current, still valid certificate instead of a token")
-    parser.add_argument("--new-key", action="store_true",
-                        help="generate a new gateway key even if one exists (old batches in the "
-                             "outbox may then become undecryptable for the cloud)")
+    parser.add_argument(
+        "--bootstrap-dir",
+        type=Path,
+        help="dir with ca.crt, bootstrap.crt, bootstrap.key (default: STATE_DIR/bootstrap)",
+    )
+    parser.add_argument(
+        "--renew",
+        action="store_true",
+        help="renew with the current, still valid certificate instead of a token",
+    )
+    parser.add_argument(
+        "--new-key",
+        action="store_true",
+        help="generate a new gateway key even if one exists (old batches in the "
+        "outbox may then become undecryptable for the cloud)",
+    )
     parser.add_argument("--gateway-id", help="override gateway.id")
     parser.add_argument("--broker", help="override uplink.broker (mqtts://HOST:PORT)")
     parser.add_argument("--identity-dir", type=Path, help="override uplink.identity_dir")
-    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
-                        help="seconds to wait for the cloud (default %(default)s)")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT_S,
+        help="seconds to wait for the cloud (default %(default)s)",
+    )
 
 
 def _from_config(path: Path) -> tuple[str, str, Path, Path]:
@@ -388,13 +427,22 @@ def run(args: argparse.Namespace) -> int:
             c_id, c_broker, c_ident, c_boot = _from_config(args.config)
             gw_id, broker = gw_id or c_id, broker or c_broker
             ident_dir, boot = ident_dir or c_ident, boot or c_boot
-        missing = [n for n, v in (("gateway id", gw_id), ("broker", broker),
-                                  ("identity dir", ident_dir)) if not v]
+        missing = [
+            n
+            for n, v in (("gateway id", gw_id), ("broker", broker), ("identity dir", ident_dir))
+            if not v
+        ]
         if missing:
             raise EnrollmentError(f"missing {', '.join(missing)}: pass -c CONFIG or the overrides")
         ident = enroll(
-            gw_id, ident_dir, broker=broker, token=args.token, bootstrap_dir=boot,
-            renew=args.renew, new_key=args.new_key, timeout=args.timeout,
+            gw_id,
+            ident_dir,
+            broker=broker,
+            token=args.token,
+            bootstrap_dir=boot,
+            renew=args.renew,
+            new_key=args.new_key,
+            timeout=args.timeout,
         )
     except (EnrollmentError, pki.PkiError, FileExistsError) as exc:
         print(f"edgegw enroll: {exc}", file=sys.stderr)

@@ -27,6 +27,8 @@ _HEADER = struct.Struct(">2sBBIQ12s")
 HEADER_SIZE = _HEADER.size  # 28
 TAG_SIZE = 16
 KEY_SIZE = 32
+#: flags bit: the plaintext holds only gap records (the outbox's "we dropped these" notes)
+FLAG_GAP = 0x01
 
 
 class EnvelopeError(ValueError):

@@ -154,3 +154,20 @@ def test_options_defaults_bus_key_and_points() -> None:
     fast = rtu.model_copy(update={"baudrate": 115200})
     assert fast.frame_gap() == pytest.approx(0.00175)
     assert ModbusOptions.model_validate({**BASE, "inter_frame_delay": "5ms"}).frame_gap() == 0.005
+
+
+@given(data=st.data(), dtype=st.sampled_from(
+    ["int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64", "bool",
+     "bit", "string"]), wo=orders, bo=orders, pad=st.integers(0, 3))
+def test_compiled_decoder_equals_reference(data: st.DataObject, dtype: str, wo: str, bo: str,
+                                           pad: int) -> None:
+    from drivers.modbus.codec import compile_decoder
+    from drivers.modbus.options import TYPE_WIDTH
+
+    width = data.draw(st.integers(1, 6)) if dtype == "string" else TYPE_WIDTH[dtype]
+    regs = data.draw(st.lists(st.integers(0, 0xFFFF), min_size=width, max_size=width))
+    bit = data.draw(st.integers(0, 15)) if dtype == "bit" else None
+    group = [0x5555] * pad + regs + [0xAAAA]
+    fast = compile_decoder(dtype, width, word_order=wo, byte_order=bo, bit=bit)(group, pad)
+    ref = decode(regs, dtype, word_order=wo, byte_order=bo, bit=bit)
+    assert fast == ref or (isinstance(ref, float) and math.isnan(ref) and math.isnan(fast))

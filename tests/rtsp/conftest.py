@@ -15,7 +15,7 @@ import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -141,20 +141,18 @@ class Recorder:
     def values(self, metric: str, *, after: float = float("-inf")) -> list[Any]:
         return [s.value for s in self.samples(metric, quality=Quality.GOOD, after=after)]
 
-    async def wait_for(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
-        """Poll ``predicate`` on every emit until it holds or ``timeout`` passes."""
+    async def wait_for(self, predicate: Callable[[], bool], within: float, what: str) -> None:
+        """Poll ``predicate`` on every emit until it holds or ``within`` seconds pass."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        deadline = loop.time() + within
         while not predicate():
             remaining = deadline - loop.time()
             if remaining <= 0:
                 seen = sorted({(s.metric, s.quality.label) for s in self.samples()})
-                raise AssertionError(f"{what}: not within {timeout}s; seen {seen}")
+                raise AssertionError(f"{what}: not within {within}s; seen {seen}")
             self._changed.clear()
-            try:
+            with suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), remaining)
-            except TimeoutError:
-                pass
 
 
 @asynccontextmanager
@@ -177,10 +175,8 @@ async def running_driver(
         assert not task.done(), f"run() ended on its own: {task.exception()!r}"
     finally:
         task.cancel()
-        try:
+        with suppress(asyncio.CancelledError):
             await task
-        except asyncio.CancelledError:
-            pass
         # bounded: the decode thread honours open/read timeouts
         await asyncio.wait_for(driver.close(), 15)
 

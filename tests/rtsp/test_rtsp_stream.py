@@ -30,9 +30,10 @@ def decode_jpeg(data: bytes) -> Any:
 
 
 async def test_h264_moving_ball(rtsp_server: Any, run_driver: Any) -> None:
-    async with run_driver(
-        url=rtsp_server.url("h264-moving"), snapshot_width=160, **FAST
-    ) as (_, rec):
+    async with run_driver(url=rtsp_server.url("h264-moving"), snapshot_width=160, **FAST) as (
+        _,
+        rec,
+    ):
         await rec.wait_for(
             lambda: len(rec.values("snapshot")) >= 2 and len(rec.values("motion")) >= 2,
             30,
@@ -96,8 +97,8 @@ async def test_mjpeg_moving_decode_every_skips_decoding(rtsp_server: Any, run_dr
     # MJPEG is intra-only: 2 of 3 packets are never decoded
     assert 0 < decoded <= received / 3 + 1, (received, decoded)
     assert statistics.mean(rec.values("motion")) > 0.5  # scrolling bars
-    assert stats["worker"]["frames_decoded"] >= decoded  # type: ignore[index]
-    assert stats["worker"]["connects"] == 1  # type: ignore[index]
+    assert stats["worker"]["frames_decoded"] >= decoded
+    assert stats["worker"]["connects"] == 1
 
 
 async def test_h264_keyframes_only_and_height_only(rtsp_server: Any, run_driver: Any) -> None:

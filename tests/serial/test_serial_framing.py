@@ -16,7 +16,9 @@ from drivers.serial.checksums import crc8, crc16_modbus, sum8, xor8
 from drivers.serial.options import BinaryOptions, LineOptions
 
 
-def feed_all(decoder: LineDecoder | BinaryDecoder, chunks: list[bytes]) -> tuple[list[dict], Counter]:
+def feed_all(
+    decoder: LineDecoder | BinaryDecoder, chunks: list[bytes]
+) -> tuple[list[dict], Counter]:
     records: list[dict] = []
     errors: Counter[str] = Counter()
     for c in chunks:
@@ -38,9 +40,11 @@ def splits(data: bytes, rng: random.Random) -> list[bytes]:
 # ---------------------------------------------------------------------------- checksums
 def test_checksums_match_reference_values() -> None:
     # Modbus RTU request "01 03 00 00 00 0A" has CRC C5 CD (sent low byte first).
-    assert crc16_modbus(bytes.fromhex("01030000000A")).to_bytes(2, "little") == bytes.fromhex("C5CD")
+    crc = crc16_modbus(bytes.fromhex("01030000000A"))
+    assert crc.to_bytes(2, "little") == bytes.fromhex("C5CD")
     assert crc8(b"123456789") == 0xF4  # CRC-8/SMBUS check value (poly 0x07)
-    assert crc8(b"123456789", poly=0x31) == 0xA2  # CRC-8 poly 0x31, init 0 (check value)
+    assert crc8(b"123456789", poly=0x31, init=0xFF) == 0xF7  # CRC-8/NRSC-5 check value
+    assert crc16_modbus(b"123456789") == 0x4B37  # CRC-16/MODBUS check value
     assert xor8(b"GPGGA") == 0x47 ^ 0x50 ^ 0x47 ^ 0x47 ^ 0x41
     assert sum8(bytes([0xFF, 0x02])) == 0x01
 
@@ -101,6 +105,7 @@ BIN = {
     "fields": ["temp", "hum", None],
     "checksum": {"type": "crc16-modbus", "covers_from": 2},
     "end": "0D",
+    "max_frame": 64,
 }
 
 
@@ -116,7 +121,8 @@ def test_binary_frames_with_garbage_partial_and_bad_crc() -> None:
         b"\x01\x02\x03"  # garbage run 1
         + frame(215, 40)
         + frame(216, 41, corrupt=True)  # checksum_error
-        + frame(217, 42)[:5]  # partial frame (sensor reset): resync on the next start marker
+        + frame(217, 42)[:5]  # partial frame (sensor reset): its claimed length ends on a byte
+        # of the next frame that is not the end marker -> bad_end_marker, resync on next start
         + frame(218, 43)
         + b"\x10\x20"  # garbage run 2
         + frame(-5, 44)
@@ -129,7 +135,9 @@ def test_binary_frames_with_garbage_partial_and_bad_crc() -> None:
         assert [(round(r["temp"], 1), r["hum"]) for r in recs] == [
             (21.5, 40), (21.8, 43), (-0.5, 44), (21.9, 45)
         ]
-        assert errs == Counter(garbage=2, garbage_bytes=5, checksum_error=2, bad_length=1)
+        assert errs == Counter(
+            garbage=2, garbage_bytes=5, checksum_error=1, bad_end_marker=1, bad_length=1
+        )
 
 
 def test_binary_fixed_length_sum8_and_crc8_poly() -> None:

@@ -10,7 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import shutil
 import socket
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -103,8 +106,20 @@ class Identity:
 
 
 @pytest.fixture
-def cloud(tmp_path: Path) -> Iterator[Cloud]:
-    paths = init_data_dir(tmp_path / "cloud")
+def cloud_dir() -> Iterator[Path]:
+    """A data dir Mosquitto can reach: started as root it drops to user ``mosquitto``, which
+    cannot traverse pytest's 0700 /tmp/pytest-of-root, so use a 0711 directory of our own."""
+    d = Path(tempfile.mkdtemp(prefix="edgegw-uplink-"))
+    os.chmod(d, 0o711)
+    try:
+        yield d / "cloud"
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def cloud(cloud_dir: Path) -> Iterator[Cloud]:
+    paths = init_data_dir(cloud_dir)
     broker = ManagedBroker(paths, free_port())
     broker.start()
     try:
@@ -178,3 +193,92 @@ class CutProxy:
             self._server.close()
             with contextlib.suppress(Exception):
                 await self._server.wait_closed()
+
+
+# --------------------------------------------------------------------------- gateway side
+class GatewaySide:
+    """The real gateway data path minus drivers: Outbox (own thread) + OutboxIO + Uplink."""
+
+    def __init__(self, ident: Identity, state: Path, broker_url: str, **uplink_kw: object) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from gateway.store.outbox import Outbox
+        from gateway.uplink.outbox_io import OutboxIO
+        from gateway.uplink.session import Uplink
+
+        state.mkdir(parents=True, exist_ok=True)
+        self.ident = ident
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
+        self.outbox = Outbox(state / "outbox.db", max_bytes=256 * 1024 * 1024,
+                             sealer=ident.sealer())
+        self.io = OutboxIO(self.outbox, self.executor)
+        kw: dict[str, object] = {"window": 8, "ack_timeout": 2.0, "backoff_min": 0.05,
+                                 "backoff_max": 0.5, "stable_after": 1.0, "keepalive": 5}
+        kw.update(uplink_kw)
+        self.uplink = Uplink(ident.gateway_id, ident.dir, broker_url, self.io, **kw)  # type: ignore[arg-type]
+        self.task: asyncio.Task[None] | None = None
+        self.produced_seqs: list[int] = []
+        self.produced_readings = 0
+        self._k = 0
+
+    def start(self) -> None:
+        self.task = asyncio.ensure_future(self.uplink.run())
+
+    async def append(self, n_readings: int, *, lane: int = 1, alert: bool = False) -> int:
+        from gateway.model import Alert, Lane, Sample
+        from gateway.wire.codec import encode_batch
+
+        self._k += 1
+        t0 = 1_700_000_000_000 + self._k * 100_000
+        samples = [Sample("dev", f"m{self._k % 3}", t0 + i, float(i)) for i in range(n_readings)]
+        alerts = [Alert("rule", "dev", t0, True)] if alert else []
+        plaintext = encode_batch(samples, alerts)
+        loop = asyncio.get_running_loop()
+        seq: int = await loop.run_in_executor(
+            self.executor, lambda: self.outbox.append(
+                Lane(lane), plaintext, count=n_readings + len(alerts), first_ts_ms=t0,
+                last_ts_ms=t0 + max(n_readings - 1, 0),
+            ),
+        )
+        self.produced_seqs.append(seq)
+        self.produced_readings += n_readings
+        self.uplink.notify()
+        return seq
+
+    async def pending(self) -> int:
+        return len(await self.io.next_batches(100_000, ()))
+
+    async def drained(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if await self.pending() == 0:
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError(
+            f"outbox not drained after {timeout}s: {await self.pending()} batches left; "
+            f"uplink {self.uplink.stats()}"
+        )
+
+    async def close(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+        await asyncio.get_running_loop().run_in_executor(self.executor, self.outbox.close)
+        self.executor.shutdown()
+
+
+def assert_exactly_once(cloud: Cloud, gw: GatewaySide) -> None:
+    """produced == stored at the cloud, each batch once, no duplicate reading."""
+    store = cloud.store()
+    try:
+        gid = gw.ident.gateway_id
+        assert store.batch_seqs(gid) == sorted(gw.produced_seqs)
+        assert store.count_readings(gid) == gw.produced_readings
+        db = store._db
+        distinct = db.execute(
+            "SELECT count(*) FROM (SELECT DISTINCT device, metric, ts_ms FROM readings"
+            " WHERE gateway = ?)", (gid,),
+        ).fetchone()[0]
+        assert distinct == gw.produced_readings, "duplicate readings stored"
+    finally:
+        store.close()

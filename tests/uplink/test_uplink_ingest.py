@@ -113,19 +113,34 @@ def test_tampered_forged_replayed_and_undecodable(cloud: Cloud, tmp_path: Path) 
         ingest.stop()
 
 
-def test_batch_for_unregistered_gateway_is_ignored(cloud: Cloud, tmp_path: Path) -> None:
-    ident = cloud.gateway("gw-known", tmp_path / "id")
+def test_unregistered_gateway_is_ignored_and_last_seen_recorded(
+    cloud: Cloud, tmp_path: Path
+) -> None:
+    known = cloud.gateway("gw-known", tmp_path / "known")
+    # a certificate from the right CA that the registry never recorded (no key to derive from)
+    stranger = cloud.gateway("gw-stranger", tmp_path / "stranger")
+    import sqlite3
+
+    with sqlite3.connect(cloud.paths.registry_db) as db:
+        db.execute("DELETE FROM certificates WHERE gateway_id = 'gw-stranger'")
     ingest = cloud.ingest()
-    gw = RawGateway(cloud, ident)
+    gw_known, gw_stranger = RawGateway(cloud, known), RawGateway(cloud, stranger)
     try:
-        # registry lookups are by the topic's gateway id; a key nobody registered opens nothing
-        gw.publish(ident.sealer().seal(1, _batch(5, 0)))
+        gw_stranger.publish(stranger.sealer().seal(1, _batch(5, 0)))
+        gw_known.publish(known.sealer().seal(1, _batch(5, 0)))
         wait_until(lambda: ingest.counts["batches_stored"] == 1, 10, "stored")
+        wait_until(lambda: ingest.counts["unknown_gateway"] == 1, 10, "stranger counted")
+        assert gw_stranger.acks == []
+        store = cloud.store()
+        assert store.batch_seqs("gw-stranger") == []
+        assert store.batch_seqs("gw-known") == [1]
+        store.close()
         from cloud_stub.registry import Registry
 
         with Registry(cloud.paths.registry_db) as reg:
-            seen = reg.gateway(ident.gateway_id)
+            seen = reg.gateway(known.gateway_id)
         assert seen is not None and seen.last_seen_ms is not None  # last seen was recorded
     finally:
-        gw.close()
+        gw_known.close()
+        gw_stranger.close()
         ingest.stop()

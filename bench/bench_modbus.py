@@ -1,0 +1,137 @@
+"""Modbus polling overhead: raw pymodbus client loop vs ModbusDriver vs DevicePoller+BusScheduler.
+
+Starts the test server (tests/modbus/modbus_sim.py, a real pymodbus TCP server) in a
+subprocess, then for ``--seconds`` each runs the same read requests:
+1. raw: AsyncModbusTcpClient issuing the driver's planned requests back to back (the ceiling);
+2. driver: ``ModbusDriver.read()`` in a tight loop (adds decoding, scale, range checks);
+3. scheduled: the same driver behind DevicePoller + BusScheduler (period shorter than a poll,
+   so the bus is never idle), samples going to a counting sink.
+Prints one JSON object; ``overhead_pct`` = how much slower (3) is than (1) per poll.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pymodbus.client import AsyncModbusTcpClient  # noqa: E402
+
+from drivers.modbus import ModbusDriver, ModbusOptions  # noqa: E402
+from gateway import DeviceContext, Sample  # noqa: E402
+from gateway.runtime.poller import DevicePoller  # noqa: E402
+from gateway.runtime.scheduler import BusScheduler  # noqa: E402
+
+SIM = ROOT / "tests" / "modbus" / "modbus_sim.py"
+sys.path.insert(0, str(SIM.parent))
+from modbus_sim import driver_points  # noqa: E402
+
+
+async def bench_raw(port: int, groups: list[Any], seconds: float) -> dict[str, float]:
+    client = AsyncModbusTcpClient("127.0.0.1", port=port, timeout=2, retries=0)
+    await client.connect()
+    calls = {"holding": client.read_holding_registers, "input": client.read_input_registers,
+             "coil": client.read_coils, "discrete": client.read_discrete_inputs}
+    polls = 0
+    end = time.perf_counter() + seconds
+    start = time.perf_counter()
+    while time.perf_counter() < end:
+        for g in groups:
+            await calls[g.kind](g.start, count=g.count, device_id=1)
+        polls += 1
+    elapsed = time.perf_counter() - start
+    client.close()
+    return {"polls_per_s": polls / elapsed, "req_per_s": polls * len(groups) / elapsed}
+
+
+async def open_driver(options: ModbusOptions, tmp: Path) -> ModbusDriver:
+    driver = ModbusDriver(options)
+    await driver.open(DeviceContext("bench", "modbus", tmp, logging.getLogger("bench")))
+    return driver
+
+
+async def bench_driver(options: ModbusOptions, seconds: float, tmp: Path) -> dict[str, float]:
+    driver = await open_driver(options, tmp)
+    polls = 0
+    end = time.perf_counter() + seconds
+    start = time.perf_counter()
+    while time.perf_counter() < end:
+        await driver.read()
+        polls += 1
+    elapsed = time.perf_counter() - start
+    await driver.close()
+    return {"polls_per_s": polls / elapsed}
+
+
+async def bench_scheduled(options: ModbusOptions, seconds: float, tmp: Path) -> dict[str, Any]:
+    driver = await open_driver(options, tmp)
+    counted = {"samples": 0}
+
+    def sink(samples: list[Sample]) -> None:
+        counted["samples"] += len(samples)
+
+    poller = DevicePoller("bench", driver, period=1e-4, timeout=2.0, sink=sink)
+    bus = BusScheduler("bench")
+    bus.add(poller)
+    task = asyncio.create_task(bus.run())
+    start = time.perf_counter()
+    await asyncio.sleep(seconds)  # the measurement window itself
+    polls = poller.polls
+    elapsed = time.perf_counter() - start
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await driver.close()
+    return {"polls_per_s": polls / elapsed, "samples_per_s": counted["samples"] / elapsed,
+            "failures": poller.failures}
+
+
+async def main(seconds: float, npoints: int) -> dict[str, Any]:
+    proc = subprocess.Popen([sys.executable, str(SIM), "--tcp", "0", "--units", "1"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout is not None
+        port = json.loads(proc.stdout.readline())["port"]
+        points = [p for p in driver_points(1) if p["kind"] == "holding"][:npoints]
+        options = ModbusOptions.model_validate(
+            {"host": "127.0.0.1", "port": port, "unit_id": 1, "timeout": 2, "max_gap": 10,
+             "points": points})
+        groups = ModbusDriver(options).groups
+        tmp = Path("/tmp")
+        raw = await bench_raw(port, groups, seconds)
+        drv = await bench_driver(options, seconds, tmp)
+        sched = await bench_scheduled(options, seconds, tmp)
+    finally:
+        proc.terminate()
+        proc.wait(5)
+    return {
+        "points": len(points),
+        "requests_per_poll": len(groups),
+        "seconds_each": seconds,
+        "raw_pymodbus": raw,
+        "driver_read_loop": drv,
+        "poller_scheduler": sched,
+        "driver_overhead_pct": round((raw["polls_per_s"] / drv["polls_per_s"] - 1) * 100, 1),
+        "overhead_pct": round((raw["polls_per_s"] / sched["polls_per_s"] - 1) * 100, 1),
+        "goal_overhead_pct": 10,
+    }
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--points", type=int, default=20)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    print(json.dumps(asyncio.run(main(args.seconds, args.points)), indent=2))

@@ -1,0 +1,129 @@
+"""Configuration of the CoAP push driver (one gateway-side server, many constrained devices).
+
+Invariants enforced here:
+- ``listen`` is ``host:port`` / ``[v6]:port`` with a port in 0..65535;
+- device ids are unique, safe as a URI path segment and as a directory name;
+- every device authenticates with OSCORE unless it explicitly sets ``insecure_no_auth: true``
+  (both at once is an error); OSCORE ids are unique across devices (the recipient id is how
+  a request finds its security context) and short enough for the AEAD nonce;
+- hex strings are bytes after validation.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+from gateway import DriverOptions
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_LISTEN = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^\[\]:]+)):(?P<port>\d{1,5})$")
+
+
+def _seconds(value: Any) -> Any:
+    """Accept ``0.5``, ``"500ms"``, ``"1.5s"``, ``"1m"``, ``"1d"``; other input goes to pydantic."""
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if not match:
+            raise ValueError(f"bad duration {value!r} (use e.g. 500ms, 10s, 5m)")
+        number, unit = float(match.group(1)), match.group(2) or "s"
+        return number * {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}[unit]
+    return value
+
+
+def _hex_bytes(value: Any) -> Any:
+    if isinstance(value, str):
+        text = value.strip().lower().removeprefix("0x").replace(" ", "").replace(":", "")
+        try:
+            return bytes.fromhex(text)
+        except ValueError:
+            raise ValueError("bad hex bytes (use e.g. '0a1b2c' or '0A 1B 2C')") from None
+    return value
+
+
+Seconds = Annotated[float, BeforeValidator(_seconds), Field(gt=0)]
+HexBytes = Annotated[bytes, BeforeValidator(_hex_bytes)]
+Algorithm = Literal["AES-CCM-16-64-128", "AES-CCM-16-128-128", "A128GCM", "A256GCM",
+                    "ChaCha20/Poly1305"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class OscoreKey(_Strict):
+    """OSCORE (RFC 8613) security context shared with one device, from the gateway's side."""
+
+    #: the gateway's Sender ID (the device's Recipient ID); may be empty
+    sender_id: HexBytes
+    #: the device's Sender ID: the ``kid`` its requests carry
+    recipient_id: HexBytes
+    master_secret: HexBytes = Field(repr=False)
+    master_salt: HexBytes = Field(b"", repr=False)
+    algorithm: Algorithm = "AES-CCM-16-64-128"
+
+    @model_validator(mode="after")
+    def _check(self) -> OscoreKey:
+        if len(self.master_secret) < 16:
+            raise ValueError("oscore.master_secret needs at least 16 bytes (32 hex digits)")
+        if max(len(self.sender_id), len(self.recipient_id)) > 7:
+            raise ValueError("oscore sender_id/recipient_id are at most 7 bytes")
+        if self.sender_id == self.recipient_id:
+            raise ValueError("oscore sender_id and recipient_id must differ")
+        return self
+
+
+class ConstrainedDevice(_Strict):
+    """One constrained device that pushes to ``/d/{id}``."""
+
+    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    oscore: OscoreKey | None = None
+    #: accept unauthenticated requests for this device (isolated test networks only)
+    insecure_no_auth: bool = False
+    rate: float = Field(5.0, gt=0)  # sustained requests per second (token bucket refill)
+    burst: int = Field(20, ge=1)  # token bucket size
+
+    @model_validator(mode="after")
+    def _check(self) -> ConstrainedDevice:
+        if self.oscore is None and not self.insecure_no_auth:
+            raise ValueError(
+                f"device {self.id!r} has no credentials: give it `oscore` keys "
+                "(or `insecure_no_auth: true` on an isolated test network)"
+            )
+        if self.oscore is not None and self.insecure_no_auth:
+            raise ValueError(
+                f"device {self.id!r}: `oscore` and `insecure_no_auth` exclude each other"
+            )
+        return self
+
+
+class CoapOptions(DriverOptions):
+    """Options of the CoAP server device (``devices[].options`` with ``driver: coap``)."""
+
+    listen: str = "[::]:5683"
+    devices: list[ConstrainedDevice] = Field(min_length=1)
+    max_payload: int = Field(16384, ge=64, le=1 << 20)  # bytes of one (reassembled) request
+    max_samples: int = Field(1000, ge=1)  # samples in one request
+    max_clock_skew: Seconds = 86400.0  # a device timestamp further in the future is malformed
+
+    @model_validator(mode="after")
+    def _check(self) -> CoapOptions:
+        self.bind()
+        ids = [d.id for d in self.devices]
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        if dup:
+            raise ValueError(f"duplicate device ids: {', '.join(dup)}")
+        kids = [d.oscore.recipient_id for d in self.devices if d.oscore]
+        if len(set(kids)) != len(kids):
+            raise ValueError("two devices share an oscore.recipient_id: each needs its own")
+        return self
+
+    def bind(self) -> tuple[str, int]:
+        m = _LISTEN.match(self.listen.strip())
+        if m is None or int(m["port"]) > 65535:
+            raise ValueError(
+                f"listen {self.listen!r} is not host:port (e.g. '[::]:5683', '127.0.0.1:5683')"
+            )
+        return (m["v6"] or m["host"], int(m["port"]))

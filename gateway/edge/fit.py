@@ -1,0 +1,415 @@
+"""`edgegw model fit`: fit a PCA autoencoder to recorded normal data, on the gateway itself.
+
+Input: a CSV export (columns ``ts_ms,device,metric,value``, optionally ``quality`` - the cloud's
+``query --format csv`` output) and/or a gateway outbox (``--outbox STATE_DIR``). Output: a
+``.tflite`` flatbuffer of two FULLY_CONNECTED ops written with numpy + flatbuffers (no
+TensorFlow) and its JSON ``ModelSpec`` beside it.
+
+Method:
+1. rows are assembled exactly as the anomaly stage does (``RowAssembler``); a non-GOOD sample or
+   a gap longer than ``--max-gap`` starts a new segment, and windows never span segments;
+2. sliding windows (step 1) of ``--window`` rows, standardised per feature;
+3. PCA on the first ``1 - holdout`` of the windows; the components kept are those whose
+   eigenvalue exceeds twice the noise floor (the median eigenvalue: most directions of a window
+   of several sensors are noise), or the fewest explaining ``--variance``, or ``--components``;
+4. the threshold is the ``--quantile`` of the reconstruction errors of the held-out (later)
+   windows times ``--margin``: calibrated on data the PCA did not see.
+
+Invariants: the model bytes are deterministic for the same input; the model matches the numpy
+reference (``litert.dense_forward``) to float32 precision; bad input is a clear error, exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from gateway.edge.anomaly import RowAssembler
+from gateway.edge.expr import is_number
+from gateway.edge.litert import (
+    ModelSpec,
+    Scaling,
+    build_dense_model,
+    pca_autoencoder_layers,
+    spec_path_for,
+)
+from gateway.model import Quality, Sample
+from gateway.units import parse_duration
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
+    Array = npt.NDArray[np.float64]
+
+
+NOISE_FLOOR_FACTOR = 2.0
+
+
+class FitError(ValueError):
+    """The data cannot produce a model (too little, constant, wrong names)."""
+
+
+@dataclass
+class FitResult:
+    model: bytes
+    spec: ModelSpec
+    layers: list[tuple[Any, Any]]
+    components: int
+    explained_variance: float
+    train_windows: int
+    holdout_windows: int
+    seconds: float
+
+    def save(self, model_path: Path, spec_path: Path | None = None) -> Path:
+        model_path.parent.mkdir(parents=True, exist_ok=True)
+        model_path.write_bytes(self.model)
+        target = spec_path or spec_path_for(model_path)
+        self.spec.save(target)
+        return target
+
+
+# --------------------------------------------------------------------------- data
+def segments_from_samples(
+    samples: Iterable[Sample],
+    device: str,
+    features: Sequence[str],
+    *,
+    max_gap_ms: int | None = None,
+) -> list[tuple[list[int], list[list[float]]]]:
+    """Rows of ``features`` for ``device`` as the anomaly stage builds them, split at non-GOOD
+    samples and at gaps longer than ``max_gap_ms``."""
+    asm = RowAssembler(features)
+    segments: list[tuple[list[int], list[list[float]]]] = [([], [])]
+    ordered = sorted(
+        (s for s in samples if s.device == device and asm.wants(s.metric)), key=lambda s: s.ts_ms
+    )
+    for s in ordered:
+        if not s.good or not is_number(s.value):
+            asm.reset()
+            if segments[-1][0]:
+                segments.append(([], []))
+            continue
+        done = asm.add(s.metric, s.ts_ms, float(s.value))  # type: ignore[arg-type]
+        if done is None:
+            continue
+        ts, row = done
+        cur_ts, cur_rows = segments[-1]
+        if cur_ts and max_gap_ms is not None and ts - cur_ts[-1] > max_gap_ms:
+            segments.append(([ts], [row]))
+            continue
+        cur_ts.append(ts)
+        cur_rows.append(row)
+    return [seg for seg in segments if seg[0]]
+
+
+def make_windows(rows: Array, window: int) -> Array:
+    """Sliding windows (step 1), flattened time-major: ``[N - window + 1, window * F]``."""
+    import numpy as np
+
+    rows = np.asarray(rows, dtype=np.float64)
+    n, f = rows.shape
+    if n < window:
+        return np.empty((0, window * f))
+    view = np.lib.stride_tricks.sliding_window_view(rows, (window, f))[:, 0]
+    return view.reshape(n - window + 1, window * f).copy()
+
+
+def read_csv_samples(path: Path) -> list[Sample]:
+    """Samples from a ``ts_ms,device,metric,value[,quality]`` CSV (header optional)."""
+    out: list[Sample] = []
+    with path.open(newline="", encoding="utf-8") as fh:
+        reader = csv.reader(fh)
+        cols = {"ts_ms": 0, "device": 1, "metric": 2, "value": 3}
+        for lineno, rec in enumerate(reader, 1):
+            if not rec or rec[0].startswith("#"):
+                continue
+            if lineno == 1 and not rec[0].strip().lstrip("-").isdigit():  # a header
+                cols = {
+                    name: rec.index(name)
+                    for name in ("ts_ms", "device", "metric", "value")
+                    if name in rec
+                }
+                if len(cols) != 4:
+                    raise FitError(f"{path}:1: header must name ts_ms, device, metric and value")
+                if "quality" in rec:
+                    cols["quality"] = rec.index("quality")
+                continue
+            try:
+                quality = Quality.GOOD
+                if "quality" in cols and rec[cols["quality"]] not in ("", "good", "0"):
+                    q = rec[cols["quality"]]
+                    quality = Quality(int(q)) if q.isdigit() else Quality[q.upper()]
+                raw = rec[cols["value"]]
+                value = float(raw) if raw not in ("", "None", "null") else None
+                if value is None and quality is Quality.GOOD:
+                    quality = Quality.BAD_DATA
+                out.append(
+                    Sample(
+                        rec[cols["device"]],
+                        rec[cols["metric"]],
+                        int(rec[cols["ts_ms"]]),
+                        value,
+                        quality,
+                    )
+                )
+            except (IndexError, ValueError, KeyError) as exc:
+                raise FitError(f"{path}:{lineno}: cannot read {rec!r}: {exc}") from None
+    return out
+
+
+# --------------------------------------------------------------------------- fitting
+def fit_pca_autoencoder(
+    segments: Sequence[tuple[Sequence[int], Sequence[Sequence[float]]]],
+    features: Sequence[str],
+    window: int,
+    *,
+    components: int | None = None,
+    variance: float | None = None,
+    quantile: float = 0.999,
+    margin: float = 1.5,
+    holdout: float = 0.2,
+    source: str = "",
+) -> FitResult:
+    """Fit on rows grouped in segments (windows never span two segments)."""
+    import numpy as np
+
+    started = time.perf_counter()
+    if window < 1:
+        raise FitError("window must be at least 1")
+    bad_variance = variance is not None and not 0 < variance <= 1
+    if bad_variance or not 0 < quantile <= 1 or margin <= 0 or not 0 < holdout < 1:
+        raise FitError("need 0 < variance <= 1, 0 < quantile <= 1, margin > 0, 0 < holdout < 1")
+    f = len(features)
+    parts = [
+        make_windows(np.asarray(rows, dtype=np.float64).reshape(-1, f), window)
+        for _, rows in segments
+        if len(rows) >= window
+    ]
+    x = np.concatenate(parts) if parts else np.empty((0, window * f))
+    n = len(x)
+    if n < 20:
+        raise FitError(
+            f"only {n} windows of {window} complete rows: record more normal data "
+            "(at least a few hundred rows) or use a smaller --window"
+        )
+    n_hold = max(1, round(n * holdout))
+    train, hold = x[: n - n_hold], x[n - n_hold :]
+    rows_train = train.reshape(-1, f)
+    mean = rows_train.mean(axis=0)
+    std = rows_train.std(axis=0)
+    flat = [features[i] for i in range(f) if std[i] <= 1e-9 * max(1.0, abs(mean[i]))]
+    if flat:
+        raise FitError(
+            f"metric(s) {flat} are constant in the training data: drop them from --metrics"
+        )
+    mu_full = np.tile(mean, window)
+    sd_full = np.tile(std, window)
+    z = (train - mu_full) / sd_full
+    z_centered = z - z.mean(axis=0)
+    _, sing, vt = np.linalg.svd(z_centered, full_matrices=False)
+    energy = sing**2
+    ratio = np.cumsum(energy) / energy.sum()
+    dims = window * f
+    if components is not None:
+        k = components
+    elif variance is not None:
+        k = int(np.searchsorted(ratio, variance) + 1)
+    else:
+        # the noise floor: the median eigenvalue (most directions of a window are sensor noise);
+        # keep the components clearly above it
+        k = int(np.count_nonzero(energy > NOISE_FLOOR_FACTOR * np.median(energy)))
+    k = max(1, min(k, dims - 1 if dims > 1 else 1))
+    v = vt[:k]
+    # Fold the training mean of z into the layers: use mu' = mu + sd * mean(z) as the centre.
+    centre = mu_full + sd_full * z.mean(axis=0)
+    layers = pca_autoencoder_layers(v, centre, sd_full)
+    spec = ModelSpec(
+        kind="pca_autoencoder",
+        window=window,
+        features=list(features),
+        scaling=Scaling(mean=[float(m) for m in mean], std=[float(s) for s in std]),
+        threshold=1.0,  # replaced below
+    )
+    from gateway.edge.litert import dense_forward, reconstruction_scores
+
+    # normalise residuals by their typical size on training data: a normal window scores ~1
+    train_residual = train - dense_forward(layers, train.astype(np.float32))
+    rms = np.sqrt(np.mean(train_residual.reshape(-1, f) ** 2, axis=0))
+    spec.residual_scale = [float(max(r, 1e-12)) for r in rms]
+    hold_scores = reconstruction_scores(hold, dense_forward(layers, hold.astype(np.float32)), spec)
+    train_scores = reconstruction_scores(train, train - train_residual, spec)
+    threshold = float(np.quantile(hold_scores, quantile) * margin)
+    spec.threshold = threshold
+    spec.calibration = {
+        "method": f"quantile {quantile} of held-out reconstruction errors x margin {margin}",
+        "components": k,
+        "explained_variance": float(ratio[k - 1]),
+        "train_windows": len(train),
+        "holdout_windows": len(hold),
+        "holdout_score_p50": float(np.median(hold_scores)),
+        "holdout_score_max": float(hold_scores.max()),
+        "train_score_p50": float(np.median(train_scores)),
+        "source": source,
+        "fitted_at_ms": int(time.time() * 1000),
+    }
+    model = build_dense_model(layers, description=f"edgegw PCA autoencoder {window}x{f} k={k}")
+    return FitResult(
+        model,
+        spec,
+        layers,
+        k,
+        float(ratio[k - 1]),
+        len(train),
+        len(hold),
+        time.perf_counter() - started,
+    )
+
+
+# --------------------------------------------------------------------------- CLI
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``edgegw model fit``."""
+    src = parser.add_argument_group("data (at least one)")
+    src.add_argument(
+        "--csv",
+        type=Path,
+        action="append",
+        default=[],
+        help="CSV with columns ts_ms,device,metric,value (cloud `query --format csv`)",
+    )
+    src.add_argument(
+        "--outbox",
+        type=Path,
+        metavar="STATE_DIR",
+        help="read samples still stored in this gateway state dir's outbox",
+    )
+    src.add_argument("--gateway-id", help="gateway id for --outbox (default: from the state dir)")
+    parser.add_argument("--device", help="device id (required when the data has several)")
+    parser.add_argument(
+        "--metrics",
+        help="comma-separated features in order (default: all numeric "
+        "metrics of the device, sorted)",
+    )
+    parser.add_argument("--window", type=int, default=16, help="rows per window (default 16)")
+    parser.add_argument(
+        "--out", type=Path, required=True, help="output .tflite path (spec: .json beside)"
+    )
+    parser.add_argument("--components", type=int, help="PCA components (default: above the noise floor)")
+    parser.add_argument(
+        "--variance",
+        type=float,
+        default=None,
+        help="pick the fewest components explaining this variance (e.g. 0.99)",
+    )
+    parser.add_argument(
+        "--quantile",
+        type=float,
+        default=0.999,
+        help="quantile of held-out errors for the threshold (default 0.999)",
+    )
+    parser.add_argument(
+        "--margin", type=float, default=1.5, help="threshold margin factor (default 1.5)"
+    )
+    parser.add_argument(
+        "--holdout",
+        type=float,
+        default=0.2,
+        help="fraction of (latest) windows kept for calibration (default 0.2)",
+    )
+    parser.add_argument(
+        "--max-gap",
+        default=None,
+        help="a gap between rows longer than this splits windows (default 5x the "
+        "median row interval)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        summary = _run(args)
+    except (FitError, OSError, ValueError) as exc:
+        print(f"edgegw model fit: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _run(args: argparse.Namespace) -> dict[str, Any]:
+    import numpy as np
+
+    samples: list[Sample] = []
+    sources: list[str] = []
+    for path in args.csv:
+        samples.extend(read_csv_samples(path))
+        sources.append(str(path))
+    if args.outbox is not None:
+        from gateway.runtime.inspect import read_outbox_samples
+
+        samples.extend(read_outbox_samples(args.outbox, args.gateway_id))
+        sources.append(f"outbox:{args.outbox}")
+    if not sources:
+        raise FitError("no data: pass --csv FILE and/or --outbox STATE_DIR")
+    if not samples:
+        raise FitError(f"no samples in {', '.join(sources)}")
+    devices = sorted({s.device for s in samples})
+    device = args.device
+    if device is None:
+        if len(devices) != 1:
+            raise FitError(f"the data holds several devices ({', '.join(devices)}): pass --device")
+        device = devices[0]
+    elif device not in devices:
+        raise FitError(f"no samples of device {device!r} (found: {', '.join(devices)})")
+    seen = sorted({s.metric for s in samples if s.device == device and is_number(s.value)})
+    if args.metrics:
+        features = [m.strip() for m in args.metrics.split(",") if m.strip()]
+        missing = [m for m in features if m not in seen]
+        if missing:
+            raise FitError(
+                f"device {device!r} has no numeric metric(s) {missing} (found: {', '.join(seen)})"
+            )
+    else:
+        features = seen
+    if not features:
+        raise FitError(f"device {device!r} has no numeric metrics")
+    if args.max_gap is not None:
+        max_gap_ms: int | None = int(parse_duration(args.max_gap) * 1000)
+    else:
+        probe = segments_from_samples(samples, device, features)
+        gaps = np.concatenate([np.diff(ts) for ts, _ in probe if len(ts) > 1] or [np.empty(0)])
+        max_gap_ms = int(5 * np.median(gaps)) if len(gaps) else None
+    segments = segments_from_samples(samples, device, features, max_gap_ms=max_gap_ms)
+    result = fit_pca_autoencoder(
+        segments,
+        features,
+        args.window,
+        components=args.components,
+        variance=args.variance,
+        quantile=args.quantile,
+        margin=args.margin,
+        holdout=args.holdout,
+        source=", ".join(sources),
+    )
+    spec_path = result.save(args.out)
+    return {
+        "model": str(args.out),
+        "spec": str(spec_path),
+        "bytes": len(result.model),
+        "device": device,
+        "features": features,
+        "window": args.window,
+        "components": result.components,
+        "explained_variance": round(result.explained_variance, 4),
+        "threshold": result.spec.threshold,
+        "train_windows": result.train_windows,
+        "holdout_windows": result.holdout_windows,
+        "rows": sum(len(ts) for ts, _ in segments),
+        "segments": len(segments),
+        "fit_seconds": round(result.seconds, 3),
+    }

@@ -1,0 +1,702 @@
+"""Outbox: the crash-safe, bounded, lane-ordered store of sealed batches (SQLite).
+
+Invariants (read these before changing anything):
+
+1. Sequence numbers. Every batch gets a seq that is unique and strictly greater than every seq
+   this outbox ever handed out, across lanes and restarts. The next seq lives in ``meta`` and is
+   written in the same transaction as the batch that used it, so deleting the newest rows
+   (delivered or dropped) never lets a seq be reused. A brand-new database starts at the wall
+   clock in microseconds (unless ``first_seq`` is given), so an outbox that was wiped or reset
+   after corruption continues above every seq the cloud has seen, as long as the clock is sane.
+2. Durability. ``append`` returns only after COMMIT (WAL, ``synchronous=FULL``): a returned seq
+   survives a crash or power cut. One transaction per append holds the batch row, the seq
+   counter and, when the bound forced evictions, the deletes and the gap record naming them.
+3. Who deletes a batch: ``settle(DELIVERED)`` (the cloud acked after its durable commit);
+   ``settle(REJECTED)`` and a failed integrity check (both move the row to ``quarantine``);
+   eviction when full (counted per lane and named by a gap record). Nothing else.
+4. Integrity. Each row stores the CRC32 of its envelope. ``next_batches`` verifies the CRC, the
+   lane and that the envelope header's seq equals the row's seq before returning a row; a row
+   that fails is moved to quarantine and counted, never returned, never raised.
+5. Bound. Accounted bytes = sum over stored rows (batches and quarantine) of the envelope
+   length plus SQLite's storage cost for it (``row_cost``: cell, overflow pages, index entry).
+   An append never makes the accounted bytes exceed ``max_bytes``. The files (db + wal) stay
+   within ``max_bytes + slack_bytes`` (free pages are reclaimed by incremental vacuum once they
+   exceed ``vacuum_threshold``, and the WAL is truncated to ``journal_size_limit``).
+6. Order. ``next_batches`` returns ALERT before TELEMETRY before BULK, by seq within a lane.
+7. When full (``when_full``):
+   - ``drop_oldest_telemetry`` (default): evict the oldest BULK, then the oldest TELEMETRY,
+     then (last resort) the oldest ALERT batches - but never a lane of higher priority than the
+     incoming batch: a camera image cannot push out telemetry, telemetry cannot push out alerts.
+     If that frees too little, the new batch is refused with ``OutboxFull`` (counted).
+   - ``drop_oldest``: evict the oldest batches of any lane.
+   - ``reject_new``: refuse the new batch with ``OutboxFull`` (counted).
+   Each eviction pass appends ONE gap record (lane ALERT, envelope flag ``FLAG_GAP``,
+   ``encode_batch(gaps=[one Gap per lane])``) naming the dropped seqs, time interval and
+   reading count, in the same transaction. When a gap record is itself evicted, its entries
+   are carried forward into the new one (which also names its seq), so every dropped seq stays
+   named exactly once in the records still stored or delivered.
+8. Corruption of the file. A database SQLite reports as corrupt at open (SQLITE_CORRUPT,
+   SQLITE_NOTADB or a failing ``quick_check``), or later during an operation, is renamed to
+   ``<path>.corrupt-<unix ts>`` (with its -wal/-shm), an ERROR is logged, ``corrupt_files`` is
+   counted, the rows that are still readable and pass their CRC are salvaged into a fresh
+   database and the seq counter continues above them. I/O and permission errors are not
+   corruption: they propagate and the file is left alone.
+9. Threads. Synchronous; calls are serialised by a lock. The runtime calls it from one thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sqlite3
+import threading
+import time
+import zlib
+from collections.abc import Callable, Container, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, TypeVar
+
+from gateway.model import Lane
+from gateway.wire.ack import AckStatus as Outcome
+from gateway.wire.codec import CodecError, Gap, decode_batch, encode_batch
+from gateway.wire.envelope import FLAG_GAP, EnvelopeError, parse_header
+from gateway.wire.keys import Sealer
+
+log = logging.getLogger("edgegw.store")
+
+WhenFull = Literal["drop_oldest_telemetry", "drop_oldest", "reject_new"]
+WHEN_FULL: tuple[str, ...] = ("drop_oldest_telemetry", "drop_oldest", "reject_new")
+GAP_REASON = "outbox_full"
+_KIB = 1024
+_MIB = 1024 * _KIB
+_CORRUPT_CODES = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+_MAINTAIN_EVERY = 64  # operations between cheap freelist / WAL size checks
+_QUARANTINE_MAX_ROWS = 1000
+_LANE_VALUES = frozenset(int(x) for x in Lane)
+_COLS = "seq, lane, envelope, crc, count, first_ts_ms, last_ts_ms, attempts"
+
+T = TypeVar("T")
+# (seq, lane, envelope length, count, first_ts_ms, last_ts_ms, envelope flags byte)
+Victim = tuple[int, int, int, int, int, int, bytes]
+
+__all__ = ["WHEN_FULL", "Outbox", "OutboxError", "OutboxFull", "Outcome", "StoredBatch"]
+
+
+class OutboxError(Exception):
+    """Base class of outbox errors."""
+
+
+class OutboxFull(OutboxError):
+    """The batch was refused because the outbox is full (policy ``reject_new``, or no
+    evictable batch of equal or lower priority). Counted in ``stats()['rejected_new']``."""
+
+    def __init__(self, message: str, lane: Lane, size: int) -> None:
+        super().__init__(message)
+        self.lane = lane
+        self.size = size
+
+
+@dataclass(frozen=True, slots=True)
+class StoredBatch:
+    seq: int
+    lane: Lane
+    envelope: bytes
+    count: int
+    first_ts_ms: int
+    last_ts_ms: int
+    attempts: int
+
+
+def _lanes_zero() -> dict[str, int]:
+    return {lane.name.lower(): 0 for lane in Lane}
+
+
+def _clamp(v: int, lo: int, hi: int) -> int:
+    return max(lo, min(hi, v))
+
+
+def _is_gap_record(v: Victim) -> bool:
+    return bool(v[6]) and bool(v[6][0] & FLAG_GAP)
+
+
+def _is_corruption(exc: sqlite3.DatabaseError) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return (code & 0xFF) in _CORRUPT_CODES
+    msg = str(exc)
+    return "malformed" in msg or "not a database" in msg
+
+
+class Outbox:
+    """Store-and-forward buffer of sealed batches. See the module docstring for invariants."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        max_bytes: int,
+        when_full: WhenFull | str = "drop_oldest_telemetry",
+        sealer: Sealer,
+        first_seq: int | None = None,
+    ) -> None:
+        if when_full not in WHEN_FULL:
+            raise ValueError(f"outbox.when_full {when_full!r} is not one of {', '.join(WHEN_FULL)}")
+        if max_bytes < 64 * _KIB:
+            raise ValueError(f"outbox.max_bytes {max_bytes} is too small (at least 64KiB)")
+        self.path = Path(path)
+        self.max_bytes = int(max_bytes)
+        self.when_full = when_full
+        self.sealer = sealer
+        self._first_seq = first_seq
+        self._lock = threading.RLock()
+        #: WAL is truncated to this after checkpoints; also the auto-checkpoint size
+        self.wal_limit = _clamp(self.max_bytes // 16, 64 * _KIB, 4 * _MIB)
+        #: free pages beyond this are returned to the file system by incremental vacuum
+        self.vacuum_threshold = _clamp(self.max_bytes // 32, 32 * _KIB, 4 * _MIB)
+        self._ops = 0
+        self._c: dict[str, int] = dict.fromkeys(
+            ("appended", "appended_readings", "delivered", "retried", "rejected",
+             "corrupt_rows", "quarantined", "gaps", "corrupt_files", "salvaged_rows",
+             "settle_unknown", "vacuums", "checkpoints"), 0)
+        self._dropped = {"batches": _lanes_zero(), "readings": _lanes_zero(),
+                         "bytes": _lanes_zero()}
+        self._rejected_new = _lanes_zero()
+        self._open()
+
+    # ------------------------------------------------------------------ open / recovery
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute("PRAGMA auto_vacuum=INCREMENTAL")  # effective only before any table
+            conn.execute("PRAGMA journal_mode=WAL").fetchall()
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute(f"PRAGMA journal_size_limit={self.wal_limit}").fetchall()
+            self.page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+            conn.execute(f"PRAGMA wal_autocheckpoint={max(16, self.wal_limit // self.page_size)}")
+            conn.executescript(
+                """
+                BEGIN IMMEDIATE;
+                CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+                CREATE TABLE IF NOT EXISTS batches (
+                    seq INTEGER PRIMARY KEY, lane INTEGER NOT NULL, envelope BLOB NOT NULL,
+                    crc INTEGER NOT NULL, count INTEGER NOT NULL, first_ts_ms INTEGER NOT NULL,
+                    last_ts_ms INTEGER NOT NULL, attempts INTEGER NOT NULL DEFAULT 0);
+                CREATE INDEX IF NOT EXISTS batches_lane_seq ON batches (lane, seq);
+                CREATE TABLE IF NOT EXISTS quarantine (
+                    seq INTEGER PRIMARY KEY, lane INTEGER, envelope BLOB, crc INTEGER,
+                    count INTEGER, first_ts_ms INTEGER, last_ts_ms INTEGER, attempts INTEGER,
+                    reason TEXT NOT NULL, at_ms INTEGER NOT NULL);
+                COMMIT;
+                """
+            )
+            if int(conn.execute("PRAGMA auto_vacuum").fetchone()[0]) != 2:
+                log.warning("outbox %s was created without incremental auto-vacuum; converting "
+                            "(one full VACUUM)", self.path)
+                conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+                conn.execute("VACUUM")
+            check = [r[0] for r in conn.execute("PRAGMA quick_check").fetchall()]
+            if check != ["ok"]:
+                raise sqlite3.DatabaseError(f"quick_check failed: {'; '.join(check[:3])}")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _open(self) -> None:
+        salvage: list[tuple[object, ...]] = []
+        seq_floor = 0
+        try:
+            self._conn = self._connect()
+        except sqlite3.DatabaseError as exc:
+            if not _is_corruption(exc) and "quick_check" not in str(exc):
+                raise
+            salvage, seq_floor = self._move_aside(exc)
+            # the old counter may be unreadable: continue above it via the clock (invariant 1)
+            seq_floor = max(seq_floor, time.time_ns() // 1000)
+            self._conn = self._connect()
+        self._load(salvage, seq_floor)
+
+    def _move_aside(self, exc: BaseException) -> tuple[list[tuple[object, ...]], int]:
+        """Rename a corrupt database (and its WAL) out of the way; return salvageable rows."""
+        stamp = int(time.time())
+        dest = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        n = 1
+        while dest.exists():
+            dest = self.path.with_name(f"{self.path.name}.corrupt-{stamp}.{n}")
+            n += 1
+        for suffix in ("", "-wal", "-shm"):
+            src = Path(f"{self.path}{suffix}")
+            if src.exists():
+                os.replace(src, f"{dest}{suffix}")
+        self._c["corrupt_files"] += 1
+        rows, floor = self._salvage(dest)
+        log.error(
+            "outbox database %s is corrupt (%s); moved it to %s and started a fresh one "
+            "(%d intact batches salvaged)", self.path, exc, dest, len(rows),
+        )
+        return rows, floor
+
+    @staticmethod
+    def _salvage(path: Path) -> tuple[list[tuple[object, ...]], int]:
+        rows: list[tuple[object, ...]] = []
+        floor = 0
+        try:
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        except sqlite3.Error:
+            return rows, floor
+        try:
+            for query in (
+                "SELECT max(value) FROM meta WHERE key='next_seq'",
+                "SELECT max(seq) + 1 FROM batches",
+                "SELECT max(seq) + 1 FROM quarantine",
+            ):
+                try:
+                    v = conn.execute(query).fetchone()[0]
+                    if isinstance(v, int):
+                        floor = max(floor, v)
+                except sqlite3.Error:
+                    pass
+            try:
+                for row in conn.execute(f"SELECT {_COLS} FROM batches ORDER BY seq"):
+                    env = row[2]
+                    if isinstance(env, bytes) and zlib.crc32(env) == row[3]:
+                        rows.append(tuple(row))
+            except sqlite3.Error:
+                pass  # keep what was readable before the damaged page
+        finally:
+            conn.close()
+        return rows, floor
+
+    def _load(self, salvage: list[tuple[object, ...]], seq_floor: int) -> None:
+        c = self._conn
+        if salvage:
+            c.execute("BEGIN IMMEDIATE")
+            c.executemany(f"INSERT OR IGNORE INTO batches ({_COLS}) VALUES (?,?,?,?,?,?,?,?)",
+                          salvage)
+            c.execute("COMMIT")
+            self._c["salvaged_rows"] += len(salvage)
+        floor = seq_floor
+        for query in ("SELECT max(seq) + 1 FROM batches", "SELECT max(seq) + 1 FROM quarantine",
+                      "SELECT value FROM meta WHERE key='next_seq'"):
+            v = c.execute(query).fetchone()
+            if v is not None and isinstance(v[0], int):
+                floor = max(floor, v[0])
+        if floor == 0:
+            floor = self._first_seq if self._first_seq is not None else time.time_ns() // 1000
+        self._next_seq = max(floor, 1)
+        c.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('next_seq', ?)",
+                  (self._next_seq,))
+        self._lane_batches = _lanes_zero()
+        self._lane_bytes = _lanes_zero()
+        self._used = 0
+        for lane, size in c.execute("SELECT lane, length(envelope) FROM batches"):
+            name = Lane(lane).name.lower() if lane in _LANE_VALUES else None
+            if name is not None:
+                self._lane_batches[name] += 1
+                self._lane_bytes[name] += size
+            self._used += self.row_cost(size)
+        for (size,) in c.execute("SELECT length(envelope) FROM quarantine"):
+            self._used += self.row_cost(size or 0)
+
+    def _guard(self, op: Callable[[], T]) -> T:
+        """Run ``op``; on corruption found mid-operation, recover (invariant 8) and retry once."""
+        try:
+            return op()
+        except sqlite3.DatabaseError as exc:
+            if not _is_corruption(exc):
+                raise
+            if self._conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.execute("ROLLBACK")
+            self._conn.close()
+            salvage, floor = self._move_aside(exc)
+            self._conn = self._connect()
+            self._load(salvage, max(floor, self._next_seq))
+            return op()
+
+    # ------------------------------------------------------------------ accounting
+    def row_cost(self, envelope_len: int) -> int:
+        """Bytes one stored envelope costs in SQLite: cell, overflow pages, index entry."""
+        u = self.page_size
+        payload = envelope_len + 40  # record header + integer columns
+        max_local = u - 35
+        if payload <= max_local:
+            stored = payload
+        else:
+            min_local = ((u - 12) * 32 // 255) - 23
+            k = min_local + (payload - min_local) % (u - 4)
+            local = k if k <= max_local else min_local
+            stored = local + -(-(payload - local) // (u - 4)) * u
+        return stored + 12 + 24  # cell pointer/header + (lane, seq) index entry
+
+    @property
+    def slack_bytes(self) -> int:
+        """How far db + wal may exceed ``max_bytes``: WAL before its truncation, free pages
+        below the vacuum threshold, b-tree pages not full, schema and meta pages."""
+        return 2 * self.wal_limit + self.vacuum_threshold + self.max_bytes // 8 + 128 * _KIB
+
+    def file_bytes(self) -> int:
+        total = 0
+        for suffix in ("", "-wal"):
+            with contextlib.suppress(FileNotFoundError):
+                total += os.stat(f"{self.path}{suffix}").st_size
+        return total
+
+    # ------------------------------------------------------------------ append
+    def append(
+        self, lane: Lane | int, plaintext: bytes, *, count: int, first_ts_ms: int, last_ts_ms: int
+    ) -> int:
+        """Seal ``plaintext`` under the next seq and store it durably (one transaction)."""
+        try:
+            lane = Lane(lane)
+        except ValueError:
+            raise ValueError(f"unknown lane {lane!r}") from None
+        if count < 0:
+            raise ValueError(f"count {count} must be >= 0")
+        with self._lock:
+            return self._guard(
+                lambda: self._append(lane, plaintext, count, first_ts_ms, last_ts_ms))
+
+    def _append(self, lane: Lane, plaintext: bytes, count: int, first: int, last: int) -> int:
+        c = self._conn
+        seq = self._next_seq
+        env = self.sealer.seal(seq, plaintext)
+        cost = self.row_cost(len(env))
+        if cost > self.max_bytes // 2:
+            self._rejected_new[lane.name.lower()] += 1
+            raise OutboxFull(
+                f"batch of {len(env)} bytes is larger than half of outbox.max_bytes "
+                f"({self.max_bytes}); raise outbox.max_bytes or lower batch.max_bytes",
+                lane, len(env))
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            victims: list[Victim] = []
+            if self._used + cost > self.max_bytes:
+                victims = self._choose_victims(lane, cost)
+            gap_row = None
+            carried: list[Gap] = []
+            if victims:
+                carried = self._carried_gaps(victims)
+                # delete first so the new rows reuse the freed pages
+                c.executemany("DELETE FROM batches WHERE seq=?", [(v[0],) for v in victims])
+            c.execute(f"INSERT INTO batches ({_COLS}) VALUES (?,?,?,?,?,?,?,0)",
+                      (seq, int(lane), env, zlib.crc32(env), count, first, last))
+            if victims:
+                gap_row = self._gap_row(seq + 1, victims, carried)
+                c.execute(f"INSERT INTO batches ({_COLS}) VALUES (?,?,?,?,?,?,?,0)", gap_row)
+            next_seq = seq + (2 if victims else 1)
+            c.execute("UPDATE meta SET value=? WHERE key='next_seq'", (next_seq,))
+            c.execute("COMMIT")
+        except BaseException:
+            if c.in_transaction:
+                c.execute("ROLLBACK")
+            raise
+        # committed: now the in-memory view follows
+        self._next_seq = next_seq
+        self._account_add(lane, len(env))
+        self._c["appended"] += 1
+        self._c["appended_readings"] += count
+        if gap_row is not None:
+            self._account_evicted(victims)
+            self._account_add(Lane.ALERT, len(gap_row[2]))  # type: ignore[arg-type]
+            self._c["gaps"] += 1
+        self._tick(force=bool(victims))
+        return seq
+
+    def _account_add(self, lane: Lane, size: int) -> None:
+        name = lane.name.lower()
+        self._lane_batches[name] += 1
+        self._lane_bytes[name] += size
+        self._used += self.row_cost(size)
+
+    def _account_remove(self, lane: int, size: int) -> None:
+        if lane in _LANE_VALUES:
+            name = Lane(lane).name.lower()
+            self._lane_batches[name] -= 1
+            self._lane_bytes[name] -= size
+        self._used -= self.row_cost(size)
+
+    def _account_evicted(self, victims: Iterable[Victim]) -> None:
+        for _seq, lane, size, count, _first, _last, _flags in victims:
+            self._account_remove(lane, size)
+            name = Lane(lane).name.lower()
+            self._dropped["batches"][name] += 1
+            self._dropped["readings"][name] += count
+            self._dropped["bytes"][name] += size
+
+    def _gap_cost(self, n_victims: int, carried_bytes: int) -> int:
+        """Upper bound of the stored cost of a gap record naming ``n_victims`` batches and
+        carrying forward the entries of evicted gap records (``carried_bytes`` sealed)."""
+        body = 64 + 3 * 64 + 10 * n_victims + 2 * carried_bytes
+        sealed = 1 + 32 + body + body // 6 + 28 + 16
+        return self.row_cost(sealed)
+
+    def _victim_queries(self, lane: Lane) -> list[str]:
+        sel = ("SELECT seq, lane, length(envelope), count, first_ts_ms, last_ts_ms, "
+               "substr(envelope, 4, 1) FROM batches")
+        if self.when_full == "drop_oldest":
+            return [f"{sel} ORDER BY seq"]
+        if self.when_full == "reject_new":
+            return []
+        order = [Lane.BULK, Lane.TELEMETRY, Lane.ALERT]
+        return [f"{sel} WHERE lane={int(x)} ORDER BY seq" for x in order if x >= lane]
+
+    def _choose_victims(self, lane: Lane, cost: int) -> list[Victim]:
+        """Oldest batches to evict so that the new batch and the gap record fit (in the open
+        transaction). Raises OutboxFull (after ROLLBACK by the caller) if the policy cannot."""
+        victims: list[Victim] = []
+        freed = 0
+        carried = 0
+
+        def fits() -> bool:
+            gap = self._gap_cost(len(victims), carried)
+            return self._used - freed + cost + gap <= self.max_bytes
+
+        for query in self._victim_queries(lane):
+            cur = self._conn.execute(query)
+            for row in cur:
+                if fits():
+                    break
+                victims.append(row)
+                freed += self.row_cost(row[2])
+                if _is_gap_record(row):
+                    carried += row[2]
+            cur.close()
+            if fits():
+                break
+        if not victims or not fits():
+            self._rejected_new[lane.name.lower()] += 1
+            raise OutboxFull(
+                f"outbox full ({self._used} of {self.max_bytes} bytes, when_full="
+                f"{self.when_full}): {lane.name.lower()} batch of {cost} bytes refused",
+                lane, cost)
+        return victims
+
+    def _carried_gaps(self, victims: list[Victim]) -> list[Gap]:
+        """Entries of evicted gap records, so that no dropped seq ever goes unnamed."""
+        carried: list[Gap] = []
+        for v in victims:
+            if not _is_gap_record(v):
+                continue
+            env = self._conn.execute("SELECT envelope FROM batches WHERE seq=?",
+                                     (v[0],)).fetchone()[0]
+            try:
+                carried += decode_batch(self.sealer.open(env)[1]).gaps
+            except (EnvelopeError, CodecError) as exc:  # still named by seq in the new record
+                log.error("outbox gap record seq %d unreadable (%s)", v[0], exc)
+        return carried
+
+    def _gap_row(
+        self, seq: int, victims: list[Victim], carried: list[Gap]
+    ) -> tuple[int, int, bytes, int, int, int, int]:
+        gaps = list(carried)
+        for lane in Lane:
+            mine = [v for v in victims if v[1] == lane]
+            if mine:
+                gaps.append(Gap(
+                    lane=lane, seqs=tuple(v[0] for v in mine),
+                    from_ts_ms=min(v[4] for v in mine), to_ts_ms=max(v[5] for v in mine),
+                    batches=len(mine), readings=sum(v[3] for v in mine), reason=GAP_REASON))
+        env = self.sealer.seal(seq, encode_batch(gaps=gaps), FLAG_GAP)
+        first = min(g.from_ts_ms for g in gaps)
+        last = max(g.to_ts_ms for g in gaps)
+        log.info("outbox full: dropped %d batches (%d readings), gap record seq %d",
+                 len(victims), sum(v[3] for v in victims), seq)
+        return (seq, int(Lane.ALERT), env, zlib.crc32(env), 0, first, last)
+
+    # ------------------------------------------------------------------ read / settle
+    def next_batches(self, limit: int, exclude: Container[int] = ()) -> list[StoredBatch]:
+        """Up to ``limit`` batches in upload order, skipping seqs in ``exclude`` (in flight)."""
+        with self._lock:
+            return self._guard(lambda: self._next_batches(limit, exclude))
+
+    def _next_batches(self, limit: int, exclude: Container[int]) -> list[StoredBatch]:
+        out: list[StoredBatch] = []
+        bad: list[tuple[int, str]] = []
+        if limit <= 0:
+            return out
+        cur = self._conn.execute(f"SELECT {_COLS} FROM batches ORDER BY lane, seq")
+        for seq, lane, env, crc, count, first, last, attempts in cur:
+            if seq in exclude:
+                continue
+            reason = self._integrity_problem(seq, lane, env, crc)
+            if reason:
+                bad.append((seq, reason))
+                continue
+            out.append(StoredBatch(seq, Lane(lane), env, count, first, last, attempts))
+            if len(out) >= limit:
+                break
+        cur.close()
+        for seq, reason in bad:
+            log.error("outbox batch seq %d is corrupt (%s): moved to quarantine", seq, reason)
+            self._quarantine(seq, reason)
+            self._c["corrupt_rows"] += 1
+        return out
+
+    @staticmethod
+    def _integrity_problem(seq: int, lane: object, env: object, crc: object) -> str:
+        if not isinstance(env, bytes):
+            return f"envelope is {type(env).__name__}, not bytes"
+        if zlib.crc32(env) != crc:
+            return "CRC32 mismatch"
+        if lane not in _LANE_VALUES:
+            return f"unknown lane {lane!r}"
+        try:
+            header = parse_header(env)
+        except EnvelopeError as exc:
+            return str(exc)
+        if header.seq != seq:
+            return f"envelope header names seq {header.seq}"
+        return ""
+
+    def _quarantine(self, seq: int, reason: str) -> bool:
+        c = self._conn
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            row = c.execute("SELECT lane, length(envelope) FROM batches WHERE seq=?",
+                            (seq,)).fetchone()
+            if row is not None:
+                c.execute(
+                    f"INSERT OR REPLACE INTO quarantine ({_COLS}, reason, at_ms) "
+                    f"SELECT {_COLS}, ?, ? FROM batches WHERE seq=?",
+                    (reason, time.time_ns() // 1_000_000, seq))
+                c.execute("DELETE FROM batches WHERE seq=?", (seq,))
+                pruned = c.execute(
+                    "DELETE FROM quarantine WHERE seq NOT IN (SELECT seq FROM quarantine "
+                    "ORDER BY seq DESC LIMIT ?) RETURNING length(envelope)",
+                    (_QUARANTINE_MAX_ROWS,)).fetchall()
+            c.execute("COMMIT")
+        except BaseException:
+            if c.in_transaction:
+                c.execute("ROLLBACK")
+            raise
+        if row is None:
+            return False
+        # the row moved tables: its bytes stay accounted, only its lane counters change
+        lane, size = row
+        if lane in _LANE_VALUES:
+            name = Lane(lane).name.lower()
+            self._lane_batches[name] -= 1
+            self._lane_bytes[name] -= size or 0
+        for (psize,) in pruned:
+            self._used -= self.row_cost(psize or 0)
+        self._c["quarantined"] += 1
+        return True
+
+    def settle(self, seq: int, outcome: Outcome | int) -> None:
+        """Apply the cloud's verdict on one batch (unknown seqs are counted and ignored)."""
+        self.settle_many([(seq, outcome)])
+
+    def settle_many(self, items: Iterable[tuple[int, Outcome | int]]) -> None:
+        """``settle`` for several acks, delivered ones deleted in one transaction."""
+        items = [(seq, Outcome(o)) for seq, o in items]
+        with self._lock:
+            self._guard(lambda: self._settle(items))
+
+    def _settle(self, items: list[tuple[int, Outcome]]) -> None:
+        c = self._conn
+        delivered = [(s,) for s, o in items if o is Outcome.DELIVERED]
+        retry = [(s,) for s, o in items if o is Outcome.RETRY]
+        removed: list[tuple[int, int]] = []
+        if delivered or retry:
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                for (s,) in delivered:
+                    removed += c.execute(
+                        "DELETE FROM batches WHERE seq=? RETURNING lane, length(envelope)", (s,)
+                    ).fetchall()
+                n_retry = 0
+                for args in retry:
+                    n_retry += c.execute(
+                        "UPDATE batches SET attempts = attempts + 1 WHERE seq=?", args).rowcount
+                c.execute("COMMIT")
+            except BaseException:
+                if c.in_transaction:
+                    c.execute("ROLLBACK")
+                raise
+            for lane, size in removed:
+                self._account_remove(lane, size)
+            self._c["delivered"] += len(removed)
+            self._c["retried"] += n_retry
+            self._c["settle_unknown"] += len(delivered) - len(removed) + len(retry) - n_retry
+        for s, o in items:
+            if o is Outcome.REJECTED:
+                if self._quarantine(s, "rejected by the cloud"):
+                    self._c["rejected"] += 1
+                else:
+                    self._c["settle_unknown"] += 1
+        self._tick(force=False)
+
+    # ------------------------------------------------------------------ maintenance
+    def _tick(self, force: bool) -> None:
+        self._ops += 1
+        if force or self._ops % _MAINTAIN_EVERY == 0:
+            self._maintain(full=False)
+
+    def maintain(self) -> None:
+        """Reclaim free pages and truncate the WAL (call periodically, e.g. every vacuum_every)."""
+        with self._lock:
+            self._guard(lambda: self._maintain(full=True))
+
+    def _maintain(self, full: bool) -> None:
+        c = self._conn
+        free = int(c.execute("PRAGMA freelist_count").fetchone()[0]) * self.page_size
+        vacuumed = False
+        if free > (0 if full else self.vacuum_threshold):
+            c.execute("PRAGMA incremental_vacuum").fetchall()
+            self._c["vacuums"] += 1
+            vacuumed = True
+        try:
+            wal = os.stat(f"{self.path}-wal").st_size
+        except FileNotFoundError:
+            wal = 0
+        if vacuumed or full or wal > self.wal_limit:
+            c.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            self._c["checkpoints"] += 1
+
+    # ------------------------------------------------------------------ stats / close
+    @property
+    def next_seq(self) -> int:
+        return self._next_seq
+
+    def stats(self) -> dict[str, int | float | dict[str, int]]:
+        with self._lock:
+            q_rows = int(self._conn.execute("SELECT count(*) FROM quarantine").fetchone()[0])
+            return {
+                "batches": dict(self._lane_batches),
+                "bytes": dict(self._lane_bytes),
+                "used_bytes": self._used,
+                "max_bytes": self.max_bytes,
+                "file_bytes": self.file_bytes(),
+                "next_seq": self._next_seq,
+                "appended": self._c["appended"],
+                "appended_readings": self._c["appended_readings"],
+                "delivered": self._c["delivered"],
+                "retried": self._c["retried"],
+                "rejected": self._c["rejected"],
+                "corrupt_rows": self._c["corrupt_rows"],
+                "quarantined": self._c["quarantined"],
+                "quarantine_rows": q_rows,
+                "dropped_batches": dict(self._dropped["batches"]),
+                "dropped_readings": dict(self._dropped["readings"]),
+                "dropped_bytes": dict(self._dropped["bytes"]),
+                "rejected_new": dict(self._rejected_new),
+                "gaps": self._c["gaps"],
+                "corrupt_files": self._c["corrupt_files"],
+                "salvaged_rows": self._c["salvaged_rows"],
+                "settle_unknown": self._c["settle_unknown"],
+                "vacuums": self._c["vacuums"],
+                "checkpoints": self._c["checkpoints"],
+            }
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> Outbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,126 @@
+"""DevicePoller: read results -> samples, every failure -> quality samples, nothing escapes.
+
+The drivers here are small real PolledDriver subclasses written for the test (the behaviours
+under test — raising each SDK error, hanging, returning garbage — are the driver's own).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import pytest
+
+from gateway import (
+    BadDataError,
+    DriverOptions,
+    PermanentError,
+    PointValue,
+    PolledDriver,
+    Quality,
+    Sample,
+    TransientError,
+)
+from gateway.runtime.poller import DevicePoller
+
+
+class ScriptedDriver(PolledDriver):
+    """Returns or raises the next item of ``script`` on each read."""
+
+    known: ClassVar[tuple[str, ...]] = ("a", "b")
+
+    def __init__(self, script: list[Any]) -> None:
+        super().__init__(DriverOptions())
+        self.script = script
+
+    @classmethod
+    def points(cls, options: DriverOptions) -> Sequence[str]:
+        return cls.known
+
+    async def read(self) -> Any:
+        item = self.script.pop(0)
+        if isinstance(item, BaseException):
+            raise item
+        if item == "hang":
+            await asyncio.Event().wait()
+        return item
+
+
+class NoPoints(ScriptedDriver):
+    known = ()
+
+
+def make(script: list[Any], cls: type[ScriptedDriver] = ScriptedDriver,
+         sink: Any = None) -> tuple[DevicePoller, list[Sample]]:
+    out: list[Sample] = []
+    poller = DevicePoller("dev", cls(script), period=1.0, timeout=0.05,
+                          sink=sink or out.extend, wall_clock=lambda: 1_700_000_000_000)
+    return poller, out
+
+
+async def test_values_and_point_values_become_samples() -> None:
+    poller, out = make([{"a": 1.5, "b": PointValue(7, Quality.OUT_OF_RANGE, ts_ms=42),
+                         "c": PointValue(None, Quality.BAD_DATA)}])
+    assert await poller.poll() is True
+    assert out == [
+        Sample("dev", "a", 1_700_000_000_000, 1.5, Quality.GOOD),
+        Sample("dev", "b", 42, 7, Quality.OUT_OF_RANGE),
+        Sample("dev", "c", 1_700_000_000_000, None, Quality.BAD_DATA),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("error", "quality", "kind"),
+    [(TransientError("gone"), Quality.COMM_ERROR, "TransientError"),
+     (BadDataError("crc"), Quality.BAD_DATA, "BadDataError"),
+     (PermanentError("no such register"), Quality.CONFIG_ERROR, "PermanentError"),
+     ("hang", Quality.COMM_ERROR, "timeout"),
+     ([1, 2], Quality.COMM_ERROR, "unexpected")],  # not a mapping: the driver is broken
+)
+async def test_failures_give_one_sample_per_known_point(error: Any, quality: Quality,
+                                                        kind: str) -> None:
+    poller, out = make([error])
+    assert await poller.poll() is False
+    assert [(s.metric, s.value, s.quality) for s in out] == [("a", None, quality),
+                                                             ("b", None, quality)]
+    assert poller.errors == {kind: 1} and poller.failures == 1
+    # skipped slots (breaker open) repeat the last failure's quality
+    await poller.report_skipped()
+    assert [s.quality for s in out[2:]] == [quality, quality]
+
+
+async def test_unexpected_exception_is_logged_with_driver_name(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    poller, out = make([ZeroDivisionError("oops"), {"a": 1}])
+    with caplog.at_level(logging.ERROR, logger="edgegw.poller"):
+        assert await poller.poll() is False
+    assert "ScriptedDriver raised ZeroDivisionError" in caplog.text
+    assert await poller.poll() is True  # the next poll works as usual
+    assert poller.stats()["errors"] == {"unexpected": 1} and poller.stats()["polls"] == 2
+
+
+async def test_no_known_points_gives_a_status_sample() -> None:
+    poller, out = make([TransientError("x")], cls=NoPoints)
+    await poller.poll()
+    assert [(s.metric, s.quality) for s in out] == [("_status", Quality.COMM_ERROR)]
+
+
+async def test_async_sink_and_failing_sink() -> None:
+    got: list[Sample] = []
+
+    async def async_sink(samples: list[Sample]) -> None:
+        await asyncio.sleep(0)
+        got.extend(samples)
+
+    poller, _ = make([{"a": 1}], sink=async_sink)
+    assert await poller.poll() is True and [s.value for s in got] == [1]
+
+    def broken_sink(samples: list[Sample]) -> None:
+        raise OSError("pipeline closed")
+
+    poller, _ = make([{"a": 1}], sink=broken_sink)
+    assert await poller.poll() is True  # the device is fine; the sink problem is counted
+    assert poller.stats()["sink_errors"] == 1

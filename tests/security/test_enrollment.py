@@ -1,0 +1,295 @@
+"""Enrollment end to end over the real broker: token -> CSR -> certificate -> working identity."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from cloud_stub.enrollment import EnrollmentService
+from cloud_stub.registry import Registry
+from cloud_stub.revocation import revoke_gateway
+from gateway import pki
+from gateway.uplink import enroll as enroll_mod
+from gateway.uplink.enroll import EnrollmentError, Identity, enroll
+
+from .conftest import Cloud, wait_until
+
+
+def _token(cloud: Cloud, gw: str, ttl: float = 600.0, **kw: bool) -> str:
+    with Registry(cloud.paths.registry_db) as reg:
+        return reg.create_token(gw, ttl, **kw)
+
+
+def _counters(cloud: Cloud) -> dict[str, int]:
+    with Registry(cloud.paths.registry_db) as reg:
+        return reg.counters()
+
+
+def _enroll(
+    cloud: Cloud, gw: str, token: str | None, ident: Path | None = None, **kw: object
+) -> Identity:
+    return enroll(
+        gw,
+        ident or cloud.tmp / "id" / gw,
+        broker=cloud.broker.url,
+        token=token,
+        bootstrap_dir=cloud.bootstrap_dir(),
+        timeout=15,
+        **kw,
+    )  # type: ignore[arg-type]
+
+
+def test_enrollment_produces_a_working_identity(
+    cloud: Cloud, enrollment: EnrollmentService
+) -> None:
+    token = _token(cloud, "gw-1")
+    ident = _enroll(cloud, "gw-1", token)
+
+    assert ident == Identity.load(ident.dir)
+    assert (ident.gateway_id, ident.key_id, ident.broker) == ("gw-1", 1, cloud.broker.url)
+    assert pki.file_mode(ident.key_path) == 0o600
+    cert = pki.load_certificate(ident.cert_path)
+    assert pki.common_name(cert.subject) == "gw-1"
+    pki.verify_issued_by(cert, pki.load_certificate(cloud.paths.ca_crt))
+    # the private key never left: the certificate carries the locally generated public key
+    assert pki.public_key_fingerprint(cert.public_key()) == pki.public_key_fingerprint(
+        ident.private_key().public_key()
+    )
+    assert (
+        ident.ingest_public_key().public_numbers()
+        == pki.load_public_key(cloud.paths.ingest_ka_pub(1)).public_numbers()
+    )  # type: ignore[union-attr]
+    with Registry(cloud.paths.registry_db) as reg:
+        assert [pki.public_key_fingerprint(k) for k in reg.public_keys("gw-1")] == [
+            pki.public_key_fingerprint(cert.public_key())
+        ]
+        assert reg.gateway("gw-1").cert_serial == format(cert.serial_number, "x")  # type: ignore[union-attr]
+
+    ingest = cloud.ingest_probe()
+    ingest.subscribe("gw/+/up/#")
+    gw = cloud.gateway_probe(ident)
+    gw.wait_connected()
+    assert gw.publish("gw/gw-1/up/batch", b"hello").value == 0
+    assert gw.publish("gw/gw-2/up/batch", b"nope").value == 0x87
+    wait_until(lambda: ingest.got("gw/gw-1/up/batch") == [b"hello"], 10, "ingest delivery")
+    assert enrollment.stats()["enrolled"] == 1
+
+
+def test_used_token_is_refused(cloud: Cloud, enrollment: EnrollmentService) -> None:
+    token = _token(cloud, "gw-1")
+    _enroll(cloud, "gw-1", token)
+    with pytest.raises(EnrollmentError, match="token_used"):
+        _enroll(cloud, "gw-1", token, ident=cloud.tmp / "second")
+    assert _counters(cloud)["refused_token_used"] == 1
+    assert enrollment.stats()["refused"] == {"token_used": 1}
+    assert not (cloud.tmp / "second" / "identity.json").exists()
+
+
+def test_expired_token_is_refused(cloud: Cloud, enrollment: EnrollmentService) -> None:
+    token = _token(cloud, "gw-1", ttl=0.2)
+    deadline = time.time() + 0.25
+    wait_until(lambda: time.time() > deadline, 5, "the token to expire")
+    with pytest.raises(EnrollmentError, match="token_expired"):
+        _enroll(cloud, "gw-1", token)
+    assert _counters(cloud)["refused_token_expired"] == 1
+
+
+def test_wrong_and_missing_tokens_are_refused(cloud: Cloud, enrollment: EnrollmentService) -> None:
+    _token(cloud, "gw-1")
+    with pytest.raises(EnrollmentError, match="token_unknown"):
+        _enroll(cloud, "gw-1", "not-a-real-token")
+    with pytest.raises(EnrollmentError, match="a token is needed"):
+        _enroll(cloud, "gw-1", None)
+    assert _counters(cloud)["refused_token_unknown"] == 1
+
+
+def test_token_of_another_gateway_is_refused_and_stays_valid(
+    cloud: Cloud, enrollment: EnrollmentService
+) -> None:
+    token = _token(cloud, "gw-x")
+    with pytest.raises(EnrollmentError, match="token_other_gateway"):
+        _enroll(cloud, "gw-y", token)
+    assert _counters(cloud)["refused_token_other_gateway"] == 1
+    assert _enroll(cloud, "gw-x", token).gateway_id == "gw-x"  # not consumed by the refusal
+
+
+def test_one_token_enrolls_once_even_when_raced(
+    cloud: Cloud, enrollment: EnrollmentService
+) -> None:
+    token = _token(cloud, "gw-r")
+    bootstrap = cloud.bootstrap_dir()
+    results: list[str] = []
+
+    def attempt(i: int) -> None:
+        try:
+            enroll(
+                "gw-r",
+                cloud.tmp / f"race{i}",
+                broker=cloud.broker.url,
+                token=token,
+                bootstrap_dir=bootstrap,
+                timeout=15,
+            )
+            results.append("ok")
+        except EnrollmentError as exc:
+            results.append(str(exc))
+
+    threads = [threading.Thread(target=attempt, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(results)[-1] == "ok" and results.count("ok") == 1, results
+    assert all("token_used" in r for r in results if r != "ok")
+
+
+def test_malformed_requests_are_answered_and_counted(
+    cloud: Cloud, enrollment: EnrollmentService
+) -> None:
+    p = cloud.paths
+    dev = cloud.probe(p.bootstrap_crt, p.bootstrap_key, "enroll-junk")
+    dev.wait_connected()
+    dev.subscribe("enroll/bootstrap/enroll-junk/resp")
+    bad_cn_key = pki.generate_ec_key()
+    bad_cn = pki.csr_pem(pki.make_csr(bad_cn_key, "gw/../#"))
+    payloads = [
+        b"\xff\xfe not json",
+        b"[1, 2]",
+        json.dumps({"v": 9, "nonce": "a", "csr": "x"}).encode(),
+        json.dumps(
+            {"v": 1, "nonce": "b", "csr": "-----BEGIN CERTIFICATE REQUEST-----\nAA=="}
+        ).encode(),
+        json.dumps({"v": 1, "nonce": "c", "csr": bad_cn, "token": "t"}).encode(),
+        b"x" * 70_000,
+    ]
+    for body in payloads:
+        assert not dev.publish("enroll/bootstrap/enroll-junk/req", body).is_failure
+    wait_until(
+        lambda: len(dev.got("enroll/bootstrap/enroll-junk/resp")) == len(payloads),
+        10,
+        "an answer to every request",
+    )
+    answers = [json.loads(m) for m in dev.got("enroll/bootstrap/enroll-junk/resp")]
+    assert all(a["ok"] is False for a in answers)
+    assert [a["reason"] for a in answers] == ["malformed"] * 4 + ["bad_id", "malformed"]
+    assert enrollment.stats()["malformed"] == 5
+    # still serving
+    assert _enroll(cloud, "gw-after", _token(cloud, "gw-after")).gateway_id == "gw-after"
+
+
+def test_renewal_keeps_the_key_and_needs_no_token(
+    cloud: Cloud, enrollment: EnrollmentService
+) -> None:
+    first = _enroll(cloud, "gw-n", _token(cloud, "gw-n"))
+    old = pki.load_certificate(first.cert_path)
+    renewed = enroll("gw-n", first.dir, broker=cloud.broker.url, renew=True, timeout=15)
+    new = pki.load_certificate(renewed.cert_path)
+    assert new.serial_number != old.serial_number
+    assert pki.public_key_fingerprint(new.public_key()) == pki.public_key_fingerprint(
+        old.public_key()
+    )
+    assert enrollment.stats()["renewed"] == 1
+    probe = cloud.gateway_probe(renewed)
+    probe.wait_connected()
+    assert not probe.publish("gw/gw-n/up/batch", b"x").is_failure
+
+
+def test_a_gateway_cannot_renew_or_enroll_another(
+    cloud: Cloud, enrollment: EnrollmentService
+) -> None:
+    a = _enroll(cloud, "gw-a", _token(cloud, "gw-a"))
+    # gw-a's own identity asking for gw-b's certificate, with and without gw-b's token
+    tok_b = _token(cloud, "gw-b")
+    for token in (None, tok_b):
+        ans = enroll_mod._Exchange("127.0.0.1", cloud.port, a.tls_context(), "gw-a", 15).run(
+            {
+                "csr": pki.csr_pem(pki.make_csr(pki.generate_ec_key(), "gw-b")),
+                **({"token": token} if token else {}),
+            }
+        )
+        assert ans["ok"] is False and ans["reason"] == "other_identity", ans
+    assert _counters(cloud)["refused_other_identity"] == 2
+
+
+def test_revoked_gateway_needs_reinstate_and_gets_a_fresh_serial(
+    cloud: Cloud, enrollment: EnrollmentService
+) -> None:
+    first = _enroll(cloud, "gw-v", _token(cloud, "gw-v"))
+    old_serial = pki.load_certificate(first.cert_path).serial_number
+    revoke_gateway(cloud.paths, "gw-v")
+    cloud.broker.reload()
+    with pytest.raises(EnrollmentError, match="refused the certificate"):
+        enroll("gw-v", first.dir, broker=cloud.broker.url, renew=True, timeout=10)
+    from cloud_stub.registry import RegistryError
+
+    with pytest.raises(RegistryError, match="--reinstate"):
+        _token(cloud, "gw-v")
+    crl_before = cloud.paths.crl.read_bytes()
+    again = _enroll(cloud, "gw-v", _token(cloud, "gw-v", reinstate=True), ident=first.dir)
+    assert cloud.paths.crl.read_bytes() != crl_before  # re-signed: what makes `serve` reload
+    cloud.broker.reload()
+    new_serial = pki.load_certificate(again.cert_path).serial_number
+    assert new_serial != old_serial
+    probe = cloud.gateway_probe(again)
+    probe.wait_connected()
+    assert not probe.publish("gw/gw-v/up/batch", b"back").is_failure
+
+
+def test_enroll_cli_entry_point(
+    cloud: Cloud, enrollment: EnrollmentService, capsys: pytest.CaptureFixture[str]
+) -> None:
+    parser = argparse.ArgumentParser()
+    enroll_mod.add_arguments(parser)
+    base = [
+        "--gateway-id",
+        "gw-cli",
+        "--broker",
+        cloud.broker.url,
+        "--identity-dir",
+        str(cloud.tmp / "cli"),
+        "--bootstrap-dir",
+        str(cloud.bootstrap_dir()),
+        "--timeout",
+        "15",
+    ]
+    assert enroll_mod.run(parser.parse_args([*base, "--token", "bogus"])) == 1
+    assert "token_unknown" in capsys.readouterr().err
+    assert enroll_mod.run(parser.parse_args([*base, "--token", _token(cloud, "gw-cli")])) == 0
+    assert Identity.load(cloud.tmp / "cli").gateway_id == "gw-cli"
+    assert enroll_mod.run(parser.parse_args(["--gateway-id", "gw-cli"])) == 1
+    assert "missing broker, identity dir" in capsys.readouterr().err
+
+
+def test_unreachable_or_untrusted_broker_gives_a_clear_error(cloud: Cloud, tmp_path: Path) -> None:
+    from .conftest import free_port
+
+    with pytest.raises(EnrollmentError, match="cannot connect"):
+        enroll(
+            "gw-1",
+            tmp_path / "i",
+            broker=f"mqtts://127.0.0.1:{free_port()}",
+            token="t",
+            bootstrap_dir=cloud.bootstrap_dir(),
+            timeout=5,
+        )
+    with pytest.raises(EnrollmentError, match="only mqtts"):
+        enroll(
+            "gw-1",
+            tmp_path / "i",
+            broker="mqtt://127.0.0.1:1883",
+            token="t",
+            bootstrap_dir=cloud.bootstrap_dir(),
+        )
+    with pytest.raises(pki.PkiError, match="bad gateway id"):
+        enroll(
+            "gw+1",
+            tmp_path / "i",
+            broker=cloud.broker.url,
+            token="t",
+            bootstrap_dir=cloud.bootstrap_dir(),
+        )
