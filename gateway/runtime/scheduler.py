@@ -14,6 +14,7 @@ Invariants:
   breaker. A dead device thus costs healthy devices at most one timeout per probe.
 - Health flips (ok -> failing, failing -> ok) are logged once each at INFO.
 - Nothing a target does (raising included) stops the loop: an exception counts as a failure.
+- Cancelling ``run`` stops it even if a driver swallowed the CancelledError.
 """
 
 from __future__ import annotations
@@ -156,8 +157,13 @@ class BusScheduler:
     async def run(self) -> None:
         """The bus task: forever poll due targets, writes first. Cancel to stop."""
         self._start()
+        me = asyncio.current_task()
         try:
             while True:
+                # a cancel swallowed inside a driver (3.11's wait_for can lose one when the
+                # awaited future completes at the same moment) must still stop the bus
+                if me is not None and me.cancelling():
+                    raise asyncio.CancelledError
                 if self._writes:
                     await self._run_write(self._writes.popleft())
                     continue

@@ -339,6 +339,11 @@ class Gateway:
                 | {d: {"unavailable": 1} for d in self._unavailable}
             },
             "writes": lambda: dict(self._write_stats),
+            "edge": lambda: {
+                getattr(st, "name", type(st).__name__): st.stats()
+                for st in (self.pipeline.stages if self.pipeline else [])
+                if hasattr(st, "stats")
+            },
             "process": lambda: {"uptime_seconds": time.monotonic() - self._started},
         }
         if self.uplink is not None:

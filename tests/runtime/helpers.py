@@ -30,11 +30,14 @@ def write_config(path: Path, doc: dict[str, Any]) -> Path:
 
 
 def start_daemon(config: Path, log: Path, *extra: str) -> subprocess.Popen[bytes]:
-    out = open(log, "ab")  # noqa: SIM115 - closed with the process
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.Popen(
-        [*EDGEGW, "run", "-c", str(config), *extra], stdout=out, stderr=subprocess.STDOUT, env=env
-    )
+    with open(log, "ab") as out:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            [*EDGEGW, "run", "-c", str(config), *extra],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
 
 
 def stop_daemon(proc: subprocess.Popen[bytes], timeout: float = 30) -> int:
