@@ -31,7 +31,8 @@ from gateway.sdk import DeviceContext
 
 CLIENT = r"""
 import asyncio, json, sys, time, aiocoap
-port, n, conc, path, ctxdir = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
+port, n, conc = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+path, ctxdir = sys.argv[4], sys.argv[5]
 async def main():
     ctx = await aiocoap.Context.create_client_context(transports=["oscore", "udp6"])
     base = f"coap://127.0.0.1:{port}"

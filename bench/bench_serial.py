@@ -117,7 +117,10 @@ async def driver_rate(directory: Path, n: int) -> float:
     await driver.open(ctx)
     task = asyncio.create_task(driver.run(emit))
     try:
+        deadline = time.monotonic() + 10
         while not (hasattr(driver, "link") and driver.link.is_open):
+            if time.monotonic() > deadline:
+                raise RuntimeError("driver did not open the port")
             await asyncio.sleep(0.01)
         w = pair.writer(n)
         await asyncio.sleep(0.3)

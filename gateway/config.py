@@ -579,6 +579,7 @@ def check_config(
     first_id: dict[str, PathT] = {}
     points: dict[str, set[str] | None] = {}
     bus_keys: dict[str, tuple[str, int]] = {}  # bus key -> (bus name, device index)
+    all_keys: set[str] = set()  # every driver bus key (a `buses:` entry may be named by one)
     cfg._options = {}
 
     for i, dev in enumerate(cfg.devices):
@@ -632,6 +633,8 @@ def check_config(
             )
             continue
         points[dev.id] = pts or None
+        if key is not None:
+            all_keys.add(key)
         if key is not None and dev.bus is not None:
             other = bus_keys.setdefault(key, (dev.bus, i))
             if other[0] != dev.bus:
@@ -645,7 +648,7 @@ def check_config(
                     )
                 )
 
-    issues += _unused_buses(cfg, source, bus_keys)
+    issues += _unused_buses(cfg, source, all_keys)
     issues += _edge_issues(cfg, points, data, source)
     return _sorted(issues)
 
@@ -698,10 +701,9 @@ def _check_options(
     return None
 
 
-def _unused_buses(
-    cfg: GatewayConfig, source: SourceMap, bus_keys: Mapping[str, tuple[str, int]]
-) -> list[ConfigIssue]:
-    used = {d.bus for d in cfg.devices if d.bus is not None}
+def _unused_buses(cfg: GatewayConfig, source: SourceMap, bus_keys: set[str]) -> list[ConfigIssue]:
+    """A `buses:` entry is used when a device names it (`bus:`) or it is a driver's bus key."""
+    used = {d.bus for d in cfg.devices if d.bus is not None} | bus_keys
     out = []
     for name in cfg.buses:
         if name in used:

@@ -78,7 +78,8 @@ def _reply(code: Code, text: str = "", max_age: int | None = None) -> aiocoap.Me
 
 
 class DeviceEndpoint(resource.Resource, resource.PathCapable):
-    """``/d/{device_id}``: authenticate, rate-limit, decode, emit durably, then acknowledge."""
+    """The site root; serves ``/d/{device_id}``: authenticate, rate-limit, decode, emit
+    durably, then acknowledge."""
 
     def __init__(self, driver: CoapDriver) -> None:
         super().__init__()
@@ -135,8 +136,9 @@ class CoapDriver(PushDriver):
 
     async def run(self, emit: Emit) -> None:
         self._emit = emit
-        site = resource.Site()
-        site.add_resource(("d",), DeviceEndpoint(self))
+        # The endpoint is the whole site (it parses the path itself): aiocoap's Site would
+        # deep-copy every request to strip the path prefix, ~15% of the per-request CPU.
+        site = DeviceEndpoint(self)
         host, port = self.opts.bind()
         try:
             self._server = await aiocoap.Context.create_server_context(
@@ -172,7 +174,7 @@ class CoapDriver(PushDriver):
 
     async def handle(self, request: aiocoap.Message) -> aiocoap.Message:
         path = request.opt.uri_path
-        device_id = path[0] if len(path) == 1 else None
+        device_id = path[1] if len(path) == 2 and path[0] == "d" else None
         dev = self.devices.get(device_id) if device_id is not None else None
         claims = [c for c in request.remote.authenticated_claims if c in self._by_label]
         authenticated = self._by_label[claims[0]] if claims else None

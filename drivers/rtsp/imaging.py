@@ -4,6 +4,7 @@ Runs only on the camera's decode thread (never on the event loop). Imports PyAV 
 so it is imported lazily by the driver (both come with the ``edgegw[camera]`` extra).
 
 Invariants:
+- Scaling reuses one swscale context per stream (``VideoReformatter``), area-averaging.
 - Metrics are computed on a small grey copy of the frame (``analysis_width`` wide, aspect
   kept), so their cost does not grow with the camera resolution.
 - Brightness is the mean full-range luma, 0 (black) to 255 (white), whatever the source range.
@@ -21,6 +22,7 @@ from fractions import Fraction
 import av
 import numpy as np
 from av.video.frame import PictureType, VideoFrame
+from av.video.reformatter import Interpolation, VideoReformatter
 
 from drivers.rtsp.options import scaled_size
 
@@ -39,6 +41,9 @@ class FrameAnalyzer:
     def __init__(self, analysis_width: int) -> None:
         self.analysis_width = analysis_width
         self._previous: np.ndarray | None = None
+        # one reformatter per stream keeps its scaler context (building one per frame costs
+        # more than the scaling itself); AREA averages pixels, which is what a mean wants
+        self._scaler = VideoReformatter()
 
     def reset(self) -> None:
         """Forget the previous frame (after a reconnect the next frame has no predecessor)."""
@@ -48,7 +53,9 @@ class FrameAnalyzer:
         width, height = scaled_size(frame.width, frame.height, self.analysis_width, None)
         if width > frame.width:  # never upscale a small stream
             width, height = scaled_size(frame.width, frame.height, None, None)
-        grey = frame.reformat(width=width, height=height, format="gray")
+        grey = self._scaler.reformat(
+            frame, width=width, height=height, format="gray", interpolation=Interpolation.AREA
+        )
         luma = grey.to_ndarray().astype(np.int16)
         brightness = float(luma.mean())
         previous = self._previous
@@ -75,6 +82,7 @@ class JpegEncoder:
         self._ctx: av.codec.context.CodecContext | None = None
         self._size: tuple[int, int] | None = None
         self._pts = 0
+        self._scaler = VideoReformatter()
 
     def _context(self, size: tuple[int, int]) -> av.codec.context.CodecContext:
         if self._ctx is None or self._size != size:
@@ -89,7 +97,13 @@ class JpegEncoder:
     def encode(self, frame: VideoFrame) -> tuple[bytes, int, int]:
         """JPEG bytes of ``frame`` scaled to the configured size, and that size."""
         size = scaled_size(frame.width, frame.height, self.width, self.height)
-        scaled = frame.reformat(width=size[0], height=size[1], format="yuvj420p")
+        scaled = self._scaler.reformat(
+            frame,
+            width=size[0],
+            height=size[1],
+            format="yuvj420p",
+            interpolation=Interpolation.AREA,
+        )
         # The encoder wants strictly increasing pts in its own time base: a decoded frame
         # carries the stream's pts/time base, and repeated or missing pts give EINVAL.
         self._pts += 1

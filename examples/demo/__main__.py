@@ -321,7 +321,7 @@ async def main_async(a: argparse.Namespace) -> int:
             produced = st.get("pipeline", {}).get("readings_sealed", 0)
             print(
                 f"[demo] {elapsed:5.1f}s  produced {produced:>7}"
-                f"  backlog {ob.get('batches', '?'):>5} batches"
+                f"  backlog {sum(ob.get('batches', {}).values()):>5} batches"
                 f"  cloud {cc['readings']:>7} readings"
                 f"  link {'up' if proxy.up else 'CUT'}",
                 flush=True,

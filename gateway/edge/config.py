@@ -63,6 +63,10 @@ class LogAction(_Model):
 Action = Annotated[AlertAction | WriteAction | LogAction, Field(discriminator="type")]
 
 
+def _default_actions() -> list[Action]:
+    return [AlertAction()]
+
+
 class RuleConfig(_Model):
     """A condition over one device's values; one alert per episode."""
 
@@ -74,7 +78,7 @@ class RuleConfig(_Model):
     clear_for: Duration = 0.0
     severity: SeverityName = "warning"
     message: str | None = None
-    actions: list[Action] = Field(default_factory=lambda: [AlertAction()])
+    actions: list[Action] = Field(default_factory=lambda: _default_actions())
     enabled: bool = True
 
 

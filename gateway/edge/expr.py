@@ -291,7 +291,8 @@ class _Compiler:
             self.use(metric, seconds)
             self.uses_time = True
             name = "avg" if fn == "mean" else fn
-            return lambda ctx: ctx.window(name, metric, seconds)
+            series: str = metric
+            return lambda ctx: ctx.window(name, series, seconds)
         if fn in WINDOW_FUNCTIONS and fn not in ("min", "max"):
             raise self.fail(node, f"{fn}() takes a metric and a window", f'e.g. {fn}(temp, "5m")')
         if fn in SERIES_FUNCTIONS or fn == "metric":

@@ -275,6 +275,16 @@ def fit_pca_autoencoder(
 
 # --------------------------------------------------------------------------- CLI
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``edgegw model``: subcommands ``fit`` and ``inspect``."""
+    sub = parser.add_subparsers(dest="model_command", metavar="{fit,inspect}")
+    sub.required = True
+    add_fit_arguments(sub.add_parser("fit", help="fit a PCA autoencoder to recorded normal data"))
+    inspect = sub.add_parser("inspect", help="show a model's spec, tensor shapes and runtime")
+    inspect.add_argument("model", type=Path, help="a .tflite file (its spec: .json beside it)")
+    inspect.add_argument("--spec", type=Path, help="the spec, if not beside the model")
+
+
+def add_fit_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``edgegw model fit``."""
     src = parser.add_argument_group("data (at least one)")
     src.add_argument(
@@ -301,7 +311,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", type=Path, required=True, help="output .tflite path (spec: .json beside)"
     )
-    parser.add_argument("--components", type=int, help="PCA components (default: above the noise floor)")
+    parser.add_argument(
+        "--components", type=int, help="PCA components (default: above the noise floor)"
+    )
     parser.add_argument(
         "--variance",
         type=float,
@@ -332,13 +344,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    command = getattr(args, "model_command", "fit")
     try:
-        summary = _run(args)
+        summary = _inspect(args) if command == "inspect" else _run(args)
     except (FitError, OSError, ValueError) as exc:
-        print(f"edgegw model fit: error: {exc}", file=sys.stderr)
+        print(f"edgegw model {command}: error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def _inspect(args: argparse.Namespace) -> dict[str, Any]:
+    from gateway.edge import litert
+
+    spec_path = args.spec or spec_path_for(args.model)
+    spec = ModelSpec.load(spec_path)
+    info: dict[str, Any] = {
+        "model": str(args.model),
+        "bytes": args.model.stat().st_size,
+        "spec": str(spec_path),
+        **spec.model_dump(exclude={"scaling"}),
+    }
+    info["runtime"] = litert.runtime_available()
+    if info["runtime"] is not None:
+        in_shape, out_shape = litert.inspect_model_shapes(args.model)
+        info["input_shape"], info["output_shape"] = in_shape, out_shape
+        litert.check_shapes(spec, in_shape, out_shape, str(args.model))
+    return info
 
 
 def _run(args: argparse.Namespace) -> dict[str, Any]:
@@ -382,7 +414,9 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         max_gap_ms: int | None = int(parse_duration(args.max_gap) * 1000)
     else:
         probe = segments_from_samples(samples, device, features)
-        gaps = np.concatenate([np.diff(ts) for ts, _ in probe if len(ts) > 1] or [np.empty(0)])
+        gaps = np.concatenate(
+            [np.diff(ts) for ts, _ in probe if len(ts) > 1] or [np.empty(0, dtype=np.int64)]
+        )
         max_gap_ms = int(5 * np.median(gaps)) if len(gaps) else None
     segments = segments_from_samples(samples, device, features, max_gap_ms=max_gap_ms)
     result = fit_pca_autoencoder(

@@ -11,7 +11,8 @@ Invariants:
   ``[1, W, F]`` are both accepted.
 - ``output: reconstruction`` models (autoencoders) return the reconstructed window in raw units;
   the score is the mean squared reconstruction error, normalised per feature by the spec's
-  ``residual_scale`` (else ``scaling.std``). ``output: score`` models return the score directly (shape ``[1, 1]`` or ``[1]``).
+  ``residual_scale`` (else ``scaling.std``). ``output: score`` models return the score
+  directly (shape ``[1, 1]`` or ``[1]``).
 - A ``ModelSpec`` JSON file lives beside the ``.tflite`` (same stem, ``.json``).
 """
 
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
 
-    FloatArray = npt.NDArray[np.float32]
+    FloatArray = npt.NDArray[np.floating[Any]]
 
 
 class RuntimeMissingError(RuntimeError):
@@ -53,7 +54,7 @@ def load_interpreter_class() -> tuple[Any, str]:
     except ImportError as exc:
         errors.append(f"ai_edge_litert: {exc}")
     try:
-        from tflite_runtime.interpreter import Interpreter  # type: ignore[import-not-found]
+        from tflite_runtime.interpreter import Interpreter
 
         return Interpreter, "tflite-runtime"
     except ImportError as exc:
@@ -273,6 +274,12 @@ class TFLiteModel:
         self._in_index = int(inputs[0]["index"])
         self._in_shape = tuple(int(d) for d in inputs[0]["shape"])
         self._out_index = int(outputs[0]["index"])
+        scale = spec.residual_scale or (spec.scaling.std if spec.scaling is not None else None)
+        self._inv_scale = (
+            1.0 / np.tile(np.asarray(scale, dtype=np.float64), spec.window)
+            if scale is not None
+            else np.ones(spec.input_size)
+        )
 
     def forward(self, x: FloatArray) -> FloatArray:
         """Raw model output for one flattened window ``x`` (length ``W*F``)."""
@@ -286,10 +293,14 @@ class TFLiteModel:
         return out
 
     def score(self, x: FloatArray) -> float:
+        import numpy as np
+
         out = self.forward(x)
         if self.spec.output == "score":
             return float(out[0])
-        return float(reconstruction_scores(x.reshape(1, -1), out.reshape(1, -1), self.spec)[0])
+        # same formula as reconstruction_scores(), without its per-call setup
+        diff = (np.asarray(x, dtype=np.float64).reshape(-1) - out) * self._inv_scale
+        return float(np.dot(diff, diff) / diff.size)
 
 
 def check_shapes(spec: ModelSpec, in_shape: list[int], out_shape: list[int], where: str) -> None:

@@ -10,8 +10,8 @@ Invariants:
 - The stage never reads the wall clock. Time is the samples' timestamps (clamped to the
   ``now_ms`` the pipeline passes, and never going backwards per device) and the ``now_ms`` of
   ``tick()``. ``for: 10s`` fires at the first evaluation at or after ``since + 10s``; ``tick``
-  evaluates pending/clearing rules and rules with window functions, so a rule fires on time even
-  when no new sample arrives.
+  evaluates pending/clearing rules (so a rule fires on time even when no new sample arrives) and
+  rules with window functions not evaluated in the last second (windows age without samples).
 - Samples of one device with the same timestamp (one poll) are applied together before the rules
   that read them are evaluated once, so a rule never sees half of a poll.
 - An unknown condition (a value missing, a non-GOOD latest sample, an empty window, a runtime
@@ -28,7 +28,7 @@ import string
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, cast
 
 from gateway.edge.config import LogAction, RuleConfig, WriteAction
 from gateway.edge.expr import Compiled, Unknown, compile_expr, is_number
@@ -39,6 +39,8 @@ from gateway.runtime.pipeline import StageOutput, WriteRequest
 log = logging.getLogger("edgegw.edge.rules")
 
 _MISSING = object()
+#: rules with window functions are re-evaluated by tick() at least this often without samples
+TIME_RULE_REFRESH_MS = 1000
 _FORMATTER = string.Formatter()
 
 
@@ -92,6 +94,7 @@ class _Rule:
     since: int = 0
     last_write_ms: dict[int, int] = field(default_factory=dict)
     error_logged: bool = False
+    last_eval: int = -(2**62)
 
     @property
     def uses_time(self) -> bool:
@@ -199,7 +202,8 @@ class RuleStage:
             due = [
                 r
                 for r in dev.rules
-                if r.state in (RuleState.PENDING, RuleState.CLEARING) or r.uses_time
+                if r.state in (RuleState.PENDING, RuleState.CLEARING)
+                or (r.uses_time and now_ms - r.last_eval >= TIME_RULE_REFRESH_MS)
             ]
             if due:
                 self._evaluate_all(dev, due, alerts, writes)
@@ -255,6 +259,7 @@ class RuleStage:
         self, rule: _Rule, ctx: _Context, alerts: list[Alert], writes: list[WriteRequest]
     ) -> None:
         self.counters["evaluations"] += 1
+        rule.last_eval = ctx.now
         t = ctx.now
         if rule.state in (RuleState.IDLE, RuleState.PENDING):
             cond = self._check(rule, rule.when, ctx)
@@ -337,7 +342,7 @@ class RuleStage:
                         severity=rule.severity,
                         message=message,
                         metric=primary,
-                        value=float(value) if is_number(value) else None,
+                        value=float(cast(float, value)) if is_number(value) else None,
                     )
                 )
 

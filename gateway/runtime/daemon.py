@@ -48,12 +48,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load(config: Path) -> tuple[Any, Any]:
     """Load and check the config; exit 2 printing every issue when it is not valid."""
-    from gateway.config import ConfigError, load_and_check
+    from gateway.config import ConfigError, drivers_from_registry, load_and_check
     from gateway.sdk import discover_drivers
 
     drivers = discover_drivers()
+    ok, broken = drivers_from_registry(drivers)
     try:
-        cfg = load_and_check(config, {n: e.cls for n, e in drivers.items() if e.cls is not None})
+        # A broken plugin is a warning: only its own devices become unavailable.
+        cfg = load_and_check(config, ok, unavailable=broken)
     except ConfigError as exc:
         for issue in exc.issues:
             print(issue, file=sys.stderr)

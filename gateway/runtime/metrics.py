@@ -26,6 +26,7 @@ LABEL_KEYS = {
     "kinds": "kind",
     "rules": "rule",
 }
+LANE_NAMES = {"alert", "telemetry", "bulk"}
 _NAME_OK = re.compile(r"[^a-zA-Z0-9_]")
 
 StatsFn = Callable[[], Mapping[str, Any]]
@@ -38,7 +39,15 @@ def flatten(
         if isinstance(value, int | float):  # bool is an int
             yield f"{prefix}_{_NAME_OK.sub('_', key)}", labels, float(value)
         elif isinstance(value, Mapping):
-            if key in LABEL_KEYS:
+            if value and set(map(str, value)) <= LANE_NAMES:
+                # {"alert": 1, "telemetry": 5, "bulk": 0} -> one metric with a lane label
+                for lane, sub in value.items():
+                    if isinstance(sub, int | float):
+                        yield f"{prefix}_{_NAME_OK.sub('_', key)}", (
+                            *labels,
+                            ("lane", str(lane)),
+                        ), float(sub)
+            elif key in LABEL_KEYS:
                 for lv, sub in value.items():
                     if isinstance(sub, Mapping):
                         yield from flatten(sub, prefix, (*labels, (LABEL_KEYS[key], str(lv))))

@@ -219,20 +219,26 @@ class Gateway:
             if not driver.pushes and isinstance(driver, PolledDriver):
                 wrapped = LazyOpenDriver.for_class(cls)(driver, ctx)
                 self._polled[dev.id] = wrapped
-                bus = cls.bus_key(options) or f"device:{dev.id}"
+                # The device's `bus:` name wins; else the driver's own key (same endpoint/port).
+                key = cls.bus_key(options)
+                bus = getattr(dev, "bus", None) or key or f"device:{dev.id}"
+                buses = self.cfg.buses or {}
+                bus_cfg = buses.get(bus) or (buses.get(key) if key else None)
                 sched = self._schedulers.get(bus)
                 if sched is None:
-                    bus_cfg = (self.cfg.buses or {}).get(bus)
                     delay = float(bus_cfg.inter_frame_delay) if bus_cfg is not None else 0.0
                     sched = BusScheduler(bus, inter_frame_delay=delay)
                     self._schedulers[bus] = sched
+                timeout = float(dev.timeout)
+                if bus_cfg is not None and getattr(bus_cfg, "timeout", None) is not None:
+                    timeout = float(bus_cfg.timeout)
                 self._device_bus[dev.id] = sched
                 sched.add(
                     DevicePoller(
                         dev.id,
                         wrapped,
                         period=float(dev.poll),
-                        timeout=float(dev.timeout),
+                        timeout=timeout,
                         sink=self._sink,
                         stagger=dev.stagger,
                         driver_name=dev.driver,
@@ -311,7 +317,8 @@ class Gateway:
         return True
 
     async def _start_uplink(self, identity_dir: Path | None) -> None:
-        from gateway.uplink.session import OutboxIO, Uplink
+        from gateway.uplink.outbox_io import OutboxIO
+        from gateway.uplink.session import Uplink
 
         u = self.cfg.uplink
         self.uplink = Uplink(

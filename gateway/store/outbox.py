@@ -56,7 +56,7 @@ import zlib
 from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from gateway.model import Lane
 from gateway.wire.ack import AckStatus as Outcome
@@ -400,7 +400,7 @@ class Outbox:
         self._c["appended_readings"] += count
         if gap_row is not None:
             self._account_evicted(victims)
-            self._account_add(Lane.ALERT, len(gap_row[2]))  # type: ignore[arg-type]
+            self._account_add(Lane.ALERT, len(gap_row[2]))
             self._c["gaps"] += 1
         self._tick(force=bool(victims))
         return seq
@@ -591,9 +591,9 @@ class Outbox:
 
     def settle_many(self, items: Iterable[tuple[int, Outcome | int]]) -> None:
         """``settle`` for several acks, delivered ones deleted in one transaction."""
-        items = [(seq, Outcome(o)) for seq, o in items]
+        checked = [(seq, Outcome(o)) for seq, o in items]
         with self._lock:
-            self._guard(lambda: self._settle(items))
+            self._guard(lambda: self._settle(checked))
 
     def _settle(self, items: list[tuple[int, Outcome]]) -> None:
         c = self._conn
@@ -661,7 +661,7 @@ class Outbox:
     def next_seq(self) -> int:
         return self._next_seq
 
-    def stats(self) -> dict[str, int | float | dict[str, int]]:
+    def stats(self) -> dict[str, Any]:
         with self._lock:
             q_rows = int(self._conn.execute("SELECT count(*) FROM quarantine").fetchone()[0])
             return {

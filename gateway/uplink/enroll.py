@@ -26,6 +26,7 @@ import argparse
 import json
 import logging
 import secrets
+import ssl
 import sys
 import threading
 from dataclasses import dataclass
@@ -110,7 +111,7 @@ class Identity:
             raise EnrollmentError(f"{self.ingest_ka_pub_path}: ingest key must be EC P-256")
         return key
 
-    def tls_context(self) -> Any:
+    def tls_context(self) -> ssl.SSLContext:
         return pki.make_tls_context(self.ca_path, self.cert_path, self.key_path)
 
 

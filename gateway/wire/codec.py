@@ -16,8 +16,9 @@ Layout (version 1)::
       alerts      uvarint n, then per alert (see _write_alerts)
       gaps        uvarint n, then per gap (see _write_gaps)
 
-Value columns: float (decimal-scaled zig-zag varint deltas when every value is an exact short
-decimal, else XOR with the previous value as float32 or float64, byte-aligned, else plain f64),
+Value columns: float (zig-zag varint deltas of integers n when every value is an exact short
+decimal n / 10**e, or n * 0.1 / 0.01 / 0.001 as a driver scaling a raw register computes it;
+else XOR with the previous value as float32 or float64, byte-aligned; else plain f64),
 int (zig-zag varint deltas, first absolute), bool (bitmap), str/bytes (length-prefixed), and a
 tagged column for series whose values mix types.
 
@@ -68,6 +69,8 @@ F_PLAIN = 0
 F_DECIMAL = 1
 F_XOR64 = 2
 F_XOR32 = 3
+F_SCALED = 4
+_SCALES = tuple(float(f"1e-{e}") for e in range(4))  # the literals 0.1, 0.01, 0.001
 
 # tags of the mixed column
 T_FLOAT = 1
@@ -238,7 +241,7 @@ def encode_batch(
     return bytes((VERSION,)) + snappy.compress(bytes(body))
 
 
-def _check_int(v: int, what: str) -> int:
+def _check_int(v: int, what: object) -> int:
     if not INT_MIN <= v <= INT_MAX:
         raise CodecError(f"{what}: int {v} outside the 64-bit range [-2**63, 2**64)")
     return v
@@ -248,12 +251,13 @@ def _write_series(
     out: bytearray, lst: list[Sample], prev_first_ts: int, prev_ts: list[int] | None
 ) -> tuple[int, list[int]]:
     s0 = lst[0]
-    where = f"device {s0.device!r} metric {s0.metric!r}"
+    where = _Where(s0.device, s0.metric)
     n = len(lst)
     ts = [s.ts_ms for s in lst]
-    for t in ts:
-        if type(t) is not int and (not isinstance(t, int) or isinstance(t, bool)):
-            raise CodecError(f"{where}: ts_ms must be int, got {type(t).__name__}")
+    if set(map(type, ts)) != {int}:
+        for t in ts:
+            if not isinstance(t, int) or isinstance(t, bool):
+                raise CodecError(f"{where}: ts_ms must be int, got {type(t).__name__}")
     if min(ts) < INT_MIN or max(ts) >= 2**63:
         raise CodecError(f"{where}: ts_ms outside the signed 64-bit range")
     qualities = [s.quality for s in lst]
@@ -261,10 +265,11 @@ def _write_series(
     flags = 0
     if ts == prev_ts:
         flags |= FLAG_TS_SAME
-    if all(q is Quality.GOOD for q in qualities):
+    if qualities.count(Quality.GOOD) == n:
         flags |= FLAG_ALL_GOOD
-    present = [v for v in values if v is not None]
-    if len(present) != n:
+    present = values
+    if None in values:
+        present = [v for v in values if v is not None]
         flags |= FLAG_HAS_NONE
     _put_uvarint(out, n)
     out.append(flags)
@@ -301,12 +306,25 @@ def _write_series(
     return ts[0], ts
 
 
+class _Where:
+    """Names a series in error messages (formatted only when an error is raised)."""
+
+    __slots__ = ("device", "metric")
+
+    def __init__(self, device: str, metric: str) -> None:
+        self.device, self.metric = device, metric
+
+    def __str__(self) -> str:
+        return f"device {self.device!r} metric {self.metric!r}"
+
+
 def _column_type(values: list[Any]) -> int:
     if not values:
         return COL_NONE
-    t = type(values[0])
-    if any(type(v) is not t for v in values):
+    types = set(map(type, values))
+    if len(types) != 1:
         return COL_MIXED
+    t = types.pop()
     if t is float:
         return COL_FLOAT
     if t is bool:
@@ -320,7 +338,7 @@ def _column_type(values: list[Any]) -> int:
     return COL_MIXED  # subclasses (IntEnum, numpy scalars): validated per value below
 
 
-def _write_values(out: bytearray, values: list[Any], where: str) -> None:
+def _write_values(out: bytearray, values: list[Any], where: _Where) -> None:
     col = _column_type(values)
     out.append(col)
     if col == COL_NONE:
@@ -350,7 +368,7 @@ def _write_values(out: bytearray, values: list[Any], where: str) -> None:
         _write_mixed(out, values, where)
 
 
-def _write_mixed(out: bytearray, values: list[Any], where: str) -> None:
+def _write_mixed(out: bytearray, values: list[Any], where: _Where) -> None:
     for v in values:
         if isinstance(v, bool):
             out.append(T_TRUE if v else T_FALSE)
@@ -405,6 +423,25 @@ def _decimal_ints(values: list[float], e: int) -> list[int] | None:
     return ints
 
 
+def _scaled_ints(values: list[float]) -> tuple[int, list[int]] | None:
+    """(e, n) with every value == n * 10**-e as computed by a driver scaling a raw register
+    (``raw * 0.1`` is not the decimal 21.4 but 21.400000000000002), else None."""
+    for e in (1, 2, 3):
+        c = _SCALES[e]
+        ints = []
+        try:
+            for v in values:
+                n = round(v / c)
+                if n * c != v or abs(n) >= _MAX_EXACT or (n == 0 and math.copysign(1.0, v) < 0):
+                    break
+                ints.append(n)
+            else:
+                return e, ints
+        except (OverflowError, ValueError):  # inf, nan
+            return None
+    return None
+
+
 def _xor_encode(words: Iterable[int], width: int) -> bytes:
     out = bytearray()
     prev = 0
@@ -429,6 +466,12 @@ def _write_floats(out: bytearray, values: list[float]) -> None:
         out.append(F_DECIMAL)
         out.append(e)
         _put_zz_deltas(out, ints)
+        return
+    scaled = _scaled_ints(values)
+    if scaled is not None:
+        out.append(F_SCALED)
+        out.append(scaled[0])
+        _put_zz_deltas(out, scaled[1])
         return
     d = array("d", values)
     f32_exact = False
@@ -772,6 +815,15 @@ def _read_floats(r: _Reader, n: int) -> list[float]:
         if max(map(abs, ints)) >= _MAX_EXACT:
             raise r.fail("decimal value out of range")
         return [i / scale for i in ints]
+    if mode == F_SCALED:
+        e = r.u8()
+        if not 1 <= e < len(_SCALES):
+            raise r.fail(f"scale exponent {e} out of range")
+        c = _SCALES[e]
+        ints = r.zz_deltas(n)
+        if max(map(abs, ints)) >= _MAX_EXACT:
+            raise r.fail("scaled value out of range")
+        return [i * c for i in ints]
     if mode == F_PLAIN:
         d = array("d")
         d.frombytes(r.take(8 * n))

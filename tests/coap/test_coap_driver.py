@@ -92,14 +92,14 @@ async def test_rate_limit_per_device(tmp_path: Path) -> None:
     b = oscore_device("b", 2)
     port, opts = setup(tmp_path, a, b)
     rec = Recorder()
-    async with running_driver(opts, tmp_path / "state", rec) as driver:
-        async with (
-            AiocoapClient.connect(port, write_client_context(tmp_path / "ca", a)) as ca,
-            AiocoapClient.connect(port, write_client_context(tmp_path / "cb", b)) as cb,
-        ):
-            codes = [(await ca.post("/d/a", b'{"n": %d}' % i)).code.dotted for i in range(5)]
-            limited = await ca.post("/d/a", b'{"n": 9}')
-            other = await cb.post("/d/b", b'{"n": 0}')  # b has its own bucket
+    async with (
+        running_driver(opts, tmp_path / "state", rec) as driver,
+        AiocoapClient.connect(port, write_client_context(tmp_path / "ca", a)) as ca,
+        AiocoapClient.connect(port, write_client_context(tmp_path / "cb", b)) as cb,
+    ):
+        codes = [(await ca.post("/d/a", b'{"n": %d}' % i)).code.dotted for i in range(5)]
+        limited = await ca.post("/d/a", b'{"n": 9}')
+        other = await cb.post("/d/b", b'{"n": 0}')  # b has its own bucket
     assert codes == [CHANGED] * 3 + [TOO_MANY] * 2
     assert limited.code.dotted == TOO_MANY and limited.max_age is not None and limited.max_age >= 1
     assert other.code.dotted == CHANGED
@@ -112,19 +112,21 @@ async def test_changed_only_after_durable_emit_returns(tmp_path: Path) -> None:
     port, opts = setup(tmp_path, a)
     rec = Recorder()
     rec.gate.clear()  # the outbox commit is "in flight" until the gate opens
-    async with running_driver(opts, tmp_path / "state", rec) as driver:
-        async with AiocoapClient.connect(port, write_client_context(tmp_path / "ca", a)) as ca:
-            post = asyncio.create_task(ca.post("/d/a", b'{"t": 1}'))
-            await asyncio.wait_for(rec.entered.wait(), 10)
-            # emit has been called and has not returned: no response may exist yet.
-            done, _ = await asyncio.wait({post}, timeout=0.5)
-            assert not done
-            rec.gate.set()
-            assert (await post).code.dotted == CHANGED
-            assert rec.samples == [Sample("a", "t", rec.samples[0].ts_ms, 1)]
-            # A failing emit (outbox down) is a 5.03 with Max-Age, never a 2.04.
-            rec.fail = RuntimeError("outbox closed")
-            failed = await ca.post("/d/a", b'{"t": 2}')
+    async with (
+        running_driver(opts, tmp_path / "state", rec) as driver,
+        AiocoapClient.connect(port, write_client_context(tmp_path / "ca", a)) as ca,
+    ):
+        post = asyncio.create_task(ca.post("/d/a", b'{"t": 1}'))
+        await asyncio.wait_for(rec.entered.wait(), 10)
+        # emit has been called and has not returned: no response may exist yet.
+        done, _ = await asyncio.wait({post}, timeout=0.5)
+        assert not done
+        rec.gate.set()
+        assert (await post).code.dotted == CHANGED
+        assert rec.samples == [Sample("a", "t", rec.samples[0].ts_ms, 1)]
+        # A failing emit (outbox down) is a 5.03 with Max-Age, never a 2.04.
+        rec.fail = RuntimeError("outbox closed")
+        failed = await ca.post("/d/a", b'{"t": 2}')
     assert failed.code.dotted == "5.03" and failed.max_age == 5
     assert driver.ctx.counters["emit_failed"] == 1
     assert len(rec.samples) == 1
@@ -174,9 +176,11 @@ async def test_oscore_state_survives_driver_restart(tmp_path: Path) -> None:
     client_dir = write_client_context(tmp_path / "ca", a)
     rec = Recorder()
     for n in range(2):
-        async with running_driver(opts, tmp_path / "state", rec):
-            async with AiocoapClient.connect(port, client_dir) as ca:
-                assert (await ca.post("/d/a", b'{"n": %d}' % n)).code.dotted == CHANGED
+        async with (
+            running_driver(opts, tmp_path / "state", rec),
+            AiocoapClient.connect(port, client_dir) as ca,
+        ):
+            assert (await ca.post("/d/a", b'{"n": %d}' % n)).code.dotted == CHANGED
     assert [s.value for s in rec.samples] == [0, 1]
     seq = json.loads((tmp_path / "state" / "oscore" / "a" / "sequence.json").read_text())
     assert seq["received"] != "unknown"  # cleanly persisted on close

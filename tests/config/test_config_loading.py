@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 from cfgtest_drivers import DRIVERS, DemoOptions
 from cfgtest_helpers import FIXTURES, locate, problems
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gateway.config import (
     ConfigError,
@@ -236,6 +238,7 @@ def test_bus_warnings_and_conflicts(tmp_path: Path) -> None:
         "  line1: {}\n"
         "  line2: {}\n"
         "  spare.bus: {timeout: 1s}\n"
+        '  "demo://h:502": {timeout: 2s}\n'  # named by the driver's bus key: used
         "devices:\n"
         "  - {id: a, driver: demo, bus: line1, options: {host: h}}\n"
         "  - {id: b, driver: demo, bus: line2, options: {host: h}}\n",
@@ -292,3 +295,22 @@ def test_reference_example_is_valid_for_the_real_modbus_driver() -> None:
     assert [d.id for d in cfg.devices] == ["boiler1", "meter1"]
     assert cfg.gateway.id == "plant1-gw1"
     assert cfg.outbox.max_bytes == 64 * 1024**2 and cfg.batch.max_age == 0.25
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.text(
+        alphabet=st.sampled_from(list("gateway:id- \n{}[],&*!|>'\"#$%{}0123456789.sm\t<")),
+        max_size=120,
+    )
+)
+def test_garbage_only_ever_raises_config_error(tmp_path: Path, text: str) -> None:
+    path = write(tmp_path, "fuzz.yaml", "gateway: {id: gw1}\n" + text)
+    try:
+        cfg = load_config(str(path), env={})
+    except ConfigError as exc:
+        assert exc.issues and all(i.file == str(path) for i in exc.issues)
+    else:
+        assert isinstance(check_config(cfg, DRIVERS), list)

@@ -127,7 +127,7 @@ def test_shipped_example_model_loads_and_runs() -> None:
     scores, alerts = run_stage(stage, synth.to_samples(normal))
     assert len(scores) == 1000 - spec.window + 1
     assert sum(1 for x in scores if x.value > spec.threshold) <= 5  # type: ignore[operator]
-    rows, anomalies = synth.with_anomalies(1000, 3, seed=4)
+    rows, _ = synth.with_anomalies(1000, 3, seed=4)
     scores, alerts = run_stage(stage, synth.to_samples(rows, t0_ms=T0 + 10**7))
     assert sum(a.active for a in alerts) >= 3
 

@@ -101,8 +101,8 @@ rules:
   - {name: r6, device: pump1, when: "anomaly.score > 2"}
 anomaly:
   - {name: a0, device: pump1, metrics: [flow, pressure, power, temp], model: models/missing.tflite}
-  - {name: a1, device: pump1, metrics: [flow, pressure, power, temp], model: models/pump.tflite, window: 8,
-     score_metric: s1}
+  - {name: a1, device: pump1, metrics: [flow, pressure, power, temp], model: models/pump.tflite,
+     window: 8, score_metric: s1}
   - {name: a2, device: pump1, metrics: [flow, presure], kind: zscore, score_metric: s2}
 """,
     )

@@ -16,9 +16,9 @@ from gateway.model import Quality
 
 
 def parse(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="edgegw model fit")
+    parser = argparse.ArgumentParser(prog="edgegw model")
     fit.add_arguments(parser)
-    return parser.parse_args(list(argv))
+    return parser.parse_args(["fit", *argv])
 
 
 def write_csv(
@@ -155,3 +155,13 @@ def test_csv_quality_column_is_honoured(tmp_path: Path) -> None:
         (None, Quality.COMM_ERROR),
         (2.0, Quality.BAD_DATA),
     ]
+
+
+def test_inspect_shows_spec_and_shapes(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = argparse.ArgumentParser(prog="edgegw model")
+    fit.add_arguments(parser)
+    model = Path(__file__).resolve().parents[2] / "examples" / "models" / "pump.tflite"
+    assert fit.run(parser.parse_args(["inspect", str(model)])) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["input_shape"] == [1, 64] and info["output_shape"] == [1, 64]
+    assert info["features"] == list(synth.FEATURES) and info["runtime"] == "ai-edge-litert"

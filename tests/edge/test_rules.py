@@ -8,7 +8,7 @@ import random
 import pytest
 
 from gateway.edge.config import RuleConfig
-from gateway.edge.rules import RuleState, RuleStage
+from gateway.edge.rules import RuleStage, RuleState
 from gateway.model import Alert, Quality, Sample
 from gateway.runtime.pipeline import WriteRequest
 

@@ -14,7 +14,11 @@ from pathlib import Path
 import psutil
 
 from gateway import pki
+from gateway.model import Sample, now_ms
 from gateway.uplink.enroll import enroll
+from gateway.wire.ack import decode_acks
+from gateway.wire.codec import encode_batch
+from gateway.wire.keys import Sealer, derive_data_key
 
 from .conftest import free_port, make_probe, wait_until
 
@@ -88,11 +92,22 @@ def test_cli_lifecycle_with_revocation_while_serving(data_root: Path, tmp_path: 
         live.wait_connected()
         assert not live.publish("gw/gw-c/up/status", b"online").is_failure
 
+        # the enrolled identity is what the cloud ingest (started by serve) authenticates:
+        # a sealed batch from it is stored and acked end to end
+        live.subscribe("gw/gw-c/down/ack")
+        key = derive_data_key(ident.private_key(), ident.ingest_public_key(), ident.key_id, "gw-c")
+        batch = encode_batch(samples=[Sample("pump-1", "temp", now_ms(), 21.5)])
+        sealed = Sealer(key, ident.key_id, "gw-c").seal(1, batch)
+        assert not live.publish("gw/gw-c/up/batch", sealed).is_failure
+        wait_until(lambda: live.got("gw/gw-c/down/ack") != [], 20, "the ingest's ack")
+        assert decode_acks(live.got("gw/gw-c/down/ack")[0]) == [(1, 0)]
+
         table = cli("gateways", "--data-dir", d)
         assert table.returncode == 0
         row = next(line for line in table.stdout.splitlines() if line.startswith("gw-c "))
         serial = format(pki.load_certificate(ident.cert_path).serial_number, "x")
         assert serial[:16] in row and " no " in row
+        assert row.split()[-3:] == ["1", "1", "0"]  # devices seen, batches, gaps (store.db)
 
         r = cli("revoke", "gw-c", "--data-dir", d)
         assert r.returncode == 0 and "revoked gw-c" in r.stdout, r.stderr

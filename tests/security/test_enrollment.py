@@ -293,3 +293,28 @@ def test_unreachable_or_untrusted_broker_gives_a_clear_error(cloud: Cloud, tmp_p
             token="t",
             bootstrap_dir=cloud.bootstrap_dir(),
         )
+
+
+def test_enroll_cli_reads_gateway_yaml(
+    cloud: Cloud, enrollment: EnrollmentService, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    boot = state / "bootstrap"  # the default bootstrap dir: STATE_DIR/bootstrap
+    boot.mkdir(parents=True)
+    for f in cloud.bootstrap_dir().iterdir():
+        (boot / f.name).write_bytes(f.read_bytes())
+    cfg = tmp_path / "gateway.yaml"
+    cfg.write_text(
+        f"gateway:\n  id: gw-yaml\n  state_dir: {state}\n"
+        f"uplink:\n  enabled: true\n  broker: {cloud.broker.url}\ndevices: []\n"
+    )
+    parser = argparse.ArgumentParser()
+    enroll_mod.add_arguments(parser)
+    args = parser.parse_args(["-c", str(cfg), "--token", _token(cloud, "gw-yaml")])
+    assert enroll_mod.run(args) == 0
+    ident = Identity.load(state / "identity")  # uplink.identity_dir default
+    assert (ident.gateway_id, ident.broker) == ("gw-yaml", cloud.broker.url)
+    assert pki.file_mode(ident.key_path) == 0o600
+    # renewal through the same config, no token
+    assert enroll_mod.run(parser.parse_args(["-c", str(cfg), "--renew"])) == 0
+    assert enrollment.stats()["renewed"] == 1

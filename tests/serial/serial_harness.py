@@ -146,7 +146,8 @@ def make_ctx(tmp_path: Path, device_id: str = "sensor-1", shared: dict[str, Any]
     return ctx
 
 
-def make_driver(options: dict[str, Any]) -> SerialDriver:
+def make_driver(options: dict[str, Any]) -> Any:
+    """The driver ``SerialDriver(options)`` gives for the mode (stream or request variant)."""
     return SerialDriver(SerialOptions.model_validate(options))
 
 

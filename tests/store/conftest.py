@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -32,7 +32,7 @@ def make_batch(rng: random.Random, n: int, ts0: int, noisy: bool = False) -> tup
 
 
 @pytest.fixture
-def open_outbox(tmp_path: Path, sealer: Sealer) -> Callable[..., Outbox]:
+def open_outbox(tmp_path: Path, sealer: Sealer) -> Iterator[Callable[..., Outbox]]:
     opened: list[Outbox] = []
 
     def factory(**kw: object) -> Outbox:
@@ -42,6 +42,6 @@ def open_outbox(tmp_path: Path, sealer: Sealer) -> Callable[..., Outbox]:
         opened.append(ob)
         return ob
 
-    yield factory  # type: ignore[misc]
+    yield factory
     for ob in opened:
         ob.close()

@@ -94,15 +94,15 @@ def test_fill_drain_cycle(open_outbox: Callable[..., Outbox], policy: str) -> No
     per_lane["alert"] += len(vanished_gaps)
     assert st["dropped_batches"] == {lane.name.lower(): per_lane[lane.name.lower()]
                                      for lane in Lane}
-    readings = Counter()
-    nbytes = Counter()
+    readings: Counter[str] = Counter()
+    nbytes: Counter[str] = Counter()
     for s in vanished_data:
         readings[data[s][0].name.lower()] += data[s][1]
         nbytes[data[s][0].name.lower()] += data[s][4]
     assert st["dropped_readings"] == {lane.name.lower(): readings[lane.name.lower()]
                                       for lane in Lane}
-    for lane in ("telemetry", "bulk"):
-        assert st["dropped_bytes"][lane] == nbytes[lane]
+    for name in ("telemetry", "bulk"):
+        assert st["dropped_bytes"][name] == nbytes[name]
     assert st["gaps"] == len(gaps) + len(vanished_gaps)
     assert st["rejected_new"] == {"alert": 0, "telemetry": 0, "bulk": refused}
     assert st["appended"] == APPENDS - refused and st["delivered"] == len(delivered)

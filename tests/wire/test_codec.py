@@ -62,12 +62,15 @@ def samples_typed(draw: st.DrawFn) -> list[Sample]:
     n = draw(st.integers(min_value=1, max_value=40))
     times = [ts0 + 1000 * i + draw(st.integers(0, 3)) for i in range(n)]
     for dev in range(draw(st.integers(1, 4))):
-        kind = draw(st.sampled_from(["dec", "f32", "f64", "int", "bool", "str", "bytes"]))
+        kind = draw(
+            st.sampled_from(["dec", "scaled", "f32", "f64", "int", "bool", "str", "bytes"]))
         base = draw(st.floats(-1e6, 1e6, allow_nan=False))
         vals: list[Any] = []
         for i in range(n):
             if kind == "dec":
                 vals.append(round(base + i * 0.37, draw(st.integers(0, 4))))
+            elif kind == "scaled":
+                vals.append(draw(st.integers(-40000, 40000)) * draw(st.sampled_from([0.1, 0.01])))
             elif kind == "f32":
                 vals.append(struct.unpack("f", struct.pack("f", base + i / 7))[0])
             elif kind == "f64":
@@ -147,6 +150,7 @@ def test_float_modes_are_used_and_exact() -> None:
     """Each float column mode is taken for the data it is meant for, and is bit-exact."""
     cases = {
         codec.F_DECIMAL: [round(20 + i * 0.013, 3) for i in range(50)],
+        codec.F_SCALED: [(2140 + i * 7) * 0.1 for i in range(50)],
         codec.F_XOR32: [struct.unpack("f", struct.pack("f", 20 + i / 3))[0] for i in range(50)],
         codec.F_XOR64: [20 + i / 3 for i in range(50)],
         codec.F_PLAIN: [random.Random(i).uniform(-1e300, 1e300) * (-1) ** i for i in range(50)],
