@@ -101,28 +101,29 @@ def _median(xs: list[float]) -> float:
     return ys[len(ys) // 2]
 
 
-async def main(seconds: float, npoints: int, rounds: int) -> dict[str, Any]:
+def start_server() -> tuple[subprocess.Popen[str], int]:
     proc = subprocess.Popen([sys.executable, str(SIM), "--tcp", "0", "--units", "1"],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True)
-    try:
-        assert proc.stdout is not None
-        port = json.loads(proc.stdout.readline())["port"]
-        points = [p for p in driver_points(1) if p["kind"] == "holding"][:npoints]
-        options = ModbusOptions.model_validate(
-            {"host": "127.0.0.1", "port": port, "unit_id": 1, "timeout": 2, "max_gap": 10,
-             "points": points})
-        groups = ModbusDriver(options).groups
-        tmp = Path("/tmp")
-        raw, drv, sched = [], [], []
-        # interleaved rounds: the machine's load drifts; adjacent runs see the same load
-        for _ in range(rounds):
-            raw.append(await bench_raw(port, groups, seconds))
-            drv.append(await bench_driver(options, seconds, tmp))
-            sched.append(await bench_scheduled(options, seconds, tmp))
-    finally:
-        proc.terminate()
-        proc.wait(5)
+    assert proc.stdout is not None
+    return proc, int(json.loads(proc.stdout.readline())["port"])
+
+
+async def main(port: int, seconds: float, npoints: int, rounds: int) -> dict[str, Any]:
+    points = [p for p in driver_points(1) if p["kind"] == "holding"][:npoints]
+    options = ModbusOptions.model_validate(
+        {"host": "127.0.0.1", "port": port, "unit_id": 1, "timeout": 2, "max_gap": 10,
+         "points": points})
+    groups = ModbusDriver(options).groups
+    tmp = Path("/tmp")
+    raw: list[dict[str, float]] = []
+    drv: list[dict[str, float]] = []
+    sched: list[dict[str, Any]] = []
+    # interleaved rounds: the machine's load drifts; adjacent runs see the same load
+    for _ in range(rounds):
+        raw.append(await bench_raw(port, groups, seconds))
+        drv.append(await bench_driver(options, seconds, tmp))
+        sched.append(await bench_scheduled(options, seconds, tmp))
     ratio_drv = [r["polls_per_s"] / d["polls_per_s"] for r, d in zip(raw, drv, strict=True)]
     ratio_sched = [r["polls_per_s"] / s["polls_per_s"] for r, s in zip(raw, sched, strict=True)]
     return {
@@ -150,4 +151,10 @@ if __name__ == "__main__":
     ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    print(json.dumps(asyncio.run(main(args.seconds, args.points, args.rounds)), indent=2))
+    server, server_port = start_server()
+    try:
+        report = asyncio.run(main(server_port, args.seconds, args.points, args.rounds))
+    finally:
+        server.terminate()
+        server.wait(5)
+    print(json.dumps(report, indent=2))

@@ -176,5 +176,5 @@ def compile_decoder(
             else (lambda regs, at: regs[at])
     pack = struct.Struct(f"{'>' if byte_order == 'big' else '<'}{width}H").pack
     if word_order == "big":
-        return lambda regs, at: unpack(pack(*regs[at : at + width]))[0]  # type: ignore[no-any-return]
-    return lambda regs, at: unpack(pack(*reversed(regs[at : at + width])))[0]  # type: ignore[no-any-return]
+        return lambda regs, at: unpack(pack(*regs[at : at + width]))[0]
+    return lambda regs, at: unpack(pack(*reversed(regs[at : at + width])))[0]

@@ -173,7 +173,7 @@ class ModbusDriver(PolledDriver):
                 value = value * scale + offset
             if (lo is not None and value < lo) or (hi is not None and value > hi):
                 return PointValue(value, Quality.OUT_OF_RANGE)
-            return value  # type: ignore[no-any-return]
+            return value
 
         return read
 

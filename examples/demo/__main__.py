@@ -184,6 +184,7 @@ def cloud_counts(store: Path) -> dict[str, int]:
 def tally(state: Path, store: Path) -> dict[str, Any]:
     st = status(state).get("stats", {})
     produced = int(st.get("pipeline", {}).get("readings_sealed", 0))
+    envelope_bytes = int(st.get("pipeline", {}).get("bytes_sealed", 0))
     con = sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=5)
     try:
         stored = con.execute("SELECT count(*) FROM readings WHERE gateway=?", (GW_ID,)).fetchone()[
@@ -202,9 +203,6 @@ def tally(state: Path, store: Path) -> dict[str, Any]:
                 (GW_ID,),
             )
         ]
-        envelope_bytes = con.execute(
-            "SELECT coalesce(sum(bytes), 0) FROM batches WHERE gateway=?", (GW_ID,)
-        ).fetchone()[0]
         json_bytes = sum(
             len(json.dumps({"device": d, "metric": m, "ts": t, "value": v, "quality": q})) + 1
             for d, m, t, v, q in con.execute(
@@ -224,6 +222,8 @@ def tally(state: Path, store: Path) -> dict[str, Any]:
         "readings_stored_at_cloud": stored,
         "lost": max(0, produced - stored),
         "duplicated": dup,
+        "sealed_bytes": envelope_bytes,
+        "json_lines_bytes": json_bytes,
         "compression_ratio_vs_json_lines": round(json_bytes / envelope_bytes, 1)
         if envelope_bytes
         else None,

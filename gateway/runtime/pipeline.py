@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from gateway.model import Alert, Lane, Sample, now_ms
+from gateway.wire.envelope import HEADER_SIZE, TAG_SIZE
 
 log = logging.getLogger("edgegw.pipeline")
 
@@ -116,6 +117,7 @@ class Batcher:
         self.batches_sealed = 0
         self.readings_sealed = 0
         self.seal_errors = 0
+        self.bytes_sealed = 0  # envelope bytes (header + ciphertext + tag), what goes on the wire
         self.last_seal_ms = 0
 
     def add(self, lane: Lane, samples: Sequence[Sample], alerts: Sequence[Alert] = ()) -> _Pending:
@@ -181,6 +183,7 @@ class Batcher:
     def _encode_append(self, lane: Lane, samples: list[Sample], alerts: list[Alert]) -> int:
         # Runs in the outbox thread.
         plaintext = self._encode(samples=samples, alerts=alerts)
+        self.bytes_sealed += HEADER_SIZE + len(plaintext) + TAG_SIZE
         stamps = [s.ts_ms for s in samples] + [a.ts_ms for a in alerts]
         return self._outbox.append(
             lane,
@@ -203,6 +206,7 @@ class Batcher:
             "alerts_in": self.alerts_in,
             "batches_sealed": self.batches_sealed,
             "readings_sealed": self.readings_sealed,
+            "bytes_sealed": self.bytes_sealed,
             "seal_errors": self.seal_errors,
             "pending": {lane.name.lower(): len(p) for lane, p in self._pending.items()},
             "seals_in_flight": len(self._inflight),

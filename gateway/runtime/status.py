@@ -1,6 +1,6 @@
 """`edgegw status`: what a gateway is doing, whether it is running or stopped.
 
-Reads the state dir only: ``status.json`` (written every 2 s by the daemon: counters of every
+Reads the state dir only: ``status.json`` (written every second by the daemon: counters of every
 component) and the outbox database itself (read-only), so it also works after a crash.
 """
 

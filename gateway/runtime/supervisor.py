@@ -370,7 +370,7 @@ class Gateway:
     async def _status_writer(self) -> None:
         path = self.state_dir / STATUS_FILE
         while True:
-            await asyncio.sleep(2.0)
+            await asyncio.sleep(1.0)
             self.write_status(path)
 
     def write_status(self, path: Path | None = None) -> None:

@@ -34,12 +34,12 @@ class Recorder:
         return None
 
 
-async def until(predicate: Callable[[], object], timeout: float, what: str) -> None:
+async def until(predicate: Callable[[], object], within: float, what: str) -> None:
     """Poll-until-deadline (no fixed sleeps as synchronisation)."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     while not predicate():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            raise AssertionError(f"timed out after {within}s waiting for {what}")
         await asyncio.sleep(0.01)
 
 

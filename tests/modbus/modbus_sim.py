@@ -9,7 +9,8 @@ stdout first line ``{"ready": true, "port": N}``; then one reply line per stdin 
   ``normal`` | ``silent`` (read the request, never answer; the TCP connection stays open) |
   ``exception`` (exception response 2) | ``short`` (fewer registers than asked, well-formed) |
   ``malformed`` (byte count larger than the frame) | ``garbage`` (RTU: CRC corrupted)
-- ``{"op": "get", "unit": u, "table": "h|i|c|d", "address": a, "count": n}`` -> ``{"values": [...]}``
+- ``{"op": "get", "unit": u, "table": "h|i|c|d", "address": a, "count": n}``
+  -> ``{"values": [...]}``
 - ``{"op": "set", "unit": u, "table": ..., "address": a, "values": [...]}``
 
 The datastore is a test double of the *storage* only (a ModbusServerContext on pymodbus'
@@ -88,7 +89,7 @@ def driver_points(unit: int) -> list[dict[str, Any]]:
 
 
 def _encode(point: dict[str, Any]) -> list[int]:
-    from pymodbus.client import ModbusTcpClient as C  # noqa: N814 - classmethods only
+    from pymodbus.client import ModbusTcpClient as C
 
     dtype, raw = point["type"], point["raw"]
     if dtype in ("bit", "bool"):
@@ -120,7 +121,7 @@ def build_tables(units: list[int]) -> dict[int, dict[str, list[Any]]]:
     return tables
 
 
-def main() -> None:  # noqa: C901 - a test fixture script, one place
+def main() -> None:
     from pymodbus.constants import ExcCodes
     from pymodbus.datastore import ModbusServerContext
     from pymodbus.exceptions import NoSuchIdException
@@ -191,7 +192,8 @@ def main() -> None:  # noqa: C901 - a test fixture script, one place
     def handle(cmd: dict[str, Any]) -> dict[str, Any]:
         op = cmd.get("op")
         if op == "counts":
-            return {"counts": {str(u): {str(f): n for f, n in c.items()} for u, c in counts.items()}}
+            seen = {str(u): {str(f): n for f, n in c.items()} for u, c in counts.items()}
+            return {"counts": seen}
         if op == "reset_counts":
             counts.clear()
             return {"ok": True}

@@ -37,7 +37,9 @@ class SimServer:
             raise TimeoutError(f"modbus_sim did not answer within {timeout}s")
         line = self.proc.stdout.readline()
         if not line:
-            raise RuntimeError(f"modbus_sim exited (rc={self.proc.poll()}), see {self._stderr.name}")
+            raise RuntimeError(
+                f"modbus_sim exited (rc={self.proc.poll()}), see {self._stderr.name}"
+            )
         return json.loads(line)  # type: ignore[no-any-return]
 
     def cmd(self, **command: Any) -> dict[str, Any]:

@@ -52,7 +52,8 @@ def test_byte_order_little_swaps_bytes_in_each_register() -> None:
     assert encode(0x11223344, "uint32") == [0x1122, 0x3344]
     assert encode(0x11223344, "uint32", byte_order="little") == [0x2211, 0x4433]
     assert encode(0x11223344, "uint32", word_order="little") == [0x3344, 0x1122]
-    assert decode([0x4433, 0x2211], "uint32", word_order="little", byte_order="little") == 0x11223344
+    both = {"word_order": "little", "byte_order": "little"}
+    assert decode([0x4433, 0x2211], "uint32", **both) == 0x11223344
 
 
 def test_string_bit_and_bool() -> None:

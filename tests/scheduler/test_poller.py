@@ -94,7 +94,7 @@ async def test_failures_give_one_sample_per_known_point(error: Any, quality: Qua
 async def test_unexpected_exception_is_logged_with_driver_name(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    poller, out = make([ZeroDivisionError("oops"), {"a": 1}])
+    poller, _ = make([ZeroDivisionError("oops"), {"a": 1}])
     with caplog.at_level(logging.ERROR, logger="edgegw.poller"):
         assert await poller.poll() is False
     assert "ScriptedDriver raised ZeroDivisionError" in caplog.text

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import random
 from collections.abc import Callable
@@ -128,7 +129,7 @@ async def test_circuit_breaker_backs_off_reports_and_recovers(
     polls = [round(s - start, 3) for s in dead.starts]
     # 3 failures at its slots (0.5, 1.5, 2.5); then probes after 2, 4, 8, 8 s (capped)
     assert polls[:3] == [0.5, 1.5, 2.5]
-    gaps = [round(b - a) for a, b in zip(polls[2:], polls[3:], strict=False)]
+    gaps = [round(b - a) for a, b in itertools.pairwise(polls[2:])]
     assert gaps[:4] == [2, 4, 8, 8]
     # every skipped slot still reported (one per period the device was not polled)
     assert len(dead.skipped_reports) + len(dead.starts) == pytest.approx(30, abs=1)
@@ -153,6 +154,6 @@ async def test_jitter_spreads_probes_within_bounds() -> None:
     dead = Target(clock, "dead", 0.1, cost=0.0, ok=lambda n: False)
     bus.add(dead)
     await run_until(bus, clock, clock.now + 200)
-    gaps = [b - a for a, b in zip(dead.starts, dead.starts[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(dead.starts)]
     assert all(8.0 - 0.1 <= g <= 12.0 + 0.1 for g in gaps)
     assert max(gaps) - min(gaps) > 0.5  # actually jittered, not a fixed interval

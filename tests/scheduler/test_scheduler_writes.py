@@ -31,8 +31,8 @@ class Probe:
         return True
 
 
-async def until(pred: object, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
+async def until(pred: object, within: float = 5.0) -> None:
+    deadline = time.monotonic() + within
     while not pred():  # type: ignore[operator]
         assert time.monotonic() < deadline, "timed out"
         await asyncio.sleep(0.005)
