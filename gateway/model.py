@@ -29,7 +29,7 @@ class Quality(IntEnum):
     COMM_ERROR = 2  # timeout, connection refused, no answer
     OUT_OF_RANGE = 3  # decoded, but outside the configured valid range
     BAD_DATA = 4  # malformed frame, checksum failure, exception response
-    UNAVAILABLE = 5  # driver not loadable / device disabled / circuit open
+    UNAVAILABLE = 5  # driver not loadable / device could not be set up
     CONFIG_ERROR = 6  # the device answered but the point map does not fit it
 
     @property

@@ -351,6 +351,21 @@ async def main_async(a: argparse.Namespace) -> int:
                 p.kill()
 
 
+def default_data_dir() -> Path:
+    """./demo-data, unless Mosquitto could not reach it.
+
+    Started as root, Mosquitto drops to the user ``mosquitto``, which must be able to enter every
+    parent directory of the broker's files (docs/security.md). A checkout inside a 0700 home
+    directory fails that, so the demo then keeps its data under /var/tmp instead.
+    """
+    preferred = ROOT / "demo-data"
+    if os.geteuid() != 0:
+        return preferred
+    if all(p.stat().st_mode & 0o001 for p in [ROOT, *ROOT.parents]):
+        return preferred
+    return Path("/var/tmp/edgegw-demo")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(
         prog="python -m examples.demo",
@@ -366,9 +381,11 @@ def main() -> None:
     )
     p.add_argument("--sites", type=int, default=2)
     p.add_argument("--units", type=int, default=3)
-    p.add_argument("--data-dir", type=lambda v: Path(v).resolve(), default=ROOT / "demo-data")
+    p.add_argument("--data-dir", type=lambda v: Path(v).resolve(), default=None)
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    raise SystemExit(asyncio.run(main_async(p.parse_args())))
+    args = p.parse_args()
+    args.data_dir = args.data_dir or default_data_dir()
+    raise SystemExit(asyncio.run(main_async(args)))
 
 
 if __name__ == "__main__":

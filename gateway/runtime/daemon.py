@@ -107,6 +107,9 @@ def run(args: argparse.Namespace) -> int:
         level=str(level).upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if str(level).lower() != "debug":
+        # pymodbus logs every timeout at ERROR; our poller reports it once per health flip.
+        logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     return asyncio.run(
         serve(cfg, drivers, args.duration, args.shutdown_timeout, args.drain_timeout)
     )

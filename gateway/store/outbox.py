@@ -19,9 +19,15 @@ Invariants (read these before changing anything):
    that fails is moved to quarantine and counted, never returned, never raised.
 5. Bound. Accounted bytes = sum over stored rows (batches and quarantine) of the envelope
    length plus SQLite's storage cost for it (``row_cost``: cell, overflow pages, index entry).
+   Quarantine keeps at most the newest 1000 rows and max_bytes / 8 (forensics only).
    An append never makes the accounted bytes exceed ``max_bytes``. The files (db + wal) stay
-   within ``max_bytes + slack_bytes`` (free pages are reclaimed by incremental vacuum once they
-   exceed ``vacuum_threshold``, and the WAL is truncated to ``journal_size_limit``).
+   within ``max_bytes + slack_bytes``: free pages are reclaimed by incremental vacuum once they
+   exceed ``vacuum_threshold`` (checked every 64 operations and after each eviction pass, and
+   by ``maintain()``, which the runtime calls every ``outbox.vacuum_every``), and the WAL is
+   checkpointed and truncated to ``wal_limit``. slack = 2 x wal_limit + vacuum_threshold +
+   max_bytes / 8 (b-tree pages not full) + 128 KiB (schema), with wal_limit = max_bytes / 16
+   and vacuum_threshold = max_bytes / 32, each clamped to [64 KiB | 32 KiB, 4 MiB]: 64 MiB ->
+   ~18 MiB of slack. Measured worst case: +11% of max_bytes at 4 MiB, +67% at 256 KiB.
 6. Order. ``next_batches`` returns ALERT before TELEMETRY before BULK, by seq within a lane.
 7. When full (``when_full``):
    - ``drop_oldest_telemetry`` (default): evict the oldest BULK, then the oldest TELEMETRY,
@@ -30,6 +36,7 @@ Invariants (read these before changing anything):
      If that frees too little, the new batch is refused with ``OutboxFull`` (counted).
    - ``drop_oldest``: evict the oldest batches of any lane.
    - ``reject_new``: refuse the new batch with ``OutboxFull`` (counted).
+   Under every policy a single batch larger than max_bytes / 2 is refused with ``OutboxFull``.
    Each eviction pass appends ONE gap record (lane ALERT, envelope flag ``FLAG_GAP``,
    ``encode_batch(gaps=[one Gap per lane])``) naming the dropped seqs, time interval and
    reading count, in the same transaction. When a gap record is itself evicted, its entries
@@ -563,10 +570,7 @@ class Outbox:
                     f"SELECT {_COLS}, ?, ? FROM batches WHERE seq=?",
                     (reason, time.time_ns() // 1_000_000, seq))
                 c.execute("DELETE FROM batches WHERE seq=?", (seq,))
-                pruned = c.execute(
-                    "DELETE FROM quarantine WHERE seq NOT IN (SELECT seq FROM quarantine "
-                    "ORDER BY seq DESC LIMIT ?) RETURNING length(envelope)",
-                    (_QUARANTINE_MAX_ROWS,)).fetchall()
+                pruned = self._prune_quarantine()
             c.execute("COMMIT")
         except BaseException:
             if c.in_transaction:
@@ -580,10 +584,23 @@ class Outbox:
             name = Lane(lane).name.lower()
             self._lane_batches[name] -= 1
             self._lane_bytes[name] -= size or 0
-        for (psize,) in pruned:
-            self._used -= self.row_cost(psize or 0)
+        for psize in pruned:
+            self._used -= self.row_cost(psize)
         self._c["quarantined"] += 1
         return True
+
+    def _prune_quarantine(self) -> list[int]:
+        """Keep the newest quarantined rows within QUARANTINE_MAX_ROWS and max_bytes / 8 (they
+        are kept for forensics only); returns the envelope sizes deleted."""
+        kept = 0
+        drop: list[tuple[int, int]] = []
+        for i, (seq, size) in enumerate(self._conn.execute(
+                "SELECT seq, length(envelope) FROM quarantine ORDER BY seq DESC").fetchall()):
+            kept += self.row_cost(size or 0)
+            if i >= _QUARANTINE_MAX_ROWS or kept > self.max_bytes // 8:
+                drop.append((seq, size or 0))
+        self._conn.executemany("DELETE FROM quarantine WHERE seq=?", [(d[0],) for d in drop])
+        return [d[1] for d in drop]
 
     def settle(self, seq: int, outcome: Outcome | int) -> None:
         """Apply the cloud's verdict on one batch (unknown seqs are counted and ignored)."""
@@ -645,7 +662,9 @@ class Outbox:
         free = int(c.execute("PRAGMA freelist_count").fetchone()[0]) * self.page_size
         vacuumed = False
         if free > (0 if full else self.vacuum_threshold):
-            c.execute("PRAGMA incremental_vacuum").fetchall()
+            # executescript steps the pragma to completion; execute() + fetchall() in
+            # Python 3.11 frees just one page per call
+            c.executescript("PRAGMA incremental_vacuum;")
             self._c["vacuums"] += 1
             vacuumed = True
         try:

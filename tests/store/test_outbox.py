@@ -7,6 +7,7 @@ import random
 import sqlite3
 import zlib
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -59,7 +60,7 @@ def test_settle_outcomes(open_outbox: Factory) -> None:
     assert (st["delivered"], st["retried"], st["rejected"], st["quarantined"]) == (1, 2, 1, 1)
     assert st["settle_unknown"] == 1 and st["quarantine_rows"] == 1
     assert st["batches"] == {"alert": 0, "telemetry": 1, "bulk": 0}
-    with sqlite3.connect(ob.path) as db:
+    with closing(sqlite3.connect(ob.path)) as db:
         assert db.execute("SELECT seq, reason FROM quarantine").fetchall() == [
             (c, "rejected by the cloud")]
     ob.settle_many([(b, Outcome.DELIVERED)])
@@ -293,3 +294,25 @@ def test_corruption_found_while_open_recovers_without_a_crash(
     assert st["corrupt_files"] == 1 and 0 < st["salvaged_rows"] == len(got) < len(seqs)
     assert all(open_sealed(KEY, GW, b.envelope)[0].seq == b.seq for b in got)
     assert add(ob, Lane.TELEMETRY) == seqs[-1] + 1  # the counter carries on, no reuse
+
+
+def test_quarantine_is_bounded(open_outbox: Factory) -> None:
+    ob = open_outbox(max_bytes=64 * 1024)
+    seqs = [add(ob, Lane.TELEMETRY, n=300, ts0=i, noisy=True) for i in range(8)]
+    for s in seqs:
+        ob.settle(s, Outcome.REJECTED)
+    st = ob.stats()
+    assert st["rejected"] == st["quarantined"] == 8
+    # ~2.5 KB each: only the newest fit in max_bytes / 8 = 8 KiB
+    assert 1 <= st["quarantine_rows"] < 8
+    with closing(sqlite3.connect(ob.path)) as db:
+        kept = [r[0] for r in db.execute("SELECT seq FROM quarantine ORDER BY seq")]
+        total = db.execute("SELECT sum(length(envelope)) FROM quarantine").fetchone()[0]
+    assert kept == seqs[-len(kept):] and total <= 8 * 1024
+    assert st["used_bytes"] == sum(ob.row_cost(n) for n in
+                                   [len(b) for b in _envelopes(ob.path, "quarantine")])
+
+
+def _envelopes(path: Path, table: str) -> list[bytes]:
+    with closing(sqlite3.connect(path)) as db:
+        return [r[0] for r in db.execute(f"SELECT envelope FROM {table}")]

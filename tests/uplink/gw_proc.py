@@ -1,9 +1,9 @@
 """A gateway process for the SIGKILL test: the real Outbox + OutboxIO + Uplink + a producer.
 
 Usage: python -m tests.uplink.gw_proc STATE_DIR IDENTITY_DIR BROKER_URL GATEWAY_ID
-       --until-seq N --readings R [--drain]
+       --batches N --readings R [--drain]
 
-The producer appends batches of R readings until the outbox's sequence reaches N, printing
+The producer appends N batches of R readings, printing
 ``appended <seq>`` (flushed) after each durable append. Readings are globally unique
 (device = a random run nonce + batch number) so the cloud can detect any duplicate. With
 ``--drain`` it exits 0 once everything produced has been acked by the cloud, printing
@@ -42,7 +42,7 @@ async def main() -> int:
     ap.add_argument("broker")
     ap.add_argument("gateway")
     ap.add_argument("--key-id", type=int, default=1)
-    ap.add_argument("--until-seq", type=int, required=True)
+    ap.add_argument("--batches", type=int, required=True)
     ap.add_argument("--readings", type=int, default=100)
     ap.add_argument("--drain", action="store_true")
     args = ap.parse_args()
@@ -59,9 +59,7 @@ async def main() -> int:
     loop = asyncio.get_running_loop()
     nonce = os.urandom(4).hex()
     last = 0
-    k = 0
-    while last < args.until_seq:
-        k += 1
+    for k in range(1, args.batches + 1):
         dev = f"run{nonce}-{k}"
         samples = [Sample(dev, "m", 1_700_000_000_000 + i, float(i)) for i in range(args.readings)]
         plaintext = encode_batch(samples)

@@ -19,9 +19,10 @@ KILLS = 22
 READINGS = 50
 
 
-def _spawn(state: Path, ident: Path, url: str, until: int, drain: bool) -> subprocess.Popen[str]:
+def _spawn(state: Path, ident: Path, url: str, batches: int, drain: bool
+           ) -> subprocess.Popen[str]:
     cmd = [sys.executable, "-m", "tests.uplink.gw_proc", str(state), str(ident), url, "gw-kill",
-           "--until-seq", str(until), "--readings", str(READINGS)]
+           "--batches", str(batches), "--readings", str(READINGS)]
     if drain:
         cmd.append("--drain")
     return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -63,7 +64,10 @@ def test_gateway_sigkilled_repeatedly_mid_upload(cloud: Cloud, tmp_path: Path) -
             # let it append a few batches (uploads run concurrently), then kill it at a random
             # moment: mid-append, mid-publish, mid-settle
             target = rng.randint(3, 12)
-            assert out.wait_for(target, 30), f"gateway produced nothing: {proc.stderr.read()}"  # type: ignore[union-attr]
+            if not out.wait_for(target, 30):
+                proc.kill()
+                _, err = proc.communicate()
+                raise AssertionError(f"gateway process produced nothing: {err}")
             time.sleep(rng.uniform(0.0, 0.3))  # random kill point (fault injection, not sync)
             proc.send_signal(signal.SIGKILL)
             proc.wait()
@@ -73,12 +77,14 @@ def test_gateway_sigkilled_repeatedly_mid_upload(cloud: Cloud, tmp_path: Path) -
                 killed_with_backlog += 1
             store.close()
         # final run: produce a few more and drain everything to the cloud
-        last = max(appended) + 5
-        proc = _spawn(state, ident.dir, cloud.url, last, drain=True)
+        proc = _spawn(state, ident.dir, cloud.url, 5, drain=True)
         stdout, stderr = proc.communicate(timeout=90)
         assert proc.returncode == 0, stderr
+        final = [int(x.split()[1]) for x in stdout.splitlines() if x.startswith("appended")]
+        assert len(final) == 5
+        last = final[-1]
         assert f"drained {last}" in stdout
-        appended |= {int(x.split()[1]) for x in stdout.splitlines() if x.startswith("appended")}
+        appended |= set(final)
 
         store = cloud.store()
         seqs = store.batch_seqs("gw-kill")

@@ -56,6 +56,7 @@ class StationClient:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 raw = response.read()
         except urllib.error.HTTPError as exc:
+            exc.close()  # an HTTPError holds the open response; close it or leak the socket
             raise _http_error(url, exc.code) from None
         except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
             reason = getattr(exc, "reason", exc)
