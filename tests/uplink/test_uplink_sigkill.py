@@ -21,12 +21,14 @@ READINGS = 50
 
 def _spawn(state: Path, ident: Path, url: str, batches: int, drain: bool
            ) -> subprocess.Popen[str]:
+    """Start gw_proc; its stderr goes to state/../gw-stderr.log (read it on failure)."""
     cmd = [sys.executable, "-m", "tests.uplink.gw_proc", str(state), str(ident), url, "gw-kill",
            "--batches", str(batches), "--readings", str(READINGS)]
     if drain:
         cmd.append("--drain")
-    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    with open(state.parent / "gw-stderr.log", "a") as err:
+        return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=err, text=True,
+                                env={**os.environ, "PYTHONPATH": str(REPO)})
 
 
 class _Lines:
@@ -44,6 +46,9 @@ class _Lines:
             with self._cond:
                 self.lines.append(line.strip())
                 self._cond.notify_all()
+
+    def join(self) -> None:
+        self._t.join(10)
 
     def wait_for(self, n: int, timeout: float) -> bool:
         with self._cond:
@@ -66,11 +71,15 @@ def test_gateway_sigkilled_repeatedly_mid_upload(cloud: Cloud, tmp_path: Path) -
             target = rng.randint(3, 12)
             if not out.wait_for(target, 30):
                 proc.kill()
-                _, err = proc.communicate()
+                proc.wait()
+                err = (tmp_path / "gw-stderr.log").read_text()[-3000:]
                 raise AssertionError(f"gateway process produced nothing: {err}")
             time.sleep(rng.uniform(0.0, 0.3))  # random kill point (fault injection, not sync)
             proc.send_signal(signal.SIGKILL)
             proc.wait()
+            out.join()
+            assert proc.stdout is not None
+            proc.stdout.close()
             appended |= {int(x.split()[1]) for x in out.lines if x.startswith("appended")}
             store = cloud.store()
             if max(appended) not in store.batch_seqs("gw-kill"):
@@ -78,8 +87,8 @@ def test_gateway_sigkilled_repeatedly_mid_upload(cloud: Cloud, tmp_path: Path) -
             store.close()
         # final run: produce a few more and drain everything to the cloud
         proc = _spawn(state, ident.dir, cloud.url, 5, drain=True)
-        stdout, stderr = proc.communicate(timeout=90)
-        assert proc.returncode == 0, stderr
+        stdout, _ = proc.communicate(timeout=90)
+        assert proc.returncode == 0, (tmp_path / "gw-stderr.log").read_text()[-3000:]
         final = [int(x.split()[1]) for x in stdout.splitlines() if x.startswith("appended")]
         assert len(final) == 5
         last = final[-1]
