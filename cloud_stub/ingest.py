@@ -186,7 +186,8 @@ class Ingest:
             protocol=mqtt.MQTTv5,
         )
         client.tls_set_context(pki.make_tls_context(p.ca_crt, p.ingest_crt, p.ingest_key))
-        client.reconnect_delay_set(min_delay=1, max_delay=10)
+        # a few ingest workers, not thousands of gateways: a short cap is no reconnect storm
+        client.reconnect_delay_set(min_delay=1, max_delay=2)
         client.max_inflight_messages_set(200)
         sub = f"$share/{self.share_group}/gw/+/up/batch"
 

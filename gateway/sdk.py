@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -213,10 +213,23 @@ class DriverEntry:
         return self.cls is not None
 
 
-def discover_drivers(group: str = ENTRY_POINT_GROUP) -> dict[str, DriverEntry]:
-    """Load every driver entry point, each load guarded (one broken plugin breaks only itself)."""
+def driver_names(group: str = ENTRY_POINT_GROUP) -> list[str]:
+    """Names of the installed drivers, without importing any of them."""
+    return sorted({ep.name for ep in metadata.entry_points(group=group)})
+
+
+def discover_drivers(
+    group: str = ENTRY_POINT_GROUP, *, only: Collection[str] | None = None
+) -> dict[str, DriverEntry]:
+    """Load driver entry points, each load guarded (one broken plugin breaks only itself).
+
+    ``only`` limits loading to those names (the daemon imports just the drivers its config uses:
+    every imported protocol stack costs resident memory on a small gateway).
+    """
     found: dict[str, DriverEntry] = {}
     for ep in metadata.entry_points(group=group):
+        if only is not None and ep.name not in only:
+            continue
         dist = ep.dist.name if ep.dist is not None else "?"
         version = ep.dist.version if ep.dist is not None else "?"
         try:

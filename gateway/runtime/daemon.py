@@ -48,10 +48,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load(config: Path) -> tuple[Any, Any]:
     """Load and check the config; exit 2 printing every issue when it is not valid."""
-    from gateway.config import ConfigError, drivers_from_registry, load_and_check
-    from gateway.sdk import discover_drivers
+    from gateway.config import ConfigError, drivers_from_registry, load_and_check, load_config
+    from gateway.sdk import discover_drivers, driver_names
 
-    drivers = discover_drivers()
+    try:
+        used = {d.driver for d in load_config(config).devices}
+    except ConfigError as exc:
+        for issue in exc.issues:
+            print(issue, file=sys.stderr)
+        raise SystemExit(2) from None
+    # Import only the drivers the config uses (resident memory); a misspelt name still gets
+    # its did-you-mean from the full list when it is not installed at all.
+    drivers = discover_drivers(only=used if used <= set(driver_names()) else None)
     ok, broken = drivers_from_registry(drivers)
     try:
         # A broken plugin is a warning: only its own devices become unavailable.

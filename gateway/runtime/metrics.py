@@ -13,10 +13,6 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from prometheus_client import start_http_server
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector, CollectorRegistry
-
 log = logging.getLogger("edgegw.metrics")
 
 LABEL_KEYS = {
@@ -61,11 +57,19 @@ def flatten(
                 yield from flatten(value, f"{prefix}_{_NAME_OK.sub('_', key)}", labels)
 
 
-class StatsCollector(Collector):
+class StatsCollector:
+    """Gathers every component's stats; a prometheus_client collector by duck typing.
+
+    prometheus_client is imported only when the endpoint is served (3-4 MB of resident memory
+    that a gateway with ``metrics.enabled: false`` does not pay).
+    """
+
     def __init__(self, sources: Mapping[str, StatsFn]) -> None:
         self._sources = sources
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
         families: dict[tuple[str, tuple[str, ...]], GaugeMetricFamily] = {}
         for component, fn in self._sources.items():
             try:
@@ -98,6 +102,9 @@ class StatsCollector(Collector):
 
 def serve(listen: str, collector: StatsCollector) -> Any:
     """Start the HTTP endpoint on ``host:port`` (localhost by default); returns the server."""
+    from prometheus_client import start_http_server
+    from prometheus_client.registry import CollectorRegistry
+
     host, _, port = listen.rpartition(":")
     registry = CollectorRegistry()
     registry.register(collector)

@@ -334,13 +334,15 @@ class Uplink:
     async def _connected_phase(self, client: mqtt.Client, gen: int) -> float:
         loop = asyncio.get_running_loop()
         assert self._lost is not None
-        lost_wait = asyncio.ensure_future(self._lost.wait())
+        lost_wait: asyncio.Future[Any] = asyncio.ensure_future(self._lost.wait())
+        connack: asyncio.Future[Any] = self._connack
+        suback: asyncio.Future[Any] = self._suback
         try:
             done, _ = await asyncio.wait(
-                {self._connack, lost_wait}, timeout=max(10.0, self.keepalive),
+                {connack, lost_wait}, timeout=max(10.0, self.keepalive),
                 return_when=asyncio.FIRST_COMPLETED,
             )
-            if self._connack not in done:
+            if connack not in done:
                 if not self._lost.is_set():
                     self.c.connect_failures += 1
                     log.info("no CONNACK from %s:%d within the timeout", self.host, self.port)
@@ -366,9 +368,9 @@ class Uplink:
             self._auth_failing = self._unreachable = False
             client.subscribe(self._topic_ack, qos=1)
             client.publish(self._topic_status, topics.STATUS_ONLINE, qos=1, retain=True)
-            done, _ = await asyncio.wait({self._suback, lost_wait},
+            done, _ = await asyncio.wait({suback, lost_wait},
                                          return_when=asyncio.FIRST_COMPLETED)
-            if self._suback not in done:
+            if suback not in done:
                 return loop.time() - connected_at
             if self._suback.result() >= 0x80:
                 self.c.subscribe_refused += 1
@@ -550,7 +552,7 @@ class Uplink:
         if gen != self._gen or msg.topic != self._topic_ack:
             return
         try:
-            acks = decode_acks(msg.payload)
+            acks = decode_acks(bytes(msg.payload))
         except Exception as exc:  # a malformed ack must never crash or settle anything
             self.c.acks_malformed += 1
             log.warning("malformed ack on %s (%d bytes): %s", msg.topic, len(msg.payload), exc)

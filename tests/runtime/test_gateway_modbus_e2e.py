@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import urllib.request
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from modbus.simproc import SimServer
 from gateway.model import Quality
 from gateway.runtime.inspect import read_outbox
 
-from .helpers import poll_until, start_daemon, stop_daemon, write_config
+from .helpers import free_port, poll_until, start_daemon, stop_daemon, write_config
 
 UNITS = (1, 2, 3)
 
@@ -33,6 +34,15 @@ def server(tmp_path: Path) -> Any:
     srv.close()
 
 
+def _metrics(port: int) -> str | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+            text = r.read().decode()
+    except OSError:
+        return None
+    return text if "edgegw_scheduler_polls{" in text else None
+
+
 def _equal(expected: Any, got: Any) -> bool:
     if isinstance(expected, float) or isinstance(got, float):
         return math.isclose(float(expected), float(got), rel_tol=1e-6, abs_tol=1e-9)
@@ -41,6 +51,7 @@ def _equal(expected: Any, got: Any) -> bool:
 
 def test_outbox_equals_server_values_and_rule_write(tmp_path: Path, server: SimServer) -> None:
     state = tmp_path / "state"
+    metrics_port = free_port()
     devices = []
     for u in UNITS:
         points = driver_points(u)
@@ -63,7 +74,7 @@ def test_outbox_equals_server_values_and_rule_write(tmp_path: Path, server: SimS
         tmp_path / "gateway.yaml",
         {
             "gateway": {"id": "e2e-gw", "state_dir": str(state), "log_level": "info"},
-            "metrics": {"enabled": False},
+            "metrics": {"enabled": True, "listen": f"127.0.0.1:{metrics_port}"},
             "batch": {"max_age": "100ms"},
             "devices": devices,
             "rules": [
@@ -95,6 +106,9 @@ def test_outbox_equals_server_values_and_rule_write(tmp_path: Path, server: SimS
             and json.loads(status_file.read_text())["stats"]["writes"].get("ok", 0) >= 1,
             20,
             "the write result in status.json",
+        )
+        metrics = poll_until(
+            lambda: _metrics(metrics_port), 20, "the Prometheus endpoint"
         )
         poll_until(
             lambda: len(read_outbox(state, gateway_id="e2e-gw")[0]) > 0
@@ -130,6 +144,14 @@ def test_outbox_equals_server_values_and_rule_write(tmp_path: Path, server: SimS
     points = len(layout(2))
     assert polls >= 3
     assert requests <= (polls + 1) * points / 5, f"{requests} requests for {polls} polls"
+    # The Prometheus endpoint exports per-device polls and the outbox's per-lane counters.
+    polled = [
+        line for line in metrics.splitlines()
+        if line.startswith("edgegw_scheduler_polls{") and 'device="unit2"' in line
+    ]
+    assert polled and float(polled[0].rsplit(" ", 1)[1]) >= 1, metrics[:2000]
+    assert 'edgegw_outbox_batches{lane="telemetry"}' in metrics
+    assert "edgegw_pipeline_readings_sealed " in metrics
     fired = [a for a in alerts if a.rule == "unit1-counter-high" and a.active]
     assert len(fired) == 1, "one alert per episode"
     assert fired[0].device == "unit1"

@@ -46,7 +46,7 @@ def wait_until(pred: Callable[[], bool], timeout: float, what: str, step: float 
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-async def await_until(pred: Callable[[], bool], timeout: float, what: str,
+async def await_until(pred: Callable[[], bool], timeout: float, what: str,  # noqa: ASYNC109
                       step: float = 0.05) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -248,7 +248,7 @@ class GatewaySide:
     async def pending(self) -> int:
         return len(await self.io.next_batches(100_000, ()))
 
-    async def drained(self, timeout: float) -> None:
+    async def drained(self, timeout: float) -> None:  # noqa: ASYNC109
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if await self.pending() == 0:

@@ -74,8 +74,8 @@ async def main() -> int:
     if not args.drain:
         await up  # until killed
         return 1
-    while await io.next_batches(1, ()):
-        await asyncio.sleep(0.05)  # poll until the cloud acked everything
+    while await io.next_batches(1, ()):  # noqa: ASYNC110 (polls the outbox, no event exists)
+        await asyncio.sleep(0.05)
     print(f"drained {last}", flush=True)
     up.cancel()
     await asyncio.gather(up, return_exceptions=True)
