@@ -70,6 +70,17 @@ def parse_broker_url(url: str) -> tuple[str, int]:
     return parts.hostname, parts.port or 8883
 
 
+@dataclass(frozen=True, slots=True)
+class _Opened:
+    """An authentic envelope; ``decoded`` None = its plaintext did not decode (reject it)."""
+
+    client: mqtt.Client
+    gw: str
+    seq: int
+    received_ms: int
+    decoded: DecodedBatch | None
+
+
 class _Keys:
     """Data keys per (gateway, key id); derived on demand, cached, refreshed rate-limited."""
 
@@ -130,6 +141,8 @@ class Ingest:
         self.max_group = max_group
         self.store_path = store_path or paths.store_db
         self._queue: queue.Queue[_Msg] = queue.Queue(maxsize=10_000)
+        self._opened: queue.Queue[_Opened] = queue.Queue(maxsize=1_000)
+        self._opener: threading.Thread | None = None
         self._stop = threading.Event()
         self._clients: list[mqtt.Client] = []
         self._writer: threading.Thread | None = None
@@ -143,8 +156,11 @@ class Ingest:
     # ------------------------------------------------------------------ lifecycle
     def start(self, timeout: float = 15.0) -> Ingest:
         """Start the writer and the workers; returns once every worker is subscribed."""
+        self._opener = threading.Thread(target=self._open_loop, name="ingest-opener",
+                                        daemon=True)
         self._writer = threading.Thread(target=self._write_loop, name="ingest-writer",
                                         daemon=True)
+        self._opener.start()
         self._writer.start()
         for i in range(self.workers):
             self._clients.append(self._start_worker(i))
@@ -162,8 +178,9 @@ class Ingest:
             c.disconnect()
             c.loop_stop()
         self._clients.clear()
-        if self._writer is not None:
-            self._writer.join(timeout=30)
+        for t in (self._opener, self._writer):
+            if t is not None:
+                t.join(timeout=30)
 
     def __enter__(self) -> Ingest:
         return self.start()
@@ -174,6 +191,7 @@ class Ingest:
     def stats(self) -> dict[str, int | float | dict[str, Any]]:
         out: dict[str, int | float | dict[str, Any]] = dict(self.counts)
         out["queue"] = self._queue.qsize()
+        out["queue_opened"] = self._opened.qsize()
         out["store"] = dict(self._store_stats)
         return out
 
@@ -220,7 +238,8 @@ class Ingest:
         def on_message(c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
             # paho's thread: hand over and return (the writer does the work)
             self.counts["received"] += 1
-            self._queue.put(_Msg(c, msg.topic, bytes(msg.payload), time.time_ns() // 1_000_000))
+            self._put(self._queue,
+                      _Msg(c, msg.topic, bytes(msg.payload), time.time_ns() // 1_000_000))
 
         client.on_connect = on_connect
         client.on_subscribe = on_subscribe
@@ -230,39 +249,68 @@ class Ingest:
         client.loop_start()  # retries the first connection too (broker may still be starting)
         return client
 
-    # ------------------------------------------------------------------ writer
-    def _write_loop(self) -> None:
+    # ------------------------------------------------------------------ opener + writer
+    # Two threads form a pipeline: the opener authenticates and decodes (CPU) while the writer
+    # commits the previous group (SQLite, mostly outside the GIL). Each owns its connections.
+    def _put(self, q: queue.Queue[Any], item: Any) -> None:
+        """Blocking put (backpressure towards the broker) that still notices stop()."""
+        while not self._stop.is_set():
+            try:
+                q.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def _open_loop(self) -> None:
         from cloud_stub.registry import Registry  # one instance per thread (its contract)
 
-        store = CloudStore(self.store_path)
         registry = Registry(self.paths.registry_db)
         keys = _Keys(self.paths, registry)
         last_touch: dict[str, float] = {}
         try:
             while not self._stop.is_set():
                 try:
-                    first = self._queue.get(timeout=0.2)
+                    m = self._queue.get(timeout=0.2)
+                except queue.Empty:
+                    continue
+                try:
+                    opened = self._open(m, keys)
+                except Exception:  # never let one message stop the ingest
+                    self.counts["errors"] += 1
+                    log.exception("ingest: unexpected error on a message from %s", m.topic)
+                    continue
+                if opened is None:
+                    continue
+                gw, header, decoded = opened
+                self._put(self._opened, _Opened(m.client, gw, header.seq, m.received_ms, decoded))
+                now = time.monotonic()
+                if now - last_touch.get(gw, 0.0) >= TOUCH_EVERY_S:
+                    last_touch[gw] = now
+                    try:
+                        registry.touch(gw)
+                    except Exception as exc:  # last-seen is informational only
+                        log.debug("registry touch failed: %s", exc)
+        finally:
+            registry.close()
+
+    def _write_loop(self) -> None:
+        store = CloudStore(self.store_path)
+        try:
+            while not self._stop.is_set():
+                try:
+                    first = self._opened.get(timeout=0.2)
                 except queue.Empty:
                     continue
                 group = [first]
                 while len(group) < self.max_group:
                     try:
-                        group.append(self._queue.get_nowait())
+                        group.append(self._opened.get_nowait())
                     except queue.Empty:
                         break
-                self._process(group, store, keys)
+                self._commit(group, store)
                 self._store_stats = store.stats()
-                now = time.monotonic()
-                for gw in {m.topic.split("/")[1] for m in group if m.topic.count("/") == 3}:
-                    if now - last_touch.get(gw, 0.0) >= TOUCH_EVERY_S:
-                        last_touch[gw] = now
-                        try:
-                            registry.touch(gw)
-                        except Exception as exc:  # last-seen is informational only
-                            log.debug("registry touch failed: %s", exc)
         finally:
             store.close()
-            registry.close()
 
     def _warn(self, kind: str, gw: str, message: str, *args: Any) -> None:
         """Count and log a misbehaving peer: first, 10th, 100th... occurrence per kind."""
@@ -323,32 +371,22 @@ class Ingest:
             return bytes(plaintext)
         return None
 
-    def _process(self, group: list[_Msg], store: CloudStore, keys: _Keys) -> None:
-        records: list[BatchRecord] = []
-        routes: list[tuple[mqtt.Client, str, int]] = []  # per record: reply via, gateway, seq
+    def _commit(self, group: list[_Opened], store: CloudStore) -> None:
+        """Store a group in one transaction, THEN ack every batch of it (per gateway)."""
         acks: dict[tuple[int, str], tuple[mqtt.Client, list[tuple[int, int]]]] = {}
 
-        def ack(client: mqtt.Client, gw: str, seq: int, status: int) -> None:
-            acks.setdefault((id(client), gw), (client, []))[1].append((seq, status))
+        def ack(o: _Opened, status: int) -> None:
+            acks.setdefault((id(o.client), o.gw), (o.client, []))[1].append((o.seq, status))
 
-        for m in group:
-            try:
-                opened = self._open(m, keys)
-            except Exception:  # never let one message stop the ingest
-                self.counts["errors"] += 1
-                log.exception("ingest: unexpected error on a message from %s", m.topic)
-                continue
-            if opened is None:
-                continue
-            gw, header, decoded = opened
-            if decoded is None:
-                ack(m.client, gw, header.seq, ACK_REJECTED)
-                continue
-            records.append(BatchRecord(
-                gw, header.seq, _lane_of(header, decoded), m.received_ms,
-                decoded.samples, decoded.alerts, decoded.gaps,
-            ))
-            routes.append((m.client, gw, header.seq))
+        storable = [o for o in group if o.decoded is not None]
+        for o in group:
+            if o.decoded is None:
+                ack(o, ACK_REJECTED)
+        records = [
+            BatchRecord(o.gw, o.seq, _lane_of(o.decoded), o.received_ms, o.decoded.samples,
+                        o.decoded.alerts, o.decoded.gaps)
+            for o in storable if o.decoded is not None
+        ]
         if records:
             try:
                 fresh = store.commit_many(records)
@@ -356,24 +394,24 @@ class Ingest:
                 self.counts["store_errors"] += 1
                 log.error("ingest: storing %d batches failed (%s: %s); acked retry, nothing "
                           "stored", len(records), type(exc).__name__, exc)
-                for client, gw, seq in routes:
-                    ack(client, gw, seq, ACK_RETRY)
+                for o in storable:
+                    ack(o, ACK_RETRY)
             else:
-                for (client, gw, seq), rec, new in zip(routes, records, fresh, strict=True):
+                for o, rec, new in zip(storable, records, fresh, strict=True):
                     if new:
                         self.counts["batches_stored"] += 1
                         self.counts["readings_stored"] += len(rec.samples)
                     else:
                         self.counts["duplicates"] += 1
                         log.debug("gateway %s: batch %d already stored (re-sent); acked again",
-                                  gw, seq)
-                    ack(client, gw, seq, ACK_DELIVERED)
+                                  o.gw, o.seq)
+                    ack(o, ACK_DELIVERED)
         for (_, gw), (client, items) in acks.items():
             client.publish(topics.down_ack(gw), encode_acks(items), qos=1)
             self.counts["acks_sent"] += len(items)
 
 
-def _lane_of(header: Any, decoded: DecodedBatch) -> int:
+def _lane_of(decoded: DecodedBatch) -> int:
     """The batch's lane: alerts and gap records travel in the alert lane, blobs in bulk."""
     if decoded.alerts or decoded.gaps:
         return int(Lane.ALERT)

@@ -8,6 +8,10 @@ Invariants:
   only then may the ingest acknowledge it to the gateway.
 - Several batches may share one transaction (group commit for throughput); each batch in it is
   still all-or-nothing.
+- Readings are stored as ``points`` rows keyed by a ``series`` id (gateway, device, metric):
+  half the insert cost of repeating the three names in every row and its index entry. The
+  ``readings`` VIEW gives the flat (gateway, device, metric, ts_ms, value, quality) form; the
+  (series, ts_ms) index serves (gateway, device, metric, time range) queries.
 - Values keep their type: ``vtype`` says null/int/float/bool/str/blob. Numbers are stored as
   INTEGER/REAL, strings as TEXT. Bytes (camera snapshots) go to ``blobs`` keyed by their SHA-256
   (identical frames stored once); the reading's ``value`` is then the hex digest.
@@ -42,17 +46,25 @@ CREATE TABLE IF NOT EXISTS batches (
     gaps        INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (gateway, seq)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS readings (
-    gateway TEXT    NOT NULL,
-    device  TEXT    NOT NULL,
-    metric  TEXT    NOT NULL,
+CREATE TABLE IF NOT EXISTS series (
+    id      INTEGER PRIMARY KEY,
+    gateway TEXT NOT NULL,
+    device  TEXT NOT NULL,
+    metric  TEXT NOT NULL,
+    UNIQUE (gateway, device, metric)
+);
+CREATE TABLE IF NOT EXISTS points (
+    series  INTEGER NOT NULL REFERENCES series (id),
     ts_ms   INTEGER NOT NULL,
     value,
     vtype   INTEGER NOT NULL,
     quality INTEGER NOT NULL,
     seq     INTEGER NOT NULL
 );
-CREATE INDEX IF NOT EXISTS readings_series ON readings (gateway, device, metric, ts_ms);
+CREATE INDEX IF NOT EXISTS points_series_ts ON points (series, ts_ms);
+CREATE VIEW IF NOT EXISTS readings AS
+    SELECT s.gateway, s.device, s.metric, p.ts_ms, p.value, p.vtype, p.quality, p.seq
+    FROM points p JOIN series s ON s.id = p.series;
 CREATE TABLE IF NOT EXISTS blobs (
     sha256 TEXT PRIMARY KEY,
     size   INTEGER NOT NULL,
@@ -174,6 +186,8 @@ class CloudStore:
             self._db.executescript(_SCHEMA)
         self._db.execute("PRAGMA busy_timeout=5000")
         self._counts = _Counts()
+        self._series: dict[tuple[str, str, str], int] = {}
+        self._new_series: list[tuple[str, str, str]] = []  # created in the open transaction
 
     # ------------------------------------------------------------------ writing
     def commit_batch(
@@ -223,7 +237,11 @@ class CloudStore:
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
+            for key in self._new_series:  # their rows are gone with the transaction
+                self._series.pop(key, None)
+            self._new_series.clear()
             raise
+        self._new_series.clear()
         c = self._counts
         c.transactions += 1
         c.batches += sum(result)
@@ -238,19 +256,23 @@ class CloudStore:
         gw, seq = rec.gateway, rec.seq
         rows = []
         blobs = []
+        series = self._series
         for s in rec.samples:
             value, vtype, blob = _encode_value(s.value)
             if blob is not None:
                 blobs.append((value, len(blob), blob))
-            rows.append((gw, s.device, s.metric, s.ts_ms, value, vtype, int(s.quality), seq))
+            sid = series.get((gw, s.device, s.metric))
+            if sid is None:
+                sid = self._series_id(gw, s.device, s.metric)
+            rows.append((sid, s.ts_ms, value, vtype, int(s.quality), seq))
         if blobs:
             db.executemany(
                 "INSERT OR IGNORE INTO blobs (sha256, size, data) VALUES (?, ?, ?)", blobs
             )
         if rows:
             db.executemany(
-                "INSERT INTO readings (gateway, device, metric, ts_ms, value, vtype, quality, seq)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO points (series, ts_ms, value, vtype, quality, seq)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
                 rows,
             )
         if rec.alerts:
@@ -273,6 +295,22 @@ class CloudStore:
                     for g in rec.gaps
                 ],
             )
+
+    def _series_id(self, gw: str, device: str, metric: str) -> int:
+        key = (gw, device, metric)
+        db = self._db
+        row = db.execute(
+            "SELECT id FROM series WHERE gateway = ? AND device = ? AND metric = ?", key
+        ).fetchone()
+        if row is None:
+            sid = int(db.execute(
+                "INSERT INTO series (gateway, device, metric) VALUES (?, ?, ?)", key
+            ).lastrowid or 0)
+            self._new_series.append(key)
+        else:
+            sid = int(row[0])
+        self._series[key] = sid
+        return sid
 
     # ------------------------------------------------------------------ reading
     def has_batch(self, gateway: str, seq: int) -> bool:
@@ -300,10 +338,11 @@ class CloudStore:
 
     def count_readings(self, gateway: str | None = None) -> int:
         if gateway is None:
-            return int(self._db.execute("SELECT count(*) FROM readings").fetchone()[0])
+            return int(self._db.execute("SELECT count(*) FROM points").fetchone()[0])
         return int(
             self._db.execute(
-                "SELECT count(*) FROM readings WHERE gateway = ?", (gateway,)
+                "SELECT count(*) FROM points WHERE series IN"
+                " (SELECT id FROM series WHERE gateway = ?)", (gateway,)
             ).fetchone()[0]
         )
 

@@ -28,6 +28,11 @@ from pydantic import BaseModel, ConfigDict
 
 from gateway.model import Lane, Quality, Sample, Value
 
+# Option types for driver Options models: the same grammar and errors as the gateway config.
+from gateway.units import ByteSize as ByteSize
+from gateway.units import Duration as Duration
+from gateway.units import HexBytes as HexBytes
+
 log = logging.getLogger("edgegw.sdk")
 
 ENTRY_POINT_GROUP = "edgegw.drivers"

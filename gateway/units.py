@@ -176,3 +176,18 @@ ByteSize = Annotated[
     ),
 ]
 """Int bytes, written in config as ``4096``/``256KiB``/``64MiB``/``10MB``."""
+
+
+def parse_hex_bytes(value: Any) -> Any:
+    """``"AA 55"``, ``"aa55"``, ``"0xAA55"``, ``"AA:55"`` -> bytes; other input goes to pydantic."""
+    if isinstance(value, str):
+        text = value.strip().lower().removeprefix("0x").replace(" ", "").replace(":", "")
+        try:
+            return bytes.fromhex(text)
+        except ValueError:
+            raise ValueError(f"bad hex bytes {value!r} (use e.g. '0a1b2c' or '0A 1B 2C')") from None
+    return value
+
+
+HexBytes = Annotated[bytes, BeforeValidator(parse_hex_bytes)]
+"""Bytes, written in config as hex (``"AA 55"``, ``"0xAA55"``, ``"aa:55"``)."""

@@ -12,39 +12,16 @@ Invariants enforced here:
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from gateway import DriverOptions
+from gateway import DriverOptions, Duration, HexBytes
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _LISTEN = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^\[\]:]+)):(?P<port>\d{1,5})$")
 
 
-def _seconds(value: Any) -> Any:
-    """Accept ``0.5``, ``"500ms"``, ``"1.5s"``, ``"1m"``, ``"1d"``; other input goes to pydantic."""
-    if isinstance(value, str):
-        match = _DURATION.match(value)
-        if not match:
-            raise ValueError(f"bad duration {value!r} (use e.g. 500ms, 10s, 5m)")
-        number, unit = float(match.group(1)), match.group(2) or "s"
-        return number * {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}[unit]
-    return value
-
-
-def _hex_bytes(value: Any) -> Any:
-    if isinstance(value, str):
-        text = value.strip().lower().removeprefix("0x").replace(" ", "").replace(":", "")
-        try:
-            return bytes.fromhex(text)
-        except ValueError:
-            raise ValueError("bad hex bytes (use e.g. '0a1b2c' or '0A 1B 2C')") from None
-    return value
-
-
-Seconds = Annotated[float, BeforeValidator(_seconds), Field(gt=0)]
-HexBytes = Annotated[bytes, BeforeValidator(_hex_bytes)]
+Seconds = Annotated[Duration, Field(gt=0)]
 Algorithm = Literal["AES-CCM-16-64-128", "AES-CCM-16-128-128", "A128GCM", "A256GCM",
                     "ChaCha20/Poly1305"]
 

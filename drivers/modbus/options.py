@@ -10,12 +10,11 @@ Invariants enforced here, so the rest of the driver never re-checks them:
 
 from __future__ import annotations
 
-import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from gateway import DriverOptions
+from gateway import DriverOptions, Duration
 
 Kind = Literal["holding", "input", "coil", "discrete"]
 DataType = Literal[
@@ -36,21 +35,9 @@ BIT_KINDS = frozenset({"coil", "discrete"})
 MAX_REGISTERS_PER_READ = 125  # Modbus spec: read holding/input registers
 MAX_BITS_PER_READ = 2000  # Modbus spec: read coils/discrete inputs
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m)?\s*$")
 
 
-def _seconds(value: Any) -> Any:
-    """Accept ``0.5``, ``"500ms"``, ``"1.5s"``, ``"1m"``; other input is left to pydantic."""
-    if isinstance(value, str):
-        match = _DURATION.match(value)
-        if not match:
-            raise ValueError(f"bad duration {value!r} (use e.g. 500ms, 1.5s, 1m)")
-        number, unit = float(match.group(1)), match.group(2) or "s"
-        return number * {"ms": 0.001, "s": 1.0, "m": 60.0}[unit]
-    return value
-
-
-Seconds = Annotated[float, BeforeValidator(_seconds), Field(ge=0)]
+Seconds = Annotated[Duration, Field(ge=0)]
 
 
 class ModbusPoint(BaseModel):

@@ -10,38 +10,12 @@ Invariants:
 
 from __future__ import annotations
 
-import re
-from typing import Annotated, Literal
+from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from gateway.sdk import DriverOptions
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
-
-
-def _parse_duration(value: object) -> float:
-    """``"500ms"``, ``"1.5s"``, ``"2m"``, ``"1h"``, ``"1d"`` or a number of seconds -> seconds.
-
-    Local to this driver because drivers import only the public SDK; same grammar as the
-    gateway's own durations.
-    """
-    if isinstance(value, bool):
-        raise ValueError(f"bad duration {value!r} (use e.g. 500ms, 10s, 5m)")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str) and (match := _DURATION.match(value)):
-        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-    else:
-        raise ValueError(f"bad duration {value!r} (use e.g. 500ms, 10s, 5m)")
-    if seconds < 0:
-        raise ValueError(f"bad duration {value!r}: must not be negative")
-    return seconds
-
-
-Duration = Annotated[float, BeforeValidator(_parse_duration)]
+from gateway.sdk import DriverOptions, Duration
 
 
 def redact_url(url: str) -> str:

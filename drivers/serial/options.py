@@ -14,41 +14,15 @@ from __future__ import annotations
 import codecs
 import re
 import struct
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from gateway import DriverOptions
+from gateway import DriverOptions, Duration, HexBytes
 
 from .checksums import CHECKSUM_SIZES
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-
-
-def _seconds(value: Any) -> Any:
-    """Accept ``0.5``, ``"500ms"``, ``"1.5s"``, ``"1m"``; other input is left to pydantic."""
-    if isinstance(value, str):
-        match = _DURATION.match(value)
-        if not match:
-            raise ValueError(f"bad duration {value!r} (use e.g. 500ms, 1.5s, 1m)")
-        number, unit = float(match.group(1)), match.group(2) or "s"
-        return number * {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[unit]
-    return value
-
-
-def _hex_bytes(value: Any) -> Any:
-    """Accept ``"AA 55"``, ``"aa55"``, ``"0xAA55"``, ``"AA:55"``; other input goes to pydantic."""
-    if isinstance(value, str):
-        text = value.strip().lower().removeprefix("0x").replace(" ", "").replace(":", "")
-        try:
-            return bytes.fromhex(text)
-        except ValueError:
-            raise ValueError(f"bad hex bytes {value!r} (use e.g. 'AA 55' or 'aa55')") from None
-    return value
-
-
-Seconds = Annotated[float, BeforeValidator(_seconds), Field(gt=0)]
-HexBytes = Annotated[bytes, BeforeValidator(_hex_bytes)]
+Seconds = Annotated[Duration, Field(gt=0)]
 ValueType = Literal["auto", "int", "float", "str", "bool", "hex"]
 
 

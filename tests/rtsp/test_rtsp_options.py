@@ -40,7 +40,7 @@ def test_durations(text: object, seconds: float) -> None:
     [
         ("snapshot_every", "5 sex", "bad duration '5 sex'"),
         ("read_timeout", "0s", "greater than 0"),
-        ("open_timeout", -1, "must not be negative"),
+        ("open_timeout", -1, "non-negative"),
         ("jpeg_quality", 0, "greater than or equal to 1"),
         ("transport", "http", "'tcp' or 'udp'"),
         ("decode_every", 0, "greater than or equal to 1"),

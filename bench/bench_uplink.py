@@ -1,0 +1,239 @@
+"""Uplink benchmark: prints one JSON document.
+
+1. drain: a backlog of BATCHES x READINGS readings already sealed in the outbox is drained over
+   mTLS MQTT (Mosquitto managed by the cloud stub) into the cloud store by the real ingest;
+   readings/s from uplink start until the outbox is empty, beside the raw ceiling of paho QoS1
+   publishes of the SAME envelopes (same identity, same window, PUBACK only, no ingest) measured
+   in the same run.
+2. latency: a producer appends batches at RATE readings/s for SECONDS; per batch, latency =
+   the cloud's commit time (stored_ms, taken at the start of the store transaction) - the time
+   the batch was appended to the outbox; p50/p99/max over readings. Add the batcher's max_age
+   (250 ms by default) for the full reading -> cloud store latency.
+
+Usage: python bench/bench_uplink.py [--batches 1000] [--readings 1000] [--rate 10000]
+       [--seconds 10] [--window 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import socket
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from cloud_stub.broker import ManagedBroker
+from cloud_stub.ingest import Ingest
+from cloud_stub.pki_setup import CloudPaths, init_data_dir
+from cloud_stub.registry import Registry
+from cloud_stub.store import CloudStore
+from gateway import pki
+from gateway.model import Lane, Sample
+from gateway.store.outbox import Outbox
+from gateway.uplink.outbox_io import OutboxIO
+from gateway.uplink.session import Uplink
+from gateway.wire.codec import encode_batch
+from gateway.wire.keys import Sealer, derive_data_key
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _identity(paths: CloudPaths, gw: str, d: Path) -> Sealer:
+    key = pki.generate_ec_key()
+    issuer = pki.Issuer.load(paths.ca_crt, paths.ca_key)
+    with Registry(paths.registry_db) as reg:
+        cert = reg.provision(gw, key.public_key(), issuer)
+    d.mkdir(parents=True)
+    pki.save_private_key(d / "gateway.key", key)
+    pki.write_public(d / "gateway.crt", pki.cert_pem(cert).encode())
+    pki.write_public(d / "ca.crt", paths.ca_crt.read_bytes())
+    kid = paths.current_key_id
+    peer = pki.load_public_key(paths.ingest_ka_pub(kid))
+    return Sealer(derive_data_key(key, peer, kid, gw), kid, gw)  # type: ignore[arg-type]
+
+
+def _samples(k: int, n: int, ts: int) -> list[Sample]:
+    # 20 registers per device, slowly drifting values: realistic compression
+    return [Sample(f"dev{(k + i // 20) % 50}", f"r{i % 20}", ts + (i // 20) * 10,
+                   round(20.0 + ((k * 7 + i) % 400) * 0.01, 2)) for i in range(n)]
+
+
+def raw_publish_ceiling(port: int, d: Path, gw: str, envelopes: list[bytes], window: int
+                        ) -> float:
+    """Seconds for paho to publish every envelope QoS1 and get every PUBACK (no ingest)."""
+    c = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=gw,
+                    protocol=mqtt.MQTTv5)
+    c.tls_set_context(pki.make_tls_context(d / "ca.crt", d / "gateway.crt", d / "gateway.key"))
+    c.max_inflight_messages_set(window)
+    done = threading.Event()
+    acked = [0]
+
+    def on_publish(*_: Any) -> None:
+        acked[0] += 1
+        if acked[0] == len(envelopes):
+            done.set()
+
+    c.on_publish = on_publish
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    t0 = time.perf_counter()
+    for env in envelopes:
+        c.publish(f"gw/{gw}/up/bench", env, qos=1)
+    done.wait(300)
+    dt = time.perf_counter() - t0
+    c.disconnect()
+    c.loop_stop()
+    return dt
+
+
+async def drain(paths: CloudPaths, url: str, port: int, root: Path, args: argparse.Namespace
+                ) -> dict[str, Any]:
+    gw = "bench-drain"
+    sealer = _identity(paths, gw, root / "id-drain")
+    outbox = Outbox(root / "drain-outbox.db", max_bytes=2 * 1024**3, sealer=sealer)
+    t0 = time.perf_counter()
+    ts = time.time_ns() // 1_000_000
+    for k in range(args.batches):
+        s = _samples(k, args.readings, ts + k * 1000)
+        outbox.append(Lane.TELEMETRY, encode_batch(s), count=len(s), first_ts_ms=s[0].ts_ms,
+                      last_ts_ms=s[-1].ts_ms)
+    fill_s = time.perf_counter() - t0
+    envelopes = [b.envelope for b in outbox.next_batches(args.batches + 1, ())]
+    env_bytes = sum(len(e) for e in envelopes)
+    raw_s = raw_publish_ceiling(port, root / "id-drain", gw, envelopes, args.window)
+
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
+    io = OutboxIO(outbox, executor)
+    ingest = Ingest(paths, url).start()
+    uplink = Uplink(gw, root / "id-drain", url, io, window=args.window)
+    t0 = time.perf_counter()
+    task = asyncio.ensure_future(uplink.run())
+    while await io.next_batches(1, ()):
+        await asyncio.sleep(0.02)
+    drain_s = time.perf_counter() - t0
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    ingest.stop()
+    executor.shutdown()
+    store = CloudStore(paths.store_db, readonly=True)
+    stored = store.count_readings(gw)
+    store.close()
+    outbox.close()
+    total = args.batches * args.readings
+    return {
+        "batches": args.batches,
+        "readings": total,
+        "readings_stored": stored,
+        "envelope_bytes_avg": round(env_bytes / max(len(envelopes), 1)),
+        "outbox_fill_s": round(fill_s, 3),
+        "drain_s": round(drain_s, 3),
+        "drain_readings_per_s": round(total / drain_s),
+        "raw_paho_qos1_s": round(raw_s, 3),
+        "raw_paho_qos1_readings_per_s": round(total / raw_s),
+        "raw_paho_qos1_msgs_per_s": round(len(envelopes) / raw_s),
+        "drain_vs_raw_ratio": round(raw_s / drain_s, 3),
+        "goal_readings_per_s": 200_000,
+        "uplink": {k: v for k, v in uplink.stats().items() if isinstance(v, int)},
+        "ingest_duplicates": ingest.counts.get("duplicates", 0),
+    }
+
+
+async def latency(paths: CloudPaths, url: str, root: Path, args: argparse.Namespace,
+                  per_batch: int) -> dict[str, Any]:
+    gw = f"bench-lat-{per_batch}"
+    sealer = _identity(paths, gw, root / f"id-{gw}")
+    outbox = Outbox(root / f"{gw}.db", max_bytes=1024**3, sealer=sealer)
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
+    io = OutboxIO(outbox, executor)
+    ingest = Ingest(paths, url).start()
+    uplink = Uplink(gw, root / f"id-{gw}", url, io, window=args.window)
+    task = asyncio.ensure_future(uplink.run())
+    while not uplink.connected:
+        await asyncio.sleep(0.01)
+    loop = asyncio.get_running_loop()
+    interval = per_batch / args.rate
+    appended: dict[int, int] = {}
+    start = loop.time()
+    k = 0
+    while loop.time() - start < args.seconds:
+        deadline = start + k * interval  # absolute schedule: no drift
+        await asyncio.sleep(max(0.0, deadline - loop.time()))
+        now = time.time_ns() // 1_000_000
+        s = _samples(k, per_batch, now)
+        pt = encode_batch(s)
+        seq = await loop.run_in_executor(executor, lambda s=s, pt=pt: outbox.append(
+            Lane.TELEMETRY, pt, count=len(s), first_ts_ms=s[0].ts_ms, last_ts_ms=s[-1].ts_ms))
+        appended[seq] = now
+        uplink.notify()
+        k += 1
+    while await io.next_batches(1, ()):
+        await asyncio.sleep(0.02)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    ingest.stop()
+    executor.shutdown()
+    outbox.close()
+    store = CloudStore(paths.store_db, readonly=True)
+    lat = sorted(b["stored_ms"] - appended[b["seq"]] for b in store.batches(gw))
+    store.close()
+    q = statistics.quantiles(lat, n=100) if len(lat) >= 2 else [lat[0]] * 99
+    return {
+        "rate_readings_per_s": args.rate,
+        "readings_per_batch": per_batch,
+        "batches": len(lat),
+        "p50_ms": q[49],
+        "p99_ms": q[98],
+        "max_ms": lat[-1],
+        "goal_p99_ms": 500,
+        "note": "outbox append -> cloud commit; add the batcher max_age for reading -> store",
+    }
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--batches", type=int, default=1000)
+    ap.add_argument("--readings", type=int, default=1000)
+    ap.add_argument("--rate", type=int, default=10_000)
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--window", type=int, default=32)
+    args = ap.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="edgegw-bench-uplink-"))
+    os.chmod(root, 0o711)  # mosquitto (dropped to its own user) must reach its files
+    try:
+        paths = init_data_dir(root / "cloud")
+        broker = ManagedBroker(paths, _free_port()).start()
+        try:
+            result = {
+                "bench": "uplink",
+                "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                            "platform": platform.platform()},
+                "drain": await drain(paths, broker.url, broker.port, root, args),
+                "latency": [await latency(paths, broker.url, root, args, n) for n in (100, 1000)],
+            }
+        finally:
+            broker.stop()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    json.dump(result, sys.stdout, indent=2)
+    print()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
