@@ -75,6 +75,17 @@ def _samples(k: int, n: int, ts: int) -> list[Sample]:
                    round(20.0 + ((k * 7 + i) % 400) * 0.01, 2)) for i in range(n)]
 
 
+async def _poll(pred: Any, step: float) -> None:
+    """Poll an async/sync predicate until it is false (the outbox has no event to await)."""
+    while True:
+        r = pred()
+        if asyncio.iscoroutine(r):
+            r = await r
+        if not r:
+            return
+        await asyncio.sleep(step)
+
+
 def raw_publish_ceiling(port: int, d: Path, gw: str, envelopes: list[bytes], window: int
                         ) -> float:
     """Seconds for paho to publish every envelope QoS1 and get every PUBACK (no ingest)."""
@@ -125,8 +136,7 @@ async def drain(paths: CloudPaths, url: str, port: int, root: Path, args: argpar
     uplink = Uplink(gw, root / "id-drain", url, io, window=args.window)
     t0 = time.perf_counter()
     task = asyncio.ensure_future(uplink.run())
-    while await io.next_batches(1, ()):
-        await asyncio.sleep(0.02)
+    await _poll(lambda: io.next_batches(1, ()), 0.02)
     drain_s = time.perf_counter() - t0
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
@@ -165,8 +175,7 @@ async def latency(paths: CloudPaths, url: str, root: Path, args: argparse.Namesp
     ingest = Ingest(paths, url).start()
     uplink = Uplink(gw, root / f"id-{gw}", url, io, window=args.window)
     task = asyncio.ensure_future(uplink.run())
-    while not uplink.connected:
-        await asyncio.sleep(0.01)
+    await _poll(lambda: not uplink.connected, 0.01)
     loop = asyncio.get_running_loop()
     interval = per_batch / args.rate
     appended: dict[int, int] = {}
@@ -178,13 +187,15 @@ async def latency(paths: CloudPaths, url: str, root: Path, args: argparse.Namesp
         now = time.time_ns() // 1_000_000
         s = _samples(k, per_batch, now)
         pt = encode_batch(s)
-        seq = await loop.run_in_executor(executor, lambda s=s, pt=pt: outbox.append(
-            Lane.TELEMETRY, pt, count=len(s), first_ts_ms=s[0].ts_ms, last_ts_ms=s[-1].ts_ms))
+        def append(s: list[Sample] = s, pt: bytes = pt) -> int:
+            return outbox.append(Lane.TELEMETRY, pt, count=len(s), first_ts_ms=s[0].ts_ms,
+                                 last_ts_ms=s[-1].ts_ms)
+
+        seq = await loop.run_in_executor(executor, append)
         appended[seq] = now
         uplink.notify()
         k += 1
-    while await io.next_batches(1, ()):
-        await asyncio.sleep(0.02)
+    await _poll(lambda: io.next_batches(1, ()), 0.02)
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     ingest.stop()

@@ -43,6 +43,7 @@ from cloud_stub.pki_setup import INGEST_CN, CloudPaths
 from cloud_stub.store import BatchRecord, CloudStore
 from gateway import pki
 from gateway.model import Lane
+from gateway.uplink.mqtt_client import Client
 from gateway.wire import envelope, topics
 from gateway.wire.ack import AckStatus, encode_acks
 from gateway.wire.codec import CodecError, DecodedBatch, decode_batch
@@ -198,7 +199,7 @@ class Ingest:
     # ------------------------------------------------------------------ workers
     def _start_worker(self, i: int) -> mqtt.Client:
         p = self.paths
-        client = mqtt.Client(
+        client = Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=f"{INGEST_CN}-{i}-{secrets.token_hex(4)}",
             protocol=mqtt.MQTTv5,

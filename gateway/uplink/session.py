@@ -41,6 +41,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway import pki
 from gateway.store.outbox import Outcome
+from gateway.uplink.mqtt_client import Client
 from gateway.uplink.outbox_io import AsyncOutbox
 from gateway.wire import topics
 from gateway.wire.ack import AckStatus, decode_acks
@@ -254,7 +255,7 @@ class Uplink:
             )
 
     def _new_client(self, gen: int, loop: asyncio.AbstractEventLoop) -> mqtt.Client:
-        client = mqtt.Client(
+        client = Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=self.gateway_id,
             protocol=mqtt.MQTTv5,
@@ -301,6 +302,11 @@ class Uplink:
         except ssl.SSLCertVerificationError as exc:
             self._auth_failed(f"the broker's certificate does not verify against "
                               f"{self.identity.ca}: {exc.verify_message}")
+            return 0.0
+        except (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError) as exc:
+            # the path died mid-handshake (no TLS alert): a network failure, not a refusal
+            self.c.connect_failures += 1
+            log.info("TLS handshake with %s:%d interrupted: %s", self.host, self.port, exc)
             return 0.0
         except ssl.SSLError as exc:
             self._auth_failed(f"TLS handshake refused ({exc.reason or exc}): the broker did not "
@@ -368,9 +374,12 @@ class Uplink:
             self._auth_failing = self._unreachable = False
             client.subscribe(self._topic_ack, qos=1)
             client.publish(self._topic_status, topics.STATUS_ONLINE, qos=1, retain=True)
-            done, _ = await asyncio.wait({suback, lost_wait},
+            done, _ = await asyncio.wait({suback, lost_wait}, timeout=max(10.0, self.keepalive),
                                          return_when=asyncio.FIRST_COMPLETED)
             if suback not in done:
+                if not self._lost.is_set():
+                    log.info("no SUBACK for %s from %s:%d; reconnecting", self._topic_ack,
+                             self.host, self.port)
                 return loop.time() - connected_at
             if self._suback.result() >= 0x80:
                 self.c.subscribe_refused += 1

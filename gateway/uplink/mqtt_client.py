@@ -1,0 +1,33 @@
+"""paho-mqtt ``Client`` with one fix: a failed TLS handshake closes its socket.
+
+paho-mqtt 2.2 wraps the TCP socket, then runs the handshake; when the handshake raises (the
+broker refused our certificate, or was killed mid-handshake) the wrapped socket is dropped
+unclosed, leaking a file descriptor (and a ResourceWarning) per failed attempt. A gateway that
+retries for days against a broker that refuses it must not leak. Pinned to paho ~2.2, whose
+private ``_ssl_wrap_socket`` this overrides with the same behaviour plus the close.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+
+import paho.mqtt.client as mqtt
+
+
+class Client(mqtt.Client):
+    def _ssl_wrap_socket(self, tcp_sock: socket.socket) -> ssl.SSLSocket:
+        ctx = self._ssl_context
+        if ctx is None:
+            raise ValueError("TLS requested without an SSL context")
+        ssl_sock = ctx.wrap_socket(tcp_sock, server_hostname=self._host,
+                                   do_handshake_on_connect=False)
+        try:
+            ssl_sock.settimeout(self._connect_timeout)
+            ssl_sock.do_handshake()
+            if not ctx.check_hostname and not self._tls_insecure:
+                raise ssl.SSLError("refusing a TLS context without hostname checking")
+        except BaseException:
+            ssl_sock.close()
+            raise
+        return ssl_sock
