@@ -43,11 +43,11 @@ from cloud_stub.pki_setup import INGEST_CN, CloudPaths
 from cloud_stub.store import BatchRecord, CloudStore
 from gateway import pki
 from gateway.model import Lane
-from gateway.uplink.mqtt_client import Client
 from gateway.wire import envelope, topics
 from gateway.wire.ack import AckStatus, encode_acks
 from gateway.wire.codec import CodecError, DecodedBatch, decode_batch
 from gateway.wire.keys import derive_data_key
+from gateway.wire.mqtt_client import Client
 
 log = logging.getLogger("edgegw.cloud.ingest")
 

@@ -116,6 +116,8 @@ class Batcher:
         self.alerts_in = 0
         self.batches_sealed = 0
         self.readings_sealed = 0
+        #: called on the event loop after each committed batch (the uplink's wake-up)
+        self.on_sealed: Callable[[Lane], None] | None = None
         self.seal_errors = 0
         self.bytes_sealed = 0  # envelope bytes (header + ciphertext + tag), what goes on the wire
         self.last_seal_ms = 0
@@ -177,6 +179,8 @@ class Batcher:
             for w in p.waiters:
                 if not w.done():
                     w.set_result(seq)
+            if self.on_sealed is not None:
+                self.on_sealed(lane)
         finally:
             self._seal_slots.release()
 

@@ -333,6 +333,9 @@ class Gateway:
             backoff_max=float(u.backoff_max),
             stable_after=float(u.stable_after),
         )
+        assert self.pipeline is not None
+        uplink = self.uplink
+        self.pipeline.batcher.on_sealed = lambda _lane: uplink.notify()
         self._tasks.append(asyncio.create_task(self.uplink.run(), name="uplink"))
 
     # ------------------------------------------------------------------ observability

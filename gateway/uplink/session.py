@@ -41,10 +41,10 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway import pki
 from gateway.store.outbox import Outcome
-from gateway.uplink.mqtt_client import Client
 from gateway.uplink.outbox_io import AsyncOutbox
 from gateway.wire import topics
 from gateway.wire.ack import AckStatus, decode_acks
+from gateway.wire.mqtt_client import Client
 
 log = logging.getLogger("edgegw.uplink")
 
