@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import os
 import platform
 import shutil
@@ -36,7 +37,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from cloud_stub.broker import ManagedBroker
-from cloud_stub.ingest import Ingest
+from cloud_stub.ingest import Ingest, run_ingest
 from cloud_stub.pki_setup import CloudPaths, init_data_dir
 from cloud_stub.registry import Registry
 from cloud_stub.store import CloudStore
@@ -71,8 +72,15 @@ def _identity(paths: CloudPaths, gw: str, d: Path) -> Sealer:
 
 def _samples(k: int, n: int, ts: int) -> list[Sample]:
     # 20 registers per device, slowly drifting values: realistic compression
-    return [Sample(f"dev{(k + i // 20) % 50}", f"r{i % 20}", ts + (i // 20) * 10,
-                   round(20.0 + ((k * 7 + i) % 400) * 0.01, 2)) for i in range(n)]
+    return [
+        Sample(
+            f"dev{(k + i // 20) % 50}",
+            f"r{i % 20}",
+            ts + (i // 20) * 10,
+            round(20.0 + ((k * 7 + i) % 400) * 0.01, 2),
+        )
+        for i in range(n)
+    ]
 
 
 async def _poll(pred: Any, step: float) -> None:
@@ -86,11 +94,11 @@ async def _poll(pred: Any, step: float) -> None:
         await asyncio.sleep(step)
 
 
-def raw_publish_ceiling(port: int, d: Path, gw: str, envelopes: list[bytes], window: int
-                        ) -> float:
+def raw_publish_ceiling(port: int, d: Path, gw: str, envelopes: list[bytes], window: int) -> float:
     """Seconds for paho to publish every envelope QoS1 and get every PUBACK (no ingest)."""
-    c = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=gw,
-                    protocol=mqtt.MQTTv5)
+    c = mqtt.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2, client_id=gw, protocol=mqtt.MQTTv5
+    )
     c.tls_set_context(pki.make_tls_context(d / "ca.crt", d / "gateway.crt", d / "gateway.key"))
     c.max_inflight_messages_set(window)
     done = threading.Event()
@@ -114,8 +122,14 @@ def raw_publish_ceiling(port: int, d: Path, gw: str, envelopes: list[bytes], win
     return dt
 
 
-async def drain(paths: CloudPaths, url: str, port: int, root: Path, args: argparse.Namespace
-                ) -> dict[str, Any]:
+def _ingest_process(data_dir: Path, url: str, stop: Any, ready: Any, workers: int) -> None:
+    paths = CloudPaths.for_dir(data_dir)
+    run_ingest(paths, url, stop, workers=workers, on_ready=lambda _ingest: ready.set())
+
+
+async def drain(
+    paths: CloudPaths, url: str, port: int, root: Path, args: argparse.Namespace
+) -> dict[str, Any]:
     gw = "bench-drain"
     sealer = _identity(paths, gw, root / "id-drain")
     outbox = Outbox(root / "drain-outbox.db", max_bytes=2 * 1024**3, sealer=sealer)
@@ -123,8 +137,13 @@ async def drain(paths: CloudPaths, url: str, port: int, root: Path, args: argpar
     ts = time.time_ns() // 1_000_000
     for k in range(args.batches):
         s = _samples(k, args.readings, ts + k * 1000)
-        outbox.append(Lane.TELEMETRY, encode_batch(s), count=len(s), first_ts_ms=s[0].ts_ms,
-                      last_ts_ms=s[-1].ts_ms)
+        outbox.append(
+            Lane.TELEMETRY,
+            encode_batch(s),
+            count=len(s),
+            first_ts_ms=s[0].ts_ms,
+            last_ts_ms=s[-1].ts_ms,
+        )
     fill_s = time.perf_counter() - t0
     envelopes = [b.envelope for b in outbox.next_batches(args.batches + 1, ())]
     env_bytes = sum(len(e) for e in envelopes)
@@ -132,7 +151,16 @@ async def drain(paths: CloudPaths, url: str, port: int, root: Path, args: argpar
 
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
     io = OutboxIO(outbox, executor)
-    ingest = Ingest(paths, url).start()
+    # The cloud ingest runs in its own process, as it would on its own machine: in this process
+    # it would share one GIL with the gateway's uplink.
+    ctx = multiprocessing.get_context("spawn")
+    stop = ctx.Event()
+    ready = ctx.Event()
+    proc = ctx.Process(
+        target=_ingest_process, args=(paths.data_dir, url, stop, ready, args.workers)
+    )
+    proc.start()
+    ready.wait(60)
     uplink = Uplink(gw, root / "id-drain", url, io, window=args.window)
     t0 = time.perf_counter()
     task = asyncio.ensure_future(uplink.run())
@@ -140,7 +168,8 @@ async def drain(paths: CloudPaths, url: str, port: int, root: Path, args: argpar
     drain_s = time.perf_counter() - t0
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
-    ingest.stop()
+    stop.set()
+    proc.join(60)
     executor.shutdown()
     store = CloudStore(paths.store_db, readonly=True)
     stored = store.count_readings(gw)
@@ -161,12 +190,14 @@ async def drain(paths: CloudPaths, url: str, port: int, root: Path, args: argpar
         "drain_vs_raw_ratio": round(raw_s / drain_s, 3),
         "goal_readings_per_s": 200_000,
         "uplink": {k: v for k, v in uplink.stats().items() if isinstance(v, int)},
-        "ingest_duplicates": ingest.counts.get("duplicates", 0),
+        "ingest_process": True,
+        "ingest_workers": args.workers,
     }
 
 
-async def latency(paths: CloudPaths, url: str, root: Path, args: argparse.Namespace,
-                  per_batch: int) -> dict[str, Any]:
+async def latency(
+    paths: CloudPaths, url: str, root: Path, args: argparse.Namespace, per_batch: int
+) -> dict[str, Any]:
     gw = f"bench-lat-{per_batch}"
     sealer = _identity(paths, gw, root / f"id-{gw}")
     outbox = Outbox(root / f"{gw}.db", max_bytes=1024**3, sealer=sealer)
@@ -187,9 +218,11 @@ async def latency(paths: CloudPaths, url: str, root: Path, args: argparse.Namesp
         now = time.time_ns() // 1_000_000
         s = _samples(k, per_batch, now)
         pt = encode_batch(s)
+
         def append(s: list[Sample] = s, pt: bytes = pt) -> int:
-            return outbox.append(Lane.TELEMETRY, pt, count=len(s), first_ts_ms=s[0].ts_ms,
-                                 last_ts_ms=s[-1].ts_ms)
+            return outbox.append(
+                Lane.TELEMETRY, pt, count=len(s), first_ts_ms=s[0].ts_ms, last_ts_ms=s[-1].ts_ms
+            )
 
         seq = await loop.run_in_executor(executor, append)
         appended[seq] = now
@@ -224,6 +257,7 @@ async def main() -> None:
     ap.add_argument("--rate", type=int, default=10_000)
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--window", type=int, default=32)
+    ap.add_argument("--workers", type=int, default=1, help="ingest decode workers")
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="edgegw-bench-uplink-"))
     os.chmod(root, 0o711)  # mosquitto (dropped to its own user) must reach its files
@@ -233,8 +267,11 @@ async def main() -> None:
         try:
             result = {
                 "bench": "uplink",
-                "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                            "platform": platform.platform()},
+                "machine": {
+                    "cpus": os.cpu_count(),
+                    "python": platform.python_version(),
+                    "platform": platform.platform(),
+                },
                 "drain": await drain(paths, broker.url, broker.port, root, args),
                 "latency": [await latency(paths, broker.url, root, args, n) for n in (100, 1000)],
             }

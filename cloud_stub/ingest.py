@@ -157,17 +157,18 @@ class Ingest:
     # ------------------------------------------------------------------ lifecycle
     def start(self, timeout: float = 15.0) -> Ingest:
         """Start the writer and the workers; returns once every worker is subscribed."""
-        self._opener = threading.Thread(target=self._open_loop, name="ingest-opener",
-                                        daemon=True)
-        self._writer = threading.Thread(target=self._write_loop, name="ingest-writer",
-                                        daemon=True)
+        self._opener = threading.Thread(target=self._open_loop, name="ingest-opener", daemon=True)
+        self._writer = threading.Thread(target=self._write_loop, name="ingest-writer", daemon=True)
         self._opener.start()
         self._writer.start()
         for i in range(self.workers):
             self._clients.append(self._start_worker(i))
         if not self._ready.wait(timeout):
-            log.warning("ingest: not all workers subscribed within %.0f s (broker down?); "
-                        "they keep retrying", timeout)
+            log.warning(
+                "ingest: not all workers subscribed within %.0f s (broker down?); "
+                "they keep retrying",
+                timeout,
+            )
         return self
 
     def wait_subscribed(self, timeout: float) -> bool:
@@ -210,8 +211,9 @@ class Ingest:
         client.max_inflight_messages_set(200)
         sub = f"$share/{self.share_group}/gw/+/up/batch"
 
-        def on_connect(c: mqtt.Client, _u: Any, _f: Any, rc: ReasonCode,
-                       _p: Properties | None = None) -> None:
+        def on_connect(
+            c: mqtt.Client, _u: Any, _f: Any, rc: ReasonCode, _p: Properties | None = None
+        ) -> None:
             if rc.is_failure:
                 log.error("ingest worker %d: broker refused the connection (%s)", i, rc)
                 self.counts["connect_refused"] += 1
@@ -219,19 +221,22 @@ class Ingest:
             self.counts["connects"] += 1
             c.subscribe(sub, qos=1)
 
-        def on_subscribe(c: mqtt.Client, _u: Any, _mid: int, rcs: list[ReasonCode],
-                         _p: Properties | None = None) -> None:
+        def on_subscribe(
+            c: mqtt.Client, _u: Any, _mid: int, rcs: list[ReasonCode], _p: Properties | None = None
+        ) -> None:
             if any(r.is_failure for r in rcs):
-                log.error("ingest worker %d: subscription to %s refused (%s); check the ACL",
-                          i, sub, rcs)
+                log.error(
+                    "ingest worker %d: subscription to %s refused (%s); check the ACL", i, sub, rcs
+                )
                 self.counts["subscribe_refused"] += 1
                 return
             self._subscribed.add(i)
             if len(self._subscribed) >= self.workers:
                 self._ready.set()
 
-        def on_disconnect(c: mqtt.Client, _u: Any, _f: Any, rc: ReasonCode,
-                          _p: Properties | None = None) -> None:
+        def on_disconnect(
+            c: mqtt.Client, _u: Any, _f: Any, rc: ReasonCode, _p: Properties | None = None
+        ) -> None:
             if not self._stop.is_set():
                 self.counts["disconnects"] += 1
                 log.info("ingest worker %d disconnected (%s); reconnecting", i, rc)
@@ -239,8 +244,9 @@ class Ingest:
         def on_message(c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
             # paho's thread: hand over and return (the writer does the work)
             self.counts["received"] += 1
-            self._put(self._queue,
-                      _Msg(c, msg.topic, bytes(msg.payload), time.time_ns() // 1_000_000))
+            self._put(
+                self._queue, _Msg(c, msg.topic, bytes(msg.payload), time.time_ns() // 1_000_000)
+            )
 
         client.on_connect = on_connect
         client.on_subscribe = on_subscribe
@@ -329,13 +335,25 @@ class Ingest:
         try:
             header = envelope.parse_header(m.payload)
         except Exception as exc:
-            self._warn("malformed", gw, "gateway %s: malformed envelope (%d bytes): %s",
-                       gw, len(m.payload), exc)
+            self._warn(
+                "malformed",
+                gw,
+                "gateway %s: malformed envelope (%d bytes): %s",
+                gw,
+                len(m.payload),
+                exc,
+            )
             return None
         candidates = keys.candidates(gw, header.key_id)
         if candidates is None:
-            self._warn("unknown_key_id", gw, "gateway %s: batch %d sealed with unknown key id %d",
-                       gw, header.seq, header.key_id)
+            self._warn(
+                "unknown_key_id",
+                gw,
+                "gateway %s: batch %d sealed with unknown key id %d",
+                gw,
+                header.seq,
+                header.key_id,
+            )
             return None
         plaintext = self._try_open(gw, m.payload, candidates, keys, header.key_id)
         if plaintext is None:
@@ -345,24 +363,41 @@ class Ingest:
                 plaintext = self._try_open(gw, m.payload, fresh, keys, header.key_id)
         if plaintext is None:
             if not keys.candidates(gw, header.key_id):
-                self._warn("unknown_gateway", gw, "batch for gateway %s, which has no "
-                           "certificate in the registry: ignored", gw)
+                self._warn(
+                    "unknown_gateway",
+                    gw,
+                    "batch for gateway %s, which has no certificate in the registry: ignored",
+                    gw,
+                )
             else:
-                self._warn("unauthentic", gw, "gateway %s: envelope (seq %d in its unauthenticated"
-                           " header) fails authentication: tampered, forged or wrong key; "
-                           "ignored, not acked", gw, header.seq)
+                self._warn(
+                    "unauthentic",
+                    gw,
+                    "gateway %s: envelope (seq %d in its unauthenticated"
+                    " header) fails authentication: tampered, forged or wrong key; "
+                    "ignored, not acked",
+                    gw,
+                    header.seq,
+                )
             return None
         try:
             decoded = decode_batch(plaintext)
         except CodecError as exc:
-            self._warn("undecodable", gw, "gateway %s: authentic batch %d does not decode (%s); "
-                       "acked as rejected", gw, header.seq, exc)
+            self._warn(
+                "undecodable",
+                gw,
+                "gateway %s: authentic batch %d does not decode (%s); acked as rejected",
+                gw,
+                header.seq,
+                exc,
+            )
             return gw, header, None
         return gw, header, decoded
 
     @staticmethod
-    def _try_open(gw: str, blob: bytes, candidates: list[bytes], keys: _Keys,
-                  key_id: int) -> bytes | None:
+    def _try_open(
+        gw: str, blob: bytes, candidates: list[bytes], keys: _Keys, key_id: int
+    ) -> bytes | None:
         for key in candidates:
             try:
                 _, plaintext = envelope.open_sealed(key, gw, blob)
@@ -384,28 +419,43 @@ class Ingest:
             if o.decoded is None:
                 ack(o, ACK_REJECTED)
         records = [
-            BatchRecord(o.gw, o.seq, _lane_of(o.decoded), o.received_ms, o.decoded.samples,
-                        o.decoded.alerts, o.decoded.gaps)
-            for o in storable if o.decoded is not None
+            BatchRecord(
+                o.gw,
+                o.seq,
+                _lane_of(o.decoded),
+                o.received_ms,
+                alerts=o.decoded.alerts,
+                gaps=o.decoded.gaps,
+                series=o.decoded.series,
+            )
+            for o in storable
+            if o.decoded is not None
         ]
         if records:
             try:
                 fresh = store.commit_many(records)
             except Exception as exc:
                 self.counts["store_errors"] += 1
-                log.error("ingest: storing %d batches failed (%s: %s); acked retry, nothing "
-                          "stored", len(records), type(exc).__name__, exc)
+                log.error(
+                    "ingest: storing %d batches failed (%s: %s); acked retry, nothing stored",
+                    len(records),
+                    type(exc).__name__,
+                    exc,
+                )
                 for o in storable:
                     ack(o, ACK_RETRY)
             else:
                 for o, rec, new in zip(storable, records, fresh, strict=True):
                     if new:
                         self.counts["batches_stored"] += 1
-                        self.counts["readings_stored"] += len(rec.samples)
+                        self.counts["readings_stored"] += rec.readings
                     else:
                         self.counts["duplicates"] += 1
-                        log.debug("gateway %s: batch %d already stored (re-sent); acked again",
-                                  o.gw, o.seq)
+                        log.debug(
+                            "gateway %s: batch %d already stored (re-sent); acked again",
+                            o.gw,
+                            o.seq,
+                        )
                     ack(o, ACK_DELIVERED)
         for (_, gw), (client, items) in acks.items():
             client.publish(topics.down_ack(gw), encode_acks(items), qos=1)
@@ -416,7 +466,11 @@ def _lane_of(decoded: DecodedBatch) -> int:
     """The batch's lane: alerts and gap records travel in the alert lane, blobs in bulk."""
     if decoded.alerts or decoded.gaps:
         return int(Lane.ALERT)
-    if any(isinstance(s.value, bytes) for s in decoded.samples[:1]):
+    if (
+        decoded.series
+        and decoded.series[0].values
+        and isinstance(decoded.series[0].values[0], bytes)
+    ):
         return int(Lane.BULK)
     return int(Lane.TELEMETRY)
 

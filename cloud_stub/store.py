@@ -24,14 +24,24 @@ import hashlib
 import json
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
 from gateway.model import Alert, Sample, Value
+from gateway.wire.codec import Series
 
 VT_NULL, VT_INT, VT_FLOAT, VT_BOOL, VT_STR, VT_BLOB = range(6)
+#: value types stored as they are (bulk fast path for single-typed series)
+_FAST_VTYPES: dict[type, int] = {
+    float: VT_FLOAT,
+    int: VT_INT,
+    bool: VT_BOOL,
+    str: VT_STR,
+    type(None): VT_NULL,
+}
 VTYPE_NAMES = ("null", "int", "float", "bool", "str", "blob")
 
 _SCHEMA = """
@@ -109,6 +119,12 @@ class BatchRecord:
     samples: Sequence[Sample] = ()
     alerts: Sequence[Alert] = ()
     gaps: Sequence[Any] = ()  # gateway.wire.codec.Gap
+    #: readings in columnar form (gateway.wire.codec.Series), the ingest's fast path
+    series: Sequence[Series] = ()
+
+    @property
+    def readings(self) -> int:
+        return len(self.samples) + sum(len(s.ts) for s in self.series)
 
 
 @dataclass
@@ -175,7 +191,9 @@ class CloudStore:
                     "or pass the right --data-dir)"
                 )
             self._db = sqlite3.connect(
-                f"file:{self.path}?mode=ro", uri=True, isolation_level=None,
+                f"file:{self.path}?mode=ro",
+                uri=True,
+                isolation_level=None,
                 check_same_thread=False,
             )
         else:
@@ -223,15 +241,23 @@ class CloudStore:
                     "INSERT OR IGNORE INTO batches"
                     " (gateway, seq, lane, received_ms, stored_ms, readings, alerts, gaps)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (rec.gateway, rec.seq, int(rec.lane), rec.received_ms, stored_ms,
-                     len(rec.samples), len(rec.alerts), len(rec.gaps)),
+                    (
+                        rec.gateway,
+                        rec.seq,
+                        int(rec.lane),
+                        rec.received_ms,
+                        stored_ms,
+                        rec.readings,
+                        len(rec.alerts),
+                        len(rec.gaps),
+                    ),
                 )
                 if cur.rowcount == 0:
                     result.append(False)
                     continue
                 result.append(True)
                 self._insert_contents(rec)
-                n_readings += len(rec.samples)
+                n_readings += rec.readings
                 n_alerts += len(rec.alerts)
                 n_gaps += len(rec.gaps)
             db.execute("COMMIT")
@@ -265,6 +291,8 @@ class CloudStore:
             if sid is None:
                 sid = self._series_id(gw, s.device, s.metric)
             rows.append((sid, s.ts_ms, value, vtype, int(s.quality), seq))
+        for col in rec.series:
+            rows.extend(self._series_rows(gw, seq, col, blobs))
         if blobs:
             db.executemany(
                 "INSERT OR IGNORE INTO blobs (sha256, size, data) VALUES (?, ?, ?)", blobs
@@ -280,8 +308,19 @@ class CloudStore:
                 "INSERT INTO alerts (gateway, seq, rule, device, ts_ms, active, severity, message,"
                 " metric, value, labels) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (gw, seq, a.rule, a.device, a.ts_ms, int(a.active), int(a.severity),
-                     a.message, a.metric, a.value, json.dumps(dict(a.labels), sort_keys=True))
+                    (
+                        gw,
+                        seq,
+                        a.rule,
+                        a.device,
+                        a.ts_ms,
+                        int(a.active),
+                        int(a.severity),
+                        a.message,
+                        a.metric,
+                        a.value,
+                        json.dumps(dict(a.labels), sort_keys=True),
+                    )
                     for a in rec.alerts
                 ],
             )
@@ -290,11 +329,54 @@ class CloudStore:
                 "INSERT INTO gaps (gateway, seq, lane, seqs, from_ts_ms, to_ts_ms, batches,"
                 " readings, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (gw, seq, int(g.lane), json.dumps(list(g.seqs)), g.from_ts_ms, g.to_ts_ms,
-                     g.batches, g.readings, str(g.reason))
+                    (
+                        gw,
+                        seq,
+                        int(g.lane),
+                        json.dumps(list(g.seqs)),
+                        g.from_ts_ms,
+                        g.to_ts_ms,
+                        g.batches,
+                        g.readings,
+                        str(g.reason),
+                    )
                     for g in rec.gaps
                 ],
             )
+
+    def _series_rows(
+        self, gw: str, seq: int, col: Series, blobs: list[tuple[Any, int, bytes]]
+    ) -> Iterable[tuple[Any, ...]]:
+        """Rows of one decoded series: one id lookup and, for a single-typed column (the usual
+        case), no per-value Python work; mixed columns go through ``_encode_value``."""
+        sid = self._series.get((gw, col.device, col.metric))
+        if sid is None:
+            sid = self._series_id(gw, col.device, col.metric)
+        n = len(col.ts)
+        types = set(map(type, col.values))
+        vtype = _FAST_VTYPES.get(types.pop()) if len(types) == 1 else None
+        if vtype == VT_INT and not (min(col.values) >= -(2**63) and max(col.values) < 2**63):
+            vtype = None  # beyond SQLite's 64-bit INTEGER: _encode_value keeps the digits
+        if vtype is not None:
+            values: Iterable[Any] = col.values
+            if vtype == VT_BOOL:
+                values = map(int, col.values)
+            return zip(
+                repeat(sid, n),
+                col.ts,
+                values,
+                repeat(vtype, n),
+                col.qualities,
+                repeat(seq, n),
+                strict=False,
+            )
+        rows = []
+        for ts, value, quality in zip(col.ts, col.values, col.qualities, strict=True):
+            stored, vt, blob = _encode_value(value)
+            if blob is not None:
+                blobs.append((stored, len(blob), blob))
+            rows.append((sid, ts, stored, vt, quality, seq))
+        return rows
 
     def _series_id(self, gw: str, device: str, metric: str) -> int:
         key = (gw, device, metric)
@@ -303,9 +385,12 @@ class CloudStore:
             "SELECT id FROM series WHERE gateway = ? AND device = ? AND metric = ?", key
         ).fetchone()
         if row is None:
-            sid = int(db.execute(
-                "INSERT INTO series (gateway, device, metric) VALUES (?, ?, ?)", key
-            ).lastrowid or 0)
+            sid = int(
+                db.execute(
+                    "INSERT INTO series (gateway, device, metric) VALUES (?, ?, ?)", key
+                ).lastrowid
+                or 0
+            )
             self._new_series.append(key)
         else:
             sid = int(row[0])
@@ -342,7 +427,8 @@ class CloudStore:
         return int(
             self._db.execute(
                 "SELECT count(*) FROM points WHERE series IN"
-                " (SELECT id FROM series WHERE gateway = ?)", (gateway,)
+                " (SELECT id FROM series WHERE gateway = ?)",
+                (gateway,),
             ).fetchone()[0]
         )
 

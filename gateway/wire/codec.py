@@ -40,6 +40,8 @@ import struct
 from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
+from itertools import repeat
 from typing import Any
 
 import snappy
@@ -110,10 +112,43 @@ class Gap:
 
 
 @dataclass(frozen=True, slots=True)
+class Series:
+    """One series of a decoded batch, as columns (what the wire carries; no Sample objects)."""
+
+    device: str
+    metric: str
+    ts: list[int]
+    values: list[Any]
+    qualities: list[Quality]
+
+    def samples(self) -> Iterable[Sample]:
+        n = len(self.ts)
+        return map(
+            Sample,
+            repeat(self.device, n),
+            repeat(self.metric, n),
+            self.ts,
+            self.values,
+            self.qualities,
+        )
+
+
+@dataclass(frozen=True)
 class DecodedBatch:
-    samples: list[Sample]
+    """A decoded batch. ``series`` is the columnar form (fast for bulk storage); ``samples``
+    builds the per-reading view on first use."""
+
+    series: list[Series]
     alerts: list[Alert]
     gaps: list[Gap]
+
+    @cached_property
+    def samples(self) -> list[Sample]:
+        return [sample for s in self.series for sample in s.samples()]
+
+    @property
+    def readings(self) -> int:
+        return sum(len(s.ts) for s in self.series)
 
 
 # =========================================================================== primitives
@@ -675,7 +710,8 @@ def _decode_body(r: _Reader) -> DecodedBatch:
             raise r.fail(f"string index {i} out of range ({len(strings)} strings)")
         return strings[i]
 
-    samples: list[Sample] = []
+    series: list[Series] = []
+    total = 0
     n_series = r.count("series", 4)
     prev_first_ts = 0
     prev_ts: list[int] | None = None
@@ -685,7 +721,8 @@ def _decode_body(r: _Reader) -> DecodedBatch:
         n = r.uvarint()
         if n == 0:
             raise r.fail("empty series")
-        if len(samples) + n > MAX_SAMPLES:
+        total += n
+        if total > MAX_SAMPLES:
             raise r.fail(f"more than {MAX_SAMPLES} samples")
         flags = r.u8()
         if flags & ~_KNOWN_FLAGS:
@@ -727,12 +764,12 @@ def _decode_body(r: _Reader) -> DecodedBatch:
         if flags & FLAG_HAS_NONE:
             it = iter(values)
             values = [next(it) if m else None for m in mask]
-        samples += map(Sample, [device] * n, [metric] * n, ts, values, qualities)
+        series.append(Series(device, metric, ts, values, qualities))
     alerts = _read_alerts(r, name)
     gaps = _read_gaps(r, name)
     if r.pos != r.end:
         raise r.fail(f"{r.end - r.pos} trailing bytes")
-    return DecodedBatch(samples, alerts, gaps)
+    return DecodedBatch(series, alerts, gaps)
 
 
 def _read_values(r: _Reader, n: int) -> list[Any]:
