@@ -181,7 +181,7 @@ def cloud_counts(store: Path) -> dict[str, int]:
         con.close()
 
 
-def tally(state: Path, store: Path) -> dict[str, Any]:
+def tally(state: Path, store: Path, cut_ms: tuple[int, int] | None = None) -> dict[str, Any]:
     st = status(state).get("stats", {})
     produced = int(st.get("pipeline", {}).get("readings_sealed", 0))
     envelope_bytes = int(st.get("pipeline", {}).get("bytes_sealed", 0))
@@ -195,14 +195,18 @@ def tally(state: Path, store: Path) -> dict[str, Any]:
             " WHERE gateway=? GROUP BY device, metric, ts_ms HAVING n > 1)",
             (GW_ID,),
         ).fetchone()[0]
-        lat = [
-            r[0]
-            for r in con.execute(
-                "SELECT b.received_ms - r.ts_ms FROM readings r JOIN batches b"
-                " ON b.gateway = r.gateway AND b.seq = r.seq WHERE r.gateway=?",
-                (GW_ID,),
-            )
-        ]
+        if cut_ms is not None:
+            # the link is back when the first batch after the cut reaches the cloud
+            back = con.execute(
+                "SELECT min(received_ms) FROM batches WHERE gateway=? AND received_ms > ?",
+                (GW_ID, cut_ms[1]),
+            ).fetchone()[0]
+            cut_ms = (cut_ms[0], back or cut_ms[1])
+        rows = con.execute(
+            "SELECT r.ts_ms, b.received_ms - r.ts_ms FROM readings r JOIN batches b"
+            " ON b.gateway = r.gateway AND b.seq = r.seq WHERE r.gateway=?",
+            (GW_ID,),
+        ).fetchall()
         json_bytes = sum(
             len(json.dumps({"device": d, "metric": m, "ts": t, "value": v, "quality": q})) + 1
             for d, m, t, v, q in con.execute(
@@ -212,10 +216,14 @@ def tally(state: Path, store: Path) -> dict[str, Any]:
         )
     finally:
         con.close()
-    lat.sort()
+    # Readings taken while the network was cut (until the uplink was back) waited on purpose:
+    # their latency is reported apart from the steady-state figures.
+    c0, c1 = cut_ms or (0, -1)
+    lat = sorted(d for ts, d in rows if not c0 <= ts <= c1)
+    held = sorted(d for ts, d in rows if c0 <= ts <= c1)
 
-    def pct(p: float) -> float | None:
-        return lat[min(len(lat) - 1, int(p * len(lat)))] if lat else None
+    def pct(p: float, xs: list[int] = lat) -> float | None:
+        return xs[min(len(xs) - 1, int(p * len(xs)))] if xs else None
 
     return {
         "readings_produced": produced,
@@ -229,6 +237,8 @@ def tally(state: Path, store: Path) -> dict[str, Any]:
         else None,
         "latency_ms_p50": pct(0.50),
         "latency_ms_p99": pct(0.99),
+        "readings_held_by_the_cut_until_reconnect": len(held),
+        "held_latency_ms_max": held[-1] if held else None,
     }
 
 
@@ -304,6 +314,7 @@ async def main_async(a: argparse.Namespace) -> int:
         store = cloud_dir / "store.db"
         t0 = time.monotonic()
         cut_at = a.duration / 2 - a.cut_broker / 2 if a.cut_broker else None
+        cut_ms = (0, 0)
         print(
             f"[demo] running {a.duration:.0f} s: {len(plant['ports']) * len(plant['units'])} "
             "devices x 7 points at 2 Hz"
@@ -311,9 +322,11 @@ async def main_async(a: argparse.Namespace) -> int:
         while (elapsed := time.monotonic() - t0) < a.duration:
             if cut_at is not None and proxy.up and cut_at <= elapsed < cut_at + a.cut_broker:
                 proxy.cut()
+                cut_ms = (time.time_ns() // 1_000_000, 0)
                 print(f"[demo] {elapsed:5.1f}s  NETWORK CUT for {a.cut_broker:.0f} s")
             elif cut_at is not None and not proxy.up and elapsed >= cut_at + a.cut_broker:
                 proxy.restore()
+                cut_ms = (cut_ms[0], time.time_ns() // 1_000_000)
                 print(f"[demo] {elapsed:5.1f}s  network restored")
             st = status(state).get("stats", {})
             ob = st.get("outbox", {})
@@ -331,7 +344,7 @@ async def main_async(a: argparse.Namespace) -> int:
         print("[demo] stopping the gateway (it drains its outbox to the cloud first)")
         gw.send_signal(signal.SIGTERM)
         await asyncio.to_thread(gw.wait)
-        result = tally(state, store)
+        result = tally(state, store, cut_ms if cut_ms[1] else None)
         print(json.dumps(result, indent=1))
         ok = result["lost"] == 0 and result["duplicated"] == 0 and result["readings_produced"] > 0
         print("[demo] " + ("OK: nothing lost, nothing duplicated" if ok else "FAILED"))
