@@ -118,7 +118,7 @@ class DeviceContext:
             self._shared[key] = factory()
             self._shared_refs[key] = 0
         self._shared_refs[key] += 1
-        return self._shared[key]  # type: ignore[no-any-return]
+        return self._shared[key]
 
     def release(self, key: str) -> Any | None:
         """Drop one reference; returns the resource when the last user released it."""

@@ -110,7 +110,7 @@ class Gateway:
         self._device_bus: dict[str, Any] = {}
         self._schedulers: dict[str, Any] = {}
         self._tasks: list[asyncio.Task[Any]] = []
-        self._write_tasks: set[asyncio.Task[None]] = set()
+        self._write_tasks: set[asyncio.Task[bool]] = set()
         self._write_stats = {"requested": 0, "ok": 0, "failed": 0}
         self._started = time.monotonic()
         self.uplink: Any = None
@@ -147,7 +147,7 @@ class Gateway:
         self.pipeline = Pipeline(batcher, self._build_stages(), on_writes=self._on_writes)
         self._tasks.append(asyncio.create_task(self.pipeline.run(), name="pipeline"))
         await self._start_devices()
-        if cfg.uplink.enabled:
+        if identity_dir is not None:
             await self._start_uplink(identity_dir)
         self.collector = StatsCollector(self._stats_sources())
         if cfg.metrics.enabled:
@@ -316,7 +316,7 @@ class Gateway:
         log.info("wrote %s.%s=%r (%s)", req.device, req.point, req.value, req.reason)
         return True
 
-    async def _start_uplink(self, identity_dir: Path | None) -> None:
+    async def _start_uplink(self, identity_dir: Path) -> None:
         from gateway.uplink.outbox_io import OutboxIO
         from gateway.uplink.session import Uplink
 
