@@ -135,22 +135,20 @@ class DevicePoller:
         return [Sample(self.device_id, name, ts, None, quality) for name in self.known_points]
 
     def _samples(self, result: Any) -> list[Sample]:
-        ts = self._wall_clock()
-        out: list[Sample] = []
-        for name, value in result.items():
-            if isinstance(value, PointValue):
-                out.append(
-                    Sample(
-                        self.device_id,
-                        name,
-                        value.ts_ms if value.ts_ms is not None else ts,
-                        value.value,
-                        value.quality,
-                    )
-                )
-            else:
-                out.append(Sample(self.device_id, name, ts, value, Quality.GOOD))
-        return out
+        ts, dev, good = self._wall_clock(), self.device_id, Quality.GOOD
+        # one comprehension: this runs for every point of every poll
+        return [
+            Sample(dev, name, ts, value, good)
+            if not isinstance(value, PointValue)
+            else Sample(
+                dev,
+                name,
+                value.ts_ms if value.ts_ms is not None else ts,
+                value.value,
+                value.quality,
+            )
+            for name, value in result.items()
+        ]
 
     async def _emit(self, samples: list[Sample]) -> None:
         if not samples:
