@@ -55,6 +55,24 @@ def fresh_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def test_fresh_install_help_and_every_example_checks(fresh_venv: Path) -> None:
+    """Gateway core acceptance 1: `pip install .` in a fresh venv, then `edgegw --help`,
+    `edgegw-cloud --help` and `edgegw check -c` on every example config."""
+    for tool in ("edgegw", "edgegw-cloud"):
+        done = run([fresh_venv / "bin" / tool, "--help"])
+        assert done.returncode == 0 and "usage:" in done.stdout, done.stderr
+    examples = sorted(
+        p for p in (Path(REPO) / "examples").rglob("*.yaml") if "custom_driver" not in p.parts
+    )
+    assert len(examples) >= 8
+    for path in examples:
+        done = run(
+            [fresh_venv / "bin" / "edgegw", "check", "-c", path],
+            extra_env={"CAM_PASSWORD": "example-secret"},
+        )
+        assert done.returncode == 0, f"{path}: {done.stdout}{done.stderr}"
+
+
 def test_edgegw_drivers_lists_the_plugin(fresh_venv: Path) -> None:
     done = run([fresh_venv / "bin" / "edgegw", "drivers"])
     assert done.returncode == 0, done.stderr
