@@ -404,6 +404,12 @@ class CloudStore:
         ).fetchone()
         return row is not None
 
+    def _dicts(self, sql: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
+        """Rows of ``sql`` as dicts keyed by column name."""
+        cur = self._db.execute(sql, params)
+        cols = [d[0] for d in cur.description]
+        return [dict(zip(cols, r, strict=True)) for r in cur]
+
     def batch_seqs(self, gateway: str) -> list[int]:
         return [
             r[0]
@@ -413,13 +419,11 @@ class CloudStore:
         ]
 
     def batches(self, gateway: str) -> list[dict[str, int]]:
-        cur = self._db.execute(
+        return self._dicts(
             "SELECT seq, lane, received_ms, stored_ms, readings, alerts, gaps FROM batches"
             " WHERE gateway = ? ORDER BY seq",
             (gateway,),
         )
-        cols = [d[0] for d in cur.description]
-        return [dict(zip(cols, r, strict=True)) for r in cur]
 
     def count_readings(self, gateway: str | None = None) -> int:
         if gateway is None:
@@ -478,22 +482,18 @@ class CloudStore:
         return bytes(row[0]) if row else None
 
     def alerts(self, gateway: str) -> list[dict[str, Any]]:
-        cur = self._db.execute(
+        return self._dicts(
             "SELECT seq, rule, device, ts_ms, active, severity, message, metric, value, labels"
             " FROM alerts WHERE gateway = ? ORDER BY seq, ts_ms",
             (gateway,),
         )
-        cols = [d[0] for d in cur.description]
-        return [dict(zip(cols, r, strict=True)) for r in cur]
 
     def gaps(self, gateway: str) -> list[dict[str, Any]]:
-        cur = self._db.execute(
+        return self._dicts(
             "SELECT seq, lane, seqs, from_ts_ms, to_ts_ms, batches, readings, reason"
             " FROM gaps WHERE gateway = ? ORDER BY seq",
             (gateway,),
         )
-        cols = [d[0] for d in cur.description]
-        return [dict(zip(cols, r, strict=True)) for r in cur]
 
     def stats(self) -> dict[str, int | float | dict[str, Any]]:
         c = self._counts
