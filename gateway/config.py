@@ -218,6 +218,14 @@ class UplinkConfig(_Section):
     backoff_min: Duration = Field(default=0.5, gt=0)
     backoff_max: Duration = Field(default=30.0, gt=0)
     stable_after: Duration = 20.0
+    renew_before: Duration = Field(
+        default=30 * 86400.0,
+        description="renew the gateway certificate this long before it expires "
+        "(0 disables automatic renewal)",
+    )
+    renew_check_every: Duration = Field(
+        default=6 * 3600.0, gt=0, description="how often the daemon checks the expiry"
+    )
 
     @field_validator("broker")
     @classmethod

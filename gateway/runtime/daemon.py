@@ -110,12 +110,13 @@ async def serve(
 
 def run(args: argparse.Namespace) -> int:
     cfg, drivers = load(args.config)
-    level = getattr(args, "log_level", None) or cfg.gateway.log_level
-    logging.basicConfig(
-        level=str(level).upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    if str(level).lower() != "debug":
+    # --log-level / -v on the command line win; otherwise gateway.log_level from the config.
+    explicit = getattr(args, "log_level", None) or getattr(args, "verbose", 0)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not explicit:
+        logging.getLogger().setLevel(str(cfg.gateway.log_level).upper())
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
         # pymodbus logs every timeout at ERROR; our poller reports it once per health flip.
         logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     return asyncio.run(

@@ -118,6 +118,7 @@ class Gateway:
         self.pipeline: Pipeline | None = None
         self._metrics_server: Any = None
         self.collector: StatsCollector | None = None
+        self.housekeeping: Any = None
 
     # ------------------------------------------------------------------ startup
     async def start(self) -> None:
@@ -149,6 +150,7 @@ class Gateway:
         await self._start_devices()
         if identity_dir is not None:
             await self._start_uplink(identity_dir)
+        self._start_housekeeping(identity_dir)
         self.collector = StatsCollector(self._stats_sources())
         if cfg.metrics.enabled:
             try:
@@ -165,6 +167,31 @@ class Gateway:
             self.state_dir,
             cfg.uplink.broker if cfg.uplink.enabled else "disabled",
         )
+
+    def _start_housekeeping(self, identity_dir: Path | None) -> None:
+        from gateway.runtime.housekeeping import RENEWAL_FIRST_DELAY, Housekeeping, renew_if_due
+
+        cfg = self.cfg
+        hk = self.housekeeping = Housekeeping()
+        every = float(cfg.outbox.vacuum_every)
+        hk.every(
+            "outbox_maintenance",
+            every,
+            lambda: self.outbox_thread.call(self.outbox.maintain),
+            first_in=every,
+        )
+        u = cfg.uplink
+        if identity_dir is not None and float(u.renew_before) > 0:
+            check = float(u.renew_check_every)
+            hk.every(
+                "certificate_renewal",
+                check,
+                lambda: renew_if_due(
+                    self.gateway_id, identity_dir, u.broker, float(u.renew_before), hk
+                ),
+                first_in=min(RENEWAL_FIRST_DELAY, check),
+            )
+        hk.start()
 
     def _identity_dir(self) -> Path:
         d = self.cfg.uplink.identity_dir
@@ -349,6 +376,7 @@ class Gateway:
                 | {d: {"unavailable": 1} for d in self._unavailable}
             },
             "writes": lambda: dict(self._write_stats),
+            "housekeeping": lambda: self.housekeeping.stats() if self.housekeeping else {},
             "edge": lambda: {
                 getattr(st, "name", type(st).__name__): st.stats()
                 for st in (self.pipeline.stages if self.pipeline else [])
@@ -414,6 +442,8 @@ class Gateway:
         undelivered batches stay in the outbox for the next start.
         """
         notify("STOPPING=1")
+        if self.housekeeping is not None:
+            self.housekeeping.shutdown()
         uplink_tasks = [t for t in self._tasks if t.get_name() == "uplink"]
         others = [t for t in self._tasks if t not in uplink_tasks]
         for task in others:
@@ -434,7 +464,15 @@ class Gateway:
                 await asyncio.sleep(0.1)
         for task in uplink_tasks:
             task.cancel()
-        await asyncio.gather(*uplink_tasks, return_exceptions=True)
+        for _ in range(3):  # a cancellation lost in a library is repeated, not waited on forever
+            _done, pending = (
+                await asyncio.wait(uplink_tasks, timeout=5) if uplink_tasks else ((), ())
+            )
+            if not pending:
+                break
+            log.warning("uplink did not stop on cancel; cancelling again")
+            for task in pending:
+                task.cancel()
         self._tasks.clear()
         if self.collector is not None:
             self.write_status()

@@ -425,8 +425,11 @@ class Uplink:
                     self._send(_Flight(b.seq, bytes(b.envelope), b.count, int(b.lane)))
             timeout = self._next_deadline(loop.time())
             self._wake.clear()
+            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation that
+            # arrives as the event is set, and a stopping gateway then never finishes.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
 
     def _next_deadline(self, now: float) -> float:
         t = self.ack_timeout
