@@ -141,7 +141,8 @@ class ModbusBus:
     ) -> ModbusPDU:
         if not self.client.connected:
             try:
-                ok = await asyncio.wait_for(self.client.connect(), timeout_s + 1.0)
+                async with asyncio.timeout(timeout_s + 1.0):  # not wait_for: see scheduler.run
+                    ok = await self.client.connect()
             except (TimeoutError, OSError) as exc:
                 ok, _ = False, exc
             if not ok:

@@ -122,7 +122,9 @@ class RtspDriver(PushDriver):
                 now = time.monotonic()
                 wake = min(next_metrics, self._deadline(worker))
                 try:
-                    snapshot = await asyncio.wait_for(queue.get(), max(0.0, wake - now))
+                    # asyncio.timeout: 3.11's wait_for can swallow a cancellation (driver stop)
+                    async with asyncio.timeout(max(0.0, wake - now)):
+                        snapshot = await queue.get()
                 except TimeoutError:
                     pass
                 else:

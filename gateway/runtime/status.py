@@ -7,6 +7,7 @@ component) and the outbox database itself (read-only), so it also works after a 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sqlite3
@@ -37,7 +38,7 @@ def _alive(pid: int) -> bool:
 def outbox_summary(db: Path) -> dict[str, Any]:
     if not db.exists():
         return {"exists": False}
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
     try:
         lanes = {
             Lane(int(lane)).name.lower(): {"batches": n, "bytes": b or 0, "readings": r or 0}
@@ -46,10 +47,20 @@ def outbox_summary(db: Path) -> dict[str, Any]:
                 " FROM batches GROUP BY lane"
             )
         }
+    except sqlite3.OperationalError:
+        lanes = {}  # the daemon is creating the database right now
     finally:
         con.close()
-    files = sum(p.stat().st_size for p in db.parent.glob(db.name + "*") if p.is_file())
-    return {"exists": True, "file_bytes": files, "lanes": lanes}
+    return {"exists": True, "file_bytes": _size_on_disk(db), "lanes": lanes}
+
+
+def _size_on_disk(db: Path) -> int:
+    """db + -wal + -shm; a -wal may vanish while we look (checkpoint), which is fine."""
+    total = 0
+    for p in db.parent.glob(db.name + "*"):
+        with contextlib.suppress(FileNotFoundError):
+            total += p.stat().st_size
+    return total
 
 
 def collect(state_dir: Path, outbox_path: Path | None = None) -> dict[str, Any]:
