@@ -26,6 +26,7 @@ import logging
 import math
 import random
 import time
+from array import array
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -61,6 +62,9 @@ class BreakerPolicy:
     jitter: float = 0.2  # +-20 % of the backoff interval
 
 
+LATENESS_WINDOW = 512  # polls per device over which lateness_p99 is computed
+
+
 @dataclass
 class _Slot:
     target: PollTarget
@@ -79,10 +83,16 @@ class _Slot:
     last_latency: float = 0.0
     lateness_last: float = 0.0
     lateness_max: float = 0.0
-    lateness: deque[float] = field(default_factory=lambda: deque(maxlen=512))
+    # ring of the last LATENESS_WINDOW lateness values: 8 bytes each, no float objects kept
+    lateness: array[float] = field(default_factory=lambda: array("d", bytes(8 * LATENESS_WINDOW)))
+    lateness_n: int = 0
+
+    def record_lateness(self, value: float) -> None:
+        self.lateness[self.lateness_n % LATENESS_WINDOW] = value
+        self.lateness_n += 1
 
     def stats(self) -> dict[str, Any]:
-        late = sorted(self.lateness)
+        late = sorted(self.lateness[: min(self.lateness_n, LATENESS_WINDOW)])
         p99 = late[min(len(late) - 1, math.ceil(0.99 * len(late)) - 1)] if late else 0.0
         return {
             "polls": self.polls,
@@ -275,7 +285,7 @@ class BusScheduler:
         else:
             slot.lateness_last = lateness
             slot.lateness_max = max(slot.lateness_max, lateness)
-            slot.lateness.append(lateness)
+            slot.record_lateness(lateness)
             self.in_flight = 1
             try:
                 ok = await slot.target.poll()

@@ -157,3 +157,21 @@ async def test_jitter_spreads_probes_within_bounds() -> None:
     gaps = [b - a for a, b in itertools.pairwise(dead.starts)]
     assert all(8.0 - 0.1 <= g <= 12.0 + 0.1 for g in gaps)
     assert max(gaps) - min(gaps) > 0.5  # actually jittered, not a fixed interval
+
+
+def test_lateness_p99_over_the_last_window() -> None:
+    """The lateness ring keeps only the last LATENESS_WINDOW polls (fixed memory per device)."""
+    import math
+    import random
+
+    from gateway.runtime.scheduler import LATENESS_WINDOW, _Slot
+
+    slot = _Slot(target=None, index=0)  # type: ignore[arg-type]
+    rng = random.Random(5)
+    values = [rng.random() for _ in range(LATENESS_WINDOW + 300)]
+    for v in values:
+        slot.record_lateness(v)
+    last = sorted(values[-LATENESS_WINDOW:])
+    expected = last[math.ceil(0.99 * len(last)) - 1]
+    assert slot.stats()["lateness_p99_s"] == expected
+    assert len(slot.lateness) == LATENESS_WINDOW
