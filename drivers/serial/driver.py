@@ -19,6 +19,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -37,6 +38,7 @@ from gateway import (
     ReadResult,
     Sample,
     TransientError,
+    Value,
     now_ms,
 )
 
@@ -235,6 +237,59 @@ class SerialRequestDriver(SerialDriver, PolledDriver):
             except PortLost as exc:
                 self.ctx.count("port_unavailable")
                 raise TransientError(str(exc)) from exc
+
+    async def write(self, point: str, value: Value) -> None:
+        """Send the command configured for ``point``; with ``ack``, await the device's reply."""
+        cmd = self.opts.commands.get(point)
+        if cmd is None:
+            raise PermanentError(
+                f"no command for point {point!r} (configure options.commands.{point})"
+            )
+        encoding = self.opts.line.encoding if self.opts.line is not None else "latin-1"
+        try:
+            data = cmd.send.format(value=value).encode(encoding)
+        except (ValueError, TypeError, UnicodeEncodeError) as exc:
+            raise PermanentError(f"cannot format {value!r} for {point!r}: {exc}") from exc
+        async with self.port.lock:
+            try:
+                await self._command(data, cmd.ack, point)
+            except PortLost as exc:
+                self.ctx.count("port_unavailable")
+                raise TransientError(str(exc)) from exc
+
+    async def _command(self, data: bytes, ack: str | None, point: str) -> None:
+        link = self.port.ensure_open()
+        if ack is None:
+            link.write(data)
+            self.ctx.count("commands")
+            return
+        pattern = re.compile(ack)
+        link.discard_input()
+        link.start_reading()
+        try:
+            link.write(data)
+            deadline = time.monotonic() + self.opts.reply_timeout
+            buf = b""
+            while True:
+                remaining = deadline - time.monotonic()
+                try:
+                    if remaining <= 0:
+                        raise TimeoutError
+                    buf += await link.read(remaining)
+                except TimeoutError:
+                    self.ctx.count("command_timeout")
+                    raise TransientError(
+                        f"no reply to the {point!r} command within {self.opts.reply_timeout:g}s"
+                    ) from None
+                if b"\n" in buf:
+                    line = buf.split(b"\n", 1)[0].decode("latin-1").strip()
+                    if pattern.search(line):
+                        self.ctx.count("commands")
+                        return
+                    self.ctx.count("command_refused")
+                    raise BadDataError(f"device refused the {point!r} command: {line!r}")
+        finally:
+            link.stop_reading()
 
     async def _exchange(self) -> ReadResult:
         link = self.port.ensure_open()

@@ -175,6 +175,34 @@ class BinaryOptions(_Strict):
         return self.body_offset + self.payload_size + self.checksum_size + len(self.end or b"")
 
 
+class CommandOptions(_Strict):
+    """A command written to the device for one writable point (request mode).
+
+    ``send`` is a text template formatted with the value (``"SP {value:.1f}\r\n"``), encoded
+    like the lines; with ``ack``, the device's reply line must match that regex within
+    ``reply_timeout`` (a non-matching reply is the device refusing the command).
+    """
+
+    send: str = Field(min_length=1)
+    ack: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> CommandOptions:
+        try:
+            self.send.format(value=0)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(
+                f"command template {self.send!r} is not valid: {exc} (use {{value}}, "
+                "e.g. 'SP {value:.1f}\\r\\n')"
+            ) from None
+        if self.ack is not None:
+            try:
+                re.compile(self.ack)
+            except re.error as exc:
+                raise ValueError(f"ack regex {self.ack!r}: {exc}") from None
+        return self
+
+
 class SerialOptions(DriverOptions):
     """Options of one serial sensor (``devices[].options`` with ``driver: serial``)."""
 
@@ -196,6 +224,8 @@ class SerialOptions(DriverOptions):
     reopen_min: Seconds = 0.5
     reopen_max: Seconds = 30.0
     exclusive: bool = True  # lock the port (TIOCEXCL + flock) so no other process reads it
+    #: request mode: writable points -> the command that sets them
+    commands: dict[str, CommandOptions] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _check(self) -> SerialOptions:
@@ -209,6 +239,8 @@ class SerialOptions(DriverOptions):
                 raise ValueError("mode=request needs `request` (text) or `request_hex` (bytes)")
         elif has_request:
             raise ValueError("`request`/`request_hex` only apply to mode=request")
+        if self.commands and self.mode != "request":
+            raise ValueError("`commands` need mode=request (the reply must not race the stream)")
         if self.stopbits not in (1, 1.5, 2):
             raise ValueError(f"stopbits {self.stopbits} is not one of 1, 1.5, 2")
         if self.reopen_max < self.reopen_min:

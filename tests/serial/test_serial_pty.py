@@ -22,7 +22,7 @@ from serial_harness import (
 from drivers.serial import SerialRequestDriver, SerialStreamDriver
 from drivers.serial.checksums import crc16_modbus
 from gateway.model import Quality
-from gateway.sdk import BadDataError, TransientError
+from gateway.sdk import BadDataError, PermanentError, TransientError
 
 LINE = {
     "regex": r"^T=(?P<temp>-?\d+\.\d+);H=(?P<hum>\d+)$",
@@ -189,6 +189,43 @@ async def test_request_mode_two_devices_share_one_port(
     assert shared == {} and refs == {}  # the last close released the port
     assert dict(ctx_a.counters) == {"checksum_error": 1}
     assert dict(ctx_b.counters) == {}
+
+
+async def test_request_mode_commands_acked_refused_silent_and_unknown(
+    pair: SocatPair, sensor_factory: Callable[[], Any], tmp_path: Path
+) -> None:
+    """Writes (rule actions, commands) go out as the configured command on the shared port."""
+    driver = make_driver(
+        {"port": pair.driver_end, "mode": "request", "request": "MEAS?\r\n", "line": LINE,
+         "reply_timeout": 1,
+         "commands": {"setpoint": {"send": "SP {value:.1f}\r\n", "ack": "^OK"},
+                      "reset": {"send": "RST\r\n"}}}
+    )
+    assert isinstance(driver, SerialRequestDriver)
+    ctx = make_ctx(tmp_path)
+    await driver.open(ctx)
+    sensor: Sensor = await sensor_factory()
+    await sensor.send({"respond": [
+        {"request": b"SP 21.5\r\n".hex(), "reply": [b"OK 21.5\r\n".hex()]},
+        {"request": b"MEAS?\r\n".hex(), "reply": [b"T=21.50;H=40\r\n".hex()]},
+        {"request": b"SP 99.0\r\n".hex(), "reply": [b"ERR range\r\n".hex()]},
+        {"request": b"SP 20.0\r\n".hex(), "reply": None},  # silent
+        {"request": b"RST\r\n".hex(), "reply": None},  # no ack configured
+    ]})
+    try:
+        await driver.write("setpoint", 21.5)
+        assert await driver.read() == {"temp": 21.5, "hum": 40}
+        with pytest.raises(BadDataError, match=r"refused .* 'ERR range'"):
+            await driver.write("setpoint", 99)
+        with pytest.raises(TransientError, match="no reply"):
+            await driver.write("setpoint", 20)
+        await driver.write("reset", 1)
+        with pytest.raises(PermanentError, match="no command for point 'valve'"):
+            await driver.write("valve", 1)
+        assert await sensor._line() == "ok"  # the sensor saw every command, in order
+    finally:
+        await driver.close()
+    assert dict(ctx.counters) == {"commands": 2, "command_refused": 1, "command_timeout": 1}
 
 
 # ------------------------------------------------------------------------ port vanishes
