@@ -586,6 +586,7 @@ def check_config(
     issues: list[ConfigIssue] = []
     first_id: dict[str, PathT] = {}
     points: dict[str, set[str] | None] = {}
+    writable: dict[str, set[str] | None] = {}
     bus_keys: dict[str, tuple[str, int]] = {}  # bus key -> (bus name, device index)
     all_keys: set[str] = set()  # every driver bus key (a `buses:` entry may be named by one)
     cfg._options = {}
@@ -631,6 +632,8 @@ def check_config(
         try:
             pts = set(cls.points(opts))
             key = cls.bus_key(opts)
+            can_write = cls.writable_points(opts)
+            writable[dev.id] = None if can_write is None else set(can_write)
         except Exception as exc:  # plugin code: never let it crash the check
             issues.append(
                 ConfigIssue.at(
@@ -658,7 +661,33 @@ def check_config(
 
     issues += _unused_buses(cfg, source, all_keys)
     issues += _edge_issues(cfg, points, data, source)
+    issues += _located(_write_action_issues(cfg, writable), data, source)
     return _sorted(issues)
+
+
+def _write_action_issues(
+    cfg: GatewayConfig, writable: Mapping[str, set[str] | None]
+) -> list[tuple[str, str, str | None]]:
+    """Rule write actions must target a point the device's driver can write."""
+    found: list[tuple[str, str, str | None]] = []
+    for i, rule in enumerate(cfg.rules):
+        for j, action in enumerate(getattr(rule, "actions", [])):
+            if getattr(action, "type", None) != "write":
+                continue
+            device = action.device or rule.device
+            can = writable.get(device)
+            if can is None or action.point in can:
+                continue  # unknown device (reported elsewhere) or a driver that cannot tell
+            hint = _did_you_mean(action.point, sorted(can)) or (
+                f"writable points of '{device}': {', '.join(sorted(can))}"
+                if can
+                else "mark the point writable in the driver options (e.g. Modbus writable: true)"
+            )
+            found.append(
+                (f"rules.{i}.actions.{j}.point",
+                 f"point '{action.point}' of device '{device}' is not writable", hint)
+            )
+    return found
 
 
 def _driver_issue(
@@ -741,6 +770,11 @@ def _edge_issues(
                 source.root, (), f"edge checks failed unexpectedly: {type(exc).__name__}: {exc}"
             )
         ]
+    return _located(found, data, source)
+
+
+def _located(found: Sequence[Any], data: Any, source: SourceMap) -> list[ConfigIssue]:
+    """(dotted path, message, hint) tuples -> issues at their file:line:col."""
     out = []
     for item in found:
         dotted, message, hint = (*tuple(item), None, None, None)[:3]

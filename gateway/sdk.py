@@ -151,8 +151,6 @@ class Driver:
     """
 
     Options: ClassVar[type[DriverOptions]] = DriverOptions
-    #: points this driver can write (empty: no ``write`` support)
-    writable: ClassVar[bool] = False
 
     def __init__(self, options: DriverOptions) -> None:
         self.options = options
@@ -164,6 +162,12 @@ class Driver:
         ``None`` (the default) means the device is a bus of its own.
         """
         return None
+
+    @classmethod
+    def writable_points(cls, options: DriverOptions) -> Sequence[str] | None:
+        """The points ``write`` accepts, when known from config (``edgegw check`` then flags
+        rule write actions to other points). ``None``: unknown, not checked."""
+        return [] if cls.write is Driver.write else None
 
     @classmethod
     def points(cls, options: DriverOptions) -> Sequence[str]:

@@ -50,7 +50,11 @@ class ModbusDriver(PolledDriver):
     """Polls the configured points of one Modbus unit id; writes holding registers and coils."""
 
     Options: ClassVar[type[DriverOptions]] = ModbusOptions
-    writable: ClassVar[bool] = True
+
+    @classmethod
+    def writable_points(cls, options: DriverOptions) -> Sequence[str]:
+        assert isinstance(options, ModbusOptions)
+        return [p.name for p in options.points if p.writable]
 
     def __init__(self, options: DriverOptions) -> None:
         if not isinstance(options, ModbusOptions):

@@ -81,6 +81,11 @@ class SerialDriver(Driver):
         return None
 
     @classmethod
+    def writable_points(cls, options: DriverOptions) -> Sequence[str]:
+        assert isinstance(options, SerialOptions)
+        return list(options.commands)
+
+    @classmethod
     def points(cls, options: DriverOptions) -> Sequence[str]:
         return options.metric_names() if isinstance(options, SerialOptions) else ()
 

@@ -67,7 +67,6 @@ class WeatherOptions(DriverOptions):
 
 class WeatherStationDriver(PolledDriver):
     Options: ClassVar[type[DriverOptions]] = WeatherOptions
-    writable: ClassVar[bool] = True
 
     def __init__(self, options: DriverOptions) -> None:
         super().__init__(options)
@@ -79,6 +78,10 @@ class WeatherStationDriver(PolledDriver):
     def points(cls, options: DriverOptions) -> Sequence[str]:
         assert isinstance(options, WeatherOptions)
         return tuple(options.points)
+
+    @classmethod
+    def writable_points(cls, options: DriverOptions) -> Sequence[str]:
+        return ("heater",)
 
     async def open(self, ctx: DeviceContext) -> None:
         await super().open(ctx)  # keeps ctx as self.ctx; nothing to connect for HTTP
