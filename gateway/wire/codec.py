@@ -42,7 +42,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from itertools import repeat
-from typing import Any
+from typing import Any, NamedTuple
 
 import snappy
 
@@ -111,9 +111,11 @@ class Gap:
     reason: str = "outbox_full"
 
 
-@dataclass(frozen=True, slots=True)
-class Series:
-    """One series of a decoded batch, as columns (what the wire carries; no Sample objects)."""
+class Series(NamedTuple):
+    """One series of a decoded batch, as columns (what the wire carries; no Sample objects).
+
+    A NamedTuple: one is built per series of every decoded batch (3x cheaper than a frozen
+    dataclass)."""
 
     device: str
     metric: str
@@ -608,6 +610,9 @@ class _Reader:
 
     def uvarint(self) -> int:
         data, pos = self.data, self.pos
+        if pos < self.end and data[pos] < 0x80:  # fast path: a one-byte varint (most of them)
+            self.pos = pos + 1
+            return data[pos]
         result = 0
         shift = 0
         while True:
@@ -664,6 +669,9 @@ class _Reader:
             raise self.fail(f"invalid utf-8: {exc}") from None
 
     def zz_deltas(self, n: int, start: int = 0) -> list[int]:
+        if n == 1:  # fast path: one reading per series is the common gateway batch
+            z = self.uvarint()
+            return [start + (z >> 1 if not z & 1 else -((z + 1) >> 1))]
         out = []
         prev = start
         for z in self.uvarints(n):
@@ -733,7 +741,7 @@ def _decode_body(r: _Reader) -> DecodedBatch:
             ts = prev_ts
         else:
             first = prev_first_ts + _unzz(r.uvarint())
-            ts = [first, *r.zz_deltas(n - 1, first)]
+            ts = [first, *r.zz_deltas(n - 1, first)] if n > 1 else [first]
             for t in (min(ts), max(ts)):
                 if not INT_MIN <= t < 2**63:
                     raise r.fail("timestamp outside the signed 64-bit range")
