@@ -242,6 +242,7 @@ class CloudStore:
         stored_ms = time.time_ns() // 1_000_000  # the group's commit time (latency metrics)
         try:
             for rec in records:
+                readings = rec.readings
                 cur = db.execute(
                     "INSERT OR IGNORE INTO batches"
                     " (gateway, seq, lane, received_ms, stored_ms, readings, alerts, gaps)"
@@ -252,7 +253,7 @@ class CloudStore:
                         int(rec.lane),
                         rec.received_ms,
                         stored_ms,
-                        rec.readings,
+                        readings,
                         len(rec.alerts),
                         len(rec.gaps),
                     ),
@@ -262,7 +263,7 @@ class CloudStore:
                     continue
                 result.append(True)
                 self._insert_contents(rec)
-                n_readings += rec.readings
+                n_readings += readings
                 n_alerts += len(rec.alerts)
                 n_gaps += len(rec.gaps)
             db.execute("COMMIT")
@@ -358,6 +359,11 @@ class CloudStore:
         if sid is None:
             sid = self._series_id(gw, col.device, col.metric)
         n = len(col.ts)
+        if n == 1:  # a gateway batch usually holds one reading per series: no column machinery
+            value, vtype1 = col.values[0], _FAST_VTYPES.get(type(col.values[0]))
+            if vtype1 is not None and (vtype1 != VT_INT or -(2**63) <= value < 2**63):
+                stored = int(value) if vtype1 == VT_BOOL else value
+                return ((sid, col.ts[0], stored, vtype1, col.qualities[0], seq),)
         types = set(map(type, col.values))
         vtype = _FAST_VTYPES.get(types.pop()) if len(types) == 1 else None
         if vtype == VT_INT and not (min(col.values) >= -(2**63) and max(col.values) < 2**63):
