@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import multiprocessing
 import os
 import platform
 import shutil
@@ -37,7 +36,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from cloud_stub.broker import ManagedBroker
-from cloud_stub.ingest import Ingest, run_ingest
+from cloud_stub.ingest import Ingest, IngestProcesses
 from cloud_stub.pki_setup import CloudPaths, init_data_dir
 from cloud_stub.registry import Registry
 from cloud_stub.store import CloudStore
@@ -122,17 +121,12 @@ def raw_publish_ceiling(port: int, d: Path, gw: str, envelopes: list[bytes], win
     return dt
 
 
-def _ingest_process(data_dir: Path, url: str, stop: Any, ready: Any, workers: int) -> None:
-    paths = CloudPaths.for_dir(data_dir)
-    run_ingest(paths, url, stop, workers=workers, on_ready=lambda _ingest: ready.set())
-
-
 async def drain(
-    paths: CloudPaths, url: str, port: int, root: Path, args: argparse.Namespace
+    paths: CloudPaths, url: str, port: int, root: Path, args: argparse.Namespace, processes: int
 ) -> dict[str, Any]:
-    gw = "bench-drain"
-    sealer = _identity(paths, gw, root / "id-drain")
-    outbox = Outbox(root / "drain-outbox.db", max_bytes=2 * 1024**3, sealer=sealer)
+    gw = f"bench-drain-{processes}"
+    sealer = _identity(paths, gw, root / f"id-{gw}")
+    outbox = Outbox(root / f"{gw}-outbox.db", max_bytes=2 * 1024**3, sealer=sealer)
     t0 = time.perf_counter()
     ts = time.time_ns() // 1_000_000
     for k in range(args.batches):
@@ -147,29 +141,22 @@ async def drain(
     fill_s = time.perf_counter() - t0
     envelopes = [b.envelope for b in outbox.next_batches(args.batches + 1, ())]
     env_bytes = sum(len(e) for e in envelopes)
-    raw_s = raw_publish_ceiling(port, root / "id-drain", gw, envelopes, args.window)
+    raw_s = raw_publish_ceiling(port, root / f"id-{gw}", gw, envelopes, args.window)
 
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
     io = OutboxIO(outbox, executor)
-    # The cloud ingest runs in its own process, as it would on its own machine: in this process
-    # it would share one GIL with the gateway's uplink.
-    ctx = multiprocessing.get_context("spawn")
-    stop = ctx.Event()
-    ready = ctx.Event()
-    proc = ctx.Process(
-        target=_ingest_process, args=(paths.data_dir, url, stop, ready, args.workers)
-    )
-    proc.start()
-    ready.wait(60)
-    uplink = Uplink(gw, root / "id-drain", url, io, window=args.window)
+    # The cloud ingest runs in processes of its own, as it would on its own machine: in this
+    # process it would share one GIL with the gateway's uplink.
+    procs = IngestProcesses(paths, url, processes)
+    assert procs.wait_ready(60), "ingest processes did not subscribe"
+    uplink = Uplink(gw, root / f"id-{gw}", url, io, window=args.window)
     t0 = time.perf_counter()
     task = asyncio.ensure_future(uplink.run())
     await _poll(lambda: io.next_batches(1, ()), 0.02)
     drain_s = time.perf_counter() - t0
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
-    stop.set()
-    proc.join(60)
+    procs.stop()
     executor.shutdown()
     store = CloudStore(paths.store_db, readonly=True)
     stored = store.count_readings(gw)
@@ -190,8 +177,7 @@ async def drain(
         "drain_vs_raw_ratio": round(raw_s / drain_s, 3),
         "goal_readings_per_s": 200_000,
         "uplink": {k: v for k, v in uplink.stats().items() if isinstance(v, int)},
-        "ingest_process": True,
-        "ingest_workers": args.workers,
+        "ingest_processes": processes,
     }
 
 
@@ -257,7 +243,9 @@ async def main() -> None:
     ap.add_argument("--rate", type=int, default=10_000)
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--window", type=int, default=32)
-    ap.add_argument("--workers", type=int, default=1, help="ingest decode workers")
+    ap.add_argument(
+        "--ingest-processes", default="1,2", help="comma-separated process counts to drain with"
+    )
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="edgegw-bench-uplink-"))
     os.chmod(root, 0o711)  # mosquitto (dropped to its own user) must reach its files
@@ -272,7 +260,10 @@ async def main() -> None:
                     "python": platform.python_version(),
                     "platform": platform.platform(),
                 },
-                "drain": await drain(paths, broker.url, broker.port, root, args),
+                "drain": [
+                    await drain(paths, broker.url, broker.port, root, args, int(n))
+                    for n in args.ingest_processes.split(",")
+                ],
                 "latency": [await latency(paths, broker.url, root, args, n) for n in (100, 1000)],
             }
         finally:

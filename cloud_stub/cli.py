@@ -201,10 +201,17 @@ def serve(
     broker_url: str | None = None,
     stop: threading.Event | None = None,
     ingest: bool = True,
+    ingest_processes: int = 0,
+    ingest_stats_dir: Path | None = None,
     crl_poll_s: float = 1.0,
     out: TextIO | None = None,
 ) -> int:
-    """Run broker + enrollment + ingest until ``stop`` is set."""
+    """Run broker + enrollment + ingest until ``stop`` is set.
+
+    ``ingest_processes`` = 0 runs the ingest as a thread of this process; N > 0 runs N ingest
+    processes sharing the subscription (decode and store use a core each; the store's SQLite
+    write lock serialises their commits).
+    """
     from cloud_stub.broker import ManagedBroker
     from cloud_stub.enrollment import EnrollmentService
     from cloud_stub.revocation import CRL_REFRESH_S, refresh_crl
@@ -219,7 +226,14 @@ def serve(
         broker_url = broker.url
     host, bport = parse_broker_url(broker_url)
     enroll = EnrollmentService(paths, host, bport).start()
-    ingest_thread = _start_ingest(paths, broker_url, stop) if ingest else None
+    ingest_thread = None
+    ingest_procs: Any = None
+    if ingest and ingest_processes > 0:
+        from cloud_stub.ingest import IngestProcesses
+
+        ingest_procs = IngestProcesses(paths, broker_url, ingest_processes, ingest_stats_dir)
+    elif ingest:
+        ingest_thread = _start_ingest(paths, broker_url, stop)
     out.write(f"serving {broker_url}\n")
     out.flush()
     crl = _crl_stamp(paths.crl)
@@ -242,6 +256,8 @@ def serve(
         enroll.stop()
         if ingest_thread is not None:
             ingest_thread.join(timeout=15.0)
+        if ingest_procs is not None:
+            ingest_procs.stop()
         if broker is not None:
             broker.stop()
     return 0
@@ -254,7 +270,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
     return serve(
-        paths, port=args.port, broker_url=args.broker, stop=stop, ingest=not args.no_ingest
+        paths,
+        port=args.port,
+        broker_url=args.broker,
+        stop=stop,
+        ingest=not args.no_ingest,
+        ingest_processes=args.ingest_processes,
+        ingest_stats_dir=args.ingest_stats_dir,
     )
 
 
@@ -281,6 +303,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--port", type=int, default=8883, help="managed broker port (127.0.0.1)")
     sp.add_argument("--broker", help="use this external broker (mqtts://HOST:PORT) instead")
     sp.add_argument("--no-ingest", action="store_true", help="broker + enrollment only")
+    sp.add_argument(
+        "--ingest-processes",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run the ingest as N processes on the shared subscription (default: a thread)",
+    )
+    sp.add_argument(
+        "--ingest-stats-dir",
+        type=Path,
+        default=None,
+        help="with --ingest-processes: each process writes its final counters here as JSON",
+    )
     sp.set_defaults(fn=cmd_serve)
 
     sp = sub.add_parser("token", help="enrollment tokens")

@@ -22,9 +22,12 @@ Invariants:
 
 from __future__ import annotations
 
+import json
 import logging
+import multiprocessing
 import queue
 import secrets
+import signal
 import threading
 import time
 from collections import defaultdict
@@ -498,3 +501,61 @@ def run_ingest(
     finally:
         ingest.stop()
     return ingest.stats()
+
+
+# --------------------------------------------------------------------------- worker processes
+def _ingest_process(
+    data_dir: Path, url: str, stop: Any, ready: Any, stats_file: Path | None
+) -> None:
+    """One ingest worker process (the broker spreads the shared subscription over them)."""
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us through ``stop``
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    stats = run_ingest(
+        CloudPaths.for_dir(data_dir), url, stop, on_ready=lambda _ingest: ready.set()
+    )
+    if stats_file is not None:
+        stats_file.write_text(json.dumps(stats, default=str))
+
+
+class IngestProcesses:
+    """N ingest processes on the shared subscription, each with its own GIL (decode and store
+    use a core each); the store's SQLite write lock serialises their commits."""
+
+    def __init__(
+        self, paths: CloudPaths, url: str, n: int, stats_dir: Path | None = None
+    ) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self._stop = ctx.Event()
+        self._ready = [ctx.Event() for _ in range(n)]
+        self._procs = [
+            ctx.Process(
+                target=_ingest_process,
+                args=(
+                    paths.data_dir,
+                    url,
+                    self._stop,
+                    self._ready[i],
+                    stats_dir / f"ingest-{i}.json" if stats_dir is not None else None,
+                ),
+                name=f"ingest-{i}",
+                daemon=True,
+            )
+            for i in range(n)
+        ]
+        for p in self._procs:
+            p.start()
+
+    def wait_ready(self, timeout: float) -> bool:
+        """True once every process has subscribed."""
+        deadline = time.monotonic() + timeout
+        return all(ev.wait(max(0.0, deadline - time.monotonic())) for ev in self._ready)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        self._stop.set()
+        for p in self._procs:
+            p.join(timeout)
+            if p.is_alive():
+                p.kill()

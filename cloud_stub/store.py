@@ -16,7 +16,9 @@ Invariants:
 - Values keep their type: ``vtype`` says null/int/float/bool/str/blob. Numbers are stored as
   INTEGER/REAL, strings as TEXT. Bytes (camera snapshots) go to ``blobs`` keyed by their SHA-256
   (identical frames stored once); the reading's ``value`` is then the hex digest.
-- One writer per store (the ingest's writer thread); readers (``query``) may run concurrently.
+- One writer thread per ingest process; several ingest processes (``serve --ingest-processes``)
+  share the store through SQLite's write lock (every batch commit is BEGIN IMMEDIATE), dedup by
+  the batches primary key; readers (``query``) may run concurrently.
 """
 
 from __future__ import annotations
@@ -204,10 +206,12 @@ class CloudStore:
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            # several ingest processes may open the store at once: wait for each other's locks
+            self._db.execute("PRAGMA busy_timeout=10000")
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
-        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.execute("PRAGMA busy_timeout=10000")
         self._counts = _Counts()
         self._series: dict[tuple[str, str, str], int] = {}
         self._new_series: list[tuple[str, str, str]] = []  # created in the open transaction
