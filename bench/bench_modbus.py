@@ -40,35 +40,11 @@ sys.path.insert(0, str(SIM.parent))
 from modbus_sim import driver_points  # noqa: E402
 
 
-async def bench_raw(port: int, groups: list[Any], seconds: float) -> dict[str, float]:
-    client = AsyncModbusTcpClient("127.0.0.1", port=port, timeout=2, retries=0)
-    await client.connect()
-    calls = {
-        "holding": client.read_holding_registers,
-        "input": client.read_input_registers,
-        "coil": client.read_coils,
-        "discrete": client.read_discrete_inputs,
-    }
-    polls = 0
-    end = time.perf_counter() + seconds
-    start, cpu0 = time.perf_counter(), time.process_time()
-    while time.perf_counter() < end:
-        for g in groups:
-            await calls[g.kind](g.start, count=g.count, device_id=1)
-        polls += 1
-    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu0
-    client.close()
-    return {
-        "polls_per_s": polls / elapsed,
-        "req_per_s": polls * len(groups) / elapsed,
-        "cpu_us_per_poll": cpu / polls * 1e6,
-    }
-
-
-async def bench_raw_paced(
-    port: int, groups: list[Any], seconds: float, period: float
+async def bench_raw(
+    port: int, groups: list[Any], seconds: float, period: float | None = None
 ) -> dict[str, float]:
-    """The raw client at a fixed poll period (absolute deadlines, as any poller must do)."""
+    """The raw client, back to back, or at a fixed poll ``period`` (absolute deadlines, as any
+    poller must do)."""
     client = AsyncModbusTcpClient("127.0.0.1", port=port, timeout=2, retries=0)
     await client.connect()
     calls = {
@@ -85,29 +61,16 @@ async def bench_raw_paced(
         for g in groups:
             await calls[g.kind](g.start, count=g.count, device_id=1)
         polls += 1
-        deadline += period
-        await asyncio.sleep(max(0.0, deadline - loop.time()))
-    cpu = time.process_time() - cpu0
+        if period is not None:
+            deadline += period
+            await asyncio.sleep(max(0.0, deadline - loop.time()))
+    elapsed, cpu = loop.time() - start, time.process_time() - cpu0
     client.close()
-    return {"polls": polls, "cpu_us_per_poll": cpu / polls * 1e6}
-
-
-async def bench_scheduled_paced(
-    options: ModbusOptions, seconds: float, tmp: Path, period: float
-) -> dict[str, float]:
-    driver = await open_driver(options, tmp)
-    poller = DevicePoller("bench", driver, period=period, timeout=2.0, sink=lambda s: None)
-    bus = BusScheduler("bench")
-    bus.add(poller)
-    task = asyncio.create_task(bus.run())
-    cpu0, polls0 = time.process_time(), poller.polls
-    await asyncio.sleep(seconds)  # the measurement window itself
-    polls, cpu = poller.polls - polls0, time.process_time() - cpu0
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-    await driver.close()
-    return {"polls": polls, "cpu_us_per_poll": cpu / max(polls, 1) * 1e6}
+    return {
+        "polls_per_s": polls / elapsed,
+        "req_per_s": polls * len(groups) / elapsed,
+        "cpu_us_per_poll": cpu / polls * 1e6,
+    }
 
 
 async def open_driver(options: ModbusOptions, tmp: Path) -> ModbusDriver:
@@ -129,14 +92,17 @@ async def bench_driver(options: ModbusOptions, seconds: float, tmp: Path) -> dic
     return {"polls_per_s": polls / elapsed}
 
 
-async def bench_scheduled(options: ModbusOptions, seconds: float, tmp: Path) -> dict[str, Any]:
+async def bench_scheduled(
+    options: ModbusOptions, seconds: float, tmp: Path, period: float = 1e-4
+) -> dict[str, Any]:
+    """DevicePoller + BusScheduler; the default period is shorter than a poll (never idle)."""
     driver = await open_driver(options, tmp)
     counted = {"samples": 0}
 
     def sink(samples: list[Sample]) -> None:
         counted["samples"] += len(samples)
 
-    poller = DevicePoller("bench", driver, period=1e-4, timeout=2.0, sink=sink)
+    poller = DevicePoller("bench", driver, period=period, timeout=2.0, sink=sink)
     bus = BusScheduler("bench")
     bus.add(poller)
     task = asyncio.create_task(bus.run())
@@ -200,8 +166,8 @@ async def main(port: int, seconds: float, npoints: int, rounds: int) -> dict[str
     paced_raw: list[dict[str, float]] = []
     paced_sched: list[dict[str, float]] = []
     for _ in range(rounds):
-        paced_raw.append(await bench_raw_paced(port, groups, seconds, 0.002))
-        paced_sched.append(await bench_scheduled_paced(options, seconds, tmp, 0.002))
+        paced_raw.append(await bench_raw(port, groups, seconds, period=0.002))
+        paced_sched.append(await bench_scheduled(options, seconds, tmp, period=0.002))
     paced_ratio = [
         s["cpu_us_per_poll"] / r["cpu_us_per_poll"]
         for r, s in zip(paced_raw, paced_sched, strict=True)

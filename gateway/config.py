@@ -792,7 +792,16 @@ def load_and_check(
 ) -> GatewayConfig:
     """Both phases. Raises ``ConfigError`` (errors and warnings) if any error was found;
     otherwise returns the config with warnings logged and kept in ``cfg.warnings``."""
-    cfg = load_config(path, env=env)
+    return check_loaded(load_config(path, env=env), drivers, unavailable=unavailable)
+
+
+def check_loaded(
+    cfg: GatewayConfig,
+    drivers: Mapping[str, type[Driver]],
+    *,
+    unavailable: Mapping[str, str] | None = None,
+) -> GatewayConfig:
+    """The semantic phase of ``load_and_check`` for a config already loaded (same contract)."""
     issues = check_config(cfg, drivers, unavailable=unavailable)
     if any(i.severity == "error" for i in issues):
         raise ConfigError(issues)

@@ -48,22 +48,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load(config: Path) -> tuple[Any, Any]:
     """Load and check the config; exit 2 printing every issue when it is not valid."""
-    from gateway.config import ConfigError, drivers_from_registry, load_and_check, load_config
+    from gateway.config import ConfigError, check_loaded, drivers_from_registry, load_config
     from gateway.sdk import discover_drivers, driver_names
 
     try:
-        used = {d.driver for d in load_config(config).devices}
-    except ConfigError as exc:
-        for issue in exc.issues:
-            print(issue, file=sys.stderr)
-        raise SystemExit(2) from None
-    # Import only the drivers the config uses (resident memory); a misspelt name still gets
-    # its did-you-mean from the full list when it is not installed at all.
-    drivers = discover_drivers(only=used if used <= set(driver_names()) else None)
-    ok, broken = drivers_from_registry(drivers)
-    try:
+        cfg = load_config(config)
+        used = {d.driver for d in cfg.devices}
+        # Import only the drivers the config uses (resident memory); a misspelt name still
+        # gets its did-you-mean from the full list when it is not installed at all.
+        drivers = discover_drivers(only=used if used <= set(driver_names()) else None)
+        ok, broken = drivers_from_registry(drivers)
         # A broken plugin is a warning: only its own devices become unavailable.
-        cfg = load_and_check(config, ok, unavailable=broken)
+        cfg = check_loaded(cfg, ok, unavailable=broken)
     except ConfigError as exc:
         for issue in exc.issues:
             print(issue, file=sys.stderr)

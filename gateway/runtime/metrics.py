@@ -32,29 +32,23 @@ def flatten(
     stats: Mapping[str, Any], prefix: str, labels: tuple[tuple[str, str], ...] = ()
 ) -> Iterator[tuple[str, tuple[tuple[str, str], ...], float]]:
     for key, value in stats.items():
+        name = f"{prefix}_{_NAME_OK.sub('_', key)}"
         if isinstance(value, int | float):  # bool is an int
-            yield f"{prefix}_{_NAME_OK.sub('_', key)}", labels, float(value)
+            yield name, labels, float(value)
         elif isinstance(value, Mapping):
-            if value and set(map(str, value)) <= LANE_NAMES:
-                # {"alert": 1, "telemetry": 5, "bulk": 0} -> one metric with a lane label
-                for lane, sub in value.items():
-                    if isinstance(sub, int | float):
-                        yield f"{prefix}_{_NAME_OK.sub('_', key)}", (
-                            *labels,
-                            ("lane", str(lane)),
-                        ), float(sub)
-            elif key in LABEL_KEYS:
-                for lv, sub in value.items():
-                    if isinstance(sub, Mapping):
-                        yield from flatten(sub, prefix, (*labels, (LABEL_KEYS[key], str(lv))))
-                    elif isinstance(sub, int | float):
-                        yield (
-                            f"{prefix}_{_NAME_OK.sub('_', key)}",
-                            (*labels, (LABEL_KEYS[key], str(lv))),
-                            float(sub),
-                        )
-            else:
-                yield from flatten(value, f"{prefix}_{_NAME_OK.sub('_', key)}", labels)
+            # {"devices": {...}} and per-lane maps {"alert": 1, "telemetry": 5} become labels
+            label = LABEL_KEYS.get(key) or (
+                "lane" if value and set(map(str, value)) <= LANE_NAMES else None
+            )
+            if label is None:
+                yield from flatten(value, name, labels)
+                continue
+            for lv, sub in value.items():
+                sub_labels = (*labels, (label, str(lv)))
+                if isinstance(sub, Mapping):
+                    yield from flatten(sub, prefix, sub_labels)
+                elif isinstance(sub, int | float):
+                    yield name, sub_labels, float(sub)
 
 
 class StatsCollector:

@@ -24,6 +24,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def gateway_config(
+    gw_id: str, state: Path, *, log_level: str = "warning", **sections: Any
+) -> dict[str, Any]:
+    """A gateway.yaml document: the gateway section, metrics off unless given, then sections."""
+    doc: dict[str, Any] = {
+        "gateway": {"id": gw_id, "state_dir": str(state), "log_level": log_level},
+        "metrics": {"enabled": False},
+    }
+    return doc | sections
+
+
 def write_config(path: Path, doc: dict[str, Any]) -> Path:
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from gateway.runtime.inspect import read_outbox
 
-from .helpers import outbox_seqs, poll_until, start_daemon, write_config
+from .helpers import gateway_config, outbox_seqs, poll_until, start_daemon, write_config
 
 KILLS = 20
 
@@ -24,12 +24,12 @@ def test_sigkill_during_heavy_writing_loses_nothing_committed(tmp_path: Path) ->
     state = tmp_path / "state"
     cfg = write_config(
         tmp_path / "gateway.yaml",
-        {
-            "gateway": {"id": "crash-gw", "state_dir": str(state), "log_level": "warning"},
-            "metrics": {"enabled": False},
-            "outbox": {"max_bytes": "512MiB"},
-            "batch": {"max_readings": 2000, "max_age": "50ms"},
-            "devices": [
+        gateway_config(
+            "crash-gw",
+            state,
+            outbox={"max_bytes": "512MiB"},
+            batch={"max_readings": 2000, "max_age": "50ms"},
+            devices=[
                 {
                     "id": f"sim{i}",
                     "driver": "sim",
@@ -41,7 +41,7 @@ def test_sigkill_during_heavy_writing_loses_nothing_committed(tmp_path: Path) ->
                 }
                 for i in range(3)
             ],
-        },
+        ),
     )
     db = state / "outbox.db"
     rng = random.Random(1234)

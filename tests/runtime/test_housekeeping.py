@@ -23,7 +23,7 @@ import pytest
 
 from gateway import pki
 
-from .helpers import free_port, poll_until, start_daemon, stop_daemon, write_config
+from .helpers import free_port, gateway_config, poll_until, start_daemon, stop_daemon, write_config
 
 BIN = Path(sys.executable).parent
 
@@ -43,12 +43,12 @@ def test_outbox_maintenance_runs(tmp_path: Path) -> None:
     state = tmp_path / "state"
     cfg = write_config(
         tmp_path / "g.yaml",
-        {
-            "gateway": {"id": "hk-gw", "state_dir": str(state), "log_level": "warning"},
-            "metrics": {"enabled": False},
-            "outbox": {"vacuum_every": "300ms"},
-            "devices": [_sim_device()],
-        },
+        gateway_config(
+            "hk-gw",
+            state,
+            outbox={"vacuum_every": "300ms"},
+            devices=[_sim_device()],
+        ),
     )
     proc = start_daemon(cfg, tmp_path / "d.log")
     try:
@@ -68,13 +68,15 @@ def cloud() -> Iterator[tuple[Path, int]]:
     root = Path(tempfile.mkdtemp(prefix="edgegw-hk-"))
     os.chmod(root, 0o711)
     data = root / "cloud"
-    subprocess.run([BIN / "edgegw-cloud", "init", "--data-dir", data], check=True,
-                   capture_output=True)
+    subprocess.run(
+        [BIN / "edgegw-cloud", "init", "--data-dir", data], check=True, capture_output=True
+    )
     port = free_port()
     with open(root / "cloud.log", "wb") as log:
         serve = subprocess.Popen(
             [BIN / "edgegw-cloud", "serve", "--data-dir", data, "--port", str(port)],
-            stdout=log, stderr=subprocess.STDOUT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
     try:
         yield data, port
@@ -93,30 +95,54 @@ def test_certificate_renewed_before_expiry(tmp_path: Path, cloud: tuple[Path, in
     state = tmp_path / "state"
     cfg = write_config(
         tmp_path / "g.yaml",
-        {
-            "gateway": {"id": "renew-gw", "state_dir": str(state), "log_level": "info"},
-            "metrics": {"enabled": False},
-            "uplink": {"enabled": True, "broker": broker, "renew_before": "400d",
-                       "renew_check_every": "1s"},
-            "devices": [_sim_device()],
-        },
+        gateway_config(
+            "renew-gw",
+            state,
+            log_level="info",
+            uplink={
+                "enabled": True,
+                "broker": broker,
+                "renew_before": "400d",
+                "renew_check_every": "1s",
+            },
+            devices=[_sim_device()],
+        ),
     )
     token = poll_until(
         lambda: (
-            p := subprocess.run(
-                [BIN / "edgegw-cloud", "token", "create", "renew-gw", "--data-dir", data],
-                capture_output=True, text=True,
-            )
-        ).returncode == 0 and p.stdout.strip().splitlines()[-1],
+            (
+                p := subprocess.run(
+                    [BIN / "edgegw-cloud", "token", "create", "renew-gw", "--data-dir", data],
+                    capture_output=True,
+                    text=True,
+                )
+            ).returncode
+            == 0
+            and p.stdout.strip().splitlines()[-1]
+        ),
         20,
         "a token",
     )
     enrolled = poll_until(
-        lambda: subprocess.run(
-            [BIN / "edgegw", "enroll", "-c", cfg, "--token", token,
-             "--bootstrap-dir", data / "pki", "--timeout", "5"],
-            capture_output=True, text=True,
-        ).returncode == 0,
+        lambda: (
+            subprocess.run(
+                [
+                    BIN / "edgegw",
+                    "enroll",
+                    "-c",
+                    cfg,
+                    "--token",
+                    token,
+                    "--bootstrap-dir",
+                    data / "pki",
+                    "--timeout",
+                    "5",
+                ],
+                capture_output=True,
+                text=True,
+            ).returncode
+            == 0
+        ),
         30,
         "enrollment (the broker starting)",
         interval=0.5,

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from .helpers import write_config
+from .helpers import gateway_config, write_config
 
 
 def test_notify_ready_watchdog_stopping(tmp_path: Path) -> None:
@@ -24,17 +24,19 @@ def test_notify_ready_watchdog_stopping(tmp_path: Path) -> None:
     sock.settimeout(20)
     cfg = write_config(
         tmp_path / "g.yaml",
-        {
-            "gateway": {"id": "sd-gw", "state_dir": str(tmp_path / "s"), "log_level": "warning"},
-            "metrics": {"enabled": False},
-            "devices": [{"id": "s1", "driver": "sim", "options": {"points": [{"name": "a"}]}}],
-        },
+        gateway_config(
+            "sd-gw",
+            tmp_path / "s",
+            devices=[{"id": "s1", "driver": "sim", "options": {"points": [{"name": "a"}]}}],
+        ),
     )
     env = dict(os.environ, NOTIFY_SOCKET=str(sock_path), WATCHDOG_USEC="400000")
     env.pop("WATCHDOG_PID", None)
     proc = subprocess.Popen(
         [sys.executable, "-m", "gateway.cli", "run", "-c", str(cfg)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         messages: list[str] = []

@@ -8,13 +8,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .helpers import poll_until, start_daemon, stop_daemon, write_config
+from .helpers import gateway_config, poll_until, start_daemon, stop_daemon, write_config
 
 
 def _status(cfg: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "gateway.cli", "status", "-c", str(cfg), *extra],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
@@ -28,21 +30,27 @@ def test_status_running_then_stopped(tmp_path: Path) -> None:
     state = tmp_path / "state"
     cfg = write_config(
         tmp_path / "g.yaml",
-        {
-            "gateway": {"id": "st-gw", "state_dir": str(state), "log_level": "warning"},
-            "metrics": {"enabled": False},
-            "devices": [
-                {"id": "s1", "driver": "sim", "poll": "50ms",
-                 "options": {"points": [{"name": "a"}, {"name": "b"}]}},
+        gateway_config(
+            "st-gw",
+            state,
+            devices=[
+                {
+                    "id": "s1",
+                    "driver": "sim",
+                    "poll": "50ms",
+                    "options": {"points": [{"name": "a"}, {"name": "b"}]},
+                },
             ],
-        },
+        ),
     )
     proc = start_daemon(cfg, tmp_path / "d.log")
     try:
         doc = poll_until(
-            lambda: (d := _doc(cfg)).get("running")
-            and d["stats"]["pipeline"].get("readings_sealed", 0) > 0
-            and d,
+            lambda: (
+                (d := _doc(cfg)).get("running")
+                and d["stats"]["pipeline"].get("readings_sealed", 0) > 0
+                and d
+            ),
             30,
             "a running status with sealed readings",
         )
