@@ -35,12 +35,12 @@ def read_outbox(
     samples: list[Sample] = []
     alerts: list[Alert] = []
     seqs: list[int] = []
+    gw = gateway_id or _gateway_id(state)
     for seq, env in _rows(path):
         header = parse_header(env)
         key = lookup(header.key_id)
         if key is None:
             raise KeyError(f"no key with id {header.key_id} for outbox batch {seq}")
-        gw = gateway_id or _gateway_id(state)
         _, plaintext = open_sealed(key, gw, env)
         batch = decode_batch(plaintext)
         samples.extend(batch.samples)

@@ -119,6 +119,7 @@ class Gateway:
         self._metrics_server: Any = None
         self.collector: StatsCollector | None = None
         self.housekeeping: Any = None
+        self._outbox_stats_cache: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ startup
     async def start(self) -> None:
@@ -389,8 +390,14 @@ class Gateway:
         return src
 
     def _outbox_stats(self) -> dict[str, Any]:
-        # Counters are plain ints read without the outbox lock: a slightly stale read is fine.
-        return dict(self.outbox.stats()) if self.outbox is not None else {}
+        # Outbox.stats() takes the outbox lock and queries SQLite: it is refreshed in the outbox
+        # thread once a second (``_refresh_outbox_stats``), never called from the event loop or
+        # the metrics HTTP thread.
+        return self._outbox_stats_cache
+
+    async def _refresh_outbox_stats(self) -> None:
+        if self.outbox is not None:
+            self._outbox_stats_cache = dict(await self.outbox_thread.call(self.outbox.stats))
 
     def _scheduler_stats(self) -> dict[str, Any]:
         merged: dict[str, Any] = {"buses": {}}
@@ -402,6 +409,7 @@ class Gateway:
         path = self.state_dir / STATUS_FILE
         while True:
             await asyncio.sleep(1.0)
+            await self._refresh_outbox_stats()
             self.write_status(path)
 
     def write_status(self, path: Path | None = None) -> None:
@@ -475,6 +483,7 @@ class Gateway:
                 task.cancel()
         self._tasks.clear()
         if self.collector is not None:
+            await self._refresh_outbox_stats()
             self.write_status()
         if self.outbox is not None:
             await self.outbox_thread.call(self.outbox.close)
