@@ -36,7 +36,7 @@ test: system-deps venv
 
 lint: venv
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy gateway drivers cloud_stub --ignore-missing-imports
+	$(PY) tools/typecheck.py
 
 bench: venv
 	for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b; done

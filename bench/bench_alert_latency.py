@@ -33,10 +33,10 @@ from typing import Any
 
 import yaml
 
-from cloud_stub.broker import ManagedBroker
-from cloud_stub.enrollment import provision_gateway
-from cloud_stub.ingest import run_ingest
-from cloud_stub.pki_setup import init_data_dir
+from edgegw_cloud.broker import ManagedBroker
+from edgegw_cloud.enrollment import provision_gateway
+from edgegw_cloud.ingest import run_ingest
+from edgegw_cloud.pki_setup import init_data_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 GW = "bench-gw"
@@ -132,7 +132,7 @@ def main() -> None:
         cfg = tmp / "gateway.yaml"
         cfg.write_text(yaml.safe_dump(config(state, state / "identity", url, a.rate, a.alarms)))
         gw = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "run", "-c", str(cfg), "--drain-timeout", "30"],
+            [sys.executable, "-m", "edgegw.cli", "run", "-c", str(cfg), "--drain-timeout", "30"],
             cwd=ROOT,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -25,9 +25,9 @@ from typing import Any
 import aiocoap
 from aiocoap import resource
 
-from drivers.coap import CoapDriver, CoapOptions
-from gateway.model import Lane, Sample
-from gateway.sdk import DeviceContext
+from edgegw.drivers.coap import CoapDriver, CoapOptions
+from edgegw.model import Lane, Sample
+from edgegw.sdk import DeviceContext
 
 CLIENT = r"""
 import asyncio, json, sys, time, aiocoap

@@ -32,9 +32,9 @@ from typing import Any
 import snappy
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from gateway.model import Lane, Quality, Sample
-from gateway.store import Outbox, Outcome
-from gateway.wire import Sealer, codec, decode_batch, encode_batch
+from edgegw.model import Lane, Quality, Sample
+from edgegw.protocol import Sealer, codec, decode_batch, encode_batch
+from edgegw.store import Outbox, Outcome
 
 DEVICES = 10
 REGS = 20

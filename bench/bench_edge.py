@@ -23,13 +23,13 @@ from typing import Any
 
 import numpy as np
 
-from gateway.edge import litert, synth
-from gateway.edge.aggregate import AggregateStage
-from gateway.edge.anomaly import AnomalyStage
-from gateway.edge.config import AggregateConfig, AnomalyConfig, RuleConfig
-from gateway.edge.fit import fit_pca_autoencoder, make_windows
-from gateway.edge.rules import RuleStage
-from gateway.model import Sample
+from edgegw.edge import litert, synth
+from edgegw.edge.aggregate import AggregateStage
+from edgegw.edge.anomaly import AnomalyStage
+from edgegw.edge.config import AggregateConfig, AnomalyConfig, RuleConfig
+from edgegw.edge.fit import fit_pca_autoencoder, make_windows
+from edgegw.edge.rules import RuleStage
+from edgegw.model import Sample
 
 T0 = 1_700_000_000_000
 

@@ -26,10 +26,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gateway.model import Sample
-from gateway.runtime.pipeline import Batcher, OutboxThread, Pipeline
-from gateway.runtime.sealing import make_sealer
-from gateway.store.outbox import Outbox
+from edgegw.model import Sample
+from edgegw.runtime.pipeline import Batcher, OutboxThread, Pipeline
+from edgegw.runtime.sealing import make_sealer
+from edgegw.store.outbox import Outbox
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -148,7 +148,7 @@ def rss_run(tmp: Path, seconds: float) -> dict[str, Any]:
             )
         )
         gw = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "run", "-c", str(cfg)],
+            [sys.executable, "-m", "edgegw.cli", "run", "-c", str(cfg)],
             cwd=ROOT,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -30,10 +30,10 @@ sys.path.insert(0, str(ROOT))
 
 from pymodbus.client import AsyncModbusTcpClient  # noqa: E402
 
-from drivers.modbus import ModbusDriver, ModbusOptions  # noqa: E402
-from gateway import DeviceContext, Sample  # noqa: E402
-from gateway.runtime.poller import DevicePoller  # noqa: E402
-from gateway.runtime.scheduler import BusScheduler  # noqa: E402
+from edgegw import DeviceContext, Sample  # noqa: E402
+from edgegw.drivers.modbus import ModbusDriver, ModbusOptions  # noqa: E402
+from edgegw.runtime.poller import DevicePoller  # noqa: E402
+from edgegw.runtime.scheduler import BusScheduler  # noqa: E402
 
 SIM = ROOT / "tests" / "modbus" / "modbus_sim.py"
 sys.path.insert(0, str(SIM.parent))

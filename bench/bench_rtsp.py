@@ -30,9 +30,9 @@ from typing import Any
 
 import av
 
-from drivers.rtsp import RtspDriver, RtspOptions
-from gateway.model import Lane, Sample
-from gateway.sdk import DeviceContext
+from edgegw.drivers.rtsp import RtspDriver, RtspOptions
+from edgegw.model import Lane, Sample
+from edgegw.sdk import DeviceContext
 
 SERVER = Path(__file__).parents[1] / "tests" / "rtsp" / "rtsp_server.py"
 

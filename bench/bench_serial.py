@@ -22,9 +22,9 @@ from pathlib import Path
 
 import serial
 
-from drivers.serial import SerialDriver, SerialOptions, SerialStreamDriver
-from gateway.model import Lane, Sample
-from gateway.sdk import DeviceContext
+from edgegw.drivers.serial import SerialDriver, SerialOptions, SerialStreamDriver
+from edgegw.model import Lane, Sample
+from edgegw.sdk import DeviceContext
 
 LINE_REGEX = r"^T=(?P<temp>-?\d+\.\d+);H=(?P<hum>\d+)$"
 

@@ -35,18 +35,18 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from cloud_stub.broker import ManagedBroker
-from cloud_stub.ingest import Ingest, IngestProcesses
-from cloud_stub.pki_setup import CloudPaths, init_data_dir
-from cloud_stub.registry import Registry
-from cloud_stub.store import CloudStore
-from gateway import pki
-from gateway.model import Lane, Sample
-from gateway.store.outbox import Outbox
-from gateway.uplink.outbox_io import OutboxIO
-from gateway.uplink.session import Uplink
-from gateway.wire.codec import encode_batch
-from gateway.wire.keys import Sealer, derive_data_key
+from edgegw import pki
+from edgegw.model import Lane, Sample
+from edgegw.protocol.codec import encode_batch
+from edgegw.protocol.keys import Sealer, derive_data_key
+from edgegw.store.outbox import Outbox
+from edgegw.uplink.outbox_io import OutboxIO
+from edgegw.uplink.session import Uplink
+from edgegw_cloud.broker import ManagedBroker
+from edgegw_cloud.ingest import Ingest, IngestProcesses
+from edgegw_cloud.pki_setup import CloudPaths, init_data_dir
+from edgegw_cloud.registry import Registry
+from edgegw_cloud.store import CloudStore
 
 
 def _free_port() -> int:

@@ -32,8 +32,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
-from cloud_stub.pki_setup import BOOTSTRAP_CN, ENROLL_CN, INGEST_CN, CloudPaths
-from gateway import pki
+from edgegw import pki
+from edgegw_cloud.pki_setup import BOOTSTRAP_CN, ENROLL_CN, INGEST_CN, CloudPaths
 
 log = logging.getLogger("edgegw.cloud.broker")
 
@@ -131,7 +131,7 @@ class ManagedBroker:
 
     # ----------------------------------------------------------------- config
     def _revoked(self) -> list[str]:
-        from cloud_stub.registry import Registry
+        from edgegw_cloud.registry import Registry
 
         with Registry(self.paths.registry_db) as reg:
             return reg.revoked_gateways()

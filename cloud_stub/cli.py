@@ -23,9 +23,9 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
-from cloud_stub.pki_setup import CloudPaths, init_data_dir
-from cloud_stub.registry import GatewayRow, Registry, RegistryError
-from gateway import pki
+from edgegw import pki
+from edgegw_cloud.pki_setup import CloudPaths, init_data_dir
+from edgegw_cloud.registry import GatewayRow, Registry, RegistryError
 
 log = logging.getLogger("edgegw.cloud")
 
@@ -33,7 +33,7 @@ log = logging.getLogger("edgegw.cloud")
 # --------------------------------------------------------------------------- helpers
 def parse_ttl(text: str) -> float:
     try:
-        from gateway.units import parse_duration  # the project's one duration syntax
+        from edgegw.units import parse_duration  # the project's one duration syntax
     except ImportError:  # pragma: no cover - units is part of the package
         return float(text)
     return float(parse_duration(text))
@@ -140,7 +140,7 @@ def cmd_gateways(args: argparse.Namespace) -> int:
 
 
 def cmd_revoke(args: argparse.Namespace) -> int:
-    from cloud_stub.revocation import revoke_gateway
+    from edgegw_cloud.revocation import revoke_gateway
 
     serials = revoke_gateway(_paths(args), args.gateway_id)
     print(
@@ -151,7 +151,7 @@ def cmd_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_query(args: argparse.Namespace) -> int:
-    query = importlib.import_module("cloud_stub.query")
+    query = importlib.import_module("edgegw_cloud.query")
     return int(query.run(args))
 
 
@@ -177,7 +177,7 @@ def _crl_stamp(path: Path) -> tuple[int, int]:
 
 def _start_ingest(paths: CloudPaths, url: str, stop: threading.Event) -> threading.Thread | None:
     try:
-        ingest = importlib.import_module("cloud_stub.ingest")
+        ingest = importlib.import_module("edgegw_cloud.ingest")
     except ImportError as exc:
         log.warning("cloud ingest not available (%s): serving without ingest", exc)
         return None
@@ -212,10 +212,10 @@ def serve(
     processes sharing the subscription (decode and store use a core each; the store's SQLite
     write lock serialises their commits).
     """
-    from cloud_stub.broker import ManagedBroker
-    from cloud_stub.enrollment import EnrollmentService
-    from cloud_stub.revocation import CRL_REFRESH_S, refresh_crl
-    from gateway.uplink.enroll import parse_broker_url
+    from edgegw.uplink.enroll import parse_broker_url
+    from edgegw_cloud.broker import ManagedBroker
+    from edgegw_cloud.enrollment import EnrollmentService
+    from edgegw_cloud.revocation import CRL_REFRESH_S, refresh_crl
 
     out = out or sys.stdout
     stop = stop or threading.Event()
@@ -229,7 +229,7 @@ def serve(
     ingest_thread = None
     ingest_procs: Any = None
     if ingest and ingest_processes > 0:
-        from cloud_stub.ingest import IngestProcesses
+        from edgegw_cloud.ingest import IngestProcesses
 
         ingest_procs = IngestProcesses(paths, broker_url, ingest_processes, ingest_stats_dir)
     elif ingest:
@@ -340,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("query", help="print stored readings as JSON/CSV")
     try:
-        importlib.import_module("cloud_stub.query").add_arguments(sp)
+        importlib.import_module("edgegw_cloud.query").add_arguments(sp)
     except ImportError as exc:  # the query module is optional for the rest of the CLI
         sp.set_defaults(query_error=str(exc))
     sp.set_defaults(fn=cmd_query)
@@ -359,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"edgegw-cloud {args.command}: {exc}", file=sys.stderr)
         return 1
     except Exception as exc:
-        from cloud_stub.broker import BrokerError
+        from edgegw_cloud.broker import BrokerError
 
         if isinstance(exc, BrokerError):
             print(f"edgegw-cloud {args.command}: {exc}", file=sys.stderr)

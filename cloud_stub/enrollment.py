@@ -25,11 +25,11 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from cloud_stub.pki_setup import BOOTSTRAP_CN, CloudPaths
-from cloud_stub.registry import EnrollmentRefused, Registry
-from cloud_stub.revocation import refresh_crl
-from gateway import pki
-from gateway.uplink.enroll import MAX_MESSAGE, Identity, write_identity
+from edgegw import pki
+from edgegw.uplink.enroll import MAX_MESSAGE, Identity, write_identity
+from edgegw_cloud.pki_setup import BOOTSTRAP_CN, CloudPaths
+from edgegw_cloud.registry import EnrollmentRefused, Registry
+from edgegw_cloud.revocation import refresh_crl
 
 log = logging.getLogger("edgegw.cloud.enroll")
 
@@ -184,7 +184,7 @@ def provision_gateway(
     The same result as enrollment without broker or token: the key is generated into
     ``identity_dir`` (0600) and only its public half is certified and registered.
     """
-    from gateway.uplink.enroll import load_or_create_key
+    from edgegw.uplink.enroll import load_or_create_key
 
     pki.check_gateway_id(gateway_id)
     issuer = pki.Issuer.load(paths.ca_crt, paths.ca_key)

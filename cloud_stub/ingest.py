@@ -42,15 +42,15 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from cloud_stub.pki_setup import INGEST_CN, CloudPaths
-from cloud_stub.store import BatchRecord, CloudStore
-from gateway import pki
-from gateway.model import Lane
-from gateway.wire import envelope, topics
-from gateway.wire.ack import AckStatus, encode_acks
-from gateway.wire.codec import CodecError, DecodedBatch, decode_batch
-from gateway.wire.keys import derive_data_key
-from gateway.wire.mqtt_client import Client
+from edgegw import pki
+from edgegw.model import Lane
+from edgegw.protocol import envelope, topics
+from edgegw.protocol.ack import AckStatus, encode_acks
+from edgegw.protocol.codec import CodecError, DecodedBatch, decode_batch
+from edgegw.protocol.keys import derive_data_key
+from edgegw.protocol.mqtt_client import Client
+from edgegw_cloud.pki_setup import INGEST_CN, CloudPaths
+from edgegw_cloud.store import BatchRecord, CloudStore
 
 log = logging.getLogger("edgegw.cloud.ingest")
 
@@ -272,7 +272,7 @@ class Ingest:
                 continue
 
     def _open_loop(self) -> None:
-        from cloud_stub.registry import Registry  # one instance per thread (its contract)
+        from edgegw_cloud.registry import Registry  # one instance per thread (its contract)
 
         registry = Registry(self.paths.registry_db)
         keys = _Keys(self.paths, registry)

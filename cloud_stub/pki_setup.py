@@ -6,7 +6,7 @@ Layout (docs/CONTRACTS.md "Cloud stub data dir layout", plus the enrollment serv
                    ingest-ka-<keyid>.key ingest-ka-<keyid>.pub  (P-256 key agreement)
                    ota-signing.key ota-signing.pub (Ed25519) bootstrap.crt bootstrap.key crl.pem
                    enroll.crt enroll.key   (the enrollment service's broker identity)
-    DATA/broker/   mosquitto.conf acl mosquitto.log (written by cloud_stub.broker)
+    DATA/broker/   mosquitto.conf acl mosquitto.log (written by edgegw_cloud.broker)
     DATA/registry.db   DATA/store.db
 
 Invariants:
@@ -27,7 +27,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from gateway import pki
+from edgegw import pki
 
 log = logging.getLogger("edgegw.cloud.pki")
 
@@ -224,7 +224,7 @@ def init_data_dir(data_dir: Path, *, broker_host: str = "127.0.0.1") -> CloudPat
         pki.save_private_key(paths.ota_signing_key, ota)
         pki.write_public(paths.ota_signing_pub, pki.public_pem(ota.public_key()))
 
-    from cloud_stub.registry import Registry  # registry imports this module's paths
+    from edgegw_cloud.registry import Registry  # registry imports this module's paths
 
     with Registry(paths.registry_db) as reg:
         if not paths.crl.exists():

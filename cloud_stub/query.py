@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from cloud_stub.store import CloudStore
-from gateway.model import Quality
+from edgegw.model import Quality
+from edgegw_cloud.store import CloudStore
 
 _RELATIVE = re.compile(r"^([+-])\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}

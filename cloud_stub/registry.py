@@ -33,7 +33,7 @@ from types import TracebackType
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from gateway import pki
+from edgegw import pki
 
 log = logging.getLogger("edgegw.cloud.registry")
 

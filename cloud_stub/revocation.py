@@ -11,9 +11,9 @@ Invariants:
 
 from __future__ import annotations
 
-from cloud_stub.pki_setup import CloudPaths
-from cloud_stub.registry import Registry
-from gateway import pki
+from edgegw import pki
+from edgegw_cloud.pki_setup import CloudPaths
+from edgegw_cloud.registry import Registry
 
 CRL_DAYS = 30
 CRL_REFRESH_S = 24 * 3600.0

@@ -33,8 +33,8 @@ from itertools import repeat
 from pathlib import Path
 from typing import Any
 
-from gateway.model import Alert, Sample, Value
-from gateway.wire.codec import Series
+from edgegw.model import Alert, Sample, Value
+from edgegw.protocol.codec import Series
 
 VT_NULL, VT_INT, VT_FLOAT, VT_BOOL, VT_STR, VT_BLOB = range(6)
 #: value types stored as they are (bulk fast path for single-typed series)
@@ -125,8 +125,8 @@ class BatchRecord:
     received_ms: int
     samples: Sequence[Sample] = ()
     alerts: Sequence[Alert] = ()
-    gaps: Sequence[Any] = ()  # gateway.wire.codec.Gap
-    #: readings in columnar form (gateway.wire.codec.Series), the ingest's fast path
+    gaps: Sequence[Any] = ()  # edgegw.protocol.codec.Gap
+    #: readings in columnar form (edgegw.protocol.codec.Series), the ingest's fast path
     series: Sequence[Series] = ()
 
     @property

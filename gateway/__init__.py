@@ -3,8 +3,8 @@
 The package root re-exports the public SDK names only; everything else is private.
 """
 
-from gateway.model import Alert, Lane, Quality, Reading, Sample, Severity, Value, now_ms
-from gateway.sdk import (
+from edgegw.model import Alert, Lane, Quality, Reading, Sample, Severity, Value, now_ms
+from edgegw.sdk import (
     BadDataError,
     ByteSize,
     DeviceContext,

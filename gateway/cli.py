@@ -44,13 +44,13 @@ class Command:
 
 
 COMMANDS: dict[str, Command] = {
-    "run": Command("gateway.runtime.daemon", "run the gateway daemon"),
-    "check": Command("gateway.commands.check", "validate a config file, report every mistake"),
-    "status": Command("gateway.runtime.status", "show the state of a running gateway"),
-    "drivers": Command("gateway.commands.drivers", "list installed drivers and their status"),
-    "schema": Command("gateway.commands.schema", "print the config JSON Schema (for editors)"),
-    "enroll": Command("gateway.uplink.enroll", "enroll this gateway with the cloud (token)"),
-    "model": Command("gateway.edge.fit", "fit and inspect anomaly models"),
+    "run": Command("edgegw.runtime.daemon", "run the gateway daemon"),
+    "check": Command("edgegw.commands.check", "validate a config file, report every mistake"),
+    "status": Command("edgegw.runtime.status", "show the state of a running gateway"),
+    "drivers": Command("edgegw.commands.drivers", "list installed drivers and their status"),
+    "schema": Command("edgegw.commands.schema", "print the config JSON Schema (for editors)"),
+    "enroll": Command("edgegw.uplink.enroll", "enroll this gateway with the cloud (token)"),
+    "model": Command("edgegw.edge.fit", "fit and inspect anomaly models"),
 }
 
 
@@ -153,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name, cmd in _plugin_commands().items():
             commands.setdefault(name, cmd)
 
-    from gateway import __version__
+    from edgegw import __version__
 
     parser = argparse.ArgumentParser(
         prog="edgegw",

@@ -3,11 +3,11 @@
 Two phases, both reporting ``ConfigIssue``s formatted ``file:line:col: dotted.path: message
 (hint: ...)``:
 
-1. ``load_config(path)``: YAML (with ``include:`` and ``${ENV}``, see ``gateway.yamlsrc``) ->
+1. ``load_config(path)``: YAML (with ``include:`` and ``${ENV}``, see ``edgegw.yamlsrc``) ->
    ``GatewayConfig`` (pydantic, unknown keys forbidden everywhere). Raises ``ConfigError``.
 2. ``check_config(cfg, drivers)``: semantic checks that need the installed drivers: the driver
    exists, ``options`` fit the driver's ``Options`` model, device ids are unique, ``bus:``
-   references exist, and the edge checks (``gateway.edge.config.validate_edge``).
+   references exist, and the edge checks (``edgegw.edge.config.validate_edge``).
 
 ``load_and_check(path, drivers)`` runs both and is the one call the CLI and the daemon use.
 
@@ -24,8 +24,8 @@ The format (reference: docs/configuration.md, examples/gateway.example.yaml)::
     buses:    {line1: {inter_frame_delay: 5ms, timeout: 1s}}
     devices:  [{id: pump1, driver: modbus, enabled: true, poll: 1s, timeout: 2s, stagger: true,
                 bus: line1, options: {...}, aggregate: {...}}]
-    rules:    [...]                    # gateway.edge.config.RuleConfig
-    anomaly:  [...]                    # gateway.edge.config.AnomalyConfig
+    rules:    [...]                    # edgegw.edge.config.RuleConfig
+    anomaly:  [...]                    # edgegw.edge.config.AnomalyConfig
 
 Invariants:
 - Gateway and device ids match ``^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$``: they become MQTT topic
@@ -61,10 +61,10 @@ from pydantic import (
     model_validator,
 )
 
-from gateway.edge.config import AggregateConfig, AnomalyConfig, RuleConfig, validate_edge
-from gateway.sdk import Driver, DriverEntry, DriverOptions
-from gateway.units import ByteSize, Duration
-from gateway.yamlsrc import ConfigError, ConfigIssue, Loc, PathT, SourceMap, load_yaml
+from edgegw.edge.config import AggregateConfig, AnomalyConfig, RuleConfig, validate_edge
+from edgegw.sdk import Driver, DriverEntry, DriverOptions
+from edgegw.units import ByteSize, Duration
+from edgegw.yamlsrc import ConfigError, ConfigIssue, Loc, PathT, SourceMap, load_yaml
 
 __all__ = [
     "BatchConfig",

@@ -26,12 +26,12 @@ from typing import Any, ClassVar, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
-from gateway.model import Lane, Quality, Sample, Value
+from edgegw.model import Lane, Quality, Sample, Value
 
 # Option types for driver Options models: the same grammar and errors as the gateway config.
-from gateway.units import ByteSize as ByteSize
-from gateway.units import Duration as Duration
-from gateway.units import HexBytes as HexBytes
+from edgegw.units import ByteSize as ByteSize
+from edgegw.units import Duration as Duration
+from edgegw.units import HexBytes as HexBytes
 
 log = logging.getLogger("edgegw.sdk")
 
@@ -244,7 +244,7 @@ def discover_drivers(
         try:
             cls = ep.load()
             if not (isinstance(cls, type) and issubclass(cls, Driver)):
-                raise TypeError(f"{ep.value} is not a gateway.sdk.Driver subclass")
+                raise TypeError(f"{ep.value} is not a edgegw.sdk.Driver subclass")
             entry = DriverEntry(ep.name, dist, version, ep.value, cls)
         except Exception as exc:  # a plugin may raise anything at import time
             log.error(

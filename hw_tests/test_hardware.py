@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.sdk import DeviceContext, discover_drivers
+from edgegw.sdk import DeviceContext, discover_drivers
 
 RTU = os.environ.get("EDGEGW_HW_MODBUS_RTU")
 SERIAL = os.environ.get("EDGEGW_HW_SERIAL")

@@ -31,7 +31,7 @@ from aiocoap import resource
 from aiocoap.numbers.codes import Code
 from aiocoap.oscore_sitewrapper import OscoreSiteWrapper
 
-from gateway import (
+from edgegw import (
     DeviceContext,
     DriverOptions,
     Emit,

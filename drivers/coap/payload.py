@@ -19,7 +19,7 @@ from typing import Any
 
 import cbor2
 
-from gateway import Sample, Value
+from edgegw import Sample, Value
 
 JSON = 50
 CBOR = 60

@@ -4,7 +4,7 @@ Public names: ``ModbusDriver`` (entry point ``modbus``), ``ModbusOptions``, ``Mo
 See README.md in this folder for every option.
 """
 
-from drivers.modbus.driver import ModbusDriver
-from drivers.modbus.options import ModbusOptions, ModbusPoint
+from edgegw.drivers.modbus.driver import ModbusDriver
+from edgegw.drivers.modbus.options import ModbusOptions, ModbusPoint
 
 __all__ = ["ModbusDriver", "ModbusOptions", "ModbusPoint"]

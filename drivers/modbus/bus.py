@@ -27,8 +27,8 @@ from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOEx
 from pymodbus.framer import FramerType
 from pymodbus.pdu import ModbusPDU
 
-from drivers.modbus.options import ModbusOptions
-from gateway import BadDataError, PermanentError, TransientError
+from edgegw import BadDataError, PermanentError, TransientError
+from edgegw.drivers.modbus.options import ModbusOptions
 
 EXCEPTION_NAMES = {
     1: "illegal function", 2: "illegal data address", 3: "illegal data value",

@@ -19,7 +19,7 @@ import math
 import struct
 from collections.abc import Callable, Sequence
 
-from drivers.modbus.options import TYPE_WIDTH
+from edgegw.drivers.modbus.options import TYPE_WIDTH
 
 _STRUCT: dict[str, str] = {
     "int16": ">h", "uint16": ">H",

@@ -19,11 +19,7 @@ import struct
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
-from drivers.modbus.bus import ExceptionResponseError, ModbusBus
-from drivers.modbus.codec import CodecError, compile_decoder, encode
-from drivers.modbus.options import BIT_KINDS, ModbusOptions, ModbusPoint
-from drivers.modbus.planner import ReadGroup, plan_reads
-from gateway import (
+from edgegw import (
     BadDataError,
     DeviceContext,
     DriverOptions,
@@ -35,6 +31,10 @@ from gateway import (
     TransientError,
     Value,
 )
+from edgegw.drivers.modbus.bus import ExceptionResponseError, ModbusBus
+from edgegw.drivers.modbus.codec import CodecError, compile_decoder, encode
+from edgegw.drivers.modbus.options import BIT_KINDS, ModbusOptions, ModbusPoint
+from edgegw.drivers.modbus.planner import ReadGroup, plan_reads
 
 PointReader = Callable[[Sequence[Any]], "Value | PointValue"]
 

@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from gateway import DriverOptions, Duration
+from edgegw import DriverOptions, Duration
 
 Kind = Literal["holding", "input", "coil", "discrete"]
 DataType = Literal[

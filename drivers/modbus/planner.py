@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from drivers.modbus.options import BIT_KINDS, ModbusPoint
+from edgegw.drivers.modbus.options import BIT_KINDS, ModbusPoint
 
 
 @dataclass(frozen=True, slots=True)

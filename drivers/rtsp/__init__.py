@@ -4,7 +4,7 @@ Importing this package does not import PyAV: the gateway runs without the ``came
 only opening an RTSP device fails, with an actionable error. See README.md for the options.
 """
 
-from drivers.rtsp.driver import RtspDriver
-from drivers.rtsp.options import RtspOptions
+from edgegw.drivers.rtsp.driver import RtspDriver
+from edgegw.drivers.rtsp.options import RtspOptions
 
 __all__ = ["RtspDriver", "RtspOptions"]

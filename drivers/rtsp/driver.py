@@ -29,12 +29,12 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, ClassVar
 
-from drivers.rtsp.options import RtspOptions
-from gateway.model import Lane, Quality, Sample, now_ms
-from gateway.sdk import DeviceContext, DriverOptions, Emit, PermanentError, PushDriver
+from edgegw.drivers.rtsp.options import RtspOptions
+from edgegw.model import Lane, Quality, Sample, now_ms
+from edgegw.sdk import DeviceContext, DriverOptions, Emit, PermanentError, PushDriver
 
 if TYPE_CHECKING:
-    from drivers.rtsp.worker import CameraWorker, IntervalStats, Snapshot
+    from edgegw.drivers.rtsp.worker import CameraWorker, IntervalStats, Snapshot
 
 VIDEO_METRICS = ("brightness", "motion", "fps")
 COUNT_METRICS = ("frames_received", "frames_decoded", "decode_errors", "reconnects")
@@ -47,7 +47,7 @@ INSTALL_HINT = "install edgegw[camera] (pip install 'edgegw[camera]') to use RTS
 def _load_worker_module() -> object:
     """Import the decode side (PyAV + numpy) or fail with an actionable PermanentError."""
     try:
-        return importlib.import_module("drivers.rtsp.worker")
+        return importlib.import_module("edgegw.drivers.rtsp.worker")
     except ImportError as exc:
         missing = getattr(exc, "name", None) or str(exc)
         raise PermanentError(f"RTSP driver needs {missing!r}: {INSTALL_HINT}") from exc

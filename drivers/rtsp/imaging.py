@@ -24,7 +24,7 @@ import numpy as np
 from av.video.frame import PictureType, VideoFrame
 from av.video.reformatter import Interpolation, VideoReformatter
 
-from drivers.rtsp.options import scaled_size
+from edgegw.drivers.rtsp.options import scaled_size
 
 _TIME_BASE = Fraction(1, 1000)
 

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from gateway.sdk import DriverOptions, Duration
+from edgegw.sdk import DriverOptions, Duration
 
 
 def redact_url(url: str) -> str:

@@ -31,9 +31,9 @@ from av.container import InputContainer
 from av.video.frame import VideoFrame
 from av.video.stream import VideoStream
 
-from drivers.rtsp.imaging import FrameAnalyzer, JpegEncoder
-from drivers.rtsp.options import RtspOptions
-from gateway.model import now_ms
+from edgegw.drivers.rtsp.imaging import FrameAnalyzer, JpegEncoder
+from edgegw.drivers.rtsp.options import RtspOptions
+from edgegw.model import now_ms
 
 STABLE_AFTER = 10.0  # seconds of frames before the reconnect backoff resets
 

@@ -25,7 +25,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from gateway import (
+from edgegw import (
     BadDataError,
     DeviceContext,
     Driver,

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from gateway import Value
+from edgegw import Value
 
 from .checksums import checksum_function
 from .options import BinaryOptions, LineOptions, SerialOptions

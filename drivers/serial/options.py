@@ -18,7 +18,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from gateway import DriverOptions, Duration, HexBytes
+from edgegw import DriverOptions, Duration, HexBytes
 
 from .checksums import CHECKSUM_SIZES
 

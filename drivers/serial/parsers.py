@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 
-from gateway import Value
+from edgegw import Value
 
 from .options import LineOptions
 

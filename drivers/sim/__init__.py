@@ -18,7 +18,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from gateway import DeviceContext, DriverOptions, Emit, PolledDriver, ReadResult, Sample, now_ms
+from edgegw import DeviceContext, DriverOptions, Emit, PolledDriver, ReadResult, Sample, now_ms
 
 
 class SimPoint(DriverOptions):

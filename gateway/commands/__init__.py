@@ -1,7 +1,7 @@
 """Built-in ``edgegw`` subcommands (check, schema, drivers), one module each.
 
 Each module exposes ``add_arguments(parser)`` and ``run(args) -> int`` and is imported only
-when its command runs (see ``gateway.cli``). Shared helpers live here and import nothing heavy.
+when its command runs (see ``edgegw.cli``). Shared helpers live here and import nothing heavy.
 """
 
 from __future__ import annotations
@@ -10,13 +10,13 @@ import logging
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from gateway.sdk import DriverEntry
+    from edgegw.sdk import DriverEntry
 
 
 def discover_quietly(verbose: int) -> dict[str, DriverEntry]:
     """``discover_drivers()`` without its per-plugin error log lines (the caller reports them)
     unless ``-v`` was given."""
-    from gateway.sdk import discover_drivers
+    from edgegw.sdk import discover_drivers
 
     sdk_log = logging.getLogger("edgegw.sdk")
     previous = sdk_log.level

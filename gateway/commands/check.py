@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 
-from gateway.commands import discover_quietly
+from edgegw.commands import discover_quietly
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,7 +32,7 @@ def _plural(n: int, word: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gateway.config import ConfigError, check_config, drivers_from_registry, load_config
+    from edgegw.config import ConfigError, check_config, drivers_from_registry, load_config
 
     path: str = args.config
     try:

@@ -7,7 +7,7 @@ import argparse
 import json
 import sys
 
-from gateway.commands import discover_quietly
+from edgegw.commands import discover_quietly
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

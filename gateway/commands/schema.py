@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from gateway.commands import discover_quietly
+from edgegw.commands import discover_quietly
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gateway.config import config_json_schema, drivers_from_registry
+    from edgegw.config import config_json_schema, drivers_from_registry
 
     drivers = {} if args.no_drivers else drivers_from_registry(discover_quietly(args.verbose))[0]
     text = json.dumps(config_json_schema(drivers), indent=2, sort_keys=False) + "\n"

@@ -3,7 +3,7 @@
 ``build_stages(cfg, submit_blocking=...)`` returns the pipeline stages for a ``GatewayConfig`` in
 their order: anomaly (so its scores reach the rules and the aggregation), rules, aggregate. Stages
 for empty config sections are left out. Each stage implements the ``Stage`` protocol of
-``gateway.runtime.pipeline`` and ``stats()``.
+``edgegw.runtime.pipeline`` and ``stats()``.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from gateway.edge.aggregate import AggregateStage
-from gateway.edge.anomaly import AnomalyStage, SubmitBlocking
-from gateway.edge.rules import RuleStage
+from edgegw.edge.aggregate import AggregateStage
+from edgegw.edge.anomaly import AnomalyStage, SubmitBlocking
+from edgegw.edge.rules import RuleStage
 
 __all__ = ["AggregateStage", "AnomalyStage", "RuleStage", "build_stages"]
 

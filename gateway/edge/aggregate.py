@@ -30,10 +30,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.edge.config import AggregateConfig, AggregateSpec
-from gateway.edge.expr import is_number
-from gateway.model import Sample
-from gateway.runtime.pipeline import StageOutput
+from edgegw.edge.config import AggregateConfig, AggregateSpec
+from edgegw.edge.expr import is_number
+from edgegw.model import Sample
+from edgegw.runtime.pipeline import StageOutput
 
 DEFAULT_LATENESS_S = 1.0
 DEFAULT_FUNCTIONS = ("mean",)

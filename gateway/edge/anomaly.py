@@ -35,11 +35,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from gateway.edge.config import AnomalyConfig, resolve_path
-from gateway.edge.expr import is_number
-from gateway.edge.rules import render_message
-from gateway.model import Alert, Sample, Severity
-from gateway.runtime.pipeline import StageOutput
+from edgegw.edge.config import AnomalyConfig, resolve_path
+from edgegw.edge.expr import is_number
+from edgegw.edge.rules import render_message
+from edgegw.model import Alert, Sample, Severity
+from edgegw.runtime.pipeline import StageOutput
 
 log = logging.getLogger("edgegw.edge.anomaly")
 
@@ -220,7 +220,7 @@ class AnomalyStage:
         threshold = cfg.threshold
         window = cfg.window
         if kind == "model":
-            from gateway.edge import litert
+            from edgegw.edge import litert
 
             assert cfg.model is not None
             path = resolve_path(cfg.model, base_dir)

@@ -22,7 +22,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from gateway.units import Duration
+from edgegw.units import Duration
 
 SeverityName = Literal["info", "warning", "critical"]
 AggFn = Literal["min", "max", "mean", "count", "first", "last", "sum", "stddev"]
@@ -240,7 +240,7 @@ def _check_rules(
     points: Mapping[str, set[str] | None],
     extra: Mapping[str, set[str]],
 ) -> list[Issue]:
-    from gateway.edge.expr import ExprError, compile_expr
+    from edgegw.edge.expr import ExprError, compile_expr
 
     issues: list[Issue] = []
     names: set[str] = set()
@@ -330,7 +330,7 @@ def _check_anomaly(
     points: Mapping[str, set[str] | None],
     base_dir: Path | None,
 ) -> list[Issue]:
-    from gateway.edge import litert
+    from edgegw.edge import litert
 
     issues: list[Issue] = []
     seen: dict[tuple[str, str], int] = {}

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from gateway.units import parse_duration
+from edgegw.units import parse_duration
 
 WINDOW_FUNCTIONS = frozenset(
     {"avg", "mean", "min", "max", "sum", "count", "stddev", "delta", "rate"}

@@ -31,17 +31,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gateway.edge.anomaly import RowAssembler
-from gateway.edge.expr import is_number
-from gateway.edge.litert import (
+from edgegw.edge.anomaly import RowAssembler
+from edgegw.edge.expr import is_number
+from edgegw.edge.litert import (
     ModelSpec,
     Scaling,
     build_dense_model,
     pca_autoencoder_layers,
     spec_path_for,
 )
-from gateway.model import Quality, Sample
-from gateway.units import parse_duration
+from edgegw.model import Quality, Sample
+from edgegw.units import parse_duration
 
 if TYPE_CHECKING:
     import numpy as np
@@ -238,7 +238,7 @@ def fit_pca_autoencoder(
         scaling=Scaling(mean=[float(m) for m in mean], std=[float(s) for s in std]),
         threshold=1.0,  # replaced below
     )
-    from gateway.edge.litert import dense_forward, reconstruction_scores
+    from edgegw.edge.litert import dense_forward, reconstruction_scores
 
     # normalise residuals by their typical size on training data: a normal window scores ~1
     train_residual = train - dense_forward(layers, train.astype(np.float32))
@@ -355,7 +355,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> dict[str, Any]:
-    from gateway.edge import litert
+    from edgegw.edge import litert
 
     spec_path = args.spec or spec_path_for(args.model)
     spec = ModelSpec.load(spec_path)
@@ -382,7 +382,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         samples.extend(read_csv_samples(path))
         sources.append(str(path))
     if args.outbox is not None:
-        from gateway.runtime.inspect import read_outbox_samples
+        from edgegw.runtime.inspect import read_outbox_samples
 
         samples.extend(read_outbox_samples(args.outbox, args.gateway_id))
         sources.append(f"outbox:{args.outbox}")

@@ -30,11 +30,11 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, cast
 
-from gateway.edge.config import LogAction, RuleConfig, WriteAction
-from gateway.edge.expr import Compiled, Unknown, compile_expr, is_number
-from gateway.edge.windows import SeriesHistory
-from gateway.model import Alert, Sample, Severity
-from gateway.runtime.pipeline import StageOutput, WriteRequest
+from edgegw.edge.config import LogAction, RuleConfig, WriteAction
+from edgegw.edge.expr import Compiled, Unknown, compile_expr, is_number
+from edgegw.edge.windows import SeriesHistory
+from edgegw.model import Alert, Sample, Severity
+from edgegw.runtime.pipeline import StageOutput, WriteRequest
 
 log = logging.getLogger("edgegw.edge.rules")
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from gateway.model import Sample
+from edgegw.model import Sample
 
 if TYPE_CHECKING:
     import numpy as np

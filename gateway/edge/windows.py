@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from bisect import bisect_right
 
-from gateway.edge.expr import Unknown
+from edgegw.edge.expr import Unknown
 
 
 class SeriesHistory:

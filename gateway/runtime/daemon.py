@@ -48,8 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load(config: Path) -> tuple[Any, Any]:
     """Load and check the config; exit 2 printing every issue when it is not valid."""
-    from gateway.config import ConfigError, check_loaded, drivers_from_registry, load_config
-    from gateway.sdk import discover_drivers, driver_names
+    from edgegw.config import ConfigError, check_loaded, drivers_from_registry, load_config
+    from edgegw.sdk import discover_drivers, driver_names
 
     try:
         cfg = load_config(config)
@@ -70,7 +70,7 @@ def load(config: Path) -> tuple[Any, Any]:
 async def serve(
     cfg: Any, drivers: Any, duration: float | None, shutdown_timeout: float, drain: float = 0.0
 ) -> int:
-    from gateway.runtime.supervisor import Gateway
+    from edgegw.runtime.supervisor import Gateway
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

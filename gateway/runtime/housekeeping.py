@@ -77,8 +77,8 @@ async def renew_if_due(
     gateway_id: str, identity_dir: Path, broker: str, renew_before: float, hk: Housekeeping
 ) -> None:
     """Renew the gateway certificate when it expires within ``renew_before`` seconds."""
-    from gateway import pki
-    from gateway.uplink.enroll import enroll
+    from edgegw import pki
+    from edgegw.uplink.enroll import enroll
 
     cert = pki.load_certificate(identity_dir / "gateway.crt")
     left = (cert.not_valid_after_utc - dt.datetime.now(dt.UTC)).total_seconds()

@@ -8,10 +8,10 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from gateway.model import Alert, Sample
-from gateway.runtime.sealing import key_lookup
-from gateway.wire.codec import decode_batch
-from gateway.wire.envelope import open_sealed, parse_header
+from edgegw.model import Alert, Sample
+from edgegw.protocol.codec import decode_batch
+from edgegw.protocol.envelope import open_sealed, parse_header
+from edgegw.runtime.sealing import key_lookup
 
 
 def _rows(db: Path) -> list[tuple[int, bytes]]:

@@ -21,8 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
-from gateway.model import Alert, Lane, Sample, now_ms
-from gateway.wire.envelope import HEADER_SIZE, TAG_SIZE
+from edgegw.model import Alert, Lane, Sample, now_ms
+from edgegw.protocol.envelope import HEADER_SIZE, TAG_SIZE
 
 log = logging.getLogger("edgegw.pipeline")
 
@@ -99,7 +99,7 @@ class Batcher:
         encode: Callable[..., bytes] | None = None,
     ) -> None:
         if encode is None:
-            from gateway.wire.codec import encode_batch
+            from edgegw.protocol.codec import encode_batch
 
             encode = encode_batch
         self._encode = encode

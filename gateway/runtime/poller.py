@@ -20,8 +20,8 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from gateway.model import Quality, Sample, now_ms
-from gateway.sdk import DriverError, PointValue, PolledDriver
+from edgegw.model import Quality, Sample, now_ms
+from edgegw.sdk import DriverError, PointValue, PolledDriver
 
 log = logging.getLogger("edgegw.poller")
 

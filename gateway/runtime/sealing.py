@@ -18,7 +18,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from gateway.wire.keys import Sealer, derive_data_key
+from edgegw.protocol.keys import Sealer, derive_data_key
 
 LOCAL_KEY_ID = 0
 

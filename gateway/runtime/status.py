@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gateway.model import Lane
+from edgegw.model import Lane
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -126,7 +126,7 @@ def render(doc: dict[str, Any]) -> str:
 def run(args: argparse.Namespace) -> int:
     outbox_path = None
     if args.config is not None:
-        from gateway.config import load_config
+        from edgegw.config import load_config
 
         cfg = load_config(args.config)
         state_dir = Path(cfg.gateway.state_dir)

@@ -22,12 +22,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from gateway.model import Quality, Sample, Value, now_ms
-from gateway.runtime.metrics import StatsCollector, serve
-from gateway.runtime.pipeline import Batcher, OutboxThread, Pipeline, Stage, WriteRequest
-from gateway.runtime.sdnotify import notify, watchdog_interval
-from gateway.runtime.sealing import make_sealer
-from gateway.sdk import (
+from edgegw.model import Quality, Sample, Value, now_ms
+from edgegw.runtime.metrics import StatsCollector, serve
+from edgegw.runtime.pipeline import Batcher, OutboxThread, Pipeline, Stage, WriteRequest
+from edgegw.runtime.sdnotify import notify, watchdog_interval
+from edgegw.runtime.sealing import make_sealer
+from edgegw.sdk import (
     DeviceContext,
     Driver,
     DriverEntry,
@@ -123,7 +123,7 @@ class Gateway:
 
     # ------------------------------------------------------------------ startup
     async def start(self) -> None:
-        from gateway.store.outbox import Outbox
+        from edgegw.store.outbox import Outbox
 
         cfg = self.cfg
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -170,7 +170,7 @@ class Gateway:
         )
 
     def _start_housekeeping(self, identity_dir: Path | None) -> None:
-        from gateway.runtime.housekeeping import RENEWAL_FIRST_DELAY, Housekeeping, renew_if_due
+        from edgegw.runtime.housekeeping import RENEWAL_FIRST_DELAY, Housekeeping, renew_if_due
 
         cfg = self.cfg
         hk = self.housekeeping = Housekeeping()
@@ -200,7 +200,7 @@ class Gateway:
 
     def _build_stages(self) -> list[Stage]:
         try:
-            from gateway.edge import build_stages
+            from edgegw.edge import build_stages
         except ImportError:
             return []
         return list(build_stages(self.cfg, submit_blocking=self._submit_blocking))
@@ -222,8 +222,8 @@ class Gateway:
         return ctx
 
     async def _start_devices(self) -> None:
-        from gateway.runtime.poller import DevicePoller
-        from gateway.runtime.scheduler import BusScheduler
+        from edgegw.runtime.poller import DevicePoller
+        from edgegw.runtime.scheduler import BusScheduler
 
         assert self.pipeline is not None
         for dev in self.cfg.devices:
@@ -345,8 +345,8 @@ class Gateway:
         return True
 
     async def _start_uplink(self, identity_dir: Path) -> None:
-        from gateway.uplink.outbox_io import OutboxIO
-        from gateway.uplink.session import Uplink
+        from edgegw.uplink.outbox_io import OutboxIO
+        from edgegw.uplink.session import Uplink
 
         u = self.cfg.uplink
         self.uplink = Uplink(

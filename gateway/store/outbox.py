@@ -65,11 +65,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from gateway.model import Lane
-from gateway.wire.ack import AckStatus as Outcome
-from gateway.wire.codec import CodecError, Gap, decode_batch, encode_batch
-from gateway.wire.envelope import FLAG_GAP, EnvelopeError, parse_header
-from gateway.wire.keys import Sealer
+from edgegw.model import Lane
+from edgegw.protocol.ack import AckStatus as Outcome
+from edgegw.protocol.codec import CodecError, Gap, decode_batch, encode_batch
+from edgegw.protocol.envelope import FLAG_GAP, EnvelopeError, parse_header
+from edgegw.protocol.keys import Sealer
 
 log = logging.getLogger("edgegw.store")
 

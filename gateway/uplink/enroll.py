@@ -39,7 +39,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from gateway import pki
+from edgegw import pki
 
 log = logging.getLogger("edgegw.enroll")
 
@@ -410,7 +410,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _from_config(path: Path) -> tuple[str, str, Path, Path]:
-    from gateway.config import load_config  # lazy: enroll works without the runtime
+    from edgegw.config import load_config  # lazy: enroll works without the runtime
 
     cfg: Any = load_config(path)
     state = Path(cfg.gateway.state_dir)

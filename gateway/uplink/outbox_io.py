@@ -1,6 +1,6 @@
 """Async access to the synchronous SQLite outbox through its ONE dedicated thread.
 
-The outbox (gateway.store.outbox.Outbox) is synchronous and owned by a single thread (the
+The outbox (edgegw.store.outbox.Outbox) is synchronous and owned by a single thread (the
 runtime's outbox executor, max_workers=1). Every call from the event loop goes through that
 executor, so the outbox never sees two threads and the event loop never blocks on SQLite.
 The uplink and the runtime share one ``OutboxIO`` (and so one executor).
@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 
 class SyncOutbox(Protocol):
-    """The part of ``gateway.store.outbox.Outbox`` the uplink needs."""
+    """The part of ``edgegw.store.outbox.Outbox`` the uplink needs."""
 
     def next_batches(self, limit: int, exclude: Container[int]) -> list[Any]: ...
 

@@ -39,12 +39,12 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from gateway import pki
-from gateway.store.outbox import Outcome
-from gateway.uplink.outbox_io import AsyncOutbox
-from gateway.wire import topics
-from gateway.wire.ack import AckStatus, decode_acks
-from gateway.wire.mqtt_client import Client
+from edgegw import pki
+from edgegw.protocol import topics
+from edgegw.protocol.ack import AckStatus, decode_acks
+from edgegw.protocol.mqtt_client import Client
+from edgegw.store.outbox import Outcome
+from edgegw.uplink.outbox_io import AsyncOutbox
 
 log = logging.getLogger("edgegw.uplink")
 

@@ -23,9 +23,9 @@ from typing import Any
 import aiocoap
 from aiocoap.numbers.codes import Code
 
-from drivers.coap import CoapDriver, CoapOptions
-from gateway.model import Lane, Sample
-from gateway.sdk import DeviceContext
+from edgegw.drivers.coap import CoapDriver, CoapOptions
+from edgegw.model import Lane, Sample
+from edgegw.sdk import DeviceContext
 
 LIBCOAP_CLIENT = "coap-client-notls"  # Debian libcoap3-bin 4.3.1: no OSCORE in any variant
 

@@ -18,7 +18,7 @@ from coap_harness import (
     write_client_context,
 )
 
-from gateway.model import Lane, Quality, Sample
+from edgegw.model import Lane, Quality, Sample
 
 CHANGED, BAD_REQUEST, UNAUTHORIZED, FORBIDDEN, NOT_FOUND = "2.04", "4.00", "4.01", "4.03", "4.04"
 UNSUPPORTED, TOO_MANY, TOO_LARGE = "4.15", "4.29", "4.13"

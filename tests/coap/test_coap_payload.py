@@ -6,9 +6,9 @@ import cbor2
 import pytest
 from pydantic import ValidationError
 
-from drivers.coap import CoapOptions
-from drivers.coap.payload import Malformed, UnsupportedFormat, decode, to_samples
-from gateway.model import Sample
+from edgegw.drivers.coap import CoapOptions
+from edgegw.drivers.coap.payload import Malformed, UnsupportedFormat, decode, to_samples
+from edgegw.model import Sample
 
 NOW = 1_790_000_000_000
 

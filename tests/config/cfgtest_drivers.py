@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.sdk import DriverOptions, PolledDriver, ReadResult
+from edgegw.sdk import DriverOptions, PolledDriver, ReadResult
 
 
 class DemoPoint(BaseModel):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from cfgtest_drivers import DRIVERS
 
-from gateway.config import ConfigError, ConfigIssue, check_config, load_config
+from edgegw.config import ConfigError, ConfigIssue, check_config, load_config
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from cfgtest_helpers import FIXTURES
 
-from gateway import cli
+from edgegw import cli
 
 HERE = Path(__file__).parent
 EDGEGW = Path(sys.executable).parent / "edgegw"
@@ -175,9 +175,9 @@ def test_missing_or_broken_command_module_fails_only_that_command(
 def test_registered_command_without_entry_points(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setitem(cli.COMMANDS, "half", cli.Command("gateway.units", "not a command"))
+    monkeypatch.setitem(cli.COMMANDS, "half", cli.Command("edgegw.units", "not a command"))
     assert cli.main(["half"]) == cli.EXIT_UNAVAILABLE
-    assert "module gateway.units has no add_arguments() or run()" in capsys.readouterr().err
+    assert "module edgegw.units has no add_arguments() or run()" in capsys.readouterr().err
 
 
 def test_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:

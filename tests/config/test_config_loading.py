@@ -10,13 +10,13 @@ from cfgtest_helpers import FIXTURES, locate, problems
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.config import (
+from edgegw.config import (
     ConfigError,
     check_config,
     load_and_check,
     load_config,
 )
-from gateway.yamlsrc import load_yaml
+from edgegw.yamlsrc import load_yaml
 
 GOOD = FIXTURES / "good" / "main.yaml"
 
@@ -285,7 +285,7 @@ def test_dotted_paths_from_the_edge_checks_resolve_to_locations(tmp_path: Path) 
 
 
 def test_reference_example_is_valid_for_the_real_modbus_driver() -> None:
-    from gateway.sdk import discover_drivers
+    from edgegw.sdk import discover_drivers
 
     example = Path(__file__).parents[2] / "examples" / "gateway.example.yaml"
     entry = discover_drivers()["modbus"]

@@ -10,8 +10,8 @@ import pytest
 from cfgtest_drivers import DRIVERS
 from cfgtest_helpers import FIXTURES
 
-from gateway.config import config_json_schema
-from gateway.yamlsrc import load_yaml
+from edgegw.config import config_json_schema
+from edgegw.yamlsrc import load_yaml
 
 ROOT_KEYS = {
     "gateway",

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
-from gateway.units import (
+from edgegw.units import (
     ByteSize,
     Duration,
     format_bytes,

@@ -28,7 +28,7 @@ def test_there_are_examples() -> None:
 def test_example_passes_check(path: Path) -> None:
     env = dict(os.environ, CAM_PASSWORD="example-secret")
     proc = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "check", "-c", str(path)],
+        [sys.executable, "-m", "edgegw.cli", "check", "-c", str(path)],
         capture_output=True,
         text=True,
         env=env,

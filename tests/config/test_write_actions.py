@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from drivers.modbus import ModbusDriver
-from drivers.serial import SerialDriver
-from drivers.sim import SimDriver
-from gateway.config import ConfigError, load_and_check
+from edgegw.config import ConfigError, load_and_check
+from edgegw.drivers.modbus import ModbusDriver
+from edgegw.drivers.serial import SerialDriver
+from edgegw.drivers.sim import SimDriver
 
 CONFIG = """\
 gateway: {id: wr-gw}

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.edge.aggregate import AggregateStage
-from gateway.edge.config import AggregateConfig
-from gateway.model import Quality, Sample
+from edgegw.edge.aggregate import AggregateStage
+from edgegw.edge.config import AggregateConfig
+from edgegw.model import Quality, Sample
 
 ALL_FNS = ["min", "max", "mean", "count", "first", "last", "sum", "stddev"]
 

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from gateway.config import check_config, drivers_from_registry, load_config
-from gateway.edge import build_stages, litert
-from gateway.edge.config import AggregateConfig, AnomalyConfig, RuleConfig, validate_edge
-from gateway.sdk import DriverOptions, PolledDriver, ReadResult, discover_drivers
+from edgegw.config import check_config, drivers_from_registry, load_config
+from edgegw.edge import build_stages, litert
+from edgegw.edge.config import AggregateConfig, AnomalyConfig, RuleConfig, validate_edge
+from edgegw.sdk import DriverOptions, PolledDriver, ReadResult, discover_drivers
 
 REPO = Path(__file__).resolve().parents[2]
 

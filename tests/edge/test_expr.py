@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from gateway.edge.expr import ExprError, Unknown, compile_expr
-from gateway.edge.windows import SeriesHistory
+from edgegw.edge.expr import ExprError, Unknown, compile_expr
+from edgegw.edge.windows import SeriesHistory
 
 
 class Ctx:

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gateway.edge import fit, litert, synth
-from gateway.model import Quality
+from edgegw.edge import fit, litert, synth
+from edgegw.model import Quality
 
 
 def parse(*argv: str) -> argparse.Namespace:

@@ -15,7 +15,7 @@ from typing import Any
 
 from runtime.helpers import poll_until, start_daemon, stop_daemon, write_config
 
-from gateway.runtime.inspect import read_outbox_samples
+from edgegw.runtime.inspect import read_outbox_samples
 
 POINTS = [
     {"name": "temp", "signal": "sine", "period": 2.0, "amplitude": 5.0, "offset": 60.0},
@@ -40,7 +40,7 @@ def _cfg(state: Path, anomaly: list[dict[str, Any]] | None = None) -> dict[str, 
 
 def _edgegw(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "gateway.cli", *args], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "edgegw.cli", *args], capture_output=True, text=True, timeout=120
     )
 
 

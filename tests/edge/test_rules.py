@@ -7,10 +7,10 @@ import random
 
 import pytest
 
-from gateway.edge.config import RuleConfig
-from gateway.edge.rules import RuleStage, RuleState
-from gateway.model import Alert, Quality, Sample
-from gateway.runtime.pipeline import WriteRequest
+from edgegw.edge.config import RuleConfig
+from edgegw.edge.rules import RuleStage, RuleState
+from edgegw.model import Alert, Quality, Sample
+from edgegw.runtime.pipeline import WriteRequest
 
 
 def s(

@@ -7,9 +7,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from gateway import Quality, Sample
-from gateway.runtime.poller import DevicePoller
-from gateway.runtime.scheduler import BusScheduler
+from edgegw import Quality, Sample
+from edgegw.runtime.poller import DevicePoller
+from edgegw.runtime.scheduler import BusScheduler
 
 
 @dataclass

@@ -13,8 +13,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from drivers.modbus import ModbusDriver, ModbusOptions
-from gateway import DeviceContext
+from edgegw import DeviceContext
+from edgegw.drivers.modbus import ModbusDriver, ModbusOptions
 
 SIM = Path(__file__).with_name("modbus_sim.py")
 

@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 from pymodbus.client import ModbusTcpClient
 
-from drivers.modbus import ModbusDriver, ModbusOptions, ModbusPoint
-from drivers.modbus.codec import CodecError, decode, encode
-from drivers.modbus.planner import plan_reads
+from edgegw.drivers.modbus import ModbusDriver, ModbusOptions, ModbusPoint
+from edgegw.drivers.modbus.codec import CodecError, decode, encode
+from edgegw.drivers.modbus.planner import plan_reads
 
 INT_TYPES = {
     "int16": (-(2**15), 2**15 - 1), "uint16": (0, 2**16 - 1),
@@ -162,8 +162,8 @@ def test_options_defaults_bus_key_and_points() -> None:
      "bit", "string"]), wo=orders, bo=orders, pad=st.integers(0, 3))
 def test_compiled_decoder_equals_reference(data: st.DataObject, dtype: str, wo: str, bo: str,
                                            pad: int) -> None:
-    from drivers.modbus.codec import compile_decoder
-    from drivers.modbus.options import TYPE_WIDTH
+    from edgegw.drivers.modbus.codec import compile_decoder
+    from edgegw.drivers.modbus.options import TYPE_WIDTH
 
     width = data.draw(st.integers(1, 6)) if dtype == "string" else TYPE_WIDTH[dtype]
     regs = data.draw(st.lists(st.integers(0, 0xFFFF), min_size=width, max_size=width))

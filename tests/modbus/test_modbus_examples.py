@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from drivers.modbus import ModbusDriver, ModbusOptions
+from edgegw.drivers.modbus import ModbusDriver, ModbusOptions
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -26,7 +26,7 @@ def test_example_devices_validate(name: str) -> None:
 
 def test_readme_mentions_every_option() -> None:
     readme = (ROOT / "drivers" / "modbus" / "README.md").read_text()
-    from drivers.modbus import ModbusPoint
+    from edgegw.drivers.modbus import ModbusPoint
 
     for field in [*ModbusOptions.model_fields, *ModbusPoint.model_fields]:
         assert f"`{field}`" in readme, f"README does not document {field}"

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from gateway import BadDataError, Quality
-from gateway.runtime.scheduler import BreakerPolicy, BusScheduler
+from edgegw import BadDataError, Quality
+from edgegw.runtime.scheduler import BreakerPolicy, BusScheduler
 
 from .busrig import Recorder, attach, until
 from .modbus_sim import driver_points

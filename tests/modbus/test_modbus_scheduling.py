@@ -12,8 +12,8 @@ import contextlib
 import time
 from pathlib import Path
 
-from gateway import Quality
-from gateway.runtime.scheduler import BreakerPolicy, BusScheduler
+from edgegw import Quality
+from edgegw.runtime.scheduler import BreakerPolicy, BusScheduler
 
 from .busrig import Recorder, attach, until
 from .modbus_sim import driver_points

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from drivers.modbus import ModbusDriver
-from gateway import BadDataError, PermanentError, PointValue, Quality, TransientError
+from edgegw import BadDataError, PermanentError, PointValue, Quality, TransientError
+from edgegw.drivers.modbus import ModbusDriver
 
 from .modbus_sim import driver_points, layout
 from .simproc import Devices, SimServer

@@ -22,9 +22,9 @@ from typing import Any
 
 import pytest
 
-from drivers.rtsp import RtspDriver, RtspOptions
-from gateway.model import Lane, Quality, Sample
-from gateway.sdk import DeviceContext
+from edgegw.drivers.rtsp import RtspDriver, RtspOptions
+from edgegw.model import Lane, Quality, Sample
+from edgegw.sdk import DeviceContext
 
 SERVER_SCRIPT = Path(__file__).with_name("rtsp_server.py")
 SYSTEM_PYTHON = "/usr/bin/python3"

@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from drivers.rtsp import RtspDriver, RtspOptions
-from gateway.model import Quality
-from gateway.sdk import DeviceContext, PermanentError
+from edgegw.drivers.rtsp import RtspDriver, RtspOptions
+from edgegw.model import Quality
+from edgegw.sdk import DeviceContext, PermanentError
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -174,7 +174,7 @@ async def test_open_without_pyav_is_a_permanent_error(
     # PyAV is installed here; make its import fail the way a missing package does
     # (sys.modules[name] = None makes `import name` raise ImportError).
     monkeypatch.setitem(sys.modules, "av", None)
-    for name in ("drivers.rtsp.worker", "drivers.rtsp.imaging"):
+    for name in ("edgegw.drivers.rtsp.worker", "edgegw.drivers.rtsp.imaging"):
         monkeypatch.delitem(sys.modules, name, raising=False)
     driver = RtspDriver(RtspOptions(url="rtsp://127.0.0.1:1/x"))
     ctx = DeviceContext("cam1", "rtsp", tmp_path, __import__("logging").getLogger("t"))
@@ -185,9 +185,9 @@ async def test_open_without_pyav_is_a_permanent_error(
 
 def test_importing_the_driver_does_not_import_pyav() -> None:
     code = (
-        "import sys, drivers.rtsp, gateway.sdk\n"
+        "import sys, edgegw.drivers.rtsp, edgegw.sdk\n"
         "assert 'av' not in sys.modules, 'av imported eagerly'\n"
         "assert 'numpy' not in sys.modules, 'numpy imported eagerly'\n"
-        "assert gateway.sdk.discover_drivers()['rtsp'].cls is drivers.rtsp.RtspDriver\n"
+        "assert edgegw.sdk.discover_drivers()['rtsp'].cls is edgegw.drivers.rtsp.RtspDriver\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -13,9 +13,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from drivers.rtsp import RtspDriver, RtspOptions
-from drivers.rtsp.imaging import FrameAnalyzer, JpegEncoder, jpeg_qscale
-from drivers.rtsp.options import redact_url, scaled_size
+from edgegw.drivers.rtsp import RtspDriver, RtspOptions
+from edgegw.drivers.rtsp.imaging import FrameAnalyzer, JpegEncoder, jpeg_qscale
+from edgegw.drivers.rtsp.options import redact_url, scaled_size
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "rtsp-camera.yaml"
 

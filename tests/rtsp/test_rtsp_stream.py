@@ -12,7 +12,7 @@ from typing import Any
 import av
 import pytest
 
-from gateway.model import Lane, Quality
+from edgegw.model import Lane, Quality
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-EDGEGW = [sys.executable, "-m", "gateway.cli"]
+EDGEGW = [sys.executable, "-m", "edgegw.cli"]
 
 
 def free_port() -> int:

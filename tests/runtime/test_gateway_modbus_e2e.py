@@ -19,8 +19,8 @@ import pytest
 from modbus.modbus_sim import driver_points, layout
 from modbus.simproc import SimServer
 
-from gateway.model import Quality
-from gateway.runtime.inspect import read_outbox
+from edgegw.model import Quality
+from edgegw.runtime.inspect import read_outbox
 
 from .helpers import free_port, poll_until, start_daemon, stop_daemon, write_config
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from gateway import pki
+from edgegw import pki
 
 from .helpers import free_port, gateway_config, poll_until, start_daemon, stop_daemon, write_config
 

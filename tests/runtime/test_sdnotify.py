@@ -33,7 +33,7 @@ def test_notify_ready_watchdog_stopping(tmp_path: Path) -> None:
     env = dict(os.environ, NOTIFY_SOCKET=str(sock_path), WATCHDOG_USEC="400000")
     env.pop("WATCHDOG_PID", None)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "run", "-c", str(cfg)],
+        [sys.executable, "-m", "edgegw.cli", "run", "-c", str(cfg)],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -13,7 +13,7 @@ from .helpers import gateway_config, poll_until, start_daemon, stop_daemon, writ
 
 def _status(cfg: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "status", "-c", str(cfg), *extra],
+        [sys.executable, "-m", "edgegw.cli", "status", "-c", str(cfg), *extra],
         capture_output=True,
         text=True,
         timeout=60,

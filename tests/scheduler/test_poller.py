@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from gateway import (
+from edgegw import (
     BadDataError,
     DriverOptions,
     PermanentError,
@@ -23,7 +23,7 @@ from gateway import (
     Sample,
     TransientError,
 )
-from gateway.runtime.poller import DevicePoller
+from edgegw.runtime.poller import DevicePoller
 
 
 class ScriptedDriver(PolledDriver):

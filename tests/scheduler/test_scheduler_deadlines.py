@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import pytest
 
-from gateway.runtime.scheduler import BreakerPolicy, BusScheduler, PollTarget
+from edgegw.runtime.scheduler import BreakerPolicy, BusScheduler, PollTarget
 
 
 class FakeClock:
@@ -164,7 +164,7 @@ def test_lateness_p99_over_the_last_window() -> None:
     import math
     import random
 
-    from gateway.runtime.scheduler import LATENESS_WINDOW, _Slot
+    from edgegw.runtime.scheduler import LATENESS_WINDOW, _Slot
 
     slot = _Slot(target=None, index=0)  # type: ignore[arg-type]
     rng = random.Random(5)

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from gateway.runtime.scheduler import BusScheduler
+from edgegw.runtime.scheduler import BusScheduler
 
 
 class Probe:

@@ -22,11 +22,11 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from cloud_stub.broker import ManagedBroker
-from cloud_stub.enrollment import EnrollmentService, provision_gateway
-from cloud_stub.pki_setup import CloudPaths, init_data_dir
-from gateway import pki
-from gateway.uplink.enroll import Identity
+from edgegw import pki
+from edgegw.uplink.enroll import Identity
+from edgegw_cloud.broker import ManagedBroker
+from edgegw_cloud.enrollment import EnrollmentService, provision_gateway
+from edgegw_cloud.pki_setup import CloudPaths, init_data_dir
 
 
 def free_port() -> int:

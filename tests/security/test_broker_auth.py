@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cloud_stub.revocation import revoke_gateway
-from gateway import pki
+from edgegw import pki
+from edgegw_cloud.revocation import revoke_gateway
 
 from .conftest import Cloud, wait_until
 

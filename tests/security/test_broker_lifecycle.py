@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from cloud_stub import broker as broker_mod
-from cloud_stub.broker import BrokerError, Listener, ManagedBroker
-from cloud_stub.pki_setup import CloudPaths, init_data_dir
+from edgegw_cloud import broker as broker_mod
+from edgegw_cloud.broker import BrokerError, Listener, ManagedBroker
+from edgegw_cloud.pki_setup import CloudPaths, init_data_dir
 
 from .conftest import Cloud, free_port, make_probe, wait_until
 
@@ -73,7 +73,7 @@ def test_missing_mosquitto_says_how_to_install_it(
 
 
 def test_uninitialised_data_dir_is_refused(data_root: Path) -> None:
-    from gateway.pki import PkiError
+    from edgegw.pki import PkiError
 
     with pytest.raises(PkiError, match="edgegw-cloud init"):
         ManagedBroker(CloudPaths.for_dir(data_root / "nothing"), free_port())

@@ -13,19 +13,22 @@ from pathlib import Path
 
 import psutil
 
-from gateway import pki
-from gateway.model import Sample, now_ms
-from gateway.uplink.enroll import enroll
-from gateway.wire.ack import decode_acks
-from gateway.wire.codec import encode_batch
-from gateway.wire.keys import Sealer, derive_data_key
+from edgegw import pki
+from edgegw.model import Sample, now_ms
+from edgegw.protocol.ack import decode_acks
+from edgegw.protocol.codec import encode_batch
+from edgegw.protocol.keys import Sealer, derive_data_key
+from edgegw.uplink.enroll import enroll
 
 from .conftest import free_port, make_probe, wait_until
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "cloud_stub.cli", *args], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "edgegw_cloud.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
@@ -61,7 +64,7 @@ def test_cli_lifecycle_with_revocation_while_serving(data_root: Path, tmp_path: 
 
     port = free_port()
     serve = subprocess.Popen(
-        [sys.executable, "-m", "cloud_stub.cli", "serve", "--data-dir", d, "--port", str(port)],
+        [sys.executable, "-m", "edgegw_cloud.cli", "serve", "--data-dir", d, "--port", str(port)],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from cloud_stub.enrollment import EnrollmentService
-from cloud_stub.registry import Registry
-from cloud_stub.revocation import revoke_gateway
-from gateway import pki
-from gateway.uplink import enroll as enroll_mod
-from gateway.uplink.enroll import EnrollmentError, Identity, enroll
+from edgegw import pki
+from edgegw.uplink import enroll as enroll_mod
+from edgegw.uplink.enroll import EnrollmentError, Identity, enroll
+from edgegw_cloud.enrollment import EnrollmentService
+from edgegw_cloud.registry import Registry
+from edgegw_cloud.revocation import revoke_gateway
 
 from .conftest import Cloud, wait_until
 
@@ -225,7 +225,7 @@ def test_revoked_gateway_needs_reinstate_and_gets_a_fresh_serial(
     cloud.broker.reload()
     with pytest.raises(EnrollmentError, match="refused the certificate"):
         enroll("gw-v", first.dir, broker=cloud.broker.url, renew=True, timeout=10)
-    from cloud_stub.registry import RegistryError
+    from edgegw_cloud.registry import RegistryError
 
     with pytest.raises(RegistryError, match="--reinstate"):
         _token(cloud, "gw-v")

@@ -10,9 +10,9 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from cloud_stub.pki_setup import CloudPaths, init_data_dir
-from cloud_stub.registry import Registry
-from gateway import pki
+from edgegw import pki
+from edgegw_cloud.pki_setup import CloudPaths, init_data_dir
+from edgegw_cloud.registry import Registry
 
 
 def _fingerprints(paths: CloudPaths) -> dict[str, bytes]:

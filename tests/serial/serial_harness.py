@@ -19,9 +19,9 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from drivers.serial import SerialDriver, SerialOptions
-from gateway.model import Lane, Quality, Sample
-from gateway.sdk import DeviceContext, Driver, PushDriver
+from edgegw.drivers.serial import SerialDriver, SerialOptions
+from edgegw.model import Lane, Quality, Sample
+from edgegw.sdk import DeviceContext, Driver, PushDriver
 
 SENSOR = Path(__file__).with_name("sensor.py")
 

@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from drivers.serial import BinaryDecoder, LineDecoder, SerialOptions, make_decoder
-from drivers.serial.checksums import crc8, crc16_modbus, sum8, xor8
-from drivers.serial.options import BinaryOptions, LineOptions
+from edgegw.drivers.serial import BinaryDecoder, LineDecoder, SerialOptions, make_decoder
+from edgegw.drivers.serial.checksums import crc8, crc16_modbus, sum8, xor8
+from edgegw.drivers.serial.options import BinaryOptions, LineOptions
 
 
 def feed_all(
@@ -188,7 +188,7 @@ def test_bad_options_have_actionable_errors(options: dict, message: str) -> None
 
 
 def test_make_decoder_and_points() -> None:
-    from drivers.serial import SerialDriver
+    from edgegw.drivers.serial import SerialDriver
 
     o = SerialOptions.model_validate({"port": "/dev/x", "binary": BIN})
     assert isinstance(make_decoder(o), BinaryDecoder)

@@ -19,10 +19,10 @@ from serial_harness import (
     running,
 )
 
-from drivers.serial import SerialRequestDriver, SerialStreamDriver
-from drivers.serial.checksums import crc16_modbus
-from gateway.model import Quality
-from gateway.sdk import BadDataError, PermanentError, TransientError
+from edgegw.drivers.serial import SerialRequestDriver, SerialStreamDriver
+from edgegw.drivers.serial.checksums import crc16_modbus
+from edgegw.model import Quality
+from edgegw.sdk import BadDataError, PermanentError, TransientError
 
 LINE = {
     "regex": r"^T=(?P<temp>-?\d+\.\d+);H=(?P<hum>\d+)$",

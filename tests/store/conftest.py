@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.model import Quality, Sample
-from gateway.store import Outbox
-from gateway.wire import Sealer, encode_batch
+from edgegw.model import Quality, Sample
+from edgegw.protocol import Sealer, encode_batch
+from edgegw.store import Outbox
 
 GW = "gw-store-test"
 KEY = bytes(range(32))

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.model import Lane, Sample
-from gateway.store import Outbox, OutboxFull, Outcome
-from gateway.wire import Sealer, decode_batch, encode_batch, open_sealed
+from edgegw.model import Lane, Sample
+from edgegw.protocol import Sealer, decode_batch, encode_batch, open_sealed
+from edgegw.store import Outbox, OutboxFull, Outcome
 
 from .conftest import GW, KEY, make_batch
 

@@ -10,10 +10,10 @@ from contextlib import closing
 
 import pytest
 
-from gateway.model import Lane
-from gateway.store import Outbox, OutboxFull, Outcome
-from gateway.wire import Gap, decode_batch, open_sealed
-from gateway.wire.envelope import FLAG_GAP
+from edgegw.model import Lane
+from edgegw.protocol import Gap, decode_batch, open_sealed
+from edgegw.protocol.envelope import FLAG_GAP
+from edgegw.store import Outbox, OutboxFull, Outcome
 
 from .conftest import GW, KEY, make_batch
 

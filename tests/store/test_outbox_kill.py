@@ -14,8 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from gateway.store import Outbox, Outcome
-from gateway.wire import Sealer, decode_batch, open_sealed
+from edgegw.protocol import Sealer, decode_batch, open_sealed
+from edgegw.store import Outbox, Outcome
 
 KEY = bytes(range(100, 132))
 CHILD = Path(__file__).with_name("writer_child.py")

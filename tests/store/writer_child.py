@@ -9,9 +9,9 @@ from __future__ import annotations
 import random
 import sys
 
-from gateway.model import Lane, Quality, Sample
-from gateway.store import Outbox
-from gateway.wire import Sealer, encode_batch
+from edgegw.model import Lane, Quality, Sample
+from edgegw.protocol import Sealer, encode_batch
+from edgegw.store import Outbox
 
 
 def main() -> None:

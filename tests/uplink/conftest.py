@@ -21,13 +21,13 @@ from pathlib import Path
 
 import pytest
 
-from cloud_stub.broker import ManagedBroker
-from cloud_stub.ingest import Ingest
-from cloud_stub.pki_setup import CloudPaths, init_data_dir
-from cloud_stub.registry import Registry
-from cloud_stub.store import CloudStore
-from gateway import pki
-from gateway.wire.keys import Sealer, derive_data_key
+from edgegw import pki
+from edgegw.protocol.keys import Sealer, derive_data_key
+from edgegw_cloud.broker import ManagedBroker
+from edgegw_cloud.ingest import Ingest
+from edgegw_cloud.pki_setup import CloudPaths, init_data_dir
+from edgegw_cloud.registry import Registry
+from edgegw_cloud.store import CloudStore
 
 
 def free_port() -> int:
@@ -202,9 +202,9 @@ class GatewaySide:
     def __init__(self, ident: Identity, state: Path, broker_url: str, **uplink_kw: object) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
-        from gateway.store.outbox import Outbox
-        from gateway.uplink.outbox_io import OutboxIO
-        from gateway.uplink.session import Uplink
+        from edgegw.store.outbox import Outbox
+        from edgegw.uplink.outbox_io import OutboxIO
+        from edgegw.uplink.session import Uplink
 
         state.mkdir(parents=True, exist_ok=True)
         self.ident = ident
@@ -225,8 +225,8 @@ class GatewaySide:
         self.task = asyncio.ensure_future(self.uplink.run())
 
     async def append(self, n_readings: int, *, lane: int = 1, alert: bool = False) -> int:
-        from gateway.model import Alert, Lane, Sample
-        from gateway.wire.codec import encode_batch
+        from edgegw.model import Alert, Lane, Sample
+        from edgegw.protocol.codec import encode_batch
 
         self._k += 1
         t0 = 1_700_000_000_000 + self._k * 100_000

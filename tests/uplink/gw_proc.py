@@ -20,13 +20,13 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from gateway import pki
-from gateway.model import Lane, Sample
-from gateway.store.outbox import Outbox
-from gateway.uplink.outbox_io import OutboxIO
-from gateway.uplink.session import Uplink
-from gateway.wire.codec import encode_batch
-from gateway.wire.keys import Sealer, derive_data_key
+from edgegw import pki
+from edgegw.model import Lane, Sample
+from edgegw.protocol.codec import encode_batch
+from edgegw.protocol.keys import Sealer, derive_data_key
+from edgegw.store.outbox import Outbox
+from edgegw.uplink.outbox_io import OutboxIO
+from edgegw.uplink.session import Uplink
 
 
 def _sealer(identity: Path, gw: str, key_id: int) -> Sealer:

@@ -13,9 +13,9 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cloud_stub.store import BatchRecord, CloudStore
-from gateway.model import Quality, Sample
-from gateway.wire.codec import decode_batch, encode_batch
+from edgegw.model import Quality, Sample
+from edgegw.protocol.codec import decode_batch, encode_batch
+from edgegw_cloud.store import BatchRecord, CloudStore
 
 values = st.one_of(
     st.floats(allow_nan=False),

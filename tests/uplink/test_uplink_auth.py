@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from cloud_stub.registry import Registry
-from gateway import pki
-from gateway.uplink.session import TlsIdentity, Uplink, UplinkConfigError
+from edgegw import pki
+from edgegw.uplink.session import TlsIdentity, Uplink, UplinkConfigError
+from edgegw_cloud.registry import Registry
 
 from .conftest import Cloud, GatewaySide, await_until
 

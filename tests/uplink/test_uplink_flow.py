@@ -9,9 +9,9 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from cloud_stub.pki_setup import CloudPaths
-from gateway import pki
-from gateway.wire import envelope
+from edgegw import pki
+from edgegw.protocol import envelope
+from edgegw_cloud.pki_setup import CloudPaths
 
 from .conftest import Cloud, GatewaySide, assert_exactly_once, await_until
 

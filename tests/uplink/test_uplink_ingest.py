@@ -11,12 +11,12 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from gateway import pki
-from gateway.model import Sample
-from gateway.wire import topics
-from gateway.wire.ack import AckStatus, decode_acks
-from gateway.wire.codec import encode_batch
-from gateway.wire.keys import Sealer
+from edgegw import pki
+from edgegw.model import Sample
+from edgegw.protocol import topics
+from edgegw.protocol.ack import AckStatus, decode_acks
+from edgegw.protocol.codec import encode_batch
+from edgegw.protocol.keys import Sealer
 
 from .conftest import Cloud, Identity, wait_until
 
@@ -135,7 +135,7 @@ def test_unregistered_gateway_is_ignored_and_last_seen_recorded(
         assert store.batch_seqs("gw-stranger") == []
         assert store.batch_seqs("gw-known") == [1]
         store.close()
-        from cloud_stub.registry import Registry
+        from edgegw_cloud.registry import Registry
 
         with Registry(cloud.paths.registry_db) as reg:
             seen = reg.gateway(known.gateway_id)

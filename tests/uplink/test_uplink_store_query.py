@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from cloud_stub import query
-from cloud_stub.store import BatchRecord, CloudStore
-from gateway.model import Alert, Lane, Quality, Sample, Severity
-from gateway.wire.codec import Gap
+from edgegw.model import Alert, Lane, Quality, Sample, Severity
+from edgegw.protocol.codec import Gap
+from edgegw_cloud import query
+from edgegw_cloud.store import BatchRecord, CloudStore
 
 
 def _samples(n: int, *, device: str = "d1", metric: str = "t", t0: int = 1_700_000_000_000

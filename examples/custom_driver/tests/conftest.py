@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from gateway import DeviceContext
+from edgegw import DeviceContext
 
 from edgegw_weather import WeatherOptions, WeatherStationDriver
 from edgegw_weather.simulator import StationSimulator

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from gateway import (
+from edgegw import (
     BadDataError,
     DeviceContext,
     PermanentError,
@@ -15,7 +15,7 @@ from gateway import (
     Quality,
     TransientError,
 )
-from gateway.sdk import discover_drivers
+from edgegw.sdk import discover_drivers
 from pydantic import ValidationError
 
 from edgegw_weather import WeatherOptions, WeatherStationDriver

@@ -4,7 +4,7 @@ The station serves ``GET /api/v1/current`` (a JSON object of readings) and accep
 ``PUT /api/v1/settings`` (a JSON object, e.g. ``{"heater": true}``); an optional bearer token
 protects both. Only the standard library is used.
 
-Error mapping (what the gateway does with each is in gateway.sdk):
+Error mapping (what the gateway does with each is in edgegw.sdk):
 - no connection, timeout, 5xx          -> TransientError  (retried, quality comm_error)
 - 401/403, 404, other 4xx              -> PermanentError  (config does not fit, config_error)
 - not JSON, not an object, wrong types -> BadDataError    (counted, quality bad_data)
@@ -19,7 +19,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from gateway import BadDataError, PermanentError, TransientError
+from edgegw import BadDataError, PermanentError, TransientError
 
 
 class StationClient:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import ClassVar, Literal
 
-from gateway import (
+from edgegw import (
     DeviceContext,
     DriverOptions,
     PermanentError,

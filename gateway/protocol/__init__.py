@@ -6,10 +6,10 @@
 - ``topics``: MQTT topic names. ``ack``: end-to-end acknowledgement messages.
 """
 
-from gateway.wire.ack import AckError, AckStatus, decode_acks, encode_acks
-from gateway.wire.codec import CodecError, DecodedBatch, Gap, decode_batch, encode_batch
-from gateway.wire.envelope import EnvelopeError, Header, open_sealed, parse_header, seal
-from gateway.wire.keys import Sealer, derive_data_key
+from edgegw.protocol.ack import AckError, AckStatus, decode_acks, encode_acks
+from edgegw.protocol.codec import CodecError, DecodedBatch, Gap, decode_batch, encode_batch
+from edgegw.protocol.envelope import EnvelopeError, Header, open_sealed, parse_header, seal
+from edgegw.protocol.keys import Sealer, derive_data_key
 
 __all__ = [
     "AckError",

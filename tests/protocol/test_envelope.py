@@ -9,8 +9,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.wire import ack, envelope, keys, topics
-from gateway.wire.envelope import HEADER_SIZE, EnvelopeError, open_sealed, parse_header, seal
+from edgegw.protocol import ack, envelope, keys, topics
+from edgegw.protocol.envelope import HEADER_SIZE, EnvelopeError, open_sealed, parse_header, seal
 
 GW = "gw-0001"
 

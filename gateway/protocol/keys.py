@@ -15,8 +15,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from gateway.wire.envelope import KEY_SIZE, EnvelopeError, _seal_with, open_sealed
-from gateway.wire.envelope import Header as Header
+from edgegw.protocol.envelope import KEY_SIZE, EnvelopeError, _seal_with, open_sealed
+from edgegw.protocol.envelope import Header as Header
 
 INFO_PREFIX = b"edgegw data v1|"
 

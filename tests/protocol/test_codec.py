@@ -12,9 +12,9 @@ import snappy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.model import Alert, Lane, Quality, Sample, Severity
-from gateway.wire import codec
-from gateway.wire.codec import CodecError, Gap, decode_batch, encode_batch
+from edgegw.model import Alert, Lane, Quality, Sample, Severity
+from edgegw.protocol import codec
+from edgegw.protocol.codec import CodecError, Gap, decode_batch, encode_batch
 
 I64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
 VALUE_INT = st.integers(min_value=-(2**63), max_value=2**64 - 1)
