@@ -44,13 +44,14 @@ class Command:
 
 
 COMMANDS: dict[str, Command] = {
-    "run": Command("edgegw.runtime.daemon", "run the gateway daemon"),
+    "init": Command("edgegw.commands.init", "write a commented starter config"),
+    "run": Command("edgegw.commands.run", "run the gateway daemon"),
     "check": Command("edgegw.commands.check", "validate a config file, report every mistake"),
-    "status": Command("edgegw.runtime.status", "show the state of a running gateway"),
+    "status": Command("edgegw.commands.status", "show the state of a running gateway"),
     "drivers": Command("edgegw.commands.drivers", "list installed drivers and their status"),
     "schema": Command("edgegw.commands.schema", "print the config JSON Schema (for editors)"),
-    "enroll": Command("edgegw.uplink.enroll", "enroll this gateway with the cloud (token)"),
-    "model": Command("edgegw.edge.fit", "fit and inspect anomaly models"),
+    "enroll": Command("edgegw.commands.enroll", "enroll this gateway with the cloud (token)"),
+    "model": Command("edgegw.commands.model", "fit and inspect anomaly models"),
 }
 
 

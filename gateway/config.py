@@ -21,7 +21,8 @@ The format (reference: docs/configuration.md, examples/gateway.example.yaml)::
     uplink:   {enabled: false, broker: "mqtts://127.0.0.1:8883", identity_dir: null, window: 32,
                ack_timeout: 10s, keepalive: 30s, backoff_min: 0.5s, backoff_max: 30s,
                stable_after: 20s}
-    buses:    {line1: {inter_frame_delay: 5ms, timeout: 1s}}
+    breaker:  {failure_threshold: 3, backoff_min: 1s, backoff_max: 30s, jitter: 0.2}
+    buses:    {line1: {inter_frame_delay: 5ms, timeout: 1s, breaker: {...}}}
     devices:  [{id: pump1, driver: modbus, enabled: true, poll: 1s, timeout: 2s, stagger: true,
                 bus: line1, options: {...}, aggregate: {...}}]
     rules:    [...]                    # edgegw.edge.config.RuleConfig
@@ -68,6 +69,7 @@ from edgegw.yamlsrc import ConfigError, ConfigIssue, Loc, PathT, SourceMap, load
 
 __all__ = [
     "BatchConfig",
+    "BreakerConfig",
     "BusConfig",
     "ConfigError",
     "ConfigIssue",
@@ -262,11 +264,34 @@ class UplinkConfig(_Section):
         return urlsplit(self.broker).scheme == "mqtts"
 
 
+class BreakerConfig(_Section):
+    """Per-device circuit breaker of the bus schedulers (a dead device never delays the others).
+
+    After ``failure_threshold`` consecutive failed polls the device is only probed every
+    ``backoff`` (doubling from ``backoff_min`` to ``backoff_max``, +-``jitter``); a good probe
+    closes the breaker.
+    """
+
+    failure_threshold: int = Field(default=3, gt=0, description="failed polls that open it")
+    backoff_min: Duration = Field(default=1.0, gt=0, description="first probe interval")
+    backoff_max: Duration = Field(default=30.0, gt=0, description="longest probe interval")
+    jitter: float = Field(default=0.2, ge=0, lt=1, description="+- fraction of the interval")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> BreakerConfig:
+        if float(self.backoff_max) < float(self.backoff_min):
+            raise ValueError("backoff_max must be >= backoff_min")
+        return self
+
+
 class BusConfig(_Section):
     """Tuning of one physical bus (a serial line, a Modbus TCP endpoint)."""
 
     inter_frame_delay: Duration = Field(default=0.0, description="pause between two requests")
     timeout: Duration | None = Field(default=None, description="overrides the devices' timeout")
+    breaker: BreakerConfig | None = Field(
+        default=None, description="overrides the gateway-wide `breaker:` for this bus"
+    )
 
 
 class DeviceConfig(_Section):
@@ -285,7 +310,9 @@ class DeviceConfig(_Section):
     aggregate: AggregateConfig | None = None
 
 
-_SECTIONS = ("metrics", "outbox", "batch", "uplink", "buses", "devices", "rules", "anomaly")
+_SECTIONS = (
+    "metrics", "outbox", "batch", "uplink", "breaker", "buses", "devices", "rules", "anomaly"
+)
 
 
 class GatewayConfig(_Section):
@@ -296,6 +323,7 @@ class GatewayConfig(_Section):
     outbox: OutboxConfig = Field(default_factory=lambda: OutboxConfig())
     batch: BatchConfig = Field(default_factory=lambda: BatchConfig())
     uplink: UplinkConfig = Field(default_factory=lambda: UplinkConfig())
+    breaker: BreakerConfig = Field(default_factory=lambda: BreakerConfig())
     buses: dict[str, BusConfig] = Field(default_factory=dict)
     devices: list[DeviceConfig] = Field(default_factory=list)
     rules: list[RuleConfig] = Field(default_factory=list)

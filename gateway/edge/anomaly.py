@@ -38,8 +38,8 @@ from typing import Any, Protocol
 from edgegw.edge.config import AnomalyConfig, resolve_path
 from edgegw.edge.expr import is_number
 from edgegw.edge.rules import render_message
+from edgegw.edge.stage import NoHolds, StageOutput
 from edgegw.model import Alert, Sample, Severity
-from edgegw.runtime.pipeline import StageOutput
 
 log = logging.getLogger("edgegw.edge.anomaly")
 
@@ -182,7 +182,7 @@ class _Detector:
     errors_logged: bool = False
 
 
-class AnomalyStage:
+class AnomalyStage(NoHolds):
     """Stage running every configured anomaly detector; see the module docstring."""
 
     name = "anomaly"
