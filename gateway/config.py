@@ -29,8 +29,9 @@ The format (reference: docs/configuration.md, examples/gateway.example.yaml)::
     anomaly:  [...]                    # edgegw.edge.config.AnomalyConfig
 
 Invariants:
-- Gateway and device ids match ``^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$``: they become MQTT topic
-  levels, so ``/``, ``+`` and ``#`` can never appear in them.
+- Gateway and device ids follow the one id grammar (``edgegw.protocol.ids``) and the broker URL
+  the one broker-URL grammar (``edgegw.protocol.broker_url``), so ``edgegw check`` refuses
+  exactly what the daemon refuses.
 - Relative paths (``state_dir``, ``outbox.path``, ``uplink.identity_dir``, anomaly models) are
   relative to the folder of the main config file, never to the working directory.
 - Bad input never raises anything but ``ConfigError``; the semantic phase never raises at all
@@ -39,7 +40,6 @@ Invariants:
 
 from __future__ import annotations
 
-import difflib
 import logging
 import os
 import re
@@ -48,7 +48,6 @@ import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
-from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -63,6 +62,9 @@ from pydantic import (
 )
 
 from edgegw.edge.config import AggregateConfig, AnomalyConfig, RuleConfig, validate_edge
+from edgegw.protocol.broker_url import BrokerUrl, parse_broker_url
+from edgegw.protocol.ids import ID_PATTERN, check_id
+from edgegw.protocol.suggest import did_you_mean
 from edgegw.sdk import Driver, DriverEntry, DriverOptions
 from edgegw.units import ByteSize, Duration
 from edgegw.yamlsrc import ConfigError, ConfigIssue, Loc, PathT, SourceMap, load_yaml
@@ -89,8 +91,6 @@ __all__ = [
 
 log = logging.getLogger("edgegw.config")
 
-ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
-_ID_RE = re.compile(ID_PATTERN)
 
 
 # --------------------------------------------------------------------------- field types
@@ -105,15 +105,7 @@ class HintedValueError(ValueError):
 def _check_id(value: Any) -> Any:
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
-    if isinstance(value, str) and not _ID_RE.match(value):
-        bad = sorted({c for c in value if not (c.isascii() and (c.isalnum() or c in "_.-"))})
-        why = f"it contains {', '.join(repr(c) for c in bad)}" if bad else "wrong start or length"
-        raise HintedValueError(
-            f"invalid id '{value}' ({why})",
-            "use 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit "
-            "(ids become MQTT topic levels)",
-        )
-    return value
+    return check_id(value) if isinstance(value, str) else value
 
 
 Id = Annotated[
@@ -232,13 +224,7 @@ class UplinkConfig(_Section):
     @field_validator("broker")
     @classmethod
     def _broker_url(cls, v: str) -> str:
-        parts = urlsplit(v)
-        if parts.scheme not in ("mqtts", "mqtt") or not parts.hostname:
-            raise ValueError(f"bad broker URL '{v}' (use mqtts://host:port)")
-        try:
-            parts.port  # noqa: B018 - raises ValueError on a bad port
-        except ValueError:
-            raise ValueError(f"bad port in broker URL '{v}'") from None
+        parse_broker_url(v)  # the one grammar: check refuses exactly what the daemon refuses
         return v
 
     @model_validator(mode="after")
@@ -251,17 +237,16 @@ class UplinkConfig(_Section):
         return self
 
     @property
+    def broker_url(self) -> BrokerUrl:
+        return parse_broker_url(self.broker)
+
+    @property
     def host(self) -> str:
-        return urlsplit(self.broker).hostname or ""
+        return self.broker_url.host
 
     @property
     def port(self) -> int:
-        parts = urlsplit(self.broker)
-        return parts.port or (8883 if parts.scheme == "mqtts" else 1883)
-
-    @property
-    def tls(self) -> bool:
-        return urlsplit(self.broker).scheme == "mqtts"
+        return self.broker_url.port
 
 
 class BreakerConfig(_Section):
@@ -474,8 +459,8 @@ def _data_path(data: Any, loc: Sequence[Any]) -> PathT:
 
 
 def _did_you_mean(word: str, choices: Sequence[str]) -> str | None:
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f"did you mean '{close[0]}'?" if close else None
+    close = did_you_mean(word, choices)
+    return f"did you mean '{close}'?" if close else None
 
 
 def _shown(value: Any) -> str:

@@ -14,7 +14,6 @@ Invariants:
 
 from __future__ import annotations
 
-import difflib
 import string
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from edgegw.protocol.suggest import did_you_mean
 from edgegw.units import Duration
 
 SeverityName = Literal["info", "warning", "critical"]
@@ -189,8 +189,8 @@ def resolve_path(path: str, base_dir: Path | None) -> Path:
 
 
 def _did_you_mean(name: str, choices: Iterable[str]) -> str | None:
-    close = difflib.get_close_matches(name, list(choices), n=1)
-    return f"did you mean {close[0]!r}?" if close else None
+    close = did_you_mean(name, choices)
+    return f"did you mean {close!r}?" if close else None
 
 
 def _known_names(points: set[str] | None, extra: Iterable[str]) -> set[str] | None:
