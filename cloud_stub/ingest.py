@@ -50,6 +50,7 @@ from edgegw.protocol.keys import derive_data_key
 from edgegw.protocol.model import Lane
 from edgegw.protocol.mqtt_client import Client
 from edgegw_cloud.pki_setup import INGEST_CN, CloudPaths
+from edgegw_cloud.registry import Registry
 from edgegw_cloud.store import BatchRecord, CloudStore
 
 log = logging.getLogger("edgegw.cloud.ingest")
@@ -266,9 +267,7 @@ class Ingest:
                 continue
 
     def _open_loop(self) -> None:
-        from edgegw_cloud.registry import Registry  # one instance per thread (its contract)
-
-        registry = Registry(self.paths.registry_db)
+        registry = Registry(self.paths.registry_db)  # one instance per thread (its contract)
         keys = _Keys(self.paths, registry)
         last_touch: dict[str, float] = {}
         try:

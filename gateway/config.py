@@ -56,16 +56,14 @@ from pydantic import (
     Field,
     PrivateAttr,
     ValidationError,
-    WithJsonSchema,
     field_validator,
     model_validator,
 )
 
 from edgegw.edge.config import AggregateConfig, AnomalyConfig, RuleConfig, validate_edge
 from edgegw.protocol.broker_url import BrokerUrl, parse_broker_url
-from edgegw.protocol.ids import ID_PATTERN, check_id
 from edgegw.protocol.suggest import did_you_mean
-from edgegw.sdk import Driver, DriverEntry, DriverOptions
+from edgegw.sdk import Driver, DriverEntry, DriverOptions, Id
 from edgegw.units import ByteSize, Duration
 from edgegw.yamlsrc import ConfigError, ConfigIssue, Loc, PathT, SourceMap, load_yaml
 
@@ -100,19 +98,6 @@ class HintedValueError(ValueError):
     def __init__(self, message: str, hint: str | None = None) -> None:
         super().__init__(message)
         self.hint = hint
-
-
-def _check_id(value: Any) -> Any:
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = str(value)
-    return check_id(value) if isinstance(value, str) else value
-
-
-Id = Annotated[
-    str,
-    BeforeValidator(_check_id),
-    WithJsonSchema({"type": "string", "pattern": ID_PATTERN}),
-]
 
 
 def _lower(value: Any) -> Any:

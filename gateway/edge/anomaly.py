@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from edgegw.edge import litert
 from edgegw.edge.config import AnomalyConfig, resolve_path
 from edgegw.edge.expr import is_number
 from edgegw.edge.rules import render_message
@@ -220,8 +221,6 @@ class AnomalyStage(NoHolds):
         threshold = cfg.threshold
         window = cfg.window
         if kind == "model":
-            from edgegw.edge import litert
-
             assert cfg.model is not None
             path = resolve_path(cfg.model, base_dir)
             spec_path = resolve_path(cfg.spec, base_dir) if cfg.spec else litert.spec_path_for(path)
@@ -344,7 +343,7 @@ class AnomalyStage(NoHolds):
         det.window.append(row)
         if len(det.window) < det.window_len or (det.rows_seen - det.window_len) % det.cfg.step:
             return
-        import numpy as np
+        import numpy as np  # lazy: optional extra [ml]
 
         self.counters["windows"] += 1
         det.queue.append((ts, np.asarray(det.window, dtype=np.float32).reshape(-1)))

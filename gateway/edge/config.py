@@ -21,6 +21,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from edgegw.edge import litert
+from edgegw.edge.expr import ExprError, compile_expr
 from edgegw.protocol.suggest import did_you_mean
 from edgegw.units import Duration
 
@@ -240,8 +242,6 @@ def _check_rules(
     points: Mapping[str, set[str] | None],
     extra: Mapping[str, set[str]],
 ) -> list[Issue]:
-    from edgegw.edge.expr import ExprError, compile_expr
-
     issues: list[Issue] = []
     names: set[str] = set()
     for i, rule in enumerate(rules):
@@ -330,8 +330,6 @@ def _check_anomaly(
     points: Mapping[str, set[str] | None],
     base_dir: Path | None,
 ) -> list[Issue]:
-    from edgegw.edge import litert
-
     issues: list[Issue] = []
     seen: dict[tuple[str, str], int] = {}
     for i, det in enumerate(dets):

@@ -114,7 +114,7 @@ def segments_from_samples(
 
 def make_windows(rows: Array, window: int) -> Array:
     """Sliding windows (step 1), flattened time-major: ``[N - window + 1, window * F]``."""
-    import numpy as np
+    import numpy as np  # lazy: optional extra [ml]
 
     rows = np.asarray(rows, dtype=np.float64)
     n, f = rows.shape
@@ -181,7 +181,7 @@ def fit_pca_autoencoder(
     source: str = "",
 ) -> FitResult:
     """Fit on rows grouped in segments (windows never span two segments)."""
-    import numpy as np
+    import numpy as np  # lazy: optional extra [ml]
 
     started = time.perf_counter()
     if window < 1:
@@ -309,7 +309,7 @@ def fit_model(
     max_gap: str | None = None,
 ) -> dict[str, Any]:
     """``edgegw model fit``: pick the device and features, fit, save; returns a summary."""
-    import numpy as np  # optional extra (ml): only the fit needs it
+    import numpy as np  # lazy: optional extra [ml]
 
     if not sources:
         raise FitError("no data: pass --csv FILE and/or --outbox STATE_DIR")

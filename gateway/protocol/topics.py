@@ -17,8 +17,16 @@ from edgegw.protocol.ids import check_gateway_id
 __all__ = [
     "ENROLL_SHARE_GROUP",
     "ENROLL_SUBSCRIPTION",
+    "EVERY_DOWN",
+    "EVERY_ENROLL_REQUEST",
+    "EVERY_ENROLL_RESPONSE",
+    "EVERY_UP",
     "INGEST_SHARE_GROUP",
     "INGEST_SUBSCRIPTION",
+    "OWN_DOWN",
+    "OWN_ENROLL_REQUEST",
+    "OWN_ENROLL_RESPONSE",
+    "OWN_UP",
     "STATUS_OFFLINE",
     "STATUS_ONLINE",
     "check_gateway_id",
@@ -30,6 +38,7 @@ __all__ = [
     "enroll_response",
     "gateway_of",
     "ingest_subscription",
+    "shared",
     "up_batch",
     "up_status",
 ]
@@ -46,8 +55,24 @@ def ingest_subscription(group: str = INGEST_SHARE_GROUP) -> str:
     return f"$share/{group}/gw/+/up/batch"
 
 
+
+def shared(topic_filter: str, group: str = "+") -> str:
+    """The MQTT v5 shared-subscription form of ``topic_filter``."""
+    return f"$share/{group}/{topic_filter}"
+
+
+# Topic filters of the broker ACL (Mosquitto: %u = username = certificate CN, %c = client id).
+EVERY_UP = "gw/+/up/#"
+EVERY_DOWN = "gw/+/down/#"
+OWN_UP = "gw/%u/up/#"
+OWN_DOWN = "gw/%u/down/#"
+EVERY_ENROLL_REQUEST = "enroll/+/+/req"
+EVERY_ENROLL_RESPONSE = "enroll/+/+/resp"
+OWN_ENROLL_REQUEST = "enroll/%u/%c/req"
+OWN_ENROLL_RESPONSE = "enroll/%u/%c/resp"
+
 INGEST_SUBSCRIPTION = ingest_subscription()
-ENROLL_SUBSCRIPTION = f"$share/{ENROLL_SHARE_GROUP}/enroll/+/+/req"
+ENROLL_SUBSCRIPTION = shared(EVERY_ENROLL_REQUEST, ENROLL_SHARE_GROUP)
 
 
 def enroll_request(user: str, client_id: str) -> str:

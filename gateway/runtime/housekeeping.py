@@ -27,6 +27,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from edgegw import pki
 from edgegw.config import GatewayConfig
+from edgegw.protocol.identity import Identity
 from edgegw.runtime.datapath import DataPath
 from edgegw.uplink.enroll import enroll
 
@@ -82,14 +83,15 @@ async def renew_if_due(
     gateway_id: str, identity_dir: Path, broker: str, renew_before: float, hk: Housekeeping
 ) -> None:
     """Renew the gateway certificate when it expires within ``renew_before`` seconds."""
-    cert = pki.load_certificate(identity_dir / "gateway.crt")
+    cert_path, _key, _ca = Identity.files(identity_dir)
+    cert = pki.load_certificate(cert_path)
     left = (cert.not_valid_after_utc - dt.datetime.now(dt.UTC)).total_seconds()
     hk.cert_days_left = left / 86400
     if left > renew_before:
         return
     log.info("gateway certificate expires in %.1f days: renewing", left / 86400)
     await asyncio.to_thread(enroll, gateway_id, identity_dir, broker=broker, renew=True)
-    new = pki.load_certificate(identity_dir / "gateway.crt")
+    new = pki.load_certificate(cert_path)
     hk.cert_days_left = (new.not_valid_after_utc - dt.datetime.now(dt.UTC)).total_seconds() / 86400
     hk.counts["certificate_renewals"] = hk.counts.get("certificate_renewals", 0) + 1
     log.info(

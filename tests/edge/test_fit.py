@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from edgegw.commands import model as model_cmd
-from edgegw.edge import fit, litert, synth
+from edgegw.edge import fit, litert
 from edgegw.model import Quality
+from tests.edge import synth
 
 
 def parse(*argv: str) -> argparse.Namespace:
