@@ -34,7 +34,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from edgegw.model import Lane, Quality, Sample
 from edgegw.protocol import Sealer, codec, decode_batch, encode_batch
-from edgegw.store import AckStatus, Outbox
+from edgegw.protocol.ack import AckStatus
+from edgegw.store import Outbox
 
 DEVICES = 10
 REGS = 20

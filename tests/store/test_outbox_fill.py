@@ -12,8 +12,9 @@ import pytest
 
 from edgegw.model import Lane
 from edgegw.protocol import Gap, decode_batch, open_sealed
+from edgegw.protocol.ack import AckStatus
 from edgegw.protocol.envelope import FLAG_GAP
-from edgegw.store import AckStatus, Outbox, OutboxFull
+from edgegw.store import Outbox, OutboxFull
 
 from .conftest import GW, KEY, make_batch
 

@@ -15,7 +15,8 @@ import sys
 from pathlib import Path
 
 from edgegw.protocol import Sealer, decode_batch, open_sealed
-from edgegw.store import AckStatus, Outbox
+from edgegw.protocol.ack import AckStatus
+from edgegw.store import Outbox
 
 KEY = bytes(range(100, 132))
 CHILD = Path(__file__).with_name("writer_child.py")
