@@ -43,7 +43,7 @@ from edgegw.protocol import topics
 from edgegw.protocol.ack import AckStatus, decode_acks
 from edgegw.protocol.broker_url import BrokerUrlError, parse_broker_url
 from edgegw.protocol.identity import Identity
-from edgegw.protocol.mqtt_client import Client
+from edgegw.transport.mqtt_client import Client
 from edgegw.uplink.outbox_io import AsyncOutbox
 
 log = logging.getLogger("edgegw.uplink")
