@@ -114,6 +114,7 @@ class Gateway:
         self._write_stats = {"requested": 0, "ok": 0, "failed": 0}
         self._started = time.monotonic()
         self.uplink: Any = None
+        self.downlink: Any = None  # edgegw.device.downlink.DownlinkService (enrolled gateways)
         self.outbox: Any = None
         self.pipeline: Pipeline | None = None
         self._metrics_server: Any = None
@@ -364,6 +365,11 @@ class Gateway:
         assert self.pipeline is not None
         uplink = self.uplink
         self.pipeline.batcher.on_sealed = lambda _lane: uplink.notify()
+        from edgegw.device.downlink import DownlinkService
+
+        self.downlink = DownlinkService(self.gateway_id, identity_dir, self.state_dir)
+        self.downlink.attach(uplink)
+        await self.downlink.start()
         self._tasks.append(asyncio.create_task(self.uplink.run(), name="uplink"))
 
     # ------------------------------------------------------------------ observability
@@ -387,6 +393,8 @@ class Gateway:
         }
         if self.uplink is not None:
             src["uplink"] = self.uplink.stats
+        if self.downlink is not None:
+            src["downlink"] = self.downlink.stats
         return src
 
     def _outbox_stats(self) -> dict[str, Any]:
@@ -482,6 +490,8 @@ class Gateway:
             for task in pending:
                 task.cancel()
         self._tasks.clear()
+        if self.downlink is not None:
+            await self.downlink.stop()
         if self.collector is not None:
             await self._refresh_outbox_stats()
             self.write_status()
