@@ -62,6 +62,7 @@ from pydantic import (
 
 from edgegw.edge.config import AggregateConfig, AnomalyConfig, RuleConfig, validate_edge
 from edgegw.protocol.broker_url import BrokerUrl, parse_broker_url
+from edgegw.protocol.identity import default_identity_dir
 from edgegw.protocol.suggest import did_you_mean
 from edgegw.sdk import Driver, DriverEntry, DriverOptions, Id
 from edgegw.units import ByteSize, Duration
@@ -335,7 +336,7 @@ class GatewayConfig(_Section):
 
     @property
     def identity_dir(self) -> Path:
-        return self.uplink.identity_dir or self.gateway.state_dir / "identity"
+        return default_identity_dir(self.gateway.state_dir, self.uplink.identity_dir)
 
     @property
     def warnings(self) -> list[ConfigIssue]:

@@ -153,6 +153,23 @@ def test_no_package_cycle() -> None:
             visit(n)
 
 
+def test_every_edgegw_import_exists() -> None:
+    """An import of a moved or removed module fails here, statically (not only when run)."""
+    stale = []
+    for path, _module, tree in sources():
+        for nd in ast.walk(tree):
+            if isinstance(nd, ast.ImportFrom) and nd.module and nd.level == 0:
+                names = [nd.module]
+            elif isinstance(nd, ast.Import):
+                names = [a.name for a in nd.names]
+            else:
+                continue
+            for name in names:
+                if node_of(name) is not None and not _exists(name):
+                    stale.append(f"{path.relative_to(ROOT)}:{nd.lineno}: {name}")
+    assert not stale, f"imports of modules that do not exist: {stale}"
+
+
 def test_the_rules_can_fail() -> None:
     """The checker sees a forbidden import (guards against a checker that sees nothing)."""
     tree = ast.parse("from edgegw.runtime.pipeline import Batcher\nimport edgegw_cloud.store\n")
