@@ -714,6 +714,14 @@ def _write_action_issues(
             if getattr(action, "type", None) != "write":
                 continue
             device = action.device or rule.device
+            owner = cfg.addresses.get(device, device)
+            if owner != device:
+                found.append(
+                    (f"rules.{i}.actions.{j}" + (".device" if action.device else ""),
+                     f"'{device}' is a sub-device of '{owner}': writes go to configured devices",
+                     f"write through device '{owner}' (device: {owner})")
+                )
+                continue
             can = writable.get(device)
             if can is None or action.point in can:
                 continue  # unknown device (reported elsewhere) or a driver that cannot tell

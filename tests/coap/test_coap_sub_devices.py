@@ -76,6 +76,8 @@ def test_check_resolves_sub_devices(tmp_path: Path) -> None:
     on_server = _check(tmp_path, [{**HOT, "device": "coap-server"}])
     assert len(on_server) == 1
     assert "unknown metric 'temp' of device 'coap-server'" in on_server[0]
+    write = _check(tmp_path, [{**HOT, "actions": [{"type": "write", "point": "led", "value": 1}]}])
+    assert len(write) == 1 and "'therm' is a sub-device of 'coap-server'" in write[0]
 
 
 def test_sub_device_id_colliding_with_a_device_is_refused(tmp_path: Path) -> None:
