@@ -3,7 +3,13 @@
 Invariants:
 - Only mutual TLS listeners: ``require_certificate true``, ``use_identity_as_username true``
   (username = certificate CN = gateway id), ``allow_anonymous false``, a CRL, an ACL file.
-  Gateways may write only ``gw/<cn>/up/#`` and read only ``gw/<cn>/down/#``.
+  Gateways may write only ``gw/<cn>/up/batch`` and ``gw/<cn>/up/status`` and read only
+  ``gw/<cn>/down/#``; the ``bootstrap`` identity is denied ``gw/#`` outright (the ``%u``
+  patterns would otherwise give it ``gw/bootstrap/up/...``): it can only enroll.
+- Limits (docs/security.md "Limits in force"): ``max_packet_size`` (no 100 MiB publish),
+  ``retain_available false`` (nothing can park data in the broker: a retained publish or will
+  is refused), ``max_queued_bytes`` per client, ``max_keepalive``; TLS 1.2+ with AEAD suites
+  only (ECDHE-ECDSA with AES-GCM or ChaCha20-Poly1305: the CA and broker keys are P-256).
 - ``max_queued_messages`` is large, never 0 (0 makes ACL-denied QoS1 publishes disconnect loop,
   FIELD-NOTES).
 - Run as root, Mosquitto drops to user ``mosquitto``. We do NOT run it as root (``user root``):
@@ -38,6 +44,16 @@ from edgegw_cloud.pki_setup import BOOTSTRAP_CN, ENROLL_CN, INGEST_CN, CloudPath
 log = logging.getLogger("edgegw.cloud.broker")
 
 MAX_QUEUED_MESSAGES = 1_000_000
+#: Largest MQTT packet the broker accepts: a batch envelope is at most the codec's body limit
+#: (``MAX_BODY_BYTES``, 12 MiB) plus snappy's worst-case growth and the envelope overhead.
+MAX_PACKET_SIZE = 16 * 1024 * 1024
+#: Bytes queued for one client (QoS 1 downlink/acks while it is slow or away).
+MAX_QUEUED_BYTES = 64 * 1024 * 1024
+MAX_KEEPALIVE = 600
+#: TLS 1.2 suites: AEAD only (no CBC), forward secret, matching our EC P-256 keys.
+TLS12_CIPHERS = (
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305"
+)
 _SEARCH = ("/usr/sbin", "/usr/local/sbin", "/sbin")
 
 
@@ -72,6 +88,11 @@ def acl_text(revoked: Sequence[str] = ()) -> str:
     for gw in revoked:
         lines += [f"user {gw}", "topic deny #", ""]
     lines += [
+        f"user {BOOTSTRAP_CN}",
+        "# the shared, every-unenrolled-device identity: enrollment only (the gw/%u patterns",
+        "# below would otherwise give it gw/bootstrap/up/..., which the ingest reads)",
+        "topic deny gw/#",
+        "",
         f"user {INGEST_CN}",
         "topic read gw/+/up/#",
         "topic read $share/+/gw/+/up/#",
@@ -82,11 +103,10 @@ def acl_text(revoked: Sequence[str] = ()) -> str:
         "topic read $share/+/enroll/+/+/req",
         "topic write enroll/+/+/resp",
         "",
-        f"user {BOOTSTRAP_CN}",
-        "# nothing but the enrollment patterns below",
-        "",
-        "# Gateways (and every identity) through patterns keyed on the certificate CN.",
-        "pattern write gw/%u/up/#",
+        "# Gateways (and every identity) through patterns keyed on the certificate CN: exactly",
+        "# the two uplink topics of the contract, so nothing else can be parked under gw/<id>/.",
+        "pattern write gw/%u/up/batch",
+        "pattern write gw/%u/up/status",
         "pattern read gw/%u/down/#",
         "# Enrollment: the authenticated username is part of the topic, and the client id keeps",
         "# one enrolling device from reading another's response.",
@@ -146,6 +166,7 @@ class ManagedBroker:
             f"keyfile {t / 'broker.key'}",
             f"crlfile {t / 'crl.pem'}",
             "tls_version tlsv1.2",
+            f"ciphers {TLS12_CIPHERS}",
             "require_certificate true",
             "use_identity_as_username true",
             "allow_anonymous false",
@@ -161,7 +182,11 @@ class ManagedBroker:
             f"persistence_location {self.data_dir}/",
             "autosave_interval 60",
             f"max_queued_messages {MAX_QUEUED_MESSAGES}",
+            f"max_queued_bytes {MAX_QUEUED_BYTES}",
             "max_inflight_messages 100",
+            f"max_packet_size {MAX_PACKET_SIZE}",
+            "retain_available false",
+            f"max_keepalive {MAX_KEEPALIVE}",
             "set_tcp_nodelay true",
             f"log_dest file {self.paths.mosquitto_log}",
             "log_type error",

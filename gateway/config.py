@@ -201,9 +201,11 @@ class OutboxConfig(_Section):
 class BatchConfig(_Section):
     """When the batcher seals a batch: whichever limit is reached first."""
 
-    max_readings: int = Field(default=5000, gt=0)
+    # the caps are the cloud's decode limits (codec.MAX_SAMPLES, MAX_BODY_BYTES): a bigger
+    # batch would be refused there, so it is refused here, at check time
+    max_readings: int = Field(default=5000, gt=0, le=100_000)
     max_age: Duration = Field(default=0.25, gt=0)
-    max_bytes: ByteSize = Field(default=256 * 1024, gt=0)
+    max_bytes: ByteSize = Field(default=256 * 1024, gt=0, le=8 * 1024 * 1024)
 
 
 class UplinkConfig(_Section):

@@ -389,6 +389,11 @@ def random_client_id(prefix: str) -> str:
 
 
 # --------------------------------------------------------------------------- TLS
+#: TLS 1.2 suites we offer and accept: forward-secret ECDHE with AEAD ciphers only (no CBC).
+#: Both ECDSA (our P-256 PKI) and RSA server keys (an external broker) are allowed.
+TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
+
+
 def make_tls_context(
     ca: Path, cert: Path | None = None, key: Path | None = None, *, server: bool = False
 ) -> ssl.SSLContext:
@@ -401,6 +406,7 @@ def make_tls_context(
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server else ssl.PROTOCOL_TLS_CLIENT)
     ctx.load_verify_locations(cafile=str(ca))
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers(TLS12_CIPHERS)  # TLS 1.2: AEAD only (1.3 suites are all AEAD already)
     if cert is not None or key is not None:
         if cert is None or key is None:
             raise PkiError("a TLS identity needs both a certificate and a key file")

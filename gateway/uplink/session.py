@@ -17,7 +17,9 @@ Invariants (see docs/delivery.md for the whole story):
   the event loop with ``call_soon_threadsafe`` and tagged with its connection generation.
 - Reconnect: exponential backoff with full jitter, delay = uniform(0, min(max, min * 2**n));
   n resets only after a connection stayed up ``stable_after`` seconds.
-- Retained ``online`` on connect, retained last will ``offline`` on ``gw/{id}/up/status``.
+- ``online`` on connect, last will ``offline`` on ``gw/{id}/up/status``. Not retained: the
+  broker refuses retained messages (``retain_available false``, docs/security.md), so nothing
+  can park data in it; a watcher subscribes before it needs the transitions.
 """
 
 from __future__ import annotations
@@ -266,7 +268,7 @@ class Uplink:
                                                     Path(ident.key)))
         client.max_inflight_messages_set(self.window + 2)
         client.max_queued_messages_set(0)  # the window bounds what we queue
-        client.will_set(self._topic_status, topics.STATUS_OFFLINE, qos=1, retain=True)
+        client.will_set(self._topic_status, topics.STATUS_OFFLINE, qos=1)
 
         def bridge(fn: Callable[..., None]) -> Callable[..., None]:
             def cb(*args: Any) -> None:
@@ -325,8 +327,7 @@ class Uplink:
         except asyncio.CancelledError:
             if self._connected:  # graceful stop: say so (the will covers only crashes)
                 with contextlib.suppress(Exception):
-                    info = client.publish(self._topic_status, topics.STATUS_OFFLINE, qos=1,
-                                          retain=True)
+                    info = client.publish(self._topic_status, topics.STATUS_OFFLINE, qos=1)
                     await loop.run_in_executor(None, info.wait_for_publish, 2.0)
             raise
         finally:
@@ -373,7 +374,7 @@ class Uplink:
                 log.debug("connected to %s:%d", self.host, self.port)
             self._auth_failing = self._unreachable = False
             client.subscribe(self._topic_ack, qos=1)
-            client.publish(self._topic_status, topics.STATUS_ONLINE, qos=1, retain=True)
+            client.publish(self._topic_status, topics.STATUS_ONLINE, qos=1)
             done, _ = await asyncio.wait({suback, lost_wait}, timeout=max(10.0, self.keepalive),
                                          return_when=asyncio.FIRST_COMPLETED)
             if suback not in done:
