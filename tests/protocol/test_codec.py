@@ -287,7 +287,9 @@ def test_truncation_at_every_byte_is_a_codec_error() -> None:
         decode_batch(b"\x01" + snappy.compress(body + b"\x00"))
 
 
-def test_gap_counters_at_or_beyond_2_63_are_refused_at_decode(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_gap_counters_at_or_beyond_2_63_are_refused_at_decode(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Issue 9 #4: gap seqs and counters are stored as signed 64-bit INTEGERs by the cloud."""
     ok = Gap(Lane.TELEMETRY, (2**63 - 1,), 0, 1, 2**63 - 1, 2**63 - 1, "dropped")
     assert decode_batch(encode_batch(gaps=[ok])).gaps == [ok]

@@ -41,7 +41,7 @@ def test_oversized_publish_is_refused(cloud: Cloud) -> None:
     # MQTT v5: the broker announces its maximum in CONNACK and paho refuses locally; send the
     # packet anyway by lifting paho's own check so the broker has to enforce it
     client = boot.client
-    client._max_packet_size = 0  # noqa: SLF001 - the client-side check, not the broker's
+    client._max_packet_size = 0
     info = client.publish("enroll/bootstrap/enroll-big/req", b"\0" * (MAX_PACKET_SIZE + 1024),
                           qos=1)
     # the broker drops the connection (v5: DISCONNECT 0x95 packet too large)

@@ -162,7 +162,7 @@ def test_sequence_beyond_2_63_cannot_roll_back_other_gateways_batches(
     try:
         # interleaved, so that on the old code most groups held both gateways' batches
         for i in range(1, 41):
-            gb.publish(_seal_with(sb._aead, b.key_id, 2**63 + i, b.gateway_id,  # noqa: SLF001
+            gb.publish(_seal_with(sb._aead, b.key_id, 2**63 + i, b.gateway_id,
                                   _batch(10, i * 100), 0))
             ga.publish(sa.seal(i, _batch(10, i * 100)))
         wait_until(lambda: len({s for s, _ in ga.acks}) == 40, 20, "acks for every batch of A")
