@@ -353,6 +353,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         level = min(level, logging.INFO)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from edgegw.logthrottle import install
+
+    install()  # repeated WARNING/ERROR lines: first one, then a count per minute
     try:
         rc: Any = args.fn(args)
     except (RegistryError, pki.PkiError, FileExistsError) as exc:

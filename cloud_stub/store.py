@@ -33,6 +33,7 @@ from itertools import repeat
 from pathlib import Path
 from typing import Any
 
+from edgegw.fileperms import DB_MODE, prepare_sqlite
 from edgegw.model import Alert, Sample, Value
 from edgegw.protocol.codec import Series
 
@@ -204,7 +205,7 @@ class CloudStore:
                 check_same_thread=False,
             )
         else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            prepare_sqlite(self.path, DB_MODE)  # 0600 (and its -wal/-shm) before SQLite opens it
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             # several ingest processes may open the store at once: wait for each other's locks
             self._db.execute("PRAGMA busy_timeout=10000")

@@ -112,6 +112,9 @@ def _setup_logging(verbose: int, log_level: str | None) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         force=True,
     )
+    from edgegw.logthrottle import install
+
+    install()  # repeated WARNING/ERROR lines: first one, then a count per minute
 
 
 def _load(name: str, cmd: Command, verbose: int) -> ModuleType | None:

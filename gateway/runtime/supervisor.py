@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from edgegw.fileperms import STATUS_MODE, write_private
 from edgegw.model import Quality, Sample, Value, now_ms
 from edgegw.runtime.metrics import StatsCollector, serve
 from edgegw.runtime.pipeline import Batcher, OutboxThread, Pipeline, Stage, WriteRequest
@@ -130,8 +131,8 @@ class Gateway:
         os.chmod(self.state_dir, 0o750)
         (self.state_dir / "gateway-id").write_text(self.gateway_id + "\n")
         identity_dir = self._identity_dir() if cfg.uplink.enabled else None
-        sealer = make_sealer(self.gateway_id, self.state_dir, identity_dir)
         outbox_path = Path(cfg.outbox.path or self.state_dir / "outbox.db")
+        sealer = make_sealer(self.gateway_id, self.state_dir, identity_dir, outbox_path)
         self.outbox = await self.outbox_thread.call(
             lambda: Outbox(
                 outbox_path,
@@ -422,9 +423,7 @@ class Gateway:
             "unavailable": self._unavailable,
             "stats": self.collector.snapshot(),
         }
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(doc, default=str, indent=1))
-        os.replace(tmp, path)
+        write_private(path, json.dumps(doc, default=str, indent=1), STATUS_MODE)
 
     async def _watchdog(self) -> None:
         interval = watchdog_interval()

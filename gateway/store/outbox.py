@@ -65,6 +65,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from edgegw.fileperms import DB_MODE, prepare_sqlite
 from edgegw.model import Lane
 from edgegw.protocol.ack import AckStatus as Outcome
 from edgegw.protocol.codec import CodecError, Gap, decode_batch, encode_batch
@@ -174,6 +175,7 @@ class Outbox:
 
     # ------------------------------------------------------------------ open / recovery
     def _connect(self) -> sqlite3.Connection:
+        prepare_sqlite(self.path, DB_MODE)  # 0600 before SQLite creates it (and its -wal/-shm)
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
             conn.execute("PRAGMA auto_vacuum=INCREMENTAL")  # effective only before any table

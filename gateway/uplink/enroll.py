@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import secrets
 import ssl
 import sys
@@ -381,7 +382,17 @@ def _accept(
 # --------------------------------------------------------------------------- CLI
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-c", "--config", type=Path, help="gateway.yaml (gateway.id, uplink.*)")
-    parser.add_argument("--token", help="one-time token from `edgegw-cloud token create GW_ID`")
+    tok = parser.add_mutually_exclusive_group()
+    tok.add_argument(
+        "--token",
+        help="one-time token from `edgegw-cloud token create GW_ID` (visible in `ps`: prefer "
+        "--token-file, `--token-file -` (stdin) or $EDGEGW_ENROLL_TOKEN). A token starting with "
+        "'-' must be written --token=TOKEN",
+    )
+    tok.add_argument(
+        "--token-file",
+        help="read the token from this file ('-' = stdin; surrounding whitespace ignored)",
+    )
     parser.add_argument(
         "--bootstrap-dir",
         type=Path,
@@ -418,6 +429,27 @@ def _from_config(path: Path) -> tuple[str, str, Path, Path]:
     return str(cfg.gateway.id), str(cfg.uplink.broker), ident, state / "bootstrap"
 
 
+TOKEN_ENV = "EDGEGW_ENROLL_TOKEN"
+
+
+def read_token(args: argparse.Namespace) -> str | None:
+    """The token from --token, --token-file (``-`` = stdin) or $EDGEGW_ENROLL_TOKEN, in that
+    order; None if none is given (renewal)."""
+    if getattr(args, "token", None):
+        return str(args.token)
+    src = getattr(args, "token_file", None)
+    if src:
+        try:
+            text = sys.stdin.read(4096) if src == "-" else Path(src).read_text()[:4096]
+        except OSError as exc:
+            raise EnrollmentError(f"cannot read the token from {src}: {exc.strerror}") from None
+        if not text.strip():
+            raise EnrollmentError(f"no token in {'stdin' if src == '-' else src}")
+        return text.strip()
+    env = os.environ.get(TOKEN_ENV, "").strip()
+    return env or None
+
+
 def run(args: argparse.Namespace) -> int:
     gw_id = args.gateway_id
     broker = args.broker
@@ -435,11 +467,12 @@ def run(args: argparse.Namespace) -> int:
         ]
         if missing:
             raise EnrollmentError(f"missing {', '.join(missing)}: pass -c CONFIG or the overrides")
+        token = read_token(args)
         ident = enroll(
             gw_id,
             ident_dir,
             broker=broker,
-            token=args.token,
+            token=token,
             bootstrap_dir=boot,
             renew=args.renew,
             new_key=args.new_key,

@@ -583,8 +583,8 @@ class Uplink:
                 self.c.acks_unknown_seq += 1  # e.g. an ack of a batch sent before a reconnect
             if status == ACK_DELIVERED:
                 self._cooldown.pop(seq, None)
-                self.c.batches_delivered += 1
-                if flight is not None:
+                if flight is not None:  # an ack of nothing we sent proves nothing delivered
+                    self.c.batches_delivered += 1
                     self.c.readings_delivered += flight.count
                 settle.append((seq, Outcome.DELIVERED))
             elif status == ACK_REJECTED:

@@ -318,3 +318,43 @@ def test_enroll_cli_reads_gateway_yaml(
     # renewal through the same config, no token
     assert enroll_mod.run(parser.parse_args(["-c", str(cfg), "--renew"])) == 0
     assert enrollment.stats()["renewed"] == 1
+
+
+def test_token_from_stdin_file_or_environment_not_only_argv(
+    cloud: Cloud, enrollment: EnrollmentService, tmp_path: Path
+) -> None:
+    """Issue 9 #10: the token on the command line is visible in `ps`, and 1.5% of tokens start
+    with '-' (argparse took them for an option). The real CLI, in a subprocess, each way."""
+    import os
+    import subprocess
+    import sys
+
+    def cli(gw: str, extra: list[str], env: dict[str, str] | None = None,
+            stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        args = [sys.executable, "-m", "edgegw.cli", "enroll", "--gateway-id", gw, "--broker",
+                cloud.broker.url, "--identity-dir", str(tmp_path / gw), "--bootstrap-dir",
+                str(cloud.bootstrap_dir()), "--timeout", "15", *extra]
+        return subprocess.run(args, input=stdin, capture_output=True, text=True, timeout=60,
+                              env={**os.environ, **(env or {})})
+
+    tok = _token(cloud, "gw-stdin")
+    r = cli("gw-stdin", ["--token-file", "-"], stdin=f"  {tok}\n")
+    assert r.returncode == 0, r.stderr
+    tokfile = tmp_path / "token"
+    tokfile.write_text(_token(cloud, "gw-file") + "\n")
+    tokfile.chmod(0o600)
+    r = cli("gw-file", ["--token-file", str(tokfile)])
+    assert r.returncode == 0, r.stderr
+    r = cli("gw-env", [], env={"EDGEGW_ENROLL_TOKEN": _token(cloud, "gw-env")})
+    assert r.returncode == 0, r.stderr
+    for gw in ("gw-stdin", "gw-file", "gw-env"):
+        assert Identity.load(tmp_path / gw).gateway_id == gw
+    # a token that starts with '-' works from a file (and as --token=TOKEN)
+    dash = "-" + _token(cloud, "gw-dash")[1:]
+    tokfile.write_text(dash)
+    r = cli("gw-dash", ["--token-file", str(tokfile)])
+    assert r.returncode == 1 and "token_unknown" in r.stderr  # it was read, and checked
+    r = cli("gw-dash", [f"--token={dash}"])
+    assert r.returncode == 1 and "token_unknown" in r.stderr
+    r = cli("gw-none", ["--token-file", str(tmp_path / "missing")])
+    assert r.returncode == 1 and "cannot read the token" in r.stderr
