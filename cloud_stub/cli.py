@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import importlib
+import json
 import logging
 import os
 import signal
@@ -147,6 +148,17 @@ def cmd_revoke(args: argparse.Namespace) -> int:
         f"revoked {args.gateway_id} ({len(serials)} certificate(s)); a running `serve` reloads "
         "the broker within seconds"
     )
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    """Print the registry's audit trail (JSON lines): who enrolled, renewed, revoked,
+    reinstated which gateway, when, from which MQTT client."""
+    with Registry(_paths(args).registry_db) as reg:
+        rows = reg.audit_log(args.gateway_id)
+    for r in rows:
+        ts = dt.datetime.fromtimestamp(int(str(r["ts_ms"])) / 1000, dt.UTC)
+        print(json.dumps({"time": ts.isoformat(timespec="milliseconds"), **r}))
     return 0
 
 
@@ -337,6 +349,11 @@ def build_parser() -> argparse.ArgumentParser:
     data_dir(sp)
     sp.add_argument("gateway_id")
     sp.set_defaults(fn=cmd_revoke)
+
+    sp = sub.add_parser("audit", help="print the audit log (enroll/renew/revoke/reinstate)")
+    data_dir(sp)
+    sp.add_argument("gateway_id", nargs="?", help="only this gateway")
+    sp.set_defaults(fn=cmd_audit)
 
     sp = sub.add_parser("query", help="print stored readings as JSON/CSV")
     try:

@@ -205,6 +205,7 @@ class CloudStore:
                 check_same_thread=False,
             )
         else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             prepare_sqlite(self.path, DB_MODE)  # 0600 (and its -wal/-shm) before SQLite opens it
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             # several ingest processes may open the store at once: wait for each other's locks

@@ -19,8 +19,8 @@ STATUS_MODE = 0o640
 
 
 def prepare_sqlite(path: Path, mode: int = DB_MODE) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileExistsError):
+    # a missing folder is left alone: SQLite then reports it as it always did
+    with contextlib.suppress(FileExistsError, FileNotFoundError):
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode))
     for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm"), Path(f"{path}-journal")):
         with contextlib.suppress(FileNotFoundError):

@@ -283,6 +283,11 @@ def enroll(
     pki.check_gateway_id(gateway_id)
     identity_dir = Path(identity_dir)
     host, port = parse_broker_url(broker)
+    if renew and new_key:
+        raise EnrollmentError(
+            "renewal keeps the gateway's key (--renew and --new-key exclude each other); to "
+            "change the key, enroll again with a token and --new-key"
+        )
     if renew:
         current = Identity.load(identity_dir)
         if current.gateway_id != gateway_id:

@@ -221,6 +221,7 @@ def test_revoked_gateway_needs_reinstate_and_gets_a_fresh_serial(
 ) -> None:
     first = _enroll(cloud, "gw-v", _token(cloud, "gw-v"))
     old_serial = pki.load_certificate(first.cert_path).serial_number
+    old_key = pki.load_certificate(first.cert_path).public_key().public_numbers()
     revoke_gateway(cloud.paths, "gw-v")
     cloud.broker.reload()
     with pytest.raises(EnrollmentError, match="refused the certificate"):
@@ -230,8 +231,14 @@ def test_revoked_gateway_needs_reinstate_and_gets_a_fresh_serial(
     with pytest.raises(RegistryError, match="--reinstate"):
         _token(cloud, "gw-v")
     crl_before = cloud.paths.crl.read_bytes()
-    again = _enroll(cloud, "gw-v", _token(cloud, "gw-v", reinstate=True), ident=first.dir)
+    # issue 9 #6: the old (possibly stolen) key is never certified again
+    tok = _token(cloud, "gw-v", reinstate=True)
+    with pytest.raises(EnrollmentError, match="key_revoked"):
+        _enroll(cloud, "gw-v", tok, ident=first.dir)
+    assert cloud.paths.crl.read_bytes() == crl_before
+    again = _enroll(cloud, "gw-v", tok, ident=first.dir, new_key=True)  # token still valid
     assert cloud.paths.crl.read_bytes() != crl_before  # re-signed: what makes `serve` reload
+    assert again.private_key().public_key().public_numbers() != old_key
     cloud.broker.reload()
     new_serial = pki.load_certificate(again.cert_path).serial_number
     assert new_serial != old_serial
@@ -358,3 +365,32 @@ def test_token_from_stdin_file_or_environment_not_only_argv(
     assert r.returncode == 1 and "token_unknown" in r.stderr
     r = cli("gw-none", ["--token-file", str(tmp_path / "missing")])
     assert r.returncode == 1 and "cannot read the token" in r.stderr
+
+
+def test_renewal_needs_the_same_key_and_everything_is_audited(
+    cloud: Cloud, enrollment: EnrollmentService
+) -> None:
+    """Issue 9 #6: renewal matches the docs ("same key"); enroll / renew / revoke / reinstate
+    and refusals are in the audit log with who, when and which MQTT client."""
+    first = _enroll(cloud, "gw-au", _token(cloud, "gw-au"))
+    # a renewal CSR with another key, sent with the gateway's current identity
+    ans = enroll_mod._Exchange("127.0.0.1", cloud.port, first.tls_context(), "gw-au", 15).run(
+        {"csr": pki.csr_pem(pki.make_csr(pki.generate_ec_key(), "gw-au"))}
+    )
+    assert ans["ok"] is False and ans["reason"] == "renew_new_key", ans
+    with pytest.raises(EnrollmentError, match="exclude each other"):
+        enroll("gw-au", first.dir, broker=cloud.broker.url, renew=True, new_key=True)
+    enroll("gw-au", first.dir, broker=cloud.broker.url, renew=True, timeout=15)
+    revoke_gateway(cloud.paths, "gw-au")
+    _token(cloud, "gw-au", reinstate=True)
+    with Registry(cloud.paths.registry_db) as reg:
+        log = reg.audit_log("gw-au")
+    actions = [(r["action"], r["actor"], r["detail"]) for r in log]
+    assert [a for a, _, _ in actions] == ["token", "enroll", "refused", "renew", "revoke",
+                                          "reinstate"], actions
+    enroll_row, refused, renew_row = log[1], log[2], log[3]
+    assert enroll_row["actor"] == "bootstrap" and enroll_row["client_id"].startswith("enroll")
+    assert enroll_row["serial"] and renew_row["serial"] and renew_row["actor"] == "gw-au"
+    assert refused["detail"] == "renew_new_key" and refused["client_id"]
+    assert str(log[0]["actor"]).startswith("operator:") and "NEW key" in str(log[5]["detail"])
+    assert all(int(str(r["ts_ms"])) > 1_700_000_000_000 for r in log)
