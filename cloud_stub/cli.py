@@ -210,6 +210,7 @@ def serve(
     paths: CloudPaths,
     *,
     port: int,
+    enroll_port: int | None = None,
     broker_url: str | None = None,
     stop: threading.Event | None = None,
     ingest: bool = True,
@@ -234,19 +235,24 @@ def serve(
     refresh_crl(paths)
     broker: ManagedBroker | None = None
     if broker_url is None:
-        broker = ManagedBroker(paths, port).start()
+        sport = enroll_port if enroll_port else port + 1
+        broker = ManagedBroker(paths, port, service_port=sport).start()
         broker_url = broker.url
-    host, bport = parse_broker_url(broker_url)
+        service_url = broker.service_url
+    else:
+        service_url = broker_url  # an external broker: one listener for everything
+    host, bport = parse_broker_url(service_url)
     enroll = EnrollmentService(paths, host, bport).start()
     ingest_thread = None
     ingest_procs: Any = None
     if ingest and ingest_processes > 0:
         from edgegw_cloud.ingest import IngestProcesses
 
-        ingest_procs = IngestProcesses(paths, broker_url, ingest_processes, ingest_stats_dir)
+        ingest_procs = IngestProcesses(paths, service_url, ingest_processes, ingest_stats_dir)
     elif ingest:
-        ingest_thread = _start_ingest(paths, broker_url, stop)
+        ingest_thread = _start_ingest(paths, service_url, stop)
     out.write(f"serving {broker_url}\n")
+    out.write(f"enrollment {service_url}\n")
     out.flush()
     crl = _crl_stamp(paths.crl)
     refreshed = time.monotonic()
@@ -284,6 +290,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve(
         paths,
         port=args.port,
+        enroll_port=args.enroll_port,
         broker_url=args.broker,
         stop=stop,
         ingest=not args.no_ingest,
@@ -312,7 +319,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("serve", help="run the broker, enrollment service and ingest")
     data_dir(sp)
-    sp.add_argument("--port", type=int, default=8883, help="managed broker port (127.0.0.1)")
+    sp.add_argument("--port", type=int, default=8883,
+                    help="managed broker: the gateway listener (gateways' uplink.broker)")
+    sp.add_argument("--enroll-port", type=int, default=None,
+                    help="managed broker: the enrollment/service listener (default: --port + 1)")
     sp.add_argument("--broker", help="use this external broker (mqtts://HOST:PORT) instead")
     sp.add_argument("--no-ingest", action="store_true", help="broker + enrollment only")
     sp.add_argument(

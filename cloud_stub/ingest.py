@@ -270,7 +270,7 @@ class Ingest:
         p = self.paths
         client = Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=f"{INGEST_CN}-{i}-{secrets.token_hex(4)}",
+            client_id=pki.client_id(f"{INGEST_CN}-{i}-{secrets.token_hex(4)}"),
             protocol=mqtt.MQTTv5,
         )
         client.tls_set_context(pki.make_tls_context(p.ca_crt, p.ingest_crt, p.ingest_key))

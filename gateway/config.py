@@ -213,6 +213,11 @@ class UplinkConfig(_Section):
 
     enabled: bool = False
     broker: str = Field(default="mqtts://127.0.0.1:8883", description="mqtts://host:port")
+    enroll_broker: str | None = Field(
+        default=None,
+        description="the cloud's enrollment/service listener for enroll and renewal "
+        "(default: the broker's host, port + 1)",
+    )
     identity_dir: Path | None = Field(default=None, description="default: <state_dir>/identity")
     window: int = Field(default=32, gt=0, le=65535, description="batches in flight")
     ack_timeout: Duration = Field(default=10.0, gt=0)
@@ -229,9 +234,11 @@ class UplinkConfig(_Section):
         default=6 * 3600.0, gt=0, description="how often the daemon checks the expiry"
     )
 
-    @field_validator("broker")
+    @field_validator("broker", "enroll_broker")
     @classmethod
-    def _broker_url(cls, v: str) -> str:
+    def _broker_url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
         parts = urlsplit(v)
         if parts.scheme not in ("mqtts", "mqtt") or not parts.hostname:
             raise ValueError(f"bad broker URL '{v}' (use mqtts://host:port)")

@@ -383,9 +383,20 @@ def public_key_fingerprint(key: CertificatePublicKeyTypes) -> str:
     return hashlib.sha256(der).hexdigest()
 
 
+#: Every MQTT client id starts with this (the broker's ``clientid_prefixes``). Gateway ids
+#: start with a letter or digit, so no client id on the service listener can equal a gateway's
+#: (on the gateway listener the broker replaces the id with the certificate CN).
+CLIENT_ID_PREFIX = "~"
+
+
+def client_id(name: str) -> str:
+    """``name`` as a client id the broker accepts (``CLIENT_ID_PREFIX`` + name)."""
+    return name if name.startswith(CLIENT_ID_PREFIX) else CLIENT_ID_PREFIX + name
+
+
 def random_client_id(prefix: str) -> str:
     """An MQTT client id that no other client will guess (enrollment, renewal, tools)."""
-    return f"{prefix}-{secrets.token_hex(12)}"
+    return client_id(f"{prefix}-{secrets.token_hex(12)}")
 
 
 # --------------------------------------------------------------------------- TLS

@@ -74,7 +74,12 @@ class Housekeeping:
 
 
 async def renew_if_due(
-    gateway_id: str, identity_dir: Path, broker: str, renew_before: float, hk: Housekeeping
+    gateway_id: str,
+    identity_dir: Path,
+    broker: str,
+    renew_before: float,
+    hk: Housekeeping,
+    enroll_broker: str | None = None,
 ) -> None:
     """Renew the gateway certificate when it expires within ``renew_before`` seconds."""
     from edgegw import pki
@@ -86,7 +91,9 @@ async def renew_if_due(
     if left > renew_before:
         return
     log.info("gateway certificate expires in %.1f days: renewing", left / 86400)
-    await asyncio.to_thread(enroll, gateway_id, identity_dir, broker=broker, renew=True)
+    await asyncio.to_thread(
+        enroll, gateway_id, identity_dir, broker=broker, renew=True, enroll_broker=enroll_broker
+    )
     new = pki.load_certificate(identity_dir / "gateway.crt")
     hk.cert_days_left = (new.not_valid_after_utc - dt.datetime.now(dt.UTC)).total_seconds() / 86400
     hk.counts["certificate_renewals"] = hk.counts.get("certificate_renewals", 0) + 1

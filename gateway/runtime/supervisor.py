@@ -189,7 +189,8 @@ class Gateway:
                 "certificate_renewal",
                 check,
                 lambda: renew_if_due(
-                    self.gateway_id, identity_dir, u.broker, float(u.renew_before), hk
+                    self.gateway_id, identity_dir, u.broker, float(u.renew_before), hk,
+                    u.enroll_broker,
                 ),
                 first_in=min(RENEWAL_FIRST_DELAY, check),
             )

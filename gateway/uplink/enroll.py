@@ -151,6 +151,13 @@ def load_or_create_key(identity_dir: Path, *, new_key: bool = False) -> ec.Ellip
 
 
 # --------------------------------------------------------------------------- broker url
+def default_enroll_url(broker: str) -> str:
+    """The service/enrollment listener next to the gateway listener ``broker``: same host,
+    port + 1 (``edgegw-cloud serve --port P`` opens it on P + 1 unless ``--enroll-port``)."""
+    host, port = parse_broker_url(broker)
+    return f"mqtts://{host}:{port + 1}"
+
+
 def parse_broker_url(url: str) -> tuple[str, int]:
     parts = urlsplit(url if "://" in url else f"mqtts://{url}")
     if parts.scheme not in ("mqtts", "ssl", "tls"):
@@ -278,11 +285,17 @@ def enroll(
     renew: bool = False,
     new_key: bool = False,
     timeout: float = DEFAULT_TIMEOUT_S,
+    enroll_broker: str | None = None,
 ) -> Identity:
-    """Enroll (token + bootstrap identity) or renew (current identity); returns the identity."""
+    """Enroll (token + bootstrap identity) or renew (current identity); returns the identity.
+
+    ``broker`` is the gateway listener (stored in identity.json, used by the uplink); the
+    exchange itself goes to ``enroll_broker``, the cloud's service listener (default: same
+    host, port + 1; see docs/security.md "Client ids")."""
     pki.check_gateway_id(gateway_id)
     identity_dir = Path(identity_dir)
-    host, port = parse_broker_url(broker)
+    parse_broker_url(broker)
+    host, port = parse_broker_url(enroll_broker or default_enroll_url(broker))
     if renew and new_key:
         raise EnrollmentError(
             "renewal keeps the gateway's key (--renew and --new-key exclude each other); to "
@@ -416,6 +429,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--gateway-id", help="override gateway.id")
     parser.add_argument("--broker", help="override uplink.broker (mqtts://HOST:PORT)")
+    parser.add_argument(
+        "--enroll-broker",
+        help="override uplink.enroll_broker: the cloud's enrollment listener (default: the "
+        "broker's host, port + 1)",
+    )
     parser.add_argument("--identity-dir", type=Path, help="override uplink.identity_dir")
     parser.add_argument(
         "--timeout",
@@ -425,13 +443,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _from_config(path: Path) -> tuple[str, str, Path, Path]:
+def _from_config(path: Path) -> tuple[str, str, Path, Path, str | None]:
     from edgegw.config import load_config  # lazy: enroll works without the runtime
 
     cfg: Any = load_config(path)
     state = Path(cfg.gateway.state_dir)
     ident = Path(cfg.uplink.identity_dir) if cfg.uplink.identity_dir else state / "identity"
-    return str(cfg.gateway.id), str(cfg.uplink.broker), ident, state / "bootstrap"
+    eb = cfg.uplink.enroll_broker
+    return str(cfg.gateway.id), str(cfg.uplink.broker), ident, state / "bootstrap", eb
 
 
 TOKEN_ENV = "EDGEGW_ENROLL_TOKEN"
@@ -460,11 +479,13 @@ def run(args: argparse.Namespace) -> int:
     broker = args.broker
     ident_dir = args.identity_dir
     boot = args.bootstrap_dir
+    enroll_broker = getattr(args, "enroll_broker", None)
     try:
         if args.config is not None:
-            c_id, c_broker, c_ident, c_boot = _from_config(args.config)
+            c_id, c_broker, c_ident, c_boot, c_eb = _from_config(args.config)
             gw_id, broker = gw_id or c_id, broker or c_broker
             ident_dir, boot = ident_dir or c_ident, boot or c_boot
+            enroll_broker = enroll_broker or c_eb
         missing = [
             n
             for n, v in (("gateway id", gw_id), ("broker", broker), ("identity dir", ident_dir))
@@ -482,6 +503,7 @@ def run(args: argparse.Namespace) -> int:
             renew=args.renew,
             new_key=args.new_key,
             timeout=args.timeout,
+            enroll_broker=enroll_broker,
         )
     except (EnrollmentError, pki.PkiError, FileExistsError) as exc:
         print(f"edgegw enroll: {exc}", file=sys.stderr)

@@ -259,7 +259,7 @@ class Uplink:
     def _new_client(self, gen: int, loop: asyncio.AbstractEventLoop) -> mqtt.Client:
         client = Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=self.gateway_id,
+            client_id=pki.client_id(self.gateway_id),  # the broker makes it the CN
             protocol=mqtt.MQTTv5,
             reconnect_on_failure=False,
         )

@@ -42,7 +42,7 @@ def test_oversized_publish_is_refused(cloud: Cloud) -> None:
     # packet anyway by lifting paho's own check so the broker has to enforce it
     client = boot.client
     client._max_packet_size = 0
-    info = client.publish("enroll/bootstrap/enroll-big/req", b"\0" * (MAX_PACKET_SIZE + 1024),
+    info = client.publish("enroll/bootstrap/~enroll-big/req", b"\0" * (MAX_PACKET_SIZE + 1024),
                           qos=1)
     # the broker drops the connection (v5: DISCONNECT 0x95 packet too large)
     wait_until(lambda: len(boot.disconnects) >= 1, 20, "disconnect after an oversized packet")
@@ -55,7 +55,7 @@ def test_retained_messages_are_refused(cloud: Cloud) -> None:
     p = cloud.paths
     boot = cloud.probe(p.bootstrap_crt, p.bootstrap_key, "enroll-retain")
     boot.wait_connected()
-    info = boot.client.publish("enroll/bootstrap/enroll-retain/req", b"x" * 1000, qos=1,
+    info = boot.client.publish("enroll/bootstrap/~enroll-retain/req", b"x" * 1000, qos=1,
                                retain=True)
     wait_until(lambda: len(boot.disconnects) >= 1 or info.mid in boot.pubacks, 10,
                "retained publish answered")
@@ -66,12 +66,11 @@ def test_retained_messages_are_refused(cloud: Cloud) -> None:
     enroller = cloud.probe(p.enroll_crt, p.enroll_key, "edgegw-enroll-ret")
     enroller.wait_connected()
     enroller.subscribe("enroll/+/+/req")
-    g = cloud.gateway("gw-ret")
-    gp = cloud.gateway_probe(gw := g)
-    gp.wait_connected()
-    assert not gp.publish(f"enroll/{gw.gateway_id}/{gw.gateway_id}/req", b"marker").is_failure
+    marker = cloud.probe(p.bootstrap_crt, p.bootstrap_key, "marker")
+    marker.wait_connected()
+    assert not marker.publish("enroll/bootstrap/~marker/req", b"marker").is_failure
     wait_until(lambda: any(t.endswith("/req") for t, _ in enroller.messages), 10, "marker")
-    assert [t for t, _ in enroller.messages] == [f"enroll/{gw.gateway_id}/{gw.gateway_id}/req"]
+    assert [t for t, _ in enroller.messages] == ["enroll/bootstrap/~marker/req"]
 
 
 def _handshake(port: int, cloud: Cloud, ciphers: str) -> str:
@@ -107,13 +106,13 @@ def test_tls12_offers_aead_suites_only(cloud: Cloud) -> None:
 def test_mqtt_v5_connack_announces_the_limits(cloud: Cloud) -> None:
     p = cloud.paths
     props: list[object] = []
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="enroll-props",
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="~enroll-props",
                     protocol=mqtt.MQTTv5)
     from edgegw import pki
 
     c.tls_set_context(pki.make_tls_context(p.ca_crt, p.bootstrap_crt, p.bootstrap_key))
     c.on_connect = lambda _c, _u, _f, _rc, pr: props.append(pr)
-    c.connect("127.0.0.1", cloud.port)
+    c.connect("127.0.0.1", cloud.service_port)
     c.loop_start()
     try:
         wait_until(lambda: bool(props), 10, "CONNACK")

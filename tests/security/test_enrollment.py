@@ -20,6 +20,11 @@ from edgegw_cloud.revocation import revoke_gateway
 from .conftest import Cloud, wait_until
 
 
+def _urls(cloud: Cloud) -> dict[str, str]:
+    """The gateway listener (stored in identity.json) and the enrollment listener."""
+    return {"broker": cloud.broker.url, "enroll_broker": cloud.broker.service_url}
+
+
 def _token(cloud: Cloud, gw: str, ttl: float = 600.0, **kw: bool) -> str:
     with Registry(cloud.paths.registry_db) as reg:
         return reg.create_token(gw, ttl, **kw)
@@ -36,7 +41,7 @@ def _enroll(
     return enroll(
         gw,
         ident or cloud.tmp / "id" / gw,
-        broker=cloud.broker.url,
+        **_urls(cloud),
         token=token,
         bootstrap_dir=cloud.bootstrap_dir(),
         timeout=15,
@@ -130,7 +135,7 @@ def test_one_token_enrolls_once_even_when_raced(
             enroll(
                 "gw-r",
                 cloud.tmp / f"race{i}",
-                broker=cloud.broker.url,
+                **_urls(cloud),
                 token=token,
                 bootstrap_dir=bootstrap,
                 timeout=15,
@@ -154,7 +159,7 @@ def test_malformed_requests_are_answered_and_counted(
     p = cloud.paths
     dev = cloud.probe(p.bootstrap_crt, p.bootstrap_key, "enroll-junk")
     dev.wait_connected()
-    dev.subscribe("enroll/bootstrap/enroll-junk/resp")
+    dev.subscribe("enroll/bootstrap/~enroll-junk/resp")
     bad_cn_key = pki.generate_ec_key()
     bad_cn = pki.csr_pem(pki.make_csr(bad_cn_key, "gw/../#"))
     payloads = [
@@ -168,13 +173,13 @@ def test_malformed_requests_are_answered_and_counted(
         b"x" * 70_000,
     ]
     for body in payloads:
-        assert not dev.publish("enroll/bootstrap/enroll-junk/req", body).is_failure
+        assert not dev.publish("enroll/bootstrap/~enroll-junk/req", body).is_failure
     wait_until(
-        lambda: len(dev.got("enroll/bootstrap/enroll-junk/resp")) == len(payloads),
+        lambda: len(dev.got("enroll/bootstrap/~enroll-junk/resp")) == len(payloads),
         10,
         "an answer to every request",
     )
-    answers = [json.loads(m) for m in dev.got("enroll/bootstrap/enroll-junk/resp")]
+    answers = [json.loads(m) for m in dev.got("enroll/bootstrap/~enroll-junk/resp")]
     assert all(a["ok"] is False for a in answers)
     assert [a["reason"] for a in answers] == ["malformed"] * 4 + ["bad_id", "malformed"]
     assert enrollment.stats()["malformed"] == 5
@@ -187,7 +192,7 @@ def test_renewal_keeps_the_key_and_needs_no_token(
 ) -> None:
     first = _enroll(cloud, "gw-n", _token(cloud, "gw-n"))
     old = pki.load_certificate(first.cert_path)
-    renewed = enroll("gw-n", first.dir, broker=cloud.broker.url, renew=True, timeout=15)
+    renewed = enroll("gw-n", first.dir, **_urls(cloud), renew=True, timeout=15)
     new = pki.load_certificate(renewed.cert_path)
     assert new.serial_number != old.serial_number
     assert pki.public_key_fingerprint(new.public_key()) == pki.public_key_fingerprint(
@@ -206,7 +211,8 @@ def test_a_gateway_cannot_renew_or_enroll_another(
     # gw-a's own identity asking for gw-b's certificate, with and without gw-b's token
     tok_b = _token(cloud, "gw-b")
     for token in (None, tok_b):
-        ans = enroll_mod._Exchange("127.0.0.1", cloud.port, a.tls_context(), "gw-a", 15).run(
+        ex = enroll_mod._Exchange("127.0.0.1", cloud.service_port, a.tls_context(), "gw-a", 15)
+        ans = ex.run(
             {
                 "csr": pki.csr_pem(pki.make_csr(pki.generate_ec_key(), "gw-b")),
                 **({"token": token} if token else {}),
@@ -225,7 +231,7 @@ def test_revoked_gateway_needs_reinstate_and_gets_a_fresh_serial(
     revoke_gateway(cloud.paths, "gw-v")
     cloud.broker.reload()
     with pytest.raises(EnrollmentError, match="refused the certificate"):
-        enroll("gw-v", first.dir, broker=cloud.broker.url, renew=True, timeout=10)
+        enroll("gw-v", first.dir, **_urls(cloud), renew=True, timeout=10)
     from edgegw_cloud.registry import RegistryError
 
     with pytest.raises(RegistryError, match="--reinstate"):
@@ -257,6 +263,8 @@ def test_enroll_cli_entry_point(
         "gw-cli",
         "--broker",
         cloud.broker.url,
+        "--enroll-broker",
+        cloud.broker.service_url,
         "--identity-dir",
         str(cloud.tmp / "cli"),
         "--bootstrap-dir",
@@ -296,7 +304,7 @@ def test_unreachable_or_untrusted_broker_gives_a_clear_error(cloud: Cloud, tmp_p
         enroll(
             "gw+1",
             tmp_path / "i",
-            broker=cloud.broker.url,
+            **_urls(cloud),
             token="t",
             bootstrap_dir=cloud.bootstrap_dir(),
         )
@@ -313,7 +321,8 @@ def test_enroll_cli_reads_gateway_yaml(
     cfg = tmp_path / "gateway.yaml"
     cfg.write_text(
         f"gateway:\n  id: gw-yaml\n  state_dir: {state}\n"
-        f"uplink:\n  enabled: true\n  broker: {cloud.broker.url}\ndevices: []\n"
+        f"uplink:\n  enabled: true\n  broker: {cloud.broker.url}\n"
+        f"  enroll_broker: {cloud.broker.service_url}\ndevices: []\n"
     )
     parser = argparse.ArgumentParser()
     enroll_mod.add_arguments(parser)
@@ -339,7 +348,8 @@ def test_token_from_stdin_file_or_environment_not_only_argv(
     def cli(gw: str, extra: list[str], env: dict[str, str] | None = None,
             stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         args = [sys.executable, "-m", "edgegw.cli", "enroll", "--gateway-id", gw, "--broker",
-                cloud.broker.url, "--identity-dir", str(tmp_path / gw), "--bootstrap-dir",
+                cloud.broker.url, "--enroll-broker", cloud.broker.service_url,
+                "--identity-dir", str(tmp_path / gw), "--bootstrap-dir",
                 str(cloud.bootstrap_dir()), "--timeout", "15", *extra]
         return subprocess.run(args, input=stdin, capture_output=True, text=True, timeout=60,
                               env={**os.environ, **(env or {})})
@@ -374,13 +384,14 @@ def test_renewal_needs_the_same_key_and_everything_is_audited(
     and refusals are in the audit log with who, when and which MQTT client."""
     first = _enroll(cloud, "gw-au", _token(cloud, "gw-au"))
     # a renewal CSR with another key, sent with the gateway's current identity
-    ans = enroll_mod._Exchange("127.0.0.1", cloud.port, first.tls_context(), "gw-au", 15).run(
+    ex = enroll_mod._Exchange("127.0.0.1", cloud.service_port, first.tls_context(), "gw-au", 15)
+    ans = ex.run(
         {"csr": pki.csr_pem(pki.make_csr(pki.generate_ec_key(), "gw-au"))}
     )
     assert ans["ok"] is False and ans["reason"] == "renew_new_key", ans
     with pytest.raises(EnrollmentError, match="exclude each other"):
-        enroll("gw-au", first.dir, broker=cloud.broker.url, renew=True, new_key=True)
-    enroll("gw-au", first.dir, broker=cloud.broker.url, renew=True, timeout=15)
+        enroll("gw-au", first.dir, **_urls(cloud), renew=True, new_key=True)
+    enroll("gw-au", first.dir, **_urls(cloud), renew=True, timeout=15)
     revoke_gateway(cloud.paths, "gw-au")
     _token(cloud, "gw-au", reinstate=True)
     with Registry(cloud.paths.registry_db) as reg:
@@ -389,7 +400,7 @@ def test_renewal_needs_the_same_key_and_everything_is_audited(
     assert [a for a, _, _ in actions] == ["token", "enroll", "refused", "renew", "revoke",
                                           "reinstate"], actions
     enroll_row, refused, renew_row = log[1], log[2], log[3]
-    assert enroll_row["actor"] == "bootstrap" and enroll_row["client_id"].startswith("enroll")
+    assert enroll_row["actor"] == "bootstrap" and enroll_row["client_id"].startswith("~enroll-")
     assert enroll_row["serial"] and renew_row["serial"] and renew_row["actor"] == "gw-au"
     assert refused["detail"] == "renew_new_key" and refused["client_id"]
     assert str(log[0]["actor"]).startswith("operator:") and "NEW key" in str(log[5]["detail"])

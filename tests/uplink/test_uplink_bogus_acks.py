@@ -23,10 +23,10 @@ async def test_acks_of_unknown_sequences_do_not_count_as_delivered(
     gw = GatewaySide(ident, tmp_path / "state", cloud.url)
     gw.start()
     p = cloud.paths
-    forger = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="edgegw-ingest-forger",
+    forger = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="~edgegw-ingest-forger",
                          protocol=mqtt.MQTTv5)
     forger.tls_set_context(pki.make_tls_context(p.ca_crt, p.ingest_crt, p.ingest_key))
-    forger.connect("127.0.0.1", cloud.broker.port)
+    forger.connect("127.0.0.1", cloud.broker.service_port)
     forger.loop_start()
     try:
         await await_until(lambda: gw.uplink.connected, 15, "uplink connected")

@@ -30,7 +30,7 @@ class RawGateway:
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
         c = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2,
-                        client_id=ident.gateway_id, protocol=mqtt.MQTTv5)
+                        client_id=pki.client_id(ident.gateway_id), protocol=mqtt.MQTTv5)
         d = ident.dir
         c.tls_set_context(pki.make_tls_context(d / "ca.crt", d / "gateway.crt", d / "gateway.key"))
         c.on_connect = lambda cl, *_: cl.subscribe(topics.down_ack(ident.gateway_id), qos=1)
