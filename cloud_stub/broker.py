@@ -48,7 +48,10 @@ from dataclasses import dataclass
 from types import TracebackType
 
 from edgegw import pki
+from edgegw.protocol import topics
+from edgegw.protocol.broker_url import BrokerUrl
 from edgegw_cloud.pki_setup import BOOTSTRAP_CN, ENROLL_CN, INGEST_CN, CloudPaths
+from edgegw_cloud.registry import Registry
 
 log = logging.getLogger("edgegw.cloud.broker")
 
@@ -106,74 +109,68 @@ def _revoked_lines(revoked: Sequence[str]) -> list[str]:
     return lines
 
 
+def _gateway_patterns() -> list[str]:
+    return [
+        "# Gateways through patterns keyed on the certificate CN: exactly the two uplink topics",
+        "# of the contract (nothing else can be parked under their tree) and their downlink.",
+        f"pattern write {topics.OWN_UP_BATCH}",
+        f"pattern write {topics.OWN_UP_STATUS}",
+        f"pattern read {topics.OWN_DOWN}",
+        "",
+    ]
+
+
+def _enroll_patterns() -> list[str]:
+    return [
+        "# Enrollment: the authenticated username is part of the topic, and the client id keeps",
+        "# one enrolling device from reading another's response.",
+        f"pattern write {topics.OWN_ENROLL_REQUEST}",
+        f"pattern read {topics.OWN_ENROLL_RESPONSE}",
+        "",
+    ]
+
+
+def _service_users() -> list[str]:
+    return [
+        f"user {BOOTSTRAP_CN}",
+        "# the shared, every-unenrolled-device identity: enrollment only",
+        f"topic deny {topics.EVERY_GATEWAY}",
+        "",
+        f"user {INGEST_CN}",
+        f"topic read {topics.EVERY_UP}",
+        f"topic read {topics.shared(topics.EVERY_UP)}",
+        f"topic write {topics.EVERY_DOWN}",
+        "",
+        f"user {ENROLL_CN}",
+        f"topic read {topics.EVERY_ENROLL_REQUEST}",
+        f"topic read {topics.shared(topics.EVERY_ENROLL_REQUEST)}",
+        f"topic write {topics.EVERY_ENROLL_RESPONSE}",
+        "",
+    ]
+
+
 def gateway_acl_text(revoked: Sequence[str] = ()) -> str:
     """ACL of the gateway listener: each gateway its own two uplink topics and its downlink;
     the shared and service identities nothing (they belong on the service listener)."""
     lines = _revoked_lines(revoked)
     for cn in (BOOTSTRAP_CN, INGEST_CN, ENROLL_CN):
         lines += [f"user {cn}", "topic deny #", ""]
-    lines += [
-        "# Gateways through patterns keyed on the certificate CN: exactly the two uplink topics",
-        "# of the contract, so nothing else can be parked under gw/<id>/.",
-        "pattern write gw/%u/up/batch",
-        "pattern write gw/%u/up/status",
-        "pattern read gw/%u/down/#",
-        "",
-    ]
-    return "\n".join(lines)
+    return "\n".join(lines + _gateway_patterns())
 
 
 def service_acl_text(revoked: Sequence[str] = ()) -> str:
     """ACL of the service listener: the ingest and enrollment services, enrollment requests
     (bootstrap) and renewals (a gateway's own identity); no gateway data topics."""
-    lines = _revoked_lines(revoked)
-    lines += [
-        f"user {BOOTSTRAP_CN}",
-        "topic deny gw/#",
-        "",
-        *_service_user_lines(),
-        "# Enrollment: the authenticated username is part of the topic, and the client id keeps",
-        "# one enrolling device from reading another's response.",
-        "pattern write enroll/%u/%c/req",
-        "pattern read enroll/%u/%c/resp",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def _service_user_lines() -> list[str]:
-    return [
-        f"user {INGEST_CN}",
-        "topic read gw/+/up/#",
-        "topic read $share/+/gw/+/up/#",
-        "topic write gw/+/down/#",
-        "",
-        f"user {ENROLL_CN}",
-        "topic read enroll/+/+/req",
-        "topic read $share/+/enroll/+/+/req",
-        "topic write enroll/+/+/resp",
-        "",
-    ]
+    return "\n".join(_revoked_lines(revoked) + _service_users() + _enroll_patterns())
 
 
 def acl_text(revoked: Sequence[str] = ()) -> str:
     """One ACL for a single-listener EXTERNAL broker (``serve --broker URL``): the union of
-    both listeners' rules. Without the managed broker's two listeners the client-id binding
-    is not enforced (docs/security.md)."""
-    lines = _revoked_lines(revoked)
-    lines += [
-        f"user {BOOTSTRAP_CN}",
-        "topic deny gw/#",
-        "",
-        *_service_user_lines(),
-        "pattern write gw/%u/up/batch",
-        "pattern write gw/%u/up/status",
-        "pattern read gw/%u/down/#",
-        "pattern write enroll/%u/%c/req",
-        "pattern read enroll/%u/%c/resp",
-        "",
-    ]
-    return "\n".join(lines)
+    both listeners' rules. %u = username = certificate CN; %c = MQTT client id. Without the
+    managed broker's two listeners the client-id binding is not enforced (docs/security.md)."""
+    return "\n".join(
+        _revoked_lines(revoked) + _service_users() + _gateway_patterns() + _enroll_patterns()
+    )
 
 
 def _mosquitto_user() -> pwd.struct_passwd | None:
@@ -219,8 +216,6 @@ class ManagedBroker:
 
     # ----------------------------------------------------------------- config
     def _revoked(self) -> list[str]:
-        from edgegw_cloud.registry import Registry
-
         with Registry(self.paths.registry_db) as reg:
             return reg.revoked_gateways()
 
@@ -351,12 +346,12 @@ class ManagedBroker:
     @property
     def url(self) -> str:
         """The gateway listener (gateways' ``uplink.broker``)."""
-        return f"mqtts://127.0.0.1:{self.port}"
+        return str(BrokerUrl("127.0.0.1", self.port))
 
     @property
     def service_url(self) -> str:
         """The service listener: enrollment, renewal, ingest, enrollment service."""
-        return f"mqtts://127.0.0.1:{self.service_port}"
+        return str(BrokerUrl("127.0.0.1", self.service_port))
 
     def _spawn(self) -> None:
         with open(self.stderr_path, "ab") as err:

@@ -18,10 +18,12 @@ Invariants:
 from __future__ import annotations
 
 import datetime as dt
+import getpass
 import hashlib
 import logging
 import os
 import secrets
+import socket
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -112,9 +114,6 @@ class GatewayRow:
 
 def operator() -> str:
     """Who runs an operator command, for the audit log: ``operator:USER@HOST (pid N)``."""
-    import getpass
-    import socket
-
     try:
         user = getpass.getuser()
     except Exception:  # no passwd entry (containers)

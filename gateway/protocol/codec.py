@@ -48,7 +48,7 @@ from typing import Any, NamedTuple
 
 import snappy
 
-from edgegw.model import Alert, Lane, Quality, Sample, Severity
+from edgegw.protocol.model import Alert, Lane, Quality, Sample, Severity
 
 VERSION = 1
 MAX_BODY_BYTES = 12 * 1024 * 1024  # fits the broker's max_packet_size (16 MiB) once sealed

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from edgegw import pki
+from edgegw.commands import enroll as enroll_cmd
 from edgegw.uplink import enroll as enroll_mod
 from edgegw.uplink.enroll import EnrollmentError, Identity, enroll
 from edgegw_cloud.enrollment import EnrollmentService
@@ -211,12 +212,9 @@ def test_a_gateway_cannot_renew_or_enroll_another(
     # gw-a's own identity asking for gw-b's certificate, with and without gw-b's token
     tok_b = _token(cloud, "gw-b")
     for token in (None, tok_b):
-        ex = enroll_mod._Exchange("127.0.0.1", cloud.service_port, a.tls_context(), "gw-a", 15)
-        ans = ex.run(
-            {
-                "csr": pki.csr_pem(pki.make_csr(pki.generate_ec_key(), "gw-b")),
-                **({"token": token} if token else {}),
-            }
+        ctx = pki.make_tls_context(a.ca_path, a.cert_path, a.key_path)
+        ans = enroll_mod._Exchange("127.0.0.1", cloud.service_port, ctx, "gw-a", 15).run(
+            pki.csr_pem(pki.make_csr(pki.generate_ec_key(), "gw-b")), token
         )
         assert ans["ok"] is False and ans["reason"] == "other_identity", ans
     assert _counters(cloud)["refused_other_identity"] == 2
@@ -257,7 +255,7 @@ def test_enroll_cli_entry_point(
     cloud: Cloud, enrollment: EnrollmentService, capsys: pytest.CaptureFixture[str]
 ) -> None:
     parser = argparse.ArgumentParser()
-    enroll_mod.add_arguments(parser)
+    enroll_cmd.add_arguments(parser)
     base = [
         "--gateway-id",
         "gw-cli",
@@ -272,11 +270,11 @@ def test_enroll_cli_entry_point(
         "--timeout",
         "15",
     ]
-    assert enroll_mod.run(parser.parse_args([*base, "--token", "bogus"])) == 1
+    assert enroll_cmd.run(parser.parse_args([*base, "--token", "bogus"])) == 1
     assert "token_unknown" in capsys.readouterr().err
-    assert enroll_mod.run(parser.parse_args([*base, "--token", _token(cloud, "gw-cli")])) == 0
+    assert enroll_cmd.run(parser.parse_args([*base, "--token", _token(cloud, "gw-cli")])) == 0
     assert Identity.load(cloud.tmp / "cli").gateway_id == "gw-cli"
-    assert enroll_mod.run(parser.parse_args(["--gateway-id", "gw-cli"])) == 1
+    assert enroll_cmd.run(parser.parse_args(["--gateway-id", "gw-cli"])) == 1
     assert "missing broker, identity dir" in capsys.readouterr().err
 
 
@@ -325,14 +323,14 @@ def test_enroll_cli_reads_gateway_yaml(
         f"  enroll_broker: {cloud.broker.service_url}\ndevices: []\n"
     )
     parser = argparse.ArgumentParser()
-    enroll_mod.add_arguments(parser)
+    enroll_cmd.add_arguments(parser)
     args = parser.parse_args(["-c", str(cfg), "--token", _token(cloud, "gw-yaml")])
-    assert enroll_mod.run(args) == 0
+    assert enroll_cmd.run(args) == 0
     ident = Identity.load(state / "identity")  # uplink.identity_dir default
     assert (ident.gateway_id, ident.broker) == ("gw-yaml", cloud.broker.url)
     assert pki.file_mode(ident.key_path) == 0o600
     # renewal through the same config, no token
-    assert enroll_mod.run(parser.parse_args(["-c", str(cfg), "--renew"])) == 0
+    assert enroll_cmd.run(parser.parse_args(["-c", str(cfg), "--renew"])) == 0
     assert enrollment.stats()["renewed"] == 1
 
 
@@ -384,10 +382,9 @@ def test_renewal_needs_the_same_key_and_everything_is_audited(
     and refusals are in the audit log with who, when and which MQTT client."""
     first = _enroll(cloud, "gw-au", _token(cloud, "gw-au"))
     # a renewal CSR with another key, sent with the gateway's current identity
-    ex = enroll_mod._Exchange("127.0.0.1", cloud.service_port, first.tls_context(), "gw-au", 15)
-    ans = ex.run(
-        {"csr": pki.csr_pem(pki.make_csr(pki.generate_ec_key(), "gw-au"))}
-    )
+    ctx = pki.make_tls_context(first.ca_path, first.cert_path, first.key_path)
+    ex = enroll_mod._Exchange("127.0.0.1", cloud.service_port, ctx, "gw-au", 15)
+    ans = ex.run(pki.csr_pem(pki.make_csr(pki.generate_ec_key(), "gw-au")), None)
     assert ans["ok"] is False and ans["reason"] == "renew_new_key", ans
     with pytest.raises(EnrollmentError, match="exclude each other"):
         enroll("gw-au", first.dir, **_urls(cloud), renew=True, new_key=True)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from edgegw.fileperms import prepare_sqlite
-from edgegw.logthrottle import RepeatFilter
+from edgegw.protocol.fileperms import prepare_sqlite
+from edgegw.protocol.logthrottle import RepeatFilter
 from edgegw.model import Lane
 from edgegw.protocol.codec import encode_batch
 from edgegw.runtime.sealing import LocalKeyMissing, local_key, make_sealer
@@ -52,7 +52,7 @@ def test_outbox_and_cloud_store_files_are_private(tmp_path: Path) -> None:
 
 
 def test_status_json_is_not_world_readable(tmp_path: Path) -> None:
-    from edgegw.fileperms import write_private
+    from edgegw.protocol.fileperms import write_private
 
     old = os.umask(0o022)
     try:
