@@ -1,7 +1,7 @@
 """``edgegw-cloud``: a thin dispatcher over the verbs in ``edgegw_cloud.commands``.
 
-Verbs: init, serve, token create, gateways, revoke, audit, query, db. Each is a module with ``HELP``,
-``add_arguments(parser)`` and ``run(args) -> int``.
+Verbs: init, serve, token create, gateways, revoke, audit, query, db. Each is a module with
+``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``.
 
 Exit codes: 0 success, 1 a refused/failed operation (message on stderr), 2 usage error.
 """
@@ -14,8 +14,8 @@ import sys
 from types import ModuleType
 
 from edgegw import pki
-from edgegw_cloud.broker import BrokerError
 from edgegw.protocol.logthrottle import install as throttle_repeated_logs
+from edgegw_cloud.broker import BrokerError
 from edgegw_cloud.commands import audit, db, gateways, init, query, revoke, serve, token
 from edgegw_cloud.registry import RegistryError
 

@@ -65,11 +65,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from edgegw.protocol.fileperms import DB_MODE, prepare_sqlite
 from edgegw.model import Lane
 from edgegw.protocol.ack import AckStatus as Outcome
 from edgegw.protocol.codec import CodecError, Gap, decode_batch, encode_batch
 from edgegw.protocol.envelope import FLAG_GAP, EnvelopeError, parse_header
+from edgegw.protocol.fileperms import DB_MODE, prepare_sqlite
 from edgegw.protocol.keys import Sealer
 
 log = logging.getLogger("edgegw.store")

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from edgegw.protocol.fileperms import prepare_sqlite
-from edgegw.protocol.logthrottle import RepeatFilter
 from edgegw.model import Lane
 from edgegw.protocol.codec import encode_batch
+from edgegw.protocol.fileperms import prepare_sqlite
+from edgegw.protocol.logthrottle import RepeatFilter
 from edgegw.runtime.sealing import LocalKeyMissing, local_key, make_sealer
 from edgegw.store.outbox import Outbox
 from edgegw_cloud.store import CloudStore
