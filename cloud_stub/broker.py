@@ -12,8 +12,8 @@ Invariants:
   client id start with ``~``: a gateway id starts with a letter or digit, so no client there
   can take a gateway's id either. Each listener has its own ACL: data topics only on the
   gateway listener, enrollment and service topics only on the service listener.
-  Gateways may write only ``gw/<cn>/up/batch`` and ``gw/<cn>/up/status`` and read only
-  ``gw/<cn>/down/#``; the ``bootstrap`` identity is denied ``gw/#`` outright (the ``%u``
+  Gateways may write only ``gw/<cn>/up/#`` and read only ``gw/<cn>/down/#``; the
+  ``bootstrap`` identity is denied ``gw/#`` outright (the ``%u``
   patterns would otherwise give it ``gw/bootstrap/up/...``): it can only enroll.
 - Limits (docs/security.md "Limits in force"): ``max_packet_size`` (no 100 MiB publish),
   ``retain_available false`` (nothing can park data in the broker: a retained publish or will
@@ -111,10 +111,10 @@ def _revoked_lines(revoked: Sequence[str]) -> list[str]:
 
 def _gateway_patterns() -> list[str]:
     return [
-        "# Gateways through patterns keyed on the certificate CN: exactly the two uplink topics",
-        "# of the contract (nothing else can be parked under their tree) and their downlink.",
-        f"pattern write {topics.OWN_UP_BATCH}",
-        f"pattern write {topics.OWN_UP_STATUS}",
+        "# Gateways through patterns keyed on the certificate CN: their own uplink tree (batches,",
+        "# status, device-management replies; nothing is retained: retain_available false) and",
+        "# their downlink.",
+        f"pattern write {topics.OWN_UP}",
         f"pattern read {topics.OWN_DOWN}",
         "",
     ]

@@ -28,8 +28,6 @@ __all__ = [
     "OWN_ENROLL_REQUEST",
     "OWN_ENROLL_RESPONSE",
     "OWN_UP",
-    "OWN_UP_BATCH",
-    "OWN_UP_STATUS",
     "STATUS_OFFLINE",
     "STATUS_ONLINE",
     "check_gateway_id",
@@ -68,9 +66,6 @@ def shared(topic_filter: str, group: str = "+") -> str:
 EVERY_UP = "gw/+/up/#"
 EVERY_DOWN = "gw/+/down/#"
 OWN_UP = "gw/%u/up/#"
-#: what a gateway may write: exactly the two uplink topics (nothing else can be parked there)
-OWN_UP_BATCH = "gw/%u/up/batch"
-OWN_UP_STATUS = "gw/%u/up/status"
 #: every gateway topic (denied to the bootstrap identity outright)
 EVERY_GATEWAY = "gw/#"
 OWN_DOWN = "gw/%u/down/#"
@@ -116,6 +111,27 @@ def down(gw: str, name: str) -> str:
     if not name or _FORBIDDEN.intersection(name.replace("/", "")):
         raise ValueError(f"downlink name {name!r} must be non-empty without '+', '#' or NUL")
     return f"gw/{check_gateway_id(gw)}/down/{name}"
+
+
+def up(gw: str, kind: str) -> str:
+    """Gateway -> cloud device-management messages (replies, reports): gw/{id}/up/<kind>."""
+    if not kind or _FORBIDDEN.intersection(kind) or kind in ("batch", "status"):
+        raise ValueError(f"uplink message kind {kind!r} must be one topic level "
+                         "(not batch/status)")
+    return f"gw/{check_gateway_id(gw)}/up/{kind}"
+
+
+def every_up(kind: str) -> str:
+    """What the cloud subscribes to for one kind of gateway -> cloud message: gw/+/up/<kind>."""
+    if not kind or _FORBIDDEN.intersection(kind):
+        raise ValueError(f"uplink message kind {kind!r} must be one topic level")
+    return f"gw/+/up/{kind}"
+
+
+def kind_of(topic: str) -> str | None:
+    """The last level of ``gw/{id}/up|down/<kind>``, else None."""
+    parts = topic.split("/")
+    return parts[3] if len(parts) == 4 and parts[0] == "gw" and parts[3] else None
 
 
 def down_subscription(gw: str) -> str:
