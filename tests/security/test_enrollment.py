@@ -272,7 +272,7 @@ def test_enroll_cli_entry_point(
     ]
     assert enroll_cmd.run(parser.parse_args([*base, "--token", "bogus"])) == 1
     assert "token_unknown" in capsys.readouterr().err
-    assert enroll_cmd.run(parser.parse_args([*base, "--token", _token(cloud, "gw-cli")])) == 0
+    assert enroll_cmd.run(parser.parse_args([*base, f"--token={_token(cloud, 'gw-cli')}"])) == 0
     assert Identity.load(cloud.tmp / "cli").gateway_id == "gw-cli"
     assert enroll_cmd.run(parser.parse_args(["--gateway-id", "gw-cli"])) == 1
     assert "missing broker, identity dir" in capsys.readouterr().err
@@ -324,7 +324,7 @@ def test_enroll_cli_reads_gateway_yaml(
     )
     parser = argparse.ArgumentParser()
     enroll_cmd.add_arguments(parser)
-    args = parser.parse_args(["-c", str(cfg), "--token", _token(cloud, "gw-yaml")])
+    args = parser.parse_args(["-c", str(cfg), f"--token={_token(cloud, 'gw-yaml')}"])
     assert enroll_cmd.run(args) == 0
     ident = Identity.load(state / "identity")  # uplink.identity_dir default
     assert (ident.gateway_id, ident.broker) == ("gw-yaml", cloud.broker.url)
