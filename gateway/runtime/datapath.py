@@ -58,8 +58,9 @@ class DataPath:
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         cfg = self.cfg
-        sealer = make_sealer(self.gateway_id, self.state_dir, self.identity_dir)
         outbox_path = Path(cfg.outbox.path or self.state_dir / "outbox.db")
+        # refuses to start when local-data.key is gone but batches sealed with it remain
+        sealer = make_sealer(self.gateway_id, self.state_dir, self.identity_dir, outbox_path)
         self.outbox = outbox = await self.outbox_thread.call(
             lambda: Outbox(
                 outbox_path,

@@ -69,6 +69,7 @@ from edgegw.model import Lane
 from edgegw.protocol.ack import AckStatus
 from edgegw.protocol.codec import CodecError, Gap, decode_batch, encode_batch
 from edgegw.protocol.envelope import FLAG_GAP, EnvelopeError, parse_header
+from edgegw.protocol.fileperms import DB_MODE, prepare_sqlite
 from edgegw.protocol.keys import Sealer
 
 log = logging.getLogger("edgegw.store")
@@ -174,6 +175,7 @@ class Outbox:
 
     # ------------------------------------------------------------------ open / recovery
     def _connect(self) -> sqlite3.Connection:
+        prepare_sqlite(self.path, DB_MODE)  # 0600 before SQLite creates it (and its -wal/-shm)
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
             conn.execute("PRAGMA auto_vacuum=INCREMENTAL")  # effective only before any table

@@ -17,7 +17,9 @@ Invariants (see docs/delivery.md for the whole story):
   the event loop with ``call_soon_threadsafe`` and tagged with its connection generation.
 - Reconnect: exponential backoff with full jitter, delay = uniform(0, min(max, min * 2**n));
   n resets only after a connection stayed up ``stable_after`` seconds.
-- Retained ``online`` on connect, retained last will ``offline`` on ``gw/{id}/up/status``.
+- ``online`` on connect, last will ``offline`` on ``gw/{id}/up/status``. Not retained: the
+  broker refuses retained messages (``retain_available false``, docs/security.md), so nothing
+  can park data in it; a watcher subscribes before it needs the transitions.
 """
 
 from __future__ import annotations
@@ -270,7 +272,7 @@ class Uplink:
     def _new_client(self, gen: int, loop: asyncio.AbstractEventLoop) -> mqtt.Client:
         client = Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=self.gateway_id,
+            client_id=pki.client_id(self.gateway_id),  # the broker makes it the CN
             protocol=mqtt.MQTTv5,
             reconnect_on_failure=False,
         )
@@ -279,7 +281,7 @@ class Uplink:
                                                     Path(ident.key)))
         client.max_inflight_messages_set(self.window + 2)
         client.max_queued_messages_set(0)  # the window bounds what we queue
-        client.will_set(self._topic_status, topics.STATUS_OFFLINE, qos=1, retain=True)
+        client.will_set(self._topic_status, topics.STATUS_OFFLINE, qos=1)
 
         def bridge(fn: Callable[..., None]) -> Callable[..., None]:
             def cb(*args: Any) -> None:
@@ -338,8 +340,7 @@ class Uplink:
         except asyncio.CancelledError:
             if self._connected:  # graceful stop: say so (the will covers only crashes)
                 with contextlib.suppress(Exception):
-                    info = client.publish(self._topic_status, topics.STATUS_OFFLINE, qos=1,
-                                          retain=True)
+                    info = client.publish(self._topic_status, topics.STATUS_OFFLINE, qos=1)
                     await loop.run_in_executor(None, info.wait_for_publish, 2.0)
             raise
         finally:
@@ -386,7 +387,7 @@ class Uplink:
                 log.debug("connected to %s:%d", self.host, self.port)
             self._auth_failing = self._unreachable = False
             client.subscribe(self._topic_sub, qos=1)
-            client.publish(self._topic_status, topics.STATUS_ONLINE, qos=1, retain=True)
+            client.publish(self._topic_status, topics.STATUS_ONLINE, qos=1)
             done, _ = await asyncio.wait({suback, lost_wait}, timeout=max(10.0, self.keepalive),
                                          return_when=asyncio.FIRST_COMPLETED)
             if suback not in done:
@@ -611,8 +612,8 @@ class Uplink:
                 self.c.acks_unknown_seq += 1  # e.g. an ack of a batch sent before a reconnect
             if status == ACK_DELIVERED:
                 self._cooldown.pop(seq, None)
-                self.c.batches_delivered += 1
-                if flight is not None:
+                if flight is not None:  # an ack of nothing we sent proves nothing delivered
+                    self.c.batches_delivered += 1
                     self.c.readings_delivered += flight.count
                 settle.append((seq, AckStatus.DELIVERED))
             elif status == ACK_REJECTED:
