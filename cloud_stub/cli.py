@@ -132,6 +132,8 @@ def cmd_token_create(args: argparse.Namespace) -> int:
 
 
 def cmd_gateways(args: argparse.Namespace) -> int:
+    if args.data_dir is None:
+        raise SystemExit("edgegw-cloud gateways: --data-dir is required")
     paths = _paths(args)
     with Registry(paths.registry_db) as reg:
         rows = reg.gateways()
@@ -194,6 +196,18 @@ def _start_ingest(paths: CloudPaths, url: str, stop: threading.Event) -> threadi
     return t
 
 
+def _start_device_manager(paths: CloudPaths, broker_url: str) -> Any:
+    """Device management for the lifetime of ``serve`` (re-sends, confirms, fleet info)."""
+    from edgegw_cloud.devmgmt import DeviceManager, record_broker_url
+
+    record_broker_url(paths, broker_url)
+    try:
+        return DeviceManager(paths, broker_url, tag="serve").start()
+    except Exception as exc:
+        log.error("device management not started: %s", exc)
+        return None
+
+
 def serve(
     paths: CloudPaths,
     *,
@@ -234,6 +248,7 @@ def serve(
         ingest_procs = IngestProcesses(paths, broker_url, ingest_processes, ingest_stats_dir)
     elif ingest:
         ingest_thread = _start_ingest(paths, broker_url, stop)
+    devmgr = _start_device_manager(paths, broker_url)
     out.write(f"serving {broker_url}\n")
     out.flush()
     crl = _crl_stamp(paths.crl)
@@ -253,6 +268,8 @@ def serve(
                     log.warning("crl.pem changed: reload the external broker's CRL yourself")
     finally:
         stop.set()
+        if devmgr is not None:
+            devmgr.stop()
         enroll.stop()
         if ingest_thread is not None:
             ingest_thread.join(timeout=15.0)
@@ -330,8 +347,11 @@ def build_parser() -> argparse.ArgumentParser:
     tc.set_defaults(fn=cmd_token_create)
 
     sp = sub.add_parser("gateways", help="list gateways (registry + store counters)")
-    data_dir(sp)
+    sp.add_argument("--data-dir", type=Path, default=None, help="cloud data directory")
     sp.set_defaults(fn=cmd_gateways)
+    from edgegw_cloud.devmgmt_cli import add_parsers
+
+    add_parsers(sub, data_dir, sp)  # command, shadow, config, gateways label|fleet
 
     sp = sub.add_parser("revoke", help="revoke a gateway: the broker refuses it from then on")
     data_dir(sp)
@@ -355,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         rc: Any = args.fn(args)
-    except (RegistryError, pki.PkiError, FileExistsError) as exc:
+    except (RegistryError, pki.PkiError, FileExistsError, ValueError, RuntimeError) as exc:
         print(f"edgegw-cloud {args.command}: {exc}", file=sys.stderr)
         return 1
     except Exception as exc:

@@ -9,6 +9,7 @@ from edgegw.sdk import (
     ByteSize,
     DeviceContext,
     Driver,
+    DriverCommand,
     DriverError,
     DriverOptions,
     Duration,
@@ -20,6 +21,7 @@ from edgegw.sdk import (
     PushDriver,
     ReadResult,
     TransientError,
+    driver_command,
 )
 
 __version__ = "0.1.0"
@@ -30,6 +32,7 @@ __all__ = [
     "ByteSize",
     "DeviceContext",
     "Driver",
+    "DriverCommand",
     "DriverError",
     "DriverOptions",
     "Duration",
@@ -48,5 +51,6 @@ __all__ = [
     "TransientError",
     "Value",
     "__version__",
+    "driver_command",
     "now_ms",
 ]

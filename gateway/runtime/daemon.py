@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("edgegw.daemon")
+RESTART_REQUESTED = False
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,8 +50,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def load(config: Path) -> tuple[Any, Any]:
     """Load and check the config; exit 2 printing every issue when it is not valid."""
     from edgegw.config import ConfigError, check_loaded, drivers_from_registry, load_config
+    from edgegw.device.config_apply import ConfigApply
     from edgegw.sdk import discover_drivers, driver_names
 
+    # a remotely pushed config that was never confirmed (or was cut off while installing) is
+    # reverted before it is read (commit-confirmed, docs/device-management.md)
+    if ConfigApply(config).recover() == "reverted":
+        log.warning("%s: an unconfirmed remote configuration was reverted at start", config)
     try:
         cfg = load_config(config)
         used = {d.driver for d in cfg.devices}
@@ -88,6 +94,13 @@ async def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
     gw = Gateway(cfg, drivers)
+
+    def request_restart() -> None:  # the `restart` command: stop cleanly, then re-exec
+        global RESTART_REQUESTED
+        RESTART_REQUESTED = True
+        stop.set()
+
+    gw.request_restart = request_restart  # type: ignore[attr-defined]
     try:
         await gw.start()
         if duration is not None:
@@ -115,6 +128,11 @@ def run(args: argparse.Namespace) -> int:
     if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
         # pymodbus logs every timeout at ERROR; our poller reports it once per health flip.
         logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
-    return asyncio.run(
+    rc = asyncio.run(
         serve(cfg, drivers, args.duration, args.shutdown_timeout, args.drain_timeout)
     )
+    if RESTART_REQUESTED and rc == 0:
+        log.info("restarting (requested by a cloud command)")
+        logging.shutdown()
+        os.execv(sys.executable, [sys.executable, "-m", "edgegw.cli", *sys.argv[1:]])
+    return rc

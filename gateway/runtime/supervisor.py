@@ -115,6 +115,8 @@ class Gateway:
         self._started = time.monotonic()
         self.uplink: Any = None
         self.downlink: Any = None  # edgegw.device.downlink.DownlinkService (enrolled gateways)
+        self.devmgmt: Any = None  # edgegw.device.manager.DeviceManagement
+        self.sample_observers: list[Any] = []  # fn(samples) for every polled batch (shadow)
         self.outbox: Any = None
         self.pipeline: Pipeline | None = None
         self._metrics_server: Any = None
@@ -223,61 +225,10 @@ class Gateway:
         return ctx
 
     async def _start_devices(self) -> None:
-        from edgegw.runtime.poller import DevicePoller
-        from edgegw.runtime.scheduler import BusScheduler
-
         assert self.pipeline is not None
         for dev in self.cfg.devices:
-            if not dev.enabled:
-                continue
-            entry = self.drivers.get(dev.driver)
-            if entry is None or entry.cls is None:
-                why = entry.error if entry is not None else f"no driver named {dev.driver!r}"
-                self._unavailable[dev.id] = why or "driver unavailable"
-                log.error("device %s unavailable: driver %s: %s", dev.id, dev.driver, why)
-                continue
-            cls: type[Driver] = entry.cls
-            try:
-                options = cls.Options.model_validate(dev.options or {})
-                driver = cls(options)
-            except Exception as exc:
-                self._unavailable[dev.id] = f"{type(exc).__name__}: {exc}"
-                log.error("device %s unavailable: %s", dev.id, exc)
-                continue
-            ctx = self._context(dev.id, dev.driver)
-            if not driver.pushes and isinstance(driver, PolledDriver):
-                wrapped = LazyOpenDriver.for_class(cls)(driver, ctx)
-                self._polled[dev.id] = wrapped
-                # The device's `bus:` name wins; else the driver's own key (same endpoint/port).
-                key = cls.bus_key(options)
-                bus = getattr(dev, "bus", None) or key or f"device:{dev.id}"
-                buses = self.cfg.buses or {}
-                bus_cfg = buses.get(bus) or (buses.get(key) if key else None)
-                sched = self._schedulers.get(bus)
-                if sched is None:
-                    delay = float(bus_cfg.inter_frame_delay) if bus_cfg is not None else 0.0
-                    sched = BusScheduler(bus, inter_frame_delay=delay)
-                    self._schedulers[bus] = sched
-                timeout = float(dev.timeout)
-                if bus_cfg is not None and getattr(bus_cfg, "timeout", None) is not None:
-                    timeout = float(bus_cfg.timeout)
-                self._device_bus[dev.id] = sched
-                sched.add(
-                    DevicePoller(
-                        dev.id,
-                        wrapped,
-                        period=float(dev.poll),
-                        timeout=timeout,
-                        sink=self._sink,
-                        stagger=dev.stagger,
-                        driver_name=dev.driver,
-                    )
-                )
-            elif driver.pushes:
-                self._push[dev.id] = driver
-                self._tasks.append(
-                    asyncio.create_task(self._run_push(dev.id, driver, ctx), name=f"push:{dev.id}")
-                )
+            if dev.enabled:
+                self._start_device(dev)
         for name, sched in self._schedulers.items():
             self._tasks.append(asyncio.create_task(sched.run(), name=f"bus:{name}"))
         if self._unavailable:
@@ -288,8 +239,100 @@ class Gateway:
                 ]
             )
 
+    def _start_device(self, dev: Any, *, running: bool = False) -> None:
+        """Start one device; ``running``: the gateway already runs (a new bus gets its task)."""
+        from edgegw.runtime.poller import DevicePoller
+        from edgegw.runtime.scheduler import BusScheduler
+
+        entry = self.drivers.get(dev.driver)
+        if entry is None or entry.cls is None:
+            why = entry.error if entry is not None else f"no driver named {dev.driver!r}"
+            self._unavailable[dev.id] = why or "driver unavailable"
+            log.error("device %s unavailable: driver %s: %s", dev.id, dev.driver, why)
+            return
+        cls: type[Driver] = entry.cls
+        try:
+            options = cls.Options.model_validate(dev.options or {})
+            driver = cls(options)
+        except Exception as exc:
+            self._unavailable[dev.id] = f"{type(exc).__name__}: {exc}"
+            log.error("device %s unavailable: %s", dev.id, exc)
+            return
+        ctx = self._context(dev.id, dev.driver)
+        if not driver.pushes and isinstance(driver, PolledDriver):
+            wrapped = LazyOpenDriver.for_class(cls)(driver, ctx)
+            self._polled[dev.id] = wrapped
+            # The device's `bus:` name wins; else the driver's own key (same endpoint/port).
+            key = cls.bus_key(options)
+            bus = getattr(dev, "bus", None) or key or f"device:{dev.id}"
+            buses = self.cfg.buses or {}
+            bus_cfg = buses.get(bus) or (buses.get(key) if key else None)
+            sched = self._schedulers.get(bus)
+            if sched is None:
+                delay = float(bus_cfg.inter_frame_delay) if bus_cfg is not None else 0.0
+                sched = BusScheduler(bus, inter_frame_delay=delay)
+                self._schedulers[bus] = sched
+                if running:
+                    self._tasks.append(asyncio.create_task(sched.run(), name=f"bus:{bus}"))
+            timeout = float(dev.timeout)
+            if bus_cfg is not None and getattr(bus_cfg, "timeout", None) is not None:
+                timeout = float(bus_cfg.timeout)
+            self._device_bus[dev.id] = sched
+            sched.add(
+                DevicePoller(
+                    dev.id,
+                    wrapped,
+                    period=float(dev.poll),
+                    timeout=timeout,
+                    sink=self._sink,
+                    stagger=dev.stagger,
+                    driver_name=dev.driver,
+                )
+            )
+        elif driver.pushes:
+            self._push[dev.id] = driver
+            self._tasks.append(
+                asyncio.create_task(self._run_push(dev.id, driver, ctx), name=f"push:{dev.id}")
+            )
+
+    async def stop_device(self, device_id: str) -> None:
+        """Take one device off its bus (or stop its push task) and close its driver."""
+        sched = self._device_bus.pop(device_id, None)
+        if sched is not None:
+            sched.remove(device_id)
+        for task in [t for t in self._tasks if t.get_name() == f"push:{device_id}"]:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            self._tasks.remove(task)
+        drv = self._polled.pop(device_id, None) or self._push.pop(device_id, None)
+        self._unavailable.pop(device_id, None)
+        self._contexts.pop(device_id, None)
+        if drv is not None:
+            try:
+                if sched is not None:  # on the bus: after a poll in flight, never during it
+                    await sched.submit_write(device_id, drv.close)
+                else:
+                    await drv.close()
+            except Exception:
+                log.exception("closing %s failed", device_id)
+
+    async def device_call(self, device_id: str, fn: Any) -> Any:
+        """``await fn(driver)`` on the device's bus ahead of polls (commands, shadow writes).
+
+        Raises ``LookupError`` when the device is not running (unknown, disabled, broken)."""
+        driver = self._polled.get(device_id)
+        sched = self._device_bus.get(device_id)
+        if driver is not None and sched is not None:
+            return await sched.submit_write(device_id, lambda: fn(driver))
+        if device_id in self._push:
+            return await fn(self._push[device_id])
+        why = self._unavailable.get(device_id) or f"device {device_id!r} is not running"
+        raise LookupError(why)
+
     async def _sink(self, samples: Sequence[Sample]) -> None:
         assert self.pipeline is not None
+        for observe in self.sample_observers:
+            observe(samples)
         await self.pipeline.submit(samples)
 
     async def _run_push(self, device_id: str, driver: Any, ctx: DeviceContext) -> None:
@@ -346,6 +389,29 @@ class Gateway:
         return True
 
     async def _start_uplink(self, identity_dir: Path) -> None:
+        self._new_uplink(identity_dir)
+        from edgegw.device.manager import DeviceManagement
+
+        self.devmgmt = DeviceManagement(self, identity_dir)
+        self.downlink = self.devmgmt.downlink
+        await self.devmgmt.start()
+        self._tasks.append(asyncio.create_task(self.uplink.run(), name="uplink"))
+
+    async def restart_uplink(self) -> None:
+        """Replace the uplink session with one built from the current config (remote config).
+        Nothing is lost: every unacknowledged batch is still in the outbox."""
+        old = [t for t in self._tasks if t.get_name() == "uplink"]
+        for task in old:
+            task.cancel()
+        await asyncio.gather(*old, return_exceptions=True)
+        for task in old:
+            self._tasks.remove(task)
+        self._new_uplink(self._identity_dir())
+        if self.downlink is not None:
+            self.downlink.attach(self.uplink)
+        self._tasks.append(asyncio.create_task(self.uplink.run(), name="uplink"))
+
+    def _new_uplink(self, identity_dir: Path) -> None:
         from edgegw.uplink.outbox_io import OutboxIO
         from edgegw.uplink.session import Uplink
 
@@ -365,12 +431,6 @@ class Gateway:
         assert self.pipeline is not None
         uplink = self.uplink
         self.pipeline.batcher.on_sealed = lambda _lane: uplink.notify()
-        from edgegw.device.downlink import DownlinkService
-
-        self.downlink = DownlinkService(self.gateway_id, identity_dir, self.state_dir)
-        self.downlink.attach(uplink)
-        await self.downlink.start()
-        self._tasks.append(asyncio.create_task(self.uplink.run(), name="uplink"))
 
     # ------------------------------------------------------------------ observability
     def _stats_sources(self) -> dict[str, Any]:
@@ -392,9 +452,9 @@ class Gateway:
             "process": lambda: {"uptime_seconds": time.monotonic() - self._started},
         }
         if self.uplink is not None:
-            src["uplink"] = self.uplink.stats
-        if self.downlink is not None:
-            src["downlink"] = self.downlink.stats
+            src["uplink"] = lambda: self.uplink.stats()
+        if self.devmgmt is not None:
+            src.update(self.devmgmt.stats_sources())
         return src
 
     def _outbox_stats(self) -> dict[str, Any]:
@@ -490,8 +550,8 @@ class Gateway:
             for task in pending:
                 task.cancel()
         self._tasks.clear()
-        if self.downlink is not None:
-            await self.downlink.stop()
+        if self.devmgmt is not None:
+            await self.devmgmt.stop()
         if self.collector is not None:
             await self._refresh_outbox_stats()
             self.write_status()

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from uplink.conftest import Cloud, GatewaySide, Identity, await_until, wait_until
 
 from edgegw import pki
 from edgegw.device.downlink import DownlinkService
 from edgegw.protocol import downlink as dl
 from edgegw.protocol import topics
 from edgegw_cloud.downlink import Downlink
-from tests.uplink.conftest import Cloud, GatewaySide, Identity, await_until, wait_until
 
 
 async def _gateway(cloud: Cloud, tmp: Path, gw: str,
