@@ -26,6 +26,7 @@ the lifetime of the cloud). It owns a ``Downlink`` and reacts to what gateways s
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import queue
@@ -211,7 +212,7 @@ class DeviceManager:
                 have = b["desired_versions"]
                 for doc in self.store.shadows(gw):
                     if doc["desired_version"] > int(have.get(doc["device"], 0)):
-                        self._later(lambda d=doc: self._send_desired(gw, d))
+                        self._later(functools.partial(self._send_desired, gw, doc))
             elif op == "desired_refused" and b.get("reason") == "stale":
                 doc = self.store.shadow(gw, str(b.get("device")))
                 if doc["desired_version"] > int(b.get("current_version") or 0):
@@ -308,7 +309,7 @@ class DeviceManager:
             with self._lock:
                 pending = self.store.commands(gw, "pending")
             for c in pending:
-                self._later(lambda cid=c["id"]: self._send_command(cid))
+                self._later(functools.partial(self._send_command, c["id"]))
 
     # ------------------------------------------------------------------ housekeeping
     def _loop(self) -> None:
