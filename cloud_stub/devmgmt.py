@@ -272,7 +272,10 @@ class DeviceManager:
             elif op == "refused":
                 self.store.config_status(gw, version, "refused", list(b.get("messages") or []))
             elif op == "applied":
-                self.store.config_status(gw, version, "applied")
+                report = b.get("report")
+                self.store.config_status(gw, version, "applied",
+                                         [f"applied: {json.dumps(report, sort_keys=True)}"]
+                                         if report else None)
                 # the gateway reached us with the new config: confirm it
                 self._later(lambda: self._send(gw, dl.CONFIG, {"op": "confirm",
                                                                "version": version}, ttl_s=60))
