@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from edgegw.protocol import downlink as dl
+from edgegw.protocol.bundle import Bundle
 from edgegw_cloud.devstore import DevStore
 from edgegw_cloud.downlink import Downlink, DownlinkError
 from edgegw_cloud.pki_setup import CloudPaths
@@ -350,6 +351,5 @@ class DeviceManager:
 
 
 def load_bundle(path: Path) -> dict[str, Any]:
-    from edgegw.protocol.bundle import Bundle
-
+    """A config file or folder in the wire form of ``config_push``."""
     return Bundle.from_path(path).to_wire()

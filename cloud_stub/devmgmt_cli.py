@@ -10,11 +10,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
+import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from edgegw_cloud.devmgmt import DeviceManager, broker_url_of, load_bundle
+from edgegw_cloud.devstore import ShadowConflict
 from edgegw_cloud.pki_setup import CloudPaths
+from edgegw_cloud.registry import Registry
 
 
 def parse_value(text: str) -> Any:
@@ -46,9 +50,7 @@ def command_args(action: str, items: list[str]) -> dict[str, Any]:
     return pairs
 
 
-def _manager(args: argparse.Namespace) -> Any:
-    from edgegw_cloud.devmgmt import DeviceManager, broker_url_of
-
+def _manager(args: argparse.Namespace) -> DeviceManager:
     paths = CloudPaths.for_dir(args.data_dir).require_initialised()
     url = args.broker or broker_url_of(paths)
     return DeviceManager(paths, url, tag="cli").start()
@@ -73,8 +75,6 @@ def cmd_command(args: argparse.Namespace) -> int:
 
 
 def cmd_shadow(args: argparse.Namespace) -> int:
-    from edgegw_cloud.devstore import ShadowConflict
-
     with _manager(args) as dm:
         if args.shadow_command == "get":
             _print(dm.shadow_get(args.gateway, args.device))
@@ -86,8 +86,6 @@ def cmd_shadow(args: argparse.Namespace) -> int:
             print(f"edgegw-cloud shadow set: {exc}", file=sys.stderr)
             return 1
         if args.wait > 0:
-            import time
-
             end = time.monotonic() + args.wait
             while time.monotonic() < end and dm.shadow_get(args.gateway, args.device)["delta"]:
                 time.sleep(0.2)  # poll-until-deadline for convergence
@@ -120,8 +118,6 @@ def cmd_config(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             sys.stdout.write((bundle.get("files") or {}).get(bundle.get("main"), ""))
             return 0
-        from edgegw_cloud.devmgmt import load_bundle
-
         bundle = load_bundle(args.path)
         version = dm.config_push(args.gateway, bundle, confirm_within=args.confirm_within)
         print(f"pushed version {version}; waiting for the gateway", file=sys.stderr)
@@ -134,8 +130,6 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_label(args: argparse.Namespace) -> int:
-    from edgegw_cloud.registry import Registry
-
     paths = CloudPaths.for_dir(args.data_dir).require_initialised()
     add = parse_pairs([p for p in args.labels if not p.endswith("-")], "label")
     remove = [p[:-1] for p in args.labels if p.endswith("-")]
@@ -146,10 +140,6 @@ def cmd_label(args: argparse.Namespace) -> int:
 
 
 def cmd_fleet(args: argparse.Namespace) -> int:
-    from dataclasses import asdict
-
-    from edgegw_cloud.registry import Registry
-
     paths = CloudPaths.for_dir(args.data_dir).require_initialised()
     with Registry(paths.registry_db) as reg:
         rows = reg.fleet()
@@ -157,14 +147,13 @@ def cmd_fleet(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parsers(sub: Any, data_dir: Callable[[argparse.ArgumentParser], None],
-                gateways: argparse.ArgumentParser) -> None:
-    def common(sp: argparse.ArgumentParser) -> None:
-        data_dir(sp)
-        sp.add_argument("--broker", help="broker URL (default: the one `serve` recorded)")
+def _common(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--data-dir", required=True, type=Path, help="cloud data directory")
+    sp.add_argument("--broker", help="broker URL (default: the one `serve` recorded)")
 
-    sp = sub.add_parser("command", help="run a command on a gateway's device; prints its result")
-    common(sp)
+
+def add_command_arguments(sp: argparse.ArgumentParser) -> None:
+    _common(sp)
     sp.add_argument("gateway")
     sp.add_argument("device", help="device id, or - for the gateway itself (ping, "
                                    "reload_config, restart)")
@@ -173,17 +162,16 @@ def add_parsers(sub: Any, data_dir: Callable[[argparse.ArgumentParser], None],
                                             "else KEY=VALUE")
     sp.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds")
     sp.add_argument("--json", action="store_true", help="print the whole stored result")
-    sp.set_defaults(fn=cmd_command)
 
-    sp = sub.add_parser("shadow", help="device shadow: desired / reported / delta")
+
+def add_shadow_arguments(sp: argparse.ArgumentParser) -> None:
     ssub = sp.add_subparsers(dest="shadow_command", required=True)
     g = ssub.add_parser("get", help="print the shadow (desired, reported, delta, versions)")
-    common(g)
+    _common(g)
     g.add_argument("gateway")
     g.add_argument("device")
-    g.set_defaults(fn=cmd_shadow)
     s = ssub.add_parser("set", help="set desired values (POINT=VALUE; POINT=null removes)")
-    common(s)
+    _common(s)
     s.add_argument("gateway")
     s.add_argument("device")
     s.add_argument("pairs", nargs="+")
@@ -191,34 +179,32 @@ def add_parsers(sub: Any, data_dir: Callable[[argparse.ArgumentParser], None],
                    help="refuse unless the desired version is still N (optimistic locking)")
     s.add_argument("--wait", type=float, default=0.0,
                    help="wait up to S seconds for the delta to become empty")
-    s.set_defaults(fn=cmd_shadow)
 
-    sp = sub.add_parser("config", help="remote configuration (commit-confirmed)")
+
+def add_config_arguments(sp: argparse.ArgumentParser) -> None:
     csub = sp.add_subparsers(dest="config_command", required=True)
     g = csub.add_parser("get", help="print the gateway's running config")
-    common(g)
+    _common(g)
     g.add_argument("gateway")
     g.add_argument("--timeout", type=float, default=10.0)
-    g.set_defaults(fn=cmd_config)
     p = csub.add_parser("push", help="push a config file or folder; waits for the outcome")
-    common(p)
+    _common(p)
     p.add_argument("gateway")
     p.add_argument("path", type=Path)
     p.add_argument("--confirm-within", type=float, default=60.0,
                    help="the gateway reverts by itself unless confirmed within S seconds")
     p.add_argument("--timeout", type=float, default=30.0, help="wait for the answer")
-    p.set_defaults(fn=cmd_config)
     h = csub.add_parser("history", help="configs pushed to the gateway and their outcome")
-    common(h)
+    _common(h)
     h.add_argument("gateway")
-    h.set_defaults(fn=cmd_config)
 
+
+def add_gateways_subcommands(gateways: argparse.ArgumentParser) -> None:
+    """``gateways label GW KEY=VALUE...`` and ``gateways fleet`` under the listing verb."""
     gsub = gateways.add_subparsers(dest="gateways_command", required=False)
     lab = gsub.add_parser("label", help="set labels KEY=VALUE (KEY- removes)")
-    data_dir(lab)
+    lab.add_argument("--data-dir", required=True, type=Path, help="cloud data directory")
     lab.add_argument("gateway")
     lab.add_argument("labels", nargs="+")
-    lab.set_defaults(fn=cmd_label)
     fl = gsub.add_parser("fleet", help="fleet view as JSON: labels, online, versions, devices")
-    data_dir(fl)
-    fl.set_defaults(fn=cmd_fleet)
+    fl.add_argument("--data-dir", required=True, type=Path, help="cloud data directory")

@@ -14,6 +14,7 @@ Invariants:
 from __future__ import annotations
 
 import json
+import math
 import os
 import sqlite3
 import time
@@ -243,7 +244,6 @@ class ShadowConflict(ValueError):
 
 def shadow_delta(desired: dict[str, Any], reported: dict[str, Any]) -> dict[str, Any]:
     """Desired points whose reported value differs (floats compared with a tolerance)."""
-    import math
 
     def same(a: Any, b: Any) -> bool:
         if isinstance(a, int | float) and isinstance(b, int | float) and not isinstance(a, bool):

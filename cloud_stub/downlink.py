@@ -32,9 +32,9 @@ from paho.mqtt.reasoncodes import ReasonCode
 from edgegw import pki
 from edgegw.protocol import downlink as dl
 from edgegw.protocol import topics
+from edgegw.protocol.broker_url import parse_broker_url
 from edgegw.protocol.mqtt_client import Client
 from edgegw_cloud.devstore import DevStore
-from edgegw_cloud.ingest import parse_broker_url
 from edgegw_cloud.pki_setup import INGEST_CN, CloudPaths
 from edgegw_cloud.registry import Registry, RegistryError
 
@@ -113,7 +113,8 @@ class Downlink:
     def __init__(self, paths: CloudPaths, broker_url: str, *, client_tag: str = "dm",
                  reply_kinds: tuple[str, ...] = REPLY_KINDS, status: bool = False) -> None:
         self.paths = paths
-        self.host, self.port = parse_broker_url(broker_url)
+        url = parse_broker_url(broker_url)
+        self.host, self.port = url.host, url.port
         self.keys = _Keys(paths)
         self.store = DevStore(paths.data_dir / "devices.db")
         self._store_lock = threading.Lock()
@@ -136,9 +137,9 @@ class Downlink:
         client.tls_set_context(pki.make_tls_context(p.ca_crt, p.ingest_crt, p.ingest_key))
         client.reconnect_delay_set(min_delay=1, max_delay=2)
         client.max_inflight_messages_set(100)
-        subs = [(f"gw/+/up/{k}", 1) for k in self.reply_kinds]
+        subs = [(topics.every_up(k), 1) for k in self.reply_kinds]
         if self.status:
-            subs.append(("gw/+/up/status", 1))
+            subs.append((topics.EVERY_STATUS, 1))
 
         def on_connect(c: mqtt.Client, _u: Any, _f: Any, rc: ReasonCode,
                        _p: Properties | None = None) -> None:

@@ -22,7 +22,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import secrets
 import sqlite3
 import time
@@ -36,6 +35,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from edgegw import pki
+from edgegw.protocol.ids import is_valid_id
 
 log = logging.getLogger("edgegw.cloud.registry")
 
@@ -78,7 +78,7 @@ CREATE TABLE IF NOT EXISTS fleet(       -- device management: what gateways repo
     config_pending TEXT,
     devices TEXT NOT NULL DEFAULT '[]', -- JSON list as reported by the gateway
     key_id INTEGER,
-    online INTEGER,                     -- from the retained gw/{id}/up/status
+    online INTEGER,                     -- from the gateway's retained status message
     status_ms INTEGER,
     info_ms INTEGER
 );
@@ -492,10 +492,10 @@ class Registry:
     ) -> dict[str, str]:
         """Merge ``labels`` into the gateway's labels, drop ``remove``; returns the result."""
         for k, v in labels.items():
-            if not _LABEL_KEY.fullmatch(k) or len(v) > 256 or any(c in v for c in "\n\0"):
+            if not is_valid_id(k) or len(v) > 256 or any(c in v for c in "\n\0"):
                 raise RegistryError(
-                    f"label {k}={v!r}: keys are 1-63 of [A-Za-z0-9._/-], values up to 256 "
-                    "characters on one line"
+                    f"label {k}={v!r}: keys follow the id grammar (letters, digits, '_', '.', "
+                    "'-'), values up to 256 characters on one line"
                 )
         with self._txn() as db:
             self._fleet_row(db, gateway_id)
@@ -558,9 +558,6 @@ class Registry:
             )
             for r in rows
         ]
-
-
-_LABEL_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,62}")
 
 
 def _opt_str(v: object) -> str | None:

@@ -29,11 +29,13 @@ import logging
 import os
 import signal
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pydantic import ValidationError
 
 from edgegw.device.downlink import DownlinkService
+from edgegw.device.host import GatewayHost
 from edgegw.model import Value
 from edgegw.protocol import downlink as dl
 from edgegw.sdk import DriverError, PermanentError, PointValue, TransientError, driver_commands
@@ -78,9 +80,11 @@ def jsonable(v: Any) -> Any:
 class CommandHandler:
     """Registered for kind ``command`` on the downlink service."""
 
-    def __init__(self, gateway: Any, service: DownlinkService) -> None:
+    def __init__(self, gateway: GatewayHost, service: DownlinkService) -> None:
         self.gw = gateway
         self.svc = service
+        #: set by the remote-config feature (the ``reload_config`` action)
+        self.reload_config: Callable[[], Awaitable[dict[str, Any]]] | None = None
         self._running: set[str] = set()
         self.counts: dict[str, int] = defaultdict(int)
 
@@ -136,20 +140,15 @@ class CommandHandler:
     # ------------------------------------------------------------------ gateway actions
     async def _gateway_action(self, action: str, args: dict[str, Any]) -> dict[str, Any]:
         if action == "ping":
-            from edgegw import __version__
-
             return ok({"pong": dl.now_ms(), "gateway": self.gw.gateway_id,
-                       "version": __version__})
+                       "version": self.gw.software_version})
         if action == "reload_config":
-            cfgm = getattr(self.gw.devmgmt, "config", None)
-            if cfgm is None:
+            if self.reload_config is None:
                 return refused("remote configuration is not available on this gateway")
-            return await cfgm.reload_from_disk()
+            return await self.reload_config()
         if action == "restart":
-            restart = getattr(self.gw, "request_restart", None)
-            if restart is None:
+            if not self.gw.request_restart():
                 return refused("this gateway cannot restart itself")
-            asyncio.get_running_loop().call_later(0.5, restart)
             return ok("restarting")
         return refused(f"unknown gateway action {action!r} (ping, reload_config, restart)")
 

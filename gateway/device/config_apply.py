@@ -8,7 +8,7 @@ and whatever it includes. ``Bundle.from_path(p)`` reads a single YAML file or a 
 Usage (what ``edgegw.device.remote_config`` does)::
 
     tx = ConfigApply(Path("/etc/edgegw/gateway.yaml"))
-    issues = tx.check(bundle, drivers)           # the `edgegw check` checker; [] when valid
+    issues = tx.check(bundle, check_file)        # the `edgegw check` checker; [] when valid
     tx.install(bundle, version="17", confirm_within=120)   # backup + pending record + install
     ... apply it to the running gateway; on failure: tx.revert("why")
     tx.confirm("17")       # the cloud answered in time: keep it
@@ -36,7 +36,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,12 +103,10 @@ class ConfigApply:
         return self.config_path if name == bundle.main else self.config_dir / name
 
     # ------------------------------------------------------------------ validate
-    def check(self, bundle: Bundle, drivers: Mapping[str, Any],
-              unavailable: Mapping[str, str] | None = None) -> list[str]:
-        """Validate with the same checker as ``edgegw check``: [] when valid, else its
-        ``file:line:col: path: message`` lines (file names relative to the config folder)."""
-        from edgegw.config import ConfigError, load_and_check
-
+    def check(self, bundle: Bundle, check_file: Callable[[Path], list[str]]) -> list[str]:
+        """Validate with ``check_file`` (the runtime passes the ``edgegw check`` checker): []
+        when valid, else its ``file:line:col: path: message`` lines (file names relative to the
+        config folder, as the operator wrote them)."""
         staged = Path(tempfile.mkdtemp(prefix="staged-", dir=self._ensure_dir()))
         try:
             for name, data in bundle.files.items():
@@ -119,12 +117,8 @@ class ConfigApply:
                 if f.is_file() and f.suffix in (".yaml", ".yml", ".json") and not (
                     staged / f.name).exists() and f != self.config_path:
                     shutil.copy2(f, staged / f.name)
-            try:
-                load_and_check(staged / bundle.main, drivers, unavailable=unavailable)
-            except ConfigError as exc:
-                prefix = f"{staged}/"
-                return [str(i).replace(prefix, "") for i in exc.issues if i.severity == "error"]
-            return []
+            prefix = f"{staged}/"
+            return [line.replace(prefix, "") for line in check_file(staged / bundle.main)]
         finally:
             shutil.rmtree(staged, ignore_errors=True)
 

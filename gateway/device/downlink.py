@@ -21,7 +21,6 @@ handlers run as their own tasks (a slow command never delays the next message).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import secrets
 from collections import defaultdict
@@ -30,12 +29,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-
 from edgegw.device.state import DevState
 from edgegw.protocol import downlink as dl
 from edgegw.protocol import topics
+from edgegw.protocol.identity import Identity
 
 log = logging.getLogger("edgegw.downlink")
 
@@ -46,14 +43,8 @@ REPLY_TTL_MS = 10 * 60 * 1000
 
 def message_codecs(identity_dir: Path, gateway_id: str) -> tuple[dl.MessageCodec, dl.MessageCodec]:
     """(downlink opener, uplink-reply sealer) for an enrolled identity dir."""
-    meta = json.loads((identity_dir / "identity.json").read_text())
-    own = serialization.load_pem_private_key((identity_dir / "gateway.key").read_bytes(), None)
-    peer = serialization.load_pem_public_key((identity_dir / "ingest-ka.pub").read_bytes())
-    if not isinstance(own, ec.EllipticCurvePrivateKey) or not isinstance(
-        peer, ec.EllipticCurvePublicKey
-    ):
-        raise ValueError(f"{identity_dir}: gateway.key / ingest-ka.pub must be EC P-256 keys")
-    key_id = int(meta["key_id"])
+    ident = Identity.load(identity_dir)
+    own, peer, key_id = ident.private_key(), ident.ingest_public_key(), ident.key_id
     down = dl.MessageCodec(dl.derive_message_key(own, peer, key_id, gateway_id, dl.DOWN),
                            key_id, gateway_id, dl.DOWN)
     up = dl.MessageCodec(dl.derive_message_key(own, peer, key_id, gateway_id, dl.UP),
@@ -78,6 +69,7 @@ class DownlinkService:
         self._worker: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._up_seq = 0
+        self._connect_pending = False
         self.counts: dict[str, int] = defaultdict(int)
         self.refused: dict[str, int] = defaultdict(int)
 
@@ -110,6 +102,12 @@ class DownlinkService:
         self._up_seq = dl.next_seq(0)
         self._worker = asyncio.create_task(self._work(), name="downlink")
 
+    def run_connect_hooks_if_connected(self) -> None:
+        """After every feature started: say hello if the session came up before."""
+        if self._connect_pending:
+            self._connect_pending = False
+            self._connected()
+
     async def stop(self) -> None:
         tasks = [t for t in [self._worker, *self._tasks] if t is not None]
         for t in tasks:
@@ -133,6 +131,9 @@ class DownlinkService:
             self._refuse("overload", f"downlink queue full; dropped a message on {topic}")
 
     def _connected(self) -> None:
+        if self.state is None:  # connected before start(): start() runs the hooks
+            self._connect_pending = True
+            return
         for hook in self._connect_hooks:
             self._spawn(hook(), "connect hook")
 

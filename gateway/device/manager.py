@@ -16,18 +16,20 @@ from typing import Any
 
 from edgegw.device.commands import CommandHandler
 from edgegw.device.downlink import DownlinkService
+from edgegw.device.host import GatewayHost
 from edgegw.device.remote_config import RemoteConfig
 from edgegw.device.shadow import ShadowManager
 from edgegw.protocol import downlink as dl
 
 
 class DeviceManagement:
-    def __init__(self, gateway: Any, identity_dir: Path) -> None:
+    def __init__(self, gateway: GatewayHost, identity_dir: Path) -> None:
         self.gw = gateway
         self.downlink = DownlinkService(gateway.gateway_id, identity_dir, gateway.state_dir)
         self.commands = CommandHandler(gateway, self.downlink)
         self.shadow = ShadowManager(gateway, self.downlink, self.commands)
-        self.config = RemoteConfig(gateway, self.downlink)
+        self.config = RemoteConfig(gateway, self.downlink, on_change=self.config_changed)
+        self.commands.reload_config = self.config.reload_from_disk
         self.downlink.register(dl.COMMAND, self.commands)
         self.downlink.register(dl.SHADOW, self.shadow)
         self.downlink.register(dl.CONFIG, self.config)
@@ -35,12 +37,12 @@ class DeviceManagement:
         self.downlink.on_connect(self.shadow.on_connect)
         self.downlink.on_connect(self.config.on_connect)
         gateway.sample_observers.append(self.shadow.observe)
-        self.downlink.attach(gateway.uplink)
 
     async def start(self) -> None:
         await self.downlink.start()
         await self.shadow.start()
         await self.config.start()
+        self.downlink.run_connect_hooks_if_connected()
 
     async def stop(self) -> None:
         await self.config.stop()
@@ -56,13 +58,12 @@ class DeviceManagement:
         }
 
     def info(self) -> dict[str, Any]:
-        from edgegw import __version__
-
-        unavailable = getattr(self.gw, "_unavailable", {})
+        unavailable = self.gw.unavailable
         devices = [{"id": d.id, "driver": d.driver, "enabled": d.enabled,
                     "state": "unavailable" if d.id in unavailable else
                     ("running" if d.enabled else "disabled")} for d in self.gw.cfg.devices]
-        return {"software_version": __version__, **self.config.status(), "devices": devices,
+        return {"software_version": self.gw.software_version, **self.config.status(),
+                "devices": devices,
                 "key_id": self.downlink.down.key_id}
 
     async def _hello(self) -> None:

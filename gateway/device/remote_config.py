@@ -9,7 +9,8 @@ Messages (kind ``config``):
   ``{"op": "applied", "version", "report"}`` (= please confirm), ``{"op": "confirmed"}``,
   ``{"op": "reverted", "version", "reason"}``, ``{"op": "current", "version", "bundle"}``.
 
-Applying without losing data or disturbing what did not change (``reconfigure``):
+Applying without losing data or disturbing what did not change (``GatewayHost.reconfigure``,
+implemented by the runtime):
 - devices are compared one by one (their whole config entry and their bus settings); only
   added, removed or changed devices are stopped/started, the others keep polling on the same
   schedule with the same open connection;
@@ -29,75 +30,29 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from edgegw.device.config_apply import Bundle, BundleError, ConfigApply
 from edgegw.device.downlink import DownlinkService
+from edgegw.device.host import GatewayHost
 from edgegw.protocol import downlink as dl
 
 log = logging.getLogger("edgegw.remote_config")
 
 DEFAULT_CONFIRM_S = 60.0
-_RESTART_SECTIONS = ("gateway", "outbox", "batch", "metrics")
-
-
-def _dump(model: Any) -> Any:
-    return model.model_dump(mode="json") if model is not None else None
-
-
-async def reconfigure(gw: Any, new: Any) -> dict[str, Any]:
-    """Apply ``new`` (a checked GatewayConfig) to the running gateway ``gw``; returns a report."""
-    old = gw.cfg
-    if new.gateway.id != old.gateway.id or Path(new.gateway.state_dir) != Path(
-        old.gateway.state_dir
-    ):
-        raise ValueError("gateway.id and gateway.state_dir cannot change remotely")
-
-    def bus_of(cfg: Any, dev: Any) -> Any:
-        name = getattr(dev, "bus", None)
-        return _dump((cfg.buses or {}).get(name)) if name else None
-
-    old_devs = {d.id: (_dump(d), bus_of(old, d)) for d in old.devices}
-    new_devs = {d.id: (_dump(d), bus_of(new, d)) for d in new.devices}
-    removed = [d for d in old_devs if d not in new_devs]
-    added = [d for d in new_devs if d not in old_devs]
-    changed = [d for d in new_devs if d in old_devs and new_devs[d] != old_devs[d]]
-    for dev_id in removed + changed:
-        await gw.stop_device(dev_id)
-    gw.cfg = new
-    for dev in new.devices:
-        if (dev.id in added or dev.id in changed) and dev.enabled:
-            gw._start_device(dev, running=True)
-    report: dict[str, Any] = {
-        "added": added, "removed": removed, "changed": changed,
-        "unchanged": [d for d in new_devs if d not in added and d not in changed],
-    }
-    if _dump(new.uplink) != _dump(old.uplink) and gw.uplink is not None:
-        await gw.restart_uplink()
-        report["uplink"] = "restarted"
-    if [_dump(r) for r in new.rules] != [_dump(r) for r in old.rules] or [
-        _dump(a) for a in new.anomaly
-    ] != [_dump(a) for a in old.anomaly]:
-        if gw.pipeline is not None:
-            gw.pipeline.stages = gw._build_stages()
-        report["edge"] = "rebuilt"
-    report["restart_needed"] = [
-        s for s in _RESTART_SECTIONS if s != "gateway" and _dump(getattr(new, s, None))
-        != _dump(getattr(old, s, None))
-    ]
-    if _dump(new.gateway) != _dump(old.gateway):
-        report["restart_needed"].append("gateway")
-    return report
 
 
 class RemoteConfig:
     """Kind ``config`` handler. start()/stop()/stats()."""
 
-    def __init__(self, gateway: Any, service: DownlinkService) -> None:
+    def __init__(self, gateway: GatewayHost, service: DownlinkService,
+                 on_change: Callable[[], None] = lambda: None) -> None:
         self.gw = gateway
         self.svc = service
-        path = getattr(gateway.cfg, "file", None)
+        self.on_change = on_change
+        path = gateway.config_file
         self.tx: ConfigApply | None = ConfigApply(Path(path)) if path else None
         self._timer: asyncio.TimerHandle | None = None
         self._lock = asyncio.Lock()
@@ -185,10 +140,7 @@ class RemoteConfig:
         except BundleError as exc:
             refuse([str(exc)])
             return
-        drivers = {n: e.cls for n, e in self._all_drivers().items() if e.cls is not None}
-        broken = {n: e.error or "failed to load" for n, e in self._all_drivers().items()
-                  if e.cls is None}
-        issues = await asyncio.to_thread(self.tx.check, bundle, drivers, broken)
+        issues = await asyncio.to_thread(self.tx.check, bundle, self.gw.check_config_file)
         if issues:
             log.info("configuration %s refused: %d issue(s)", version, len(issues))
             refuse(issues)
@@ -200,44 +152,21 @@ class RemoteConfig:
             refuse([f"install failed: {exc}"])
             return
         try:
-            new_cfg = await asyncio.to_thread(self._load, drivers, broken)
-            report = await reconfigure(self.gw, new_cfg)
+            new_cfg = await asyncio.to_thread(self.gw.load_config_file, tx.config_path)
+            report = await self.gw.reconfigure(new_cfg)
         except Exception as exc:
             log.warning("configuration %s could not be applied (%s); reverting", version, exc)
             await self._revert(f"apply failed: {exc}", report_id=msg.msg_id)
             return
         self.counts["applied"] += 1
-        self._gateway_restart_if_needed(report)
+        if report.get("restart_needed"):
+            log.info("sections %s take effect at the next restart", report["restart_needed"])
         self._arm(within)
         log.info("configuration %s applied (%s); waiting up to %.0f s for the cloud's "
                  "confirmation", version, report, within)
         self.svc.reply(dl.CONFIG, msg.msg_id, {"op": "applied", "version": version,
                                                "report": report})
-        if hasattr(self.gw, "devmgmt") and self.gw.devmgmt is not None:
-            self.gw.devmgmt.config_changed()
-
-    def _gateway_restart_if_needed(self, report: dict[str, Any]) -> None:
-        # sections applied at start only: they wait for the next restart (reported)
-        if report.get("restart_needed"):
-            log.info("sections %s take effect at the next restart", report["restart_needed"])
-
-    def _all_drivers(self) -> dict[str, Any]:
-        from edgegw.sdk import discover_drivers
-
-        cached = getattr(self, "_drivers_cache", None)
-        if cached is None:
-            cached = self._drivers_cache = {**discover_drivers(), **dict(self.gw.drivers)}
-        return cached
-
-    def _load(self, drivers: dict[str, Any], broken: dict[str, str]) -> Any:
-        from edgegw.config import load_and_check
-
-        assert self.tx is not None
-        cfg = load_and_check(self.tx.config_path, drivers, unavailable=broken)
-        for dev in cfg.devices:  # a new device may use a driver the daemon had not loaded
-            if dev.driver not in self.gw.drivers and dev.driver in self._all_drivers():
-                self.gw.drivers[dev.driver] = self._all_drivers()[dev.driver]
-        return cfg
+        self.on_change()
 
     def _arm(self, seconds: float) -> None:
         if self._timer is not None:
@@ -270,16 +199,14 @@ class RemoteConfig:
             self._timer = None
         self.counts["reverted"] += 1
         try:
-            drivers = {n: e.cls for n, e in self._all_drivers().items() if e.cls is not None}
-            old = await asyncio.to_thread(self._load, drivers, {})
-            await reconfigure(self.gw, old)
+            old = await asyncio.to_thread(self.gw.load_config_file, self.tx.config_path)
+            await self.gw.reconfigure(old)
         except Exception:
             log.exception("re-applying the previous configuration failed")
         version = p.version if p is not None else None
         self.svc.reply(dl.CONFIG, report_id, {"op": "reverted", "version": version,
                                               "reason": reason})
-        if hasattr(self.gw, "devmgmt") and self.gw.devmgmt is not None:
-            self.gw.devmgmt.config_changed()
+        self.on_change()
 
     async def _confirm(self, version: str, msg_id: str) -> None:
         assert self.tx is not None
@@ -290,8 +217,7 @@ class RemoteConfig:
             self.counts["confirmed"] += 1
             log.info("configuration %s confirmed by the cloud", version)
             self.svc.reply(dl.CONFIG, msg_id, {"op": "confirmed", "version": version})
-            if hasattr(self.gw, "devmgmt") and self.gw.devmgmt is not None:
-                self.gw.devmgmt.config_changed()
+            self.on_change()
         else:
             current = self.tx.committed_version()
             self.svc.reply(dl.CONFIG, msg_id, {"op": "confirm_ignored", "version": version,
@@ -302,16 +228,13 @@ class RemoteConfig:
         an operator on the box edited it)."""
         if self.tx is None:
             return {"status": "refused", "reason": "no config file"}
-        drivers = {n: e.cls for n, e in self._all_drivers().items() if e.cls is not None}
-        from edgegw.config import ConfigError
-
+        issues = await asyncio.to_thread(self.gw.check_config_file, self.tx.config_path)
+        if issues:
+            return {"status": "refused", "reason": "; ".join(issues)}
         try:
-            cfg = await asyncio.to_thread(self._load, drivers, {})
-        except ConfigError as exc:
-            return {"status": "refused",
-                    "reason": "; ".join(str(i) for i in exc.issues if i.severity == "error")}
-        try:
-            report = await reconfigure(self.gw, cfg)
+            cfg = await asyncio.to_thread(self.gw.load_config_file, self.tx.config_path)
+            report = await self.gw.reconfigure(cfg)
         except ValueError as exc:
             return {"status": "refused", "reason": str(exc)}
+        self.on_change()
         return {"status": "ok", "value": report}

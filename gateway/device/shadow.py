@@ -29,6 +29,7 @@ from typing import Any
 
 from edgegw.device.commands import CommandHandler, jsonable
 from edgegw.device.downlink import DownlinkService
+from edgegw.device.host import GatewayHost
 from edgegw.model import Quality, Sample
 from edgegw.protocol import downlink as dl
 
@@ -44,7 +45,7 @@ def same(a: Any, b: Any) -> bool:
 class ShadowManager:
     """Kind ``shadow`` handler + sample observer. start()/stop()/stats()."""
 
-    def __init__(self, gateway: Any, service: DownlinkService, commands: CommandHandler,
+    def __init__(self, gateway: GatewayHost, service: DownlinkService, commands: CommandHandler,
                  flush_every: float = 0.2) -> None:
         self.gw = gateway
         self.svc = service
