@@ -259,6 +259,17 @@ class DeviceManager:
                 self._cond.wait(0.2)
             return self._replies.pop(mid, None)
 
+    def _resend_config(self, gw: str) -> None:
+        """A push still unanswered (the gateway was offline): send it again (idempotent)."""
+        with self._lock:
+            hist = self.store.config_history(gw, limit=1)
+        if hist and hist[0]["status"] == "pushed":
+            c = hist[0]
+            self._send(gw, dl.CONFIG, {"op": "push", "version": c["version"],
+                                       "bundle": json.loads(c["yaml"]),
+                                       "confirm_within_s": c.get("confirm_within_s") or 60.0},
+                       ttl_s=120)
+
     def config_history(self, gw: str) -> list[dict[str, Any]]:
         with self._lock:
             return self.store.config_history(gw)
@@ -314,6 +325,7 @@ class DeviceManager:
                 pending = self.store.commands(gw, "pending")
             for c in pending:
                 self._later(functools.partial(self._send_command, c["id"]))
+            self._later(functools.partial(self._resend_config, gw))
 
     # ------------------------------------------------------------------ housekeeping
     def _loop(self) -> None:

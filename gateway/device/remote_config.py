@@ -134,6 +134,19 @@ class RemoteConfig:
         if self.tx is None:
             refuse(["this gateway was started without a config file; cannot apply remotely"])
             return
+        pending = self.tx.pending()
+        if pending is not None and pending.version == version:  # a re-sent push: same answer
+            self.svc.reply(dl.CONFIG, msg.msg_id, {"op": "applied", "version": version,
+                                                   "report": {}, "again": True})
+            return
+        if self.tx.committed_version() == version:
+            self.svc.reply(dl.CONFIG, msg.msg_id, {"op": "confirmed", "version": version})
+            return
+        last = self.tx.last()
+        if last is not None and last.get("version") == version:
+            self.svc.reply(dl.CONFIG, msg.msg_id, {"op": last["outcome"], "version": version,
+                                                   "reason": last.get("reason")})
+            return
         try:
             bundle = Bundle.from_wire(body.get("bundle") or {})
             bundle = Bundle(bundle.files, bundle.main)

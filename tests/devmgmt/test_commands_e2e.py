@@ -4,11 +4,14 @@ gateway SIGKILLed between execute and reply (device-management acceptance 1 and 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 from runtime.helpers import poll_until
 from uplink.conftest import Cloud
+
+from edgegw_cloud.registry import Registry
 
 from .rig import GW, Rig, unit_device
 
@@ -59,6 +62,26 @@ def test_cli_commands_reach_the_plant_and_refusals_are_printed(rig: Rig) -> None
     # every command has exactly one stored final result
     cmds = rig.dm.store.commands(GW)
     assert len(cmds) == 9 and all(c["status"] in ("ok", "refused") for c in cmds)
+
+
+    # fleet basics at the registry: labels, online, versions, devices as reported
+    r = rig.cli("gateways", "label", GW, "site=north", "tier=canary")
+    assert (r.returncode, r.stdout.strip()) == (0, "site=north tier=canary"), r.stderr
+    r = rig.cli("gateways", "label", GW, "tier-")
+    assert r.stdout.strip() == "site=north"
+    r = rig.cli("gateways", "label", GW, "bad key=1")
+    assert r.returncode == 1 and "id grammar" in r.stderr
+    r = rig.cli("gateways", "fleet")
+    (row,) = json.loads(r.stdout)
+    assert row["id"] == GW and row["labels"] == {"site": "north"} and row["online"] is True
+    assert row["software_version"] and row["last_seen_ms"]
+    assert [(d["id"], d["state"]) for d in row["devices"]] == [("boiler", "running"),
+                                                               ("meter", "running")]
+    with Registry(rig.cloud.paths.registry_db) as reg:
+        assert reg.select({"site": "north"}) == [GW] and reg.select({"site": "south"}) == []
+    assert rig.stop() == 0
+    with Registry(rig.cloud.paths.registry_db) as reg:
+        poll_until(lambda: reg.fleet()[0].online is False, 10, "offline after the stop")
 
 
 def test_unavailable_device_and_expired_command_are_not_executed(rig: Rig) -> None:
