@@ -38,6 +38,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from pymodbus.client import ModbusTcpClient
 
 from edgegw import pki
+from edgegw.protocol.mqtt_client import Client
 from edgegw_cloud.broker import ManagedBroker
 from edgegw_cloud.devmgmt import DeviceManager
 from edgegw_cloud.enrollment import provision_gateway
@@ -93,12 +94,13 @@ def config(state: Path, identity: Path, broker: str, rate: int, port: int) -> di
 
 
 def raw_mqtt_round_trip(paths: Any, port: int, ident_dir: Path, n: int) -> list[float]:
-    """cloud (ingest identity) -> gw/echo/down/x -> echo client -> gw/echo/up/x -> cloud."""
+    """cloud (ingest identity) -> gw/echo/down/x -> echo client -> gw/echo/up/x -> cloud,
+    with the same paho client class (and socket options) as the gateway and the cloud."""
     got = threading.Event()
     ready = threading.Semaphore(0)
 
     def client(cid: str, cert: Path, key: Path, ca: Path) -> mqtt.Client:
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cid, protocol=mqtt.MQTTv5)
+        c = Client(CallbackAPIVersion.VERSION2, client_id=cid, protocol=mqtt.MQTTv5)
         c.tls_set_context(pki.make_tls_context(ca, cert, key))
         c.on_subscribe = lambda *_a: ready.release()
         return c
