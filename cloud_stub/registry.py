@@ -540,6 +540,12 @@ class Registry:
             db.execute("UPDATE fleet SET online = ?, status_ms = ? WHERE gateway_id = ?",
                        (int(online), ts_ms or _ms(), gateway_id))
 
+    def reported_key_id(self, gateway_id: str) -> int | None:
+        """The key id the gateway last said it uses (its ``info``): downlink keys follow it."""
+        row = self._db.execute("SELECT key_id FROM fleet WHERE gateway_id = ?",
+                               (gateway_id,)).fetchone()
+        return int(row["key_id"]) if row is not None and row["key_id"] is not None else None
+
     def fleet(self) -> list[FleetRow]:
         """Every gateway with its labels, last seen, versions, devices and online state."""
         rows = self._db.execute(

@@ -106,6 +106,23 @@ def test_unavailable_device_and_expired_command_are_not_executed(rig: Rig) -> No
     assert r["status"] == "ok" and r["value"]["setpoint"] != 4
     assert rig.writes(1) == writes
 
+    # reload_config: an operator edited the file on the box; only the new device starts
+    rig.write_config(rig.config_doc([unit_device("boiler", 1, rig.plant.port),
+                                     unit_device("chiller", 2, rig.plant.port)]))
+    r = rig.dm.command(GW, "-", "reload_config")
+    assert r["status"] == "ok", r
+    assert r["value"]["added"] == ["chiller"] and r["value"]["unchanged"] == ["boiler"]
+    poll_until(lambda: rig.reads(2) > 0, 10, "the reloaded device polled")
+
+    # restart: a clean stop, then the daemon re-executes itself (same pid) and says hello
+    assert rig.proc is not None
+    pid, online = rig.proc.pid, rig.online_count()
+    r = rig.dm.command(GW, "-", "restart")
+    assert (r["status"], r["value"]) == ("ok", "restarting")
+    poll_until(lambda: rig.online_count() > online, 30, "hello after the restart")
+    assert rig.proc.poll() is None and rig.proc.pid == pid
+    assert "restarting (requested by a cloud command)" in rig.log_text()
+
 
 @pytest.mark.slow
 def test_at_most_once_across_duplicates_and_sigkill(rig: Rig) -> None:
