@@ -57,7 +57,7 @@ class _Keys:
         self._down: dict[str, dl.MessageCodec] = {}
         self._up: dict[tuple[str, int], list[dl.MessageCodec]] = {}
 
-    def _registry_keys(self, gw: str) -> tuple[list[Any], int | None]:
+    def _registry_keys(self, gw: str) -> list[Any]:
         with Registry(self.paths.registry_db) as reg:
             row = reg.gateway(gw)
             if row is None or row.cert_serial is None:
@@ -65,20 +65,17 @@ class _Keys:
                                     "gateways`)")
             if row.revoked:
                 raise DownlinkError(f"gateway {gw!r} is revoked")
-            return reg.public_keys(gw, include_revoked=False), reg.reported_key_id(gw)
+            return reg.public_keys(gw, include_revoked=False)
 
     def down(self, gw: str, key_id: int | None = None) -> dl.MessageCodec:
         with self._lock:
             codec = self._down.get(gw)
             if codec is not None and (key_id is None or codec.key_id == key_id):
                 return codec
-        pubs, reported = self._registry_keys(gw)
+        pubs = self._registry_keys(gw)
         if not pubs:
             raise DownlinkError(f"gateway {gw!r} has no valid certificate")
-        # the key id the gateway uses (it may predate an ingest key rotation)
-        kid = key_id if key_id is not None else reported
-        if kid is None or not self.paths.ingest_ka_key(kid).exists():
-            kid = self.paths.current_key_id
+        kid = key_id if key_id is not None else self.paths.current_key_id
         own = pki.load_private_key(self.paths.ingest_ka_key(kid))
         codec = dl.MessageCodec(dl.derive_message_key(own, pubs[0], kid, gw, dl.DOWN),  # type: ignore[arg-type]
                                 kid, gw, dl.DOWN)
@@ -142,7 +139,7 @@ class Downlink:
         client.max_inflight_messages_set(100)
         subs = [(topics.every_up(k), 1) for k in self.reply_kinds]
         if self.status:
-            subs.append((topics.EVERY_STATUS, 1))
+            subs.append((topics.every_up("status"), 1))
 
         def on_connect(c: mqtt.Client, _u: Any, _f: Any, rc: ReasonCode,
                        _p: Properties | None = None) -> None:

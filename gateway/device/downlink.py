@@ -81,9 +81,13 @@ class DownlinkService:
             raise ValueError(f"a handler for downlink kind {kind!r} is already registered")
         self._handlers[kind] = handler
 
-    def on_connect(self, hook: Callable[[], Awaitable[None]]) -> None:
-        """``await hook()`` after every (re)connection (re-report state, say hello)."""
+    def on_connect(self, hook: Callable[[], Awaitable[None]], *,
+                   run_now_if_connected: bool = False) -> None:
+        """``await hook()`` after every (re)connection (re-report state, say hello); with
+        ``run_now_if_connected`` also once now when the session is already up."""
         self._connect_hooks.append(hook)
+        if run_now_if_connected and self._uplink is not None and self._uplink.connected:
+            self._spawn(hook(), "connect hook")
 
     def attach(self, uplink: Any) -> None:
         self._uplink = uplink
@@ -101,6 +105,7 @@ class DownlinkService:
         self._window = dl.ReplayWindow(highest, seen)
         self._up_seq = dl.next_seq(0)
         self._worker = asyncio.create_task(self._work(), name="downlink")
+        self.run_connect_hooks_if_connected()
 
     def run_connect_hooks_if_connected(self) -> None:
         """After every feature started: say hello if the session came up before."""

@@ -11,7 +11,6 @@ confirmation of a pending config.
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from edgegw.device.commands import CommandHandler
@@ -23,9 +22,9 @@ from edgegw.protocol import downlink as dl
 
 
 class DeviceManagement:
-    def __init__(self, gateway: GatewayHost, identity_dir: Path) -> None:
+    def __init__(self, gateway: GatewayHost, downlink: DownlinkService) -> None:
         self.gw = gateway
-        self.downlink = DownlinkService(gateway.gateway_id, identity_dir, gateway.state_dir)
+        self.downlink = downlink
         self.commands = CommandHandler(gateway, self.downlink)
         self.shadow = ShadowManager(gateway, self.downlink, self.commands)
         self.config = RemoteConfig(gateway, self.downlink, on_change=self.config_changed)
@@ -33,21 +32,19 @@ class DeviceManagement:
         self.downlink.register(dl.COMMAND, self.commands)
         self.downlink.register(dl.SHADOW, self.shadow)
         self.downlink.register(dl.CONFIG, self.config)
-        self.downlink.on_connect(self._hello)
-        self.downlink.on_connect(self.shadow.on_connect)
-        self.downlink.on_connect(self.config.on_connect)
         gateway.sample_observers.append(self.shadow.observe)
 
     async def start(self) -> None:
-        await self.downlink.start()
+        """Start the features (the downlink service itself is already running); the connect
+        hooks run now if the session is already up, and on every later connection."""
         await self.shadow.start()
         await self.config.start()
-        self.downlink.run_connect_hooks_if_connected()
+        for hook in (self._hello, self.shadow.on_connect, self.config.on_connect):
+            self.downlink.on_connect(hook, run_now_if_connected=True)
 
     async def stop(self) -> None:
         await self.config.stop()
         await self.shadow.stop()
-        await self.downlink.stop()
 
     def stats_sources(self) -> dict[str, Callable[[], dict[str, Any]]]:
         return {

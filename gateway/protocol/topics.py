@@ -20,7 +20,6 @@ __all__ = [
     "EVERY_DOWN",
     "EVERY_ENROLL_REQUEST",
     "EVERY_ENROLL_RESPONSE",
-    "EVERY_STATUS",
     "EVERY_UP",
     "INGEST_SHARE_GROUP",
     "INGEST_SUBSCRIPTION",
@@ -122,20 +121,17 @@ def up(gw: str, kind: str) -> str:
     return f"gw/{check_gateway_id(gw)}/up/{kind}"
 
 
-def kind_of(topic: str) -> str | None:
-    """The last level of ``gw/{id}/up|down/<kind>``, else None."""
-    parts = topic.split("/")
-    return parts[3] if len(parts) == 4 and parts[0] == "gw" and parts[3] else None
-
-
 def every_up(kind: str) -> str:
-    """Cloud-side filter for one kind of gateway -> cloud message of every gateway."""
+    """What the cloud subscribes to for one kind of gateway -> cloud message: gw/+/up/<kind>."""
     if not kind or _FORBIDDEN.intersection(kind):
         raise ValueError(f"uplink message kind {kind!r} must be one topic level")
     return f"gw/+/up/{kind}"
 
 
-EVERY_STATUS = "gw/+/up/status"
+def kind_of(topic: str) -> str | None:
+    """The last level of ``gw/{id}/up|down/<kind>``, else None."""
+    parts = topic.split("/")
+    return parts[3] if len(parts) == 4 and parts[0] == "gw" and parts[3] else None
 
 
 def down_subscription(gw: str) -> str:

@@ -1,8 +1,9 @@
 """The device-management service: the authenticated downlink with commands, device shadow and
 remote configuration (``edgegw.device``), wired into the running gateway.
 
-It is the last service (started after the data path, the uplink and the devices; stopped
-first), and exists only for an enrolled gateway (uplink enabled). ``GatewayAccess`` is the
+It is the last service (started after the data path, the uplink, the downlink service it
+registers its handlers with, and the devices; stopped first), and exists only for an enrolled
+gateway (uplink enabled). ``GatewayAccess`` is the
 narrow interface the device package gets (``edgegw.device.host.GatewayHost``): device calls on
 the bus schedulers, the config checker, and ``reconfigure``, which applies a new config without
 disturbing what did not change:
@@ -31,6 +32,7 @@ from edgegw.config import (
     drivers_from_registry,
     load_config,
 )
+from edgegw.device.downlink import DownlinkService
 from edgegw.device.manager import DeviceManagement
 from edgegw.model import Sample
 from edgegw.runtime.datapath import DataPath
@@ -171,11 +173,10 @@ class DeviceManagementService:
     name = "devmgmt"
 
     def __init__(self, gateway: Any, devices: DeviceManager, uplink: UplinkService,
-                 datapath: DataPath, identity_dir: Path) -> None:
+                 datapath: DataPath, downlink: DownlinkService) -> None:
         self.access = GatewayAccess(gateway, devices, uplink, datapath)
-        self.dm = DeviceManagement(self.access, identity_dir)
-        # the downlink rides on every uplink session (also one rebuilt by a new config)
-        uplink.on_session.append(self.dm.downlink.attach)
+        # the downlink service (started earlier, attached to every uplink session) carries it
+        self.dm = DeviceManagement(self.access, downlink)
 
     async def start(self) -> None:
         await self.dm.start()
@@ -184,4 +185,4 @@ class DeviceManagementService:
         await self.dm.stop()
 
     def stats(self) -> Mapping[str, Mapping[str, Any]]:
-        return {name: fn() for name, fn in self.dm.stats_sources().items()}
+        return {name: fn() for name, fn in self.dm.stats_sources().items() if name != "downlink"}

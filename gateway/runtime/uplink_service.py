@@ -43,11 +43,12 @@ class UplinkService:
         self.identity_dir = identity_dir
         self.datapath = datapath
         self.session: Uplink | None = None
+        #: ``hook(session)`` runs after the session is made and before it runs (the downlink
+        #: service attaches its handler there: the subscription is chosen at connect)
+        self.session_hooks: list[Callable[[Uplink], None]] = []
         #: set by ``Gateway.stop`` before the services stop
         self.drain_timeout = 0.0
         self._task: asyncio.Task[None] | None = None
-        #: ``fn(session)`` before each new session runs (the downlink subscribes through it)
-        self.on_session: list[Callable[[Uplink], None]] = []
 
     async def restart(self, cfg: UplinkConfig) -> None:
         """Replace the session with one built from ``cfg`` (remote configuration). Nothing is
@@ -74,7 +75,7 @@ class UplinkService:
             stable_after=float(u.stable_after),
         )
         dp.pipeline.batcher.on_sealed = lambda _lane: session.notify()
-        for hook in self.on_session:
+        for hook in self.session_hooks:
             hook(session)
         self._task = asyncio.create_task(session.run(), name="uplink")
 
