@@ -57,7 +57,7 @@ class _Keys:
         self._down: dict[str, dl.MessageCodec] = {}
         self._up: dict[tuple[str, int], list[dl.MessageCodec]] = {}
 
-    def _registry_keys(self, gw: str) -> list[Any]:
+    def _registry_keys(self, gw: str) -> tuple[list[Any], int | None]:
         with Registry(self.paths.registry_db) as reg:
             row = reg.gateway(gw)
             if row is None or row.cert_serial is None:
@@ -65,17 +65,20 @@ class _Keys:
                                     "gateways`)")
             if row.revoked:
                 raise DownlinkError(f"gateway {gw!r} is revoked")
-            return reg.public_keys(gw, include_revoked=False)
+            return reg.public_keys(gw, include_revoked=False), reg.reported_key_id(gw)
 
     def down(self, gw: str, key_id: int | None = None) -> dl.MessageCodec:
         with self._lock:
             codec = self._down.get(gw)
             if codec is not None and (key_id is None or codec.key_id == key_id):
                 return codec
-        pubs = self._registry_keys(gw)
+        pubs, reported = self._registry_keys(gw)
         if not pubs:
             raise DownlinkError(f"gateway {gw!r} has no valid certificate")
-        kid = key_id if key_id is not None else self.paths.current_key_id
+        # the key id the gateway uses (it may predate an ingest key rotation)
+        kid = key_id if key_id is not None else reported
+        if kid is None or not self.paths.ingest_ka_key(kid).exists():
+            kid = self.paths.current_key_id
         own = pki.load_private_key(self.paths.ingest_ka_key(kid))
         codec = dl.MessageCodec(dl.derive_message_key(own, pubs[0], kid, gw, dl.DOWN),  # type: ignore[arg-type]
                                 kid, gw, dl.DOWN)

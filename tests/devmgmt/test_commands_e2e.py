@@ -167,3 +167,17 @@ def test_at_most_once_across_duplicates_and_sigkill(rig: Rig) -> None:
     assert (res["status"], res["value"]) == ("ok", 9), res
     assert rig.writes(1) == w1 + 1, "the command ran twice"
     assert res["sends"] >= 2
+
+    # SIGKILL after the device call, before its result was recorded: never executed again,
+    # and the one final result says the outcome is unknown
+    assert rig.stop() == 0
+    rig.start(env={"EDGEGW_CRASHPOINT": "command.after_execute"})
+    rig.wait_online()
+    w2 = rig.writes(1)
+    cid = dm.command_send(GW, "boiler", "write", {"point": "setpoint", "value": 11}, timeout=40)
+    assert rig.proc is not None and rig.proc.wait(20) == -9
+    rig.proc = None
+    rig.start()
+    res = dm.command_wait(cid)
+    assert res["status"] == "refused" and "interrupted" in res["reason"], res
+    assert rig.writes(1) == w2 + 1 and rig.register(1) == 11
