@@ -211,6 +211,8 @@ class Registry:
         if ttl_s <= 0:
             raise RegistryError(f"token ttl must be positive, got {ttl_s}s")
         token = secrets.token_urlsafe(32)
+        while token.startswith("-"):  # `edgegw enroll --token -x...` would read it as an option
+            token = secrets.token_urlsafe(32)
         now = _ms()
         with self._txn() as db:
             row = self._ensure_gateway(db, gateway_id)
