@@ -4,6 +4,7 @@ pymodbus server (device-management acceptance 3 and 4)."""
 from __future__ import annotations
 
 import copy
+import json
 import re
 from pathlib import Path
 
@@ -38,6 +39,8 @@ def test_shadow_converges_after_reconnect_and_follows_the_device(rig: Rig) -> No
     shadow = rig.dm.shadow_get(GW, "boiler")
     assert shadow["delta"] == {} and shadow["desired"] == {"setpoint": 33}
     assert rig.writes(1) == 1
+    r = rig.cli("shadow", "get", GW, "boiler")  # the same document through the CLI
+    assert r.returncode == 0 and json.loads(r.stdout)["delta"] == {}, r.stderr
 
     # another client changes the register: reported follows, the delta shows the divergence,
     # the gateway does not fight it (each desired version is applied once)
@@ -100,8 +103,14 @@ def test_remote_config_add_device_invalid_and_revert(rig: Rig) -> None:
                         r"\(hint: did you mean 'poll'\?\)", res["messages"][0]), res
     bad = copy.deepcopy(added)
     bad["devices"][1]["driver"] = "modbuss"  # type: ignore[index]
-    res = rig.dm.config_wait(GW, _push(rig, bad), 20)
-    assert res["status"] == "refused" and "did you mean 'modbus'" in res["messages"][0], res
+    bad_file = rig.tmp / "bad.yaml"
+    bad_file.write_text(yaml.safe_dump(bad, sort_keys=False))
+    r = rig.cli("config", "push", GW, str(bad_file), "--confirm-within", "20")
+    assert r.returncode == 1 and ": refused" in r.stdout, (r.stdout, r.stderr)
+    assert re.search(r"bad\.yaml:\d+:\d+: devices\.1\.driver: .*did you mean 'modbus'",
+                     r.stdout), r.stdout
+    r = rig.cli("config", "get", GW)  # the running config, from the gateway itself
+    assert r.returncode == 0 and yaml.safe_load(r.stdout) == added, r.stderr
     assert yaml.safe_load(rig.config_path.read_text()) == added
 
     # 3. a push that cuts the uplink: never confirmed, reverted by itself, the gateway is back
