@@ -38,7 +38,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from pymodbus.client import ModbusTcpClient
 
 from edgegw import pki
-from edgegw.protocol.mqtt_client import Client
+from edgegw.transport.mqtt_client import Client
 from edgegw_cloud.broker import ManagedBroker
 from edgegw_cloud.devmgmt import DeviceManager
 from edgegw_cloud.enrollment import provision_gateway
