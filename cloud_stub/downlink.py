@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
@@ -39,6 +40,7 @@ from edgegw_cloud.pki_setup import INGEST_CN, CloudPaths
 from edgegw_cloud.registry import Registry, RegistryError
 
 log = logging.getLogger("edgegw.cloud.downlink")
+KEY_REFRESH_S = 30.0
 
 Listener = Callable[[str, dl.Message], None]
 REPLY_KINDS = (dl.COMMAND, dl.SHADOW, dl.CONFIG, dl.OTA, dl.INFO)
@@ -54,7 +56,9 @@ class _Keys:
     def __init__(self, paths: CloudPaths) -> None:
         self.paths = paths
         self._lock = threading.Lock()
-        self._down: dict[str, dl.MessageCodec] = {}
+        # gateway -> (codec, monotonic time derived): re-derived after KEY_REFRESH_S so a
+        # re-enrolled gateway (new key) or a new reported key id is picked up by a long `serve`
+        self._down: dict[str, tuple[dl.MessageCodec, float]] = {}
         self._up: dict[tuple[str, int], list[dl.MessageCodec]] = {}
 
     def _registry_keys(self, gw: str) -> tuple[list[Any], int | None]:
@@ -69,9 +73,11 @@ class _Keys:
 
     def down(self, gw: str, key_id: int | None = None) -> dl.MessageCodec:
         with self._lock:
-            codec = self._down.get(gw)
-            if codec is not None and (key_id is None or codec.key_id == key_id):
-                return codec
+            cached = self._down.get(gw)
+        if cached is not None and time.monotonic() - cached[1] < KEY_REFRESH_S and (
+            key_id is None or cached[0].key_id == key_id
+        ):
+            return cached[0]
         pubs, reported = self._registry_keys(gw)
         if not pubs:
             raise DownlinkError(f"gateway {gw!r} has no valid certificate")
@@ -83,7 +89,7 @@ class _Keys:
         codec = dl.MessageCodec(dl.derive_message_key(own, pubs[0], kid, gw, dl.DOWN),  # type: ignore[arg-type]
                                 kid, gw, dl.DOWN)
         with self._lock:
-            self._down[gw] = codec
+            self._down[gw] = (codec, time.monotonic())
         return codec
 
     def up(self, gw: str, key_id: int) -> list[dl.MessageCodec]:
@@ -251,6 +257,8 @@ class Downlink:
                     if exc.reason != "auth":
                         break
             if opened is None:
+                if err is not None and err.reason == "auth":
+                    self.keys.forget(gw)  # re-enrolled with a new key? re-read on the next one
                 raise err or dl.MessageError("unknown_key", f"no key for {gw} key id {h.key_id}")
         except (dl.MessageError, RegistryError, DownlinkError) as exc:
             reason = getattr(exc, "reason", "error")
