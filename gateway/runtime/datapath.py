@@ -94,6 +94,11 @@ class DataPath:
     def _build_stages(self) -> list[Stage]:
         return build_stages(self.cfg, submit_blocking=self._submit_blocking)
 
+    def rebuild_stages(self) -> None:
+        """New edge stages from ``self.cfg`` (remote configuration changed rules/anomaly)."""
+        if self.pipeline is not None:
+            self.pipeline.stages = self._build_stages()
+
     @staticmethod
     def _submit_blocking(fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
         return asyncio.get_running_loop().run_in_executor(None, fn, *args)

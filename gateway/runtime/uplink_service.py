@@ -50,6 +50,15 @@ class UplinkService:
         self.drain_timeout = 0.0
         self._task: asyncio.Task[None] | None = None
 
+    async def restart(self, cfg: UplinkConfig) -> None:
+        """Replace the session with one built from ``cfg`` (remote configuration). Nothing is
+        lost: every unacknowledged batch is still in the outbox and is sent again."""
+        drain, self.drain_timeout = self.drain_timeout, 0.0
+        await self.stop()
+        self.drain_timeout = drain
+        self.cfg = cfg
+        await self.start()
+
     async def start(self) -> None:
         u, dp = self.cfg, self.datapath
         assert dp.outbox is not None and dp.pipeline is not None, "start the data path first"
