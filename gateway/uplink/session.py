@@ -18,6 +18,11 @@ Invariants (see docs/delivery.md for the whole story):
 - Reconnect: exponential backoff with full jitter, delay = uniform(0, min(max, min * 2**n));
   n resets only after a connection stayed up ``stable_after`` seconds.
 - Retained ``online`` on connect, retained last will ``offline`` on ``gw/{id}/up/status``.
+- Bytes in the pipe (published, no PUBACK yet) stay within ``flow.cwnd`` (the measured
+  bandwidth-delay product, see ``flow``); the alert lane comes first and may exceed it by a
+  small headroom, so an alert never queues behind more than ~2 round trips of telemetry.
+- MQTT v5 topic alias for the batch topic once the broker allows one (saves the topic name in
+  every PUBLISH); ``on_delivered`` (optional) hears every seq the cloud acked DELIVERED.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
@@ -44,6 +50,7 @@ from edgegw.protocol import topics
 from edgegw.protocol.ack import AckStatus, decode_acks
 from edgegw.protocol.mqtt_client import Client
 from edgegw.store.outbox import Outcome
+from edgegw.uplink.flow import LinkEstimate
 from edgegw.uplink.outbox_io import AsyncOutbox
 
 log = logging.getLogger("edgegw.uplink")
@@ -165,6 +172,11 @@ class Uplink:
         self._topic_status = topics.up_status(gateway_id)
         self._topic_ack = topics.down_ack(gateway_id)
         self.c = _Counters()
+        self.flow = LinkEstimate()
+        #: called with the seqs of each ack the cloud sent DELIVERED (series dictionary)
+        self.on_delivered: Callable[[list[int]], None] | None = None
+        self._alias_max = 0
+        self._alias_set = False
         # per-connection state
         self._gen = 0
         self._client: mqtt.Client | None = None
@@ -219,7 +231,7 @@ class Uplink:
             "backoff_s": self._backoff_now,
             "last_ack_ms": c.last_ack_ms,
             "puback_reasons": dict(c.puback_reasons),
-        }
+        } | self.flow.stats(time.monotonic())
 
     async def run(self) -> None:
         """Connect, upload, reconnect with backoff; returns only by cancellation."""
@@ -373,7 +385,8 @@ class Uplink:
                 log.debug("connected to %s:%d", self.host, self.port)
             self._auth_failing = self._unreachable = False
             client.subscribe(self._topic_ack, qos=1)
-            client.publish(self._topic_status, topics.STATUS_ONLINE, qos=1, retain=True)
+            info = client.publish(self._topic_status, topics.STATUS_ONLINE, qos=1, retain=True)
+            self.flow.on_send(info.mid, len(topics.STATUS_ONLINE), time.monotonic())
             done, _ = await asyncio.wait({suback, lost_wait}, timeout=max(10.0, self.keepalive),
                                          return_when=asyncio.FIRST_COMPLETED)
             if suback not in done:
@@ -404,6 +417,8 @@ class Uplink:
         # Everything in flight stays in the outbox; the next connection sends it again.
         self._inflight.clear()
         self._mids.clear()
+        self.flow.reset()
+        self._alias_set = False
 
     # ------------------------------------------------------------------ the window
     async def _pump(self) -> None:
@@ -419,9 +434,12 @@ class Uplink:
                 batches = await self._io.next_batches(room, exclude)
                 if self._lost.is_set():
                     break
+                now = time.monotonic()
                 for b in batches:
                     if b.seq in self._inflight or b.seq in self._settling:
                         continue
+                    if not self.flow.may_send(len(b.envelope), now, alert=b.lane == 0):
+                        break  # the pipe holds a BDP: wait for PUBACKs (they wake us)
                     self._send(_Flight(b.seq, bytes(b.envelope), b.count, int(b.lane)))
             timeout = self._next_deadline(loop.time())
             self._wake.clear()
@@ -445,7 +463,18 @@ class Uplink:
     def _send(self, flight: _Flight) -> None:
         client = self._client
         assert client is not None
-        info = client.publish(self._topic_batch, flight.envelope, qos=1)
+        if self._alias_set:
+            props = Properties(PacketTypes.PUBLISH)
+            props.TopicAlias = 1
+            info = client.publish("", flight.envelope, qos=1, properties=props)
+        elif self._alias_max >= 1:
+            props = Properties(PacketTypes.PUBLISH)
+            props.TopicAlias = 1
+            info = client.publish(self._topic_batch, flight.envelope, qos=1, properties=props)
+            self._alias_set = True
+        else:
+            info = client.publish(self._topic_batch, flight.envelope, qos=1)
+        self.flow.on_send(info.mid, len(flight.envelope), time.monotonic())
         flight.mid = info.mid
         flight.sent_at = asyncio.get_running_loop().time()
         flight.sends += 1
@@ -466,6 +495,7 @@ class Uplink:
         for flight in overdue:
             self.c.resend_timeouts += 1
             self._mids.pop(flight.mid, None)
+            self.flow.forget(flight.mid)
             self._send(flight)
 
     def _release_cooldown(self, now: float) -> None:
@@ -514,6 +544,7 @@ class Uplink:
                     _p: Properties | None = None) -> None:
         if gen == self._gen and not self._connack.done():
             name = rc.getName() if isinstance(rc, ReasonCode) else str(rc)
+            self._alias_max = int(getattr(_p, "TopicAliasMaximum", 0) or 0)
             self._connack.set_result((_reason_value(rc), name))
 
     def _on_disconnect(self, gen: int, _c: Any, _u: Any, _flags: Any, rc: ReasonCode | int,
@@ -537,6 +568,9 @@ class Uplink:
                     _p: Properties | None = None) -> None:
         if gen != self._gen:
             return
+        self.flow.on_puback(mid, time.monotonic())
+        if self._wake is not None:
+            self._wake.set()  # room in the pipe
         seq = self._mids.pop(mid, None)
         if seq is None:
             return  # the status message, or a flight already re-sent
@@ -598,5 +632,9 @@ class Uplink:
                 self._hold_back(seq)
                 settle.append((seq, Outcome.RETRY))
         self._settle(settle)
+        if self.on_delivered is not None:
+            done = [seq for seq, outcome in settle if outcome is Outcome.DELIVERED]
+            if done:
+                self.on_delivered(done)
         if self._wake is not None:
             self._wake.set()
