@@ -46,7 +46,8 @@ from edgegw import pki
 from edgegw.model import Lane
 from edgegw.protocol import envelope, topics
 from edgegw.protocol.ack import AckStatus, encode_acks
-from edgegw.protocol.codec import CodecError, DecodedBatch, decode_batch
+from edgegw.protocol.codec import CodecError, DecodedBatch
+from edgegw.protocol.codec_v2 import DecodedV2, UnknownSeries, decode_any
 from edgegw.protocol.keys import derive_data_key
 from edgegw.protocol.mqtt_client import Client
 from edgegw_cloud.pki_setup import INGEST_CN, CloudPaths
@@ -76,13 +77,15 @@ def parse_broker_url(url: str) -> tuple[str, int]:
 
 @dataclass(frozen=True, slots=True)
 class _Opened:
-    """An authentic envelope; ``decoded`` None = its plaintext did not decode (reject it)."""
+    """An authentic envelope; ``decoded`` None = its plaintext did not decode (reject it, or
+    ask for a retry when ``retry``: a codec v2 id the cloud's dictionary does not hold)."""
 
     client: mqtt.Client
     gw: str
     seq: int
     received_ms: int
     decoded: DecodedBatch | None
+    retry: bool = False
 
 
 class _Keys:
@@ -156,6 +159,7 @@ class Ingest:
         self.counts: dict[str, int] = defaultdict(int)
         self._store_stats: dict[str, Any] = {}
         self._store_error: BaseException | None = None
+        self._names = _Dictionaries(self.store_path)  # the opener thread's
 
     # ------------------------------------------------------------------ lifecycle
     def start(self, timeout: float = 15.0) -> Ingest:
@@ -291,8 +295,9 @@ class Ingest:
                     continue
                 if opened is None:
                     continue
-                gw, header, decoded = opened
-                self._put(self._opened, _Opened(m.client, gw, header.seq, m.received_ms, decoded))
+                gw, header, decoded, retry = opened
+                self._put(self._opened,
+                          _Opened(m.client, gw, header.seq, m.received_ms, decoded, retry))
                 now = time.monotonic()
                 if now - last_touch.get(gw, 0.0) >= TOUCH_EVERY_S:
                     last_touch[gw] = now
@@ -302,6 +307,7 @@ class Ingest:
                         log.debug("registry touch failed: %s", exc)
         finally:
             registry.close()
+            self._names.close()
 
     def _write_loop(self) -> None:
         store = CloudStore(self.store_path)
@@ -329,7 +335,9 @@ class Ingest:
         if n & (n - 1) == 0 or n % 1000 == 0:
             log.warning(message + " [%s #%d]", *args, kind, n)
 
-    def _open(self, m: _Msg, keys: _Keys) -> tuple[str, Any, DecodedBatch | None] | None:
+    def _open(
+        self, m: _Msg, keys: _Keys
+    ) -> tuple[str, Any, DecodedBatch | None, bool] | None:
         """(gateway, header, decoded or None if undecodable) for an AUTHENTIC envelope."""
         gw = topics.gateway_of(m.topic) or ""
         if not gw or m.topic != topics.up_batch(gw):
@@ -384,7 +392,19 @@ class Ingest:
                 )
             return None
         try:
-            decoded = decode_batch(plaintext)
+            decoded = decode_any(plaintext, self._names.resolver(gw))
+        except UnknownSeries as exc:
+            # the batch is fine; this cloud lacks the definitions (lost store?): never reject
+            self._warn(
+                "unknown_series",
+                gw,
+                "gateway %s: batch %d names series the dictionary does not hold (%s); "
+                "acked retry",
+                gw,
+                header.seq,
+                exc,
+            )
+            return gw, header, None, True
         except CodecError as exc:
             self._warn(
                 "undecodable",
@@ -394,8 +414,10 @@ class Ingest:
                 header.seq,
                 exc,
             )
-            return gw, header, None
-        return gw, header, decoded
+            return gw, header, None, False
+        if isinstance(decoded, DecodedV2) and decoded.definitions:
+            self._names.learn(gw, decoded.epoch, decoded.definitions)
+        return gw, header, decoded, False
 
     @staticmethod
     def _try_open(
@@ -420,20 +442,14 @@ class Ingest:
         storable = [o for o in group if o.decoded is not None]
         for o in group:
             if o.decoded is None:
-                ack(o, ACK_REJECTED)
-        records = [
-            BatchRecord(
-                o.gw,
-                o.seq,
-                _lane_of(o.decoded),
-                o.received_ms,
-                alerts=o.decoded.alerts,
-                gaps=o.decoded.gaps,
-                series=o.decoded.series,
-            )
-            for o in storable
-            if o.decoded is not None
-        ]
+                ack(o, ACK_RETRY if o.retry else ACK_REJECTED)
+        records: list[BatchRecord] = []
+        owners: list[_Opened] = []
+        for o in storable:
+            assert o.decoded is not None
+            for rec in _records(o):
+                records.append(rec)
+                owners.append(o)
         if records:
             try:
                 fresh = store.commit_many(records)
@@ -448,7 +464,7 @@ class Ingest:
                 for o in storable:
                     ack(o, ACK_RETRY)
             else:
-                for o, rec, new in zip(storable, records, fresh, strict=True):
+                for rec, new in zip(records, fresh, strict=True):
                     if new:
                         self.counts["batches_stored"] += 1
                         self.counts["readings_stored"] += rec.readings
@@ -456,13 +472,63 @@ class Ingest:
                         self.counts["duplicates"] += 1
                         log.debug(
                             "gateway %s: batch %d already stored (re-sent); acked again",
-                            o.gw,
-                            o.seq,
+                            rec.gateway,
+                            rec.seq,
                         )
+                for o in storable:  # a re-packed batch: acked once all its parts are stored
                     ack(o, ACK_DELIVERED)
         for (_, gw), (client, items) in acks.items():
             client.publish(topics.down_ack(gw), encode_acks(items), qos=1)
             self.counts["acks_sent"] += len(items)
+
+
+def _records(o: _Opened) -> list[BatchRecord]:
+    """Store records of an opened batch: one, or one per ORIGINAL seq of a re-packed batch
+    (so the store deduplicates per original batch: a part already stored is skipped)."""
+    d = o.decoded
+    assert d is not None
+    defs = (d.epoch, d.definitions) if isinstance(d, DecodedV2) and d.definitions else None
+    if isinstance(d, DecodedV2) and d.parts:
+        parts = d.split_parts()
+        return [
+            BatchRecord(o.gw, seq, int(Lane.TELEMETRY), o.received_ms, series=series,
+                        definitions=defs if i == 0 else None)
+            for i, (seq, series) in enumerate(parts)
+        ]
+    return [
+        BatchRecord(o.gw, o.seq, _lane_of(d), o.received_ms, alerts=d.alerts, gaps=d.gaps,
+                    series=d.series, definitions=defs)
+    ]
+
+
+class _Dictionaries:
+    """Codec v2 series names per (gateway, epoch) for the opener thread: learnt from batches
+    as they are decoded, else read from the store (another process, or before a restart)."""
+
+    def __init__(self, store_path: Path) -> None:
+        self.store_path = store_path
+        self._known: dict[tuple[str, int], dict[int, tuple[str, str]]] = {}
+        self._store: CloudStore | None = None
+
+    def learn(self, gw: str, epoch: int, defs: dict[int, tuple[str, str]]) -> None:
+        self._known.setdefault((gw, epoch), {}).update(defs)
+
+    def resolver(self, gw: str) -> Callable[[int, Any], dict[int, tuple[str, str]]]:
+        def resolve(epoch: int, ids: Any) -> dict[int, tuple[str, str]]:
+            known = self._known.setdefault((gw, epoch), {})
+            missing = [i for i in ids if i not in known]
+            if missing:
+                if self._store is None and self.store_path.exists():
+                    self._store = CloudStore(self.store_path, readonly=True)
+                if self._store is not None:
+                    known.update(self._store.series_names(gw, epoch, missing))
+            return {i: known[i] for i in ids if i in known}
+
+        return resolve
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
 
 
 def _lane_of(decoded: DecodedBatch) -> int:

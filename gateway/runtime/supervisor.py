@@ -114,6 +114,7 @@ class Gateway:
         self._write_stats = {"requested": 0, "ok": 0, "failed": 0}
         self._started = time.monotonic()
         self.uplink: Any = None
+        self.series_dict: Any = None
         self.outbox: Any = None
         self.pipeline: Pipeline | None = None
         self._metrics_server: Any = None
@@ -140,12 +141,21 @@ class Gateway:
                 sealer=sealer,
             )
         )
+        self.series_dict = None
+        if cfg.batch.codec == "v2":
+            from edgegw.store.series_dict import FILE_NAME, SeriesDictionary
+
+            self.series_dict = await self.outbox_thread.call(
+                SeriesDictionary, self.state_dir / FILE_NAME)
         batcher = Batcher(
             self.outbox,
             self.outbox_thread,
             max_readings=cfg.batch.max_readings,
             max_age=float(cfg.batch.max_age),
+            encode=self.series_dict.encode if self.series_dict is not None else None,
         )
+        if self.series_dict is not None:
+            batcher.on_appended = self.series_dict.sealed
         self.pipeline = Pipeline(batcher, self._build_stages(), on_writes=self._on_writes)
         self._tasks.append(asyncio.create_task(self.pipeline.run(), name="pipeline"))
         await self._start_devices()
@@ -364,6 +374,10 @@ class Gateway:
         assert self.pipeline is not None
         uplink = self.uplink
         self.pipeline.batcher.on_sealed = lambda _lane: uplink.notify()
+        from edgegw.runtime.batching import wire
+
+        wire(self.pipeline.batcher, uplink, self.series_dict, min_age=float(self.cfg.batch.max_age),
+             max_age_slow=float(self.cfg.batch.max_age_slow))
         self._tasks.append(asyncio.create_task(self.uplink.run(), name="uplink"))
 
     # ------------------------------------------------------------------ observability

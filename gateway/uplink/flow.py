@@ -136,7 +136,7 @@ class LinkEstimate:
         limit = self.cwnd(now) + (ALERT_HEADROOM if alert else 0)
         return self.in_pipe + size <= limit
 
-    def stats(self, now: float) -> dict[str, float]:
+    def stats(self, now: float) -> dict[str, int | float]:
         rate, rtt = self._rate.get(now), self._rtt.get(now)
         return {"link_rate_bps": round(8 * rate) if rate else 0,
                 "link_base_rtt_ms": round(1000 * rtt, 1) if rtt else 0,
