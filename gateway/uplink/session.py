@@ -207,7 +207,7 @@ class Uplink:
 
     def stats(self) -> dict[str, int | float | dict[str, Any]]:
         c = self.c
-        return {
+        out: dict[str, int | float | dict[str, Any]] = {
             "connected": int(self._connected),
             "connect_attempts": c.connect_attempts,
             "connects": c.connects,
@@ -231,7 +231,9 @@ class Uplink:
             "backoff_s": self._backoff_now,
             "last_ack_ms": c.last_ack_ms,
             "puback_reasons": dict(c.puback_reasons),
-        } | self.flow.stats(time.monotonic())
+        }
+        out.update(self.flow.stats(time.monotonic()))
+        return out
 
     async def run(self) -> None:
         """Connect, upload, reconnect with backoff; returns only by cancellation."""
