@@ -208,6 +208,8 @@ class BatchConfig(_Section):
         default=3.0, gt=0,
         description="on a slow link telemetry batches grow up to this age (fewer bytes per "
         "reading); set it equal to max_age to turn adaptive batching off")
+    repack: bool = Field(
+        default=True, description="re-pack a telemetry backlog into bigger batches (codec v2)")
     codec: Literal["v1", "v2"] = Field(
         default="v2",
         description="v2: series dictionary + step-aware columns (docs/weak-networks.md)")

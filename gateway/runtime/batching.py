@@ -20,12 +20,20 @@ defaults on 64 kbit/s.
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import logging
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+log = logging.getLogger("edgegw.pipeline")
+
 EVERY = 1.0
+REPACK_EVERY = 2.0
+REPACK_FLIGHT = 1.0
+REPACK_MIN = 8 * 1024
+REPACK_DEFAULT = 64 * 1024
 WINDOW = 10.0
 GROW_ABOVE = 0.25
 SHRINK_BELOW = 0.06
@@ -50,6 +58,22 @@ def wire(batcher: Any, uplink: Any, dictionary: Any, *, min_age: float,
                          max_age_slow=max_age_slow)
     batcher.age_policy = policy
     return policy
+
+
+async def repack_loop(repacker: Any, uplink: Any, outbox_thread: Any,
+                      every: float = REPACK_EVERY) -> None:
+    """Re-pack the telemetry backlog now and then (``edgegw.store.repack``), into batches of
+    about ``REPACK_FLIGHT`` seconds of the measured link (``REPACK_DEFAULT`` before any
+    estimate). Runs until cancelled; a failing re-pack is logged and retried later."""
+    while True:
+        await asyncio.sleep(every)  # a period, not synchronisation
+        rate = uplink.flow.rate(time.monotonic())
+        target = max(REPACK_MIN, int(rate * REPACK_FLIGHT)) if rate else REPACK_DEFAULT
+        try:
+            while await outbox_thread.call(repacker.repack, uplink.held_seqs(), target):
+                uplink.notify()
+        except Exception:
+            log.exception("re-packing the backlog failed; retrying in %.0f s", every)
 
 
 class AdaptiveAge:

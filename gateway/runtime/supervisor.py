@@ -378,6 +378,13 @@ class Gateway:
 
         wire(self.pipeline.batcher, uplink, self.series_dict, min_age=float(self.cfg.batch.max_age),
              max_age_slow=float(self.cfg.batch.max_age_slow))
+        if self.series_dict is not None and self.cfg.batch.repack:
+            from edgegw.runtime.batching import repack_loop
+            from edgegw.store.repack import Repacker
+
+            self._tasks.append(asyncio.create_task(repack_loop(
+                Repacker(self.outbox, self.series_dict), uplink, self.outbox_thread),
+                name="repack"))
         self._tasks.append(asyncio.create_task(self.uplink.run(), name="uplink"))
 
     # ------------------------------------------------------------------ observability

@@ -201,6 +201,10 @@ class Uplink:
         if self._wake is not None:
             self._wake.set()
 
+    def held_seqs(self) -> set[int]:
+        """Seqs the uplink holds (in flight, being settled, held back): not to be re-packed."""
+        return set(self._inflight) | set(self._cooldown) | self._settling
+
     @property
     def connected(self) -> bool:
         return self._connected
