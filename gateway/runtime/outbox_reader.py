@@ -13,6 +13,7 @@ from edgegw.model import Alert, Sample
 from edgegw.protocol.codec_v2 import decode_any
 from edgegw.protocol.envelope import open_sealed, parse_header
 from edgegw.runtime.sealing import key_lookup
+from edgegw.store.series_dict import FILE_NAME, file_resolver
 
 
 def _rows(db: Path) -> list[tuple[int, bytes]]:
@@ -37,8 +38,6 @@ def read_outbox(
     alerts: list[Alert] = []
     seqs: list[int] = []
     gw = gateway_id or _gateway_id(state)
-    from edgegw.store.series_dict import FILE_NAME, file_resolver
-
     resolve: Any = file_resolver(state / FILE_NAME)
     for seq, env in _rows(path):
         header = parse_header(env)
