@@ -46,7 +46,7 @@ from typing import Any
 
 import snappy
 
-from edgegw.model import Alert, Quality, Sample
+from edgegw.protocol.model import Alert, Quality, Sample
 from edgegw.protocol import codec as v1
 from edgegw.protocol.codec import (
     COL_FLOAT,
