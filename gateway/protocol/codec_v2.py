@@ -46,7 +46,6 @@ from typing import Any
 
 import snappy
 
-from edgegw.protocol.model import Alert, Quality, Sample
 from edgegw.protocol import codec as v1
 from edgegw.protocol.codec import (
     COL_FLOAT,
@@ -70,6 +69,7 @@ from edgegw.protocol.codec import (
     _Where,
     _zz,
 )
+from edgegw.protocol.model import Alert, Quality, Sample
 
 VERSION = 2
 MAX_DEFS = 1_000_000

@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from linkemu import LinkEmulator  # tests/ is on sys.path (rootdir)
 
 from edgegw.model import Alert, Lane, Sample, Severity
 from edgegw.protocol.codec import encode_batch
@@ -25,7 +26,6 @@ from edgegw.store.outbox import Outbox
 from edgegw.uplink.outbox_io import OutboxIO
 from edgegw.uplink.session import Uplink
 
-from linkemu import LinkEmulator  # tests/ is on sys.path (rootdir)
 from .conftest import Cloud, await_until
 
 GW = "gw-weak-alerts"
