@@ -227,6 +227,7 @@ class Uplink:
             "puback_reasons": dict(c.puback_reasons),
         }
         out.update(self.flow.stats(time.monotonic()))
+        out["topic_alias"] = int(self._alias_set)
         return out
 
     async def run(self) -> None:

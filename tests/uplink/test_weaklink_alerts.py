@@ -51,6 +51,7 @@ def test_alert_overtakes_a_saturating_backlog(cloud: Cloud, tmp_path: Path) -> N
     assert sum(sizes) > 70_000  # the backlog really is ~10 s of this link
     emu = LinkEmulator(cloud.broker.port, rate=8000, delay=0.15, buffer=64 * 1024).start()
     alert_seqs: list[int] = []
+    stats: dict[str, object] = {}
     waiting_at_alert: list[set[int]] = []
 
     async def run() -> None:
@@ -76,6 +77,7 @@ def test_alert_overtakes_a_saturating_backlog(cloud: Cloud, tmp_path: Path) -> N
                     await await_until(lambda s=seq: store.has_batch(GW, s), 60, f"alert {a}")
                 await await_until(lambda: len(store.batch_seqs(GW)) == BACKLOG + ALERTS, 120,
                                   "the whole backlog")
+                stats.update(up.stats())
             finally:
                 store.close()
         finally:
@@ -98,6 +100,8 @@ def test_alert_overtakes_a_saturating_backlog(cloud: Cloud, tmp_path: Path) -> N
         outbox.close()
         pool.shutdown()
     assert waiting_at_alert[0], "the backlog drained before the first alert: proves nothing"
+    assert stats["topic_alias"] == 1  # Mosquitto 2.0 granted a topic alias and it was used
+    assert 0 < int(stats["link_rate_bps"]) < 200_000  # type: ignore[call-overload]
     overtaken = []
     for seq, waiting in zip(alert_seqs, waiting_at_alert, strict=True):
         if waiting:  # telemetry that was waiting when the alert was raised but stored after it
