@@ -161,6 +161,7 @@ class Uplink:
         self._topic_batch = topics.up_batch(gateway_id)
         self._topic_status = topics.up_status(gateway_id)
         self._topic_ack = topics.down_ack(gateway_id)
+        self._topic_down_all = topics.down_subscription(gateway_id)
         self.c = _Counters()
         self.flow = LinkEstimate()
         #: called with the seqs of each ack the cloud sent DELIVERED (series dictionary)
@@ -184,8 +185,31 @@ class Uplink:
         self._auth_failing = False
         self._unreachable = False
         self._tasks: set[asyncio.Task[None]] = set()
+        # device management (edgegw.device.downlink): other messages on gw/{id}/down/#
+        self._downlink: Callable[[str, bytes], None] | None = None
+        self._connect_listeners: list[Callable[[], None]] = []
 
     # ------------------------------------------------------------------ public
+    def set_downlink_handler(self, handler: Callable[[str, bytes], None]) -> None:
+        """Receive every message on ``gw/{id}/down/#`` except acks (called on the event loop).
+
+        Set before ``run()``: the subscription widens from ``down/ack`` to ``down/#``.
+        """
+        self._downlink = handler
+
+    def add_connect_listener(self, fn: Callable[[], None]) -> None:
+        """``fn()`` runs on the event loop each time a connection is up and subscribed."""
+        self._connect_listeners.append(fn)
+
+    def publish_message(self, topic: str, payload: bytes) -> bool:
+        """QoS1 publish of a device-management message; False when not connected (the caller
+        keeps what it needs to say again: the cloud re-asks, the gateway re-reports)."""
+        client = self._client
+        if client is None or not self._connected:
+            return False
+        info = client.publish(topic, payload, qos=1)
+        return info.rc == mqtt.MQTT_ERR_SUCCESS
+
     def notify(self) -> None:
         """Tell the uplink the outbox has new batches (optional: it also polls)."""
         if self._wake is not None:
@@ -381,19 +405,19 @@ class Uplink:
             else:
                 log.debug("connected to %s:%d", self.host, self.port)
             self._auth_failing = self._unreachable = False
-            client.subscribe(self._topic_ack, qos=1)
+            client.subscribe(self._topic_sub, qos=1)
             info = client.publish(self._topic_status, topics.STATUS_ONLINE, qos=1, retain=True)
             self.flow.on_send(info.mid, len(topics.STATUS_ONLINE), time.monotonic())
             done, _ = await asyncio.wait({suback, lost_wait}, timeout=max(10.0, self.keepalive),
                                          return_when=asyncio.FIRST_COMPLETED)
             if suback not in done:
                 if not self._lost.is_set():
-                    log.info("no SUBACK for %s from %s:%d; reconnecting", self._topic_ack,
+                    log.info("no SUBACK for %s from %s:%d; reconnecting", self._topic_sub,
                              self.host, self.port)
                 return loop.time() - connected_at
             if self._suback.result() >= 0x80:
                 self.c.subscribe_refused += 1
-                self._auth_failed(f"broker refused the subscription to {self._topic_ack} "
+                self._auth_failed(f"broker refused the subscription to {self._topic_sub} "
                                   f"(reason 0x{self._suback.result():02X}); check the broker ACL")
                 return loop.time() - connected_at
             await self._pump()
@@ -418,7 +442,16 @@ class Uplink:
         self._alias_set = False
 
     # ------------------------------------------------------------------ the window
+    @property
+    def _topic_sub(self) -> str:
+        return self._topic_down_all if self._downlink is not None else self._topic_ack
+
     async def _pump(self) -> None:
+        for fn in self._connect_listeners:
+            try:
+                fn()
+            except Exception:
+                log.exception("connect listener %r failed", fn)
         loop = asyncio.get_running_loop()
         assert self._lost is not None and self._wake is not None
         while not self._lost.is_set():
@@ -592,7 +625,14 @@ class Uplink:
         self._settle([(seq, Outcome.RETRY)])
 
     def _on_message(self, gen: int, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        if gen != self._gen or msg.topic != self._topic_ack:
+        if gen != self._gen:
+            return
+        if msg.topic != self._topic_ack:
+            if self._downlink is not None and msg.topic.startswith(self._topic_down_all[:-1]):
+                try:
+                    self._downlink(msg.topic, bytes(msg.payload))
+                except Exception:
+                    log.exception("downlink handler failed on %s", msg.topic)
             return
         try:
             acks = decode_acks(bytes(msg.payload))
