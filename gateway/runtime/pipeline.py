@@ -123,12 +123,15 @@ class Batcher:
         """Lanes that must be sealed now (full, or oldest item older than max_age)."""
         out = []
         tele_age = self.age_policy() if self.age_policy is not None else self.max_age
+        # a slow link's longer batches may hold proportionally more readings (at most 10x)
+        tele_cap = min(10 * self.max_readings,
+                       max(self.max_readings, int(self.max_readings * tele_age / self.max_age)))
         for lane, p in self._pending.items():
             n = len(p)
             if not n:
                 continue
             if (
-                n >= self.max_readings
+                n >= (tele_cap if lane is Lane.TELEMETRY else self.max_readings)
                 or now - p.since >= (tele_age if lane is Lane.TELEMETRY else self.max_age)
                 or (lane is Lane.BULK and self._bulk_bytes >= self.max_bulk_bytes)
                 or lane is Lane.ALERT  # alerts are sealed at once: latency budget 100 ms
