@@ -202,14 +202,12 @@ def edgegw_run(kind: str, poll: float, rate_bps: float, rtt: float, seconds: flo
                 "SELECT coalesce(sum(readings), 0) FROM batches WHERE gateway=? AND "
                 "received_ms >= ? AND received_ms < ?", (GW, t0ms, t1ms)).fetchone()[0]
             lag = [r[0] for r in con.execute(
-                "SELECT b.stored_ms - r.ts_ms FROM readings r JOIN batches b ON "
-                "b.gateway = r.gateway AND b.seq = r.seq WHERE r.gateway=? AND "
-                "r.ts_ms >= ? AND r.ts_ms < ?", (GW, t0ms, t1ms))]
+                "SELECT b.stored_ms - p.ts_ms FROM points p JOIN batches b ON b.seq = p.seq "
+                "WHERE p.ts_ms >= ? AND p.ts_ms < ?", (t0ms, t1ms))]
             window_produced = (r1 - r0) * 100
-            stored_total = con.execute("SELECT count(*) FROM readings WHERE gateway=?",
-                                       (GW,)).fetchone()[0]
-            distinct = con.execute("SELECT count(*) FROM (SELECT DISTINCT device, metric, ts_ms "
-                                   "FROM readings WHERE gateway=?)", (GW,)).fetchone()[0]
+            stored_total = con.execute("SELECT count(*) FROM points").fetchone()[0]
+            distinct = con.execute("SELECT count(*) FROM (SELECT DISTINCT series, ts_ms "
+                                   "FROM points)").fetchone()[0]
         finally:
             con.close()
         up = c1["up_bytes"] - c0["up_bytes"]
@@ -374,18 +372,20 @@ def catchup_run(rate_bps: float, rtt: float, warmup: float, cut: float,
         d0 = emu.counters()
         con = cloud.db()
         drained_at = None
+        plc = "(SELECT id FROM series WHERE device LIKE 'plc%')"
         try:
             deadline = time.monotonic() + limit
+            want = 0.995 * 1000 * (t_restore - t_cut)
             while time.monotonic() < deadline:
                 time.sleep(1.0)  # poll until the backlog has arrived (bounded by --limit)
-                n = con.execute("SELECT count(*) FROM readings WHERE gateway=? AND ts_ms < ? "
-                                "AND device LIKE 'plc%'", (GW, int(t_restore * 1000))
-                                ).fetchone()[0]
-                expected = con.execute(
-                    "SELECT count(*) FROM readings WHERE gateway=? AND device LIKE 'plc%' AND "
-                    "ts_ms < ?", (GW, int(t_cut * 1000))).fetchone()[0]
-                if n >= expected + (t_restore - t_cut - 2) * 1000:
-                    drained_at = time.time()
+                n = con.execute(f"SELECT count(*) FROM points WHERE ts_ms >= ? AND ts_ms < ? "
+                                f"AND series IN {plc}", (int(t_cut * 1000),
+                                                         int(t_restore * 1000))).fetchone()[0]
+                if n >= want:
+                    drained_at = con.execute(
+                        f"SELECT max(b.stored_ms) FROM points p JOIN batches b ON b.seq = p.seq "
+                        f"WHERE p.ts_ms >= ? AND p.ts_ms < ? AND p.series IN {plc}",
+                        (int(t_cut * 1000), int(t_restore * 1000))).fetchone()[0] / 1000
                     break
             d1, td1 = emu.counters(), time.time()
             time.sleep(5)
@@ -403,23 +403,24 @@ def catchup_run(rate_bps: float, rtt: float, warmup: float, cut: float,
                 "SELECT b.stored_ms - a.ts_ms FROM alerts a JOIN batches b ON "
                 "a.gateway = b.gateway AND a.seq = b.seq WHERE a.gateway=? AND a.ts_ms < ?",
                 (GW, int(t_cut * 1000)))]
-            drain_readings = con.execute(
-                "SELECT count(*) FROM readings r JOIN batches b ON b.gateway = r.gateway AND "
-                "b.seq = r.seq WHERE r.gateway=? AND b.received_ms >= ? AND b.received_ms < ?",
-                (GW, rs, rd)).fetchone()[0]
-            live_readings = con.execute(
-                "SELECT count(*) FROM readings r JOIN batches b ON b.gateway = r.gateway AND "
-                "b.seq = r.seq WHERE r.gateway=? AND b.received_ms >= ? AND b.received_ms < ?",
-                (GW, int(tl0 * 1000), int(tl1 * 1000))).fetchone()[0]
+
+            def carried(t0: float, t1: float) -> int:
+                return int(con.execute(
+                    "SELECT coalesce(sum(readings), 0) FROM batches WHERE gateway=? AND "
+                    "received_ms >= ? AND received_ms < ?", (GW, int(t0 * 1000),
+                                                             int(t1 * 1000))).fetchone()[0])
+
+            reconnect = con.execute("SELECT min(received_ms) FROM batches WHERE received_ms >= ?",
+                                    (rs,)).fetchone()[0]
+            drain_readings = carried(t_restore, drained_at or td1)
+            live_readings = carried(tl0, tl1)
             live_lag_after = [r[0] for r in con.execute(
-                "SELECT b.stored_ms - r.ts_ms FROM readings r JOIN batches b ON "
-                "b.gateway = r.gateway AND b.seq = r.seq WHERE r.gateway=? AND r.ts_ms >= ? "
-                "AND r.ts_ms < ? AND r.device LIKE 'plc%'", (GW, rs, rd))]
-            stored = con.execute("SELECT count(*) FROM readings WHERE gateway=? AND device "
-                                 "LIKE 'plc%'", (GW,)).fetchone()[0]
-            distinct = con.execute("SELECT count(*) FROM (SELECT DISTINCT device, metric, ts_ms "
-                                   "FROM readings WHERE gateway=? AND device LIKE 'plc%')",
-                                   (GW,)).fetchone()[0]
+                f"SELECT b.stored_ms - p.ts_ms FROM points p JOIN batches b ON b.seq = p.seq "
+                f"WHERE p.ts_ms >= ? AND p.ts_ms < ? AND p.series IN {plc}", (rs, rd))]
+            stored = con.execute(f"SELECT count(*) FROM points WHERE series IN {plc}"
+                                 ).fetchone()[0]
+            distinct = con.execute(f"SELECT count(*) FROM (SELECT DISTINCT series, ts_ms FROM "
+                                   f"points WHERE series IN {plc})").fetchone()[0]
         finally:
             con.close()
         produced = plant.reads() * 100
@@ -431,6 +432,8 @@ def catchup_run(rate_bps: float, rtt: float, warmup: float, cut: float,
             "backlog_readings": round((t_restore - t_cut) * 1000),
             "drain_s": round(drain_s, 1) if drain_s else None,
             "drain_readings_per_s": round(drain_readings / drain_s) if drain_s else None,
+            "reconnected_after_restore_s": round((reconnect - rs) / 1000, 1)
+            if reconnect else None,
             "drain_bytes_per_reading": round(drain_bytes / drain_readings, 3)
             if drain_readings else None,
             "drain_link_utilisation": round(drain_bytes / (td1 - t_restore) / (rate_bps / 8), 3),

@@ -31,6 +31,7 @@ log = logging.getLogger("edgegw.pipeline")
 
 EVERY = 1.0
 REPACK_EVERY = 2.0
+REPACK_PAUSE = 0.1
 REPACK_FLIGHT = 1.0
 REPACK_MIN = 8 * 1024
 REPACK_DEFAULT = 64 * 1024
@@ -72,6 +73,8 @@ async def repack_loop(repacker: Any, uplink: Any, outbox_thread: Any,
         try:
             while await outbox_thread.call(repacker.repack, uplink.held_seqs(), target):
                 uplink.notify()
+                # the outbox thread also seals alerts and feeds the uplink: let them through
+                await asyncio.sleep(REPACK_PAUSE)
         except Exception:
             log.exception("re-packing the backlog failed; retrying in %.0f s", every)
 
