@@ -158,7 +158,7 @@ def gateway_config(state: Path, identity: Path, broker: str, ports: list[int], p
 
 
 def start_gateway(tmp: Path, cloud: CloudRig, emu: LinkEmulator, plant: Plant, poll: float,
-                  kind: str, alarms: int = 0) -> subprocess.Popen[bytes]:
+                  kind: str, alarms: int = 0, drain: float = 120) -> subprocess.Popen[bytes]:
     state = tmp / "gw"
     provision_gateway(cloud.paths, GW, state / "identity", broker=cloud.url)
     cfg = tmp / "gateway.yaml"
@@ -166,7 +166,7 @@ def start_gateway(tmp: Path, cloud: CloudRig, emu: LinkEmulator, plant: Plant, p
         state, state / "identity", f"mqtts://127.0.0.1:{emu.port}", plant.ports, poll, kind,
         alarms)))
     return subprocess.Popen(
-        [sys.executable, "-m", "edgegw.cli", "run", "-c", str(cfg), "--drain-timeout", "120"],
+        [sys.executable, "-m", "edgegw.cli", "run", "-c", str(cfg), "--drain-timeout", str(drain)],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(tmp / "gw.log", "wb"))
 
 
@@ -181,13 +181,13 @@ def stop_gateway(gw: subprocess.Popen[bytes]) -> None:
 
 # --------------------------------------------------------------------------- edgegw runs
 def edgegw_run(kind: str, poll: float, rate_bps: float, rtt: float, seconds: float,
-               warmup: float) -> dict[str, Any]:
+               warmup: float, drain: float = 120) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="edgegw-weak-"))
     os.chmod(tmp, 0o711)
     cloud = CloudRig(tmp)
     plant = Plant(kind)
     emu = LinkEmulator(cloud.port, rate=rate_bps / 8, delay=rtt / 2, buffer=64 * 1024).start()
-    gw = start_gateway(tmp, cloud, emu, plant, poll, kind)
+    gw = start_gateway(tmp, cloud, emu, plant, poll, kind, drain=drain)
     try:
         time.sleep(warmup)  # measurement windows of a benchmark, not synchronisation
         c0, t0, r0 = emu.counters(), time.time(), plant.reads()
@@ -494,7 +494,7 @@ def main() -> None:
             poll, kind = WORKLOADS[wl]
             row: dict[str, Any] = {"raw_payload_bytes_per_reading": 2.0}
             for kbit in (float(x) for x in a.links.split(",")):
-                r = edgegw_run(kind, poll, kbit * 1000, a.rtt, a.seconds, a.warmup)
+                r = edgegw_run(kind, poll, kbit * 1000, a.rtt, a.seconds, a.warmup, drain=5)
                 row[f"edgegw_{kbit:g}k"] = {k: r[k] for k in (
                     "bytes_per_reading_up", "readings_per_s", "link_utilisation",
                     "delivered_in_window", "lag_ms_steady")}
