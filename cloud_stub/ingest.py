@@ -49,7 +49,7 @@ from edgegw.protocol.codec import CodecError, DecodedBatch
 from edgegw.protocol.codec_v2 import DecodedV2, UnknownSeries, decode_any
 from edgegw.protocol.keys import derive_data_key
 from edgegw.protocol.model import Lane
-from edgegw.protocol.mqtt_client import Client
+from edgegw.transport.mqtt_client import Client
 from edgegw_cloud.pki_setup import INGEST_CN, CloudPaths
 from edgegw_cloud.registry import Registry
 from edgegw_cloud.store import BatchRecord, CloudStore
