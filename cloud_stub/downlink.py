@@ -1,6 +1,7 @@
 """Cloud -> gateway downlink: seals and publishes device-management messages, opens replies.
 
-``Downlink(paths, broker_url)`` is one MQTT v5 client with the cloud's ingest identity (the only
+``Downlink(paths, broker_url)`` (the broker's SERVICE listener, docs/security.md) is one MQTT v5
+client with the cloud's ingest identity (the only
 identity the broker ACL lets publish on ``gw/+/down/#``; gateways may write only their own
 ``gw/<cn>/up/#``). It is used by the CLI (one short-lived client per command) and by Python
 callers (``serve``'s device manager, tests, benches).
@@ -141,7 +142,7 @@ class Downlink:
     def start(self, timeout: float = 15.0) -> Downlink:
         p = self.paths
         client = Client(callback_api_version=CallbackAPIVersion.VERSION2,
-                        client_id=f"{INGEST_CN}-{self._tag}-{secrets.token_hex(4)}",
+                        client_id=pki.client_id(f"{INGEST_CN}-{self._tag}-{secrets.token_hex(4)}"),
                         protocol=mqtt.MQTTv5)
         client.tls_set_context(pki.make_tls_context(p.ca_crt, p.ingest_crt, p.ingest_key))
         client.reconnect_delay_set(min_delay=1, max_delay=2)

@@ -64,6 +64,7 @@ def serve(
     paths: CloudPaths,
     *,
     port: int,
+    enroll_port: int | None = None,
     broker_url: str | None = None,
     stop: threading.Event | None = None,
     ingest: bool = True,
@@ -83,18 +84,25 @@ def serve(
     refresh_crl(paths)
     broker: ManagedBroker | None = None
     if broker_url is None:
-        broker = ManagedBroker(paths, port).start()
+        # two listeners (docs/security.md "Client ids"): gateways on ``port``, enrollment and
+        # the services on ``enroll_port`` (default port + 1)
+        sport = enroll_port if enroll_port else port + 1
+        broker = ManagedBroker(paths, port, service_port=sport).start()
         broker_url = broker.url
-    url = parse_broker_url(broker_url)
+        service_url = broker.service_url
+    else:
+        service_url = broker_url  # an external broker: one listener for everything
+    url = parse_broker_url(service_url)
     enroll = EnrollmentService(paths, url.host, url.port).start()
     ingest_thread = None
     ingest_procs: IngestProcesses | None = None
     if ingest and ingest_processes > 0:
-        ingest_procs = IngestProcesses(paths, broker_url, ingest_processes, ingest_stats_dir)
+        ingest_procs = IngestProcesses(paths, service_url, ingest_processes, ingest_stats_dir)
     elif ingest:
-        ingest_thread = _start_ingest(paths, broker_url, stop)
-    devmgr = _start_device_manager(paths, broker_url)
+        ingest_thread = _start_ingest(paths, service_url, stop)
+    devmgr = _start_device_manager(paths, service_url)
     out.write(f"serving {broker_url}\n")
+    out.write(f"enrollment {service_url}\n")
     out.flush()
     crl = _crl_stamp(paths.crl)
     refreshed = time.monotonic()

@@ -32,6 +32,7 @@ from typing import Any
 from edgegw.config import GatewayConfig
 from edgegw.device.downlink import DownlinkService
 from edgegw.model import now_ms
+from edgegw.protocol.fileperms import STATUS_MODE, write_private
 from edgegw.protocol.identity import default_identity_dir
 from edgegw.runtime.datapath import DataPath
 from edgegw.runtime.devices import DeviceManager
@@ -163,9 +164,8 @@ class Gateway:
             "unavailable": self.devices.unavailable,
             "stats": self.collector.snapshot(),
         }
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(doc, default=str, indent=1))
-        os.replace(tmp, path)
+        # 0640 from creation (issue 9 #10: it was world-readable)
+        write_private(path, json.dumps(doc, default=str, indent=1), STATUS_MODE)
 
     async def _watchdog(self) -> None:
         interval = watchdog_interval()

@@ -43,7 +43,7 @@ async def test_round_trip_and_refusals(cloud: Cloud, tmp_path: Path) -> None:
     svc.register("command", echo)
     replies: list[tuple[str, dl.Message]] = []
     lock = threading.Lock()
-    down = Downlink(cloud.paths, cloud.url)
+    down = Downlink(cloud.paths, cloud.broker.service_url)
     await asyncio.to_thread(down.start)
     down.listen("command", lambda gw, m: (lock.acquire(), replies.append((gw, m)), lock.release()))
     try:
@@ -115,7 +115,7 @@ async def test_replay_refused_after_gateway_restart(cloud: Cloud, tmp_path: Path
         seen.append(msg.msg_id)
 
     svc.register("shadow", handler)
-    down = Downlink(cloud.paths, cloud.url)
+    down = Downlink(cloud.paths, cloud.broker.service_url)
     await asyncio.to_thread(down.start)
     try:
         codec = down.keys.down("gw-a")
@@ -140,7 +140,8 @@ async def test_replay_refused_after_gateway_restart(cloud: Cloud, tmp_path: Path
 def _publish_as(cloud: Cloud, identity: Path, client_id: str, topic: str, payload: bytes) -> int:
     codes: list[int] = []
     connected = threading.Event()
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=pki.client_id(client_id),
+                    protocol=mqtt.MQTTv5)
     c.tls_set_context(pki.make_tls_context(identity / "ca.crt", identity / "gateway.crt",
                                            identity / "gateway.key"))
     c.on_connect = lambda *a: connected.set()
