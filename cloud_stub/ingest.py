@@ -8,7 +8,10 @@ Invariants:
   is opened with the gateway id as associated data. Only then is anything in it trusted.
 - The ack for a sequence is published only AFTER the transaction holding that batch committed
   (WAL, synchronous=FULL). Duplicates (already stored) are acked ``delivered`` again: the ack is
-  idempotent, the store holds each (gateway, seq) once.
+  idempotent, the store holds each (gateway, seq) once. A duplicate is recognised by the
+  SHA-256 of its plaintext: a DIFFERENT authentic batch under an already stored (gateway, seq)
+  (a reused or forged-ahead sequence) is a conflict: WARNING, counted, recorded in the store's
+  ``seq_conflicts``, and NOT acked (the gateway re-sequences it; see docs/delivery.md).
 - What a forged or damaged message can cause: a count and a WARNING, nothing else. Malformed
   headers, unknown key ids, unknown gateways and envelopes that fail authentication are NEVER
   acked: their sequence number is unauthenticated, and an ack (delivered or rejected) makes the
@@ -22,6 +25,7 @@ Invariants:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import multiprocessing
@@ -50,7 +54,7 @@ from edgegw.protocol.codec import CodecError, DecodedBatch, decode_batch
 from edgegw.protocol.keys import derive_data_key
 from edgegw.protocol.mqtt_client import Client
 from edgegw_cloud.pki_setup import INGEST_CN, CloudPaths
-from edgegw_cloud.store import BatchRecord, CloudStore
+from edgegw_cloud.store import CONFLICT, NEW, BatchRecord, CloudStore
 
 log = logging.getLogger("edgegw.cloud.ingest")
 
@@ -83,6 +87,7 @@ class _Opened:
     seq: int
     received_ms: int
     decoded: DecodedBatch | None
+    digest: bytes | None = None
 
 
 class _Keys:
@@ -291,8 +296,9 @@ class Ingest:
                     continue
                 if opened is None:
                     continue
-                gw, header, decoded = opened
-                self._put(self._opened, _Opened(m.client, gw, header.seq, m.received_ms, decoded))
+                gw, header, decoded, digest = opened
+                self._put(self._opened, _Opened(m.client, gw, header.seq, m.received_ms, decoded,
+                                                digest))
                 now = time.monotonic()
                 if now - last_touch.get(gw, 0.0) >= TOUCH_EVERY_S:
                     last_touch[gw] = now
@@ -329,8 +335,11 @@ class Ingest:
         if n & (n - 1) == 0 or n % 1000 == 0:
             log.warning(message + " [%s #%d]", *args, kind, n)
 
-    def _open(self, m: _Msg, keys: _Keys) -> tuple[str, Any, DecodedBatch | None] | None:
-        """(gateway, header, decoded or None if undecodable) for an AUTHENTIC envelope."""
+    def _open(
+        self, m: _Msg, keys: _Keys
+    ) -> tuple[str, Any, DecodedBatch | None, bytes] | None:
+        """(gateway, header, decoded or None if undecodable, plaintext digest) for an
+        AUTHENTIC envelope."""
         gw = topics.gateway_of(m.topic) or ""
         if not gw or m.topic != topics.up_batch(gw):
             self._warn("bad_topic", "?", "message on unexpected topic %r ignored", m.topic)
@@ -394,8 +403,8 @@ class Ingest:
                 header.seq,
                 exc,
             )
-            return gw, header, None
-        return gw, header, decoded
+            return gw, header, None, b""
+        return gw, header, decoded, hashlib.sha256(plaintext).digest()
 
     @staticmethod
     def _try_open(
@@ -430,13 +439,14 @@ class Ingest:
                 alerts=o.decoded.alerts,
                 gaps=o.decoded.gaps,
                 series=o.decoded.series,
+                digest=o.digest,
             )
             for o in storable
             if o.decoded is not None
         ]
         if records:
             try:
-                fresh = store.commit_many(records)
+                fresh = store.commit_statuses(records)
             except Exception as exc:
                 self.counts["store_errors"] += 1
                 log.error(
@@ -448,8 +458,19 @@ class Ingest:
                 for o in storable:
                     ack(o, ACK_RETRY)
             else:
-                for o, rec, new in zip(storable, records, fresh, strict=True):
-                    if new:
+                for o, rec, status in zip(storable, records, fresh, strict=True):
+                    if status == CONFLICT:
+                        self._warn(
+                            "seq_conflicts",
+                            o.gw,
+                            "gateway %s: authentic batch %d differs from the batch already "
+                            "stored under that sequence (reused or forged-ahead sequence); "
+                            "not acked, recorded in seq_conflicts",
+                            o.gw,
+                            o.seq,
+                        )
+                        continue
+                    if status == NEW:
                         self.counts["batches_stored"] += 1
                         self.counts["readings_stored"] += rec.readings
                     else:

@@ -26,7 +26,7 @@ from edgegw.model import Quality, Sample, Value, now_ms
 from edgegw.runtime.metrics import StatsCollector, serve
 from edgegw.runtime.pipeline import Batcher, OutboxThread, Pipeline, Stage, WriteRequest
 from edgegw.runtime.sdnotify import notify, watchdog_interval
-from edgegw.runtime.sealing import make_sealer
+from edgegw.runtime.sealing import make_sealer, previous_keys, remember_key
 from edgegw.sdk import (
     DeviceContext,
     Driver,
@@ -131,6 +131,9 @@ class Gateway:
         (self.state_dir / "gateway-id").write_text(self.gateway_id + "\n")
         identity_dir = self._identity_dir() if cfg.uplink.enabled else None
         sealer = make_sealer(self.gateway_id, self.state_dir, identity_dir)
+        earlier = previous_keys(self.state_dir)
+        if identity_dir is not None:
+            remember_key(self.state_dir, sealer.key)
         outbox_path = Path(cfg.outbox.path or self.state_dir / "outbox.db")
         self.outbox = await self.outbox_thread.call(
             lambda: Outbox(
@@ -138,6 +141,9 @@ class Gateway:
                 max_bytes=int(cfg.outbox.max_bytes),
                 when_full=cfg.outbox.when_full,
                 sealer=sealer,
+                previous_keys=earlier,
+                min_free_bytes=int(cfg.outbox.min_free_bytes),
+                report_unclean_stop=True,
             )
         )
         batcher = Batcher(
@@ -360,6 +366,7 @@ class Gateway:
             backoff_min=float(u.backoff_min),
             backoff_max=float(u.backoff_max),
             stable_after=float(u.stable_after),
+            max_attempts=int(u.max_attempts),
         )
         assert self.pipeline is not None
         uplink = self.uplink

@@ -321,7 +321,7 @@ class Outbox:
             ("appended", "appended_readings", "delivered", "retried", "rejected",
              "corrupt_rows", "quarantined", "gaps", "corrupt_files", "salvaged_rows",
              "settle_unknown", "vacuums", "checkpoints", "resealed", "reseal_unknown_key",
-             "given_up", "disk_full", "unclean_stops", "lost_in_corruption"), 0)
+             "given_up", "disk_full", "unclean_stops", "lost_in_corruption", "resequenced"), 0)
         self._dropped = {"batches": _lanes_zero(), "readings": _lanes_zero(),
                          "bytes": _lanes_zero()}
         self._rejected_new = _lanes_zero()
@@ -937,6 +937,42 @@ class Outbox:
         self._conn.executemany("DELETE FROM quarantine WHERE seq=?", [(d[0],) for d in drop])
         return [d[1] for d in drop]
 
+    def resequence(self, seq: int) -> int | None:
+        """Move batch ``seq`` to a fresh sequence number (re-sealed, attempts kept), for a
+        batch the cloud keeps skipping because it already holds a DIFFERENT batch under that
+        number (a reused or forged-ahead sequence). Returns the new seq, or None if ``seq`` is
+        unknown or not sealed under the current key."""
+        with self._lock:
+            return self._guard(lambda: self._resequence(seq))
+
+    def _resequence(self, seq: int) -> int | None:
+        c = self._conn
+        row = c.execute(f"SELECT {_COLS} FROM batches WHERE seq=?", (seq,)).fetchone()
+        if row is None or not isinstance(row[2], bytes):
+            return None
+        try:
+            header, plaintext = self.sealer.open(row[2])
+        except EnvelopeError:
+            return None
+        new = self._next_seq
+        env = self.sealer.seal(new, bytes(plaintext), header.flags)
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            c.execute("DELETE FROM batches WHERE seq=?", (seq,))
+            c.execute(f"INSERT INTO batches ({_COLS}) VALUES (?,?,?,?,?,?,?,?)",
+                      (new, row[1], env, zlib.crc32(env), row[4], row[5], row[6], row[7]))
+            c.execute("UPDATE meta SET value=? WHERE key='next_seq'", (new + 1,))
+            c.execute("COMMIT")
+        except BaseException:
+            if c.in_transaction:
+                c.execute("ROLLBACK")
+            raise
+        self._next_seq = new + 1
+        self._c["resequenced"] += 1
+        log.warning("outbox: batch %d re-sequenced as %d (the cloud holds a different batch "
+                    "under %d)", seq, new, seq)
+        return new
+
     def give_up(self, seq: int, why: str, reason: str = GAP_UNDELIVERABLE) -> bool:
         """Stop trying to deliver ``seq``: move it to quarantine and, in the same transaction,
         append a gap record (``reason``) naming it, so the cloud learns what is missing.
@@ -1099,6 +1135,7 @@ class Outbox:
                 "resealed": self._c["resealed"],
                 "reseal_unknown_key": self._c["reseal_unknown_key"],
                 "given_up": self._c["given_up"],
+                "resequenced": self._c["resequenced"],
                 "disk_full": self._c["disk_full"],
                 "disk_low": int(self._disk_low),
                 "unclean_stops": self._c["unclean_stops"],
