@@ -57,6 +57,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import shutil
 import sqlite3
 import threading
 import time
@@ -238,10 +239,13 @@ def _salvage(path: Path) -> _Salvage:
     Debian's sqlite3 shell is built without the ``sqlite_dbpage`` table it needs.)
     """
     s = _Salvage()
+    work = path.with_name(path.name + ".salvage")
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    except sqlite3.Error:
+        _salvage_copy(path, work)
+        conn = sqlite3.connect(f"file:{work}?mode=ro", uri=True)
+    except (OSError, sqlite3.Error):
         s.lost_possible = True
+        _remove_db(work)
         return s
     try:
         for query, attr in (
@@ -277,7 +281,33 @@ def _salvage(path: Path) -> _Salvage:
                     s.bad_readings += row[4]
     finally:
         conn.close()
+        _remove_db(work)
     return s
+
+
+def _salvage_copy(src: Path, dst: Path) -> None:
+    """Copy a damaged database (and its WAL) for reading; if the file was truncated, make the
+    header's page count match what is left (SQLite otherwise refuses every read)."""
+    _remove_db(dst)
+    shutil.copyfile(src, dst)
+    if Path(f"{src}-wal").exists():
+        shutil.copyfile(f"{src}-wal", f"{dst}-wal")
+    with open(dst, "r+b") as f:
+        head = f.read(100)
+        size = f.seek(0, 2)
+        if len(head) == 100 and head.startswith(b"SQLite format 3\0"):
+            page = int.from_bytes(head[16:18], "big")
+            page = 65536 if page == 1 else page
+            pages = int.from_bytes(head[28:32], "big")
+            if page >= 512 and pages * page > size:
+                f.seek(28)
+                f.write((size // page).to_bytes(4, "big"))
+
+
+def _remove_db(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(f"{path}{suffix}")
 
 
 class Outbox:
