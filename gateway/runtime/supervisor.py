@@ -13,6 +13,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -120,6 +121,7 @@ class Gateway:
         self.collector: StatsCollector | None = None
         self.housekeeping: Any = None
         self._outbox_stats_cache: dict[str, Any] = {}
+        self._status_failing = False
 
     # ------------------------------------------------------------------ startup
     async def start(self) -> None:
@@ -430,8 +432,17 @@ class Gateway:
             "stats": self.collector.snapshot(),
         }
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(doc, default=str, indent=1))
-        os.replace(tmp, path)
+        try:
+            tmp.write_text(json.dumps(doc, default=str, indent=1))
+            os.replace(tmp, path)
+        except OSError as exc:  # disk full: the status file is informational only
+            if not self._status_failing:
+                log.warning("cannot write %s: %s (retrying every second)", path, exc)
+            self._status_failing = True
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        else:
+            self._status_failing = False
 
     async def _watchdog(self) -> None:
         interval = watchdog_interval()

@@ -752,6 +752,12 @@ class Outbox:
     def _note_disk_low(self, why: str) -> None:
         if not self._disk_low:
             self._disk_low = True
+            # the WAL may not grow towards wal_limit now: checkpoint often, and give back
+            # what it holds (best effort: on a full disk the checkpoint itself may fail)
+            with contextlib.suppress(sqlite3.Error):
+                if not self._conn.in_transaction:
+                    self._conn.execute("PRAGMA wal_autocheckpoint=16")
+                    self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
             log.warning("outbox %s: disk space low (%s); the outbox stops growing and makes "
                         "room by its when_full policy (%s), with gap records", self.path, why,
                         self.when_full)
@@ -772,8 +778,12 @@ class Outbox:
                 self._note_disk_low(f"{free} bytes free, floor outbox.min_free_bytes "
                                     f"{self.min_free_bytes}")
                 return min(limit, self._used), GAP_DISK_FULL
-            if self._disk_low and free > self.min_free_bytes + self.wal_limit + 3 * cost:
+            hysteresis = max(64 * _KIB, self.min_free_bytes // 8)
+            if self._disk_low and free > self.min_free_bytes + hysteresis + 3 * cost:
                 self._disk_low = False
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.execute("PRAGMA wal_autocheckpoint="
+                                       f"{max(16, self.wal_limit // self.page_size)}")
                 log.info("outbox %s: disk space back (%d bytes free); growing again",
                          self.path, free)
         return limit, reason
