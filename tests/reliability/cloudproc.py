@@ -62,13 +62,14 @@ class CloudServe:
         return f"mqtts://127.0.0.1:{self.port}"
 
     def start(self) -> CloudServe:
+        offset = self.log.stat().st_size if self.log.exists() else 0
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
                 [*CLOUD, "serve", "--data-dir", str(self.data_dir), "--port", str(self.port)],
                 stdout=out, stderr=subprocess.STDOUT,
                 env=dict(os.environ, PYTHONUNBUFFERED="1"),
             )
-        poll_until(lambda: f"serving {self.url}" in self.log.read_text(errors="replace")
+        poll_until(lambda: f"serving {self.url}" in self.log.read_text(errors="replace")[offset:]
                    or (self.proc is not None and self.proc.poll() is not None), 40,
                    "edgegw-cloud serve to start")
         assert self.proc.poll() is None, self.log.read_text()

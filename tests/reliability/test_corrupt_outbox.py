@@ -53,9 +53,11 @@ async def test_corrupt_outbox_salvaged_and_the_cloud_told(
     if damage == "truncate":
         os.truncate(db, int(size * 0.6) // 4096 * 4096)
     else:
-        with open(db, "r+b") as f:
-            f.seek(size // 2)
-            f.write(random.Random(9).randbytes(8192))
+        fd = os.open(db, os.O_RDWR)
+        try:
+            os.pwrite(fd, random.Random(9).randbytes(8192), size // 2)
+        finally:
+            os.close(fd)
 
     ingest = cloud.ingest()
     gw2 = GatewaySide(ident, state, cloud.url)

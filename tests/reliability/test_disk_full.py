@@ -114,7 +114,7 @@ def test_disk_full_floor_drop_policy_recovery_and_clean_exit(
                 f.write(b"\0" * 65536)
                 f.flush()
         poll_until(lambda: _status(state).get("pipeline", {}).get("batches_refused", 0) > 3
-                   or (state / "outbox.db").exists() and "refused" in log.read_text(), 60,
+                   or ((state / "outbox.db").exists() and "refused" in log.read_text()), 60,
                    "refused batches on a full disk")
         # space comes back
         (small_fs / "filler2").unlink()
