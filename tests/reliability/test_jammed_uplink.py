@@ -23,7 +23,7 @@ from edgegw.model import Lane
 from edgegw.protocol.codec import decode_batch, encode_batch
 from edgegw.protocol.envelope import parse_header
 from edgegw.protocol.keys import Sealer
-from edgegw.runtime.inspect import read_outbox
+from edgegw.runtime.outbox_reader import read_outbox
 
 from .cloudproc import CloudServe, data_root, edgegw_cli
 
