@@ -5,7 +5,8 @@ Invariants:
 - Each target has an absolute deadline on the monotonic clock: next = previous deadline +
   period (never now + period), so polling does not drift. A target more than one period
   behind skips the missed slots and counts them (``skipped_slots``).
-- First deadlines are staggered: target i of n starts at ``i / n`` of its period (deterministic).
+- First deadlines are staggered: target i of n starts at ``i / n`` of its period (deterministic);
+  n counts every staggered device of the gateway when the target carries ``stagger_slot``.
 - Queued writes run before the next poll (``submit_write``).
 - Per-device circuit breaker: after ``failure_threshold`` consecutive failed polls the device
   is only probed every backoff interval (exponential from ``backoff_min`` to ``backoff_max``,
@@ -218,7 +219,9 @@ class BusScheduler:
         now = self._clock()
         n = len(self._slots)
         for slot in self._slots:
-            offset = slot.target.period * slot.index / n if slot.target.stagger and n else 0.0
+            # a gateway-wide slot (set by the device manager) wins over this bus's own index
+            i, count = getattr(slot.target, "stagger_slot", None) or (slot.index, n)
+            offset = slot.target.period * i / count if slot.target.stagger and count else 0.0
             slot.deadline = now + offset
             heapq.heappush(self._heap, (slot.deadline, slot.index))
 
