@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from reliability.powercut import LazyMount, run_cycles  # noqa: E402
+from reliability.powercut import LazyMount, run_cycles
 
 
 def main() -> int:
