@@ -26,6 +26,7 @@ are sampled every 5 s (per run between restarts). Prints JSON; exit 1 on any acc
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -46,8 +47,6 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
-
-import contextlib
 
 from modbus.simproc import SimServer  # noqa: E402
 from reliability.powercut import LazyMount  # noqa: E402
