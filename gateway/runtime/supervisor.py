@@ -159,12 +159,12 @@ class Gateway:
         with contextlib.suppress(OSError, ValueError):
             self.runs |= {k: int(v) for k, v in json.loads(runs_file.read_text()).items()
                           if k in ("starts", "unclean_stops")}
+        self.runs["starts"] += 1
         if marker.exists():
             self.runs["unclean_stops"] += 1
             log.warning("the previous run of gateway %s did not stop cleanly (SIGKILL, power cut "
                         "or crash): %d unclean stops in %d starts", self.gateway_id,
                         self.runs["unclean_stops"], self.runs["starts"])
-        self.runs["starts"] += 1
         try:
             tmp = runs_file.with_suffix(".tmp")
             tmp.write_text(json.dumps(self.runs))
