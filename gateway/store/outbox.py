@@ -768,7 +768,8 @@ class Outbox:
         Normally ``max_bytes`` (accounted). The outbox may not grow at all when the real files
         (db + WAL) already exceed ``max_bytes + slack_bytes``, or when the file system's free
         space is below ``min_free_bytes`` (plus room for this batch in the WAL and the db):
-        then room is made by eviction inside the file (freed pages are reused)."""
+        then room is made by eviction inside the file (freed pages, and the free pages that
+        delivered batches left, are reused; they are not vacuumed away meanwhile)."""
         limit, reason = self.max_bytes, GAP_REASON
         if self.file_bytes() > self.max_bytes + self.slack_bytes:
             limit = min(limit, self._used)
@@ -777,7 +778,9 @@ class Outbox:
             if free < self.min_free_bytes + 3 * cost:
                 self._note_disk_low(f"{free} bytes free, floor outbox.min_free_bytes "
                                     f"{self.min_free_bytes}")
-                return min(limit, self._used), GAP_DISK_FULL
+                # free pages inside the file (delivered batches) take new rows without growth
+                reusable = int(self._conn.execute("PRAGMA freelist_count").fetchone()[0])
+                return min(limit, self._used + reusable * self.page_size), GAP_DISK_FULL
             hysteresis = max(64 * _KIB, self.min_free_bytes // 8)
             if self._disk_low and free > self.min_free_bytes + hysteresis + 3 * cost:
                 self._disk_low = False
@@ -1125,7 +1128,9 @@ class Outbox:
         c = self._conn
         free = int(c.execute("PRAGMA freelist_count").fetchone()[0]) * self.page_size
         vacuumed = False
-        if free > (0 if full else self.vacuum_threshold):
+        # while the disk is low, free pages are kept for reuse: vacuuming them would hand the
+        # space to whoever fills the disk and leave the outbox nothing to grow into
+        if free > (0 if full else self.vacuum_threshold) and not self._disk_low:
             # executescript steps the pragma to completion; execute() + fetchall() in
             # Python 3.11 frees just one page per call
             c.executescript("PRAGMA incremental_vacuum;")
