@@ -158,6 +158,14 @@ class DeviceManager:
             )
 
     async def stop(self) -> None:
+        # buses finish the poll in flight first (bounded by the device timeouts), so a reading
+        # the device already served reaches the pipeline; then everything is cancelled
+        for sched in self._schedulers.values():
+            sched.request_stop()
+        buses = [t for t in self._tasks if t.get_name().startswith("bus:")]
+        if buses:
+            grace = min(5.0, max((float(d.timeout) for d in self.cfg.devices), default=1.0) + 0.5)
+            await asyncio.wait(buses, timeout=grace)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -140,6 +140,7 @@ class BusScheduler:
         self._writes: deque[_Write] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._started = False
+        self._stop_requested = False
         self._running = False
         self.in_flight = 0
         self.writes_done = 0
@@ -175,6 +176,8 @@ class BusScheduler:
                 # awaited future completes at the same moment) must still stop the bus
                 if me is not None and me.cancelling():
                     raise asyncio.CancelledError
+                if self._stop_requested:
+                    return  # graceful stop: the poll that was in flight has been delivered
                 if self._writes:
                     await self._run_write(self._writes.popleft())
                     continue
@@ -224,6 +227,12 @@ class BusScheduler:
             offset = slot.target.period * i / count if slot.target.stagger and count else 0.0
             slot.deadline = now + offset
             heapq.heappush(self._heap, (slot.deadline, slot.index))
+
+    def request_stop(self) -> None:
+        """Stop after the poll in flight (if any) completed and handed its samples on: a
+        reading the device already served is never thrown away by a clean shutdown."""
+        self._stop_requested = True
+        self._wake()
 
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
