@@ -21,6 +21,7 @@ Invariants:
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import pwd
@@ -53,8 +54,6 @@ _PR_SET_PDEATHSIG = 1
 
 def _load_prctl() -> Any:
     try:
-        import ctypes
-
         return ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError, ImportError):
         return None
