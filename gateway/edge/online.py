@@ -57,6 +57,9 @@ if TYPE_CHECKING:
     Array = npt.NDArray[np.float64]
 
 MAX_SURPRISE = 30.0
+#: range detector: surprise added per range-width beyond the envelope, and the free margin
+RANGE_SLOPE = 6.0
+RANGE_FREE = 0.0
 _LN10 = math.log(10.0)
 
 
@@ -84,7 +87,7 @@ class OnlineParams:
     refit_rows: int = 4000
     threshold: float = 3.75
     clear: float = 3.0
-    clear_rows: int = 10
+    clear_rows: int = 60
     level_short: int = 12
     drift_rows: int = 120
     stuck_min_rows: int = 5
@@ -210,11 +213,16 @@ class LevelShift:
 
 
 class Stuck:
-    """Runs of identical values: ``p = q^n`` with ``q`` the feature's learnt repeat rate."""
+    """Runs of identical values: ``p = q^(n - 2 L)`` with ``q`` the feature's learnt chance that
+    a value repeats the previous one (at least ``1 - 1/(1 + mean run)``) and ``L`` the longest
+    run seen recently (decaying over ``history`` rows): quantised sensors that sit on one value
+    for a while are not "stuck", a run far longer than any normal one is."""
 
     def __init__(self, n: int, history: int, min_rows: int, min_history: int) -> None:
-        self.alpha = 1.0 / history
-        self.q = [0.5] * n
+        self.history = history
+        self.q = [0.0] * n
+        self.mean_run = [0.0] * n
+        self.longest = [0.0] * n
         self.run = [0] * n
         self.prev: list[float] | None = None
         self.seen = 0
@@ -232,20 +240,30 @@ class Stuck:
         if prev is None:
             return None
         self.seen += 1
+        alpha = 1.0 / min(self.seen, self.history)
         best = 0.0
         for i, x in enumerate(row):
             same = x == prev[i]
-            self.run[i] = self.run[i] + 1 if same else 0
-            # learn the repeat rate only outside long runs (a stuck sensor is not the new normal
-            # until it has been stuck for about `history` rows)
-            if self.run[i] < self.min_rows or not same:
-                self.q[i] += self.alpha * ((1.0 if same else 0.0) - self.q[i])
-            else:
-                self.q[i] += 0.25 * self.alpha * (1.0 - self.q[i])
             n = self.run[i]
-            if n >= self.min_rows:
-                q = min(max(self.q[i], 1e-3), 0.999)
-                best = max(best, -n * math.log10(q) - self.bonferroni)
+            if same:
+                n += 1
+            elif n:
+                # a run ended: learn its length (runs longer than min_rows only slowly, so a stuck
+                # sensor becomes the new normal only after about `history` rows)
+                w = alpha if n < self.min_rows else alpha / 4
+                self.mean_run[i] += w * (n - self.mean_run[i])
+                if n > self.longest[i]:
+                    self.longest[i] = float(n)
+                n = 0
+            self.longest[i] *= 1.0 - 1.0 / self.history
+            self.run[i] = n
+            if n < self.min_rows:
+                self.q[i] += alpha * ((1.0 if same else 0.0) - self.q[i])
+            excess = n - 2.0 * self.longest[i]
+            if n >= self.min_rows and excess > 0:
+                q = max(self.q[i], 1.0 - 1.0 / (1.0 + self.mean_run[i]))
+                q = min(max(q, 1e-3), 0.999)
+                best = max(best, -excess * math.log10(q) - self.bonferroni)
         if self.seen < self.min_history:
             return None
         return min(best, MAX_SURPRISE)
@@ -285,6 +303,7 @@ class Range:
         self.lo = [_SlidingExtreme(history, False) for _ in range(n)]
         self.hi = [_SlidingExtreme(history, True) for _ in range(n)]
         self.limits = list(limits) if limits else [None] * n
+        self.n = n
         self.seen = 0
         self.min_history = min_history
 
@@ -304,7 +323,8 @@ class Range:
                     span = max(hi - lo, 1e-9 * max(1.0, abs(hi)))
                     excess = max(lo - x, x - hi) / span
                     if excess > 0:
-                        s = math.log10(min(self.seen, self.lo[i].size)) + 4.0 * excess
+                        seen = min(self.seen, self.lo[i].size)
+                        s = math.log10(seen / self.n) + RANGE_SLOPE * (excess - RANGE_FREE)
                         best = max(best, min(s, MAX_SURPRISE))
             self.lo[i].add(x)
             self.hi[i].add(x)
@@ -395,6 +415,7 @@ def refit(
     use_litert: bool,
     history: int,
     generation: int,
+    recent: list[Array] | None = None,
 ) -> RefitOutcome:
     """Fit a PCA autoencoder on ``segments`` and validate it against ``current`` (worker side)."""
     import time
@@ -428,7 +449,10 @@ def refit(
                 f"{np.median(old_err):.3g} with the current model",
                 cpu_s=time.process_time() - started,
             )
-    all_windows = np.concatenate([make_windows(s, window) for s in usable])
+    # the new model's errors on every recent window (alerting ones too: a change the refit did
+    # not train on must not look new again the moment the model is swapped)
+    base_src = [s for s in (recent or usable) if len(s) >= window]
+    all_windows = np.concatenate([make_windows(s, window) for s in base_src])
     baseline = model.score_many(all_windows[-history:]).tolist()
     return RefitOutcome(
         model, reason, baseline, cpu_s=time.process_time() - started, generation=generation
@@ -612,6 +636,17 @@ class OnlineDetector:
             cur.append(row)
         if len(cur) >= self.window_len:
             segments.append(np.asarray(cur, dtype=np.float64))
+        recent: list[Array] = []
+        cur, cur_seg = [], None
+        tail = list(self.rows)[-(self.p.history + self.window_len) :]
+        for seg, row, _ in tail:
+            if seg != cur_seg:
+                if len(cur) >= self.window_len:
+                    recent.append(np.asarray(cur, dtype=np.float64))
+                cur, cur_seg = [], seg
+            cur.append(row)
+        if len(cur) >= self.window_len:
+            recent.append(np.asarray(cur, dtype=np.float64))
         current = self.model
         features = list(self.features)
         window = self.window_len
@@ -626,6 +661,7 @@ class OnlineDetector:
             use_litert=use_litert,
             history=history,
             generation=generation,
+            recent=recent,
         )
 
     def install(self, outcome: RefitOutcome) -> bool:

@@ -113,7 +113,8 @@ def test_default_features_and_components(
 @pytest.mark.parametrize(
     ("content", "args", "message"),
     [
-        ("ts_ms,device,metric,value\n1,d,a,notanumber\n", (), "normal.csv:2: cannot read"),
+        ("ts_ms,device,metric,value\n1x,d,a,1\n", (), "normal.csv:2: cannot read"),
+        ("ts_ms,device,metric,value\n1,d,a,notanumber\n", (), "has no numeric metrics"),
         ("ts,dev,m,v\n", (), "header must name ts_ms, device, metric and value"),
         ("ts_ms,device,metric,value\n", (), "no samples"),
         ("1,d,a,1\n2,d,a,2\n", ("--metrics", "b"), "no numeric metric(s) ['b']"),
