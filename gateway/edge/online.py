@@ -426,9 +426,8 @@ def refit(
 
     started = time.process_time()
     try:
-        result = fit_pca_autoencoder(
-            [(list(range(len(s))), s) for s in segments], features, window, source="online refit"
-        )
+        parts: list[Any] = [(list(range(len(s))), s) for s in segments]
+        result = fit_pca_autoencoder(parts, features, window, source="online refit")
     except FitError as exc:
         return RefitOutcome(None, f"fit failed: {exc}", cpu_s=time.process_time() - started)
     problem = result.calibration_problem()

@@ -65,7 +65,11 @@ def test_precision_and_recall_on_labelled_anomalies(fitted: tuple[Path, Any]) ->
     rows, anomalies = synth.with_anomalies(6000, 36, seed=3)
     assert {a.kind for a in anomalies} == {"spike", "drift", "stuck"}
     stage = AnomalyStage(
-        [AnomalyConfig(name="pump", device="pump1", metrics=FEATURES, model=str(path), online=False)]
+        [
+            AnomalyConfig(
+                name="pump", device="pump1", metrics=FEATURES, model=str(path), online=False
+            )
+        ]
     )
     scores, alerts = run_stage(stage, synth.to_samples(rows))
     assert len(scores) == len(rows) - 15  # one score per full window
@@ -121,7 +125,11 @@ def test_shipped_example_model_loads_and_runs() -> None:
     spec = litert.ModelSpec.load(litert.spec_path_for(path))
     assert spec.features == FEATURES and spec.threshold is not None
     stage = AnomalyStage(
-        [AnomalyConfig(name="pump", device="pump1", metrics=FEATURES, model=str(path), online=False)]
+        [
+            AnomalyConfig(
+                name="pump", device="pump1", metrics=FEATURES, model=str(path), online=False
+            )
+        ]
     )
     assert stage.detectors == ["pump:model"]
     normal = synth.normal_rows(1000, seed=99)  # a seed the model never saw
@@ -191,7 +199,11 @@ def test_queue_is_bounded_while_a_batch_is_stuck(fitted: tuple[Path, Any]) -> No
 def test_non_good_sample_restarts_the_window(fitted: tuple[Path, Any]) -> None:
     path, _ = fitted
     stage = AnomalyStage(
-        [AnomalyConfig(name="pump", device="pump1", metrics=FEATURES, model=str(path), online=False)]
+        [
+            AnomalyConfig(
+                name="pump", device="pump1", metrics=FEATURES, model=str(path), online=False
+            )
+        ]
     )
     samples = synth.to_samples(synth.normal_rows(40, seed=1))
     scores, _ = run_stage(stage, samples[:80])  # 20 rows -> 5 scores
@@ -245,7 +257,11 @@ def test_fallback_when_runtime_is_missing(
     monkeypatch.setattr(litert, "load_interpreter_class", missing)
     path, _ = fitted
     base = {
-        "name": "pump", "device": "pump1", "metrics": FEATURES, "model": str(path), "online": False
+        "name": "pump",
+        "device": "pump1",
+        "metrics": FEATURES,
+        "model": str(path),
+        "online": False,
     }
     stage = AnomalyStage(
         [
