@@ -87,7 +87,7 @@ class OnlineParams:
     refit_rows: int = 4000
     threshold: float = 3.75
     clear: float = 3.0
-    clear_rows: int = 60
+    clear_rows: int = 10
     level_short: int = 12
     drift_rows: int = 120
     stuck_min_rows: int = 5
