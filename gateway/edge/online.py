@@ -17,8 +17,8 @@ different detectors are comparable and the combined score is their maximum:
 - ``stuck``: per feature, a run of ``n`` identical values when the feature repeats with rate
   ``q`` (learnt): ``p = q^n`` (``q`` at most 0.5 for a feature that normally moves).
 - ``range``: per feature, a value beyond the min/max of the last ``history`` rows by a fraction
-  ``e`` of that range: ``surprise = log10(rows seen) + 4 e``; a configured hard ``limits`` breach
-  is always ``MAX_SURPRISE``.
+  ``e`` of that range: ``surprise = log10(rows seen / features) + 6 e`` (the largest over the
+  features); a configured hard ``limits`` breach is always ``MAX_SURPRISE``.
 
 An alert episode starts when the combined score reaches ``threshold`` and ends after
 ``clear_rows`` rows below ``clear``: one alert per episode. The model is fitted on the device
@@ -57,9 +57,8 @@ if TYPE_CHECKING:
     Array = npt.NDArray[np.float64]
 
 MAX_SURPRISE = 30.0
-#: range detector: surprise added per range-width beyond the envelope, and the free margin
+#: range detector: surprise added per range-width beyond the envelope
 RANGE_SLOPE = 6.0
-RANGE_FREE = 0.0
 _LN10 = math.log(10.0)
 
 
@@ -85,8 +84,8 @@ class OnlineParams:
     learn_rows: int = 160
     refit_every: int = 1000
     refit_rows: int = 4000
-    threshold: float = 3.75
-    clear: float = 3.0
+    threshold: float = 3.0
+    clear: float = 2.5
     clear_rows: int = 10
     level_short: int = 12
     drift_rows: int = 120
@@ -149,7 +148,7 @@ class Likelihood:
         self.reset_short()
 
     def update(self, stat: float) -> float | None:
-        v = math.log(stat + 1e-12)
+        v = math.log(max(stat, 0.0) + 1e-12)
         if len(self._recent) == self._recent.maxlen:
             self._rsum -= self._recent[0]
         self._recent.append(v)
@@ -194,19 +193,22 @@ class LevelShift:
             self.short = list(row)
             self.mean = list(row)
         self.count += 1
-        stat = 0.0
+        stat2 = 0.0  # the largest squared standardised difference
+        a_s, a_l = self.a_s, self.a_l
+        short, mean, var = self.short, self.mean, self.var
         for i, x in enumerate(row):
-            s = self.short[i] + self.a_s * (x - self.short[i])
-            self.short[i] = s
-            m = self.mean[i]
-            sd = math.sqrt(self.var[i])
-            if sd > 1e-12 * max(1.0, abs(m)):
-                d = abs(s - m) / sd
-                if d > stat:
-                    stat = d
+            s = short[i]
+            s += a_s * (x - s)
+            short[i] = s
+            m = mean[i]
+            v = var[i]
+            d = s - m
+            if v > 1e-24 * max(1.0, m * m) and d * d > stat2 * v:
+                stat2 = d * d / v
             dx = x - m
-            self.mean[i] = m + self.a_l * dx
-            self.var[i] = (1.0 - self.a_l) * (self.var[i] + self.a_l * dx * dx)
+            mean[i] = m + a_l * dx
+            var[i] = (1.0 - a_l) * (v + a_l * dx * dx)
+        stat = math.sqrt(stat2)
         if self.count <= self.warm:
             return None
         return self.lik.update(stat)
@@ -324,7 +326,7 @@ class Range:
                     excess = max(lo - x, x - hi) / span
                     if excess > 0:
                         seen = min(self.seen, self.lo[i].size)
-                        s = math.log10(seen / self.n) + RANGE_SLOPE * (excess - RANGE_FREE)
+                        s = math.log10(seen / self.n) + RANGE_SLOPE * excess
                         best = max(best, min(s, MAX_SURPRISE))
             self.lo[i].add(x)
             self.hi[i].add(x)
@@ -496,6 +498,7 @@ class OnlineDetector:
         self.window_len = model.spec.window if model is not None else p.window
         self.generation = 0
         self.window: deque[list[float]] = deque(maxlen=self.window_len)
+        self._flat: deque[float] = deque(maxlen=self.window_len * len(self.features))
         max_gap = p.max_gap_ms
         if max_gap is None and model is not None:
             max_gap = model.spec.max_gap_ms
@@ -543,9 +546,10 @@ class OnlineDetector:
             self.break_segment()
         values = [float(x) for x in row]
         self.window.append(values)
+        self._flat.extend(values)
         win = None
         if self.model is not None and len(self.window) == self.window_len:
-            win = np.asarray(self.window, dtype=np.float64).reshape(-1)
+            win = np.array(self._flat, dtype=np.float64)
         return Prepared(ts, values, win, self.generation)
 
     def break_segment(self) -> None:
@@ -553,6 +557,7 @@ class OnlineDetector:
         if self.window:
             self.counters["segments"] += 1
         self.window.clear()
+        self._flat.clear()
         self.segment += 1
         self.model_lik.reset_short()
         self.level.reset()
@@ -611,6 +616,8 @@ class OnlineDetector:
         p = self.p
         if self.refit_pending or "model" not in p.detectors:
             return False
+        if self.model is not None and self.model.spec.kind != "pca_autoencoder":
+            return False  # a model brought from elsewhere is never replaced by a PCA refit
         if self.model is None:
             return self.since_fit >= p.learn_rows
         return p.refit_every > 0 and self.since_fit >= p.refit_every
