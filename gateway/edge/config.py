@@ -382,6 +382,18 @@ def _check_anomaly(
                         or f"{det.device} has: {', '.join(sorted(known))}"
                     )
                     issues.append((f"{base}.metrics.{j}", f"unknown metric {metric!r}", hint))
+        online = det.kind == "online" or (det.kind == "model" and det.online)
+        if online and det.fallback is None:
+            try:
+                import numpy  # noqa: F401
+            except ImportError:
+                issues.append(
+                    (
+                        f"{base}.kind",
+                        "the online detector needs numpy, which is not installed",
+                        "pip install 'edgegw[ml]', or set fallback: zscore",
+                    )
+                )
         if det.kind not in ("model", "online") or det.model is None:
             continue
         model_path = resolve_path(det.model, base_dir)

@@ -25,7 +25,8 @@ An alert episode starts when the combined score reaches ``threshold`` and ends a
 (numpy SVD, written as a flatbuffer, no TensorFlow) after ``learn_rows`` rows when none was given,
 and refitted every ``refit_every`` rows on the newest ``refit_rows`` rows outside alert episodes;
 a refit is installed only if it validates (its median error on the newest held-out rows is at most
-``1.25 x`` the current model's, and its calibration is sane).
+``1.25 x`` the current model's on the same scale, and its held-out error is not 10x its training
+error).
 
 Invariants:
 - Rows must come in time order: ``prepare`` drops a row not newer than the last (counted by the
@@ -57,6 +58,8 @@ if TYPE_CHECKING:
     Array = npt.NDArray[np.float64]
 
 MAX_SURPRISE = 30.0
+#: the surprise histories learn values clipped to mean + this many sd
+LIKELIHOOD_CLIP = 3.0
 #: range detector: surprise added per range-width beyond the envelope
 RANGE_SLOPE = 6.0
 _LN10 = math.log(10.0)
@@ -156,11 +159,15 @@ class Likelihood:
         avg = self._rsum / len(self._recent)
         result: float | None = None
         n = len(self.hist)
-        if n >= self.min_history and len(self._recent) == self._recent.maxlen:
+        if n >= self.min_history:
             mean = self.s1 / n
             var = max(self.s2 / n - mean * mean, 0.0)
             sd = max(math.sqrt(var), 0.05)
-            result = tail_surprise((avg - mean) / sd)
+            if len(self._recent) == self._recent.maxlen:
+                result = tail_surprise((avg - mean) / sd)
+            # winsorise what is learnt: one burst must not inflate the spread for `history` rows
+            # (a lasting change still moves the mean by up to CLIP sd per row, so it is learnt)
+            avg = min(avg, mean + LIKELIHOOD_CLIP * sd)
         if n == self.hist.maxlen:
             old = self.hist[0]
             self.s1 -= old
@@ -372,6 +379,21 @@ class WindowModel:
         d = (x - out) * self.inv_scale
         return float(np.dot(d, d) / d.size)
 
+    def residuals(self, windows: Array) -> Array:
+        """Raw reconstruction residuals ``x - x_hat`` of several windows (model input space)."""
+        import numpy as np
+
+        x = windows if self.offset is None else windows - self.offset[None, :]
+        if self.tflite is not None:
+            out = np.stack([self.tflite.forward(w) for w in x])
+        else:
+            from edgegw.edge.litert import dense_forward
+
+            assert self.layers is not None
+            out = dense_forward(self.layers, x.astype(np.float32))
+        result: Array = x - out
+        return result
+
     def score_many(self, windows: Array) -> Array:
         import numpy as np
 
@@ -424,7 +446,12 @@ def refit(
 
     import numpy as np
 
-    from edgegw.edge.fit import FitError, fit_pca_autoencoder, make_windows
+    from edgegw.edge.fit import (
+        CALIBRATION_REFUSE_RATIO,
+        FitError,
+        fit_pca_autoencoder,
+        make_windows,
+    )
 
     started = time.process_time()
     try:
@@ -432,17 +459,27 @@ def refit(
         result = fit_pca_autoencoder(parts, features, window, source="online refit")
     except FitError as exc:
         return RefitOutcome(None, f"fit failed: {exc}", cpu_s=time.process_time() - started)
-    problem = result.calibration_problem()
-    if problem is not None:
-        return RefitOutcome(None, problem, cpu_s=time.process_time() - started)
+    # the static threshold is not used here: only a held-out error far above the training error
+    # (the newest rows are not like the rest) stops a refit
+    ratio = float(result.spec.calibration.get("holdout_to_train_ratio", 1.0))
+    if ratio >= CALIBRATION_REFUSE_RATIO:
+        return RefitOutcome(
+            None,
+            f"rejected: held-out error {ratio:.3g}x the training error",
+            cpu_s=time.process_time() - started,
+        )
     model = load_window_model(result, use_litert)
     usable = [s for s in segments if len(s) >= window]
     hold = make_windows(usable[-1], window) if usable else np.empty((0, window * len(features)))
     hold = hold[-max(1, len(hold) // 5) :]
-    new_err = model.score_many(hold)
     reason = "installed"
     if current is not None and len(hold):
-        old_err = current.score_many(hold)
+        # compare on one scale: squared residuals in units of the data's own spread (each
+        # model's normalised score divides by its own training residual, not comparable)
+        assert result.spec.scaling is not None
+        unit = 1.0 / np.tile(np.asarray(result.spec.scaling.std), window)[None, :]
+        new_err = np.mean((model.residuals(hold) * unit) ** 2, axis=1)
+        old_err = np.mean((current.residuals(hold) * unit) ** 2, axis=1)
         if np.median(new_err) > 1.25 * np.median(old_err):
             return RefitOutcome(
                 None,
