@@ -270,11 +270,7 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
         "standard_score": scoring.normalised(total),
         "per_file": files,
     }
-    days = sum(
-        f["false_alerts"] / f["false_alerts_per_day"]
-        for f in files.values()
-        if f["false_alerts_per_day"]
-    )
+    days = sum(f["days"] for f in files.values())
     summary["detection_rate"] = (
         round(summary["detected"] / summary["labelled_anomalies"], 4)
         if summary["labelled_anomalies"]
@@ -282,6 +278,5 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
     )
     delays = [f["delay_s_median"] for f in files.values() if f["delay_s_median"] is not None]
     summary["delay_s_median"] = sorted(delays)[len(delays) // 2] if delays else None
-    if days:
-        summary["false_alerts_per_day"] = round(summary["false_alerts"] / days, 3)
+    summary["false_alerts_per_day"] = round(summary["false_alerts"] / days, 3) if days else None
     return summary

@@ -8,21 +8,24 @@ different detectors are comparable and the combined score is their maximum:
 - ``model``: the reconstruction error of the last ``window`` rows by a PCA autoencoder (a TFLite
   model run by LiteRT, or its numpy reference), judged like HTM's anomaly likelihood: the mean of
   the last ``short`` log-errors against the distribution of that mean over the last ``history``
-  rows (Gaussian tail). Catches shape changes, broken correlations between sensors, spikes.
+  rows (Gaussian tail; what the history learns is clipped at its mean + 3 sd, so one burst does
+  not inflate the spread). Catches shape changes, broken correlations between sensors, spikes.
 - ``level``: per feature, an EW mean over ``level_short`` rows against an EW mean/variance over
   ``history`` rows; the largest standardised difference is judged against its own history like
   the model's error. Catches level shifts and steps the model reproduces.
 - ``drift``: the same at the ``drift_rows`` time scale against a reference ``4 x history`` rows
   long. Catches drifts faster than about ``history`` rows; slower ones become the new normal.
-- ``stuck``: per feature, a run of ``n`` identical values when the feature repeats with rate
-  ``q`` (learnt): ``p = q^n`` (``q`` at most 0.5 for a feature that normally moves).
+- ``stuck``: per feature, a run of ``n`` identical values: ``p = q^(n - 2L)`` with ``q`` the
+  learnt chance of a repeat and ``L`` the longest recent normal run (quantised sensors that sit
+  on a value for a while are not stuck).
 - ``range``: per feature, a value beyond the min/max of the last ``history`` rows by a fraction
   ``e`` of that range: ``surprise = log10(rows seen / features) + 6 e`` (the largest over the
   features); a configured hard ``limits`` breach is always ``MAX_SURPRISE``.
 
-An alert episode starts when the combined score reaches ``threshold`` and ends after
-``clear_rows`` rows below ``clear``: one alert per episode. The model is fitted on the device
-(numpy SVD, written as a flatbuffer, no TensorFlow) after ``learn_rows`` rows when none was given,
+An alert episode starts when the combined score reaches ``threshold`` (3.0) and ends after
+``clear_rows`` (10) rows below ``clear`` (2.5): one alert per episode. The model is fitted on
+the device (numpy SVD, written as a flatbuffer, no TensorFlow) after ``learn_rows`` rows when none
+was given,
 and refitted every ``refit_every`` rows on the newest ``refit_rows`` rows outside alert episodes;
 a refit is installed only if it validates (its median error on the newest held-out rows is at most
 ``1.25 x`` the current model's on the same scale, and its held-out error is not 10x its training
@@ -32,7 +35,7 @@ Invariants:
 - Rows must come in time order: ``prepare`` drops a row not newer than the last (counted by the
   caller), a row with a non-finite value or a gap longer than ``max_gap_ms`` (default: 5x the
   median row interval) starts a new segment: the window restarts and no statistic mixes both sides.
-  ``edgegw model fit`` applies the same rules (``fit.segments_from_samples``).
+  ``edgegw model fit`` applies the same rules (``rows.Segmenter``, ``fit.segments_from_samples``).
 - Re-learning: after a lasting change every statistic follows within about ``history`` rows (the
   EW references and the surprise histories are that long), so a new normal stops alerting then.
 - Deterministic: the same rows give the same scores. numpy is needed (extra ``ml``); LiteRT is

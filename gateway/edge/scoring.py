@@ -183,6 +183,7 @@ class EventMetrics:
             "detection_rate": round(self.detected / self.windows, 4) if self.windows else None,
             "false_alerts": self.false_alerts,
             "false_alerts_per_day": round(self.false_alerts / self.days, 3) if self.days else None,
+            "days": round(self.days, 6),
             "delay_s_median": delays[len(delays) // 2] if delays else None,
             "delay_s_max": delays[-1] if delays else None,
         }
