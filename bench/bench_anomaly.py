@@ -47,9 +47,15 @@ from typing import Any
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.edge.synth: cost rows
+
 from edgegw.edge import evaluate, scoring
+from edgegw.edge.anomaly import AnomalyStage
+from edgegw.edge.config import AnomalyConfig
 from edgegw.edge.evaluate import Labelled
-from edgegw.edge.online import OnlineParams, episodes, tail_surprise
+from edgegw.edge.online import OnlineDetector, OnlineParams, episodes, tail_surprise
+from edgegw.model import Sample
+from tests.edge import synth
 
 AEON_VERSION = "1.6.0"
 AEON_MEMBERS = {
@@ -186,9 +192,6 @@ def evaluate_detector(
 def cost_per_reading(n_features: int, rows: int = 4000, kind: str = "online") -> dict[str, Any]:
     """The ``online`` stage on synthetic pump rows (all detectors, LiteRT inline); ``kind``
     ``zscore`` gives the cheapest existing detector as the peer measured in the same run."""
-    from edgegw.edge import synth
-    from edgegw.edge.anomaly import AnomalyStage
-    from edgegw.edge.config import AnomalyConfig
 
     features = list(synth.FEATURES[:n_features])
     data = synth.normal_rows(rows + 1000, seed=5)[:, :n_features]
@@ -200,9 +203,7 @@ def cost_per_reading(n_features: int, rows: int = 4000, kind: str = "online") ->
     stage = AnomalyStage([cfg])
     polls = [
         [
-            __import__("edgegw.model", fromlist=["Sample"]).Sample(
-                "pump1", f, 1_700_000_000_000 + i * 1000, float(v)
-            )
+            Sample("pump1", f, 1_700_000_000_000 + i * 1000, float(v))
             for f, v in zip(features, r, strict=True)
         ]
         for i, r in enumerate(data)
@@ -232,8 +233,6 @@ def cost_per_reading(n_features: int, rows: int = 4000, kind: str = "online") ->
 
 
 def refit_cost(n_features: int) -> dict[str, Any]:
-    from edgegw.edge import synth
-    from edgegw.edge.online import OnlineDetector
 
     p = OnlineParams()
     data = synth.normal_rows(p.refit_rows + 100, seed=6)[:, :n_features]
@@ -259,7 +258,8 @@ def refit_cost(n_features: int) -> dict[str, Any]:
 
 
 RSS_PROBE = """
-import json, resource, sys
+import json, sys
+sys.path.insert(0, sys.argv[2])
 def rss():
     with open('/proc/self/status') as f:
         for line in f:
@@ -269,9 +269,6 @@ base = rss()
 import edgegw.edge.anomaly, edgegw.edge.config
 core = rss()
 if sys.argv[1] == 'ml':
-    from edgegw.edge import synth
-    from edgegw.edge.anomaly import AnomalyStage
-    from edgegw.edge.config import AnomalyConfig
     from edgegw.model import Sample
     cfg = AnomalyConfig(name='b', device='d', metrics=list(synth.FEATURES), kind='online')
     stage = AnomalyStage([cfg])
@@ -288,7 +285,10 @@ def rss_added() -> dict[str, Any]:
     out = {}
     for mode in ("core", "ml"):
         proc = subprocess.run(
-            [sys.executable, "-c", RSS_PROBE, mode], capture_output=True, text=True, timeout=300
+            [sys.executable, "-c", RSS_PROBE, mode, str(Path(__file__).resolve().parents[1])],
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
         out[mode] = json.loads(proc.stdout)
     return {

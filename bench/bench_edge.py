@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,13 +24,16 @@ from typing import Any
 
 import numpy as np
 
-from edgegw.edge import litert, synth
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.edge.synth: the data sets
+
+from edgegw.edge import litert
 from edgegw.edge.aggregate import AggregateStage
 from edgegw.edge.anomaly import AnomalyStage
 from edgegw.edge.config import AggregateConfig, AnomalyConfig, RuleConfig
 from edgegw.edge.fit import fit_pca_autoencoder, make_windows
 from edgegw.edge.rules import RuleStage
 from edgegw.model import Sample
+from tests.edge import synth
 
 T0 = 1_700_000_000_000
 
@@ -170,7 +174,7 @@ def bench_inference_and_fit() -> dict[str, Any]:
 def detection_quality(path: Path, result: Any) -> dict[str, Any]:
     """SYNTHETIC data (synth.py) - real labelled data: bench/bench_anomaly.py."""
     return {
-        "data": "synthetic (gateway/edge/synth.py), not real-world performance",
+        "data": "synthetic (tests/edge/synth.py), not real-world performance",
         "static_threshold": _detection(path, online=False),
         "online": _detection(path, online=True),
     }

@@ -35,7 +35,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -43,13 +42,15 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edgegw import pki
-from edgegw.model import Lane
 from edgegw.protocol import envelope, topics
 from edgegw.protocol.ack import AckStatus, encode_acks
+from edgegw.protocol.broker_url import parse_broker_url
 from edgegw.protocol.codec import CodecError, DecodedBatch, decode_batch
 from edgegw.protocol.keys import derive_data_key
-from edgegw.protocol.mqtt_client import Client
+from edgegw.protocol.model import Lane
+from edgegw.transport.mqtt_client import Client
 from edgegw_cloud.pki_setup import INGEST_CN, CloudPaths
+from edgegw_cloud.registry import Registry
 from edgegw_cloud.store import BatchRecord, CloudStore
 
 log = logging.getLogger("edgegw.cloud.ingest")
@@ -65,13 +66,6 @@ class _Msg:
     topic: str
     payload: bytes
     received_ms: int
-
-
-def parse_broker_url(url: str) -> tuple[str, int]:
-    parts = urlsplit(url)
-    if parts.scheme != "mqtts" or not parts.hostname:
-        raise ValueError(f"broker URL {url!r}: use mqtts://HOST:PORT (mutual TLS only)")
-    return parts.hostname, parts.port or 8883
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +133,8 @@ class Ingest:
         store_path: Path | None = None,
     ) -> None:
         self.paths = paths
-        self.host, self.port = parse_broker_url(broker_url)
+        url = parse_broker_url(broker_url)
+        self.host, self.port = url.host, url.port
         self.workers = max(1, workers)
         self.share_group = share_group
         self.max_group = max_group
@@ -212,7 +207,7 @@ class Ingest:
         # a few ingest workers, not thousands of gateways: a short cap is no reconnect storm
         client.reconnect_delay_set(min_delay=1, max_delay=2)
         client.max_inflight_messages_set(200)
-        sub = f"$share/{self.share_group}/gw/+/up/batch"
+        sub = topics.ingest_subscription(self.share_group)
 
         def on_connect(
             c: mqtt.Client, _u: Any, _f: Any, rc: ReasonCode, _p: Properties | None = None
@@ -272,9 +267,7 @@ class Ingest:
                 continue
 
     def _open_loop(self) -> None:
-        from edgegw_cloud.registry import Registry  # one instance per thread (its contract)
-
-        registry = Registry(self.paths.registry_db)
+        registry = Registry(self.paths.registry_db)  # one instance per thread (its contract)
         keys = _Keys(self.paths, registry)
         last_touch: dict[str, float] = {}
         try:

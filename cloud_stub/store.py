@@ -33,8 +33,8 @@ from itertools import repeat
 from pathlib import Path
 from typing import Any
 
-from edgegw.model import Alert, Sample, Value
 from edgegw.protocol.codec import Series
+from edgegw.protocol.model import Alert, Sample, Value
 
 VT_NULL, VT_INT, VT_FLOAT, VT_BOOL, VT_STR, VT_BLOB = range(6)
 #: value types stored as they are (bulk fast path for single-typed series)

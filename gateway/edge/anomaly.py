@@ -38,6 +38,7 @@ Invariants:
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
 from collections import deque
@@ -46,12 +47,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from edgegw.edge import litert, online
 from edgegw.edge.config import AnomalyConfig, resolve_path
 from edgegw.edge.expr import is_number
 from edgegw.edge.rows import RowAssembler, Segmenter
 from edgegw.edge.rules import render_message
+from edgegw.edge.stage import NoHolds, StageOutput
 from edgegw.model import Alert, Sample, Severity
-from edgegw.runtime.pipeline import StageOutput
 
 log = logging.getLogger("edgegw.edge.anomaly")
 
@@ -162,7 +164,7 @@ class _Detector:
     refit_inflight: FutureLike | None = None
 
 
-class AnomalyStage:
+class AnomalyStage(NoHolds):
     """Stage running every configured anomaly detector; see the module docstring."""
 
     name = "anomaly"
@@ -207,9 +209,7 @@ class AnomalyStage:
                     raise RuntimeError(
                         f"the online detector needs numpy: pip install 'edgegw[ml]' ({exc})"
                     ) from exc
-                log.warning(
-                    "anomaly %s: no numpy; using the %s fallback", cfg.name, cfg.fallback
-                )
+                log.warning("anomaly %s: no numpy; using the %s fallback", cfg.name, cfg.fallback)
                 return AnomalyStage._build_static(
                     cfg.model_copy(update={"kind": cfg.fallback, "threshold": None}), base_dir
                 )
@@ -217,13 +217,11 @@ class AnomalyStage:
 
     @staticmethod
     def _build_online(cfg: AnomalyConfig, base_dir: Path | None) -> _Detector:
-        from edgegw.edge import online
-
+        if importlib.util.find_spec("numpy") is None:
+            raise ImportError("numpy is not installed")
         wmodel = None
         use_litert = True
         if cfg.model is not None:
-            from edgegw.edge import litert
-
             path = resolve_path(cfg.model, base_dir)
             spec_path = resolve_path(cfg.spec, base_dir) if cfg.spec else litert.spec_path_for(path)
             spec = litert.ModelSpec.load(spec_path)
@@ -270,8 +268,6 @@ class AnomalyStage:
         window = cfg.window
         max_gap_ms = int(cfg.max_gap * 1000) if cfg.max_gap is not None else None
         if kind == "model":
-            from edgegw.edge import litert
-
             assert cfg.model is not None
             path = resolve_path(cfg.model, base_dir)
             spec_path = resolve_path(cfg.spec, base_dir) if cfg.spec else litert.spec_path_for(path)
@@ -428,7 +424,7 @@ class AnomalyStage:
         det.window.append(row)
         if len(det.window) < det.window_len or (det.rows_seen - det.window_len) % det.cfg.step:
             return
-        import numpy as np
+        import numpy as np  # lazy: optional extra [ml]
 
         self.counters["windows"] += 1
         det.queue.append((ts, np.asarray(det.window, dtype=np.float32).reshape(-1)))
@@ -477,8 +473,9 @@ class AnomalyStage:
     def _install(self, det: _Detector, outcome: Any) -> None:
         if det.online.install(outcome):
             self.counters["refits"] += 1
-            log.debug("anomaly %s: refitted model installed (%.3f s CPU)", det.cfg.name,
-                      outcome.cpu_s)
+            log.debug(
+                "anomaly %s: refitted model installed (%.3f s CPU)", det.cfg.name, outcome.cpu_s
+            )
         else:
             self.counters["refits_rejected"] += 1
             log.info("anomaly %s: refit not installed: %s", det.cfg.name, outcome.reason)

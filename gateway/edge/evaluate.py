@@ -27,10 +27,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgegw.edge import scoring
+from edgegw.edge import litert, scoring
+from edgegw.edge.online import OnlineDetector, OnlineParams, WindowModel
+from edgegw.edge.rows import Segmenter
 
 if TYPE_CHECKING:
-    import numpy as np
+    import numpy as np  # lazy: optional extra [ml]
     import numpy.typing as npt
 
     from edgegw.edge.online import OnlineDetector, OnlineParams, WindowModel
@@ -73,7 +75,7 @@ def load_labelled_csv(
     path: Path, *, label: str | None = None, features: Sequence[str] | None = None
 ) -> Labelled:
     """Read a wide labelled CSV (see the module docstring)."""
-    import numpy as np
+    import numpy as np  # lazy: optional extra [ml]
 
     with path.open(newline="", encoding="utf-8") as fh:
         head = fh.readline()
@@ -136,8 +138,6 @@ def run_online(
     limits: Sequence[tuple[float, float] | None] | None = None,
 ) -> tuple[Run, OnlineDetector]:
     """Feed the stream through an ``OnlineDetector`` with inline refits."""
-    from edgegw.edge.online import OnlineDetector
-
     det = OnlineDetector(data.features, params, model=model, limits=limits)
     scores: list[float] = []
     raised: list[int] = []
@@ -159,7 +159,7 @@ def run_online(
 
 def run_static(data: Labelled, model: WindowModel, threshold: float) -> Run:
     """A fixed model and threshold (``kind: model, online: false``), windows restart at gaps."""
-    from edgegw.edge.fit import Segmenter
+    import numpy as np  # lazy: optional extra [ml]
 
     gate = Segmenter(model.spec.max_gap_ms, learn=model.spec.max_gap_ms is None)
     w = model.spec.window
@@ -167,8 +167,6 @@ def run_static(data: Labelled, model: WindowModel, threshold: float) -> Run:
     scores: list[float] = []
     raised: list[int] = []
     active = False
-    import numpy as np
-
     for i, (ts, row) in enumerate(zip(data.ts_ms, data.rows.tolist(), strict=True)):
         verdict = gate.accept(ts)
         if verdict == "drop":
@@ -233,9 +231,6 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> dict[str, Any]:
-    from edgegw.edge import litert
-    from edgegw.edge.online import OnlineParams, WindowModel
-
     features = [m.strip() for m in args.metrics.split(",")] if args.metrics else None
     model: WindowModel | None = None
     if args.model is not None:

@@ -25,10 +25,7 @@ reference (``litert.dense_forward``) to float32 precision; bad input is a clear 
 
 from __future__ import annotations
 
-import argparse
 import csv
-import json
-import sys
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -40,7 +37,12 @@ from edgegw.edge.litert import (
     ModelSpec,
     Scaling,
     build_dense_model,
+    check_shapes,
+    dense_forward,
+    inspect_model_shapes,
     pca_autoencoder_layers,
+    reconstruction_scores,
+    runtime_available,
     spec_path_for,
 )
 from edgegw.edge.rows import RowAssembler, Segmenter
@@ -48,7 +50,7 @@ from edgegw.model import Quality, Sample
 from edgegw.units import parse_duration
 
 if TYPE_CHECKING:
-    import numpy as np
+    import numpy as np  # lazy: optional extra [ml]
     import numpy.typing as npt
 
     Array = npt.NDArray[np.float64]
@@ -148,11 +150,9 @@ def segments_from_samples(
     return [seg for seg in segments if seg[0]]
 
 
-def median_gap_limit(
-    samples: Sequence[Sample], device: str, features: Sequence[str]
-) -> int | None:
+def median_gap_limit(samples: Sequence[Sample], device: str, features: Sequence[str]) -> int | None:
     """The default max gap: 5x the median interval between consecutive rows."""
-    import numpy as np
+    import numpy as np  # lazy: optional extra [ml]
 
     probe = segments_from_samples(samples, device, features)
     gaps = np.concatenate(
@@ -163,7 +163,7 @@ def median_gap_limit(
 
 def make_windows(rows: Array, window: int) -> Array:
     """Sliding windows (step 1), flattened time-major: ``[N - window + 1, window * F]``."""
-    import numpy as np
+    import numpy as np  # lazy: optional extra [ml]
 
     rows = np.asarray(rows, dtype=np.float64)
     n, f = rows.shape
@@ -252,7 +252,7 @@ def fit_pca_autoencoder(
     max_gap_ms: int | None = None,
 ) -> FitResult:
     """Fit on rows grouped in segments (windows never span two segments)."""
-    import numpy as np
+    import numpy as np  # lazy: optional extra [ml]
 
     started = time.perf_counter()
     if window < 1:
@@ -282,9 +282,7 @@ def fit_pca_autoencoder(
     rows_train = train.reshape(-1, f)
     mean = rows_train.mean(axis=0)
     std = rows_train.std(axis=0)
-    flat = [
-        features[i] for i in range(f) if std[i] == 0 or std[i] <= 1e-12 * abs(float(offset[i]))
-    ]
+    flat = [features[i] for i in range(f) if std[i] == 0 or std[i] <= 1e-12 * abs(float(offset[i]))]
     if flat:
         raise FitError(
             f"metric(s) {flat} are constant in the training data: drop them from --metrics"
@@ -322,8 +320,6 @@ def fit_pca_autoencoder(
         input_offset=[float(o) for o in offset],
         max_gap_ms=max_gap_ms,
     )
-    from edgegw.edge.litert import dense_forward, reconstruction_scores
-
     # normalise residuals by their typical size on training data: a normal window scores ~1
     train_residual = train - dense_forward(layers, train.astype(np.float32))
     rms = np.sqrt(np.mean(train_residual.reshape(-1, f) ** 2, axis=0))
@@ -368,141 +364,49 @@ def fit_pca_autoencoder(
     )
 
 
-# --------------------------------------------------------------------------- CLI
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """``edgegw model``: subcommands ``fit``, ``eval`` and ``inspect``."""
-    from edgegw.edge import evaluate
-
-    sub = parser.add_subparsers(dest="model_command", metavar="{fit,eval,inspect}")
-    sub.required = True
-    add_fit_arguments(sub.add_parser("fit", help="fit a PCA autoencoder to recorded normal data"))
-    evaluate.add_eval_arguments(
-        sub.add_parser("eval", help="score a model or the online detector on a labelled CSV")
-    )
-    inspect = sub.add_parser("inspect", help="show a model's spec, tensor shapes and runtime")
-    inspect.add_argument("model", type=Path, help="a .tflite file (its spec: .json beside it)")
-    inspect.add_argument("--spec", type=Path, help="the spec, if not beside the model")
-
-
-def add_fit_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``edgegw model fit``."""
-    src = parser.add_argument_group("data (at least one)")
-    src.add_argument(
-        "--csv",
-        type=Path,
-        action="append",
-        default=[],
-        help="CSV with columns ts_ms,device,metric,value (cloud `query --format csv`)",
-    )
-    src.add_argument(
-        "--outbox",
-        type=Path,
-        metavar="STATE_DIR",
-        help="read samples still stored in this gateway state dir's outbox",
-    )
-    src.add_argument("--gateway-id", help="gateway id for --outbox (default: from the state dir)")
-    parser.add_argument("--device", help="device id (required when the data has several)")
-    parser.add_argument(
-        "--metrics",
-        help="comma-separated features in order (default: all numeric "
-        "metrics of the device, sorted)",
-    )
-    parser.add_argument("--window", type=int, default=16, help="rows per window (default 16)")
-    parser.add_argument(
-        "--out", type=Path, required=True, help="output .tflite path (spec: .json beside)"
-    )
-    parser.add_argument(
-        "--components", type=int, help="PCA components (default: above the noise floor)"
-    )
-    parser.add_argument(
-        "--variance",
-        type=float,
-        default=None,
-        help="pick the fewest components explaining this variance (e.g. 0.99)",
-    )
-    parser.add_argument(
-        "--sigmas",
-        type=float,
-        default=5.0,
-        help="static threshold: held-out log-error median + this many robust sd (default 5)",
-    )
-    parser.add_argument(
-        "--margin", type=float, default=1.0, help="static threshold factor (default 1.0)"
-    )
-    parser.add_argument(
-        "--force",
-        action="store_true",
-        help="write the model even when its calibration is broken",
-    )
-    parser.add_argument(
-        "--holdout",
-        type=float,
-        default=0.2,
-        help="fraction of (latest) windows kept for calibration (default 0.2)",
-    )
-    parser.add_argument(
-        "--max-gap",
-        default=None,
-        help="a gap between rows longer than this splits windows (default 5x the "
-        "median row interval)",
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    command = getattr(args, "model_command", "fit")
-    try:
-        if command == "inspect":
-            summary = _inspect(args)
-        elif command == "eval":
-            from edgegw.edge import evaluate
-
-            summary = evaluate.run_eval(args)
-        else:
-            summary = _run(args)
-    except (FitError, OSError, ValueError) as exc:
-        print(f"edgegw model {command}: error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(summary, indent=2))
-    return 0
-
-
-def _inspect(args: argparse.Namespace) -> dict[str, Any]:
-    from edgegw.edge import litert
-
-    spec_path = args.spec or spec_path_for(args.model)
+# --------------------------------------------------------------------------- commands
+def inspect_model(model: Path, spec_file: Path | None = None) -> dict[str, Any]:
+    """``edgegw model inspect``: a model's spec, tensor shapes and the runtime found."""
+    spec_path = spec_file or spec_path_for(model)
     spec = ModelSpec.load(spec_path)
     info: dict[str, Any] = {
-        "model": str(args.model),
-        "bytes": args.model.stat().st_size,
+        "model": str(model),
+        "bytes": model.stat().st_size,
         "spec": str(spec_path),
         **spec.model_dump(exclude={"scaling"}),
     }
-    info["runtime"] = litert.runtime_available()
+    info["runtime"] = runtime_available()
     if info["runtime"] is not None:
-        in_shape, out_shape = litert.inspect_model_shapes(args.model)
+        in_shape, out_shape = inspect_model_shapes(model)
         info["input_shape"], info["output_shape"] = in_shape, out_shape
-        litert.check_shapes(spec, in_shape, out_shape, str(args.model))
+        check_shapes(spec, in_shape, out_shape, str(model))
     return info
 
 
-def _run(args: argparse.Namespace) -> dict[str, Any]:
-
-    samples: list[Sample] = []
-    sources: list[str] = []
-    for path in args.csv:
-        samples.extend(read_csv_samples(path))
-        sources.append(str(path))
-    if args.outbox is not None:
-        from edgegw.runtime.inspect import read_outbox_samples
-
-        samples.extend(read_outbox_samples(args.outbox, args.gateway_id))
-        sources.append(f"outbox:{args.outbox}")
+def fit_model(
+    samples: Sequence[Sample],
+    sources: Sequence[str],
+    *,
+    out: Path,
+    device: str | None = None,
+    metrics: str | None = None,
+    window: int = 16,
+    components: int | None = None,
+    variance: float | None = None,
+    sigmas: float = 5.0,
+    margin: float = 1.0,
+    holdout: float = 0.2,
+    max_gap: str | None = None,
+    force: bool = False,
+) -> dict[str, Any]:
+    """``edgegw model fit``: pick the device and features, fit, judge the calibration (a broken
+    one raises ``FitError`` unless ``force``), save; returns a summary whose ``calibration``
+    block carries the quality and, when not ok, the ``message`` to show."""
     if not sources:
         raise FitError("no data: pass --csv FILE and/or --outbox STATE_DIR")
     if not samples:
         raise FitError(f"no samples in {', '.join(sources)}")
     devices = sorted({s.device for s in samples})
-    device = args.device
     if device is None:
         if len(devices) != 1:
             raise FitError(f"the data holds several devices ({', '.join(devices)}): pass --device")
@@ -510,8 +414,8 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     elif device not in devices:
         raise FitError(f"no samples of device {device!r} (found: {', '.join(devices)})")
     seen = sorted({s.metric for s in samples if s.device == device and is_number(s.value)})
-    if args.metrics:
-        features = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    if metrics:
+        features = [m.strip() for m in metrics.split(",") if m.strip()]
         missing = [m for m in features if m not in seen]
         if missing:
             raise FitError(
@@ -521,37 +425,35 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         features = seen
     if not features:
         raise FitError(f"device {device!r} has no numeric metrics")
-    if args.max_gap is not None:
-        max_gap_ms: int | None = int(parse_duration(args.max_gap) * 1000)
+    if max_gap is not None:
+        max_gap_ms: int | None = int(parse_duration(max_gap) * 1000)
     else:
         max_gap_ms = median_gap_limit(samples, device, features)
     segments = segments_from_samples(samples, device, features, max_gap_ms=max_gap_ms)
     result = fit_pca_autoencoder(
         segments,
         features,
-        args.window,
-        components=args.components,
-        variance=args.variance,
-        sigmas=args.sigmas,
-        margin=args.margin,
-        holdout=args.holdout,
+        window,
+        components=components,
+        variance=variance,
+        sigmas=sigmas,
+        margin=margin,
+        holdout=holdout,
         source=", ".join(sources),
         max_gap_ms=max_gap_ms,
     )
     quality, message = calibration_quality(result.spec.calibration)
-    if quality == "broken" and not args.force:
+    if quality == "broken" and not force:
         raise FitError(f"{message} (nothing written; --force writes it anyway)")
-    if message is not None:
-        print(f"edgegw model fit: warning: {message}", file=sys.stderr)
-    spec_path = result.save(args.out)
+    spec_path = result.save(out)
     cal = result.spec.calibration
     return {
-        "model": str(args.out),
+        "model": str(out),
         "spec": str(spec_path),
         "bytes": len(result.model),
         "device": device,
         "features": features,
-        "window": args.window,
+        "window": window,
         "components": result.components,
         "explained_variance": round(result.explained_variance, 4),
         "threshold": result.spec.threshold,

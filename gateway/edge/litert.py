@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:
-    import numpy as np
+    import numpy as np  # lazy: optional extra [ml]
     import numpy.typing as npt
 
     FloatArray = npt.NDArray[np.floating[Any]]
@@ -53,13 +53,13 @@ def load_interpreter_class() -> tuple[Any, str]:
     """
     errors: list[str] = []
     try:
-        from ai_edge_litert.interpreter import Interpreter
+        from ai_edge_litert.interpreter import Interpreter  # lazy: optional extra [ml]
 
         return Interpreter, "ai-edge-litert"
     except ImportError as exc:
         errors.append(f"ai_edge_litert: {exc}")
     try:
-        from tflite_runtime.interpreter import Interpreter
+        from tflite_runtime.interpreter import Interpreter  # lazy: optional extra [ml]
 
         return Interpreter, "tflite-runtime"
     except ImportError as exc:
@@ -132,9 +132,9 @@ def build_dense_model(
     ``layers[i] = (W, b)`` with ``W`` of shape ``[out, in]`` (TFLite's layout) and ``b`` of shape
     ``[out]``; the model maps ``[1, in0]`` to ``[1, out_last]``.
     """
-    import flatbuffers
-    import numpy as np
-    from ai_edge_litert import schema_py_generated as s
+    import flatbuffers  # lazy: optional extra [ml]
+    import numpy as np  # lazy: optional extra [ml]
+    from ai_edge_litert import schema_py_generated as s  # lazy: optional extra [ml]
 
     if not layers:
         raise ValueError("a model needs at least one layer")
@@ -215,7 +215,7 @@ def pca_autoencoder_layers(
     possibly refined by the training mean). Encoder ``h = V (x - c) / s``, decoder
     ``x_hat = s * (V^T h) + c`` - both affine, so each is one FULLY_CONNECTED op.
     """
-    import numpy as np
+    import numpy as np  # lazy: optional extra [ml]
 
     v = np.asarray(components, dtype=np.float64)
     c = np.asarray(centre, dtype=np.float64)
@@ -231,7 +231,7 @@ def pca_autoencoder_layers(
 
 def dense_forward(layers: Sequence[tuple[FloatArray, FloatArray]], x: FloatArray) -> FloatArray:
     """numpy reference of ``build_dense_model``: ``x`` is ``[N, in]`` (float32 arithmetic)."""
-    import numpy as np
+    import numpy as np  # lazy: optional extra [ml]
 
     out = np.asarray(x, dtype=np.float32)
     for w, b in layers:
@@ -245,7 +245,7 @@ def reconstruction_scores(x: FloatArray, x_hat: FloatArray, spec: ModelSpec) -> 
     Residuals are divided per feature by ``spec.residual_scale`` (fitted models: the RMS residual
     on training data, so a normal window scores about 1), else by ``scaling.std``, else by 1.
     """
-    import numpy as np
+    import numpy as np  # lazy: optional extra [ml]
 
     diff = np.asarray(x, dtype=np.float64) - np.asarray(x_hat, dtype=np.float64)
     scale = spec.residual_scale or (spec.scaling.std if spec.scaling is not None else None)
@@ -267,7 +267,7 @@ class TFLiteModel:
         num_threads: int = 1,
         model_content: bytes | None = None,
     ) -> None:
-        import numpy as np
+        import numpy as np  # lazy: optional extra [ml]
 
         interpreter_cls, self.runtime = load_interpreter_class()
         self.spec = spec
@@ -307,7 +307,7 @@ class TFLiteModel:
     def forward(self, x: FloatArray) -> FloatArray:
         """Raw model output for one flattened window ``x`` (length ``W*F``), already offset by
         ``spec.input_offset`` if the spec has one."""
-        import numpy as np
+        import numpy as np  # lazy: optional extra [ml]
 
         self._interp.set_tensor(
             self._in_index, np.asarray(x, dtype=np.float32).reshape(self._in_shape)
@@ -317,7 +317,7 @@ class TFLiteModel:
         return out
 
     def score(self, x: FloatArray) -> float:
-        import numpy as np
+        import numpy as np  # lazy: optional extra [ml]
 
         xs = np.asarray(x, dtype=np.float64).reshape(-1)
         if self._offset is not None:
@@ -362,15 +362,15 @@ def make_interpreter(
     delegate, which prints an INFO line per load and gains nothing on small dense models."""
     kwargs: dict[str, Any] = {"num_threads": num_threads}
     try:
-        from ai_edge_litert.interpreter import OpResolverType
+        from ai_edge_litert.interpreter import OpResolverType  # lazy: optional extra [ml]
 
         kwargs["experimental_op_resolver_type"] = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
     except ImportError:
         try:
-            from tflite_runtime.interpreter import OpResolverType as TfOpResolverType
+            import tflite_runtime.interpreter as tfl  # lazy: optional extra [ml]
 
             kwargs["experimental_op_resolver_type"] = (
-                TfOpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+                tfl.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
             )
         except ImportError:
             pass

@@ -45,15 +45,24 @@ Invariants:
 from __future__ import annotations
 
 import math
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from edgegw.edge import litert
+from edgegw.edge.fit import (
+    CALIBRATION_REFUSE_RATIO,
+    FitError,
+    fit_pca_autoencoder,
+    make_windows,
+)
+from edgegw.edge.litert import dense_forward
 from edgegw.edge.rows import Segmenter
 
 if TYPE_CHECKING:
-    import numpy as np
+    import numpy as np  # lazy: optional extra [ml]
     import numpy.typing as npt
 
     from edgegw.edge.litert import ModelSpec
@@ -351,7 +360,7 @@ class WindowModel:
     def __init__(
         self, layers: list[tuple[Any, Any]] | None, spec: ModelSpec, tflite: Any = None
     ) -> None:
-        import numpy as np
+        import numpy as np  # lazy: optional extra [ml]
 
         self.layers = layers
         self.spec = spec
@@ -370,12 +379,10 @@ class WindowModel:
 
     def score(self, window: Array) -> float:
         """Mean squared normalised reconstruction error of one flattened raw window."""
-        import numpy as np
+        import numpy as np  # lazy: optional extra [ml]
 
         if self.tflite is not None:
             return float(self.tflite.score(window))
-        from edgegw.edge.litert import dense_forward
-
         x = window if self.offset is None else window - self.offset
         assert self.layers is not None
         out = dense_forward(self.layers, x[None, :].astype(np.float32))[0]
@@ -384,26 +391,22 @@ class WindowModel:
 
     def residuals(self, windows: Array) -> Array:
         """Raw reconstruction residuals ``x - x_hat`` of several windows (model input space)."""
-        import numpy as np
+        import numpy as np  # lazy: optional extra [ml]
 
         x = windows if self.offset is None else windows - self.offset[None, :]
         if self.tflite is not None:
             out = np.stack([self.tflite.forward(w) for w in x])
         else:
-            from edgegw.edge.litert import dense_forward
-
             assert self.layers is not None
             out = dense_forward(self.layers, x.astype(np.float32))
         result: Array = x - out
         return result
 
     def score_many(self, windows: Array) -> Array:
-        import numpy as np
+        import numpy as np  # lazy: optional extra [ml]
 
         if self.tflite is not None or self.layers is None:
             return np.array([self.score(w) for w in windows])
-        from edgegw.edge.litert import dense_forward
-
         x = windows if self.offset is None else windows - self.offset[None, :]
         out = dense_forward(self.layers, x.astype(np.float32))
         d = (x - out) * self.inv_scale[None, :]
@@ -414,11 +417,8 @@ class WindowModel:
 def load_window_model(result: Any, use_litert: bool) -> WindowModel:
     """A ``WindowModel`` of a ``fit.FitResult`` (LiteRT from the flatbuffer bytes if wanted)."""
     tflite = None
-    if use_litert:
-        from edgegw.edge import litert
-
-        if litert.runtime_available() is not None:
-            tflite = litert.TFLiteModel(None, result.spec, model_content=result.model)
+    if use_litert and litert.runtime_available() is not None:
+        tflite = litert.TFLiteModel(None, result.spec, model_content=result.model)
     return WindowModel(result.layers, result.spec, tflite)
 
 
@@ -445,16 +445,7 @@ def refit(
     recent: list[Array] | None = None,
 ) -> RefitOutcome:
     """Fit a PCA autoencoder on ``segments`` and validate it against ``current`` (worker side)."""
-    import time
-
-    import numpy as np
-
-    from edgegw.edge.fit import (
-        CALIBRATION_REFUSE_RATIO,
-        FitError,
-        fit_pca_autoencoder,
-        make_windows,
-    )
+    import numpy as np  # lazy: optional extra [ml]
 
     started = time.process_time()
     try:
@@ -573,7 +564,7 @@ class OnlineDetector:
         """Accept a row (None: dropped as out of order, or invalid); restart the window at gaps
         and non-finite values (``rows.Segmenter``, as ``edgegw model fit``); return the window
         to score."""
-        import numpy as np
+        import numpy as np  # lazy: optional extra [ml]
 
         if not all(math.isfinite(x) for x in row):
             self.break_segment()
@@ -664,7 +655,7 @@ class OnlineDetector:
 
     def refit_job(self) -> Callable[[], RefitOutcome]:
         """A snapshot of the newest normal rows and a function fitting on it (run anywhere)."""
-        import numpy as np
+        import numpy as np  # lazy: optional extra [ml]
 
         self.refit_pending = True
         self.since_fit = 0

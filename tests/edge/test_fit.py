@@ -13,13 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgegw.edge import fit, litert, synth
+from edgegw.commands import model as model_cmd
+from edgegw.edge import fit, litert
 from edgegw.model import Quality
+from tests.edge import synth
 
 
 def parse(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="edgegw model")
-    fit.add_arguments(parser)
+    model_cmd.add_arguments(parser)
     return parser.parse_args(["fit", *argv])
 
 
@@ -58,7 +60,7 @@ def test_fit_from_csv_writes_a_working_model(
     data = tmp_path / "normal.csv"
     write_csv(data, synth.normal_rows(1500, seed=21), quality_at=700, extra_device=True)
     out = tmp_path / "m" / "pump.tflite"
-    rc = fit.run(
+    rc = model_cmd.run(
         parse(
             "--csv",
             str(data),
@@ -94,7 +96,7 @@ def test_default_features_and_components(
 ) -> None:
     data = tmp_path / "normal.csv"
     write_csv(data, synth.normal_rows(800, seed=5))
-    rc = fit.run(
+    rc = model_cmd.run(
         parse(
             "--csv",
             str(data),
@@ -134,7 +136,7 @@ def test_bad_input_is_a_clear_error(
 ) -> None:
     data = tmp_path / "normal.csv"
     data.write_text(content)
-    rc = fit.run(parse("--csv", str(data), *args, "--out", str(tmp_path / "m.tflite")))
+    rc = model_cmd.run(parse("--csv", str(data), *args, "--out", str(tmp_path / "m.tflite")))
     assert rc == 2
     err = capsys.readouterr().err
     assert err.startswith("edgegw model fit: error: ")
@@ -143,7 +145,7 @@ def test_bad_input_is_a_clear_error(
 
 
 def test_no_data_source(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert fit.run(parse("--out", str(tmp_path / "m.tflite"))) == 2
+    assert model_cmd.run(parse("--out", str(tmp_path / "m.tflite"))) == 2
     assert "pass --csv FILE and/or --outbox STATE_DIR" in capsys.readouterr().err
 
 
@@ -162,9 +164,9 @@ def test_csv_quality_column_is_honoured(tmp_path: Path) -> None:
 
 def test_inspect_shows_spec_and_shapes(capsys: pytest.CaptureFixture[str]) -> None:
     parser = argparse.ArgumentParser(prog="edgegw model")
-    fit.add_arguments(parser)
+    model_cmd.add_arguments(parser)
     model = Path(__file__).resolve().parents[2] / "examples" / "models" / "pump.tflite"
-    assert fit.run(parser.parse_args(["inspect", str(model)])) == 0
+    assert model_cmd.run(parser.parse_args(["inspect", str(model)])) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["input_shape"] == [1, 64] and info["output_shape"] == [1, 64]
     assert info["features"] == list(synth.FEATURES) and info["runtime"] == "ai-edge-litert"
@@ -191,11 +193,11 @@ def test_fit_on_cloud_export_with_mixed_types(
     data = tmp_path / "export.csv"
     _cloud_export(data, synth.normal_rows(1200, seed=4))
     out = tmp_path / "m.tflite"
-    assert fit.run(parse("--csv", str(data), "--window", "8", "--out", str(out))) == 0
+    assert model_cmd.run(parse("--csv", str(data), "--window", "8", "--out", str(out))) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["features"] == sorted(synth.FEATURES)  # bool/text metrics are not features
     assert summary["calibration"]["quality"] == "ok"
-    rc = fit.run(
+    rc = model_cmd.run(
         parse("--csv", str(data), "--metrics", "flow,running", "--window", "8", "--out", str(out))
     )
     assert rc == 2
@@ -228,11 +230,13 @@ def test_broken_calibration_is_refused_with_a_clear_message(
     data = tmp_path / "normal.csv"
     write_csv(data, rows)
     out = tmp_path / "m.tflite"
-    assert fit.run(parse("--csv", str(data), "--window", "8", "--out", str(out))) == 2
+    assert model_cmd.run(parse("--csv", str(data), "--window", "8", "--out", str(out))) == 2
     err = capsys.readouterr().err
     assert "calibration is broken" in err and "not one normal regime" in err
     assert "--force" in err and not out.exists()
-    assert fit.run(parse("--csv", str(data), "--window", "8", "--out", str(out), "--force")) == 0
+    assert (
+        model_cmd.run(parse("--csv", str(data), "--window", "8", "--out", str(out), "--force")) == 0
+    )
     captured = capsys.readouterr()
     assert "warning: calibration is broken" in captured.err
     assert json.loads(captured.out)["calibration"]["quality"] == "broken"
@@ -279,8 +283,8 @@ def test_eval_prints_detection_rate_false_alerts_and_delay(
                 ]
             )
     parser = argparse.ArgumentParser(prog="edgegw model")
-    fit.add_arguments(parser)
-    assert fit.run(parser.parse_args(["eval", str(path)])) == 0
+    model_cmd.add_arguments(parser)
+    assert model_cmd.run(parser.parse_args(["eval", str(path)])) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["labelled_anomalies"] == 2
     assert summary["detected"] == 2 and summary["detection_rate"] == 1.0
@@ -293,7 +297,7 @@ def test_eval_prints_detection_rate_false_alerts_and_delay(
         [(list(range(2000)), synth.normal_rows(2000, seed=13))], list(synth.FEATURES), 16
     ).save(model)
     args = parser.parse_args(["eval", str(path), "--model", str(model), "--static"])
-    assert fit.run(args) == 0
+    assert model_cmd.run(args) == 0
     static = json.loads(capsys.readouterr().out)
     assert static["detector"] == "static" and static["labelled_anomalies"] == 2
     assert static["detected"] >= 1

@@ -2,7 +2,7 @@
 normal is re-learnt within ``history`` rows, fit and run see the same windows across gaps,
 out-of-order and non-finite values, and the stage runs refits in the worker.
 
-Data: ``edgegw.edge.synth`` (synthetic, real-looking: four pump sensors driven by one hidden load
+Data: ``tests/edge/synth.py`` (synthetic, real-looking: four pump sensors driven by one hidden load
 with sensor noise) - the real labelled data sets are in bench/bench_anomaly.py.
 """
 
@@ -16,11 +16,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edgegw.edge import fit, synth
+from edgegw.edge import fit
 from edgegw.edge.anomaly import AnomalyStage
 from edgegw.edge.config import AnomalyConfig
 from edgegw.edge.online import OnlineDetector, OnlineParams, episodes
 from edgegw.model import Alert, Quality, Sample
+from tests.edge import synth
 
 T0 = 1_700_000_000_000
 FEATURES = list(synth.FEATURES)

@@ -13,7 +13,7 @@ import json
 import threading
 from pathlib import Path
 
-from edgegw_cloud.cli import serve
+from edgegw_cloud.server import serve
 
 from .conftest import Cloud, GatewaySide, assert_exactly_once, await_until
 
