@@ -234,7 +234,11 @@ class AnomalyStage(NoHolds):
             except litert.RuntimeMissingError:
                 if cfg.fallback is None:
                     raise
-                log.warning("anomaly %s: no TFLite runtime; model part disabled", cfg.name)
+                log.warning(
+                    "anomaly %s: no TFLite runtime; the model part is fitted on the device and "
+                    "runs on numpy",
+                    cfg.name,
+                )
                 use_litert = False
         defaults = online.OnlineParams()
         params = online.OnlineParams(
