@@ -257,6 +257,28 @@ def refit_cost(n_features: int) -> dict[str, Any]:
     }
 
 
+def detector_memory(n_features: int) -> dict[str, Any]:
+    """Python heap held by one online detector after 5000 rows (tracemalloc): what each device
+    with an online detector adds, besides the shared numpy/LiteRT code."""
+    import tracemalloc  # lazy: only this measurement
+
+    p = OnlineParams()
+    data = synth.normal_rows(5000, seed=8)[:, :n_features]
+    warm = OnlineDetector(list(synth.FEATURES[:n_features]), p)  # first-use caches, not per device
+    for i, r in enumerate(data[:1200].tolist()):
+        warm.step(1_700_000_000_000 + i * 1000, r)
+        warm.refit_now()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    det = OnlineDetector(list(synth.FEATURES[:n_features]), p)
+    for i, r in enumerate(data.tolist()):
+        det.step(1_700_000_000_000 + i * 1000, r)
+        det.refit_now()
+    held = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    return {"features": n_features, "kb_per_detector": round(held / 1024)}
+
+
 RSS_PROBE = """
 import json, sys
 sys.path.insert(0, sys.argv[2])
@@ -370,6 +392,8 @@ def main() -> None:
             "refit_one_sensor": refit_cost(1),
             "refit_four_sensors": refit_cost(4),
             "rss": rss_added(),
+            "memory_one_sensor": detector_memory(1),
+            "memory_four_sensors": detector_memory(4),
             "load_1min": os.getloadavg()[0],
         }
     json.dump(result, sys.stdout, indent=1)

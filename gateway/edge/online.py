@@ -492,6 +492,65 @@ def refit(
 
 
 # --------------------------------------------------------------------------- detector
+class RowBuffer:
+    """The newest ``size`` rows (float64 ring buffer), their segment and whether they were part
+    of an alert episode: what a refit trains on. ~8 bytes per value, allocated on first use."""
+
+    def __init__(self, size: int, n: int) -> None:
+        self.size = size
+        self.n = n
+        self.count = 0
+        self.pos = 0
+        self._rows: Any = None
+        self._seg: Any = None
+        self._flag: Any = None
+
+    def __len__(self) -> int:
+        return self.count
+
+    def append(self, seg: int, row: Sequence[float], flagged: bool) -> None:
+        if self._rows is None:
+            import numpy as np  # lazy: optional extra [ml]
+
+            self._rows = np.empty((self.size, self.n), dtype=np.float64)
+            self._seg = np.empty(self.size, dtype=np.int64)
+            self._flag = np.empty(self.size, dtype=bool)
+        i = self.pos
+        self._rows[i] = row
+        self._seg[i] = seg
+        self._flag[i] = flagged
+        self.pos = (i + 1) % self.size
+        self.count = min(self.count + 1, self.size)
+
+    def ordered(self) -> tuple[Any, Any, Any]:
+        """Copies of (segments, rows, flagged), oldest first."""
+        import numpy as np  # lazy: optional extra [ml]
+
+        if self._rows is None:
+            return (
+                np.empty(0, dtype=np.int64),
+                np.empty((0, self.n)),
+                np.empty(0, dtype=bool),
+            )
+        idx = (np.arange(self.count) + (self.pos - self.count)) % self.size
+        return self._seg[idx], self._rows[idx], self._flag[idx]
+
+
+def _runs(rows: Any, seg: Any, keep: Any, min_len: int) -> list[Array]:
+    """Maximal runs of kept rows within one segment, at least ``min_len`` long."""
+    out: list[Array] = []
+    start = None
+    for i in range(len(rows) + 1):
+        ok = i < len(rows) and bool(keep[i]) and (start is None or seg[i] == seg[start])
+        if ok and start is None:
+            start = i
+        elif not ok and start is not None:
+            if i - start >= min_len:
+                out.append(rows[start:i].copy())
+            start = i if i < len(rows) and bool(keep[i]) else None
+    return out
+
+
 @dataclass(slots=True)
 class Prepared:
     """A row accepted by ``prepare``: the window to score (or None) and the model generation."""
@@ -534,7 +593,7 @@ class OnlineDetector:
         if max_gap is None and model is not None:
             max_gap = model.spec.max_gap_ms
         self.gate = Segmenter(max_gap, learn=max_gap is None)
-        self.rows: deque[tuple[int, list[float], bool]] = deque(maxlen=p.refit_rows)
+        self.rows = RowBuffer(p.refit_rows, n)
         self.segment = 0
         self.rows_seen = 0
         self.since_fit = 0
@@ -637,7 +696,7 @@ class OnlineDetector:
                     self.active = False
                     verdict.cleared = True
         flagged = score is not None and score >= p.clear
-        self.rows.append((self.segment, row, flagged or self.active))
+        self.rows.append(self.segment, row, flagged or self.active)
         self.rows_seen += 1
         self.since_fit += 1
         return verdict
@@ -659,31 +718,14 @@ class OnlineDetector:
 
         self.refit_pending = True
         self.since_fit = 0
-        segments: list[Array] = []
-        cur_seg: int | None = None
-        cur: list[list[float]] = []
-        for seg, row, flagged in self.rows:
-            if flagged or seg != cur_seg:
-                if len(cur) >= self.window_len:
-                    segments.append(np.asarray(cur, dtype=np.float64))
-                cur = []
-                cur_seg = seg
-                if flagged:
-                    continue
-            cur.append(row)
-        if len(cur) >= self.window_len:
-            segments.append(np.asarray(cur, dtype=np.float64))
-        recent: list[Array] = []
-        cur, cur_seg = [], None
-        tail = list(self.rows)[-(self.p.history + self.window_len) :]
-        for seg, row, _ in tail:
-            if seg != cur_seg:
-                if len(cur) >= self.window_len:
-                    recent.append(np.asarray(cur, dtype=np.float64))
-                cur, cur_seg = [], seg
-            cur.append(row)
-        if len(cur) >= self.window_len:
-            recent.append(np.asarray(cur, dtype=np.float64))
+        seg, rows, flagged = self.rows.ordered()
+        w = self.window_len
+        # training: runs of unflagged rows inside one segment
+        keep = ~flagged
+        segments = _runs(rows, seg, keep, w)
+        # baseline: every recent row (alerting ones too), by segment
+        tail = slice(max(0, len(rows) - (self.p.history + w)), len(rows))
+        recent = _runs(rows[tail], seg[tail], np.ones(len(rows[tail]), dtype=bool), w)
         current = self.model
         features = list(self.features)
         window = self.window_len
