@@ -290,8 +290,12 @@ def rss():
 base = rss()
 import edgegw.edge.anomaly, edgegw.edge.config
 core = rss()
+numpy_loaded = 'numpy' in sys.modules
 if sys.argv[1] == 'ml':
+    from edgegw.edge.anomaly import AnomalyStage
+    from edgegw.edge.config import AnomalyConfig
     from edgegw.model import Sample
+    from tests.edge import synth
     cfg = AnomalyConfig(name='b', device='d', metrics=list(synth.FEATURES), kind='online')
     stage = AnomalyStage([cfg])
     rows = synth.normal_rows(1500, seed=1)
@@ -299,7 +303,8 @@ if sys.argv[1] == 'ml':
         stage.process([Sample('d', f, 1_700_000_000_000 + i * 1000, float(v))
                        for f, v in zip(synth.FEATURES, r)], 0)
     stage.drain()
-print(json.dumps({'python': base, 'edgegw_edge': core, 'after': rss()}))
+print(json.dumps({'python': base, 'edgegw_edge': core, 'after': rss(),
+                  'numpy_at_import': numpy_loaded}))
 """
 
 
@@ -317,6 +322,7 @@ def rss_added() -> dict[str, Any]:
         "rss_mb_without_ml": round(out["core"]["after"], 1),
         "rss_mb_with_online_4_sensor_detector": round(out["ml"]["after"], 1),
         "added_mb": round(out["ml"]["after"] - out["core"]["after"], 1),
+        "numpy_imported_by_edge_stages": out["core"]["numpy_at_import"],
     }
 
 
