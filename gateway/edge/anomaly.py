@@ -2,7 +2,7 @@
 
 Per ``anomaly:`` entry, the device's ``metrics`` are assembled into rows (a row is complete when
 every metric has a new GOOD value since the previous row; its timestamp is the newest of them).
-Rows follow the rules ``edgegw model fit`` applies (``fit.Segmenter``): a row not newer than the
+Rows follow the rules ``edgegw model fit`` applies (``rows.Segmenter``): a row not newer than the
 previous one is dropped (``out_of_order``), a gap longer than the max gap restarts the window.
 Detectors:
 - ``online`` (and ``model`` with ``online: true``, the default): the online, self-calibrating
