@@ -344,6 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     except ImportError as exc:  # the query module is optional for the rest of the CLI
         sp.set_defaults(query_error=str(exc))
     sp.set_defaults(fn=cmd_query)
+    importlib.import_module("edgegw_cloud.ota_cli").add_parser(sub)
     return p
 
 

@@ -88,8 +88,10 @@ async def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
     gw = Gateway(cfg, drivers)
+    trial_rc: asyncio.Task[int] | None = None
     try:
         await gw.start()
+        trial_rc = _start_trial(gw, stop)
         if duration is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), duration)
@@ -101,7 +103,22 @@ async def serve(
         except TimeoutError:
             log.error("clean shutdown took longer than %.0f s; exiting", shutdown_timeout)
             return 1
+    if trial_rc is not None:
+        if not trial_rc.done():
+            trial_rc.cancel()
+            return 0
+        return trial_rc.result()
     return 0
+
+
+def _start_trial(gw: Any, stop: asyncio.Event) -> asyncio.Task[int] | None:
+    """The OTA health gate, when the launcher started this version on trial."""
+    from edgegw.ota.trial import active_trial, run_trial
+
+    trial = active_trial()
+    if trial is None:
+        return None
+    return asyncio.create_task(run_trial(gw, trial[0], trial[1], stop), name="ota-trial")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -105,6 +105,7 @@ class Gateway:
         self._shared_refs: dict[str, int] = {}
         self._contexts: dict[str, DeviceContext] = {}
         self._polled: dict[str, LazyOpenDriver] = {}
+        self._pollers: dict[str, Any] = {}
         self._push: dict[str, Any] = {}
         self._unavailable: dict[str, str] = {}
         self._device_bus: dict[str, Any] = {}
@@ -120,6 +121,7 @@ class Gateway:
         self.collector: StatsCollector | None = None
         self.housekeeping: Any = None
         self._outbox_stats_cache: dict[str, Any] = {}
+        self.watchdog_pings = 0
 
     # ------------------------------------------------------------------ startup
     async def start(self) -> None:
@@ -261,17 +263,17 @@ class Gateway:
                 if bus_cfg is not None and getattr(bus_cfg, "timeout", None) is not None:
                     timeout = float(bus_cfg.timeout)
                 self._device_bus[dev.id] = sched
-                sched.add(
-                    DevicePoller(
-                        dev.id,
-                        wrapped,
-                        period=float(dev.poll),
-                        timeout=timeout,
-                        sink=self._sink,
-                        stagger=dev.stagger,
-                        driver_name=dev.driver,
-                    )
+                poller = DevicePoller(
+                    dev.id,
+                    wrapped,
+                    period=float(dev.poll),
+                    timeout=timeout,
+                    sink=self._sink,
+                    stagger=dev.stagger,
+                    driver_name=dev.driver,
                 )
+                self._pollers[dev.id] = poller
+                sched.add(poller)
             elif driver.pushes:
                 self._push[dev.id] = driver
                 self._tasks.append(
@@ -367,6 +369,20 @@ class Gateway:
         self._tasks.append(asyncio.create_task(self.uplink.run(), name="uplink"))
 
     # ------------------------------------------------------------------ observability
+    def device_health(self) -> dict[str, str]:
+        """Per enabled device: ``ok``, ``waiting`` (not polled yet) or the failure's quality.
+
+        Used by the OTA health gate: a push device counts as ``ok`` while its task runs.
+        """
+        out: dict[str, str] = {d: f"unavailable: {why}" for d, why in self._unavailable.items()}
+        for dev_id, poller in self._pollers.items():
+            q = poller.last_quality
+            out[dev_id] = "waiting" if q is None else ("ok" if q == Quality.GOOD else q.name)
+        running = {t.get_name() for t in self._tasks if not t.done()}
+        for dev_id in self._push:
+            out[dev_id] = "ok" if f"push:{dev_id}" in running else "COMM_ERROR"
+        return out
+
     def _stats_sources(self) -> dict[str, Any]:
         src: dict[str, Any] = {
             "pipeline": lambda: self.pipeline.stats() if self.pipeline else {},
@@ -435,6 +451,7 @@ class Gateway:
             assert self.pipeline is not None
             if now_ms() - self.pipeline.last_tick_ms < 5_000:
                 notify("WATCHDOG=1")
+                self.watchdog_pings += 1
             else:
                 log.error("pipeline clock stalled; withholding the watchdog ping")
 

@@ -124,9 +124,16 @@ def write_identity(
     certificate_pem: str,
     ca_pem: str,
     ingest_ka_pub_pem: str,
+    ota_pub_pem: str = "",
 ) -> Identity:
-    """Write certificate, CA, ingest key and identity.json (last) next to gateway.key."""
+    """Write certificate, CA, ingest key and identity.json (last) next to gateway.key.
+
+    ``ota_pub_pem`` (the cloud's Ed25519 OTA key, ``ota-signing.pub``) is what OTA releases
+    are verified with; it arrives over the pinned-CA enrollment channel.
+    """
     d = Path(identity_dir)
+    if ota_pub_pem:
+        pki.write_public(d / "ota-signing.pub", ota_pub_pem.encode())
     pki.write_public(d / "gateway.crt", certificate_pem.encode())
     pki.write_public(d / "ca.crt", ca_pem.encode())
     pki.write_public(d / "ingest-ka.pub", ingest_ka_pub_pem.encode())
@@ -368,6 +375,7 @@ def _accept(
         certificate_pem=str(answer["certificate"]),
         ca_pem=pki.cert_pem(ca),
         ingest_ka_pub_pem=str(answer["ingest_ka_pub"]),
+        ota_pub_pem=str(answer.get("ota_pub") or ""),
     )
     log.info(
         "gateway %s enrolled: certificate serial %x, valid until %s",
