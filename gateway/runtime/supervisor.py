@@ -33,12 +33,14 @@ from edgegw.sdk import (
     DriverEntry,
     DriverError,
     DriverOptions,
+    PermanentError,
     PolledDriver,
     ReadResult,
     TransientError,
 )
 
 log = logging.getLogger("edgegw.supervisor")
+PermanentFirmwareError = PermanentError
 
 STATUS_FILE = "status.json"
 
@@ -345,6 +347,41 @@ class Gateway:
         self._write_stats["ok"] += 1
         log.info("wrote %s.%s=%r (%s)", req.device, req.point, req.value, req.reason)
         return True
+
+    async def update_firmware(
+        self, device_id: str, image: Any, progress: Any, *, attempts: int = 3
+    ) -> None:
+        """Hand ``image`` to the device's driver hook with its bus traffic held.
+
+        A ``TransientError`` (cut line, timeout) is retried with a fresh transfer up to
+        ``attempts`` times; anything else is raised at once.
+        """
+        driver = self._polled.get(device_id)
+        sched = self._device_bus.get(device_id)
+        if driver is None or sched is None:
+            raise LookupError(f"device {device_id!r} is not a running polled device")
+        if not type(driver.inner).supports_firmware_update():
+            raise PermanentFirmwareError(
+                f"driver {type(driver.inner).__name__} of {device_id} has no firmware hook"
+            )
+        async with sched.hold(device_id):
+            for attempt in range(1, attempts + 1):
+                try:
+                    await driver.ensure_open()
+                    await driver.inner.update_firmware(image, progress)
+                    log.info("device %s: firmware %s installed", device_id, image.name)
+                    return
+                except TransientError as exc:
+                    if attempt == attempts:
+                        raise
+                    log.info(
+                        "device %s: firmware attempt %d/%d failed (%s); retrying",
+                        device_id,
+                        attempt,
+                        attempts,
+                        exc,
+                    )
+                    await asyncio.sleep(min(5.0, 0.5 * 2**attempt))  # backoff, not sync
 
     async def _start_uplink(self, identity_dir: Path) -> None:
         from edgegw.uplink.outbox_io import OutboxIO
