@@ -1,350 +1,45 @@
-"""``edgegw-cloud``: init, serve, token create, gateways, revoke, query.
+"""``edgegw-cloud``: a thin dispatcher over the verbs in ``edgegw_cloud.commands``.
+
+Verbs: init, serve, token create, gateways, revoke, audit, query, db, ota. Each is a module with
+``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``.
 
 Exit codes: 0 success, 1 a refused/failed operation (message on stderr), 2 usage error.
-``serve`` prints one line ``serving mqtts://HOST:PORT`` on stdout once the broker accepts TLS
-and the enrollment service is subscribed (scripts and tests wait for it), stops cleanly on
-SIGINT/SIGTERM (a second signal forces exit), and reloads the broker whenever crl.pem changes
-(``revoke`` from another process) and re-signs the CRL daily.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import importlib
 import logging
-import os
-import signal
-import sqlite3
 import sys
-import threading
-import time
-from pathlib import Path
-from types import FrameType
-from typing import Any, TextIO
+from types import ModuleType
 
 from edgegw import pki
-from edgegw_cloud.pki_setup import CloudPaths, init_data_dir
-from edgegw_cloud.registry import GatewayRow, Registry, RegistryError
+from edgegw.protocol.logthrottle import install as throttle_repeated_logs
+from edgegw_cloud.broker import BrokerError
+from edgegw_cloud.commands import audit, db, gateways, init, ota, query, revoke, serve, token
+from edgegw_cloud.registry import RegistryError
 
-log = logging.getLogger("edgegw.cloud")
-
-
-# --------------------------------------------------------------------------- helpers
-def parse_ttl(text: str) -> float:
-    try:
-        from edgegw.units import parse_duration  # the project's one duration syntax
-    except ImportError:  # pragma: no cover - units is part of the package
-        return float(text)
-    return float(parse_duration(text))
-
-
-def _paths(args: argparse.Namespace) -> CloudPaths:
-    return CloudPaths.for_dir(args.data_dir).require_initialised()
-
-
-def _fmt_ms(ms: int | None) -> str:
-    if ms is None:
-        return "-"
-    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+COMMANDS: dict[str, ModuleType] = {
+    "init": init,
+    "serve": serve,
+    "token": token,
+    "gateways": gateways,
+    "revoke": revoke,
+    "audit": audit,
+    "query": query,
+    "db": db,
+    "ota": ota,
+}
 
 
-def _store_summary(store_db: Path) -> dict[str, dict[str, int]]:
-    """Per-gateway counters from store.db (written by the ingest), if it exists."""
-    if not store_db.exists():
-        return {}
-    out: dict[str, dict[str, int]] = {}
-    try:
-        db = sqlite3.connect(f"file:{store_db}?mode=ro", uri=True, timeout=5.0)
-        try:
-            for gw, n, last in db.execute(
-                "SELECT gateway, COUNT(*), MAX(received_ms) FROM batches GROUP BY gateway"
-            ):
-                out.setdefault(gw, {}).update(batches=n, last_ms=last or 0)
-            for gw, n in db.execute(
-                "SELECT gateway, COUNT(DISTINCT device) FROM readings GROUP BY gateway"
-            ):
-                out.setdefault(gw, {})["devices"] = n
-            for gw, n, dropped in db.execute(
-                "SELECT gateway, COUNT(*), SUM(batches) FROM gaps GROUP BY gateway"
-            ):
-                out.setdefault(gw, {}).update(gaps=n, dropped=dropped or 0)
-        finally:
-            db.close()
-    except sqlite3.Error as exc:
-        log.warning("could not read %s: %s", store_db, exc)
-    return out
-
-
-def gateways_table(rows: list[GatewayRow], store: dict[str, dict[str, int]]) -> list[list[str]]:
-    table = [
-        ["GATEWAY", "SERIAL", "CERT EXPIRES", "REVOKED", "LAST SEEN", "DEVICES", "BATCHES", "GAPS"]
-    ]
-    for g in rows:
-        s = store.get(g.id, {})
-        last = max(filter(None, (g.last_seen_ms, s.get("last_ms"))), default=None)
-        table.append(
-            [
-                g.id,
-                (g.cert_serial or "-")[:16],
-                _fmt_ms(g.cert_not_after_ms),
-                _fmt_ms(g.revoked_ms) if g.revoked else "no",
-                _fmt_ms(last),
-                str(s.get("devices", 0)),
-                str(s.get("batches", 0)),
-                f"{s.get('gaps', 0)} ({s.get('dropped', 0)} batches)" if s.get("gaps") else "0",
-            ]
-        )
-    return table
-
-
-def print_table(table: list[list[str]], out: TextIO) -> None:
-    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
-    for row in table:
-        out.write("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n")
-
-
-# --------------------------------------------------------------------------- commands
-def cmd_init(args: argparse.Namespace) -> int:
-    paths = init_data_dir(args.data_dir, broker_host=args.broker_host)
-    print(f"cloud data dir ready: {paths.data_dir}")
-    print(
-        f"  CA {paths.ca_crt} (fingerprint {pki.fingerprint(pki.load_certificate(paths.ca_crt))})"
-    )
-    print(
-        f"  gateways need {paths.ca_crt.name}, {paths.bootstrap_crt.name} and "
-        f"{paths.bootstrap_key.name} in their bootstrap dir to enroll"
-    )
-    return 0
-
-
-def cmd_token_create(args: argparse.Namespace) -> int:
-    ttl = parse_ttl(args.ttl)
-    with Registry(_paths(args).registry_db) as reg:
-        token = reg.create_token(args.gateway_id, ttl, reinstate=args.reinstate)
-    print(token)
-    print(
-        f"one-time token for {args.gateway_id}, valid {args.ttl}; it is not stored and will "
-        "not be shown again",
-        file=sys.stderr,
-    )
-    return 0
-
-
-def cmd_gateways(args: argparse.Namespace) -> int:
-    paths = _paths(args)
-    with Registry(paths.registry_db) as reg:
-        rows = reg.gateways()
-    print_table(gateways_table(rows, _store_summary(paths.store_db)), sys.stdout)
-    return 0
-
-
-def cmd_revoke(args: argparse.Namespace) -> int:
-    from edgegw_cloud.revocation import revoke_gateway
-
-    serials = revoke_gateway(_paths(args), args.gateway_id)
-    print(
-        f"revoked {args.gateway_id} ({len(serials)} certificate(s)); a running `serve` reloads "
-        "the broker within seconds"
-    )
-    return 0
-
-
-def cmd_query(args: argparse.Namespace) -> int:
-    query = importlib.import_module("edgegw_cloud.query")
-    return int(query.run(args))
-
-
-# --------------------------------------------------------------------------- serve
-class _Signals:
-    def __init__(self, stop: threading.Event) -> None:
-        self.stop = stop
-
-    def __call__(self, signum: int, frame: FrameType | None) -> None:
-        if self.stop.is_set():
-            os._exit(130)  # second signal: force
-        log.info("signal %d: stopping", signum)
-        self.stop.set()
-
-
-def _crl_stamp(path: Path) -> tuple[int, int]:
-    try:
-        st = path.stat()
-    except OSError:
-        return (0, 0)
-    return (st.st_mtime_ns, st.st_size)
-
-
-def _start_ingest(paths: CloudPaths, url: str, stop: threading.Event) -> threading.Thread | None:
-    try:
-        ingest = importlib.import_module("edgegw_cloud.ingest")
-    except ImportError as exc:
-        log.warning("cloud ingest not available (%s): serving without ingest", exc)
-        return None
-
-    def target() -> None:
-        try:
-            ingest.run_ingest(paths, url, stop)
-        except Exception:
-            log.exception("ingest failed; stopping serve")
-            stop.set()
-
-    t = threading.Thread(target=target, name="ingest", daemon=True)
-    t.start()
-    return t
-
-
-def serve(
-    paths: CloudPaths,
-    *,
-    port: int,
-    broker_url: str | None = None,
-    stop: threading.Event | None = None,
-    ingest: bool = True,
-    ingest_processes: int = 0,
-    ingest_stats_dir: Path | None = None,
-    crl_poll_s: float = 1.0,
-    out: TextIO | None = None,
-) -> int:
-    """Run broker + enrollment + ingest until ``stop`` is set.
-
-    ``ingest_processes`` = 0 runs the ingest as a thread of this process; N > 0 runs N ingest
-    processes sharing the subscription (decode and store use a core each; the store's SQLite
-    write lock serialises their commits).
-    """
-    from edgegw.uplink.enroll import parse_broker_url
-    from edgegw_cloud.broker import ManagedBroker
-    from edgegw_cloud.enrollment import EnrollmentService
-    from edgegw_cloud.revocation import CRL_REFRESH_S, refresh_crl
-
-    out = out or sys.stdout
-    stop = stop or threading.Event()
-    refresh_crl(paths)
-    broker: ManagedBroker | None = None
-    if broker_url is None:
-        broker = ManagedBroker(paths, port).start()
-        broker_url = broker.url
-    host, bport = parse_broker_url(broker_url)
-    enroll = EnrollmentService(paths, host, bport).start()
-    ingest_thread = None
-    ingest_procs: Any = None
-    if ingest and ingest_processes > 0:
-        from edgegw_cloud.ingest import IngestProcesses
-
-        ingest_procs = IngestProcesses(paths, broker_url, ingest_processes, ingest_stats_dir)
-    elif ingest:
-        ingest_thread = _start_ingest(paths, broker_url, stop)
-    out.write(f"serving {broker_url}\n")
-    out.flush()
-    crl = _crl_stamp(paths.crl)
-    refreshed = time.monotonic()
-    try:
-        while not stop.wait(crl_poll_s):
-            if time.monotonic() - refreshed > CRL_REFRESH_S:
-                refresh_crl(paths)
-                refreshed = time.monotonic()
-            now = _crl_stamp(paths.crl)
-            if now != crl:
-                crl = now
-                if broker is not None:
-                    log.info("crl.pem changed: reloading the broker")
-                    broker.reload()
-                else:
-                    log.warning("crl.pem changed: reload the external broker's CRL yourself")
-    finally:
-        stop.set()
-        enroll.stop()
-        if ingest_thread is not None:
-            ingest_thread.join(timeout=15.0)
-        if ingest_procs is not None:
-            ingest_procs.stop()
-        if broker is not None:
-            broker.stop()
-    return 0
-
-
-def cmd_serve(args: argparse.Namespace) -> int:
-    paths = _paths(args)
-    stop = threading.Event()
-    handler = _Signals(stop)
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
-    return serve(
-        paths,
-        port=args.port,
-        broker_url=args.broker,
-        stop=stop,
-        ingest=not args.no_ingest,
-        ingest_processes=args.ingest_processes,
-        ingest_stats_dir=args.ingest_stats_dir,
-    )
-
-
-# --------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edgegw-cloud", description="edgegw cloud stub")
     p.add_argument("-v", "--verbose", action="count", default=0)
     sub = p.add_subparsers(dest="command", required=True)
-
-    def data_dir(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--data-dir", required=True, type=Path, help="cloud data directory")
-
-    sp = sub.add_parser("init", help="create the CA, broker/ingest/bootstrap identities, keys")
-    data_dir(sp)
-    sp.add_argument(
-        "--broker-host",
-        default="127.0.0.1",
-        help="extra host name / IP for the broker certificate (what gateways dial)",
-    )
-    sp.set_defaults(fn=cmd_init)
-
-    sp = sub.add_parser("serve", help="run the broker, enrollment service and ingest")
-    data_dir(sp)
-    sp.add_argument("--port", type=int, default=8883, help="managed broker port (127.0.0.1)")
-    sp.add_argument("--broker", help="use this external broker (mqtts://HOST:PORT) instead")
-    sp.add_argument("--no-ingest", action="store_true", help="broker + enrollment only")
-    sp.add_argument(
-        "--ingest-processes",
-        type=int,
-        default=0,
-        metavar="N",
-        help="run the ingest as N processes on the shared subscription (default: a thread)",
-    )
-    sp.add_argument(
-        "--ingest-stats-dir",
-        type=Path,
-        default=None,
-        help="with --ingest-processes: each process writes its final counters here as JSON",
-    )
-    sp.set_defaults(fn=cmd_serve)
-
-    sp = sub.add_parser("token", help="enrollment tokens")
-    tsub = sp.add_subparsers(dest="token_command", required=True)
-    tc = tsub.add_parser("create", help="print a one-time enrollment token for GW_ID")
-    data_dir(tc)
-    tc.add_argument("gateway_id")
-    tc.add_argument("--ttl", default="1h", help="validity (e.g. 10m, 1h, 2d; default 1h)")
-    tc.add_argument(
-        "--reinstate", action="store_true", help="allow a revoked gateway to enroll again"
-    )
-    tc.set_defaults(fn=cmd_token_create)
-
-    sp = sub.add_parser("gateways", help="list gateways (registry + store counters)")
-    data_dir(sp)
-    sp.set_defaults(fn=cmd_gateways)
-
-    sp = sub.add_parser("revoke", help="revoke a gateway: the broker refuses it from then on")
-    data_dir(sp)
-    sp.add_argument("gateway_id")
-    sp.set_defaults(fn=cmd_revoke)
-
-    sp = sub.add_parser("query", help="print stored readings as JSON/CSV")
-    try:
-        importlib.import_module("edgegw_cloud.query").add_arguments(sp)
-    except ImportError as exc:  # the query module is optional for the rest of the CLI
-        sp.set_defaults(query_error=str(exc))
-    sp.set_defaults(fn=cmd_query)
-    importlib.import_module("edgegw_cloud.ota_cli").add_parser(sub)
+    for name, module in COMMANDS.items():
+        sp = sub.add_parser(name, help=module.HELP, description=module.__doc__)
+        module.add_arguments(sp)
+        sp.set_defaults(fn=module.run)
     return p
 
 
@@ -354,19 +49,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         level = min(level, logging.INFO)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    throttle_repeated_logs()  # repeated WARNING/ERROR lines: the first, then a count a minute
     try:
-        rc: Any = args.fn(args)
-    except (RegistryError, pki.PkiError, FileExistsError) as exc:
+        return int(args.fn(args))
+    except (RegistryError, pki.PkiError, FileExistsError, BrokerError) as exc:
         print(f"edgegw-cloud {args.command}: {exc}", file=sys.stderr)
         return 1
-    except Exception as exc:
-        from edgegw_cloud.broker import BrokerError
-
-        if isinstance(exc, BrokerError):
-            print(f"edgegw-cloud {args.command}: {exc}", file=sys.stderr)
-            return 1
-        raise
-    return int(rc)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from pathlib import Path
 from cryptography import x509
 
 from edgegw import pki
+from edgegw_cloud.registry import Registry
 
 log = logging.getLogger("edgegw.cloud.pki")
 
@@ -223,8 +224,6 @@ def init_data_dir(data_dir: Path, *, broker_host: str = "127.0.0.1") -> CloudPat
         ota = pki.generate_ed25519_key()
         pki.save_private_key(paths.ota_signing_key, ota)
         pki.write_public(paths.ota_signing_pub, pki.public_pem(ota.public_key()))
-
-    from edgegw_cloud.registry import Registry  # registry imports this module's paths
 
     with Registry(paths.registry_db) as reg:
         if not paths.crl.exists():

@@ -33,8 +33,9 @@ from itertools import repeat
 from pathlib import Path
 from typing import Any
 
-from edgegw.model import Alert, Sample, Value
 from edgegw.protocol.codec import Series
+from edgegw.protocol.fileperms import DB_MODE, prepare_sqlite
+from edgegw.protocol.model import Alert, Sample, Value
 
 VT_NULL, VT_INT, VT_FLOAT, VT_BOOL, VT_STR, VT_BLOB = range(6)
 #: value types stored as they are (bulk fast path for single-typed series)
@@ -205,6 +206,7 @@ class CloudStore:
             )
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            prepare_sqlite(self.path, DB_MODE)  # 0600 (and its -wal/-shm) before SQLite opens it
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             # several ingest processes may open the store at once: wait for each other's locks
             self._db.execute("PRAGMA busy_timeout=10000")

@@ -21,15 +21,17 @@ The format (reference: docs/configuration.md, examples/gateway.example.yaml)::
     uplink:   {enabled: false, broker: "mqtts://127.0.0.1:8883", identity_dir: null, window: 32,
                ack_timeout: 10s, keepalive: 30s, backoff_min: 0.5s, backoff_max: 30s,
                stable_after: 20s}
-    buses:    {line1: {inter_frame_delay: 5ms, timeout: 1s}}
+    breaker:  {failure_threshold: 3, backoff_min: 1s, backoff_max: 30s, jitter: 0.2}
+    buses:    {line1: {inter_frame_delay: 5ms, timeout: 1s, breaker: {...}}}
     devices:  [{id: pump1, driver: modbus, enabled: true, poll: 1s, timeout: 2s, stagger: true,
                 bus: line1, options: {...}, aggregate: {...}}]
     rules:    [...]                    # edgegw.edge.config.RuleConfig
     anomaly:  [...]                    # edgegw.edge.config.AnomalyConfig
 
 Invariants:
-- Gateway and device ids match ``^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$``: they become MQTT topic
-  levels, so ``/``, ``+`` and ``#`` can never appear in them.
+- Gateway and device ids follow the one id grammar (``edgegw.protocol.ids``) and the broker URL
+  the one broker-URL grammar (``edgegw.protocol.broker_url``), so ``edgegw check`` refuses
+  exactly what the daemon refuses.
 - Relative paths (``state_dir``, ``outbox.path``, ``uplink.identity_dir``, anomaly models) are
   relative to the folder of the main config file, never to the working directory.
 - Bad input never raises anything but ``ConfigError``; the semantic phase never raises at all
@@ -38,7 +40,6 @@ Invariants:
 
 from __future__ import annotations
 
-import difflib
 import logging
 import os
 import re
@@ -47,7 +48,6 @@ import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
-from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -56,18 +56,21 @@ from pydantic import (
     Field,
     PrivateAttr,
     ValidationError,
-    WithJsonSchema,
     field_validator,
     model_validator,
 )
 
 from edgegw.edge.config import AggregateConfig, AnomalyConfig, RuleConfig, validate_edge
-from edgegw.sdk import Driver, DriverEntry, DriverOptions
+from edgegw.protocol.broker_url import BrokerUrl, parse_broker_url
+from edgegw.protocol.identity import default_identity_dir
+from edgegw.protocol.suggest import did_you_mean
+from edgegw.sdk import Driver, DriverEntry, DriverOptions, Id
 from edgegw.units import ByteSize, Duration
 from edgegw.yamlsrc import ConfigError, ConfigIssue, Loc, PathT, SourceMap, load_yaml
 
 __all__ = [
     "BatchConfig",
+    "BreakerConfig",
     "BusConfig",
     "ConfigError",
     "ConfigIssue",
@@ -87,8 +90,6 @@ __all__ = [
 
 log = logging.getLogger("edgegw.config")
 
-ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
-_ID_RE = re.compile(ID_PATTERN)
 
 
 # --------------------------------------------------------------------------- field types
@@ -98,27 +99,6 @@ class HintedValueError(ValueError):
     def __init__(self, message: str, hint: str | None = None) -> None:
         super().__init__(message)
         self.hint = hint
-
-
-def _check_id(value: Any) -> Any:
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = str(value)
-    if isinstance(value, str) and not _ID_RE.match(value):
-        bad = sorted({c for c in value if not (c.isascii() and (c.isalnum() or c in "_.-"))})
-        why = f"it contains {', '.join(repr(c) for c in bad)}" if bad else "wrong start or length"
-        raise HintedValueError(
-            f"invalid id '{value}' ({why})",
-            "use 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit "
-            "(ids become MQTT topic levels)",
-        )
-    return value
-
-
-Id = Annotated[
-    str,
-    BeforeValidator(_check_id),
-    WithJsonSchema({"type": "string", "pattern": ID_PATTERN}),
-]
 
 
 def _lower(value: Any) -> Any:
@@ -201,9 +181,11 @@ class OutboxConfig(_Section):
 class BatchConfig(_Section):
     """When the batcher seals a batch: whichever limit is reached first."""
 
-    max_readings: int = Field(default=5000, gt=0)
+    # the caps are the cloud's decode limits (codec.MAX_SAMPLES, MAX_BODY_BYTES): a bigger
+    # batch would be refused there, so it is refused here, at check time
+    max_readings: int = Field(default=5000, gt=0, le=100_000)
     max_age: Duration = Field(default=0.25, gt=0)
-    max_bytes: ByteSize = Field(default=256 * 1024, gt=0)
+    max_bytes: ByteSize = Field(default=256 * 1024, gt=0, le=8 * 1024 * 1024)
 
 
 class UplinkConfig(_Section):
@@ -211,6 +193,11 @@ class UplinkConfig(_Section):
 
     enabled: bool = False
     broker: str = Field(default="mqtts://127.0.0.1:8883", description="mqtts://host:port")
+    enroll_broker: str | None = Field(
+        default=None,
+        description="the cloud's enrollment/service listener for enroll and renewal "
+        "(default: the broker's host, port + 1)",
+    )
     identity_dir: Path | None = Field(default=None, description="default: <state_dir>/identity")
     window: int = Field(default=32, gt=0, le=65535, description="batches in flight")
     ack_timeout: Duration = Field(default=10.0, gt=0)
@@ -227,16 +214,11 @@ class UplinkConfig(_Section):
         default=6 * 3600.0, gt=0, description="how often the daemon checks the expiry"
     )
 
-    @field_validator("broker")
+    @field_validator("broker", "enroll_broker")
     @classmethod
-    def _broker_url(cls, v: str) -> str:
-        parts = urlsplit(v)
-        if parts.scheme not in ("mqtts", "mqtt") or not parts.hostname:
-            raise ValueError(f"bad broker URL '{v}' (use mqtts://host:port)")
-        try:
-            parts.port  # noqa: B018 - raises ValueError on a bad port
-        except ValueError:
-            raise ValueError(f"bad port in broker URL '{v}'") from None
+    def _broker_url(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_broker_url(v)  # the one grammar: check refuses exactly what the daemon refuses
         return v
 
     @model_validator(mode="after")
@@ -249,17 +231,36 @@ class UplinkConfig(_Section):
         return self
 
     @property
+    def broker_url(self) -> BrokerUrl:
+        return parse_broker_url(self.broker)
+
+    @property
     def host(self) -> str:
-        return urlsplit(self.broker).hostname or ""
+        return self.broker_url.host
 
     @property
     def port(self) -> int:
-        parts = urlsplit(self.broker)
-        return parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+        return self.broker_url.port
 
-    @property
-    def tls(self) -> bool:
-        return urlsplit(self.broker).scheme == "mqtts"
+
+class BreakerConfig(_Section):
+    """Per-device circuit breaker of the bus schedulers (a dead device never delays the others).
+
+    After ``failure_threshold`` consecutive failed polls the device is only probed every
+    ``backoff`` (doubling from ``backoff_min`` to ``backoff_max``, +-``jitter``); a good probe
+    closes the breaker.
+    """
+
+    failure_threshold: int = Field(default=3, gt=0, description="failed polls that open it")
+    backoff_min: Duration = Field(default=1.0, gt=0, description="first probe interval")
+    backoff_max: Duration = Field(default=30.0, gt=0, description="longest probe interval")
+    jitter: float = Field(default=0.2, ge=0, lt=1, description="+- fraction of the interval")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> BreakerConfig:
+        if float(self.backoff_max) < float(self.backoff_min):
+            raise ValueError("backoff_max must be >= backoff_min")
+        return self
 
 
 class BusConfig(_Section):
@@ -267,6 +268,9 @@ class BusConfig(_Section):
 
     inter_frame_delay: Duration = Field(default=0.0, description="pause between two requests")
     timeout: Duration | None = Field(default=None, description="overrides the devices' timeout")
+    breaker: BreakerConfig | None = Field(
+        default=None, description="overrides the gateway-wide `breaker:` for this bus"
+    )
 
 
 class DeviceConfig(_Section):
@@ -285,7 +289,9 @@ class DeviceConfig(_Section):
     aggregate: AggregateConfig | None = None
 
 
-_SECTIONS = ("metrics", "outbox", "batch", "uplink", "buses", "devices", "rules", "anomaly")
+_SECTIONS = (
+    "metrics", "outbox", "batch", "uplink", "breaker", "buses", "devices", "rules", "anomaly"
+)
 
 
 class GatewayConfig(_Section):
@@ -296,6 +302,7 @@ class GatewayConfig(_Section):
     outbox: OutboxConfig = Field(default_factory=lambda: OutboxConfig())
     batch: BatchConfig = Field(default_factory=lambda: BatchConfig())
     uplink: UplinkConfig = Field(default_factory=lambda: UplinkConfig())
+    breaker: BreakerConfig = Field(default_factory=lambda: BreakerConfig())
     buses: dict[str, BusConfig] = Field(default_factory=dict)
     devices: list[DeviceConfig] = Field(default_factory=list)
     rules: list[RuleConfig] = Field(default_factory=list)
@@ -305,6 +312,7 @@ class GatewayConfig(_Section):
     _data: dict[str, Any] = PrivateAttr(default_factory=dict)
     _file: str | None = PrivateAttr(None)
     _options: dict[str, DriverOptions] = PrivateAttr(default_factory=dict)
+    _addresses: dict[str, str] | None = PrivateAttr(None)
     _warnings: list[ConfigIssue] = PrivateAttr(default_factory=list)
 
     @model_validator(mode="before")
@@ -336,12 +344,21 @@ class GatewayConfig(_Section):
 
     @property
     def identity_dir(self) -> Path:
-        return self.uplink.identity_dir or self.gateway.state_dir / "identity"
+        return default_identity_dir(self.gateway.state_dir, self.uplink.identity_dir)
 
     @property
     def warnings(self) -> list[ConfigIssue]:
         """Non-fatal issues of the last ``check_config`` (e.g. a driver plugin failed to load)."""
         return list(self._warnings)
+
+    @property
+    def addresses(self) -> dict[str, str]:
+        """Every addressable device id -> the configured device that produces its samples:
+        each device itself and its drivers' sub-devices (resolved by ``check_config``; before
+        that, the devices alone)."""
+        if self._addresses is not None:
+            return self._addresses
+        return {d.id: d.id for d in self.devices}
 
     def options_for(self, device_id: str) -> DriverOptions | None:
         """The device's options as validated by its driver's model (after ``check_config``)."""
@@ -446,8 +463,8 @@ def _data_path(data: Any, loc: Sequence[Any]) -> PathT:
 
 
 def _did_you_mean(word: str, choices: Sequence[str]) -> str | None:
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f"did you mean '{close[0]}'?" if close else None
+    close = did_you_mean(word, choices)
+    return f"did you mean '{close}'?" if close else None
 
 
 def _shown(value: Any) -> str:
@@ -589,6 +606,7 @@ def check_config(
     writable: dict[str, set[str] | None] = {}
     bus_keys: dict[str, tuple[str, int]] = {}  # bus key -> (bus name, device index)
     all_keys: set[str] = set()  # every driver bus key (a `buses:` entry may be named by one)
+    subs: dict[str, tuple[str, PathT, set[str] | None]] = {}  # sub id -> (owner, path, points)
     cfg._options = {}
 
     for i, dev in enumerate(cfg.devices):
@@ -634,6 +652,19 @@ def check_config(
             key = cls.bus_key(opts)
             can_write = cls.writable_points(opts)
             writable[dev.id] = None if can_write is None else set(can_write)
+            for sub_id, sub_pts in cls.sub_devices(opts).items():
+                if sub_id in subs:
+                    issues.append(
+                        ConfigIssue.at(
+                            source.value((*base, "options")),
+                            (*base, "options"),
+                            f"sub-device '{sub_id}' of device '{dev.id}' is also a sub-device "
+                            f"of device '{subs[sub_id][0]}'",
+                            "sub-device ids must be unique within a gateway",
+                        )
+                    )
+                    continue
+                subs[sub_id] = (dev.id, base, set(sub_pts) or None)
         except Exception as exc:  # plugin code: never let it crash the check
             issues.append(
                 ConfigIssue.at(
@@ -659,6 +690,22 @@ def check_config(
                     )
                 )
 
+    addresses = {d.id: d.id for d in cfg.devices}
+    for sub_id, (owner, sub_base, known_pts) in subs.items():
+        if sub_id in addresses:
+            issues.append(
+                ConfigIssue.at(
+                    source.value((*sub_base, "options")),
+                    (*sub_base, "options"),
+                    f"sub-device '{sub_id}' of device '{owner}' has the id of a configured "
+                    "device",
+                    "ids of devices and sub-devices must be unique within a gateway",
+                )
+            )
+            continue
+        addresses[sub_id] = owner
+        points[sub_id] = known_pts
+    cfg._addresses = addresses
     issues += _unused_buses(cfg, source, all_keys)
     issues += _edge_issues(cfg, points, data, source)
     issues += _located(_write_action_issues(cfg, writable), data, source)
@@ -675,6 +722,14 @@ def _write_action_issues(
             if getattr(action, "type", None) != "write":
                 continue
             device = action.device or rule.device
+            owner = cfg.addresses.get(device, device)
+            if owner != device:
+                found.append(
+                    (f"rules.{i}.actions.{j}" + (".device" if action.device else ""),
+                     f"'{device}' is a sub-device of '{owner}': writes go to configured devices",
+                     f"write through device '{owner}' (device: {owner})")
+                )
+                continue
             can = writable.get(device)
             if can is None or action.point in can:
                 continue  # unknown device (reported elsewhere) or a driver that cannot tell

@@ -14,7 +14,6 @@ Invariants:
 
 from __future__ import annotations
 
-import difflib
 import string
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -22,6 +21,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from edgegw.edge import litert
+from edgegw.edge.expr import ExprError, compile_expr
+from edgegw.protocol.suggest import did_you_mean
 from edgegw.units import Duration
 
 SeverityName = Literal["info", "warning", "critical"]
@@ -189,8 +191,8 @@ def resolve_path(path: str, base_dir: Path | None) -> Path:
 
 
 def _did_you_mean(name: str, choices: Iterable[str]) -> str | None:
-    close = difflib.get_close_matches(name, list(choices), n=1)
-    return f"did you mean {close[0]!r}?" if close else None
+    close = did_you_mean(name, choices)
+    return f"did you mean {close!r}?" if close else None
 
 
 def _known_names(points: set[str] | None, extra: Iterable[str]) -> set[str] | None:
@@ -216,11 +218,12 @@ def validate_edge(
     if base_dir is None:
         base = getattr(cfg, "base_dir", None)
         base_dir = Path(base) if base else None
-    devices = [d.id for d in getattr(cfg, "devices", None) or []]
+    # every addressable id: the devices and their drivers' sub-devices (resolved by the config)
+    devices = list(points_by_device) or [d.id for d in getattr(cfg, "devices", None) or []]
     extra = derived_metrics(cfg)
     issues: list[Issue] = []
     issues += _check_rules(getattr(cfg, "rules", None) or [], devices, points_by_device, extra)
-    issues += _check_aggregates(getattr(cfg, "devices", None) or [], points_by_device, extra)
+    issues += _check_aggregates(cfg, points_by_device, extra)
     issues += _check_anomaly(
         getattr(cfg, "anomaly", None) or [], devices, points_by_device, base_dir
     )
@@ -240,8 +243,6 @@ def _check_rules(
     points: Mapping[str, set[str] | None],
     extra: Mapping[str, set[str]],
 ) -> list[Issue]:
-    from edgegw.edge.expr import ExprError, compile_expr
-
     issues: list[Issue] = []
     names: set[str] = set()
     for i, rule in enumerate(rules):
@@ -294,14 +295,19 @@ def _check_rules(
 
 
 def _check_aggregates(
-    devs: list[Any], points: Mapping[str, set[str] | None], extra: Mapping[str, set[str]]
+    cfg: Any, points: Mapping[str, set[str] | None], extra: Mapping[str, set[str]]
 ) -> list[Issue]:
     issues: list[Issue] = []
-    for i, dev in enumerate(devs):
+    for i, dev in enumerate(getattr(cfg, "devices", None) or []):
         agg: AggregateConfig | None = getattr(dev, "aggregate", None)
         if agg is None:
             continue
         known = _known_names(points.get(dev.id), extra.get(dev.id, ()))
+        owned = [a for a, owner in getattr(cfg, "addresses", {}).items() if owner == dev.id]
+        for addr in owned:  # the device's aggregate applies to its sub-devices' samples too
+            if addr != dev.id and known is not None:
+                more = _known_names(points.get(addr), extra.get(addr, ()))
+                known = None if more is None else known | more
         for metric in agg.metrics:
             if known is not None and metric not in known:
                 hint = _did_you_mean(metric, known) or f"{dev.id} has: {', '.join(sorted(known))}"
@@ -330,8 +336,6 @@ def _check_anomaly(
     points: Mapping[str, set[str] | None],
     base_dir: Path | None,
 ) -> list[Issue]:
-    from edgegw.edge import litert
-
     issues: list[Issue] = []
     seen: dict[tuple[str, str], int] = {}
     for i, det in enumerate(dets):

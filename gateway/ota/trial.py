@@ -63,8 +63,8 @@ def gate(gw: Any) -> tuple[bool, str]:
 
     if watchdog_interval() is not None and not getattr(gw, "watchdog_pings", 0):
         return False, "no watchdog ping sent yet"
-    if gw.uplink is not None:
-        st = gw.uplink.stats()
+    st = gw.uplink_stats()
+    if st is not None:
         if not st.get("connected"):
             return False, "uplink not connected"
         if not st.get("acks_received") and health:

@@ -62,7 +62,7 @@ class StatsCollector:
         self._sources = sources
 
     def collect(self) -> Iterator[Any]:
-        from prometheus_client.core import GaugeMetricFamily
+        from prometheus_client.core import GaugeMetricFamily  # lazy: ~4 MB RSS
 
         families: dict[tuple[str, tuple[str, ...]], GaugeMetricFamily] = {}
         for component, fn in self._sources.items():
@@ -96,8 +96,8 @@ class StatsCollector:
 
 def serve(listen: str, collector: StatsCollector) -> Any:
     """Start the HTTP endpoint on ``host:port`` (localhost by default); returns the server."""
-    from prometheus_client import start_http_server
-    from prometheus_client.registry import CollectorRegistry
+    from prometheus_client import start_http_server  # lazy: ~4 MB RSS
+    from prometheus_client.registry import CollectorRegistry  # lazy: ~4 MB RSS
 
     host, _, port = listen.rpartition(":")
     registry = CollectorRegistry()

@@ -5,35 +5,71 @@
 - Local-only gateway (uplink disabled): a random 256-bit key in ``state_dir/local-data.key``
   (mode 0600, key id 0). Data at rest is encrypted either way; local-only batches are readable
   only on this gateway (``edgegw status``/tests use ``key_lookup``).
+- A missing ``local-data.key`` is generated only when no batch sealed with key id 0 exists in
+  the outbox. Otherwise starting refuses (``LocalKeyMissing``, naming both fixes: restore the
+  key, or move the outbox aside): a new key would leave those batches undecryptable while the
+  gateway carried on as if nothing happened (issue 9 #10). Nothing is deleted automatically.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-
+from edgegw.protocol.identity import META, Identity, IdentityError, default_identity_dir
 from edgegw.protocol.keys import Sealer, derive_data_key
 
 LOCAL_KEY_ID = 0
+
+
+class LocalKeyMissing(RuntimeError):
+    """``local-data.key`` is gone but the outbox still holds batches sealed with it."""
+
+
+def _batches_sealed_locally(outbox_path: Path) -> int:
+    """Batches (pending or quarantined) in ``outbox_path`` sealed with key id 0; 0 if none/no db."""
+    if not outbox_path.exists():
+        return 0
+    try:
+        con = sqlite3.connect(f"file:{outbox_path}?mode=ro", uri=True, timeout=5)
+    except sqlite3.Error:
+        return 0
+    n = 0
+    try:
+        for table in ("batches", "quarantine"):
+            try:  # envelope bytes 5..8 (1-based) are the key id, u32 big-endian
+                n += int(con.execute(
+                    f"SELECT count(*) FROM {table} WHERE substr(envelope, 5, 4) = x'00000000'"
+                ).fetchone()[0])
+            except sqlite3.Error:
+                continue  # no such table / unreadable: the outbox's own recovery reports it
+    finally:
+        con.close()
+    return n
 
 
 class IdentityMissing(RuntimeError):
     """The uplink is enabled but the gateway has not been enrolled yet."""
 
 
-def local_key(state_dir: Path) -> bytes:
+def local_key(state_dir: Path, outbox_path: Path | None = None) -> bytes:
     path = state_dir / "local-data.key"
     if path.exists():
         key = path.read_bytes()
         if len(key) != 32:
             raise ValueError(f"{path}: expected 32 bytes, found {len(key)}; move it aside")
         return key
+    held = _batches_sealed_locally(outbox_path) if outbox_path is not None else 0
+    if held:
+        raise LocalKeyMissing(
+            f"{path} is missing but {outbox_path} holds {held} batches sealed with it (key id "
+            "0): a new key could never open them. Restore local-data.key from a backup, or, "
+            f"to give those batches up, move {outbox_path} aside (e.g. `mv {outbox_path} "
+            f"{outbox_path}.orphaned`) and start again"
+        )
     state_dir.mkdir(parents=True, exist_ok=True)
     key = secrets.token_bytes(32)
     tmp = path.with_suffix(".tmp")
@@ -48,27 +84,23 @@ def local_key(state_dir: Path) -> bytes:
 
 def identity_key(identity_dir: Path) -> tuple[str, int, bytes]:
     """(gateway id, key id, derived data key) from an enrolled identity dir."""
-    meta_path = identity_dir / "identity.json"
-    if not meta_path.exists():
+    try:
+        ident = Identity.load(identity_dir)
+        own, peer = ident.private_key(), ident.ingest_public_key()
+    except IdentityError as exc:
         raise IdentityMissing(
-            f"{identity_dir} holds no enrolled identity: run `edgegw enroll -c CONFIG --token T` "
-            "first (the token comes from `edgegw-cloud token create GATEWAY_ID`)"
-        )
-    meta = json.loads(meta_path.read_text())
-    own = serialization.load_pem_private_key((identity_dir / "gateway.key").read_bytes(), None)
-    peer = serialization.load_pem_public_key((identity_dir / "ingest-ka.pub").read_bytes())
-    if not isinstance(own, ec.EllipticCurvePrivateKey) or not isinstance(
-        peer, ec.EllipticCurvePublicKey
-    ):
-        raise ValueError(f"{identity_dir}: gateway.key / ingest-ka.pub must be EC P-256 keys")
-    gw = str(meta["gateway_id"])
-    key_id = int(meta["key_id"])
+            f"{identity_dir} holds no usable enrolled identity ({exc}): run `edgegw enroll -c "
+            "CONFIG --token T` first (the token comes from `edgegw-cloud token create GW_ID`)"
+        ) from None
+    gw, key_id = ident.gateway_id, ident.key_id
     return gw, key_id, derive_data_key(own, peer, key_id, gw)
 
 
-def make_sealer(gateway_id: str, state_dir: Path, identity_dir: Path | None) -> Sealer:
+def make_sealer(
+    gateway_id: str, state_dir: Path, identity_dir: Path | None, outbox_path: Path | None = None
+) -> Sealer:
     if identity_dir is None:
-        return Sealer(local_key(state_dir), LOCAL_KEY_ID, gateway_id)
+        return Sealer(local_key(state_dir, outbox_path), LOCAL_KEY_ID, gateway_id)
     gw, key_id, key = identity_key(identity_dir)
     if gw != gateway_id:
         raise IdentityMissing(
@@ -82,8 +114,8 @@ def key_lookup(state_dir: Path, identity_dir: Path | None = None) -> Callable[[i
     keys: dict[int, bytes] = {}
     if (state_dir / "local-data.key").exists():
         keys[LOCAL_KEY_ID] = local_key(state_dir)
-    ident = identity_dir or state_dir / "identity"
-    if (ident / "identity.json").exists():
+    ident = default_identity_dir(state_dir, identity_dir)
+    if (ident / META).exists():
         _, key_id, key = identity_key(ident)
         keys[key_id] = key
     return keys.get

@@ -17,7 +17,9 @@ Invariants (see docs/delivery.md for the whole story):
   the event loop with ``call_soon_threadsafe`` and tagged with its connection generation.
 - Reconnect: exponential backoff with full jitter, delay = uniform(0, min(max, min * 2**n));
   n resets only after a connection stayed up ``stable_after`` seconds.
-- Retained ``online`` on connect, retained last will ``offline`` on ``gw/{id}/up/status``.
+- ``online`` on connect, last will ``offline`` on ``gw/{id}/up/status``. Not retained: the
+  broker refuses retained messages (``retain_available false``, docs/security.md), so nothing
+  can park data in it; a watcher subscribes before it needs the transitions.
 """
 
 from __future__ import annotations
@@ -32,7 +34,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -42,8 +43,9 @@ from paho.mqtt.reasoncodes import ReasonCode
 from edgegw import pki
 from edgegw.protocol import topics
 from edgegw.protocol.ack import AckStatus, decode_acks
-from edgegw.protocol.mqtt_client import Client
-from edgegw.store.outbox import Outcome
+from edgegw.protocol.broker_url import BrokerUrlError, parse_broker_url
+from edgegw.protocol.identity import Identity
+from edgegw.transport.mqtt_client import Client
 from edgegw.uplink.outbox_io import AsyncOutbox
 
 log = logging.getLogger("edgegw.uplink")
@@ -65,8 +67,8 @@ class TlsIdentity:
 
     @classmethod
     def from_dir(cls, identity_dir: Path) -> TlsIdentity:
-        d = Path(identity_dir)
-        return cls(d / "gateway.crt", d / "gateway.key", d / "ca.crt")
+        cert, key, ca = Identity.files(identity_dir)
+        return cls(cert, key, ca)
 
 
 @dataclass
@@ -104,21 +106,6 @@ class _Counters:
     puback_reasons: dict[str, int] = field(default_factory=dict)
 
 
-def parse_broker_url(url: str) -> tuple[str, int]:
-    parts = urlsplit(url)
-    if parts.scheme != "mqtts":
-        raise UplinkConfigError(
-            f"uplink.broker {url!r}: use mqtts://HOST:PORT (the uplink always uses mutual TLS)"
-        )
-    if not parts.hostname:
-        raise UplinkConfigError(f"uplink.broker {url!r}: no host (use mqtts://HOST:PORT)")
-    try:
-        port = parts.port or 8883
-    except ValueError:
-        raise UplinkConfigError(f"uplink.broker {url!r}: bad port") from None
-    return parts.hostname, port
-
-
 def _reason_value(rc: ReasonCode | int) -> int:
     return rc.value if isinstance(rc, ReasonCode) else int(rc)
 
@@ -150,7 +137,11 @@ class Uplink:
         self.identity = (
             identity if isinstance(identity, TlsIdentity) else TlsIdentity.from_dir(Path(identity))
         )
-        self.host, self.port = parse_broker_url(broker_url)
+        try:
+            url = parse_broker_url(broker_url)
+        except BrokerUrlError as exc:
+            raise UplinkConfigError(f"uplink.broker: {exc} ({exc.hint})") from None
+        self.host, self.port = url.host, url.port
         self._check_identity()
         self._io = outbox_io
         self.window = window
@@ -164,6 +155,7 @@ class Uplink:
         self._topic_batch = topics.up_batch(gateway_id)
         self._topic_status = topics.up_status(gateway_id)
         self._topic_ack = topics.down_ack(gateway_id)
+        self._topic_down_all = topics.down_subscription(gateway_id)
         self.c = _Counters()
         # per-connection state
         self._gen = 0
@@ -182,8 +174,31 @@ class Uplink:
         self._auth_failing = False
         self._unreachable = False
         self._tasks: set[asyncio.Task[None]] = set()
+        # device management (edgegw.device.downlink): other messages on gw/{id}/down/#
+        self._downlink: Callable[[str, bytes], None] | None = None
+        self._connect_listeners: list[Callable[[], None]] = []
 
     # ------------------------------------------------------------------ public
+    def set_downlink_handler(self, handler: Callable[[str, bytes], None]) -> None:
+        """Receive every message on ``gw/{id}/down/#`` except acks (called on the event loop).
+
+        Set before ``run()``: the subscription widens from ``down/ack`` to ``down/#``.
+        """
+        self._downlink = handler
+
+    def add_connect_listener(self, fn: Callable[[], None]) -> None:
+        """``fn()`` runs on the event loop each time a connection is up and subscribed."""
+        self._connect_listeners.append(fn)
+
+    def publish_message(self, topic: str, payload: bytes) -> bool:
+        """QoS1 publish of a device-management message; False when not connected (the caller
+        keeps what it needs to say again: the cloud re-asks, the gateway re-reports)."""
+        client = self._client
+        if client is None or not self._connected:
+            return False
+        info = client.publish(topic, payload, qos=1)
+        return info.rc == mqtt.MQTT_ERR_SUCCESS
+
     def notify(self) -> None:
         """Tell the uplink the outbox has new batches (optional: it also polls)."""
         if self._wake is not None:
@@ -257,7 +272,7 @@ class Uplink:
     def _new_client(self, gen: int, loop: asyncio.AbstractEventLoop) -> mqtt.Client:
         client = Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=self.gateway_id,
+            client_id=pki.client_id(self.gateway_id),  # the broker makes it the CN
             protocol=mqtt.MQTTv5,
             reconnect_on_failure=False,
         )
@@ -266,7 +281,7 @@ class Uplink:
                                                     Path(ident.key)))
         client.max_inflight_messages_set(self.window + 2)
         client.max_queued_messages_set(0)  # the window bounds what we queue
-        client.will_set(self._topic_status, topics.STATUS_OFFLINE, qos=1, retain=True)
+        client.will_set(self._topic_status, topics.STATUS_OFFLINE, qos=1)
 
         def bridge(fn: Callable[..., None]) -> Callable[..., None]:
             def cb(*args: Any) -> None:
@@ -325,8 +340,7 @@ class Uplink:
         except asyncio.CancelledError:
             if self._connected:  # graceful stop: say so (the will covers only crashes)
                 with contextlib.suppress(Exception):
-                    info = client.publish(self._topic_status, topics.STATUS_OFFLINE, qos=1,
-                                          retain=True)
+                    info = client.publish(self._topic_status, topics.STATUS_OFFLINE, qos=1)
                     await loop.run_in_executor(None, info.wait_for_publish, 2.0)
             raise
         finally:
@@ -372,18 +386,18 @@ class Uplink:
             else:
                 log.debug("connected to %s:%d", self.host, self.port)
             self._auth_failing = self._unreachable = False
-            client.subscribe(self._topic_ack, qos=1)
-            client.publish(self._topic_status, topics.STATUS_ONLINE, qos=1, retain=True)
+            client.subscribe(self._topic_sub, qos=1)
+            client.publish(self._topic_status, topics.STATUS_ONLINE, qos=1)
             done, _ = await asyncio.wait({suback, lost_wait}, timeout=max(10.0, self.keepalive),
                                          return_when=asyncio.FIRST_COMPLETED)
             if suback not in done:
                 if not self._lost.is_set():
-                    log.info("no SUBACK for %s from %s:%d; reconnecting", self._topic_ack,
+                    log.info("no SUBACK for %s from %s:%d; reconnecting", self._topic_sub,
                              self.host, self.port)
                 return loop.time() - connected_at
             if self._suback.result() >= 0x80:
                 self.c.subscribe_refused += 1
-                self._auth_failed(f"broker refused the subscription to {self._topic_ack} "
+                self._auth_failed(f"broker refused the subscription to {self._topic_sub} "
                                   f"(reason 0x{self._suback.result():02X}); check the broker ACL")
                 return loop.time() - connected_at
             await self._pump()
@@ -406,7 +420,16 @@ class Uplink:
         self._mids.clear()
 
     # ------------------------------------------------------------------ the window
+    @property
+    def _topic_sub(self) -> str:
+        return self._topic_down_all if self._downlink is not None else self._topic_ack
+
     async def _pump(self) -> None:
+        for fn in self._connect_listeners:
+            try:
+                fn()
+            except Exception:
+                log.exception("connect listener %r failed", fn)
         loop = asyncio.get_running_loop()
         assert self._lost is not None and self._wake is not None
         while not self._lost.is_set():
@@ -480,7 +503,7 @@ class Uplink:
         delay = self.backoff_min / 2 + self._rng.uniform(0, cap)
         self._cooldown[seq] = asyncio.get_running_loop().time() + delay
 
-    def _settle(self, items: list[tuple[int, Outcome]]) -> None:
+    def _settle(self, items: list[tuple[int, AckStatus]]) -> None:
         """Hand outcomes to the outbox thread; the seqs stay excluded until it is done."""
         if not items:
             return
@@ -558,10 +581,17 @@ class Uplink:
                   seq, self._topic_batch, code, name)
         del self._inflight[seq]
         self._hold_back(seq)
-        self._settle([(seq, Outcome.RETRY)])
+        self._settle([(seq, AckStatus.RETRY)])
 
     def _on_message(self, gen: int, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        if gen != self._gen or msg.topic != self._topic_ack:
+        if gen != self._gen:
+            return
+        if msg.topic != self._topic_ack:
+            if self._downlink is not None and msg.topic.startswith(self._topic_down_all[:-1]):
+                try:
+                    self._downlink(msg.topic, bytes(msg.payload))
+                except Exception:
+                    log.exception("downlink handler failed on %s", msg.topic)
             return
         try:
             acks = decode_acks(bytes(msg.payload))
@@ -571,7 +601,7 @@ class Uplink:
             return
         self.c.acks_received += 1
         self.c.last_ack_ms = time.time_ns() // 1_000_000
-        settle: list[tuple[int, Outcome]] = []
+        settle: list[tuple[int, AckStatus]] = []
         for seq, status in acks:
             flight = self._inflight.pop(seq, None)
             if flight is not None:
@@ -582,21 +612,21 @@ class Uplink:
                 self.c.acks_unknown_seq += 1  # e.g. an ack of a batch sent before a reconnect
             if status == ACK_DELIVERED:
                 self._cooldown.pop(seq, None)
-                self.c.batches_delivered += 1
-                if flight is not None:
+                if flight is not None:  # an ack of nothing we sent proves nothing delivered
+                    self.c.batches_delivered += 1
                     self.c.readings_delivered += flight.count
-                settle.append((seq, Outcome.DELIVERED))
+                settle.append((seq, AckStatus.DELIVERED))
             elif status == ACK_REJECTED:
                 self._cooldown.pop(seq, None)
                 self.c.batches_rejected += 1
                 log.warning("cloud ingest rejected batch %d (authentic but undecodable); "
                             "quarantined in the outbox", seq)
-                settle.append((seq, Outcome.REJECTED))
+                settle.append((seq, AckStatus.REJECTED))
             else:
                 self.c.batches_retry += 1
                 log.info("cloud ingest asked to retry batch %d later", seq)
                 self._hold_back(seq)
-                settle.append((seq, Outcome.RETRY))
+                settle.append((seq, AckStatus.RETRY))
         self._settle(settle)
         if self._wake is not None:
             self._wake.set()

@@ -177,9 +177,9 @@ def test_failing_health_gate_rolls_back_without_network(rig: Rig) -> None:
 
 def test_crash_loop_rolls_back_by_boot_counter(rig: Rig) -> None:
     crash = _patch(
-        "gateway/runtime/daemon.py",
+        "gateway/commands/run.py",
         "def run(args: argparse.Namespace) -> int:\n",
-        "def run(args: argparse.Namespace) -> int:\n    os._exit(3)\n",
+        "def run(args: argparse.Namespace) -> int:\n    import os\n\n    os._exit(3)\n",
     )
     rig.install("0.2.0", crash, max_attempts=2)
     svc = rig.run()

@@ -1,7 +1,4 @@
-"""`edgegw-cloud ota ...`: publish and list releases, build software bundles.
-
-Kept apart from cli.py so the OTA commands are one module (added to the parser by one call).
-"""
+"""`edgegw-cloud ota publish|releases|build-bundle`: OTA releases (see docs/ota.md)."""
 
 from __future__ import annotations
 
@@ -92,8 +89,10 @@ def cmd_build_bundle(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    sp = sub.add_parser("ota", help="OTA releases (publish, list, build bundles)")
+HELP = "OTA releases: publish, list, build offline software bundles"
+
+
+def add_arguments(sp: argparse.ArgumentParser) -> None:
     osub = sp.add_subparsers(dest="ota_command", required=True)
 
     def data_dir(p: argparse.ArgumentParser) -> None:
@@ -113,12 +112,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--driver", help="firmware: driver name the image is for")
     p.add_argument("--devices", help="firmware: device ids, comma-separated")
     p.add_argument("files", nargs="*", type=Path, help="config/firmware files")
-    p.set_defaults(fn=run, ota_fn=cmd_publish)
+    p.set_defaults(ota_fn=cmd_publish)
 
     p = osub.add_parser("releases", help="list published releases")
     data_dir(p)
     p.add_argument("--json", action="store_true", help="one JSON object per line")
-    p.set_defaults(fn=run, ota_fn=cmd_releases)
+    p.set_defaults(ota_fn=cmd_releases)
 
     p = osub.add_parser(
         "build-bundle", help="build the edgegw wheel + every dependency wheel (offline install)"
@@ -128,7 +127,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--extras", default="", help="extras to include, e.g. ml,camera")
     p.add_argument("--platform", help="target wheel platform, e.g. manylinux2014_aarch64")
     p.add_argument("--python-version", help="target Python, e.g. 3.11 (with --platform)")
-    p.set_defaults(fn=run, ota_fn=cmd_build_bundle)
+    p.set_defaults(ota_fn=cmd_build_bundle)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,0 +1,118 @@
+"""The running cloud stub: managed (or external) broker + enrollment service + ingest.
+
+``serve`` prints one line ``serving mqtts://HOST:PORT`` on ``out`` once the broker accepts TLS
+and the enrollment service is subscribed (scripts and tests wait for it), runs until ``stop`` is
+set, reloads the managed broker whenever crl.pem changes (``revoke`` from another process) and
+re-signs the CRL daily.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import TextIO
+
+from edgegw.protocol.broker_url import parse_broker_url
+from edgegw_cloud.broker import ManagedBroker
+from edgegw_cloud.enrollment import EnrollmentService
+from edgegw_cloud.ingest import IngestProcesses, run_ingest
+from edgegw_cloud.pki_setup import CloudPaths
+from edgegw_cloud.revocation import CRL_REFRESH_S, refresh_crl
+
+log = logging.getLogger("edgegw.cloud")
+
+__all__ = ["serve"]
+
+
+def _crl_stamp(path: Path) -> tuple[int, int]:
+    try:
+        st = path.stat()
+    except OSError:
+        return (0, 0)
+    return (st.st_mtime_ns, st.st_size)
+
+
+def _start_ingest(paths: CloudPaths, url: str, stop: threading.Event) -> threading.Thread:
+    def target() -> None:
+        try:
+            run_ingest(paths, url, stop)
+        except Exception:
+            log.exception("ingest failed; stopping serve")
+            stop.set()
+
+    t = threading.Thread(target=target, name="ingest", daemon=True)
+    t.start()
+    return t
+
+
+def serve(
+    paths: CloudPaths,
+    *,
+    port: int,
+    enroll_port: int | None = None,
+    broker_url: str | None = None,
+    stop: threading.Event | None = None,
+    ingest: bool = True,
+    ingest_processes: int = 0,
+    ingest_stats_dir: Path | None = None,
+    crl_poll_s: float = 1.0,
+    out: TextIO | None = None,
+) -> int:
+    """Run broker + enrollment + ingest until ``stop`` is set.
+
+    ``ingest_processes`` = 0 runs the ingest as a thread of this process; N > 0 runs N ingest
+    processes sharing the subscription (decode and store use a core each; the store's SQLite
+    write lock serialises their commits).
+    """
+    out = out or sys.stdout
+    stop = stop or threading.Event()
+    refresh_crl(paths)
+    broker: ManagedBroker | None = None
+    if broker_url is None:
+        # two listeners (docs/security.md "Client ids"): gateways on ``port``, enrollment and
+        # the services on ``enroll_port`` (default port + 1)
+        sport = enroll_port if enroll_port else port + 1
+        broker = ManagedBroker(paths, port, service_port=sport).start()
+        broker_url = broker.url
+        service_url = broker.service_url
+    else:
+        service_url = broker_url  # an external broker: one listener for everything
+    url = parse_broker_url(service_url)
+    enroll = EnrollmentService(paths, url.host, url.port).start()
+    ingest_thread = None
+    ingest_procs: IngestProcesses | None = None
+    if ingest and ingest_processes > 0:
+        ingest_procs = IngestProcesses(paths, service_url, ingest_processes, ingest_stats_dir)
+    elif ingest:
+        ingest_thread = _start_ingest(paths, service_url, stop)
+    out.write(f"serving {broker_url}\n")
+    out.write(f"enrollment {service_url}\n")
+    out.flush()
+    crl = _crl_stamp(paths.crl)
+    refreshed = time.monotonic()
+    try:
+        while not stop.wait(crl_poll_s):
+            if time.monotonic() - refreshed > CRL_REFRESH_S:
+                refresh_crl(paths)
+                refreshed = time.monotonic()
+            now = _crl_stamp(paths.crl)
+            if now != crl:
+                crl = now
+                if broker is not None:
+                    log.info("crl.pem changed: reloading the broker")
+                    broker.reload()
+                else:
+                    log.warning("crl.pem changed: reload the external broker's CRL yourself")
+    finally:
+        stop.set()
+        enroll.stop()
+        if ingest_thread is not None:
+            ingest_thread.join(timeout=15.0)
+        if ingest_procs is not None:
+            ingest_procs.stop()
+        if broker is not None:
+            broker.stop()
+    return 0
