@@ -31,9 +31,11 @@ def build_wheel(workdir: Path, version: str, patch: Callable[[Path], None] | Non
     src = workdir / f"src-{version}"
     shutil.rmtree(src, ignore_errors=True)
     src.mkdir(parents=True)
-    for name in ("gateway", "drivers", "cloud_stub"):
+    for name in ("gateway", "drivers", "cloud_stub", "examples", "systemd"):
         shutil.copytree(
-            REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+            REPO / name,
+            src / name,
+            ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "build", "*.egg-info"),
         )
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, src / name)

@@ -108,7 +108,9 @@ async def gateway(tmp_path: Path, pair: SocatPair) -> AsyncIterator[Gateway]:
     gw = Gateway(cfg, drivers)
     await gw.start()
     # the plc's first poll writes its request on the line: let it finish before rb listens
-    await poll_until(lambda: gw._pollers["plc"].last_quality is not None, 10, "first plc poll")
+    await poll_until(
+        lambda: gw.devices._pollers["plc"].last_quality is not None, 10, "first plc poll"
+    )
     try:
         yield gw
     finally:
@@ -116,7 +118,7 @@ async def gateway(tmp_path: Path, pair: SocatPair) -> AsyncIterator[Gateway]:
 
 
 def other_polls(gw: Gateway) -> int:
-    return int(gw._pollers["other"].polls)
+    return int(gw.devices._pollers["other"].polls)
 
 
 async def test_image_arrives_byte_identical_and_other_polls_continue(
@@ -133,7 +135,7 @@ async def test_image_arrives_byte_identical_and_other_polls_continue(
         seen.append(sent)
         polls_during.append(other_polls(gateway))
 
-    plc_polls = gateway._pollers["plc"].polls
+    plc_polls = gateway.devices._pollers["plc"].polls
     await gateway.update_firmware("plc", FirmwareImage("fw.bin", "2.0", IMAGE), progress)
     await rb.received("fw.bin", IMAGE)
     assert seen[-1] == len(IMAGE) and seen == sorted(seen)
@@ -141,8 +143,8 @@ async def test_image_arrives_byte_identical_and_other_polls_continue(
     assert polls_during[-1] - polls_during[0] >= 3, polls_during
     assert other_polls(gateway) > before
     # and the plc itself was held: at most the poll in flight when the hold began
-    assert gateway._pollers["plc"].polls - plc_polls <= 1
-    assert gateway._contexts["plc"].counters.get("firmware_updates") == 1
+    assert gateway.devices._pollers["plc"].polls - plc_polls <= 1
+    assert gateway.devices._contexts["plc"].counters.get("firmware_updates") == 1
 
 
 async def test_cut_line_fails_cleanly_and_is_retried(
@@ -164,7 +166,7 @@ async def test_cut_line_fails_cleanly_and_is_retried(
         await pair.start()
         # the bootloader comes back once the gateway has reopened the port (a pty drops what
         # is written while its other end is closed, and rb repeats its 'C' only every 10 s)
-        link = gateway._polled["plc"].inner.port.link  # type: ignore[attr-defined]
+        link = gateway.devices._polled["plc"].inner.port.link  # type: ignore[attr-defined]
         await poll_until(lambda: link.is_open, 15, "port reopened for the retry")
         await second.start()
 
@@ -176,7 +178,7 @@ async def test_cut_line_fails_cleanly_and_is_retried(
     await second.received("fw.bin", IMAGE)
     partial = tmp_path / "rx1" / "fw.bin"
     assert not partial.exists() or partial.read_bytes() != IMAGE
-    counters = gateway._contexts["plc"].counters
+    counters = gateway.devices._contexts["plc"].counters
     assert counters.get("firmware_failures", 0) >= 1 and counters.get("firmware_updates") == 1
 
 
@@ -195,7 +197,7 @@ async def test_cut_line_with_no_retries_left_raises_transient(
             "plc", FirmwareImage("fw.bin", "2.0", IMAGE), progress, attempts=1
         )
     # the device is released: a write goes through its bus again (its next poll is 60 s away)
-    assert not gateway._device_bus["plc"]._held
+    assert not gateway.devices._device_bus["plc"]._held
 
 
 async def test_cancellation_aborts_the_transfer_on_the_wire(
@@ -224,4 +226,4 @@ async def test_cancellation_aborts_the_transfer_on_the_wire(
         await rb.kill()
     partial = tmp_path / "rx" / "fw.bin"
     assert not partial.exists() or partial.read_bytes() != IMAGE
-    assert not gateway._device_bus["plc"]._held
+    assert not gateway.devices._device_bus["plc"]._held
