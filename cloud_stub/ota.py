@@ -390,6 +390,15 @@ def build_bundle(
         "wheels": sorted(p.name for p in wheels.glob("*.whl")),
     }
     (out / BUNDLE_INFO).write_text(json.dumps(info, indent=1) + "\n")
+    # the one-command installer travels with the bundle (README "Installing on a gateway")
+    for src, name in (
+        (project / "gateway" / "ota" / "install.py", "install.py"),
+        (project / "gateway" / "ota" / "launcher.py", "edgegw-launch"),
+        (project / "systemd" / "edgegw.service", "edgegw.service"),
+    ):
+        if src.exists():
+            shutil.copy(src, out / name)
+            (out / name).chmod(0o755 if name != "edgegw.service" else 0o644)
     return info
 
 
