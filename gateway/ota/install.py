@@ -120,7 +120,7 @@ def python_for_slots(root: Path) -> str:
 def install(bundle: Path, root: Path, *, start: bool) -> None:
     info = json.loads((bundle / "bundle.json").read_text())
     version = str(info["version"])
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 (runs under the system python3)
         raise InstallError("Python 3.11 or newer is needed (Debian 12 / Raspberry Pi OS 12)")
     changed = write_if_changed(at(root, SYSUSERS), SYSUSERS_CONF, 0o644)
     changed |= write_if_changed(at(root, TMPFILES), TMPFILES_CONF, 0o644)
