@@ -364,6 +364,7 @@ def build_bundle(
     platform, so an x86 machine can build a Raspberry Pi bundle.
     """
     pip = list(pip or [sys.executable, "-m", "pip"])
+    project, out = Path(project).resolve(), Path(out).resolve()
     wheels = out / WHEEL_DIR
     wheels.mkdir(parents=True, exist_ok=True)
     extra = f"[{','.join(extras)}]" if extras else ""
