@@ -9,6 +9,7 @@ from edgegw.sdk import (
     ByteSize,
     DeviceContext,
     Driver,
+    DriverCommand,
     DriverError,
     DriverOptions,
     Duration,
@@ -23,6 +24,7 @@ from edgegw.sdk import (
     PushDriver,
     ReadResult,
     TransientError,
+    driver_command,
 )
 
 __version__ = "0.1.0"
@@ -33,6 +35,7 @@ __all__ = [
     "ByteSize",
     "DeviceContext",
     "Driver",
+    "DriverCommand",
     "DriverError",
     "DriverOptions",
     "Duration",
@@ -54,5 +57,6 @@ __all__ = [
     "TransientError",
     "Value",
     "__version__",
+    "driver_command",
     "now_ms",
 ]
