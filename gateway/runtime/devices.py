@@ -131,7 +131,7 @@ class DeviceManager:
         self._shared_refs: dict[str, int] = {}
         self._contexts: dict[str, DeviceContext] = {}
         self._polled: dict[str, LazyOpenDriver] = {}
-        self._pollers: dict[str, DevicePoller] = {}
+        self._pollers: list[DevicePoller] = []
         self._push: dict[str, PushDriver] = {}
         self.unavailable: dict[str, str] = {}
         self._device_bus: dict[str, BusScheduler] = {}
@@ -148,6 +148,11 @@ class DeviceManager:
         for dev in self.cfg.devices:
             if dev.enabled:
                 self._start_device(dev)
+        # `stagger` spreads the first polls over one period across the WHOLE gateway (not per
+        # bus: ten single-device endpoints would otherwise all poll at once)
+        staggered = [p for p in self._pollers if p.stagger]
+        for i, poller in enumerate(staggered):
+            poller.stagger_slot = (i, len(staggered))
         for name, sched in self._schedulers.items():
             self._tasks.append(asyncio.create_task(sched.run(), name=f"bus:{name}"))
         self._running = True
@@ -160,6 +165,14 @@ class DeviceManager:
             )
 
     async def stop(self) -> None:
+        # buses finish the poll in flight first (bounded by the device timeouts), so a reading
+        # the device already served reaches the pipeline; then everything is cancelled
+        for sched in self._schedulers.values():
+            sched.request_stop()
+        buses = [t for t in self._tasks if t.get_name().startswith("bus:")]
+        if buses:
+            grace = min(5.0, max((float(d.timeout) for d in self.cfg.devices), default=1.0) + 0.5)
+            await asyncio.wait(buses, timeout=grace)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -228,7 +241,7 @@ class DeviceManager:
             stagger=dev.stagger,
             driver_name=dev.driver,
         )
-        self._pollers[dev.id] = poller
+        self._pollers.append(poller)
         sched.add(poller)
 
     # ------------------------------------------------------------------ OTA: health, firmware
@@ -238,13 +251,18 @@ class DeviceManager:
         Used by the OTA health gate: a push device counts as ``ok`` while its task runs.
         """
         out: dict[str, str] = {d: f"unavailable: {why}" for d, why in self.unavailable.items()}
-        for dev_id, poller in self._pollers.items():
+        for poller in self._pollers:
             q = poller.last_quality
-            out[dev_id] = "waiting" if q is None else ("ok" if q == Quality.GOOD else q.name)
+            out[poller.device_id] = (
+                "waiting" if q is None else ("ok" if q == Quality.GOOD else q.name)
+            )
         running = {t.get_name() for t in self._tasks if not t.done()}
         for dev_id in self._push:
             out[dev_id] = "ok" if f"push:{dev_id}" in running else "COMM_ERROR"
         return out
+
+    def poller(self, device_id: str) -> DevicePoller | None:
+        return next((p for p in self._pollers if p.device_id == device_id), None)
 
     async def update_firmware(
         self, device_id: str, image: FirmwareImage, progress: FirmwareProgress, *, attempts: int = 3

@@ -109,7 +109,7 @@ async def gateway(tmp_path: Path, pair: SocatPair) -> AsyncIterator[Gateway]:
     await gw.start()
     # the plc's first poll writes its request on the line: let it finish before rb listens
     await poll_until(
-        lambda: gw.devices._pollers["plc"].last_quality is not None, 10, "first plc poll"
+        lambda: gw.devices.poller("plc").last_quality is not None, 10, "first plc poll"
     )
     try:
         yield gw
@@ -118,7 +118,7 @@ async def gateway(tmp_path: Path, pair: SocatPair) -> AsyncIterator[Gateway]:
 
 
 def other_polls(gw: Gateway) -> int:
-    return int(gw.devices._pollers["other"].polls)
+    return int(gw.devices.poller("other").polls)
 
 
 async def test_image_arrives_byte_identical_and_other_polls_continue(
@@ -135,7 +135,7 @@ async def test_image_arrives_byte_identical_and_other_polls_continue(
         seen.append(sent)
         polls_during.append(other_polls(gateway))
 
-    plc_polls = gateway.devices._pollers["plc"].polls
+    plc_polls = gateway.devices.poller("plc").polls
     await gateway.update_firmware("plc", FirmwareImage("fw.bin", "2.0", IMAGE), progress)
     await rb.received("fw.bin", IMAGE)
     assert seen[-1] == len(IMAGE) and seen == sorted(seen)
@@ -143,7 +143,7 @@ async def test_image_arrives_byte_identical_and_other_polls_continue(
     assert polls_during[-1] - polls_during[0] >= 3, polls_during
     assert other_polls(gateway) > before
     # and the plc itself was held: at most the poll in flight when the hold began
-    assert gateway.devices._pollers["plc"].polls - plc_polls <= 1
+    assert gateway.devices.poller("plc").polls - plc_polls <= 1
     assert gateway.devices._contexts["plc"].counters.get("firmware_updates") == 1
 
 
