@@ -26,8 +26,23 @@ REPO = Path(__file__).resolve().parents[2]
 SITE_PACKAGES = Path(next(p for p in sys.path if p.endswith("site-packages")))
 
 
+_UNPATCHED: dict[str, Path] = {}
+
+
 def build_wheel(workdir: Path, version: str, patch: Callable[[Path], None] | None = None) -> Path:
-    """A wheel of this source tree with ``__version__`` bumped (and an optional source patch)."""
+    """A wheel of this source tree with ``__version__`` bumped (and an optional source patch).
+
+    Unpatched wheels are built once per test session and reused (they are read-only inputs).
+    """
+    if patch is None and version in _UNPATCHED and _UNPATCHED[version].exists():
+        return _UNPATCHED[version]
+    wheel = _build_wheel(workdir, version, patch)
+    if patch is None:
+        _UNPATCHED[version] = wheel
+    return wheel
+
+
+def _build_wheel(workdir: Path, version: str, patch: Callable[[Path], None] | None) -> Path:
     src = workdir / f"src-{version}"
     shutil.rmtree(src, ignore_errors=True)
     src.mkdir(parents=True)
