@@ -1,7 +1,7 @@
 """``edgegw-cloud``: a thin dispatcher over the verbs in ``edgegw_cloud.commands``.
 
 Verbs: init, serve, token create, gateways (label, fleet), revoke, audit, query, db; device
-management: command, shadow, config. Each is a module with ``HELP``,
+management: command, shadow, config; ota (releases). Each is a module with ``HELP``,
 ``add_arguments(parser)`` and ``run(args) -> int``.
 
 Exit codes: 0 success, 1 a refused/failed operation (message on stderr), 2 usage error.
@@ -25,6 +25,7 @@ from edgegw_cloud.commands import (
     db,
     gateways,
     init,
+    ota,
     query,
     revoke,
     serve,
@@ -47,6 +48,7 @@ COMMANDS: dict[str, ModuleType] = {
     "command": command,
     "shadow": shadow,
     "config": config,
+    "ota": ota,
 }
 
 

@@ -56,6 +56,7 @@ COMMANDS: dict[str, Command] = {
     "schema": Command("edgegw.commands.schema", "print the config JSON Schema (for editors)"),
     "enroll": Command("edgegw.commands.enroll", "enroll this gateway with the cloud (token)"),
     "model": Command("edgegw.commands.model", "fit and inspect anomaly models"),
+    "ota": Command("edgegw.ota.cli", "install a release from disk, show the A/B slot state"),
 }
 
 
