@@ -172,7 +172,8 @@ class ManagedBroker:
             "log_timestamp_format %Y-%m-%dT%H:%M:%S",
             "",
         ]
-        lines += self._listener_block(self.port, "127.0.0.1")
+        if not self._wildcard_on_port():
+            lines += self._listener_block(self.port, "127.0.0.1")
         if self.extra_listener is not None:
             lines += self._listener_block(self.extra_listener.port, self.extra_listener.host)
         return "\n".join(lines)
@@ -274,12 +275,19 @@ class ManagedBroker:
         self.wait_ready(timeout)
         return self
 
+    def _wildcard_on_port(self) -> bool:
+        """An extra listener on 0.0.0.0/:: at the main port also serves 127.0.0.1 (and a second
+        bind of 127.0.0.1 on that port would fail), so the loopback listener is left out."""
+        x = self.extra_listener
+        return x is not None and x.port == self.port and x.host in ("0.0.0.0", "::")
+
     def _check_port_free(self) -> None:
-        listeners = [("127.0.0.1", self.port)]
+        listeners = [] if self._wildcard_on_port() else [("127.0.0.1", self.port)]
         if self.extra_listener is not None:
             listeners.append((self.extra_listener.host, self.extra_listener.port))
         for host, port in listeners:
-            with socket.socket() as s:
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            with socket.socket(family) as s:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Mosquitto does
                 try:
                     s.bind((host, port))

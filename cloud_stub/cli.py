@@ -24,7 +24,7 @@ from types import FrameType
 from typing import Any, TextIO
 
 from edgegw import pki
-from edgegw_cloud.pki_setup import CloudPaths, init_data_dir
+from edgegw_cloud.pki_setup import CloudPaths, add_broker_hosts, broker_sans, init_data_dir
 from edgegw_cloud.registry import GatewayRow, Registry, RegistryError
 
 log = logging.getLogger("edgegw.cloud")
@@ -106,8 +106,9 @@ def print_table(table: list[list[str]], out: TextIO) -> None:
 
 # --------------------------------------------------------------------------- commands
 def cmd_init(args: argparse.Namespace) -> int:
-    paths = init_data_dir(args.data_dir, broker_host=args.broker_host)
+    paths = init_data_dir(args.data_dir, broker_host=args.broker_host or ["127.0.0.1"])
     print(f"cloud data dir ready: {paths.data_dir}")
+    print(f"  broker certificate covers: {', '.join(broker_sans(paths.broker_crt))}")
     print(
         f"  CA {paths.ca_crt} (fingerprint {pki.fingerprint(pki.load_certificate(paths.ca_crt))})"
     )
@@ -115,6 +116,15 @@ def cmd_init(args: argparse.Namespace) -> int:
         f"  gateways need {paths.ca_crt.name}, {paths.bootstrap_crt.name} and "
         f"{paths.bootstrap_key.name} in their bootstrap dir to enroll"
     )
+    return 0
+
+
+def cmd_broker_cert(args: argparse.Namespace) -> int:
+    paths = _paths(args)
+    sans, changed = add_broker_hosts(paths, args.add_host or [])
+    if changed:
+        print(f"re-issued {paths.broker_crt} (same key); a running `serve` restarts its broker")
+    print("broker certificate covers: " + ", ".join(sans))
     return 0
 
 
@@ -198,6 +208,7 @@ def serve(
     paths: CloudPaths,
     *,
     port: int,
+    listen: str = "127.0.0.1",
     broker_url: str | None = None,
     stop: threading.Event | None = None,
     ingest: bool = True,
@@ -213,7 +224,7 @@ def serve(
     write lock serialises their commits).
     """
     from edgegw.uplink.enroll import parse_broker_url
-    from edgegw_cloud.broker import ManagedBroker
+    from edgegw_cloud.broker import Listener, ManagedBroker
     from edgegw_cloud.enrollment import EnrollmentService
     from edgegw_cloud.revocation import CRL_REFRESH_S, refresh_crl
 
@@ -221,9 +232,14 @@ def serve(
     stop = stop or threading.Event()
     refresh_crl(paths)
     broker: ManagedBroker | None = None
+    public_url = None
     if broker_url is None:
-        broker = ManagedBroker(paths, port).start()
-        broker_url = broker.url
+        extra = None if listen in ("127.0.0.1", "localhost") else Listener(port, listen)
+        broker = ManagedBroker(paths, port, extra_listener=extra).start()
+        broker_url = broker.url  # the cloud's own services always dial loopback
+        if extra is not None:
+            shown = f"[{listen}]" if ":" in listen else listen
+            public_url = f"mqtts://{shown}:{port}"
     host, bport = parse_broker_url(broker_url)
     enroll = EnrollmentService(paths, host, bport).start()
     ingest_thread = None
@@ -235,14 +251,25 @@ def serve(
     elif ingest:
         ingest_thread = _start_ingest(paths, broker_url, stop)
     out.write(f"serving {broker_url}\n")
+    if public_url is not None:
+        out.write(f"gateways dial {public_url} (certificate covers "
+                  f"{', '.join(broker_sans(paths.broker_crt))})\n")
     out.flush()
     crl = _crl_stamp(paths.crl)
+    broker_cert = _crl_stamp(paths.broker_crt)
     refreshed = time.monotonic()
     try:
         while not stop.wait(crl_poll_s):
             if time.monotonic() - refreshed > CRL_REFRESH_S:
                 refresh_crl(paths)
                 refreshed = time.monotonic()
+            cert_now = _crl_stamp(paths.broker_crt)
+            if cert_now != broker_cert:
+                broker_cert = cert_now
+                if broker is not None:
+                    log.info("broker.crt changed (broker-cert --add-host): restarting the broker")
+                    broker.stop()
+                    broker.start()
             now = _crl_stamp(paths.crl)
             if now != crl:
                 crl = now
@@ -272,6 +299,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve(
         paths,
         port=args.port,
+        listen=args.listen,
         broker_url=args.broker,
         stop=stop,
         ingest=not args.no_ingest,
@@ -293,14 +321,39 @@ def build_parser() -> argparse.ArgumentParser:
     data_dir(sp)
     sp.add_argument(
         "--broker-host",
-        default="127.0.0.1",
-        help="extra host name / IP for the broker certificate (what gateways dial)",
+        action="append",
+        metavar="HOST",
+        help="host name or IP address gateways dial to reach this cloud; repeat for several "
+        "(the broker certificate always covers 127.0.0.1 and localhost too). Add more later "
+        "with `broker-cert --add-host`",
     )
     sp.set_defaults(fn=cmd_init)
 
+    sp = sub.add_parser(
+        "broker-cert",
+        help="show the host names the broker certificate covers; --add-host re-issues it",
+    )
+    data_dir(sp)
+    sp.add_argument(
+        "--add-host",
+        action="append",
+        metavar="HOST",
+        help="also cover this host name / IP (repeatable); the key is kept, gateways need "
+        "nothing new",
+    )
+    sp.set_defaults(fn=cmd_broker_cert)
+
     sp = sub.add_parser("serve", help="run the broker, enrollment service and ingest")
     data_dir(sp)
-    sp.add_argument("--port", type=int, default=8883, help="managed broker port (127.0.0.1)")
+    sp.add_argument(
+        "--listen",
+        default="127.0.0.1",
+        metavar="ADDR",
+        help="address the broker listens on for gateways: an address of this host "
+        "(e.g. 192.0.2.10) or 0.0.0.0 / :: for all; the cloud's own services always use "
+        "127.0.0.1 (default: 127.0.0.1, this machine only)",
+    )
+    sp.add_argument("--port", type=int, default=8883, help="managed broker port (default 8883)")
     sp.add_argument("--broker", help="use this external broker (mqtts://HOST:PORT) instead")
     sp.add_argument("--no-ingest", action="store_true", help="broker + enrollment only")
     sp.add_argument(
