@@ -128,6 +128,61 @@ def cmd_broker_cert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _operators(args: argparse.Namespace) -> Any:
+    from edgegw_cloud.web.auth import Operators
+
+    return Operators(_paths(args).data_dir / "operators.db")
+
+
+def _read_password(args: argparse.Namespace) -> str:
+    import getpass
+
+    if args.password_stdin or not sys.stdin.isatty():
+        return sys.stdin.readline().rstrip("\n")
+    first = getpass.getpass("password: ")
+    if getpass.getpass("again: ") != first:
+        raise AuthCliError("the passwords differ")
+    return first
+
+
+class AuthCliError(Exception):
+    pass
+
+
+def cmd_user(args: argparse.Namespace) -> int:
+    with _operators(args) as ops:
+        if args.user_command == "add":
+            ops.add_user(args.name, _read_password(args), args.role)
+            print(f"user {args.name} ({args.role}) added")
+        elif args.user_command == "remove":
+            ops.remove_user(args.name)
+            print(f"user {args.name} removed (their sessions end now)")
+        else:
+            table = [["USER", "ROLE", "CREATED"]]
+            table += [[n, r, _fmt_ms(c)] for n, r, c in ops.users()]
+            print_table(table, sys.stdout)
+    return 0
+
+
+def cmd_api_token(args: argparse.Namespace) -> int:
+    with _operators(args) as ops:
+        if args.api_token_command == "create":
+            print(ops.create_token(args.name, args.role))
+            print(
+                f"API token {args.name!r} ({args.role}); it is stored hashed and will not be "
+                "shown again. Use it as `Authorization: Bearer <token>`",
+                file=sys.stderr,
+            )
+        elif args.api_token_command == "revoke":
+            ops.revoke_token(args.name)
+            print(f"API token {args.name} revoked")
+        else:
+            table = [["TOKEN NAME", "ROLE", "CREATED", "LAST USED"]]
+            table += [[n, r, _fmt_ms(c), _fmt_ms(u)] for n, r, c, u in ops.tokens()]
+            print_table(table, sys.stdout)
+    return 0
+
+
 def cmd_token_create(args: argparse.Namespace) -> int:
     ttl = parse_ttl(args.ttl)
     with Registry(_paths(args).registry_db) as reg:
@@ -209,6 +264,7 @@ def serve(
     *,
     port: int,
     listen: str = "127.0.0.1",
+    http: str | None = None,
     broker_url: str | None = None,
     stop: threading.Event | None = None,
     ingest: bool = True,
@@ -250,10 +306,17 @@ def serve(
         ingest_procs = IngestProcesses(paths, broker_url, ingest_processes, ingest_stats_dir)
     elif ingest:
         ingest_thread = _start_ingest(paths, broker_url, stop)
+    web: Any = None
+    if http is not None:
+        from edgegw_cloud.web.server import HttpServer, parse_listen
+
+        web = HttpServer(paths, *parse_listen(http), broker=(host, bport)).start()
     out.write(f"serving {broker_url}\n")
     if public_url is not None:
         out.write(f"gateways dial {public_url} (certificate covers "
                   f"{', '.join(broker_sans(paths.broker_crt))})\n")
+    if web is not None:
+        out.write(f"dashboard and API on {web.url} (CA: {paths.ca_crt})\n")
     out.flush()
     crl = _crl_stamp(paths.crl)
     broker_cert = _crl_stamp(paths.broker_crt)
@@ -280,6 +343,8 @@ def serve(
                     log.warning("crl.pem changed: reload the external broker's CRL yourself")
     finally:
         stop.set()
+        if web is not None:
+            web.stop()
         enroll.stop()
         if ingest_thread is not None:
             ingest_thread.join(timeout=15.0)
@@ -300,6 +365,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         paths,
         port=args.port,
         listen=args.listen,
+        http=args.http,
         broker_url=args.broker,
         stop=stop,
         ingest=not args.no_ingest,
@@ -354,6 +420,13 @@ def build_parser() -> argparse.ArgumentParser:
         "127.0.0.1 (default: 127.0.0.1, this machine only)",
     )
     sp.add_argument("--port", type=int, default=8883, help="managed broker port (default 8883)")
+    sp.add_argument(
+        "--http",
+        metavar="ADDR:PORT",
+        help="also serve the dashboard and the JSON API (HTTPS, the broker's certificate) on "
+        "ADDR:PORT, e.g. 0.0.0.0:8443; needs an account (`user add`) or an API token "
+        "(`api-token create`). Off unless given",
+    )
     sp.add_argument("--broker", help="use this external broker (mqtts://HOST:PORT) instead")
     sp.add_argument("--no-ingest", action="store_true", help="broker + enrollment only")
     sp.add_argument(
@@ -382,6 +455,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tc.set_defaults(fn=cmd_token_create)
 
+    sp = sub.add_parser("user", help="dashboard accounts (admin or read-only)")
+    usub = sp.add_subparsers(dest="user_command", required=True)
+    ua = usub.add_parser("add", help="add an account; the password is asked (or read from stdin)")
+    data_dir(ua)
+    ua.add_argument("name")
+    ua.add_argument("--role", choices=("admin", "read-only"), default="read-only",
+                    help="admin: may also revoke gateways and create tokens (default read-only)")
+    ua.add_argument("--password-stdin", action="store_true",
+                    help="read the password from the first line of stdin (scripts)")
+    ur = usub.add_parser("remove", help="remove an account and end its sessions")
+    data_dir(ur)
+    ur.add_argument("name")
+    ul = usub.add_parser("list", help="list accounts")
+    data_dir(ul)
+    sp.set_defaults(fn=cmd_user)
+
+    sp = sub.add_parser("api-token", help="API tokens for scripts (Authorization: Bearer)")
+    asub = sp.add_subparsers(dest="api_token_command", required=True)
+    ac = asub.add_parser("create", help="print a new API token (shown once, stored hashed)")
+    data_dir(ac)
+    ac.add_argument("name", help="what the token is for, e.g. grafana or ci")
+    ac.add_argument("--role", choices=("admin", "read-only"), default="read-only")
+    ar = asub.add_parser("revoke", help="revoke an API token by name")
+    data_dir(ar)
+    ar.add_argument("name")
+    al = asub.add_parser("list", help="list API tokens (names, roles, last use)")
+    data_dir(al)
+    sp.set_defaults(fn=cmd_api_token)
+
     sp = sub.add_parser("gateways", help="list gateways (registry + store counters)")
     data_dir(sp)
     sp.set_defaults(fn=cmd_gateways)
@@ -408,13 +510,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         rc: Any = args.fn(args)
-    except (RegistryError, pki.PkiError, FileExistsError) as exc:
+    except (RegistryError, pki.PkiError, FileExistsError, AuthCliError) as exc:
         print(f"edgegw-cloud {args.command}: {exc}", file=sys.stderr)
         return 1
     except Exception as exc:
         from edgegw_cloud.broker import BrokerError
+        from edgegw_cloud.web.auth import AuthError
 
-        if isinstance(exc, BrokerError):
+        if isinstance(exc, (BrokerError, AuthError, ValueError)):
             print(f"edgegw-cloud {args.command}: {exc}", file=sys.stderr)
             return 1
         raise

@@ -35,6 +35,7 @@ from typing import Any
 
 from edgegw.model import Alert, Sample, Value
 from edgegw.protocol.codec import Series
+from edgegw_cloud.store_read import StoreQueries
 
 VT_NULL, VT_INT, VT_FLOAT, VT_BOOL, VT_STR, VT_BLOB = range(6)
 #: value types stored as they are (bulk fast path for single-typed series)
@@ -186,7 +187,7 @@ def decode_value(stored: Any, vtype: int) -> Value:
     return stored
 
 
-class CloudStore:
+class CloudStore(StoreQueries):
     """SQLite store of everything the ingest accepted. Not thread-safe: one owner thread."""
 
     def __init__(self, path: Path | str, *, readonly: bool = False) -> None:
@@ -520,6 +521,12 @@ class CloudStore:
             "gaps_stored": c.gaps,
             "transactions": c.transactions,
         }
+
+    def _rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        return self._db.execute(sql, params).fetchall()
+
+    def _dict_rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        return self._dicts(sql, params)
 
     def close(self) -> None:
         self._db.close()

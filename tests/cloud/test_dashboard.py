@@ -1,0 +1,138 @@
+"""The dashboard in a real browser (Debian's Chromium driven by Playwright), against a real
+``edgegw-cloud serve --http`` and a real ``edgegw run`` gateway delivering simulated readings
+with a rule that raises an alert. Plus the API's authentication and roles over HTTPS.
+
+Chromium does not know our CA (it would need an NSS database), so the browser context ignores
+certificate errors; the API checks in this file verify TLS against ``pki/ca.crt``.
+Screenshots are kept as test artefacts in a temp dir whose path is printed.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .helpers import CloudProc, start_gateway, stop, wait_until
+
+CHROMIUM = "/usr/bin/chromium"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--no-first-run"]
+
+
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    import os
+
+    d = Path(tempfile.mkdtemp(prefix="edgegw-dash-"))
+    os.chmod(d, 0o711)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def cloud(workdir: Path) -> Iterator[CloudProc]:
+    c = CloudProc(workdir / "cloud")
+    try:
+        c.cli("user", "add", "alice", "--role", "admin", "--password-stdin", stdin="alice-pw-1\n")
+        c.cli("user", "add", "bob", "--role", "read-only", "--password-stdin",
+              stdin="bob-pw-12\n")
+        yield c
+    finally:
+        c.close()
+
+
+def test_api_refuses_anonymous_and_read_only_writes(cloud: CloudProc) -> None:
+    assert cloud.request("GET", "/api/v1/gateways")[0] == 401
+    assert cloud.request("GET", "/api/openapi.json")[0] == 401
+    assert cloud.request("GET", "/api/v1/gateways", token="egw_not-a-token")[0] == 401
+    ro = cloud.cli("api-token", "create", "grafana").strip()
+    admin = cloud.cli("api-token", "create", "ops", "--role", "admin").strip()
+    assert ro not in (cloud.data / "operators.db").read_bytes().decode("latin-1")
+    status, body = cloud.request("GET", "/api/v1/me", token=ro)
+    assert status == 200 and body["role"] == "read-only"
+    status, body = cloud.request("POST", "/api/v1/enrollment-tokens", token=ro,
+                                 body={"gateway_id": "gw-x"})
+    assert status == 403 and "read-only" in body["detail"]
+    # a read-only dashboard user (session cookie) is refused a write too
+    bob = cloud.login_cookie("bob", "bob-pw-12")
+    assert cloud.request("GET", "/api/v1/me", cookie=bob)[1]["name"] == "bob"
+    assert cloud.request("POST", "/api/v1/gateways/gw-x/revoke", cookie=bob)[0] == 403
+    # the admin may, and the API documents itself
+    status, body = cloud.request("POST", "/api/v1/enrollment-tokens", token=admin,
+                                 body={"gateway_id": "gw-x", "ttl": "5m"})
+    assert status == 200 and len(body["token"]) >= 40
+    status, spec = cloud.request("GET", "/api/openapi.json", token=ro)
+    assert status == 200 and "/api/v1/gateways" in spec["paths"]
+    assert "/api/v1/gateways/{gateway}/live" in spec["paths"]
+    # a revoked API token is refused at once
+    cloud.cli("api-token", "revoke", "grafana")
+    assert cloud.request("GET", "/api/v1/me", token=ro)[0] == 401
+
+
+def test_dashboard_in_chromium_fleet_live_chart_and_alert(cloud: CloudProc,
+                                                          workdir: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    shots = Path(tempfile.mkdtemp(prefix="edgegw-dashboard-screenshots-"))
+    print(f"\ndashboard screenshots in {shots}")
+    gw, _state = start_gateway(cloud, "plant1-gw1", workdir)
+    try:
+        token = cloud.cli("api-token", "create", "t").strip()
+        wait_until(lambda: any(g["online"] and g["readings"] > 0 for g in
+                               cloud.request("GET", "/api/v1/gateways", token=token)[1]),
+                   30, "the gateway online with readings")
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+            try:
+                page = browser.new_context(ignore_https_errors=True,
+                                           viewport={"width": 1280, "height": 900}).new_page()
+                # anonymous: the dashboard sends the browser to the login page
+                page.goto(cloud.base + "/")
+                assert page.url.endswith("/login")
+                page.fill("input[name=username]", "alice")
+                page.fill("input[name=password]", "wrong-password")
+                page.click("button[type=submit]")
+                assert page.locator(".error").is_visible()
+                page.fill("input[name=username]", "alice")
+                page.fill("input[name=password]", "alice-pw-1")
+                page.click("button[type=submit]")
+                page.wait_for_url(cloud.base + "/")
+                row = page.locator("#fleet tr", has_text="plant1-gw1")
+                row.locator(".online").wait_for(timeout=15_000)
+                assert "alice (admin)" in page.locator("header").inner_text()
+                page.screenshot(path=str(shots / "1-fleet.png"), full_page=True)
+                # the device page: one chart per metric, growing while readings arrive
+                row.locator("a").click()
+                page.wait_for_url("**/gateways/plant1-gw1")
+                chart = page.locator('.chart[data-series="boiler1/temperature"]')
+                chart.wait_for(timeout=15_000)
+                assert chart.locator("canvas").count() == 1
+                before = page.evaluate("egw.points")
+                page.wait_for_function(f"egw.points > {before} + 2", timeout=20_000)
+                page.screenshot(path=str(shots / "2-gateway-live.png"), full_page=True)
+                # the alert raised by the gateway's rule
+                page.click("header >> text=Alerts")
+                page.wait_for_url("**/alerts")
+                alert = page.locator("#states tr", has_text="boiler-hot")
+                alert.wait_for(timeout=30_000)
+                assert "boiler1" in alert.inner_text()
+                page.wait_for_selector("#events tr >> text=ACTIVE", timeout=30_000)
+                page.screenshot(path=str(shots / "3-alerts.png"), full_page=True)
+                page.click("header >> text=Gaps")
+                page.wait_for_url("**/gaps")
+                page.wait_for_selector("#gaps >> text=nothing was dropped")
+                page.screenshot(path=str(shots / "4-gaps.png"), full_page=True)
+            finally:
+                browser.close()
+        for name in ("1-fleet", "2-gateway-live", "3-alerts", "4-gaps"):
+            assert (shots / f"{name}.png").stat().st_size > 5_000
+        status, states = cloud.request("GET", "/api/v1/alerts?gateway=plant1-gw1", token=token)
+        assert status == 200 and {s["rule"] for s in states} == {"boiler-hot"}
+    finally:
+        stop(gw)
