@@ -240,7 +240,9 @@ def _crl_stamp(path: Path) -> tuple[int, int]:
     return (st.st_mtime_ns, st.st_size)
 
 
-def _start_ingest(paths: CloudPaths, url: str, stop: threading.Event) -> threading.Thread | None:
+def _start_ingest(
+    paths: CloudPaths, url: str, stop: threading.Event, store: str | Path | None = None
+) -> threading.Thread | None:
     try:
         ingest = importlib.import_module("edgegw_cloud.ingest")
     except ImportError as exc:
@@ -249,7 +251,7 @@ def _start_ingest(paths: CloudPaths, url: str, stop: threading.Event) -> threadi
 
     def target() -> None:
         try:
-            ingest.run_ingest(paths, url, stop)
+            ingest.run_ingest(paths, url, stop, store=store)
         except Exception:
             log.exception("ingest failed; stopping serve")
             stop.set()
@@ -265,6 +267,7 @@ def serve(
     port: int,
     listen: str = "127.0.0.1",
     http: str | None = None,
+    store: str | Path | None = None,
     broker_url: str | None = None,
     stop: threading.Event | None = None,
     ingest: bool = True,
@@ -303,14 +306,23 @@ def serve(
     if ingest and ingest_processes > 0:
         from edgegw_cloud.ingest import IngestProcesses
 
-        ingest_procs = IngestProcesses(paths, broker_url, ingest_processes, ingest_stats_dir)
+        ingest_procs = IngestProcesses(
+            paths, broker_url, ingest_processes, ingest_stats_dir, store=store
+        )
     elif ingest:
-        ingest_thread = _start_ingest(paths, broker_url, stop)
+        ingest_thread = _start_ingest(paths, broker_url, stop, store)
     web: Any = None
     if http is not None:
+        from edgegw_cloud.stores import open_store
         from edgegw_cloud.web.server import HttpServer, parse_listen
 
-        web = HttpServer(paths, *parse_listen(http), broker=(host, bport)).start()
+        target = store if store is not None else paths.store_db
+        web = HttpServer(
+            paths,
+            *parse_listen(http),
+            broker=(host, bport),
+            open_store=lambda: open_store(target, readonly=True),
+        ).start()
     out.write(f"serving {broker_url}\n")
     if public_url is not None:
         out.write(f"gateways dial {public_url} (certificate covers "
@@ -366,6 +378,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         port=args.port,
         listen=args.listen,
         http=args.http,
+        store=args.store,
         broker_url=args.broker,
         stop=stop,
         ingest=not args.no_ingest,
@@ -429,6 +442,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--broker", help="use this external broker (mqtts://HOST:PORT) instead")
     sp.add_argument("--no-ingest", action="store_true", help="broker + enrollment only")
+    sp.add_argument(
+        "--store",
+        metavar="URL",
+        help="keep the data in PostgreSQL (postgresql://USER@HOST:PORT/DB; the tables are "
+        "created on first start, TimescaleDB hypertable when the extension is there) instead "
+        "of DATA/store.db (SQLite, the default)",
+    )
     sp.add_argument(
         "--ingest-processes",
         type=int,

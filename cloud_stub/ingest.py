@@ -50,7 +50,7 @@ from edgegw.protocol.codec import CodecError, DecodedBatch, decode_batch
 from edgegw.protocol.keys import derive_data_key
 from edgegw.protocol.mqtt_client import Client
 from edgegw_cloud.pki_setup import INGEST_CN, CloudPaths
-from edgegw_cloud.store import BatchRecord, CloudStore
+from edgegw_cloud.store import BatchRecord
 
 log = logging.getLogger("edgegw.cloud.ingest")
 
@@ -136,7 +136,7 @@ class Ingest:
         workers: int = 1,
         share_group: str = "ingest",
         max_group: int = 64,
-        store_path: Path | None = None,
+        store_path: Path | str | None = None,
     ) -> None:
         self.paths = paths
         self.host, self.port = parse_broker_url(broker_url)
@@ -304,7 +304,9 @@ class Ingest:
             registry.close()
 
     def _write_loop(self) -> None:
-        store = CloudStore(self.store_path)
+        from edgegw_cloud.stores import open_store  # SQLite path or postgresql:// URL
+
+        store = open_store(self.store_path)
         try:
             while not self._stop.is_set():
                 try:
@@ -410,7 +412,7 @@ class Ingest:
             return bytes(plaintext)
         return None
 
-    def _commit(self, group: list[_Opened], store: CloudStore) -> None:
+    def _commit(self, group: list[_Opened], store: Any) -> None:
         """Store a group in one transaction, THEN ack every batch of it (per gateway)."""
         acks: dict[tuple[int, str], tuple[mqtt.Client, list[tuple[int, int]]]] = {}
 
@@ -486,12 +488,14 @@ def run_ingest(
     workers: int = 1,
     share_group: str = "ingest",
     on_ready: Callable[[Ingest], None] | None = None,
+    store: str | Path | None = None,
 ) -> dict[str, int | float | dict[str, Any]]:
     """Run the ingest until ``stop_event`` (a ``threading.Event``) is set; returns its stats.
 
     Blocking: call it from a thread (or ``asyncio.to_thread``) in ``edgegw-cloud serve``.
     """
-    ingest = Ingest(paths, broker_url, workers=workers, share_group=share_group)
+    ingest = Ingest(paths, broker_url, workers=workers, share_group=share_group,
+                    store_path=store)
     ingest.start()
     if on_ready is not None:
         on_ready(ingest)
@@ -505,7 +509,8 @@ def run_ingest(
 
 # --------------------------------------------------------------------------- worker processes
 def _ingest_process(
-    data_dir: Path, url: str, stop: Any, ready: Any, stats_file: Path | None
+    data_dir: Path, url: str, stop: Any, ready: Any, stats_file: Path | None,
+    store: str | Path | None = None,
 ) -> None:
     """One ingest worker process (the broker spreads the shared subscription over them)."""
     logging.basicConfig(
@@ -514,7 +519,8 @@ def _ingest_process(
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us through ``stop``
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     stats = run_ingest(
-        CloudPaths.for_dir(data_dir), url, stop, on_ready=lambda _ingest: ready.set()
+        CloudPaths.for_dir(data_dir), url, stop, on_ready=lambda _ingest: ready.set(),
+        store=store,
     )
     if stats_file is not None:
         stats_file.write_text(json.dumps(stats, default=str))
@@ -525,7 +531,8 @@ class IngestProcesses:
     use a core each); the store's SQLite write lock serialises their commits."""
 
     def __init__(
-        self, paths: CloudPaths, url: str, n: int, stats_dir: Path | None = None
+        self, paths: CloudPaths, url: str, n: int, stats_dir: Path | None = None,
+        store: str | Path | None = None,
     ) -> None:
         ctx = multiprocessing.get_context("spawn")
         self._stop = ctx.Event()
@@ -539,6 +546,7 @@ class IngestProcesses:
                     self._stop,
                     self._ready[i],
                     stats_dir / f"ingest-{i}.json" if stats_dir is not None else None,
+                    store,
                 ),
                 name=f"ingest-{i}",
                 daemon=True,

@@ -24,6 +24,20 @@ class StoreQueries:
     def _dict_rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
         raise NotImplementedError
 
+    #: the points columns holding a value, and how they decode (PostgreSQL splits it in two)
+    _VALUE_COLS = "p.value"
+
+    def _decode_stored(self, stored: tuple[Any, ...], vtype: int) -> Any:
+        from edgegw_cloud.store import decode_value  # store imports this module
+
+        return decode_value(stored[0], vtype)
+
+    def distinct_readings(self, gateway: str) -> int:
+        """Distinct (device, metric, ts) of a gateway: == count_readings unless duplicated."""
+        return int(self._rows(
+            "SELECT count(*) FROM (SELECT DISTINCT device, metric, ts_ms FROM readings"
+            " WHERE gateway = ?) AS d", (gateway,))[0][0])
+
     # ------------------------------------------------------------------ fleet
     def fleet_summary(self) -> dict[str, dict[str, Any]]:
         """Per gateway: batches, readings, last stored time, gaps and what they dropped."""
@@ -79,7 +93,7 @@ class StoreQueries:
         """Readings of ``gateway`` with ts >= ``since_ms`` from batches after ``after_seq``
         (the live view: the time index bounds the scan)."""
         sql = (
-            "SELECT s.device, s.metric, p.ts_ms, p.value, p.vtype, p.quality, p.seq"
+            f"SELECT s.device, s.metric, p.ts_ms, p.vtype, p.quality, p.seq, {self._VALUE_COLS}"
             " FROM points p JOIN series s ON s.id = p.series"
             " WHERE p.ts_ms >= ? AND s.gateway = ? AND p.seq > ?"
         )
@@ -89,19 +103,20 @@ class StoreQueries:
             params.append(device)
         sql += " ORDER BY p.seq, p.ts_ms LIMIT ?"
         params.append(limit)
-        from edgegw_cloud.store import VT_BLOB, decode_value  # store imports this module
+        from edgegw_cloud.store import VT_BLOB  # store imports this module
 
-        return [
-            {
+        out = []
+        for d, m, ts, vt, q, seq, *stored in self._rows(sql, tuple(params)):
+            value = self._decode_stored(tuple(stored), vt)
+            out.append({
                 "device": d,
                 "metric": m,
                 "ts_ms": int(ts),
-                "value": {"blob_sha256": v} if vt == VT_BLOB else decode_value(v, vt),
+                "value": {"blob_sha256": value} if vt == VT_BLOB else value,
                 "quality": int(q),
                 "seq": int(seq),
-            }
-            for d, m, ts, v, vt, q, seq in self._rows(sql, tuple(params))
-        ]
+            })
+        return out
 
     # ------------------------------------------------------------------ alerts and gaps
     def alert_events(
