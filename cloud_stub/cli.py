@@ -241,7 +241,11 @@ def _crl_stamp(path: Path) -> tuple[int, int]:
 
 
 def _start_ingest(
-    paths: CloudPaths, url: str, stop: threading.Event, store: str | Path | None = None
+    paths: CloudPaths,
+    url: str,
+    stop: threading.Event,
+    store: str | Path | None = None,
+    forward: tuple[str, ...] = (),
 ) -> threading.Thread | None:
     try:
         ingest = importlib.import_module("edgegw_cloud.ingest")
@@ -251,7 +255,7 @@ def _start_ingest(
 
     def target() -> None:
         try:
-            ingest.run_ingest(paths, url, stop, store=store)
+            ingest.run_ingest(paths, url, stop, store=store, forward=forward)
         except Exception:
             log.exception("ingest failed; stopping serve")
             stop.set()
@@ -268,6 +272,7 @@ def serve(
     listen: str = "127.0.0.1",
     http: str | None = None,
     store: str | Path | None = None,
+    forward: tuple[str, ...] = (),
     broker_url: str | None = None,
     stop: threading.Event | None = None,
     ingest: bool = True,
@@ -307,10 +312,10 @@ def serve(
         from edgegw_cloud.ingest import IngestProcesses
 
         ingest_procs = IngestProcesses(
-            paths, broker_url, ingest_processes, ingest_stats_dir, store=store
+            paths, broker_url, ingest_processes, ingest_stats_dir, store=store, forward=forward
         )
     elif ingest:
-        ingest_thread = _start_ingest(paths, broker_url, stop, store)
+        ingest_thread = _start_ingest(paths, broker_url, stop, store, forward)
     web: Any = None
     if http is not None:
         from edgegw_cloud.stores import open_store
@@ -379,6 +384,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         listen=args.listen,
         http=args.http,
         store=args.store,
+        forward=tuple(args.forward or ()),
         broker_url=args.broker,
         stop=stop,
         ingest=not args.no_ingest,
@@ -448,6 +454,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep the data in PostgreSQL (postgresql://USER@HOST:PORT/DB; the tables are "
         "created on first start, TimescaleDB hypertable when the extension is there) instead "
         "of DATA/store.db (SQLite, the default)",
+    )
+    sp.add_argument(
+        "--forward",
+        action="append",
+        metavar="URL",
+        help="also hand every newly stored reading to this sink (repeatable): "
+        "mqtt://HOST:PORT/PREFIX (JSON per metric topic), influx+udp://HOST:PORT, "
+        "influx+tcp://HOST:PORT, influx+file:///PATH (InfluxDB line protocol); best effort, "
+        "drops counted (the store stays the source of truth)",
     )
     sp.add_argument(
         "--ingest-processes",
@@ -522,8 +537,35 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _join_time_values(argv: list[str]) -> list[str]:
+    """``--since -10m`` as ``--since=-10m``: argparse takes a value starting with "-" (other than a
+    plain negative number) for an option and refuses it, so relative times need this."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a in ("--since", "--until") and i + 1 < len(argv) and argv[i + 1].startswith("-"):
+            out.append(f"{a}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(a)
+        i += 1
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # the reader went away (`| head`): stop quietly, no traceback; stdout is pointed at
+        # /dev/null so the interpreter's final flush cannot raise again
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+
+
+def _main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(_join_time_values(sys.argv[1:] if argv is None else argv))
     level = logging.WARNING - 10 * min(args.verbose, 2)
     if args.command == "serve":
         level = min(level, logging.INFO)

@@ -31,7 +31,7 @@ import signal
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -137,6 +137,7 @@ class Ingest:
         share_group: str = "ingest",
         max_group: int = 64,
         store_path: Path | str | None = None,
+        forward: Sequence[str] = (),
     ) -> None:
         self.paths = paths
         self.host, self.port = parse_broker_url(broker_url)
@@ -156,10 +157,16 @@ class Ingest:
         self.counts: dict[str, int] = defaultdict(int)
         self._store_stats: dict[str, Any] = {}
         self._store_error: BaseException | None = None
+        self.forward = list(forward)
+        self.forwarder: Any = None
 
     # ------------------------------------------------------------------ lifecycle
     def start(self, timeout: float = 15.0) -> Ingest:
         """Start the writer and the workers; returns once every worker is subscribed."""
+        if self.forward:
+            from edgegw_cloud.sinks import Forwarder  # opened first: a bad URL fails the start
+
+            self.forwarder = Forwarder.from_urls(self.forward)
         self._opener = threading.Thread(target=self._open_loop, name="ingest-opener", daemon=True)
         self._writer = threading.Thread(target=self._write_loop, name="ingest-writer", daemon=True)
         self._opener.start()
@@ -186,6 +193,8 @@ class Ingest:
         for t in (self._opener, self._writer):
             if t is not None:
                 t.join(timeout=30)
+        if self.forwarder is not None:
+            self.forwarder.close()
 
     def __enter__(self) -> Ingest:
         return self.start()
@@ -198,6 +207,8 @@ class Ingest:
         out["queue"] = self._queue.qsize()
         out["queue_opened"] = self._opened.qsize()
         out["store"] = dict(self._store_stats)
+        if self.forwarder is not None:
+            out["forward"] = self.forwarder.stats()
         return out
 
     # ------------------------------------------------------------------ workers
@@ -454,6 +465,8 @@ class Ingest:
                     if new:
                         self.counts["batches_stored"] += 1
                         self.counts["readings_stored"] += rec.readings
+                        if self.forwarder is not None:
+                            self.forwarder.offer(_sink_readings(rec))
                     else:
                         self.counts["duplicates"] += 1
                         log.debug(
@@ -465,6 +478,18 @@ class Ingest:
         for (_, gw), (client, items) in acks.items():
             client.publish(topics.down_ack(gw), encode_acks(items), qos=1)
             self.counts["acks_sent"] += len(items)
+
+
+def _sink_readings(rec: BatchRecord) -> list[Any]:
+    """A stored batch's readings as the sinks take them (after the commit, first time only)."""
+    from edgegw_cloud.sinks import Reading
+
+    out = [Reading(rec.gateway, s.device, s.metric, s.ts_ms, s.value, int(s.quality))
+           for s in rec.samples]
+    for col in rec.series:
+        out.extend(Reading(rec.gateway, col.device, col.metric, ts, v, q)
+                   for ts, v, q in zip(col.ts, col.values, col.qualities, strict=True))
+    return out
 
 
 def _lane_of(decoded: DecodedBatch) -> int:
@@ -489,13 +514,14 @@ def run_ingest(
     share_group: str = "ingest",
     on_ready: Callable[[Ingest], None] | None = None,
     store: str | Path | None = None,
+    forward: Sequence[str] = (),
 ) -> dict[str, int | float | dict[str, Any]]:
     """Run the ingest until ``stop_event`` (a ``threading.Event``) is set; returns its stats.
 
     Blocking: call it from a thread (or ``asyncio.to_thread``) in ``edgegw-cloud serve``.
     """
     ingest = Ingest(paths, broker_url, workers=workers, share_group=share_group,
-                    store_path=store)
+                    store_path=store, forward=forward)
     ingest.start()
     if on_ready is not None:
         on_ready(ingest)
@@ -511,6 +537,7 @@ def run_ingest(
 def _ingest_process(
     data_dir: Path, url: str, stop: Any, ready: Any, stats_file: Path | None,
     store: str | Path | None = None,
+    forward: Sequence[str] = (),
 ) -> None:
     """One ingest worker process (the broker spreads the shared subscription over them)."""
     logging.basicConfig(
@@ -520,7 +547,7 @@ def _ingest_process(
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     stats = run_ingest(
         CloudPaths.for_dir(data_dir), url, stop, on_ready=lambda _ingest: ready.set(),
-        store=store,
+        store=store, forward=forward,
     )
     if stats_file is not None:
         stats_file.write_text(json.dumps(stats, default=str))
@@ -533,6 +560,7 @@ class IngestProcesses:
     def __init__(
         self, paths: CloudPaths, url: str, n: int, stats_dir: Path | None = None,
         store: str | Path | None = None,
+        forward: Sequence[str] = (),
     ) -> None:
         ctx = multiprocessing.get_context("spawn")
         self._stop = ctx.Event()
@@ -547,6 +575,7 @@ class IngestProcesses:
                     self._ready[i],
                     stats_dir / f"ingest-{i}.json" if stats_dir is not None else None,
                     store,
+                    tuple(forward),
                 ),
                 name=f"ingest-{i}",
                 daemon=True,
