@@ -395,8 +395,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="edgegw-cloud", description="edgegw cloud stub")
-    p.add_argument("-v", "--verbose", action="count", default=0)
+    p = argparse.ArgumentParser(
+        prog="edgegw-cloud",
+        description="The edgegw cloud: certificate authority and enrollment, the MQTT broker "
+        "gateways deliver to, the ingest and store of their data, the dashboard and API, "
+        "exports. Start with `init`, then `serve`; see docs/operator-guide.md.",
+    )
+    p.add_argument("-v", "--verbose", action="count", default=0,
+                   help="more log output (-v info, -vv debug)")
+    p.add_argument("--log-format", choices=("text", "json"), default=None,
+                   help="log lines as text (default) or JSON objects (EDGEGW_LOG_FORMAT=json)")
     sub = p.add_subparsers(dest="command", required=True)
 
     def data_dir(sp: argparse.ArgumentParser) -> None:
@@ -569,7 +577,9 @@ def _main(argv: list[str] | None = None) -> int:
     level = logging.WARNING - 10 * min(args.verbose, 2)
     if args.command == "serve":
         level = min(level, logging.INFO)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from edgegw.logfmt import configure
+
+    configure(level, args.log_format, force=False)
     try:
         rc: Any = args.fn(args)
     except (RegistryError, pki.PkiError, FileExistsError, AuthCliError) as exc:

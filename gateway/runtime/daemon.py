@@ -112,6 +112,9 @@ def run(args: argparse.Namespace) -> int:
         logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not explicit:
         logging.getLogger().setLevel(str(cfg.gateway.log_level).upper())
+    from edgegw.logfmt import quiet_libraries  # APScheduler's per-job INFO lines
+
+    quiet_libraries(logging.getLogger().getEffectiveLevel())
     if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
         # pymodbus logs every timeout at ERROR; our poller reports it once per health flip.
         logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
