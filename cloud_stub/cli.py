@@ -15,7 +15,6 @@ import importlib
 import logging
 import os
 import signal
-import sqlite3
 import sys
 import threading
 import time
@@ -49,31 +48,31 @@ def _fmt_ms(ms: int | None) -> str:
     return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _store_summary(store_db: Path) -> dict[str, dict[str, int]]:
-    """Per-gateway counters from store.db (written by the ingest), if it exists."""
-    if not store_db.exists():
+def _store_summary(target: str | Path) -> dict[str, dict[str, int]]:
+    """Per-gateway counters from the store (written by the ingest), if it exists."""
+    from edgegw_cloud.stores import describe, open_store
+
+    if isinstance(target, Path) and not target.exists():
         return {}
-    out: dict[str, dict[str, int]] = {}
     try:
-        db = sqlite3.connect(f"file:{store_db}?mode=ro", uri=True, timeout=5.0)
+        store = open_store(target, readonly=True)
         try:
-            for gw, n, last in db.execute(
-                "SELECT gateway, COUNT(*), MAX(received_ms) FROM batches GROUP BY gateway"
-            ):
-                out.setdefault(gw, {}).update(batches=n, last_ms=last or 0)
-            for gw, n in db.execute(
-                "SELECT gateway, COUNT(DISTINCT device) FROM readings GROUP BY gateway"
-            ):
-                out.setdefault(gw, {})["devices"] = n
-            for gw, n, dropped in db.execute(
-                "SELECT gateway, COUNT(*), SUM(batches) FROM gaps GROUP BY gateway"
-            ):
-                out.setdefault(gw, {}).update(gaps=n, dropped=dropped or 0)
+            summary = store.fleet_summary()
         finally:
-            db.close()
-    except sqlite3.Error as exc:
-        log.warning("could not read %s: %s", store_db, exc)
-    return out
+            store.close()
+    except Exception as exc:  # the listing still shows the registry
+        log.warning("could not read the store %s: %s", describe(target), exc)
+        return {}
+    return {
+        gw: {
+            "batches": s.get("batches", 0),
+            "last_ms": s.get("last_stored_ms") or 0,
+            "devices": s.get("devices", 0),
+            "gaps": s.get("gaps", 0),
+            "dropped": s.get("dropped_batches", 0),
+        }
+        for gw, s in summary.items()
+    }
 
 
 def gateways_table(rows: list[GatewayRow], store: dict[str, dict[str, int]]) -> list[list[str]]:
@@ -200,7 +199,8 @@ def cmd_gateways(args: argparse.Namespace) -> int:
     paths = _paths(args)
     with Registry(paths.registry_db) as reg:
         rows = reg.gateways()
-    print_table(gateways_table(rows, _store_summary(paths.store_db)), sys.stdout)
+    target = args.store or paths.store_db
+    print_table(gateways_table(rows, _store_summary(target)), sys.stdout)
     return 0
 
 
@@ -529,6 +529,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("gateways", help="list gateways (registry + store counters)")
     data_dir(sp)
+    sp.add_argument("--store", metavar="URL", help="the PostgreSQL store serve writes to")
     sp.set_defaults(fn=cmd_gateways)
 
     sp = sub.add_parser("revoke", help="revoke a gateway: the broker refuses it from then on")

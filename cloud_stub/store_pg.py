@@ -197,7 +197,7 @@ class PgStore(StoreQueries):
                     db.execute("SELECT create_hypertable('points', 'ts_ms',"
                                f" chunk_time_interval => {DAY_MS}::bigint)")
             db.execute(VIEWS)
-        log.info("PostgreSQL store ready (%s)",
+        log.debug("PostgreSQL store ready (%s)",
                  "TimescaleDB hypertable" if self.timescale else "daily partitions")
 
     def _try_timescale(self) -> bool:

@@ -62,8 +62,10 @@ class StoreQueries:
             d = out.setdefault(gw, {"batches": 0, "readings": 0, "last_stored_ms": None,
                                     "last_seq": 0})
             d.update(gaps=int(n), dropped_batches=int(b), dropped_readings=int(r))
-        for gw, n in self._rows("SELECT gateway, count(*) FROM series GROUP BY gateway"):
-            out.setdefault(gw, {})["series"] = int(n)
+        for gw, n, devices in self._rows(
+            "SELECT gateway, count(*), count(DISTINCT device) FROM series GROUP BY gateway"
+        ):
+            out.setdefault(gw, {}).update(series=int(n), devices=int(devices))
         for gw, active in self._active_alert_counts().items():
             out.setdefault(gw, {})["active_alerts"] = active
         return out

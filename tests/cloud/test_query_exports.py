@@ -58,6 +58,12 @@ def data(request: pytest.FixtureRequest, tmp_path: Path) -> object:
             yield ["--data-dir", str(d), "--store", url]
 
 
+def _query_cmd(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    capsys.readouterr()
+    assert main(list(argv)) == 0
+    return capsys.readouterr().out
+
+
 def _query(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
     capsys.readouterr()
     assert main(["query", *argv]) == 0
@@ -90,6 +96,17 @@ def test_formats_alerts_gaps_and_relative_times(data: list[str], tmp_path: Path,
     _query(capsys, *data, "--format", "parquet", "-o", str(out2))
     texts = pq.read_table(out2).column("value_text").to_pylist()
     assert "running" in texts and str(2**60) in texts
+    # the registry listing reads the same store's counters (SQLite or PostgreSQL)
+    from edgegw import pki
+    from edgegw_cloud.registry import Registry
+
+    d = Path(data[1])
+    with Registry(d / "registry.db") as reg:
+        reg.provision("gw1", pki.generate_ec_key().public_key(),
+                      pki.Issuer.load(d / "pki" / "ca.crt", d / "pki" / "ca.key"))
+    row = next(ln for ln in _query_cmd(capsys, "gateways", *[a for a in data if a != "query"])
+               .splitlines() if ln.startswith("gw1 "))
+    assert row.split()[-5:] == ["1", "2", "1", "(2", "batches)"], row  # devices batches gaps
 
 
 def test_piped_to_head_ends_quietly(tmp_path: Path) -> None:
