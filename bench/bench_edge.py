@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,13 +24,16 @@ from typing import Any
 
 import numpy as np
 
-from edgegw.edge import litert, synth
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.edge.synth: the data sets
+
+from edgegw.edge import litert
 from edgegw.edge.aggregate import AggregateStage
 from edgegw.edge.anomaly import AnomalyStage
 from edgegw.edge.config import AggregateConfig, AnomalyConfig, RuleConfig
 from edgegw.edge.fit import fit_pca_autoencoder, make_windows
 from edgegw.edge.rules import RuleStage
 from edgegw.model import Sample
+from tests.edge import synth
 
 T0 = 1_700_000_000_000
 

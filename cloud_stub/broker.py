@@ -33,7 +33,10 @@ from dataclasses import dataclass
 from types import TracebackType
 
 from edgegw import pki
+from edgegw.protocol import topics
+from edgegw.protocol.broker_url import BrokerUrl
 from edgegw_cloud.pki_setup import BOOTSTRAP_CN, ENROLL_CN, INGEST_CN, CloudPaths
+from edgegw_cloud.registry import Registry
 
 log = logging.getLogger("edgegw.cloud.broker")
 
@@ -73,25 +76,25 @@ def acl_text(revoked: Sequence[str] = ()) -> str:
         lines += [f"user {gw}", "topic deny #", ""]
     lines += [
         f"user {INGEST_CN}",
-        "topic read gw/+/up/#",
-        "topic read $share/+/gw/+/up/#",
-        "topic write gw/+/down/#",
+        f"topic read {topics.EVERY_UP}",
+        f"topic read {topics.shared(topics.EVERY_UP)}",
+        f"topic write {topics.EVERY_DOWN}",
         "",
         f"user {ENROLL_CN}",
-        "topic read enroll/+/+/req",
-        "topic read $share/+/enroll/+/+/req",
-        "topic write enroll/+/+/resp",
+        f"topic read {topics.EVERY_ENROLL_REQUEST}",
+        f"topic read {topics.shared(topics.EVERY_ENROLL_REQUEST)}",
+        f"topic write {topics.EVERY_ENROLL_RESPONSE}",
         "",
         f"user {BOOTSTRAP_CN}",
         "# nothing but the enrollment patterns below",
         "",
         "# Gateways (and every identity) through patterns keyed on the certificate CN.",
-        "pattern write gw/%u/up/#",
-        "pattern read gw/%u/down/#",
+        f"pattern write {topics.OWN_UP}",
+        f"pattern read {topics.OWN_DOWN}",
         "# Enrollment: the authenticated username is part of the topic, and the client id keeps",
         "# one enrolling device from reading another's response.",
-        "pattern write enroll/%u/%c/req",
-        "pattern read enroll/%u/%c/resp",
+        f"pattern write {topics.OWN_ENROLL_REQUEST}",
+        f"pattern read {topics.OWN_ENROLL_RESPONSE}",
         "",
     ]
     return "\n".join(lines)
@@ -131,8 +134,6 @@ class ManagedBroker:
 
     # ----------------------------------------------------------------- config
     def _revoked(self) -> list[str]:
-        from edgegw_cloud.registry import Registry
-
         with Registry(self.paths.registry_db) as reg:
             return reg.revoked_gateways()
 
@@ -244,7 +245,7 @@ class ManagedBroker:
 
     @property
     def url(self) -> str:
-        return f"mqtts://127.0.0.1:{self.port}"
+        return str(BrokerUrl("127.0.0.1", self.port))
 
     def _spawn(self) -> None:
         with open(self.stderr_path, "ab") as err:

@@ -1,6 +1,6 @@
 """Enrollment service: answers CSRs on ``enroll/<user>/<clientid>/req`` with certificates.
 
-The protocol is described in gateway/uplink/enroll.py. This side:
+The messages and topics are defined in ``edgegw.protocol.enrollment`` and ``.topics``. This side:
 - subscribes ``$share/enroll/enroll/+/+/req`` as ``edgegw-enroll`` (several serve processes on
   one broker never answer one request twice);
 - trusts the ``<user>`` topic level as the requester's identity: the broker ACL
@@ -26,14 +26,21 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edgegw import pki
-from edgegw.uplink.enroll import MAX_MESSAGE, Identity, write_identity
+from edgegw.protocol import topics
+from edgegw.protocol.enrollment import (
+    MalformedRequest,
+    answer_ok,
+    answer_refused,
+    parse_request,
+)
+from edgegw.protocol.identity import Identity
 from edgegw_cloud.pki_setup import BOOTSTRAP_CN, CloudPaths
 from edgegw_cloud.registry import EnrollmentRefused, Registry
 from edgegw_cloud.revocation import refresh_crl
 
 log = logging.getLogger("edgegw.cloud.enroll")
 
-REQUEST_FILTER = "$share/enroll/enroll/+/+/req"
+REQUEST_FILTER = topics.ENROLL_SUBSCRIPTION
 
 
 class EnrollmentService:
@@ -109,34 +116,28 @@ class EnrollmentService:
         self._stats["refused"][reason] = self._stats["refused"].get(reason, 0) + 1
 
     def _on_message(self, c: mqtt.Client, ud: Any, msg: mqtt.MQTTMessage) -> None:
-        parts = msg.topic.split("/")
-        if len(parts) != 4 or parts[0] != "enroll" or parts[3] != "req":
+        parts = topics.enroll_request_parts(msg.topic)
+        if parts is None:
             return
-        user, client_id = parts[1], parts[2]
+        user, client_id = parts
         self._stats["requests"] += 1
         answer = self.handle(user, bytes(msg.payload))
-        c.publish(f"enroll/{user}/{client_id}/resp", json.dumps(answer).encode(), qos=1)
+        c.publish(topics.enroll_response(user, client_id), json.dumps(answer).encode(), qos=1)
 
     def handle(self, user: str, payload: bytes) -> dict[str, Any]:
         """Turn one request into its answer (never raises for bad input)."""
         nonce: Any = None
         try:
-            if len(payload) > MAX_MESSAGE:
-                raise ValueError(f"request of {len(payload)} bytes exceeds {MAX_MESSAGE}")
-            req = json.loads(payload)
-            if not isinstance(req, dict):
-                raise ValueError("request is not a JSON object")
-            nonce = req.get("nonce")
-            if req.get("v") != 1:
-                raise ValueError(f"unsupported protocol version {req.get('v')!r} (want 1)")
-            csr = pki.load_csr(str(req["csr"]))
-            token = req.get("token")
-            if token is not None and not isinstance(token, str):
-                raise ValueError("token must be a string")
-        except (ValueError, KeyError, pki.PkiError) as exc:
+            req = parse_request(payload)
+            nonce = req.nonce
+            csr = pki.load_csr(req.csr)
+            token = req.token
+        except (MalformedRequest, pki.PkiError) as exc:
+            if isinstance(exc, MalformedRequest):
+                nonce = exc.nonce
             self._stats["malformed"] += 1
             log.warning("malformed enrollment request from %r: %s", user, exc)
-            return {"v": 1, "nonce": nonce, "ok": False, "reason": "malformed", "error": str(exc)}
+            return answer_refused(nonce, "malformed", str(exc))
         kw = {"days": self.cert_days} if self.cert_days else {}
         try:
             with Registry(self.paths.registry_db) as reg:
@@ -163,17 +164,15 @@ class EnrollmentService:
                     self._stats["renewed"] += 1
         except EnrollmentRefused as exc:
             self._refused(exc.reason)
-            return {"v": 1, "nonce": nonce, "ok": False, "reason": exc.reason, "error": str(exc)}
+            return answer_refused(nonce, exc.reason, str(exc))
         kid = self.paths.current_key_id
-        return {
-            "v": 1,
-            "nonce": nonce,
-            "ok": True,
-            "certificate": pki.cert_pem(cert),
-            "ca": self.paths.ca_crt.read_text(),
-            "ingest_ka_pub": self.paths.ingest_ka_pub(kid).read_text(),
-            "key_id": kid,
-        }
+        return answer_ok(
+            nonce,
+            certificate=pki.cert_pem(cert),
+            ca=self.paths.ca_crt.read_text(),
+            ingest_ka_pub=self.paths.ingest_ka_pub(kid).read_text(),
+            key_id=kid,
+        )
 
 
 def provision_gateway(
@@ -184,15 +183,13 @@ def provision_gateway(
     The same result as enrollment without broker or token: the key is generated into
     ``identity_dir`` (0600) and only its public half is certified and registered.
     """
-    from edgegw.uplink.enroll import load_or_create_key
-
     pki.check_gateway_id(gateway_id)
     issuer = pki.Issuer.load(paths.ca_crt, paths.ca_key)
-    key = load_or_create_key(Path(identity_dir))
+    key = pki.load_or_create_key(Path(identity_dir))
     with Registry(paths.registry_db) as reg:
         cert = reg.provision(gateway_id, key.public_key(), issuer)
     kid = paths.current_key_id
-    return write_identity(
+    return pki.write_identity(
         Path(identity_dir),
         gateway_id=gateway_id,
         key_id=kid,

@@ -35,7 +35,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -43,14 +42,18 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edgegw import pki
-from edgegw.model import Lane
 from edgegw.protocol import envelope, topics
 from edgegw.protocol.ack import AckStatus, encode_acks
+from edgegw.protocol.broker_url import parse_broker_url
 from edgegw.protocol.codec import CodecError, DecodedBatch, decode_batch
 from edgegw.protocol.keys import derive_data_key
+from edgegw.protocol.model import Lane
 from edgegw.protocol.mqtt_client import Client
 from edgegw_cloud.pki_setup import INGEST_CN, CloudPaths
+from edgegw_cloud.registry import Registry
+from edgegw_cloud.sinks import Forwarder, Reading
 from edgegw_cloud.store import BatchRecord
+from edgegw_cloud.stores import open_store
 
 log = logging.getLogger("edgegw.cloud.ingest")
 
@@ -65,13 +68,6 @@ class _Msg:
     topic: str
     payload: bytes
     received_ms: int
-
-
-def parse_broker_url(url: str) -> tuple[str, int]:
-    parts = urlsplit(url)
-    if parts.scheme != "mqtts" or not parts.hostname:
-        raise ValueError(f"broker URL {url!r}: use mqtts://HOST:PORT (mutual TLS only)")
-    return parts.hostname, parts.port or 8883
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +136,8 @@ class Ingest:
         forward: Sequence[str] = (),
     ) -> None:
         self.paths = paths
-        self.host, self.port = parse_broker_url(broker_url)
+        url = parse_broker_url(broker_url)
+        self.host, self.port = url.host, url.port
         self.workers = max(1, workers)
         self.share_group = share_group
         self.max_group = max_group
@@ -164,8 +161,6 @@ class Ingest:
     def start(self, timeout: float = 15.0) -> Ingest:
         """Start the writer and the workers; returns once every worker is subscribed."""
         if self.forward:
-            from edgegw_cloud.sinks import Forwarder  # opened first: a bad URL fails the start
-
             self.forwarder = Forwarder.from_urls(self.forward)
         self._opener = threading.Thread(target=self._open_loop, name="ingest-opener", daemon=True)
         self._writer = threading.Thread(target=self._write_loop, name="ingest-writer", daemon=True)
@@ -223,7 +218,7 @@ class Ingest:
         # a few ingest workers, not thousands of gateways: a short cap is no reconnect storm
         client.reconnect_delay_set(min_delay=1, max_delay=2)
         client.max_inflight_messages_set(200)
-        sub = f"$share/{self.share_group}/gw/+/up/batch"
+        sub = topics.ingest_subscription(self.share_group)
 
         def on_connect(
             c: mqtt.Client, _u: Any, _f: Any, rc: ReasonCode, _p: Properties | None = None
@@ -283,9 +278,7 @@ class Ingest:
                 continue
 
     def _open_loop(self) -> None:
-        from edgegw_cloud.registry import Registry  # one instance per thread (its contract)
-
-        registry = Registry(self.paths.registry_db)
+        registry = Registry(self.paths.registry_db)  # one instance per thread (its contract)
         keys = _Keys(self.paths, registry)
         last_touch: dict[str, float] = {}
         try:
@@ -315,9 +308,7 @@ class Ingest:
             registry.close()
 
     def _write_loop(self) -> None:
-        from edgegw_cloud.stores import open_store  # SQLite path or postgresql:// URL
-
-        store = open_store(self.store_path)
+        store = open_store(self.store_path)  # SQLite path or postgresql:// URL
         try:
             while not self._stop.is_set():
                 try:
@@ -482,8 +473,6 @@ class Ingest:
 
 def _sink_readings(rec: BatchRecord) -> list[Any]:
     """A stored batch's readings as the sinks take them (after the commit, first time only)."""
-    from edgegw_cloud.sinks import Reading
-
     out = [Reading(rec.gateway, s.device, s.metric, s.ts_ms, s.value, int(s.quality))
            for s in rec.samples]
     for col in rec.series:

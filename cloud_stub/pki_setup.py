@@ -19,6 +19,7 @@ Invariants:
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import re
@@ -29,6 +30,7 @@ from pathlib import Path
 from cryptography import x509
 
 from edgegw import pki
+from edgegw_cloud.registry import Registry
 
 log = logging.getLogger("edgegw.cloud.pki")
 
@@ -193,8 +195,6 @@ def _check_broker_san(crt: Path, names: tuple[str, ...]) -> None:
 
 def _valid_host(name: str) -> str:
     """A SAN entry: an IP address or a DNS name (letters, digits, '-', '.', a leading '*.')."""
-    import ipaddress
-
     name = name.strip().strip("[]")
     try:
         return str(ipaddress.ip_address(name))
@@ -285,8 +285,6 @@ def init_data_dir(
         ota = pki.generate_ed25519_key()
         pki.save_private_key(paths.ota_signing_key, ota)
         pki.write_public(paths.ota_signing_pub, pki.public_pem(ota.public_key()))
-
-    from edgegw_cloud.registry import Registry  # registry imports this module's paths
 
     with Registry(paths.registry_db) as reg:
         if not paths.crl.exists():

@@ -29,7 +29,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from edgegw.model import Alert, Sample, Value
+from edgegw.protocol.model import Alert, Sample, Value
 from edgegw_cloud.store import (
     VT_BLOB,
     VT_BOOL,

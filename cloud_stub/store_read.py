@@ -13,6 +13,22 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from edgegw.protocol.model import Value
+
+VT_NULL, VT_INT, VT_FLOAT, VT_BOOL, VT_STR, VT_BLOB = range(6)
+VTYPE_NAMES = ("null", "int", "float", "bool", "str", "blob")
+
+
+def decode_value(stored: Any, vtype: int) -> Value:
+    """The reading's value as the gateway produced it (blobs as their hex digest)."""
+    if vtype == VT_BOOL:
+        return bool(stored)
+    if vtype == VT_INT and isinstance(stored, str):
+        return int(stored)
+    if vtype == VT_FLOAT and stored is not None:
+        return float(stored)
+    return stored
+
 
 class StoreQueries:
     """Mixin: read queries over the common schema (batches, series, points/readings, alerts,
@@ -28,8 +44,6 @@ class StoreQueries:
     _VALUE_COLS = "p.value"
 
     def _decode_stored(self, stored: tuple[Any, ...], vtype: int) -> Any:
-        from edgegw_cloud.store import decode_value  # store imports this module
-
         return decode_value(stored[0], vtype)
 
     def distinct_readings(self, gateway: str) -> int:
@@ -105,8 +119,6 @@ class StoreQueries:
             params.append(device)
         sql += " ORDER BY p.seq, p.ts_ms LIMIT ?"
         params.append(limit)
-        from edgegw_cloud.store import VT_BLOB  # store imports this module
-
         out = []
         for d, m, ts, vt, q, seq, *stored in self._rows(sql, tuple(params)):
             value = self._decode_stored(tuple(stored), vt)

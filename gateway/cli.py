@@ -19,6 +19,7 @@ Invariants:
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib
 import inspect
 import logging
@@ -26,8 +27,12 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib import metadata
 from types import ModuleType
 from typing import Any
+
+from edgegw import __version__
+from edgegw.protocol.logfmt import configure
 
 __all__ = ["COMMANDS", "COMMAND_ENTRY_POINTS", "Command", "main", "register_command"]
 
@@ -44,13 +49,14 @@ class Command:
 
 
 COMMANDS: dict[str, Command] = {
-    "run": Command("edgegw.runtime.daemon", "run the gateway daemon"),
+    "init": Command("edgegw.commands.init", "write a commented starter config"),
+    "run": Command("edgegw.commands.run", "run the gateway daemon"),
     "check": Command("edgegw.commands.check", "validate a config file, report every mistake"),
-    "status": Command("edgegw.runtime.status", "show the state of a running gateway"),
+    "status": Command("edgegw.commands.status", "show the state of a running gateway"),
     "drivers": Command("edgegw.commands.drivers", "list installed drivers and their status"),
     "schema": Command("edgegw.commands.schema", "print the config JSON Schema (for editors)"),
-    "enroll": Command("edgegw.uplink.enroll", "enroll this gateway with the cloud (token)"),
-    "model": Command("edgegw.edge.fit", "fit and inspect anomaly models"),
+    "enroll": Command("edgegw.commands.enroll", "enroll this gateway with the cloud (token)"),
+    "model": Command("edgegw.commands.model", "fit and inspect anomaly models"),
 }
 
 
@@ -60,8 +66,6 @@ def register_command(name: str, module: str, help: str) -> None:
 
 
 def _plugin_commands() -> dict[str, Command]:
-    from importlib import metadata
-
     found: dict[str, Command] = {}
     for ep in metadata.entry_points(group=COMMAND_ENTRY_POINTS):
         dist = ep.dist.name if ep.dist is not None else "?"
@@ -110,8 +114,6 @@ def _first_positional(argv: Sequence[str]) -> str | None:
 
 
 def _setup_logging(verbose: int, log_level: str | None, log_format: str | None = None) -> None:
-    from edgegw.logfmt import configure
-
     if log_level:
         level = getattr(logging, log_level.upper())
     else:
@@ -158,8 +160,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name, cmd in _plugin_commands().items():
             commands.setdefault(name, cmd)
 
-    from edgegw import __version__
-
     parser = argparse.ArgumentParser(
         prog="edgegw",
         description="edgegw: edge-gateway runtime and driver SDK.",
@@ -205,8 +205,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = module.run(args)
         if inspect.iscoroutine(result):
-            import asyncio
-
             result = asyncio.run(result)
         return int(result or 0)
     except KeyboardInterrupt:

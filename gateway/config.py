@@ -21,15 +21,17 @@ The format (reference: docs/configuration.md, examples/gateway.example.yaml)::
     uplink:   {enabled: false, broker: "mqtts://127.0.0.1:8883", identity_dir: null, window: 32,
                ack_timeout: 10s, keepalive: 30s, backoff_min: 0.5s, backoff_max: 30s,
                stable_after: 20s}
-    buses:    {line1: {inter_frame_delay: 5ms, timeout: 1s}}
+    breaker:  {failure_threshold: 3, backoff_min: 1s, backoff_max: 30s, jitter: 0.2}
+    buses:    {line1: {inter_frame_delay: 5ms, timeout: 1s, breaker: {...}}}
     devices:  [{id: pump1, driver: modbus, enabled: true, poll: 1s, timeout: 2s, stagger: true,
                 bus: line1, options: {...}, aggregate: {...}}]
     rules:    [...]                    # edgegw.edge.config.RuleConfig
     anomaly:  [...]                    # edgegw.edge.config.AnomalyConfig
 
 Invariants:
-- Gateway and device ids match ``^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$``: they become MQTT topic
-  levels, so ``/``, ``+`` and ``#`` can never appear in them.
+- Gateway and device ids follow the one id grammar (``edgegw.protocol.ids``) and the broker URL
+  the one broker-URL grammar (``edgegw.protocol.broker_url``), so ``edgegw check`` refuses
+  exactly what the daemon refuses.
 - Relative paths (``state_dir``, ``outbox.path``, ``uplink.identity_dir``, anomaly models) are
   relative to the folder of the main config file, never to the working directory.
 - Bad input never raises anything but ``ConfigError``; the semantic phase never raises at all
@@ -38,7 +40,6 @@ Invariants:
 
 from __future__ import annotations
 
-import difflib
 import logging
 import os
 import re
@@ -47,7 +48,6 @@ import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
-from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -56,18 +56,20 @@ from pydantic import (
     Field,
     PrivateAttr,
     ValidationError,
-    WithJsonSchema,
     field_validator,
     model_validator,
 )
 
 from edgegw.edge.config import AggregateConfig, AnomalyConfig, RuleConfig, validate_edge
-from edgegw.sdk import Driver, DriverEntry, DriverOptions
+from edgegw.protocol.broker_url import BrokerUrl, parse_broker_url
+from edgegw.protocol.suggest import did_you_mean
+from edgegw.sdk import Driver, DriverEntry, DriverOptions, Id
 from edgegw.units import ByteSize, Duration
 from edgegw.yamlsrc import ConfigError, ConfigIssue, Loc, PathT, SourceMap, load_yaml
 
 __all__ = [
     "BatchConfig",
+    "BreakerConfig",
     "BusConfig",
     "ConfigError",
     "ConfigIssue",
@@ -87,8 +89,6 @@ __all__ = [
 
 log = logging.getLogger("edgegw.config")
 
-ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
-_ID_RE = re.compile(ID_PATTERN)
 
 
 # --------------------------------------------------------------------------- field types
@@ -98,27 +98,6 @@ class HintedValueError(ValueError):
     def __init__(self, message: str, hint: str | None = None) -> None:
         super().__init__(message)
         self.hint = hint
-
-
-def _check_id(value: Any) -> Any:
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = str(value)
-    if isinstance(value, str) and not _ID_RE.match(value):
-        bad = sorted({c for c in value if not (c.isascii() and (c.isalnum() or c in "_.-"))})
-        why = f"it contains {', '.join(repr(c) for c in bad)}" if bad else "wrong start or length"
-        raise HintedValueError(
-            f"invalid id '{value}' ({why})",
-            "use 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit "
-            "(ids become MQTT topic levels)",
-        )
-    return value
-
-
-Id = Annotated[
-    str,
-    BeforeValidator(_check_id),
-    WithJsonSchema({"type": "string", "pattern": ID_PATTERN}),
-]
 
 
 def _lower(value: Any) -> Any:
@@ -230,13 +209,7 @@ class UplinkConfig(_Section):
     @field_validator("broker")
     @classmethod
     def _broker_url(cls, v: str) -> str:
-        parts = urlsplit(v)
-        if parts.scheme not in ("mqtts", "mqtt") or not parts.hostname:
-            raise ValueError(f"bad broker URL '{v}' (use mqtts://host:port)")
-        try:
-            parts.port  # noqa: B018 - raises ValueError on a bad port
-        except ValueError:
-            raise ValueError(f"bad port in broker URL '{v}'") from None
+        parse_broker_url(v)  # the one grammar: check refuses exactly what the daemon refuses
         return v
 
     @model_validator(mode="after")
@@ -249,17 +222,36 @@ class UplinkConfig(_Section):
         return self
 
     @property
+    def broker_url(self) -> BrokerUrl:
+        return parse_broker_url(self.broker)
+
+    @property
     def host(self) -> str:
-        return urlsplit(self.broker).hostname or ""
+        return self.broker_url.host
 
     @property
     def port(self) -> int:
-        parts = urlsplit(self.broker)
-        return parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+        return self.broker_url.port
 
-    @property
-    def tls(self) -> bool:
-        return urlsplit(self.broker).scheme == "mqtts"
+
+class BreakerConfig(_Section):
+    """Per-device circuit breaker of the bus schedulers (a dead device never delays the others).
+
+    After ``failure_threshold`` consecutive failed polls the device is only probed every
+    ``backoff`` (doubling from ``backoff_min`` to ``backoff_max``, +-``jitter``); a good probe
+    closes the breaker.
+    """
+
+    failure_threshold: int = Field(default=3, gt=0, description="failed polls that open it")
+    backoff_min: Duration = Field(default=1.0, gt=0, description="first probe interval")
+    backoff_max: Duration = Field(default=30.0, gt=0, description="longest probe interval")
+    jitter: float = Field(default=0.2, ge=0, lt=1, description="+- fraction of the interval")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> BreakerConfig:
+        if float(self.backoff_max) < float(self.backoff_min):
+            raise ValueError("backoff_max must be >= backoff_min")
+        return self
 
 
 class BusConfig(_Section):
@@ -267,6 +259,9 @@ class BusConfig(_Section):
 
     inter_frame_delay: Duration = Field(default=0.0, description="pause between two requests")
     timeout: Duration | None = Field(default=None, description="overrides the devices' timeout")
+    breaker: BreakerConfig | None = Field(
+        default=None, description="overrides the gateway-wide `breaker:` for this bus"
+    )
 
 
 class DeviceConfig(_Section):
@@ -285,7 +280,9 @@ class DeviceConfig(_Section):
     aggregate: AggregateConfig | None = None
 
 
-_SECTIONS = ("metrics", "outbox", "batch", "uplink", "buses", "devices", "rules", "anomaly")
+_SECTIONS = (
+    "metrics", "outbox", "batch", "uplink", "breaker", "buses", "devices", "rules", "anomaly"
+)
 
 
 class GatewayConfig(_Section):
@@ -296,6 +293,7 @@ class GatewayConfig(_Section):
     outbox: OutboxConfig = Field(default_factory=lambda: OutboxConfig())
     batch: BatchConfig = Field(default_factory=lambda: BatchConfig())
     uplink: UplinkConfig = Field(default_factory=lambda: UplinkConfig())
+    breaker: BreakerConfig = Field(default_factory=lambda: BreakerConfig())
     buses: dict[str, BusConfig] = Field(default_factory=dict)
     devices: list[DeviceConfig] = Field(default_factory=list)
     rules: list[RuleConfig] = Field(default_factory=list)
@@ -446,8 +444,8 @@ def _data_path(data: Any, loc: Sequence[Any]) -> PathT:
 
 
 def _did_you_mean(word: str, choices: Sequence[str]) -> str | None:
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f"did you mean '{close[0]}'?" if close else None
+    close = did_you_mean(word, choices)
+    return f"did you mean '{close}'?" if close else None
 
 
 def _shown(value: Any) -> str:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import os
-import re
 import secrets
 import ssl
 import tempfile
@@ -33,13 +32,23 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from edgegw.protocol.identity import (
+    CA_CERT,
+    GATEWAY_CERT,
+    GATEWAY_KEY,
+    INGEST_KA_PUB,
+    META,
+    Identity,
+    identity_meta_json,
+)
+from edgegw.protocol.ids import IdError, check_id
+
 PrivateKey = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 PublicKey = ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey
 
 KEY_MODE = 0o600
 #: ids the cloud reserves for its own identities; never valid gateway ids
 RESERVED_IDS = frozenset({"bootstrap", "edgegw-ingest", "edgegw-enroll", "edgegw-broker"})
-_GATEWAY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 
 
 class PkiError(Exception):
@@ -50,14 +59,13 @@ class PkiError(Exception):
 def check_gateway_id(gateway_id: str) -> str:
     """Return ``gateway_id`` if it is usable as a certificate CN and MQTT topic segment.
 
-    Raises ``PkiError`` otherwise: the id is part of topics via the broker ACL's ``%u``, so
-    ``/ + #``, spaces and control characters are refused, as are the cloud's reserved ids.
+    Raises ``PkiError`` otherwise: the one id grammar (``edgegw.protocol.ids``) applies, and the
+    cloud's reserved ids are refused.
     """
-    if not _GATEWAY_ID.match(gateway_id):
-        raise PkiError(
-            f"bad gateway id {gateway_id!r}: use 1-64 characters from A-Z a-z 0-9 . _ : - "
-            "starting with a letter or digit (no '/', '+', '#' or spaces: it becomes a topic level)"
-        )
+    try:
+        check_id(gateway_id, "gateway id")
+    except IdError as exc:
+        raise PkiError(f"bad gateway id {gateway_id!r}: {exc} ({exc.hint})") from None
     if gateway_id in RESERVED_IDS:
         raise PkiError(f"gateway id {gateway_id!r} is reserved for the cloud's own identities")
     return gateway_id
@@ -411,3 +419,39 @@ def make_tls_context(
     if server:
         ctx.verify_mode = ssl.CERT_REQUIRED
     return ctx
+
+
+# --------------------------------------------------------------------------- identity dir
+def write_identity(
+    identity_dir: Path,
+    *,
+    gateway_id: str,
+    key_id: int,
+    broker: str,
+    certificate_pem: str,
+    ca_pem: str,
+    ingest_ka_pub_pem: str,
+) -> Identity:
+    """Write certificate, CA, ingest key and identity.json (last) next to gateway.key
+    (layout: ``edgegw.protocol.identity``)."""
+    d = Path(identity_dir)
+    write_public(d / GATEWAY_CERT, certificate_pem.encode())
+    write_public(d / CA_CERT, ca_pem.encode())
+    write_public(d / INGEST_KA_PUB, ingest_ka_pub_pem.encode())
+    write_public(d / META, identity_meta_json(gateway_id, key_id, broker))
+    return Identity.load(d)
+
+
+def load_or_create_key(identity_dir: Path, *, new_key: bool = False) -> ec.EllipticCurvePrivateKey:
+    """The identity dir's gateway key, generated (0600) when there is none or ``new_key``."""
+    d = Path(identity_dir)
+    d.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = d / GATEWAY_KEY
+    if path.exists() and not new_key:
+        key = load_private_key(path)
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise PkiError(f"{path}: gateway key must be EC P-256; move it away")
+        return key
+    key = generate_ec_key()
+    save_private_key(path, key, overwrite=new_key)
+    return key

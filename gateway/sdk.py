@@ -22,13 +22,14 @@ from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, TypeVar
+from typing import Annotated, Any, ClassVar, Protocol, TypeVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, BeforeValidator, ConfigDict, WithJsonSchema
 
 from edgegw.model import Lane, Quality, Sample, Value
 
 # Option types for driver Options models: the same grammar and errors as the gateway config.
+from edgegw.protocol.ids import ID_PATTERN, check_id
 from edgegw.units import ByteSize as ByteSize
 from edgegw.units import Duration as Duration
 from edgegw.units import HexBytes as HexBytes
@@ -36,6 +37,21 @@ from edgegw.units import HexBytes as HexBytes
 log = logging.getLogger("edgegw.sdk")
 
 ENTRY_POINT_GROUP = "edgegw.drivers"
+
+
+def _check_id(value: Any) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    return check_id(value) if isinstance(value, str) else value
+
+
+#: A gateway, device or sub-device id (the one grammar, ``edgegw.protocol.ids``): use it for any
+#: option that names a device, so ids become MQTT topic levels safely.
+Id = Annotated[
+    str,
+    BeforeValidator(_check_id),
+    WithJsonSchema({"type": "string", "pattern": ID_PATTERN}),
+]
 
 
 # --------------------------------------------------------------------------- errors

@@ -30,7 +30,14 @@ import threading
 import time
 from collections.abc import Sequence
 from importlib.metadata import entry_points
-from typing import Any, NamedTuple
+from typing import Any
+
+from edgegw.protocol.broker_url import parse_endpoint_url
+from edgegw_cloud.sinks.base import Reading, Sink, SinkError
+from edgegw_cloud.sinks.influx import InfluxLineSink
+from edgegw_cloud.sinks.mqtt_json import MqttJsonSink
+
+__all__ = ["Forwarder", "Reading", "Sink", "SinkError", "open_sink", "safe_url", "sink_class"]
 
 log = logging.getLogger("edgegw.cloud.sinks")
 
@@ -38,40 +45,7 @@ ENTRY_POINT_GROUP = "edgegw_cloud.sinks"
 QUEUE_BATCHES = 10_000
 
 
-class Reading(NamedTuple):
-    """One decoded reading as sinks see it."""
-
-    gateway: str
-    device: str
-    metric: str
-    ts_ms: int
-    value: Any  # float | int | bool | str | None | bytes
-    quality: int
-
-
-class SinkError(Exception):
-    """A sink could not take readings (peer down, bad URL); the message says what."""
-
-
-class Sink:
-    """Base class: a sink gets a URL, then ``write`` calls from one thread, then ``close``."""
-
-    schemes: tuple[str, ...] = ()
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-
-    def write(self, readings: Sequence[Reading]) -> None:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        """Release connections; flush what can be flushed quickly."""
-
-
 def _builtin() -> dict[str, type[Sink]]:
-    from edgegw_cloud.sinks.influx import InfluxLineSink
-    from edgegw_cloud.sinks.mqtt_json import MqttJsonSink
-
     out: dict[str, type[Sink]] = {}
     for cls in (MqttJsonSink, InfluxLineSink):
         for scheme in cls.schemes:
@@ -103,12 +77,12 @@ def open_sink(url: str) -> Sink:
 
 def safe_url(url: str) -> str:
     """The URL for logs, without a password."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    u = urlsplit(url)
+    try:
+        u = parse_endpoint_url(url)
+    except ValueError:
+        return url.split("@", 1)[-1]
     if u.password:
-        netloc = f"{u.username}:***@{u.hostname}" + (f":{u.port}" if u.port else "")
-        return urlunsplit(u._replace(netloc=netloc))
+        return url.replace(f":{u.password}@", ":***@", 1)
     return url
 
 

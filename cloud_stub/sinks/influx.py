@@ -24,9 +24,9 @@ import socket
 from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
-from urllib.parse import parse_qs, urlsplit
 
-from edgegw_cloud.sinks import Reading, Sink, SinkError
+from edgegw.protocol.broker_url import parse_endpoint_url
+from edgegw_cloud.sinks.base import Reading, Sink, SinkError
 
 UDP_MAX = 1400
 
@@ -73,8 +73,8 @@ class InfluxLineSink(Sink):
 
     def __init__(self, url: str) -> None:
         super().__init__(url)
-        u = urlsplit(url)
-        q = {k: v[-1] for k, v in parse_qs(u.query).items()}
+        u = parse_endpoint_url(url)
+        q = u.query
         self.measurement = q.get("measurement", "edgegw")
         self.kind = u.scheme.split("+", 1)[1]
         self._sock: socket.socket | None = None
@@ -84,9 +84,9 @@ class InfluxLineSink(Sink):
                 raise SinkError(f"{url}: no path (influx+file:///var/lib/edgegw/lines.txt)")
             self.path = Path(u.path)
         else:
-            if not u.hostname or not u.port:
+            if not u.host or not u.port:
                 raise SinkError(f"{url}: needs HOST:PORT")
-            self.addr = (u.hostname, u.port)
+            self.addr = (u.host, u.port)
 
     def lines(self, readings: Sequence[Reading]) -> list[str]:
         return [ln for r in readings if (ln := to_line(r, self.measurement)) is not None]

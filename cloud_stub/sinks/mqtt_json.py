@@ -17,16 +17,17 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import ssl
 import threading
 import time
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edgegw_cloud.sinks import Reading, Sink, SinkError
+from edgegw.protocol.broker_url import parse_endpoint_url
+from edgegw_cloud.sinks.base import Reading, Sink, SinkError
 
 
 def reading_json(r: Reading) -> dict[str, Any]:
@@ -43,9 +44,9 @@ class MqttJsonSink(Sink):
 
     def __init__(self, url: str) -> None:
         super().__init__(url)
-        u = urlsplit(url)
-        q = {k: v[-1] for k, v in parse_qs(u.query).items()}
-        if not u.hostname:
+        u = parse_endpoint_url(url)
+        q = u.query
+        if not u.host:
             raise SinkError(f"{url}: no host (mqtt://HOST:PORT/PREFIX)")
         self.prefix = u.path.strip("/") or "edgegw"
         self.qos = int(q.get("qos", "1"))
@@ -57,11 +58,8 @@ class MqttJsonSink(Sink):
                                   client_id=q.get("client_id", f"edgegw-forward-{id(self):x}"),
                                   protocol=mqtt.MQTTv5)
         if u.username:
-            self.client.username_pw_set(unquote(u.username),
-                                        unquote(u.password) if u.password else None)
+            self.client.username_pw_set(u.username, u.password)
         if u.scheme == "mqtts":
-            import ssl
-
             ctx = ssl.create_default_context(cafile=q.get("ca"))
             if "cert" in q:
                 ctx.load_cert_chain(q["cert"], q.get("key"))
@@ -71,7 +69,7 @@ class MqttJsonSink(Sink):
             self._connected.set() if not rc.is_failure else None)
         self.client.on_disconnect = lambda c, u_, f, rc, p: self._connected.clear()
         self.client.reconnect_delay_set(1, 30)
-        self.client.connect_async(u.hostname, u.port or (8883 if u.scheme == "mqtts" else 1883))
+        self.client.connect_async(u.host, u.port or (8883 if u.scheme == "mqtts" else 1883))
         self.client.loop_start()
 
     def topic(self, r: Reading) -> str:

@@ -24,7 +24,7 @@ Invariants:
 import asyncio
 import json
 import time
-import urllib.parse
+from argparse import ArgumentTypeError
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,7 +33,6 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import (
     FileResponse,
-    HTMLResponse,
     JSONResponse,
     RedirectResponse,
     Response,
@@ -43,7 +42,12 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
+from edgegw_cloud.commands.token import parse_ttl
 from edgegw_cloud.pki_setup import CloudPaths
+from edgegw_cloud.query import TimeSpecError, parse_time
+from edgegw_cloud.registry import Registry, RegistryError
+from edgegw_cloud.revocation import revoke_gateway
+from edgegw_cloud.store import CloudStore
 from edgegw_cloud.web.auth import Operators, Principal
 
 STATIC = Path(__file__).parent / "static"
@@ -62,12 +66,15 @@ def _now_ms() -> int:
 def _time(text: str | None) -> int | None:
     if text is None or text == "":
         return None
-    from edgegw_cloud.query import TimeSpecError, parse_time
-
     try:
         return parse_time(text)
     except TimeSpecError as exc:
         raise HTTPException(422, str(exc)) from None
+
+
+class LoginRequest(BaseModel):
+    username: str
+    password: str
 
 
 class TokenRequest(BaseModel):
@@ -89,8 +96,6 @@ def create_app(
     presence: Any = None,
 ) -> FastAPI:
     """The ASGI app for one cloud data dir. ``open_store`` defaults to the SQLite store."""
-    from edgegw_cloud.store import CloudStore
-
     if open_store is None:
 
         def open_store() -> Any:
@@ -147,8 +152,6 @@ def create_app(
             s.close()
 
     def registry_rows() -> list[Any]:
-        from edgegw_cloud.registry import Registry
-
         with Registry(paths.registry_db) as reg:
             return reg.gateways()
 
@@ -296,9 +299,6 @@ def create_app(
     @app.post("/api/v1/gateways/{gateway}/revoke", tags=["fleet"],
               summary="revoke a gateway (admin): the broker refuses it from then on")
     def revoke(gateway: str, p: Writer) -> dict[str, Any]:
-        from edgegw_cloud.registry import RegistryError
-        from edgegw_cloud.revocation import revoke_gateway
-
         try:
             serials = revoke_gateway(paths, gateway)
         except RegistryError as exc:
@@ -308,14 +308,11 @@ def create_app(
     @app.post("/api/v1/enrollment-tokens", tags=["fleet"], response_model=TokenResponse,
               summary="create a one-time enrollment token (admin)")
     def enrollment_token(body: TokenRequest, p: Writer) -> TokenResponse:
-        from edgegw.units import parse_duration
-        from edgegw_cloud.registry import Registry, RegistryError
-
         try:
-            ttl = float(parse_duration(body.ttl))
+            ttl = parse_ttl(body.ttl)
             with Registry(paths.registry_db) as reg:
                 token = reg.create_token(body.gateway_id, ttl, reinstate=body.reinstate)
-        except (RegistryError, ValueError) as exc:
+        except (RegistryError, ValueError, ArgumentTypeError) as exc:
             raise HTTPException(422, str(exc)) from None
         return TokenResponse(gateway_id=body.gateway_id, token=token, expires_in_s=ttl)
 
@@ -345,24 +342,14 @@ def create_app(
     def login_page() -> Response:
         return FileResponse(STATIC / "login.html")
 
-    @app.post("/login", include_in_schema=False)
-    async def login(request: Request) -> Response:
-        form = urllib.parse.parse_qs((await request.body()).decode("utf-8", "replace"))
-        user = (form.get("username") or [""])[0]
-        password = (form.get("password") or [""])[0]
-
-        def check() -> str | None:
-            with Operators(operators_db) as ops:
-                return ops.login(user, password)
-
-        sid = await run_in_threadpool(check)
+    @app.post("/login", tags=["auth"], summary="log in (dashboard session cookie)")
+    def login(body: LoginRequest) -> Response:
+        """Sets the session cookie on success (204); 401 for a wrong user name or password."""
+        with Operators(operators_db) as ops:
+            sid = ops.login(body.username, body.password)
         if sid is None:
-            return HTMLResponse(
-                (STATIC / "login.html").read_text().replace(
-                    "<!--error-->", '<p class="error">wrong user name or password</p>'),
-                status_code=401,
-            )
-        resp = RedirectResponse("/", status_code=303)
+            return JSONResponse({"detail": "wrong user name or password"}, status_code=401)
+        resp = Response(status_code=204)
         resp.set_cookie(SESSION_COOKIE, sid, httponly=True, secure=True, samesite="strict",
                         max_age=12 * 3600)
         return resp

@@ -56,7 +56,7 @@ class Presence:
 
     def _on_connect(self, c: mqtt.Client, ud: Any, flags: Any, rc: ReasonCode, p: Any) -> None:
         if not rc.is_failure:
-            c.subscribe("gw/+/up/status", qos=1)
+            c.subscribe(topics.EVERY_STATUS, qos=1)
 
     def _on_message(self, c: mqtt.Client, ud: Any, msg: mqtt.MQTTMessage) -> None:
         gw = topics.gateway_of(msg.topic)

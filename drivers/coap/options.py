@@ -16,7 +16,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from edgegw import DriverOptions, Duration, HexBytes
+from edgegw.sdk import DriverOptions, Duration, HexBytes, Id
 
 _LISTEN = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^\[\]:]+)):(?P<port>\d{1,5})$")
 
@@ -55,7 +55,7 @@ class OscoreKey(_Strict):
 class ConstrainedDevice(_Strict):
     """One constrained device that pushes to ``/d/{id}``."""
 
-    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    id: Id
     oscore: OscoreKey | None = None
     #: accept unauthenticated requests for this device (isolated test networks only)
     insecure_no_auth: bool = False

@@ -7,17 +7,13 @@ when its command runs (see ``edgegw.cli``). Shared helpers live here and import 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from edgegw.sdk import DriverEntry
+from edgegw.sdk import DriverEntry, discover_drivers
 
 
 def discover_quietly(verbose: int) -> dict[str, DriverEntry]:
     """``discover_drivers()`` without its per-plugin error log lines (the caller reports them)
     unless ``-v`` was given."""
-    from edgegw.sdk import discover_drivers
-
     sdk_log = logging.getLogger("edgegw.sdk")
     previous = sdk_log.level
     if not verbose:

@@ -12,6 +12,7 @@ import os
 import sys
 
 from edgegw.commands import discover_quietly
+from edgegw.config import ConfigError, check_config, drivers_from_registry, load_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,8 +33,6 @@ def _plural(n: int, word: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edgegw.config import ConfigError, check_config, drivers_from_registry, load_config
-
     path: str = args.config
     try:
         cfg = load_config(path)

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from edgegw.commands import discover_quietly
+from edgegw.config import config_json_schema, drivers_from_registry
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,8 +24,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edgegw.config import config_json_schema, drivers_from_registry
-
     drivers = {} if args.no_drivers else drivers_from_registry(discover_quietly(args.verbose))[0]
     text = json.dumps(config_json_schema(drivers), indent=2, sort_keys=False) + "\n"
     if args.output:

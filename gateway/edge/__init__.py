@@ -2,8 +2,8 @@
 
 ``build_stages(cfg, submit_blocking=...)`` returns the pipeline stages for a ``GatewayConfig`` in
 their order: anomaly (so its scores reach the rules and the aggregation), rules, aggregate. Stages
-for empty config sections are left out. Each stage implements the ``Stage`` protocol of
-``edgegw.runtime.pipeline`` and ``stats()``.
+for empty config sections are left out. Each stage implements ``Stage`` (``edgegw.edge.stage``:
+process/tick/flush, the samples it holds, stats). The edge package never imports the runtime.
 """
 
 from __future__ import annotations
@@ -14,13 +14,23 @@ from typing import Any
 from edgegw.edge.aggregate import AggregateStage
 from edgegw.edge.anomaly import AnomalyStage, SubmitBlocking
 from edgegw.edge.rules import RuleStage
+from edgegw.edge.stage import HoldKey, Stage, StageOutput, WriteRequest
 
-__all__ = ["AggregateStage", "AnomalyStage", "RuleStage", "build_stages"]
+__all__ = [
+    "AggregateStage",
+    "AnomalyStage",
+    "HoldKey",
+    "RuleStage",
+    "Stage",
+    "StageOutput",
+    "WriteRequest",
+    "build_stages",
+]
 
 
-def build_stages(cfg: Any, *, submit_blocking: SubmitBlocking | None = None) -> list[Any]:
+def build_stages(cfg: Any, *, submit_blocking: SubmitBlocking | None = None) -> list[Stage]:
     """The edge stages for ``cfg`` (anomaly, rules, aggregate; empty ones omitted)."""
-    stages: list[Any] = []
+    stages: list[Stage] = []
     base = getattr(cfg, "base_dir", None)
     if cfg.anomaly:
         anomaly = AnomalyStage(cfg.anomaly, base_dir=Path(base) if base else None)

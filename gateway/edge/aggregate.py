@@ -20,6 +20,10 @@ Invariants:
 - ``stddev`` is the population standard deviation (Welford); ``mean``/``sum``/``stddev`` are
   floats, ``count`` an int, ``min``/``max``/``first``/``last`` keep the value's own type.
 - The stage never reads the wall clock: windows close on the ``now_ms`` passed in.
+- Held samples (Stage API, ``edgegw.edge.stage``): a windowed sample is held until its window
+  closes; the hold key is ``(series id, window start)``. ``flush`` closes every open window at
+  once (partial aggregates at ``ts = start``, used on shutdown), after which a later sample for
+  such a window counts as late.
 """
 
 from __future__ import annotations
@@ -32,8 +36,8 @@ from typing import Any
 
 from edgegw.edge.config import AggregateConfig, AggregateSpec
 from edgegw.edge.expr import is_number
+from edgegw.edge.stage import HoldKey, StageOutput
 from edgegw.model import Sample
-from edgegw.runtime.pipeline import StageOutput
 
 DEFAULT_LATENESS_S = 1.0
 DEFAULT_FUNCTIONS = ("mean",)
@@ -180,7 +184,11 @@ class AggregateStage:
             "rbe_sent": 0,
             "rbe_suppressed": 0,
             "heartbeats": 0,
+            "flushed_windows": 0,
         }
+        self._held = 0
+        self._new_holds: set[HoldKey] = set()
+        self._released: set[HoldKey] = set()
 
     def _get(self, device: str, metric: str) -> _Series:
         key = (device, metric)
@@ -228,6 +236,8 @@ class AggregateStage:
                         self._deadlines, (start + w + plan.lateness_ms, series.sid, start)
                     )
                 acc.add(s.ts_ms, v)
+                self._held += 1
+                self._new_holds.add((series.sid, start))
             elif self._rbe_pass(series, s.metric, s.ts_ms, v):
                 out.append(s)
         out.extend(self._close(now_ms))
@@ -236,20 +246,46 @@ class AggregateStage:
     def tick(self, now_ms: int) -> StageOutput:
         return self._close(now_ms), [], []
 
+    def flush(self, now_ms: int) -> StageOutput:
+        """Close every open window now (shutdown): nothing stays held."""
+        n = len(self._deadlines)
+        out = self._close(None)
+        self.counters["flushed_windows"] += n
+        return out, [], []
+
+    def held(self) -> int:
+        return self._held
+
+    def take_holds(self) -> frozenset[HoldKey]:
+        holds, self._new_holds = frozenset(self._new_holds), set()
+        return holds
+
+    def take_released(self) -> frozenset[HoldKey]:
+        released, self._released = frozenset(self._released), set()
+        return released
+
     def stats(self) -> dict[str, Any]:
         open_windows = sum(len(s.windows) for s in self._series.values())
-        return {**self.counters, "series": len(self._series), "open_windows": open_windows}
+        return {
+            **self.counters,
+            "series": len(self._series),
+            "open_windows": open_windows,
+            "held": self._held,
+        }
 
     # ------------------------------------------------------------------ internals
-    def _close(self, now_ms: int) -> list[Sample]:
+    def _close(self, now_ms: int | None) -> list[Sample]:
+        """Close the windows due at ``now_ms`` (every open window when it is None)."""
         out: list[Sample] = []
         dl = self._deadlines
-        while dl and dl[0][0] <= now_ms:
+        while dl and (now_ms is None or dl[0][0] <= now_ms):
             _, sid, start = heapq.heappop(dl)
             series = self._by_id[sid]
             acc = series.windows.pop(start, None)
             if acc is None:
                 continue
+            self._held -= acc.count
+            self._released.add((sid, start))
             plan = series.plan
             series.closed_until = max(series.closed_until, start + plan.window_ms)
             self.counters["windows_closed"] += 1

@@ -35,11 +35,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from edgegw.edge import litert
 from edgegw.edge.config import AnomalyConfig, resolve_path
 from edgegw.edge.expr import is_number
 from edgegw.edge.rules import render_message
+from edgegw.edge.stage import NoHolds, StageOutput
 from edgegw.model import Alert, Sample, Severity
-from edgegw.runtime.pipeline import StageOutput
 
 log = logging.getLogger("edgegw.edge.anomaly")
 
@@ -182,7 +183,7 @@ class _Detector:
     errors_logged: bool = False
 
 
-class AnomalyStage:
+class AnomalyStage(NoHolds):
     """Stage running every configured anomaly detector; see the module docstring."""
 
     name = "anomaly"
@@ -220,8 +221,6 @@ class AnomalyStage:
         threshold = cfg.threshold
         window = cfg.window
         if kind == "model":
-            from edgegw.edge import litert
-
             assert cfg.model is not None
             path = resolve_path(cfg.model, base_dir)
             spec_path = resolve_path(cfg.spec, base_dir) if cfg.spec else litert.spec_path_for(path)
@@ -344,7 +343,7 @@ class AnomalyStage:
         det.window.append(row)
         if len(det.window) < det.window_len or (det.rows_seen - det.window_len) % det.cfg.step:
             return
-        import numpy as np
+        import numpy as np  # lazy: optional extra [ml]
 
         self.counters["windows"] += 1
         det.queue.append((ts, np.asarray(det.window, dtype=np.float32).reshape(-1)))

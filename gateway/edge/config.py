@@ -14,7 +14,6 @@ Invariants:
 
 from __future__ import annotations
 
-import difflib
 import string
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -22,6 +21,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from edgegw.edge import litert
+from edgegw.edge.expr import ExprError, compile_expr
+from edgegw.protocol.suggest import did_you_mean
 from edgegw.units import Duration
 
 SeverityName = Literal["info", "warning", "critical"]
@@ -189,8 +191,8 @@ def resolve_path(path: str, base_dir: Path | None) -> Path:
 
 
 def _did_you_mean(name: str, choices: Iterable[str]) -> str | None:
-    close = difflib.get_close_matches(name, list(choices), n=1)
-    return f"did you mean {close[0]!r}?" if close else None
+    close = did_you_mean(name, choices)
+    return f"did you mean {close!r}?" if close else None
 
 
 def _known_names(points: set[str] | None, extra: Iterable[str]) -> set[str] | None:
@@ -240,8 +242,6 @@ def _check_rules(
     points: Mapping[str, set[str] | None],
     extra: Mapping[str, set[str]],
 ) -> list[Issue]:
-    from edgegw.edge.expr import ExprError, compile_expr
-
     issues: list[Issue] = []
     names: set[str] = set()
     for i, rule in enumerate(rules):
@@ -330,8 +330,6 @@ def _check_anomaly(
     points: Mapping[str, set[str] | None],
     base_dir: Path | None,
 ) -> list[Issue]:
-    from edgegw.edge import litert
-
     issues: list[Issue] = []
     seen: dict[tuple[str, str], int] = {}
     for i, det in enumerate(dets):

@@ -24,13 +24,13 @@ Invariants:
 from __future__ import annotations
 
 import ast
-import difflib
 import math
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from edgegw.protocol.suggest import did_you_mean
 from edgegw.units import parse_duration
 
 WINDOW_FUNCTIONS = frozenset(
@@ -108,8 +108,8 @@ def _pow(a: Any, b: Any) -> Any:
 
 
 def _suggest(name: str, choices: list[str]) -> str | None:
-    close = difflib.get_close_matches(name, choices, n=1)
-    return f"did you mean {close[0]!r}?" if close else None
+    close = did_you_mean(name, choices)
+    return f"did you mean {close!r}?" if close else None
 
 
 class _Compiler:

@@ -21,10 +21,7 @@ reference (``litert.dense_forward``) to float32 precision; bad input is a clear 
 
 from __future__ import annotations
 
-import argparse
 import csv
-import json
-import sys
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -37,7 +34,12 @@ from edgegw.edge.litert import (
     ModelSpec,
     Scaling,
     build_dense_model,
+    check_shapes,
+    dense_forward,
+    inspect_model_shapes,
     pca_autoencoder_layers,
+    reconstruction_scores,
+    runtime_available,
     spec_path_for,
 )
 from edgegw.model import Quality, Sample
@@ -112,7 +114,7 @@ def segments_from_samples(
 
 def make_windows(rows: Array, window: int) -> Array:
     """Sliding windows (step 1), flattened time-major: ``[N - window + 1, window * F]``."""
-    import numpy as np
+    import numpy as np  # lazy: optional extra [ml]
 
     rows = np.asarray(rows, dtype=np.float64)
     n, f = rows.shape
@@ -179,7 +181,7 @@ def fit_pca_autoencoder(
     source: str = "",
 ) -> FitResult:
     """Fit on rows grouped in segments (windows never span two segments)."""
-    import numpy as np
+    import numpy as np  # lazy: optional extra [ml]
 
     started = time.perf_counter()
     if window < 1:
@@ -238,7 +240,6 @@ def fit_pca_autoencoder(
         scaling=Scaling(mean=[float(m) for m in mean], std=[float(s) for s in std]),
         threshold=1.0,  # replaced below
     )
-    from edgegw.edge.litert import dense_forward, reconstruction_scores
 
     # normalise residuals by their typical size on training data: a normal window scores ~1
     train_residual = train - dense_forward(layers, train.astype(np.float32))
@@ -273,125 +274,48 @@ def fit_pca_autoencoder(
     )
 
 
-# --------------------------------------------------------------------------- CLI
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """``edgegw model``: subcommands ``fit`` and ``inspect``."""
-    sub = parser.add_subparsers(dest="model_command", metavar="{fit,inspect}")
-    sub.required = True
-    add_fit_arguments(sub.add_parser("fit", help="fit a PCA autoencoder to recorded normal data"))
-    inspect = sub.add_parser("inspect", help="show a model's spec, tensor shapes and runtime")
-    inspect.add_argument("model", type=Path, help="a .tflite file (its spec: .json beside it)")
-    inspect.add_argument("--spec", type=Path, help="the spec, if not beside the model")
-
-
-def add_fit_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``edgegw model fit``."""
-    src = parser.add_argument_group("data (at least one)")
-    src.add_argument(
-        "--csv",
-        type=Path,
-        action="append",
-        default=[],
-        help="CSV with columns ts_ms,device,metric,value (cloud `query --format csv`)",
-    )
-    src.add_argument(
-        "--outbox",
-        type=Path,
-        metavar="STATE_DIR",
-        help="read samples still stored in this gateway state dir's outbox",
-    )
-    src.add_argument("--gateway-id", help="gateway id for --outbox (default: from the state dir)")
-    parser.add_argument("--device", help="device id (required when the data has several)")
-    parser.add_argument(
-        "--metrics",
-        help="comma-separated features in order (default: all numeric "
-        "metrics of the device, sorted)",
-    )
-    parser.add_argument("--window", type=int, default=16, help="rows per window (default 16)")
-    parser.add_argument(
-        "--out", type=Path, required=True, help="output .tflite path (spec: .json beside)"
-    )
-    parser.add_argument(
-        "--components", type=int, help="PCA components (default: above the noise floor)"
-    )
-    parser.add_argument(
-        "--variance",
-        type=float,
-        default=None,
-        help="pick the fewest components explaining this variance (e.g. 0.99)",
-    )
-    parser.add_argument(
-        "--quantile",
-        type=float,
-        default=0.999,
-        help="quantile of held-out errors for the threshold (default 0.999)",
-    )
-    parser.add_argument(
-        "--margin", type=float, default=1.5, help="threshold margin factor (default 1.5)"
-    )
-    parser.add_argument(
-        "--holdout",
-        type=float,
-        default=0.2,
-        help="fraction of (latest) windows kept for calibration (default 0.2)",
-    )
-    parser.add_argument(
-        "--max-gap",
-        default=None,
-        help="a gap between rows longer than this splits windows (default 5x the "
-        "median row interval)",
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    command = getattr(args, "model_command", "fit")
-    try:
-        summary = _inspect(args) if command == "inspect" else _run(args)
-    except (FitError, OSError, ValueError) as exc:
-        print(f"edgegw model {command}: error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(summary, indent=2))
-    return 0
-
-
-def _inspect(args: argparse.Namespace) -> dict[str, Any]:
-    from edgegw.edge import litert
-
-    spec_path = args.spec or spec_path_for(args.model)
+# --------------------------------------------------------------------------- commands
+def inspect_model(model: Path, spec_file: Path | None = None) -> dict[str, Any]:
+    """``edgegw model inspect``: a model's spec, tensor shapes and the runtime found."""
+    spec_path = spec_file or spec_path_for(model)
     spec = ModelSpec.load(spec_path)
     info: dict[str, Any] = {
-        "model": str(args.model),
-        "bytes": args.model.stat().st_size,
+        "model": str(model),
+        "bytes": model.stat().st_size,
         "spec": str(spec_path),
         **spec.model_dump(exclude={"scaling"}),
     }
-    info["runtime"] = litert.runtime_available()
+    info["runtime"] = runtime_available()
     if info["runtime"] is not None:
-        in_shape, out_shape = litert.inspect_model_shapes(args.model)
+        in_shape, out_shape = inspect_model_shapes(model)
         info["input_shape"], info["output_shape"] = in_shape, out_shape
-        litert.check_shapes(spec, in_shape, out_shape, str(args.model))
+        check_shapes(spec, in_shape, out_shape, str(model))
     return info
 
 
-def _run(args: argparse.Namespace) -> dict[str, Any]:
-    import numpy as np
+def fit_model(
+    samples: Sequence[Sample],
+    sources: Sequence[str],
+    *,
+    out: Path,
+    device: str | None = None,
+    metrics: str | None = None,
+    window: int = 16,
+    components: int | None = None,
+    variance: float | None = None,
+    quantile: float = 0.999,
+    margin: float = 1.5,
+    holdout: float = 0.2,
+    max_gap: str | None = None,
+) -> dict[str, Any]:
+    """``edgegw model fit``: pick the device and features, fit, save; returns a summary."""
+    import numpy as np  # lazy: optional extra [ml]
 
-    samples: list[Sample] = []
-    sources: list[str] = []
-    for path in args.csv:
-        samples.extend(read_csv_samples(path))
-        sources.append(str(path))
-    if args.outbox is not None:
-        from edgegw.runtime.inspect import read_outbox_samples
-
-        samples.extend(read_outbox_samples(args.outbox, args.gateway_id))
-        sources.append(f"outbox:{args.outbox}")
     if not sources:
         raise FitError("no data: pass --csv FILE and/or --outbox STATE_DIR")
     if not samples:
         raise FitError(f"no samples in {', '.join(sources)}")
     devices = sorted({s.device for s in samples})
-    device = args.device
     if device is None:
         if len(devices) != 1:
             raise FitError(f"the data holds several devices ({', '.join(devices)}): pass --device")
@@ -399,8 +323,8 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     elif device not in devices:
         raise FitError(f"no samples of device {device!r} (found: {', '.join(devices)})")
     seen = sorted({s.metric for s in samples if s.device == device and is_number(s.value)})
-    if args.metrics:
-        features = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    if metrics:
+        features = [m.strip() for m in metrics.split(",") if m.strip()]
         missing = [m for m in features if m not in seen]
         if missing:
             raise FitError(
@@ -410,8 +334,8 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         features = seen
     if not features:
         raise FitError(f"device {device!r} has no numeric metrics")
-    if args.max_gap is not None:
-        max_gap_ms: int | None = int(parse_duration(args.max_gap) * 1000)
+    if max_gap is not None:
+        max_gap_ms: int | None = int(parse_duration(max_gap) * 1000)
     else:
         probe = segments_from_samples(samples, device, features)
         gaps = np.concatenate(
@@ -422,22 +346,22 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     result = fit_pca_autoencoder(
         segments,
         features,
-        args.window,
-        components=args.components,
-        variance=args.variance,
-        quantile=args.quantile,
-        margin=args.margin,
-        holdout=args.holdout,
+        window,
+        components=components,
+        variance=variance,
+        quantile=quantile,
+        margin=margin,
+        holdout=holdout,
         source=", ".join(sources),
     )
-    spec_path = result.save(args.out)
+    spec_path = result.save(out)
     return {
-        "model": str(args.out),
+        "model": str(out),
         "spec": str(spec_path),
         "bytes": len(result.model),
         "device": device,
         "features": features,
-        "window": args.window,
+        "window": window,
         "components": result.components,
         "explained_variance": round(result.explained_variance, 4),
         "threshold": result.spec.threshold,

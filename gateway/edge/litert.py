@@ -48,13 +48,13 @@ def load_interpreter_class() -> tuple[Any, str]:
     """
     errors: list[str] = []
     try:
-        from ai_edge_litert.interpreter import Interpreter
+        from ai_edge_litert.interpreter import Interpreter  # lazy: optional extra [ml]
 
         return Interpreter, "ai-edge-litert"
     except ImportError as exc:
         errors.append(f"ai_edge_litert: {exc}")
     try:
-        from tflite_runtime.interpreter import Interpreter
+        from tflite_runtime.interpreter import Interpreter  # lazy: optional extra [ml]
 
         return Interpreter, "tflite-runtime"
     except ImportError as exc:
@@ -123,9 +123,9 @@ def build_dense_model(
     ``layers[i] = (W, b)`` with ``W`` of shape ``[out, in]`` (TFLite's layout) and ``b`` of shape
     ``[out]``; the model maps ``[1, in0]`` to ``[1, out_last]``.
     """
-    import flatbuffers
-    import numpy as np
-    from ai_edge_litert import schema_py_generated as s
+    import flatbuffers  # lazy: optional extra [ml]
+    import numpy as np  # lazy: optional extra [ml]
+    from ai_edge_litert import schema_py_generated as s  # lazy: optional extra [ml]
 
     if not layers:
         raise ValueError("a model needs at least one layer")
@@ -206,7 +206,7 @@ def pca_autoencoder_layers(
     possibly refined by the training mean). Encoder ``h = V (x - c) / s``, decoder
     ``x_hat = s * (V^T h) + c`` - both affine, so each is one FULLY_CONNECTED op.
     """
-    import numpy as np
+    import numpy as np  # lazy: optional extra [ml]
 
     v = np.asarray(components, dtype=np.float64)
     c = np.asarray(centre, dtype=np.float64)
@@ -222,7 +222,7 @@ def pca_autoencoder_layers(
 
 def dense_forward(layers: Sequence[tuple[FloatArray, FloatArray]], x: FloatArray) -> FloatArray:
     """numpy reference of ``build_dense_model``: ``x`` is ``[N, in]`` (float32 arithmetic)."""
-    import numpy as np
+    import numpy as np  # lazy: optional extra [ml]
 
     out = np.asarray(x, dtype=np.float32)
     for w, b in layers:
@@ -236,7 +236,7 @@ def reconstruction_scores(x: FloatArray, x_hat: FloatArray, spec: ModelSpec) -> 
     Residuals are divided per feature by ``spec.residual_scale`` (fitted models: the RMS residual
     on training data, so a normal window scores about 1), else by ``scaling.std``, else by 1.
     """
-    import numpy as np
+    import numpy as np  # lazy: optional extra [ml]
 
     diff = np.asarray(x, dtype=np.float64) - np.asarray(x_hat, dtype=np.float64)
     scale = spec.residual_scale or (spec.scaling.std if spec.scaling is not None else None)
@@ -251,7 +251,7 @@ class TFLiteModel:
     one worker at a time (the anomaly stage keeps one job in flight per model)."""
 
     def __init__(self, model_path: Path, spec: ModelSpec, *, num_threads: int = 1) -> None:
-        import numpy as np
+        import numpy as np  # lazy: optional extra [ml]
 
         interpreter_cls, self.runtime = load_interpreter_class()
         self.spec = spec
@@ -283,7 +283,7 @@ class TFLiteModel:
 
     def forward(self, x: FloatArray) -> FloatArray:
         """Raw model output for one flattened window ``x`` (length ``W*F``)."""
-        import numpy as np
+        import numpy as np  # lazy: optional extra [ml]
 
         self._interp.set_tensor(
             self._in_index, np.asarray(x, dtype=np.float32).reshape(self._in_shape)
@@ -293,7 +293,7 @@ class TFLiteModel:
         return out
 
     def score(self, x: FloatArray) -> float:
-        import numpy as np
+        import numpy as np  # lazy: optional extra [ml]
 
         out = self.forward(x)
         if self.spec.output == "score":

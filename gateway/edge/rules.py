@@ -32,9 +32,9 @@ from typing import Any, cast
 
 from edgegw.edge.config import LogAction, RuleConfig, WriteAction
 from edgegw.edge.expr import Compiled, Unknown, compile_expr, is_number
+from edgegw.edge.stage import NoHolds, StageOutput, WriteRequest
 from edgegw.edge.windows import SeriesHistory
 from edgegw.model import Alert, Sample, Severity
-from edgegw.runtime.pipeline import StageOutput, WriteRequest
 
 log = logging.getLogger("edgegw.edge.rules")
 
@@ -123,7 +123,7 @@ def render_message(template: str, lookup: Callable[[str], Any]) -> str:
     return "".join(out)
 
 
-class RuleStage:
+class RuleStage(NoHolds):
     """Stage evaluating ``rules:``; see the module docstring for the semantics."""
 
     name = "rules"

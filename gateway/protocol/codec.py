@@ -46,7 +46,7 @@ from typing import Any, NamedTuple
 
 import snappy
 
-from edgegw.model import Alert, Lane, Quality, Sample, Severity
+from edgegw.protocol.model import Alert, Lane, Quality, Sample, Severity
 
 VERSION = 1
 MAX_BODY_BYTES = 64 * 1024 * 1024

@@ -1,30 +1,96 @@
-"""MQTT topic names: the gateway publishes only under gw/{id}/up/..., subscribes gw/{id}/down/...
+"""The one definition of every MQTT topic (the broker's ACL in cloud_stub follows the same tree).
 
-Invariant: a gateway id never contains MQTT wildcards, separators or NUL (it becomes a topic
-level via the broker ACL's %u); ``check_gateway_id`` enforces it for every topic built here.
+- gateway -> cloud: ``gw/{id}/up/batch`` (sealed batches), ``gw/{id}/up/status`` (retained
+  online/offline, also the last will);
+- cloud -> gateway: ``gw/{id}/down/ack`` and ``gw/{id}/down/{name}`` (commands, shadow, config,
+  OTA offers); a gateway subscribes ``gw/{id}/down/#`` only;
+- enrollment: ``enroll/{user}/{client}/req`` and ``.../resp`` (user = certificate CN).
+
+Invariant: a gateway id follows the one id grammar (``edgegw.protocol.ids``), so it never
+contains MQTT wildcards, separators or NUL (it becomes a topic level via the ACL's ``%u``).
 """
 
 from __future__ import annotations
 
+from edgegw.protocol.ids import check_gateway_id
+
+__all__ = [
+    "ENROLL_SHARE_GROUP",
+    "ENROLL_SUBSCRIPTION",
+    "EVERY_DOWN",
+    "EVERY_ENROLL_REQUEST",
+    "EVERY_ENROLL_RESPONSE",
+    "EVERY_UP",
+    "INGEST_SHARE_GROUP",
+    "INGEST_SUBSCRIPTION",
+    "OWN_DOWN",
+    "OWN_ENROLL_REQUEST",
+    "OWN_ENROLL_RESPONSE",
+    "OWN_UP",
+    "STATUS_OFFLINE",
+    "STATUS_ONLINE",
+    "check_gateway_id",
+    "down",
+    "down_ack",
+    "down_subscription",
+    "enroll_request",
+    "enroll_request_parts",
+    "enroll_response",
+    "gateway_of",
+    "ingest_subscription",
+    "shared",
+    "up_batch",
+    "up_status",
+]
+
 INGEST_SHARE_GROUP = "ingest"
-INGEST_SUBSCRIPTION = f"$share/{INGEST_SHARE_GROUP}/gw/+/up/batch"
+ENROLL_SHARE_GROUP = "enroll"
 STATUS_ONLINE = b"online"
 STATUS_OFFLINE = b"offline"
 _FORBIDDEN = set("/+#\0")
 
 
-def check_gateway_id(gw: str) -> str:
-    """Return ``gw`` if it is usable as one topic level, else raise ValueError saying why."""
-    if not isinstance(gw, str) or not gw:
-        raise ValueError("gateway id must be a non-empty string")
-    bad = _FORBIDDEN.intersection(gw)
-    if bad or gw.startswith("$"):
-        raise ValueError(
-            f"gateway id {gw!r} must not contain '/', '+', '#', NUL or start with '$'"
-        )
-    if len(gw.encode("utf-8")) > 128:
-        raise ValueError(f"gateway id {gw!r} is longer than 128 bytes")
-    return gw
+def ingest_subscription(group: str = INGEST_SHARE_GROUP) -> str:
+    """The ingest's shared subscription to every gateway's batches."""
+    return f"$share/{group}/gw/+/up/batch"
+
+
+
+def shared(topic_filter: str, group: str = "+") -> str:
+    """The MQTT v5 shared-subscription form of ``topic_filter``."""
+    return f"$share/{group}/{topic_filter}"
+
+
+# Topic filters of the broker ACL (Mosquitto: %u = username = certificate CN, %c = client id).
+EVERY_UP = "gw/+/up/#"
+EVERY_DOWN = "gw/+/down/#"
+#: every gateway's retained online/offline status (the cloud's presence view)
+EVERY_STATUS = "gw/+/up/status"
+OWN_UP = "gw/%u/up/#"
+OWN_DOWN = "gw/%u/down/#"
+EVERY_ENROLL_REQUEST = "enroll/+/+/req"
+EVERY_ENROLL_RESPONSE = "enroll/+/+/resp"
+OWN_ENROLL_REQUEST = "enroll/%u/%c/req"
+OWN_ENROLL_RESPONSE = "enroll/%u/%c/resp"
+
+INGEST_SUBSCRIPTION = ingest_subscription()
+ENROLL_SUBSCRIPTION = shared(EVERY_ENROLL_REQUEST, ENROLL_SHARE_GROUP)
+
+
+def enroll_request(user: str, client_id: str) -> str:
+    return f"enroll/{user}/{client_id}/req"
+
+
+def enroll_response(user: str, client_id: str) -> str:
+    return f"enroll/{user}/{client_id}/resp"
+
+
+def enroll_request_parts(topic: str) -> tuple[str, str] | None:
+    """(user, client id) of an ``enroll/{user}/{client}/req`` topic, else None."""
+    parts = topic.split("/")
+    if len(parts) != 4 or parts[0] != "enroll" or parts[3] != "req":
+        return None
+    return parts[1], parts[2]
 
 
 def up_batch(gw: str) -> str:

@@ -19,11 +19,17 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from edgegw import pki
+from edgegw.config import GatewayConfig
+from edgegw.protocol.identity import Identity
+from edgegw.runtime.datapath import DataPath
+from edgegw.uplink.enroll import enroll
 
 log = logging.getLogger("edgegw.housekeeping")
 
@@ -77,17 +83,15 @@ async def renew_if_due(
     gateway_id: str, identity_dir: Path, broker: str, renew_before: float, hk: Housekeeping
 ) -> None:
     """Renew the gateway certificate when it expires within ``renew_before`` seconds."""
-    from edgegw import pki
-    from edgegw.uplink.enroll import enroll
-
-    cert = pki.load_certificate(identity_dir / "gateway.crt")
+    cert_path, _key, _ca = Identity.files(identity_dir)
+    cert = pki.load_certificate(cert_path)
     left = (cert.not_valid_after_utc - dt.datetime.now(dt.UTC)).total_seconds()
     hk.cert_days_left = left / 86400
     if left > renew_before:
         return
     log.info("gateway certificate expires in %.1f days: renewing", left / 86400)
     await asyncio.to_thread(enroll, gateway_id, identity_dir, broker=broker, renew=True)
-    new = pki.load_certificate(identity_dir / "gateway.crt")
+    new = pki.load_certificate(cert_path)
     hk.cert_days_left = (new.not_valid_after_utc - dt.datetime.now(dt.UTC)).total_seconds() / 86400
     hk.counts["certificate_renewals"] = hk.counts.get("certificate_renewals", 0) + 1
     log.info(
@@ -95,3 +99,46 @@ async def renew_if_due(
         new.serial_number,
         hk.cert_days_left,
     )
+
+
+class HousekeepingService:
+    """Service: the cron-like jobs above on one ``Housekeeping`` scheduler."""
+
+    name = "housekeeping"
+
+    def __init__(
+        self, cfg: GatewayConfig, datapath: DataPath, identity_dir: Path | None
+    ) -> None:
+        self.cfg = cfg
+        self.datapath = datapath
+        self.identity_dir = identity_dir
+        self.hk = Housekeeping()
+
+    async def _maintain_outbox(self) -> None:
+        dp = self.datapath
+        if dp.outbox is not None:
+            await dp.outbox_thread.call(dp.outbox.maintain)
+
+    async def start(self) -> None:
+        cfg, hk = self.cfg, self.hk
+        every = float(cfg.outbox.vacuum_every)
+        hk.every("outbox_maintenance", every, self._maintain_outbox, first_in=every)
+        u, identity_dir = cfg.uplink, self.identity_dir
+        if identity_dir is not None and float(u.renew_before) > 0:
+            check = float(u.renew_check_every)
+            gateway_id = cfg.gateway.id
+            hk.every(
+                "certificate_renewal",
+                check,
+                lambda: renew_if_due(
+                    gateway_id, identity_dir, u.broker, float(u.renew_before), hk
+                ),
+                first_in=min(RENEWAL_FIRST_DELAY, check),
+            )
+        hk.start()
+
+    async def stop(self) -> None:
+        self.hk.shutdown()
+
+    def stats(self) -> Mapping[str, Mapping[str, Any]]:
+        return {"housekeeping": self.hk.stats()}

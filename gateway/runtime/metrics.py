@@ -19,9 +19,13 @@ connected when it is enabled; otherwise 503 with the reasons as JSON.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
+import socket
 from collections.abc import Callable, Iterator, Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from threading import Thread
 from typing import Any
 
 log = logging.getLogger("edgegw.metrics")
@@ -93,7 +97,10 @@ class StatsCollector:
         self._sources = sources
 
     def collect(self) -> Iterator[Any]:
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+        from prometheus_client.core import (  # lazy: ~4 MB RSS
+            CounterMetricFamily,
+            GaugeMetricFamily,
+        )
 
         families: dict[tuple[str, tuple[str, ...]], Any] = {}
         for component, fn in self._sources.items():
@@ -156,12 +163,8 @@ def serve(listen: str, collector: StatsCollector) -> Any:
 
     Paths: ``/metrics`` (Prometheus text), ``/healthz`` (liveness), ``/readyz`` (readiness).
     """
-    import json
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-    from threading import Thread
-
-    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-    from prometheus_client.registry import CollectorRegistry
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest  # lazy: ~4 MB RSS
+    from prometheus_client.registry import CollectorRegistry  # lazy: ~4 MB RSS
 
     host, _, port = listen.rpartition(":")
     registry = CollectorRegistry()
@@ -193,7 +196,6 @@ def serve(listen: str, collector: StatsCollector) -> Any:
 
     addr = host.strip("[]") or "127.0.0.1"
     if ":" in addr:
-        import socket
 
         class Server6(ThreadingHTTPServer):
             address_family = socket.AF_INET6

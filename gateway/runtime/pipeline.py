@@ -7,6 +7,10 @@ Invariants:
 - Encoding, sealing and the SQLite transaction run in the ONE outbox thread (``OutboxThread``),
   never on the event loop. A caller of ``submit(..., durable=True)`` resumes only after the
   transaction holding its samples has committed.
+- Held samples (``edgegw.edge.stage``): a durable submit whose samples a stage holds (an open
+  aggregation window) completes when the output that releases the hold (the aggregate) is
+  sealed. ``flush()`` releases every hold and seals everything: after it returns, every sample
+  that reached ``submit`` is in the outbox, raw or inside an aggregate.
 - Backpressure: at most ``max_pending_seals`` batches wait for the outbox thread; beyond that,
   ``submit`` waits, so memory stays bounded when the disk is slow.
 """
@@ -21,33 +25,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
+from edgegw.edge.stage import HoldKey, Stage, WriteRequest
 from edgegw.model import Alert, Lane, Sample, now_ms
+from edgegw.protocol.codec import encode_batch
 from edgegw.protocol.envelope import HEADER_SIZE, TAG_SIZE
 
 log = logging.getLogger("edgegw.pipeline")
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True, slots=True)
-class WriteRequest:
-    """A stage asks the runtime to write ``value`` to ``device.point`` (via the bus scheduler)."""
-
-    device: str
-    point: str
-    value: float | int | bool | str
-    reason: str = ""
-
-
-StageOutput = tuple[list[Sample], list[Alert], list[WriteRequest]]
-
-
-class Stage(Protocol):
-    name: str
-
-    def process(self, samples: list[Sample], now_ms: int) -> StageOutput: ...
-
-    def tick(self, now_ms: int) -> StageOutput: ...
 
 
 class OutboxThread:
@@ -98,11 +83,7 @@ class Batcher:
         max_pending_seals: int = 16,
         encode: Callable[..., bytes] | None = None,
     ) -> None:
-        if encode is None:
-            from edgegw.protocol.codec import encode_batch
-
-            encode = encode_batch
-        self._encode = encode
+        self._encode = encode or encode_batch
         self._outbox = outbox
         self._thread = outbox_thread
         self.max_readings = max_readings
@@ -217,6 +198,15 @@ class Batcher:
         }
 
 
+@dataclass
+class _Round:
+    """Hold bookkeeping of one pass through the stages."""
+
+    durable: bool
+    wait_for: list[asyncio.Future[int]] = field(default_factory=list)
+    released: list[asyncio.Future[int]] = field(default_factory=list)
+
+
 class Pipeline:
     """Runs the edge stages and feeds the batcher; ``run()`` is its clock (ticks every 50 ms)."""
 
@@ -237,16 +227,19 @@ class Pipeline:
         self.ticks = 0
         self.stage_errors: dict[str, int] = {}
         self._last_tick_ms = 0
+        #: durable submitters waiting for a hold to be released: (stage index, key) -> futures
+        self._hold_waiters: dict[tuple[int, HoldKey], list[asyncio.Future[int]]] = {}
 
     def _run_stages(
-        self, samples: list[Sample], start: int, now: int
+        self, samples: list[Sample], start: int, now: int, rnd: _Round
     ) -> tuple[list[Sample], list[Alert]]:
         """Run ``samples`` through stages[start:]; tick outputs enter at their stage's successor."""
         alerts: list[Alert] = []
         writes: list[WriteRequest] = []
-        for stage in self.stages[start:]:
+        for i in range(start, len(self.stages)):
             if not samples:
                 break
+            stage = self.stages[i]
             try:
                 samples, a, w = stage.process(samples, now)
             except Exception:
@@ -254,29 +247,64 @@ class Pipeline:
                 self.stage_errors[stage.name] = self.stage_errors.get(stage.name, 0) + 1
                 log.exception("edge stage %s failed; passing samples through", stage.name)
                 continue
+            self._holds(i, stage, rnd)
             alerts.extend(a)
             writes.extend(w)
         if writes and self._on_writes is not None:
             self._on_writes(writes)
         return samples, alerts
 
+    def _holds(self, i: int, stage: Stage, rnd: _Round) -> None:
+        """Record the holds the last call of ``stage`` made and released (see the module doc)."""
+        holds = stage.take_holds()
+        if holds and rnd.durable:
+            loop = asyncio.get_running_loop()
+            for key in holds:
+                fut: asyncio.Future[int] = loop.create_future()
+                self._hold_waiters.setdefault((i, key), []).append(fut)
+                rnd.wait_for.append(fut)
+        released = stage.take_released()
+        if released and self._hold_waiters:
+            for key in released:
+                rnd.released.extend(self._hold_waiters.pop((i, key), ()))
+
+    def _settle_round(self, rnd: _Round, p: _Pending | None) -> None:
+        """Released durable waiters complete with the batch holding the release's output."""
+        if not rnd.released:
+            return
+        if p is not None:
+            p.waiters.extend(rnd.released)
+        else:
+            for fut in rnd.released:
+                if not fut.done():
+                    fut.set_result(0)
+        rnd.released = []
+
+    @property
+    def held(self) -> int:
+        """Samples the stages hold right now (open aggregation windows)."""
+        return sum(stage.held() for stage in self.stages)
+
     async def submit(
         self, samples: Sequence[Sample], *, lane: Lane = Lane.TELEMETRY, durable: bool = False
     ) -> None:
         """Accept samples from a driver (this is the ``emit`` given to push drivers)."""
+        rnd = _Round(durable)
         if lane is Lane.TELEMETRY and self.stages:
-            out, alerts = self._run_stages(list(samples), 0, self._clock_ms())
+            out, alerts = self._run_stages(list(samples), 0, self._clock_ms(), rnd)
         else:
             out, alerts = list(samples), []
-        waiters: list[asyncio.Future[int]] = []
+        waiters: list[asyncio.Future[int]] = rnd.wait_for
         if alerts:
             p = self.batcher.add(Lane.ALERT, (), alerts)
             if durable:
                 waiters.append(self._waiter(p))
+        tp: _Pending | None = None
         if out:
-            p = self.batcher.add(lane, out)
+            tp = self.batcher.add(lane, out)
             if durable:
-                waiters.append(self._waiter(p))
+                waiters.append(self._waiter(tp))
+        self._settle_round(rnd, tp)
         due = set(self.batcher.due(time.monotonic()))
         if durable:
             # The caller acknowledges to its device after this returns: seal now, not at max_age.
@@ -292,28 +320,40 @@ class Pipeline:
         p.waiters.append(fut)
         return fut
 
-    async def tick_once(self) -> None:
-        now = self._clock_ms()
-        self._last_tick_ms = now
+    def _stage_outputs(self, now: int, flush: bool) -> None:
+        """One clock round: every stage's ``tick`` (or ``flush``) output, on through the rest."""
         for i, stage in enumerate(self.stages):
+            rnd = _Round(False)
             try:
-                samples, alerts, writes = stage.tick(now)
+                samples, alerts, writes = stage.flush(now) if flush else stage.tick(now)
             except Exception:
                 self.stage_errors[stage.name] = self.stage_errors.get(stage.name, 0) + 1
-                log.exception("edge stage %s failed in tick", stage.name)
+                what = "flush" if flush else "tick"
+                log.exception("edge stage %s failed in %s", stage.name, what)
                 continue
+            self._holds(i, stage, rnd)
             if writes and self._on_writes is not None:
                 self._on_writes(writes)
             more_alerts: list[Alert] = []
             if samples:
-                samples, more_alerts = self._run_stages(samples, i + 1, now)
+                samples, more_alerts = self._run_stages(samples, i + 1, now, rnd)
             if alerts or more_alerts:
                 self.batcher.add(Lane.ALERT, (), alerts + more_alerts)
-            if samples:
-                self.batcher.add(Lane.TELEMETRY, samples)
+            self._settle_round(rnd, self.batcher.add(Lane.TELEMETRY, samples) if samples else None)
+
+    async def tick_once(self) -> None:
+        now = self._clock_ms()
+        self._last_tick_ms = now
+        self._stage_outputs(now, flush=False)
         for ln in self.batcher.due(time.monotonic()):
             await self.batcher.seal(ln)
         self.ticks += 1
+
+    async def flush(self) -> None:
+        """Release every held sample and seal everything pending; returns after the commit."""
+        await self.tick_once()
+        self._stage_outputs(self._clock_ms(), flush=True)
+        await self.batcher.drain()
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -328,5 +368,10 @@ class Pipeline:
         return self._last_tick_ms
 
     def stats(self) -> dict[str, Any]:
-        stats = {"ticks": self.ticks, "stage_errors": dict(self.stage_errors)}
+        stats = {
+            "ticks": self.ticks,
+            "stage_errors": dict(self.stage_errors),
+            "held": self.held,
+            "durable_waiting_on_holds": len(self._hold_waiters),
+        }
         return stats | self.batcher.stats()

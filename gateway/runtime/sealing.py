@@ -9,15 +9,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 from collections.abc import Callable
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-
+from edgegw.protocol.identity import META, Identity, IdentityError, default_identity_dir
 from edgegw.protocol.keys import Sealer, derive_data_key
 
 LOCAL_KEY_ID = 0
@@ -48,21 +45,15 @@ def local_key(state_dir: Path) -> bytes:
 
 def identity_key(identity_dir: Path) -> tuple[str, int, bytes]:
     """(gateway id, key id, derived data key) from an enrolled identity dir."""
-    meta_path = identity_dir / "identity.json"
-    if not meta_path.exists():
+    try:
+        ident = Identity.load(identity_dir)
+        own, peer = ident.private_key(), ident.ingest_public_key()
+    except IdentityError as exc:
         raise IdentityMissing(
-            f"{identity_dir} holds no enrolled identity: run `edgegw enroll -c CONFIG --token T` "
-            "first (the token comes from `edgegw-cloud token create GATEWAY_ID`)"
-        )
-    meta = json.loads(meta_path.read_text())
-    own = serialization.load_pem_private_key((identity_dir / "gateway.key").read_bytes(), None)
-    peer = serialization.load_pem_public_key((identity_dir / "ingest-ka.pub").read_bytes())
-    if not isinstance(own, ec.EllipticCurvePrivateKey) or not isinstance(
-        peer, ec.EllipticCurvePublicKey
-    ):
-        raise ValueError(f"{identity_dir}: gateway.key / ingest-ka.pub must be EC P-256 keys")
-    gw = str(meta["gateway_id"])
-    key_id = int(meta["key_id"])
+            f"{identity_dir} holds no usable enrolled identity ({exc}): run `edgegw enroll -c "
+            "CONFIG --token T` first (the token comes from `edgegw-cloud token create GW_ID`)"
+        ) from None
+    gw, key_id = ident.gateway_id, ident.key_id
     return gw, key_id, derive_data_key(own, peer, key_id, gw)
 
 
@@ -82,8 +73,8 @@ def key_lookup(state_dir: Path, identity_dir: Path | None = None) -> Callable[[i
     keys: dict[int, bytes] = {}
     if (state_dir / "local-data.key").exists():
         keys[LOCAL_KEY_ID] = local_key(state_dir)
-    ident = identity_dir or state_dir / "identity"
-    if (ident / "identity.json").exists():
+    ident = default_identity_dir(state_dir, identity_dir)
+    if (ident / META).exists():
         _, key_id, key = identity_key(ident)
         keys[key_id] = key
     return keys.get

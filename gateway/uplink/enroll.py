@@ -1,9 +1,10 @@
 """Gateway enrollment: get a certificate from the cloud with a one-time token (or renew one).
 
 ``edgegw enroll -c gateway.yaml --token T [--bootstrap-dir DIR]``; ``enroll(...)`` does the same
-from Python; ``Identity.load(dir)`` reads the result (the uplink session uses it).
+from Python; ``Identity.load(dir)`` (``edgegw.protocol.identity``) reads the result.
 
-Protocol (MQTT v5 over mTLS, QoS 1, JSON payloads):
+Protocol (MQTT v5 over mTLS, QoS 1, JSON payloads; messages in ``edgegw.protocol.enrollment``,
+topics in ``edgegw.protocol.topics``):
 - connect with the bootstrap identity (renewal: the gateway's own) and a random client id C;
   the broker's username is the certificate CN U ("bootstrap" or the gateway id);
 - subscribe ``enroll/U/C/resp`` (the ACL lets only client C of user U read it), then publish
@@ -22,17 +23,11 @@ Invariants:
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import secrets
-import ssl
-import sys
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -40,123 +35,18 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edgegw import pki
+from edgegw.protocol import topics
+from edgegw.protocol.broker_url import BrokerUrlError, parse_broker_url
+from edgegw.protocol.enrollment import EnrollRequest, decode_answer
+from edgegw.protocol.identity import BootstrapFiles, Identity, IdentityError
 
 log = logging.getLogger("edgegw.enroll")
 
-PROTOCOL_VERSION = 1
-MAX_MESSAGE = 64 * 1024
 DEFAULT_TIMEOUT_S = 30.0
 
 
-class EnrollmentError(Exception):
+class EnrollmentError(IdentityError):
     """Enrollment failed; the message says why and what to do."""
-
-
-# --------------------------------------------------------------------------- identity dir
-@dataclass(frozen=True, slots=True)
-class Identity:
-    """A gateway identity directory (docs/CONTRACTS.md "Gateway identity dir")."""
-
-    dir: Path
-    gateway_id: str
-    key_id: int
-    broker: str
-
-    @property
-    def key_path(self) -> Path:
-        return self.dir / "gateway.key"
-
-    @property
-    def cert_path(self) -> Path:
-        return self.dir / "gateway.crt"
-
-    @property
-    def ca_path(self) -> Path:
-        return self.dir / "ca.crt"
-
-    @property
-    def ingest_ka_pub_path(self) -> Path:
-        return self.dir / "ingest-ka.pub"
-
-    @classmethod
-    def load(cls, identity_dir: Path | str) -> Identity:
-        d = Path(identity_dir)
-        meta_path = d / "identity.json"
-        try:
-            meta = json.loads(meta_path.read_text())
-            ident = cls(d, str(meta["gateway_id"]), int(meta["key_id"]), str(meta["broker"]))
-        except FileNotFoundError:
-            raise EnrollmentError(
-                f"{meta_path} not found: this gateway is not enrolled; run `edgegw enroll -c "
-                "CONFIG --token TOKEN` (get a token with `edgegw-cloud token create GW_ID`)"
-            ) from None
-        except (ValueError, KeyError, TypeError) as exc:
-            raise EnrollmentError(
-                f"{meta_path}: unreadable identity ({exc}); enroll again"
-            ) from None
-        for f in (ident.key_path, ident.cert_path, ident.ca_path, ident.ingest_ka_pub_path):
-            if not f.exists():
-                raise EnrollmentError(f"{f} is missing: the identity is incomplete; enroll again")
-        return ident
-
-    def private_key(self) -> ec.EllipticCurvePrivateKey:
-        key = pki.load_private_key(self.key_path)
-        if not isinstance(key, ec.EllipticCurvePrivateKey):
-            raise EnrollmentError(f"{self.key_path}: gateway key must be EC P-256")
-        return key
-
-    def ingest_public_key(self) -> ec.EllipticCurvePublicKey:
-        key = pki.load_public_key(self.ingest_ka_pub_path)
-        if not isinstance(key, ec.EllipticCurvePublicKey):
-            raise EnrollmentError(f"{self.ingest_ka_pub_path}: ingest key must be EC P-256")
-        return key
-
-    def tls_context(self) -> ssl.SSLContext:
-        return pki.make_tls_context(self.ca_path, self.cert_path, self.key_path)
-
-
-def write_identity(
-    identity_dir: Path,
-    *,
-    gateway_id: str,
-    key_id: int,
-    broker: str,
-    certificate_pem: str,
-    ca_pem: str,
-    ingest_ka_pub_pem: str,
-) -> Identity:
-    """Write certificate, CA, ingest key and identity.json (last) next to gateway.key."""
-    d = Path(identity_dir)
-    pki.write_public(d / "gateway.crt", certificate_pem.encode())
-    pki.write_public(d / "ca.crt", ca_pem.encode())
-    pki.write_public(d / "ingest-ka.pub", ingest_ka_pub_pem.encode())
-    meta = {"gateway_id": gateway_id, "key_id": key_id, "broker": broker}
-    pki.write_public(d / "identity.json", (json.dumps(meta, indent=2) + "\n").encode())
-    return Identity.load(d)
-
-
-def load_or_create_key(identity_dir: Path, *, new_key: bool = False) -> ec.EllipticCurvePrivateKey:
-    d = Path(identity_dir)
-    d.mkdir(mode=0o700, parents=True, exist_ok=True)
-    path = d / "gateway.key"
-    if path.exists() and not new_key:
-        key = pki.load_private_key(path)
-        if not isinstance(key, ec.EllipticCurvePrivateKey):
-            raise EnrollmentError(f"{path}: gateway key must be EC P-256; move it away")
-        return key
-    key = pki.generate_ec_key()
-    pki.save_private_key(path, key, overwrite=new_key)
-    return key
-
-
-# --------------------------------------------------------------------------- broker url
-def parse_broker_url(url: str) -> tuple[str, int]:
-    parts = urlsplit(url if "://" in url else f"mqtts://{url}")
-    if parts.scheme not in ("mqtts", "ssl", "tls"):
-        raise EnrollmentError(f"broker URL {url!r}: only mqtts:// is supported (mutual TLS)")
-    if not parts.hostname:
-        raise EnrollmentError(f"broker URL {url!r} has no host (use mqtts://HOST:8883)")
-    return parts.hostname, parts.port or 8883
 
 
 # --------------------------------------------------------------------------- MQTT exchange
@@ -166,8 +56,8 @@ class _Exchange:
     def __init__(self, host: str, port: int, ctx: Any, username: str, timeout: float) -> None:
         self.host, self.port, self.timeout = host, port, timeout
         self.client_id = pki.random_client_id("enroll")
-        self.req_topic = f"enroll/{username}/{self.client_id}/req"
-        self.resp_topic = f"enroll/{username}/{self.client_id}/resp"
+        self.req_topic = topics.enroll_request(username, self.client_id)
+        self.resp_topic = topics.enroll_response(username, self.client_id)
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5
         )
@@ -216,15 +106,11 @@ class _Exchange:
         self.published.set()
 
     def _on_message(self, c: mqtt.Client, ud: Any, msg: mqtt.MQTTMessage) -> None:
-        if len(msg.payload) > MAX_MESSAGE:
-            log.warning("enrollment answer of %d bytes ignored (too large)", len(msg.payload))
+        data = decode_answer(bytes(msg.payload))
+        if data is None:
+            log.warning("malformed or oversized enrollment answer ignored")
             return
-        try:
-            data = json.loads(msg.payload)
-        except ValueError:
-            log.warning("malformed enrollment answer ignored")
-            return
-        if isinstance(data, dict) and data.get("nonce") == self.nonce:
+        if data.get("nonce") == self.nonce:
             self.answer = data
             self.answered.set()
 
@@ -235,7 +121,7 @@ class _Exchange:
                 f"{self.host}:{self.port} (is `edgegw-cloud serve` running and reachable?)"
             )
 
-    def run(self, request: dict[str, Any]) -> dict[str, Any]:
+    def run(self, csr: str, token: str | None) -> dict[str, Any]:
         try:
             self.client.connect(self.host, self.port, keepalive=30)
         except OSError as exc:
@@ -252,8 +138,8 @@ class _Exchange:
             self._wait(self.subscribed, "the subscription")
             if not self.sub_ok:
                 raise EnrollmentError("the broker refused the enrollment subscription (ACL)")
-            request = {**request, "v": PROTOCOL_VERSION, "nonce": self.nonce}
-            self.client.publish(self.req_topic, json.dumps(request).encode(), qos=1)
+            message = EnrollRequest(self.nonce, csr, token).encode()
+            self.client.publish(self.req_topic, message, qos=1)
             self._wait(self.published, "the broker to accept the request")
             if self.pub_rc is not None and self.pub_rc.is_failure:
                 raise EnrollmentError(f"the broker refused the enrollment request: {self.pub_rc}")
@@ -280,10 +166,17 @@ def enroll(
 ) -> Identity:
     """Enroll (token + bootstrap identity) or renew (current identity); returns the identity."""
     pki.check_gateway_id(gateway_id)
+    try:
+        url = parse_broker_url(broker)
+    except BrokerUrlError as exc:
+        raise EnrollmentError(str(exc)) from None
+    host, port = url.host, url.port
     identity_dir = Path(identity_dir)
-    host, port = parse_broker_url(broker)
     if renew:
-        current = Identity.load(identity_dir)
+        try:
+            current = Identity.load(identity_dir)
+        except IdentityError as exc:
+            raise EnrollmentError(str(exc)) from None
         if current.gateway_id != gateway_id:
             raise EnrollmentError(
                 f"{identity_dir} holds gateway {current.gateway_id!r}, not {gateway_id!r}"
@@ -293,7 +186,10 @@ def enroll(
         )
         ca_path, cert_path, key_path = current.ca_path, current.cert_path, current.key_path
         username = gateway_id
-        key = current.private_key()
+        try:
+            key = current.private_key()
+        except IdentityError as exc:
+            raise EnrollmentError(str(exc)) from None
     else:
         if not token:
             raise EnrollmentError(
@@ -303,8 +199,8 @@ def enroll(
             raise EnrollmentError(
                 "--bootstrap-dir is needed (bootstrap.crt, bootstrap.key, ca.crt)"
             )
-        b = Path(bootstrap_dir)
-        ca_path, cert_path, key_path = b / "ca.crt", b / "bootstrap.crt", b / "bootstrap.key"
+        b = BootstrapFiles(Path(bootstrap_dir))
+        ca_path, cert_path, key_path = b.ca_path, b.cert_path, b.key_path
         for f in (ca_path, cert_path, key_path):
             if not f.exists():
                 raise EnrollmentError(
@@ -312,17 +208,19 @@ def enroll(
                     "cloud's DATA/pki/ into the bootstrap dir"
                 )
         username = pki.common_name(pki.load_certificate(cert_path).subject)
-        key = load_or_create_key(identity_dir, new_key=new_key)
+        try:
+            key = pki.load_or_create_key(identity_dir, new_key=new_key)
+        except pki.PkiError as exc:
+            raise EnrollmentError(str(exc)) from None
     try:
         ctx = pki.make_tls_context(ca_path, cert_path, key_path)
     except pki.PkiError as exc:
         raise EnrollmentError(str(exc)) from None
     csr = pki.csr_pem(pki.make_csr(key, gateway_id))
-    request: dict[str, Any] = {"csr": csr}
-    if token and not renew:
-        request["token"] = token.strip()
     log.info("%s gateway %s at %s:%d", "renewing" if renew else "enrolling", gateway_id, host, port)
-    answer = _Exchange(host, port, ctx, username, timeout).run(request)
+    answer = _Exchange(host, port, ctx, username, timeout).run(
+        csr, token.strip() if token and not renew else None
+    )
     return _accept(answer, key, gateway_id, identity_dir, ca_path, broker)
 
 
@@ -360,7 +258,7 @@ def _accept(
         raise EnrollmentError("the issued certificate does not carry this gateway's key")
     if pki.common_name(cert.subject) != gateway_id:
         raise EnrollmentError(f"the issued certificate is not for {gateway_id!r}")
-    ident = write_identity(
+    ident = pki.write_identity(
         identity_dir,
         gateway_id=gateway_id,
         key_id=key_id,
@@ -376,80 +274,3 @@ def _accept(
         cert.not_valid_after_utc.isoformat(),
     )
     return ident
-
-
-# --------------------------------------------------------------------------- CLI
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-c", "--config", type=Path, help="gateway.yaml (gateway.id, uplink.*)")
-    parser.add_argument("--token", help="one-time token from `edgegw-cloud token create GW_ID`")
-    parser.add_argument(
-        "--bootstrap-dir",
-        type=Path,
-        help="dir with ca.crt, bootstrap.crt, bootstrap.key (default: STATE_DIR/bootstrap)",
-    )
-    parser.add_argument(
-        "--renew",
-        action="store_true",
-        help="renew with the current, still valid certificate instead of a token",
-    )
-    parser.add_argument(
-        "--new-key",
-        action="store_true",
-        help="generate a new gateway key even if one exists (old batches in the "
-        "outbox may then become undecryptable for the cloud)",
-    )
-    parser.add_argument("--gateway-id", help="override gateway.id")
-    parser.add_argument("--broker", help="override uplink.broker (mqtts://HOST:PORT)")
-    parser.add_argument("--identity-dir", type=Path, help="override uplink.identity_dir")
-    parser.add_argument(
-        "--timeout",
-        type=float,
-        default=DEFAULT_TIMEOUT_S,
-        help="seconds to wait for the cloud (default %(default)s)",
-    )
-
-
-def _from_config(path: Path) -> tuple[str, str, Path, Path]:
-    from edgegw.config import load_config  # lazy: enroll works without the runtime
-
-    cfg: Any = load_config(path)
-    state = Path(cfg.gateway.state_dir)
-    ident = Path(cfg.uplink.identity_dir) if cfg.uplink.identity_dir else state / "identity"
-    return str(cfg.gateway.id), str(cfg.uplink.broker), ident, state / "bootstrap"
-
-
-def run(args: argparse.Namespace) -> int:
-    gw_id = args.gateway_id
-    broker = args.broker
-    ident_dir = args.identity_dir
-    boot = args.bootstrap_dir
-    try:
-        if args.config is not None:
-            c_id, c_broker, c_ident, c_boot = _from_config(args.config)
-            gw_id, broker = gw_id or c_id, broker or c_broker
-            ident_dir, boot = ident_dir or c_ident, boot or c_boot
-        missing = [
-            n
-            for n, v in (("gateway id", gw_id), ("broker", broker), ("identity dir", ident_dir))
-            if not v
-        ]
-        if missing:
-            raise EnrollmentError(f"missing {', '.join(missing)}: pass -c CONFIG or the overrides")
-        ident = enroll(
-            gw_id,
-            ident_dir,
-            broker=broker,
-            token=args.token,
-            bootstrap_dir=boot,
-            renew=args.renew,
-            new_key=args.new_key,
-            timeout=args.timeout,
-        )
-    except (EnrollmentError, pki.PkiError, FileExistsError) as exc:
-        print(f"edgegw enroll: {exc}", file=sys.stderr)
-        return 1
-    except Exception as exc:  # config errors carry their own formatting
-        print(f"edgegw enroll: {exc}", file=sys.stderr)
-        return 2
-    print(f"enrolled {ident.gateway_id}: identity in {ident.dir}")
-    return 0

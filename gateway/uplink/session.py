@@ -32,7 +32,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -42,6 +41,8 @@ from paho.mqtt.reasoncodes import ReasonCode
 from edgegw import pki
 from edgegw.protocol import topics
 from edgegw.protocol.ack import AckStatus, decode_acks
+from edgegw.protocol.broker_url import BrokerUrlError, parse_broker_url
+from edgegw.protocol.identity import Identity
 from edgegw.protocol.mqtt_client import Client
 from edgegw.store.outbox import Outcome
 from edgegw.uplink.outbox_io import AsyncOutbox
@@ -65,8 +66,8 @@ class TlsIdentity:
 
     @classmethod
     def from_dir(cls, identity_dir: Path) -> TlsIdentity:
-        d = Path(identity_dir)
-        return cls(d / "gateway.crt", d / "gateway.key", d / "ca.crt")
+        cert, key, ca = Identity.files(identity_dir)
+        return cls(cert, key, ca)
 
 
 @dataclass
@@ -104,21 +105,6 @@ class _Counters:
     puback_reasons: dict[str, int] = field(default_factory=dict)
 
 
-def parse_broker_url(url: str) -> tuple[str, int]:
-    parts = urlsplit(url)
-    if parts.scheme != "mqtts":
-        raise UplinkConfigError(
-            f"uplink.broker {url!r}: use mqtts://HOST:PORT (the uplink always uses mutual TLS)"
-        )
-    if not parts.hostname:
-        raise UplinkConfigError(f"uplink.broker {url!r}: no host (use mqtts://HOST:PORT)")
-    try:
-        port = parts.port or 8883
-    except ValueError:
-        raise UplinkConfigError(f"uplink.broker {url!r}: bad port") from None
-    return parts.hostname, port
-
-
 def _reason_value(rc: ReasonCode | int) -> int:
     return rc.value if isinstance(rc, ReasonCode) else int(rc)
 
@@ -150,7 +136,11 @@ class Uplink:
         self.identity = (
             identity if isinstance(identity, TlsIdentity) else TlsIdentity.from_dir(Path(identity))
         )
-        self.host, self.port = parse_broker_url(broker_url)
+        try:
+            url = parse_broker_url(broker_url)
+        except BrokerUrlError as exc:
+            raise UplinkConfigError(f"uplink.broker: {exc} ({exc.hint})") from None
+        self.host, self.port = url.host, url.port
         self._check_identity()
         self._io = outbox_io
         self.window = window

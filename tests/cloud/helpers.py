@@ -110,24 +110,14 @@ class CloudProc:
             return e.code, json.loads(e.read() or b"null")
 
     def login_cookie(self, user: str, password: str) -> str:
-        """A session cookie as a browser gets it (POST /login, no redirect followed)."""
-
-        class NoRedirect(urllib.request.HTTPRedirectHandler):
-            def redirect_request(self, *a: Any, **k: Any) -> None:
-                return None
-
-        opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=self.ctx),
-                                             NoRedirect)
+        """A session cookie as the login page gets it (POST /login with JSON)."""
         req = urllib.request.Request(
             self.base + "/login", method="POST",
-            data=f"username={user}&password={password}".encode(),
-            headers={"Content-Type": "application/x-www-form-urlencoded"})
-        try:
-            opener.open(req, timeout=10)
-        except urllib.error.HTTPError as e:
-            assert e.code == 303, e.code
-            return str(e.headers["Set-Cookie"]).split(";")[0]
-        raise AssertionError("login did not redirect")
+            data=json.dumps({"username": user, "password": password}).encode(),
+            headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, context=self.ctx, timeout=10) as r:
+            assert r.status == 204, r.status
+            return str(r.headers["Set-Cookie"]).split(";")[0]
 
     def close(self) -> None:
         stop(self.proc)

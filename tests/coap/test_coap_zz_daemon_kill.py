@@ -2,7 +2,7 @@
 
 Runs ``edgegw run -c cfg.yaml`` (uplink disabled) with a CoAP device, POSTs one OSCORE-protected
 reading with aiocoap, SIGKILLs the daemon the moment the 2.04 arrives, and reads the outbox
-back with ``edgegw.runtime.inspect.read_outbox_samples``. (File named ``zz`` to run last.)
+back with ``edgegw.runtime.outbox_reader.read_outbox_samples``. (File named ``zz`` to run last.)
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 import aiocoap
 from coap_harness import AiocoapClient, free_udp_port, oscore_device, write_client_context
 
-from edgegw.runtime.inspect import read_outbox_samples
+from edgegw.runtime.outbox_reader import read_outbox_samples
 
 EDGEGW = Path(sys.executable).with_name("edgegw")
 

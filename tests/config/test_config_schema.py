@@ -18,6 +18,7 @@ ROOT_KEYS = {
     "metrics",
     "outbox",
     "batch",
+    "breaker",
     "uplink",
     "buses",
     "devices",

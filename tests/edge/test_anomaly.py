@@ -13,11 +13,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edgegw.edge import litert, synth
+from edgegw.edge import litert
 from edgegw.edge.anomaly import AnomalyStage
 from edgegw.edge.config import AnomalyConfig
 from edgegw.edge.fit import fit_pca_autoencoder, make_windows
 from edgegw.model import Alert, Quality, Sample
+from tests.edge import synth
 
 REPO = Path(__file__).resolve().parents[2]
 T0 = 1_700_000_000_000

@@ -11,13 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgegw.edge import fit, litert, synth
+from edgegw.commands import model as model_cmd
+from edgegw.edge import fit, litert
 from edgegw.model import Quality
+from tests.edge import synth
 
 
 def parse(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="edgegw model")
-    fit.add_arguments(parser)
+    model_cmd.add_arguments(parser)
     return parser.parse_args(["fit", *argv])
 
 
@@ -56,7 +58,7 @@ def test_fit_from_csv_writes_a_working_model(
     data = tmp_path / "normal.csv"
     write_csv(data, synth.normal_rows(1500, seed=21), quality_at=700, extra_device=True)
     out = tmp_path / "m" / "pump.tflite"
-    rc = fit.run(
+    rc = model_cmd.run(
         parse(
             "--csv",
             str(data),
@@ -92,7 +94,7 @@ def test_default_features_and_components(
 ) -> None:
     data = tmp_path / "normal.csv"
     write_csv(data, synth.normal_rows(800, seed=5))
-    rc = fit.run(
+    rc = model_cmd.run(
         parse(
             "--csv",
             str(data),
@@ -131,7 +133,7 @@ def test_bad_input_is_a_clear_error(
 ) -> None:
     data = tmp_path / "normal.csv"
     data.write_text(content)
-    rc = fit.run(parse("--csv", str(data), *args, "--out", str(tmp_path / "m.tflite")))
+    rc = model_cmd.run(parse("--csv", str(data), *args, "--out", str(tmp_path / "m.tflite")))
     assert rc == 2
     err = capsys.readouterr().err
     assert err.startswith("edgegw model fit: error: ")
@@ -140,7 +142,7 @@ def test_bad_input_is_a_clear_error(
 
 
 def test_no_data_source(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert fit.run(parse("--out", str(tmp_path / "m.tflite"))) == 2
+    assert model_cmd.run(parse("--out", str(tmp_path / "m.tflite"))) == 2
     assert "pass --csv FILE and/or --outbox STATE_DIR" in capsys.readouterr().err
 
 
@@ -159,9 +161,9 @@ def test_csv_quality_column_is_honoured(tmp_path: Path) -> None:
 
 def test_inspect_shows_spec_and_shapes(capsys: pytest.CaptureFixture[str]) -> None:
     parser = argparse.ArgumentParser(prog="edgegw model")
-    fit.add_arguments(parser)
+    model_cmd.add_arguments(parser)
     model = Path(__file__).resolve().parents[2] / "examples" / "models" / "pump.tflite"
-    assert fit.run(parser.parse_args(["inspect", str(model)])) == 0
+    assert model_cmd.run(parser.parse_args(["inspect", str(model)])) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["input_shape"] == [1, 64] and info["output_shape"] == [1, 64]
     assert info["features"] == list(synth.FEATURES) and info["runtime"] == "ai-edge-litert"

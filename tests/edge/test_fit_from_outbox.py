@@ -15,7 +15,7 @@ from typing import Any
 
 from runtime.helpers import poll_until, start_daemon, stop_daemon, write_config
 
-from edgegw.runtime.inspect import read_outbox_samples
+from edgegw.runtime.outbox_reader import read_outbox_samples
 
 POINTS = [
     {"name": "temp", "signal": "sine", "period": 2.0, "amplitude": 5.0, "offset": 60.0},

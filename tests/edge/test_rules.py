@@ -9,8 +9,8 @@ import pytest
 
 from edgegw.edge.config import RuleConfig
 from edgegw.edge.rules import RuleStage, RuleState
+from edgegw.edge.stage import WriteRequest
 from edgegw.model import Alert, Quality, Sample
-from edgegw.runtime.pipeline import WriteRequest
 
 
 def s(

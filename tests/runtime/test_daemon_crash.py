@@ -13,7 +13,7 @@ import random
 import signal
 from pathlib import Path
 
-from edgegw.runtime.inspect import read_outbox
+from edgegw.runtime.outbox_reader import read_outbox
 
 from .helpers import gateway_config, outbox_seqs, poll_until, start_daemon, write_config
 

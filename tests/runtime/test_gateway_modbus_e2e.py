@@ -20,7 +20,7 @@ from modbus.modbus_sim import driver_points, layout
 from modbus.simproc import SimServer
 
 from edgegw.model import Quality
-from edgegw.runtime.inspect import read_outbox
+from edgegw.runtime.outbox_reader import read_outbox
 
 from .helpers import free_port, poll_until, start_daemon, stop_daemon, write_config
 

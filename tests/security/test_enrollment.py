@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from edgegw import pki
+from edgegw.commands import enroll as enroll_cmd
 from edgegw.uplink import enroll as enroll_mod
 from edgegw.uplink.enroll import EnrollmentError, Identity, enroll
 from edgegw_cloud.enrollment import EnrollmentService
@@ -206,11 +207,9 @@ def test_a_gateway_cannot_renew_or_enroll_another(
     # gw-a's own identity asking for gw-b's certificate, with and without gw-b's token
     tok_b = _token(cloud, "gw-b")
     for token in (None, tok_b):
-        ans = enroll_mod._Exchange("127.0.0.1", cloud.port, a.tls_context(), "gw-a", 15).run(
-            {
-                "csr": pki.csr_pem(pki.make_csr(pki.generate_ec_key(), "gw-b")),
-                **({"token": token} if token else {}),
-            }
+        ctx = pki.make_tls_context(a.ca_path, a.cert_path, a.key_path)
+        ans = enroll_mod._Exchange("127.0.0.1", cloud.port, ctx, "gw-a", 15).run(
+            pki.csr_pem(pki.make_csr(pki.generate_ec_key(), "gw-b")), token
         )
         assert ans["ok"] is False and ans["reason"] == "other_identity", ans
     assert _counters(cloud)["refused_other_identity"] == 2
@@ -244,7 +243,7 @@ def test_enroll_cli_entry_point(
     cloud: Cloud, enrollment: EnrollmentService, capsys: pytest.CaptureFixture[str]
 ) -> None:
     parser = argparse.ArgumentParser()
-    enroll_mod.add_arguments(parser)
+    enroll_cmd.add_arguments(parser)
     base = [
         "--gateway-id",
         "gw-cli",
@@ -257,11 +256,11 @@ def test_enroll_cli_entry_point(
         "--timeout",
         "15",
     ]
-    assert enroll_mod.run(parser.parse_args([*base, "--token", "bogus"])) == 1
+    assert enroll_cmd.run(parser.parse_args([*base, "--token", "bogus"])) == 1
     assert "token_unknown" in capsys.readouterr().err
-    assert enroll_mod.run(parser.parse_args([*base, "--token", _token(cloud, "gw-cli")])) == 0
+    assert enroll_cmd.run(parser.parse_args([*base, "--token", _token(cloud, "gw-cli")])) == 0
     assert Identity.load(cloud.tmp / "cli").gateway_id == "gw-cli"
-    assert enroll_mod.run(parser.parse_args(["--gateway-id", "gw-cli"])) == 1
+    assert enroll_cmd.run(parser.parse_args(["--gateway-id", "gw-cli"])) == 1
     assert "missing broker, identity dir" in capsys.readouterr().err
 
 
@@ -309,12 +308,12 @@ def test_enroll_cli_reads_gateway_yaml(
         f"uplink:\n  enabled: true\n  broker: {cloud.broker.url}\ndevices: []\n"
     )
     parser = argparse.ArgumentParser()
-    enroll_mod.add_arguments(parser)
+    enroll_cmd.add_arguments(parser)
     args = parser.parse_args(["-c", str(cfg), "--token", _token(cloud, "gw-yaml")])
-    assert enroll_mod.run(args) == 0
+    assert enroll_cmd.run(args) == 0
     ident = Identity.load(state / "identity")  # uplink.identity_dir default
     assert (ident.gateway_id, ident.broker) == ("gw-yaml", cloud.broker.url)
     assert pki.file_mode(ident.key_path) == 0o600
     # renewal through the same config, no token
-    assert enroll_mod.run(parser.parse_args(["-c", str(cfg), "--renew"])) == 0
+    assert enroll_cmd.run(parser.parse_args(["-c", str(cfg), "--renew"])) == 0
     assert enrollment.stats()["renewed"] == 1

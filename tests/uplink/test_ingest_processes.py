@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from edgegw_cloud.cli import serve
+from edgegw_cloud.server import serve
 
 from .conftest import Cloud, GatewaySide, assert_exactly_once, await_until
 

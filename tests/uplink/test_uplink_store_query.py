@@ -14,6 +14,7 @@ import pytest
 from edgegw.model import Alert, Lane, Quality, Sample, Severity
 from edgegw.protocol.codec import Gap
 from edgegw_cloud import query
+from edgegw_cloud.commands import query as query_cmd
 from edgegw_cloud.store import BatchRecord, CloudStore
 
 
@@ -78,7 +79,7 @@ def test_group_commit_is_per_batch_dedup_and_all_or_nothing(tmp_path: Path) -> N
 
 def _args(tmp_path: Path, **kw: object) -> argparse.Namespace:
     p = argparse.ArgumentParser()
-    query.add_arguments(p)
+    query_cmd.add_arguments(p)
     argv = ["--data-dir", str(tmp_path)]
     for k, v in kw.items():
         argv += [f"--{k.replace('_', '-')}", str(v)]
@@ -94,7 +95,7 @@ def test_query_filters_and_formats(tmp_path: Path, capsys: pytest.CaptureFixture
     store.close()
 
     out = io.StringIO()
-    assert query.run(_args(tmp_path, gateway="gw1", metric="p", since="2024-05-01T12:00:02Z",
+    assert query_cmd.run(_args(tmp_path, gateway="gw1", metric="p", since="2024-05-01T12:00:02Z",
                            until=t0 + 5000), out) == 0
     rows = json.loads(out.getvalue())
     assert [r["ts_ms"] for r in rows] == [t0 + 2000, t0 + 3000, t0 + 4000]
@@ -102,23 +103,23 @@ def test_query_filters_and_formats(tmp_path: Path, capsys: pytest.CaptureFixture
     assert rows[0]["time"] == "2024-05-01T12:00:02.000Z"
 
     out = io.StringIO()
-    assert query.run(_args(tmp_path, device="pump", format="csv"), out) == 0
+    assert query_cmd.run(_args(tmp_path, device="pump", format="csv"), out) == 0
     table = list(csv.DictReader(io.StringIO(out.getvalue())))
     assert len(table) == 30
     assert float(table[1]["value"]) == 0.25
 
     out = io.StringIO()
-    assert query.run(_args(tmp_path, gateway="nobody"), out) == 0
+    assert query_cmd.run(_args(tmp_path, gateway="nobody"), out) == 0
     assert json.loads(out.getvalue()) == []
 
     out = io.StringIO()
-    assert query.run(_args(tmp_path, format="jsonl", limit=4), out) == 0
+    assert query_cmd.run(_args(tmp_path, format="jsonl", limit=4), out) == 0
     assert len(out.getvalue().splitlines()) == 4
 
-    assert query.run(_args(tmp_path, since="yesterday-ish"), io.StringIO()) == 2
+    assert query_cmd.run(_args(tmp_path, since="yesterday-ish"), io.StringIO()) == 2
     assert "bad time 'yesterday-ish'" in capsys.readouterr().err
-    assert query.run(_args(tmp_path, since=t0 + 10, until=t0), io.StringIO()) == 2
-    assert query.run(_args(tmp_path / "nothing"), io.StringIO()) == 2
+    assert query_cmd.run(_args(tmp_path, since=t0 + 10, until=t0), io.StringIO()) == 2
+    assert query_cmd.run(_args(tmp_path / "nothing"), io.StringIO()) == 2
     assert "no cloud store here" in capsys.readouterr().err
 
 

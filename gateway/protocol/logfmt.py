@@ -1,5 +1,8 @@
 """Log output formats shared by ``edgegw`` and ``edgegw-cloud``: text (default) or JSON lines.
 
+In the protocol package because both sides share it (the JSON log line is a contract with the
+operator's log pipeline) and it imports nothing of ours.
+
 ``--log-format json`` (or ``EDGEGW_LOG_FORMAT=json``) prints one JSON object per record, for
 journald/Loki/Elasticsearch pipelines: ``{"ts": ISO-8601 UTC with ms, "level", "logger", "msg"}``
 plus ``"exc"`` (the formatted traceback) when there is one and any ``extra=`` fields that are

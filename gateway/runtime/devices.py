@@ -1,0 +1,304 @@
+"""The device manager service: builds every configured device's driver and runs it.
+
+Polled drivers get one ``BusScheduler`` per physical bus (the device's ``bus:`` name, else the
+driver's own bus key, else the device alone) with the circuit breaker configured under
+``breaker:`` (gateway-wide) or ``buses.<name>.breaker`` (one bus). Push drivers run as one task
+each, restarted with backoff. Write requests (edge rules, later commands) go through the bus
+scheduler, ahead of polls.
+
+Invariants:
+- A device whose driver failed to load, whose options are invalid, or whose ``open()`` keeps
+  failing is reported with UNAVAILABLE / COMM_ERROR quality; it never stops the other devices.
+- Drivers share bus resources through one pool for the whole gateway (``DeviceContext``).
+- ``stop()`` cancels the schedulers and push tasks, then closes every driver (errors logged).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, cast
+
+from edgegw.config import BreakerConfig, DeviceConfig, GatewayConfig
+from edgegw.edge import WriteRequest
+from edgegw.model import Quality, Sample, Value, now_ms
+from edgegw.runtime.poller import DevicePoller
+from edgegw.runtime.scheduler import BreakerPolicy, BusScheduler
+from edgegw.sdk import (
+    DeviceContext,
+    Driver,
+    DriverEntry,
+    DriverError,
+    DriverOptions,
+    Emit,
+    PolledDriver,
+    PushDriver,
+    ReadResult,
+    TransientError,
+)
+
+log = logging.getLogger("edgegw.devices")
+
+__all__ = ["DeviceManager", "LazyOpenDriver", "breaker_policy"]
+
+Sink = Callable[[Sequence[Sample]], Awaitable[None]]
+
+
+class LazyOpenDriver(PolledDriver):
+    """Wraps a polled driver so a failing ``open()`` is retried by the normal poll schedule.
+
+    The device then shows COMM_ERROR (and the circuit breaker backs off) instead of the
+    gateway refusing to start because one device was unreachable at boot.
+    """
+
+    inner_cls: type[Driver] = PolledDriver
+
+    @classmethod
+    def points(cls, options: DriverOptions) -> Sequence[str]:
+        return cls.inner_cls.points(options)
+
+    @classmethod
+    def for_class(cls, inner_cls: type[Driver]) -> type[LazyOpenDriver]:
+        """A wrapper class whose class-level hooks (``points``) answer for ``inner_cls``."""
+        return type(f"LazyOpen{inner_cls.__name__}", (cls,), {"inner_cls": inner_cls})
+
+    def __init__(self, inner: PolledDriver, ctx: DeviceContext) -> None:
+        super().__init__(inner.options)
+        self.inner = inner
+        self.ctx = ctx
+        self.opened = False
+
+    async def ensure_open(self) -> None:
+        if self.opened:
+            return
+        try:
+            await self.inner.open(self.ctx)
+        except DriverError:
+            raise
+        except Exception as exc:
+            raise TransientError(f"open failed: {type(exc).__name__}: {exc}") from exc
+        self.opened = True
+
+    async def read(self) -> ReadResult:
+        await self.ensure_open()
+        return await self.inner.read()
+
+    async def write(self, point: str, value: Value) -> None:
+        await self.ensure_open()
+        await self.inner.write(point, value)
+
+    async def close(self) -> None:
+        if self.opened:
+            self.opened = False
+            await self.inner.close()
+
+
+def breaker_policy(cfg: BreakerConfig) -> BreakerPolicy:
+    return BreakerPolicy(
+        failure_threshold=cfg.failure_threshold,
+        backoff_min=float(cfg.backoff_min),
+        backoff_max=float(cfg.backoff_max),
+        jitter=cfg.jitter,
+    )
+
+
+class DeviceManager:
+    """Service: every device's driver, its bus scheduler or push task, and device writes."""
+
+    name = "devices"
+
+    def __init__(
+        self,
+        cfg: GatewayConfig,
+        drivers: Mapping[str, DriverEntry],
+        state_dir: Path,
+        sink: Sink,
+        emit: Emit,
+    ) -> None:
+        self.cfg = cfg
+        self.drivers = drivers
+        self.state_dir = state_dir
+        self._sink_fn = sink
+        self._emit = emit
+        self._shared: dict[str, Any] = {}
+        self._shared_refs: dict[str, int] = {}
+        self._contexts: dict[str, DeviceContext] = {}
+        self._polled: dict[str, LazyOpenDriver] = {}
+        self._push: dict[str, PushDriver] = {}
+        self.unavailable: dict[str, str] = {}
+        self._device_bus: dict[str, BusScheduler] = {}
+        self._schedulers: dict[str, BusScheduler] = {}
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._write_tasks: set[asyncio.Task[bool]] = set()
+        self._write_stats = {"requested": 0, "ok": 0, "failed": 0}
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        for dev in self.cfg.devices:
+            if dev.enabled:
+                self._start_device(dev)
+        for name, sched in self._schedulers.items():
+            self._tasks.append(asyncio.create_task(sched.run(), name=f"bus:{name}"))
+        if self.unavailable:
+            await self._sink(
+                [
+                    Sample(d, "_status", now_ms(), None, Quality.UNAVAILABLE)
+                    for d in self.unavailable
+                ]
+            )
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        drivers: list[tuple[str, Driver]] = [*self._polled.items(), *self._push.items()]
+        for dev_id, drv in drivers:
+            try:
+                await drv.close()
+            except Exception:
+                log.exception("closing %s failed", dev_id)
+
+    def _start_device(self, dev: DeviceConfig) -> None:
+        entry = self.drivers.get(dev.driver)
+        if entry is None or entry.cls is None:
+            why = entry.error if entry is not None else f"no driver named {dev.driver!r}"
+            self.unavailable[dev.id] = why or "driver unavailable"
+            log.error("device %s unavailable: driver %s: %s", dev.id, dev.driver, why)
+            return
+        cls: type[Driver] = entry.cls
+        try:
+            options = cls.Options.model_validate(dev.options or {})
+            driver = cls(options)
+        except Exception as exc:
+            self.unavailable[dev.id] = f"{type(exc).__name__}: {exc}"
+            log.error("device %s unavailable: %s", dev.id, exc)
+            return
+        ctx = self._context(dev.id, dev.driver)
+        if not driver.pushes and isinstance(driver, PolledDriver):
+            self._add_polled(dev, cls, options, LazyOpenDriver.for_class(cls)(driver, ctx))
+        elif driver.pushes:
+            # ``pushes`` may come from the options (a serial port in streaming mode), so the
+            # class need not be a PushDriver subclass; it has ``run(emit)`` by that contract.
+            push = cast(PushDriver, driver)
+            self._push[dev.id] = push
+            self._tasks.append(
+                asyncio.create_task(self._run_push(dev.id, push, ctx), name=f"push:{dev.id}")
+            )
+
+    def _add_polled(
+        self, dev: DeviceConfig, cls: type[Driver], options: DriverOptions, wrapped: LazyOpenDriver
+    ) -> None:
+        self._polled[dev.id] = wrapped
+        # The device's `bus:` name wins; else the driver's own key (same endpoint/port).
+        key = cls.bus_key(options)
+        bus = dev.bus or key or f"device:{dev.id}"
+        buses = self.cfg.buses
+        bus_cfg = buses.get(bus) or (buses.get(key) if key else None)
+        sched = self._schedulers.get(bus)
+        if sched is None:
+            delay = float(bus_cfg.inter_frame_delay) if bus_cfg is not None else 0.0
+            breaker = (bus_cfg.breaker if bus_cfg is not None else None) or self.cfg.breaker
+            sched = BusScheduler(bus, inter_frame_delay=delay, breaker=breaker_policy(breaker))
+            self._schedulers[bus] = sched
+        timeout = float(dev.timeout)
+        if bus_cfg is not None and bus_cfg.timeout is not None:
+            timeout = float(bus_cfg.timeout)
+        self._device_bus[dev.id] = sched
+        sched.add(
+            DevicePoller(
+                dev.id,
+                wrapped,
+                period=float(dev.poll),
+                timeout=timeout,
+                sink=self._sink,
+                stagger=dev.stagger,
+                driver_name=dev.driver,
+            )
+        )
+
+    def _context(self, device_id: str, driver_name: str) -> DeviceContext:
+        ctx = DeviceContext(
+            device_id=device_id,
+            driver_name=driver_name,
+            state_dir=self.state_dir / "devices" / device_id,
+            log=logging.getLogger(f"edgegw.device.{device_id}"),
+        )
+        # One pool of shared bus resources for the whole gateway.
+        ctx._shared = self._shared
+        ctx._shared_refs = self._shared_refs
+        self._contexts[device_id] = ctx
+        return ctx
+
+    async def _sink(self, samples: Sequence[Sample]) -> None:
+        await self._sink_fn(samples)
+
+    async def _run_push(self, device_id: str, driver: PushDriver, ctx: DeviceContext) -> None:
+        """Run a push driver; on failure report COMM_ERROR and restart it with backoff."""
+        attempt = 0
+        while True:
+            started = time.monotonic()
+            try:
+                await driver.open(ctx)
+                await driver.run(self._emit)
+                log.info("push driver of %s returned; not restarting", device_id)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                quality = exc.quality if isinstance(exc, DriverError) else Quality.COMM_ERROR
+                log.info("device %s: %s: %s", device_id, type(exc).__name__, exc)
+                await self._sink([Sample(device_id, "_status", now_ms(), None, quality)])
+            finally:
+                try:
+                    await driver.close()
+                except Exception:
+                    log.exception("closing driver of %s failed", device_id)
+            attempt = 0 if time.monotonic() - started > 60 else attempt + 1
+            await asyncio.sleep(random.uniform(0, min(30.0, 0.5 * 2**attempt)))
+
+    # ------------------------------------------------------------------ writes
+    def request_writes(self, writes: list[WriteRequest]) -> None:
+        """Run each write in its own task (the pipeline must not wait for the bus)."""
+        for w in writes:
+            task = asyncio.get_running_loop().create_task(self.write(w))
+            self._write_tasks.add(task)
+            task.add_done_callback(self._write_tasks.discard)
+
+    async def write(self, req: WriteRequest) -> bool:
+        """Execute a write through the device's bus scheduler (writes go ahead of polls)."""
+        self._write_stats["requested"] += 1
+        driver = self._polled.get(req.device)
+        sched = self._device_bus.get(req.device)
+        try:
+            if driver is not None and sched is not None:
+                polled = driver
+                await sched.submit_write(req.device, lambda: polled.write(req.point, req.value))
+            elif req.device in self._push:
+                await self._push[req.device].write(req.point, req.value)
+            else:
+                raise LookupError(f"device {req.device!r} is not running")
+        except Exception as exc:
+            self._write_stats["failed"] += 1
+            log.warning(
+                "write %s.%s=%r (%s) failed: %s", req.device, req.point, req.value, req.reason, exc
+            )
+            return False
+        self._write_stats["ok"] += 1
+        log.info("wrote %s.%s=%r (%s)", req.device, req.point, req.value, req.reason)
+        return True
+
+    # ------------------------------------------------------------------ observability
+    def stats(self) -> Mapping[str, Mapping[str, Any]]:
+        return {
+            "scheduler": {"buses": {name: s.stats() for name, s in self._schedulers.items()}},
+            "devices": {
+                "devices": {d: dict(c.counters) for d, c in self._contexts.items()}
+                | {d: {"unavailable": 1} for d in self.unavailable}
+            },
+            "writes": dict(self._write_stats),
+        }
