@@ -98,7 +98,7 @@ def test_dashboard_in_chromium_fleet_live_chart_and_alert(cloud: CloudProc,
                 page.fill("input[name=username]", "alice")
                 page.fill("input[name=password]", "wrong-password")
                 page.click("button[type=submit]")
-                page.locator(".error").wait_for(state="visible", timeout=10_000)  # fetch answered 401
+                page.locator(".error").wait_for(state="visible", timeout=10_000)  # a 401
                 page.fill("input[name=username]", "alice")
                 page.fill("input[name=password]", "alice-pw-1")
                 page.click("button[type=submit]")
