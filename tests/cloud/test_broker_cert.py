@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import socket
+import ssl
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,6 +15,8 @@ from cryptography import x509
 from edgegw import pki
 from edgegw_cloud.cli import main
 from edgegw_cloud.pki_setup import add_broker_hosts, broker_sans, init_data_dir
+
+from .helpers import CloudProc, wait_until
 
 
 def test_init_takes_several_hosts_and_add_host_reissues_with_the_same_key(
@@ -47,3 +54,28 @@ def test_a_bad_host_name_is_refused_with_a_clear_error(tmp_path: Path,
     init_data_dir(d)
     assert main(["broker-cert", "--data-dir", str(d), "--add-host", "bad host/name"]) == 1
     assert "neither an IP address nor a DNS host name" in capsys.readouterr().err
+
+
+def test_a_running_serve_presents_an_added_host_after_broker_cert() -> None:
+    work = Path(tempfile.mkdtemp(prefix="edgegw-brokercert-"))
+    os.chmod(work, 0o711)  # mosquitto (dropped to its own user) must reach the data dir
+    cloud = CloudProc(work / "cloud")
+    try:
+        def sans() -> set[str]:
+            ctx = pki.make_tls_context(cloud.data / "pki" / "ca.crt",
+                                       cloud.data / "pki" / "bootstrap.crt",
+                                       cloud.data / "pki" / "bootstrap.key")
+            try:
+                with socket.create_connection(("127.0.0.1", cloud.port), timeout=2) as raw, \
+                        ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+                    cert = tls.getpeercert() or {}
+            except (OSError, ssl.SSLError):
+                return set()  # the broker is restarting
+            return {v for _k, v in cert.get("subjectAltName", ())}
+
+        assert "192.0.2.77" not in sans()
+        cloud.cli("broker-cert", "--add-host", "192.0.2.77")
+        wait_until(lambda: "192.0.2.77" in sans(), 30, "the restarted broker's new certificate")
+    finally:
+        cloud.close()
+        shutil.rmtree(work, ignore_errors=True)
