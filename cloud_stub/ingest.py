@@ -48,7 +48,7 @@ from edgegw.protocol.broker_url import parse_broker_url
 from edgegw.protocol.codec import CodecError, DecodedBatch, decode_batch
 from edgegw.protocol.keys import derive_data_key
 from edgegw.protocol.model import Lane
-from edgegw.protocol.mqtt_client import Client
+from edgegw.transport.mqtt_client import Client
 from edgegw_cloud.pki_setup import INGEST_CN, CloudPaths
 from edgegw_cloud.registry import Registry
 from edgegw_cloud.sinks import Forwarder, Reading

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from edgegw import pki
 from edgegw.config import load_config
+from edgegw.protocol.identity import default_bootstrap_dir, default_identity_dir
 from edgegw.uplink.enroll import DEFAULT_TIMEOUT_S, EnrollmentError, enroll
 
 
@@ -48,8 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _from_config(path: Path) -> tuple[str, str, Path, Path]:
     cfg = load_config(path)
     state = Path(cfg.gateway.state_dir)
-    ident = Path(cfg.uplink.identity_dir) if cfg.uplink.identity_dir else state / "identity"
-    return str(cfg.gateway.id), str(cfg.uplink.broker), ident, state / "bootstrap"
+    ident = default_identity_dir(state, cfg.uplink.identity_dir)
+    return str(cfg.gateway.id), str(cfg.uplink.broker), ident, default_bootstrap_dir(state)
 
 
 def run(args: argparse.Namespace) -> int:

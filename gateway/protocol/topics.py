@@ -112,6 +112,27 @@ def down(gw: str, name: str) -> str:
     return f"gw/{check_gateway_id(gw)}/down/{name}"
 
 
+def up(gw: str, kind: str) -> str:
+    """Gateway -> cloud device-management messages (replies, reports): gw/{id}/up/<kind>."""
+    if not kind or _FORBIDDEN.intersection(kind) or kind in ("batch", "status"):
+        raise ValueError(f"uplink message kind {kind!r} must be one topic level "
+                         "(not batch/status)")
+    return f"gw/{check_gateway_id(gw)}/up/{kind}"
+
+
+def every_up(kind: str) -> str:
+    """What the cloud subscribes to for one kind of gateway -> cloud message: gw/+/up/<kind>."""
+    if not kind or _FORBIDDEN.intersection(kind):
+        raise ValueError(f"uplink message kind {kind!r} must be one topic level")
+    return f"gw/+/up/{kind}"
+
+
+def kind_of(topic: str) -> str | None:
+    """The last level of ``gw/{id}/up|down/<kind>``, else None."""
+    parts = topic.split("/")
+    return parts[3] if len(parts) == 4 and parts[0] == "gw" and parts[3] else None
+
+
 def down_subscription(gw: str) -> str:
     return f"gw/{check_gateway_id(gw)}/down/#"
 

@@ -30,7 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from edgegw.config import GatewayConfig
+from edgegw.device.downlink import DownlinkService
 from edgegw.model import now_ms
+from edgegw.protocol.identity import default_identity_dir
 from edgegw.runtime.datapath import DataPath
 from edgegw.runtime.devices import DeviceManager
 from edgegw.runtime.housekeeping import HousekeepingService
@@ -43,6 +45,26 @@ from edgegw.sdk import DriverEntry
 log = logging.getLogger("edgegw.supervisor")
 
 STATUS_FILE = "status.json"
+
+
+class DownlinkRuntime:
+    """The downlink service as a supervisor service: attached to the uplink's session when the
+    session is made, stopped before the uplink (no handler runs on a closed session)."""
+
+    name = "downlink"
+
+    def __init__(self, service: DownlinkService, uplink: UplinkService) -> None:
+        self.service = service
+        uplink.session_hooks.append(service.attach)
+
+    async def start(self) -> None:
+        await self.service.start()
+
+    async def stop(self) -> None:
+        await self.service.stop()
+
+    def stats(self) -> Mapping[str, Mapping[str, Any]]:
+        return {"downlink": self.service.stats()}
 
 
 class Gateway:
@@ -62,10 +84,17 @@ class Gateway:
         )
         self.datapath.on_writes = self.devices.request_writes
         self.housekeeping = HousekeepingService(cfg, self.datapath, identity_dir)
+        #: cloud -> gateway messages (commands, shadow, config, OTA) on the uplink's session
+        self.downlink: DownlinkRuntime | None = None
+        if self.uplink is not None and identity_dir is not None:
+            self.downlink = DownlinkRuntime(
+                DownlinkService(self.gateway_id, identity_dir, self.state_dir), self.uplink
+            )
         #: started in this order, stopped in reverse; add a downlink service with one line here
         self.services: list[Service] = [
             self.datapath,
             *([self.uplink] if self.uplink is not None else []),
+            *([self.downlink] if self.downlink is not None else []),
             self.devices,
             self.housekeeping,
         ]
@@ -77,7 +106,7 @@ class Gateway:
 
     def _identity_dir(self) -> Path:
         d = self.cfg.uplink.identity_dir
-        return Path(d) if d else self.state_dir / "identity"
+        return default_identity_dir(self.state_dir, d)
 
     # ------------------------------------------------------------------ startup
     async def start(self) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,9 @@ class UplinkService:
         self.identity_dir = identity_dir
         self.datapath = datapath
         self.session: Uplink | None = None
+        #: ``hook(session)`` runs after the session is made and before it runs (the downlink
+        #: service attaches its handler there: the subscription is chosen at connect)
+        self.session_hooks: list[Callable[[Uplink], None]] = []
         #: set by ``Gateway.stop`` before the services stop
         self.drain_timeout = 0.0
         self._task: asyncio.Task[None] | None = None
@@ -63,6 +66,8 @@ class UplinkService:
             stable_after=float(u.stable_after),
         )
         dp.pipeline.batcher.on_sealed = lambda _lane: session.notify()
+        for hook in self.session_hooks:
+            hook(session)
         self._task = asyncio.create_task(session.run(), name="uplink")
 
     async def stop(self) -> None:

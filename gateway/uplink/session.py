@@ -43,8 +43,7 @@ from edgegw.protocol import topics
 from edgegw.protocol.ack import AckStatus, decode_acks
 from edgegw.protocol.broker_url import BrokerUrlError, parse_broker_url
 from edgegw.protocol.identity import Identity
-from edgegw.protocol.mqtt_client import Client
-from edgegw.store.outbox import Outcome
+from edgegw.transport.mqtt_client import Client
 from edgegw.uplink.outbox_io import AsyncOutbox
 
 log = logging.getLogger("edgegw.uplink")
@@ -154,6 +153,7 @@ class Uplink:
         self._topic_batch = topics.up_batch(gateway_id)
         self._topic_status = topics.up_status(gateway_id)
         self._topic_ack = topics.down_ack(gateway_id)
+        self._topic_down_all = topics.down_subscription(gateway_id)
         self.c = _Counters()
         # per-connection state
         self._gen = 0
@@ -172,8 +172,31 @@ class Uplink:
         self._auth_failing = False
         self._unreachable = False
         self._tasks: set[asyncio.Task[None]] = set()
+        # device management (edgegw.device.downlink): other messages on gw/{id}/down/#
+        self._downlink: Callable[[str, bytes], None] | None = None
+        self._connect_listeners: list[Callable[[], None]] = []
 
     # ------------------------------------------------------------------ public
+    def set_downlink_handler(self, handler: Callable[[str, bytes], None]) -> None:
+        """Receive every message on ``gw/{id}/down/#`` except acks (called on the event loop).
+
+        Set before ``run()``: the subscription widens from ``down/ack`` to ``down/#``.
+        """
+        self._downlink = handler
+
+    def add_connect_listener(self, fn: Callable[[], None]) -> None:
+        """``fn()`` runs on the event loop each time a connection is up and subscribed."""
+        self._connect_listeners.append(fn)
+
+    def publish_message(self, topic: str, payload: bytes) -> bool:
+        """QoS1 publish of a device-management message; False when not connected (the caller
+        keeps what it needs to say again: the cloud re-asks, the gateway re-reports)."""
+        client = self._client
+        if client is None or not self._connected:
+            return False
+        info = client.publish(topic, payload, qos=1)
+        return info.rc == mqtt.MQTT_ERR_SUCCESS
+
     def notify(self) -> None:
         """Tell the uplink the outbox has new batches (optional: it also polls)."""
         if self._wake is not None:
@@ -362,18 +385,18 @@ class Uplink:
             else:
                 log.debug("connected to %s:%d", self.host, self.port)
             self._auth_failing = self._unreachable = False
-            client.subscribe(self._topic_ack, qos=1)
+            client.subscribe(self._topic_sub, qos=1)
             client.publish(self._topic_status, topics.STATUS_ONLINE, qos=1, retain=True)
             done, _ = await asyncio.wait({suback, lost_wait}, timeout=max(10.0, self.keepalive),
                                          return_when=asyncio.FIRST_COMPLETED)
             if suback not in done:
                 if not self._lost.is_set():
-                    log.info("no SUBACK for %s from %s:%d; reconnecting", self._topic_ack,
+                    log.info("no SUBACK for %s from %s:%d; reconnecting", self._topic_sub,
                              self.host, self.port)
                 return loop.time() - connected_at
             if self._suback.result() >= 0x80:
                 self.c.subscribe_refused += 1
-                self._auth_failed(f"broker refused the subscription to {self._topic_ack} "
+                self._auth_failed(f"broker refused the subscription to {self._topic_sub} "
                                   f"(reason 0x{self._suback.result():02X}); check the broker ACL")
                 return loop.time() - connected_at
             await self._pump()
@@ -396,7 +419,16 @@ class Uplink:
         self._mids.clear()
 
     # ------------------------------------------------------------------ the window
+    @property
+    def _topic_sub(self) -> str:
+        return self._topic_down_all if self._downlink is not None else self._topic_ack
+
     async def _pump(self) -> None:
+        for fn in self._connect_listeners:
+            try:
+                fn()
+            except Exception:
+                log.exception("connect listener %r failed", fn)
         loop = asyncio.get_running_loop()
         assert self._lost is not None and self._wake is not None
         while not self._lost.is_set():
@@ -470,7 +502,7 @@ class Uplink:
         delay = self.backoff_min / 2 + self._rng.uniform(0, cap)
         self._cooldown[seq] = asyncio.get_running_loop().time() + delay
 
-    def _settle(self, items: list[tuple[int, Outcome]]) -> None:
+    def _settle(self, items: list[tuple[int, AckStatus]]) -> None:
         """Hand outcomes to the outbox thread; the seqs stay excluded until it is done."""
         if not items:
             return
@@ -548,10 +580,17 @@ class Uplink:
                   seq, self._topic_batch, code, name)
         del self._inflight[seq]
         self._hold_back(seq)
-        self._settle([(seq, Outcome.RETRY)])
+        self._settle([(seq, AckStatus.RETRY)])
 
     def _on_message(self, gen: int, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        if gen != self._gen or msg.topic != self._topic_ack:
+        if gen != self._gen:
+            return
+        if msg.topic != self._topic_ack:
+            if self._downlink is not None and msg.topic.startswith(self._topic_down_all[:-1]):
+                try:
+                    self._downlink(msg.topic, bytes(msg.payload))
+                except Exception:
+                    log.exception("downlink handler failed on %s", msg.topic)
             return
         try:
             acks = decode_acks(bytes(msg.payload))
@@ -561,7 +600,7 @@ class Uplink:
             return
         self.c.acks_received += 1
         self.c.last_ack_ms = time.time_ns() // 1_000_000
-        settle: list[tuple[int, Outcome]] = []
+        settle: list[tuple[int, AckStatus]] = []
         for seq, status in acks:
             flight = self._inflight.pop(seq, None)
             if flight is not None:
@@ -575,18 +614,18 @@ class Uplink:
                 self.c.batches_delivered += 1
                 if flight is not None:
                     self.c.readings_delivered += flight.count
-                settle.append((seq, Outcome.DELIVERED))
+                settle.append((seq, AckStatus.DELIVERED))
             elif status == ACK_REJECTED:
                 self._cooldown.pop(seq, None)
                 self.c.batches_rejected += 1
                 log.warning("cloud ingest rejected batch %d (authentic but undecodable); "
                             "quarantined in the outbox", seq)
-                settle.append((seq, Outcome.REJECTED))
+                settle.append((seq, AckStatus.REJECTED))
             else:
                 self.c.batches_retry += 1
                 log.info("cloud ingest asked to retry batch %d later", seq)
                 self._hold_back(seq)
-                settle.append((seq, Outcome.RETRY))
+                settle.append((seq, AckStatus.RETRY))
         self._settle(settle)
         if self._wake is not None:
             self._wake.set()
