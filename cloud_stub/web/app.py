@@ -43,6 +43,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from edgegw_cloud.commands.token import parse_ttl
+from edgegw_cloud.devstore import DevStore
 from edgegw_cloud.pki_setup import CloudPaths
 from edgegw_cloud.query import TimeSpecError, parse_time
 from edgegw_cloud.registry import Registry, RegistryError
@@ -296,6 +297,24 @@ def create_app(
             return s.gap_records(gateway=gateway, since_ms=_time(since), until_ms=_time(until),
                                  limit=limit)
 
+    @app.get("/api/v1/commands", tags=["device management"],
+             summary="commands sent to gateways' devices and their results, newest first")
+    def commands(p: Reader, gateway: str | None = None,
+                 status: Annotated[str | None, Query(
+                     pattern="^(pending|ok|refused|timed_out|unavailable)$")] = None,
+                 limit: Annotated[int, Query(ge=1, le=10_000)] = 200) -> list[dict[str, Any]]:
+        """One row per command: gateway, device, action, args, status (pending, ok, refused,
+        timed_out, unavailable), the value or reason of its result, when it was created and
+        answered, how often it was sent."""
+        path = paths.data_dir / "devices.db"
+        if not path.exists():  # no command sent yet (do not create the database here)
+            return []
+        ds = DevStore(path)
+        try:
+            return ds.commands(gateway, status, limit)
+        finally:
+            ds.close()
+
     @app.post("/api/v1/gateways/{gateway}/revoke", tags=["fleet"],
               summary="revoke a gateway (admin): the broker refuses it from then on")
     def revoke(gateway: str, p: Writer) -> dict[str, Any]:
@@ -337,6 +356,10 @@ def create_app(
     @app.get("/gaps", include_in_schema=False)
     def gaps_page(request: Request) -> Response:
         return page("gaps.html", request)
+
+    @app.get("/commands", include_in_schema=False)
+    def commands_page(request: Request) -> Response:
+        return page("commands.html", request)
 
     @app.get("/login", include_in_schema=False)
     def login_page() -> Response:

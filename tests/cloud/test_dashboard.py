@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from edgegw_cloud.devstore import DevStore
+
 from .helpers import CloudProc, start_gateway, stop, wait_until
 
 CHROMIUM = "/usr/bin/chromium"
@@ -70,6 +72,20 @@ def test_api_refuses_anonymous_and_read_only_writes(cloud: CloudProc) -> None:
     status, spec = cloud.request("GET", "/api/openapi.json", token=ro)
     assert status == 200 and "/api/v1/gateways" in spec["paths"]
     assert "/api/v1/gateways/{gateway}/live" in spec["paths"]
+    # commands and their results (device management's store), read-only users may read them
+    assert cloud.request("GET", "/api/v1/commands", token=ro)[1] == []
+    ds = DevStore(cloud.data / "devices.db")
+    try:
+        ds.command_create("c1", "gw-x", "boiler1", "write", {"point": "sp", "value": 5},
+                          deadline_ms=2**40)
+        ds.command_create("c2", "gw-x", "boiler1", "read", {"point": "sp"}, deadline_ms=2**40)
+        ds.command_finish("c1", "refused", reason="point sp is not writable")
+    finally:
+        ds.close()
+    status, cmds = cloud.request("GET", "/api/v1/commands?gateway=gw-x", token=ro)
+    assert status == 200
+    assert {(c["id"], c["status"]) for c in cmds} == {("c1", "refused"), ("c2", "pending")}
+    assert cloud.request("GET", "/api/v1/commands?status=pending", token=ro)[1][0]["id"] == "c2"
     # a revoked API token is refused at once
     cloud.cli("api-token", "revoke", "grafana")
     assert cloud.request("GET", "/api/v1/me", token=ro)[0] == 401
@@ -128,6 +144,9 @@ def test_dashboard_in_chromium_fleet_live_chart_and_alert(cloud: CloudProc,
                 page.wait_for_url("**/gaps")
                 page.wait_for_selector("#gaps >> text=nothing was dropped")
                 page.screenshot(path=str(shots / "4-gaps.png"), full_page=True)
+                page.click("header >> text=Commands")
+                page.wait_for_url("**/commands")
+                page.wait_for_selector("#commands >> text=no commands sent yet")
             finally:
                 browser.close()
         for name in ("1-fleet", "2-gateway-live", "3-alerts", "4-gaps"):

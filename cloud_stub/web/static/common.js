@@ -16,6 +16,9 @@ function ago(ms) {
   const s = Math.max(0, Math.round((Date.now() - ms) / 1000));
   return s < 90 ? s + " s ago" : s < 5400 ? Math.round(s / 60) + " min ago" : fmtTime(ms);
 }
+function fmtVal(v) {
+  return typeof v === "number" && !Number.isInteger(v) ? v.toFixed(2) : v;
+}
 function esc(v) {
   return String(v === null || v === undefined ? "-" : v).replace(/[&<>"']/g,
     (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
@@ -28,7 +31,7 @@ function table(el, cols, rows) {
 }
 async function header(here) {
   const me = await api("/api/v1/me");
-  const links = [["/", "Fleet"], ["/alerts", "Alerts"], ["/gaps", "Gaps"]];
+  const links = [["/", "Fleet"], ["/alerts", "Alerts"], ["/gaps", "Gaps"], ["/commands", "Commands"]];
   document.querySelector("header").innerHTML = "<strong>edgegw cloud</strong>" +
     links.map(([h, t]) => '<a href="' + h + '"' + (h === here ? ' class="here"' : "") + ">" + t +
       "</a>").join("") +
