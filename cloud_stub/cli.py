@@ -19,6 +19,7 @@ from types import ModuleType
 
 from edgegw import pki
 from edgegw.protocol.logfmt import configure
+from edgegw_cloud.apiclient import ApiError
 from edgegw_cloud.broker import BrokerError
 from edgegw_cloud.commands import (
     api_token,
@@ -107,7 +108,7 @@ def _main(argv: list[str] | None = None) -> int:
     configure(level, args.log_format, force=False)
     try:
         return int(args.fn(args))
-    except (RegistryError, pki.PkiError, FileExistsError, BrokerError, AuthError,
+    except (RegistryError, pki.PkiError, FileExistsError, BrokerError, AuthError, ApiError,
             ValueError) as exc:
         print(f"edgegw-cloud {args.command}: {exc}", file=sys.stderr)
         return 1

@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
+from edgegw_cloud.apiclient import ApiClient, ApiError
+from edgegw_cloud.commands import add_api_arguments
 from edgegw_cloud.query import (
     READING_COLUMNS,
     TimeSpecError,
@@ -23,6 +25,7 @@ from edgegw_cloud.query import (
     write_parquet,
     write_text,
 )
+from edgegw_cloud.store import StoredReading
 from edgegw_cloud.stores import open_store
 
 HELP = "stored readings, alerts or gaps as JSON, JSON lines, CSV or Parquet"
@@ -34,7 +37,8 @@ Formats: json, jsonl, csv, parquet (needs pyarrow: pip install 'edgegw[parquet]'
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data-dir", required=True, type=Path, help="cloud data directory")
+    parser.add_argument("--data-dir", type=Path, help="cloud data directory (or --api)")
+    add_api_arguments(parser)
     parser.add_argument(
         "--store", metavar="URL",
         help="read this store instead of DATA/store.db (postgresql://USER@HOST/DB)",
@@ -84,6 +88,10 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
             return _error("--format parquet needs pyarrow: pip install 'edgegw[parquet]'")
         if output is None and out is None and sys.stdout.isatty():
             return _error("--format parquet is binary: give --output FILE or pipe it")
+    if getattr(args, "api", None):
+        return _run_api(args, since, until, out)
+    if args.data_dir is None:
+        return _error("give --data-dir DIR (this machine's cloud) or --api https://HOST:PORT")
     target = getattr(args, "store", None) or Path(args.data_dir) / "store.db"
     try:
         store = open_store(target, readonly=True)
@@ -118,4 +126,41 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
         store.close()
         if opened is not None:
             opened.close()
+    return 0
+
+
+def _run_api(args: argparse.Namespace, since: int | None, until: int | None,
+             out: TextIO | None) -> int:
+    """The same export through the HTTP API of a cloud on another machine."""
+    try:
+        api = ApiClient.from_args(args.api, args.api_token_file, args.ca)
+        limit = args.limit if args.limit is not None else 100_000
+        if args.what == "readings":
+            if not args.gateway:
+                return _error("with --api, readings need --gateway GW")
+            got = api.get(f"/api/v1/gateways/{args.gateway}/readings", device=args.device,
+                          metric=args.metric, since=since, until=until, limit=limit)
+            rows: Any = reading_rows(None, (StoredReading(args.gateway, r["device"], r["metric"],
+                                                          r["ts_ms"], r["value"], r["quality"],
+                                                          r["seq"]) for r in got))
+        elif args.what == "alerts":
+            rows = alert_rows(api.get("/api/v1/alerts/events", gateway=args.gateway,
+                                      since=since, until=until, limit=limit), args.device)
+        else:
+            rows = gap_rows(api.get("/api/v1/gaps", gateway=args.gateway, since=since,
+                                    until=until, limit=limit))
+    except ApiError as exc:
+        print(f"edgegw-cloud query: {exc}", file=sys.stderr)
+        return 1
+    if args.format == "parquet":
+        sink: Any = args.output if args.output is not None else (
+            out if out is not None else sys.stdout.buffer)
+        write_parquet(rows, sink, readings=args.what == "readings")
+        return 0
+    if args.output is not None:
+        with open(args.output, "w", newline="") as f:
+            write_text(rows, f, args.format, READING_COLUMNS if args.what == "readings" else None)
+        return 0
+    write_text(rows, out if out is not None else sys.stdout, args.format,
+               READING_COLUMNS if args.what == "readings" else None)
     return 0

@@ -9,7 +9,10 @@ Screenshots are kept as test artefacts in a temp dir whose path is printed.
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +21,7 @@ import pytest
 
 from edgegw_cloud.devstore import DevStore
 
-from .helpers import CloudProc, start_gateway, stop, wait_until
+from .helpers import BIN, CloudProc, start_gateway, stop, wait_until
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -27,8 +30,6 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-ne
 
 @pytest.fixture
 def workdir() -> Iterator[Path]:
-    import os
-
     d = Path(tempfile.mkdtemp(prefix="edgegw-dash-"))
     os.chmod(d, 0o711)
     try:
@@ -153,5 +154,26 @@ def test_dashboard_in_chromium_fleet_live_chart_and_alert(cloud: CloudProc,
             assert (shots / f"{name}.png").stat().st_size > 5_000
         status, states = cloud.request("GET", "/api/v1/alerts?gateway=plant1-gw1", token=token)
         assert status == 200 and {s["rule"] for s in states} == {"boiler-hot"}
+        # the CLI on another machine goes through the same API (TLS checked against the CA)
+        ca = str(cloud.data / "pki" / "ca.crt")
+        env = {**os.environ, "EDGEGW_API_TOKEN": token}
+        api = ["--api", cloud.base, "--ca", ca]
+        fleet = subprocess.run([str(BIN / "edgegw-cloud"), "gateways", *api], env=env,
+                               capture_output=True, text=True, timeout=60, check=True).stdout
+        assert next(ln for ln in fleet.splitlines() if ln.startswith("plant1-gw1")).split()[1] in (
+            "online", "offline")
+        lines = subprocess.run(
+            [str(BIN / "edgegw-cloud"), "query", *api, "--gateway", "plant1-gw1", "--since",
+             "-10m", "--format", "jsonl"], env=env, capture_output=True, text=True, timeout=60,
+            check=True).stdout.splitlines()
+        assert lines and json.loads(lines[0])["gateway"] == "plant1-gw1"
+        alerts = subprocess.run(
+            [str(BIN / "edgegw-cloud"), "query", *api, "--what", "alerts", "--format", "csv"],
+            env=env, capture_output=True, text=True, timeout=60, check=True).stdout
+        assert "boiler-hot" in alerts and "active" in alerts
+        refused = subprocess.run(
+            [str(BIN / "edgegw-cloud"), "gateways", *api], capture_output=True, text=True,
+            timeout=60, check=False, env={**os.environ, "EDGEGW_API_TOKEN": "egw_wrong"})
+        assert refused.returncode == 1 and "HTTP 401" in refused.stderr
     finally:
         stop(gw)
