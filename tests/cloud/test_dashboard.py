@@ -28,7 +28,7 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-ne
          "--disable-component-update", "--no-first-run"]
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def workdir() -> Iterator[Path]:
     d = Path(tempfile.mkdtemp(prefix="edgegw-dash-"))
     os.chmod(d, 0o711)
@@ -38,8 +38,9 @@ def workdir() -> Iterator[Path]:
         shutil.rmtree(d, ignore_errors=True)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def cloud(workdir: Path) -> Iterator[CloudProc]:
+    """One cloud for this module's tests (a serve start is the slow part)."""
     c = CloudProc(workdir / "cloud")
     try:
         c.cli("user", "add", "alice", "--role", "admin", "--password-stdin", stdin="alice-pw-1\n")
@@ -147,7 +148,8 @@ def test_dashboard_in_chromium_fleet_live_chart_and_alert(cloud: CloudProc,
                 page.screenshot(path=str(shots / "4-gaps.png"), full_page=True)
                 page.click("header >> text=Commands")
                 page.wait_for_url("**/commands")
-                page.wait_for_selector("#commands >> text=no commands sent yet")
+                page.wait_for_function(  # the table, or "no commands sent yet"
+                    "!document.getElementById('commands').textContent.includes('loading')")
             finally:
                 browser.close()
         for name in ("1-fleet", "2-gateway-live", "3-alerts", "4-gaps"):

@@ -57,7 +57,9 @@ class _Lines:
             return self._cond.wait_for(lambda: len(self.lines) >= n, timeout)
 
 
-@pytest.mark.parametrize("store_kind", ["sqlite", "postgresql"])
+@pytest.mark.parametrize(
+    "store_kind", ["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)]
+)
 def test_gateway_sigkilled_repeatedly_mid_upload(cloud: Cloud, tmp_path: Path) -> None:
     ident = cloud.gateway("gw-kill", tmp_path / "id")
     ingest = cloud.ingest()
