@@ -1,10 +1,10 @@
 """``edgegw-cloud``: a thin dispatcher over the verbs in ``edgegw_cloud.commands``.
 
-Verbs: init, broker-cert, serve, token create, user, api-token, gateways, revoke, query, db.
-Each is a module with ``HELP`` (one line), optionally ``DESCRIPTION`` (the ``--help`` text, written
-for operators; the module docstring is for developers), ``add_arguments(parser)`` and
-``run(args) -> int``. ``--since -10m`` works as documented; a closed pipe (``| head``) ends the
-command quietly.
+Verbs: init, broker-cert, serve, token create, user, api-token, gateways (label, fleet), revoke,
+audit, query, db; device management: command, shadow, config. Each is a module with ``HELP``
+(one line), optionally ``DESCRIPTION`` (the ``--help`` text, written for operators; the module
+docstring is for developers), ``add_arguments(parser)`` and ``run(args) -> int``.
+``--since -10m`` works as documented; a closed pipe (``| head``) ends the command quietly.
 
 Exit codes: 0 success, 1 a refused/failed operation (message on stderr), 2 usage error.
 """
@@ -18,21 +18,29 @@ import sys
 from types import ModuleType
 
 from edgegw import pki
+from edgegw.protocol.bundle import BundleError
 from edgegw.protocol.logfmt import configure
+from edgegw.protocol.logthrottle import install as throttle_repeated_logs
 from edgegw_cloud.apiclient import ApiError
 from edgegw_cloud.broker import BrokerError
 from edgegw_cloud.commands import (
     api_token,
+    audit,
     broker_cert,
+    command,
+    config,
     db,
     gateways,
     init,
     query,
     revoke,
     serve,
+    shadow,
     token,
     user,
 )
+from edgegw_cloud.devstore import ShadowConflict
+from edgegw_cloud.downlink import DownlinkError
 from edgegw_cloud.registry import RegistryError
 from edgegw_cloud.web.auth import AuthError
 
@@ -45,8 +53,12 @@ COMMANDS: dict[str, ModuleType] = {
     "api-token": api_token,
     "gateways": gateways,
     "revoke": revoke,
+    "audit": audit,
     "query": query,
     "db": db,
+    "command": command,
+    "shadow": shadow,
+    "config": config,
 }
 
 
@@ -106,10 +118,11 @@ def _main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         level = min(level, logging.INFO)
     configure(level, args.log_format, force=False)
+    throttle_repeated_logs()  # repeated WARNING/ERROR lines: the first, then a count a minute
     try:
         return int(args.fn(args))
-    except (RegistryError, pki.PkiError, FileExistsError, BrokerError, AuthError, ApiError,
-            ValueError) as exc:
+    except (RegistryError, pki.PkiError, FileExistsError, BrokerError, DownlinkError,
+            ShadowConflict, BundleError, AuthError, ApiError, ValueError) as exc:
         print(f"edgegw-cloud {args.command}: {exc}", file=sys.stderr)
         return 1
 

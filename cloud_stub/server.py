@@ -23,6 +23,7 @@ from typing import TextIO
 
 from edgegw.protocol.broker_url import parse_broker_url
 from edgegw_cloud.broker import Listener, ManagedBroker
+from edgegw_cloud.devmgmt import DeviceManager, record_broker_url
 from edgegw_cloud.enrollment import EnrollmentService
 from edgegw_cloud.ingest import IngestProcesses, run_ingest
 from edgegw_cloud.pki_setup import CloudPaths, broker_sans
@@ -62,10 +63,22 @@ def _start_ingest(
     return t
 
 
+def _start_device_manager(paths: CloudPaths, broker_url: str) -> DeviceManager | None:
+    """Device management for the lifetime of ``serve`` (re-sends, confirms, fleet info); the
+    broker URL is recorded for the CLI's device-management verbs."""
+    record_broker_url(paths, broker_url)
+    try:
+        return DeviceManager(paths, broker_url, tag="serve").start()
+    except Exception as exc:
+        log.error("device management not started: %s", exc)
+        return None
+
+
 def serve(
     paths: CloudPaths,
     *,
     port: int,
+    enroll_port: int | None = None,
     listen: str = "127.0.0.1",
     http: str | None = None,
     store: str | Path | None = None,
@@ -78,7 +91,7 @@ def serve(
     crl_poll_s: float = 1.0,
     out: TextIO | None = None,
 ) -> int:
-    """Run broker + enrollment + ingest until ``stop`` is set.
+    """Run broker + enrollment + ingest + device management until ``stop`` is set.
 
     ``ingest_processes`` = 0 runs the ingest as a thread of this process; N > 0 runs N ingest
     processes sharing the subscription (decode and store use a core each; the store's SQLite
@@ -90,22 +103,34 @@ def serve(
     broker: ManagedBroker | None = None
     public_url = None
     if broker_url is None:
-        extra = None if listen in ("127.0.0.1", "localhost") else Listener(port, listen)
-        broker = ManagedBroker(paths, port, extra_listener=extra).start()
-        broker_url = broker.url  # the cloud's own services always dial loopback
+        # two listeners (docs/security.md "Client ids"): gateways on ``port``, enrollment and
+        # the services on ``enroll_port`` (default port + 1); with ``listen`` both also on that
+        # address (the cloud's own services always dial loopback)
+        sport = enroll_port if enroll_port else port + 1
+        extra = (
+            None
+            if listen in ("127.0.0.1", "localhost")
+            else Listener(port, listen, service_port=sport)
+        )
+        broker = ManagedBroker(paths, port, service_port=sport, extra_listener=extra).start()
+        broker_url = broker.url
+        service_url = broker.service_url
         if extra is not None:
             shown = f"[{listen}]" if ":" in listen else listen
             public_url = f"mqtts://{shown}:{port}"
-    url = parse_broker_url(broker_url)
+    else:
+        service_url = broker_url  # an external broker: one listener for everything
+    url = parse_broker_url(service_url)
     enroll = EnrollmentService(paths, url.host, url.port).start()
     ingest_thread = None
     ingest_procs: IngestProcesses | None = None
     if ingest and ingest_processes > 0:
         ingest_procs = IngestProcesses(
-            paths, broker_url, ingest_processes, ingest_stats_dir, store=store, forward=forward
+            paths, service_url, ingest_processes, ingest_stats_dir, store=store, forward=forward
         )
     elif ingest:
-        ingest_thread = _start_ingest(paths, broker_url, stop, store, forward)
+        ingest_thread = _start_ingest(paths, service_url, stop, store, forward)
+    devmgr = _start_device_manager(paths, service_url)
     web: HttpServer | None = None
     if http is not None:
         target = store if store is not None else paths.store_db
@@ -116,9 +141,10 @@ def serve(
             open_store=lambda: open_store(target, readonly=True),
         ).start()
     out.write(f"serving {broker_url}\n")
+    out.write(f"enrollment {service_url}\n")
     if public_url is not None:
         out.write(
-            f"gateways dial {public_url} (certificate covers "
+            f"gateways dial {public_url}, enroll at port {sport} (certificate covers "
             f"{', '.join(broker_sans(paths.broker_crt))})\n"
         )
     if web is not None:
@@ -151,6 +177,8 @@ def serve(
         stop.set()
         if web is not None:
             web.stop()
+        if devmgr is not None:
+            devmgr.stop()
         enroll.stop()
         if ingest_thread is not None:
             ingest_thread.join(timeout=15.0)

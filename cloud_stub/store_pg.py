@@ -23,7 +23,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import psycopg
@@ -86,6 +86,16 @@ CREATE TABLE IF NOT EXISTS alerts (
     labels   text     NOT NULL
 );
 CREATE INDEX IF NOT EXISTS alerts_device ON alerts (gateway, device, ts_ms);
+-- codec v2 series dictionaries: (gateway, epoch, id) -> names, written in the transaction of the
+-- batch that defined them (as in the SQLite store)
+CREATE TABLE IF NOT EXISTS series_dict (
+    gateway text    NOT NULL,
+    epoch   bigint  NOT NULL,
+    id      integer NOT NULL,
+    device  text    NOT NULL,
+    metric  text    NOT NULL,
+    PRIMARY KEY (gateway, epoch, id)
+);
 CREATE TABLE IF NOT EXISTS gaps (
     gateway    text     NOT NULL,
     seq        bigint   NOT NULL,
@@ -283,6 +293,15 @@ class PgStore(StoreQueries):
         try:
             with db.transaction():
                 for rec in records:
+                    if rec.definitions is not None and rec.definitions[1]:
+                        epoch, defs = rec.definitions
+                        with db.cursor() as cur:
+                            cur.executemany(
+                                "INSERT INTO series_dict VALUES (%s, %s, %s, %s, %s)"
+                                " ON CONFLICT DO NOTHING",
+                                [(rec.gateway, epoch, i, d, m) for i, (d, m) in defs.items()],
+                            )
+                for rec in records:
                     row = db.execute(
                         "INSERT INTO batches (gateway, seq, lane, received_ms, stored_ms,"
                         " readings, alerts, gaps) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
@@ -393,6 +412,15 @@ class PgStore(StoreQueries):
 
     def _decode_stored(self, stored: tuple[Any, ...], vtype: int) -> Any:
         return _decode(stored[0], stored[1], vtype)
+
+    def series_names(
+        self, gateway: str, epoch: int, ids: Iterable[int]
+    ) -> dict[int, tuple[str, str]]:
+        """Stored codec v2 dictionary definitions of ``gateway``'s ``epoch`` for ``ids``."""
+        rows = self._db.execute(
+            "SELECT id, device, metric FROM series_dict WHERE gateway = %s AND epoch = %s"
+            " AND id = ANY(%s)", (gateway, epoch, list(ids))).fetchall()
+        return {int(i): (d, m) for i, d, m in rows}
 
     def has_batch(self, gateway: str, seq: int) -> bool:
         return bool(self._rows("SELECT 1 FROM batches WHERE gateway = ? AND seq = ?",

@@ -12,6 +12,7 @@ from typing import TextIO
 from edgegw_cloud.apiclient import ApiClient
 from edgegw_cloud.commands import add_api_arguments, paths
 from edgegw_cloud.dbinfo import store_summary
+from edgegw_cloud.devmgmt_cli import add_gateways_subcommands, cmd_fleet, cmd_label
 from edgegw_cloud.registry import GatewayRow, Registry
 from edgegw_cloud.stores import listing_summary
 
@@ -20,18 +21,24 @@ log = logging.getLogger("edgegw.cloud")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data-dir", type=Path, help="cloud data directory (or --api)")
+    # not required here: `gateways label|fleet --data-dir D` take it after the subcommand
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="cloud data directory (or --api)")
     parser.add_argument("--store", metavar="URL", help="the PostgreSQL store `serve` writes to")
     add_api_arguments(parser)
+    add_gateways_subcommands(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    sub = getattr(args, "gateways_command", None)
+    if sub == "label":
+        return cmd_label(args)
+    if sub == "fleet":
+        return cmd_fleet(args)
     if args.api:
         return _run_api(args)
     if args.data_dir is None:
-        print("edgegw-cloud gateways: give --data-dir DIR or --api https://HOST:PORT",
-              file=sys.stderr)
-        return 2
+        raise SystemExit("edgegw-cloud gateways: give --data-dir DIR or --api https://HOST:PORT")
     data = paths(args)
     with Registry(data.registry_db) as reg:
         rows = reg.gateways()

@@ -1,6 +1,7 @@
 """Run the broker, the enrollment service and the ingest (logic in ``edgegw_cloud.server``).
 
-Prints ``serving mqtts://HOST:PORT`` once ready; SIGINT/SIGTERM stop it cleanly, a second
+Prints ``serving mqtts://HOST:PORT`` (the gateway listener) and ``enrollment mqtts://HOST:PORT``
+(the service listener) once ready; SIGINT/SIGTERM stop it cleanly, a second
 signal forces exit.
 """
 
@@ -42,13 +43,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--listen",
         default="127.0.0.1",
         metavar="ADDR",
-        help="address the broker listens on for gateways: an address of this host "
-        "(e.g. 192.0.2.10) or 0.0.0.0 / :: for all; the cloud's own services always use "
-        "127.0.0.1 (default: 127.0.0.1, this machine only)",
+        help="address the broker listens on for gateways (both its listeners: --port for "
+        "gateways, --enroll-port for enrollment): an address of this host (e.g. 192.0.2.10) or "
+        "0.0.0.0 / :: for all; the cloud's own services always use 127.0.0.1 (default: "
+        "127.0.0.1, this machine only)",
     )
-    parser.add_argument(
-        "--port", type=int, default=8883, help="managed broker port (default 8883)"
-    )
+    parser.add_argument("--port", type=int, default=8883,
+                        help="managed broker: the gateway listener (gateways' uplink.broker)")
+    parser.add_argument("--enroll-port", type=int, default=None,
+                        help="managed broker: the enrollment/service listener (default: "
+                        "--port + 1)")
     parser.add_argument(
         "--http",
         metavar="ADDR:PORT",
@@ -98,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
     return serve(
         data,
         port=args.port,
+        enroll_port=args.enroll_port,
         listen=args.listen,
         http=args.http,
         store=args.store,

@@ -36,6 +36,7 @@ LABEL_KEYS = {
     "buses": "bus",
     "kinds": "kind",
     "rules": "rule",
+    "refused": "reason",  # downlink refusals: edgegw_downlink_refused{reason="replay"}
 }
 LANE_NAMES = {"alert", "telemetry", "bulk"}
 #: leaves that are levels, not running totals

@@ -93,7 +93,7 @@ class Cloud:
 
     def ingest(self, **kw: object) -> Ingest:
         kw.setdefault("store_path", self.store_target)
-        ing = Ingest(self.paths, self.url, **kw)  # type: ignore[arg-type]
+        ing = Ingest(self.paths, self.broker.service_url, **kw)  # type: ignore[arg-type]
         ing.start()
         assert ing.wait_subscribed(15), "ingest did not subscribe"
         return ing
