@@ -64,25 +64,31 @@ class CloudProc:
     def __init__(self, data: Path, *extra: str) -> None:
         self.data = data
         self.port = free_port()
+        self.enroll_port = free_port()
         self.http_port = free_port()
         run(str(BIN / "edgegw-cloud"), "init", "--data-dir", str(data))
         self.log = data.parent / f"serve-{self.port}.log"
         with open(self.log, "w") as err:
             self.proc = subprocess.Popen(
                 [str(BIN / "edgegw-cloud"), "serve", "--data-dir", str(data), "--port",
-                 str(self.port), "--http", f"127.0.0.1:{self.http_port}", *extra],
+                 str(self.port), "--enroll-port", str(self.enroll_port), "--http",
+                 f"127.0.0.1:{self.http_port}", *extra],
                 stdout=subprocess.PIPE, stderr=err, text=True,
             )
         assert self.proc.stdout is not None
         first = self.proc.stdout.readline()
         assert first.startswith("serving "), first + self.log.read_text()
-        second = self.proc.stdout.readline()
-        assert "dashboard and API on https://" in second, second + self.log.read_text()
+        lines = [self.proc.stdout.readline() for _ in range(2)]  # enrollment, dashboard
+        assert "dashboard and API on https://" in lines[-1], str(lines) + self.log.read_text()
         self.ctx = ssl.create_default_context(cafile=str(data / "pki" / "ca.crt"))
 
     @property
     def broker(self) -> str:
         return f"mqtts://127.0.0.1:{self.port}"
+
+    @property
+    def enroll_broker(self) -> str:
+        return f"mqtts://127.0.0.1:{self.enroll_port}"
 
     @property
     def base(self) -> str:
@@ -124,7 +130,7 @@ class CloudProc:
 
 
 def sim_gateway_yaml(gw_id: str, state: Path, broker: str, *, rule: bool = True,
-                     metrics_port: int | None = None) -> str:
+                     metrics_port: int | None = None, enroll_broker: str | None = None) -> str:
     """A gateway with one simulated device (a fast sine) and a rule raising an alert on it."""
     text = f"""\
 gateway:
@@ -138,6 +144,7 @@ batch:
 uplink:
   enabled: true
   broker: {broker}
+  enroll_broker: {enroll_broker or broker}
   backoff_max: 2s
 devices:
   - id: boiler1
@@ -170,8 +177,9 @@ def start_gateway(cloud: CloudProc, gw_id: str, workdir: Path, **kw: Any
     state = workdir / gw_id / "state"
     cfg = workdir / gw_id / "gateway.yaml"
     cfg.parent.mkdir(parents=True, exist_ok=True)
-    cfg.write_text(sim_gateway_yaml(gw_id, state, cloud.broker, **kw))
-    run(str(BIN / "edgegw"), "enroll", "-c", str(cfg), "--token", token, "--bootstrap-dir",
+    cfg.write_text(sim_gateway_yaml(gw_id, state, cloud.broker,
+                                    enroll_broker=cloud.enroll_broker, **kw))
+    run(str(BIN / "edgegw"), "enroll", "-c", str(cfg), f"--token={token}", "--bootstrap-dir",
         str(cloud.data / "pki"))
     log = open(workdir / gw_id / "run.log", "w")  # noqa: SIM115 - closed by the caller's stop()
     proc = subprocess.Popen([str(BIN / "edgegw"), "run", "-c", str(cfg)], stdout=log,

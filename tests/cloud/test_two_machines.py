@@ -98,7 +98,8 @@ def test_gateway_enrolls_and_delivers_over_a_non_loopback_address(
         assert serve.stdout is not None
         first = serve.stdout.readline()
         assert first.startswith("serving mqtts://127.0.0.1:8883"), first + err_log.read_text()
-        assert f"gateways dial mqtts://{ip}:8883" in serve.stdout.readline()
+        assert serve.stdout.readline().startswith("enrollment mqtts://127.0.0.1:8884")
+        assert f"gateways dial mqtts://{ip}:8883, enroll at port 8884" in serve.stdout.readline()
         token = _run(on_cloud(str(BIN / "edgegw-cloud"), "token", "create", GW_ID,
                               "--data-dir", str(cloud), "--ttl", "10m")).strip()
         # --- copy the bootstrap files to the gateway host (scp in real life)
@@ -110,7 +111,7 @@ def test_gateway_enrolls_and_delivers_over_a_non_loopback_address(
         state = workdir / "gw" / "state"
         cfg = workdir / "gw" / "gateway.yaml"
         cfg.write_text(_gateway_yaml(state, f"mqtts://{ip}:8883"))
-        _run(on_gw(str(BIN / "edgegw"), "enroll", "-c", str(cfg), "--token", token,
+        _run(on_gw(str(BIN / "edgegw"), "enroll", "-c", str(cfg), f"--token={token}",
                    "--bootstrap-dir", str(boot)))
         _run(on_gw(str(BIN / "edgegw"), "run", "-c", str(cfg), "--for", "3",
                    "--drain-timeout", "30"), timeout=90)
