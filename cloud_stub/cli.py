@@ -117,8 +117,10 @@ def _main(argv: list[str] | None = None) -> int:
     level = logging.WARNING - 10 * min(args.verbose, 2)
     if args.command == "serve":
         level = min(level, logging.INFO)
-    configure(level, args.log_format, force=False)
-    throttle_repeated_logs()  # repeated WARNING/ERROR lines: the first, then a count a minute
+    if configure(level, args.log_format, force=False):
+        # repeated WARNING/ERROR lines: the first, then a count a minute; only on our own
+        # handler (a host program's or test runner's handlers are not ours to filter)
+        throttle_repeated_logs()
     try:
         return int(args.fn(args))
     except (RegistryError, pki.PkiError, FileExistsError, BrokerError, DownlinkError,

@@ -52,14 +52,15 @@ def default_format() -> str:
 
 def configure(
     level: int, fmt: str | None = None, stream: TextIO | None = None, *, force: bool = True
-) -> None:
-    """(Re)configure the root logger: one stream handler in the chosen format.
+) -> bool:
+    """(Re)configure the root logger: one stream handler in the chosen format. Returns True if
+    it installed its handler (then the caller may add filters to it).
 
     ``force=False`` leaves a root logger that already has handlers alone (like
     ``logging.basicConfig``), e.g. when a host program or a test runner set logging up."""
     quiet_libraries(level)
     if not force and logging.getLogger().handlers:
-        return
+        return False
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(
         JsonFormatter() if (fmt or default_format()) == "json" else logging.Formatter(TEXT_FORMAT)
@@ -69,6 +70,7 @@ def configure(
         root.removeHandler(h)
     root.addHandler(handler)
     root.setLevel(level)
+    return True
 
 
 def quiet_libraries(level: int) -> None:
