@@ -171,6 +171,8 @@ def create_app(
         config version, labels, backlog when it reports them), batches and readings stored,
         gaps (batches/readings it dropped), active alerts."""
         rows = registry_rows()
+        with Registry(paths.registry_db) as reg:
+            fleet = {f.id: f for f in reg.fleet()}  # what gateways report (device management)
         with store() as s:
             summary = s.fleet_summary() if s is not None else {}
         live = presence.state() if presence is not None else {}
@@ -179,12 +181,11 @@ def create_app(
         for g in rows:
             st = summary.get(g.id, {})
             pres = live.get(g.id, {})
+            f = fleet.get(g.id)
             last = max(filter(None, (g.last_seen_ms, st.get("last_stored_ms"))), default=None)
-            online = pres.get("online") if pres else None
+            online = f.online if f is not None and f.online is not None else pres.get("online")
             if online is None:
                 online = last is not None and now - last < ONLINE_WINDOW_MS
-            extra = {k: getattr(g, k) for k in ("labels", "version", "config_version")
-                     if hasattr(g, k)}
             out.append({
                 "id": g.id,
                 "online": bool(online) and not g.revoked,
@@ -192,9 +193,12 @@ def create_app(
                 "last_seen_ms": last,
                 "enrolled_ms": g.enrolled_ms,
                 "cert_not_after_ms": g.cert_not_after_ms,
-                "version": pres.get("version", extra.get("version")),
-                "config_version": pres.get("config_version", extra.get("config_version")),
-                "labels": pres.get("labels", extra.get("labels")) or {},
+                "version": (f.software_version if f else None) or pres.get("version"),
+                "config_version": (f.config_version if f else None) or pres.get(
+                    "config_version"),
+                "config_pending": f.config_pending if f else None,
+                "labels": (f.labels if f else None) or pres.get("labels") or {},
+                "devices": len(f.devices) if f and f.devices else st.get("devices", 0),
                 "backlog": pres.get("backlog"),
                 "batches": st.get("batches", 0),
                 "readings": st.get("readings", 0),
@@ -297,6 +301,35 @@ def create_app(
             return s.gap_records(gateway=gateway, since_ms=_time(since), until_ms=_time(until),
                                  limit=limit)
 
+    def devstore() -> DevStore | None:
+        path = paths.data_dir / "devices.db"
+        return DevStore(path) if path.exists() else None  # never create it from a read
+
+    @app.get("/api/v1/gateways/{gateway}/shadows", tags=["device management"],
+             summary="device shadows of a gateway: desired, reported, delta, versions")
+    def shadows(gateway: str, p: Reader) -> list[dict[str, Any]]:
+        ds = devstore()
+        if ds is None:
+            return []
+        try:
+            return ds.shadows(gateway)
+        finally:
+            ds.close()
+
+    @app.get("/api/v1/gateways/{gateway}/configs", tags=["device management"],
+             summary="configuration history of a gateway, newest first (pushed, refused, "
+             "applied, confirmed, reverted, superseded)")
+    def configs(gateway: str, p: Reader,
+                limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> list[dict[str, Any]]:
+        ds = devstore()
+        if ds is None:
+            return []
+        try:
+            return [{k: v for k, v in c.items() if k != "yaml"} | {"bytes": len(c["yaml"])}
+                    for c in ds.config_history(gateway, limit)]
+        finally:
+            ds.close()
+
     @app.get("/api/v1/commands", tags=["device management"],
              summary="commands sent to gateways' devices and their results, newest first")
     def commands(p: Reader, gateway: str | None = None,
@@ -306,10 +339,9 @@ def create_app(
         """One row per command: gateway, device, action, args, status (pending, ok, refused,
         timed_out, unavailable), the value or reason of its result, when it was created and
         answered, how often it was sent."""
-        path = paths.data_dir / "devices.db"
-        if not path.exists():  # no command sent yet (do not create the database here)
+        ds = devstore()
+        if ds is None:  # no command sent yet
             return []
-        ds = DevStore(path)
         try:
             return ds.commands(gateway, status, limit)
         finally:
