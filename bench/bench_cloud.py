@@ -117,15 +117,16 @@ class _Cpu:
 
 
 # --------------------------------------------------------------------------- 1. ingest
-async def ingest_drain(paths: CloudPaths, url: str, root: Path, backlog: Path, gw: str,
-                       store: str | Path, processes: int, window: int) -> dict[str, Any]:
+async def ingest_drain(paths: CloudPaths, url: str, service_url: str, root: Path, backlog: Path,
+                       gw: str, store: str | Path, processes: int, window: int
+                       ) -> dict[str, Any]:
     work = root / f"outbox-{secrets.token_hex(3)}.db"
     shutil.copy(backlog, work)  # the same sealed backlog for every variant
     outbox = Outbox(work, max_bytes=2 * 1024**3, sealer=_sealer(paths, gw, root / f"id-{gw}"))
     total = sum(b.count for b in outbox.next_batches(10**6, ()))
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
     io = OutboxIO(outbox, executor)
-    procs = IngestProcesses(paths, url, processes, store=store)
+    procs = IngestProcesses(paths, service_url, processes, store=store)
     assert procs.wait_ready(60), "ingest processes did not subscribe"
     cpu = _Cpu([p.pid for p in procs._procs if p.pid is not None])
     uplink = Uplink(gw, root / f"id-{gw}", url, io, window=window)
@@ -272,7 +273,7 @@ def fleet(paths: CloudPaths, broker: ManagedBroker, root: Path, args: argparse.N
         for g in ids:
             _identity(paths, reg, issuer, g, root / f"id-{g}")
     provision_s = time.perf_counter() - t0
-    procs = IngestProcesses(paths, broker.url, 1, store=store)
+    procs = IngestProcesses(paths, broker.service_url, 1, store=store)
     assert procs.wait_ready(60)
     ctx = multiprocessing.get_context("spawn")
     go, out = ctx.Event(), ctx.Queue()
@@ -400,8 +401,9 @@ async def main() -> None:
                 runs = []
                 for store in (paths.store_db, pg_url):
                     for n in (int(x) for x in args.ingest_processes.split(",")):
-                        runs.append(await ingest_drain(paths, broker.url, root, backlog, gw,
-                                                       store, n, args.window))
+                        runs.append(await ingest_drain(paths, broker.url, broker.service_url,
+                                                       root, backlog, gw, store, n,
+                                                       args.window))
                         _clear(store, gw)
                 result["ingest"] = runs
             if not args.skip_fleet:
