@@ -31,6 +31,9 @@ from psycopg import sql
 
 from edgegw.protocol.model import Alert, Sample, Value
 from edgegw_cloud.store import (
+    CONFLICT,
+    DUPLICATE,
+    NEW,
     VT_BLOB,
     VT_BOOL,
     VT_FLOAT,
@@ -58,7 +61,15 @@ CREATE TABLE IF NOT EXISTS batches (
     readings    integer  NOT NULL,
     alerts      integer  NOT NULL DEFAULT 0,
     gaps        integer  NOT NULL DEFAULT 0,
+    digest      bytea,
     PRIMARY KEY (gateway, seq)
+);
+CREATE TABLE IF NOT EXISTS seq_conflicts (
+    gateway        text   NOT NULL,
+    seq            bigint NOT NULL,
+    stored_digest  bytea,
+    offered_digest bytea,
+    received_ms    bigint NOT NULL
 );
 CREATE TABLE IF NOT EXISTS series (
     id      serial PRIMARY KEY,
@@ -282,11 +293,18 @@ class PgStore(StoreQueries):
             [BatchRecord(gateway, seq, lane, received_ms, samples, alerts, gaps)])[0]
 
     def commit_many(self, records: Sequence[BatchRecord]) -> list[bool]:
-        """Store several batches in ONE transaction; per batch True = new, False = duplicate."""
+        """Store several batches in ONE transaction; per batch True = new, False = duplicate
+        (or a sequence conflict: see ``commit_statuses``)."""
+        return [st == NEW for st in self.commit_statuses(records)]
+
+    def commit_statuses(self, records: Sequence[BatchRecord]) -> list[str]:
+        """Per batch ``NEW``, ``DUPLICATE`` (same digest, or none known) or ``CONFLICT`` (a
+        different batch is stored under this (gateway, seq): nothing written, recorded in
+        ``seq_conflicts``), exactly as the SQLite store."""
         if not records:
             return []
         self._ensure_partitions(records)
-        result: list[bool] = []
+        result: list[str] = []
         n_readings = n_alerts = n_gaps = 0
         stored_ms = time.time_ns() // 1_000_000
         db = self._db
@@ -304,15 +322,27 @@ class PgStore(StoreQueries):
                 for rec in records:
                     row = db.execute(
                         "INSERT INTO batches (gateway, seq, lane, received_ms, stored_ms,"
-                        " readings, alerts, gaps) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+                        " readings, alerts, gaps, digest)"
+                        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
                         " ON CONFLICT DO NOTHING RETURNING 1",
                         (rec.gateway, rec.seq, int(rec.lane), rec.received_ms, stored_ms,
-                         rec.readings, len(rec.alerts), len(rec.gaps)),
+                         rec.readings, len(rec.alerts), len(rec.gaps), rec.digest),
                     ).fetchone()
                     if row is None:
-                        result.append(False)
+                        got = db.execute(
+                            "SELECT digest FROM batches WHERE gateway = %s AND seq = %s",
+                            (rec.gateway, rec.seq)).fetchone()
+                        stored = bytes(got[0]) if got is not None and got[0] is not None else None
+                        if stored is not None and rec.digest is not None and (
+                                stored != rec.digest):
+                            db.execute("INSERT INTO seq_conflicts VALUES (%s, %s, %s, %s, %s)",
+                                       (rec.gateway, rec.seq, stored, rec.digest,
+                                        rec.received_ms))
+                            result.append(CONFLICT)
+                        else:
+                            result.append(DUPLICATE)
                         continue
-                    result.append(True)
+                    result.append(NEW)
                     self._insert_contents(rec)
                     n_readings += rec.readings
                     n_alerts += len(rec.alerts)
@@ -325,8 +355,9 @@ class PgStore(StoreQueries):
         self._new_series.clear()
         c = self._counts
         c.transactions += 1
-        c.batches += sum(result)
-        c.duplicates += len(result) - sum(result)
+        c.batches += result.count(NEW)
+        c.duplicates += result.count(DUPLICATE)
+        c.conflicts += result.count(CONFLICT)
         c.readings += n_readings
         c.alerts += n_alerts
         c.gaps += n_gaps
@@ -498,7 +529,8 @@ class PgStore(StoreQueries):
         c = self._counts
         return {"batches_stored": c.batches, "batches_duplicate": c.duplicates,
                 "readings_stored": c.readings, "alerts_stored": c.alerts,
-                "gaps_stored": c.gaps, "transactions": c.transactions}
+                "gaps_stored": c.gaps, "transactions": c.transactions,
+                "seq_conflicts": c.conflicts}
 
     def close(self) -> None:
         self._db.close()

@@ -165,6 +165,12 @@ def render(doc: dict[str, Any]) -> str:
             rows.append([lane, str(v["batches"]), str(v["readings"]), _bytes(v["bytes"]),
                          str(dropped.get(lane, 0) if isinstance(dropped, dict) else 0)])
         lines += ["", *_table(rows), f"outbox file: {_bytes(ob['file_bytes'])} on disk"]
+    proc = stats.get("process", {})
+    if proc:
+        lines.append(
+            f"runs: {proc.get('starts', 0)} starts, {proc.get('unclean_stops', 0)} unclean stops "
+            f"(SIGKILL, power cut, crash); phase {proc.get('phase', '?')}"
+        )
     pipe = stats.get("pipeline", {})
     if pipe:
         lines.append(
@@ -172,7 +178,8 @@ def render(doc: dict[str, Any]) -> str:
             f"{pipe.get('readings_sealed', 0)} sealed in {pipe.get('batches_sealed', 0)} batches"
         )
     if out:
-        keys = ("appended", "delivered", "dropped_batches", "quarantined", "gaps")
+        keys = ("appended", "delivered", "dropped_batches", "quarantined", "gaps", "given_up",
+                "unclean_stops", "disk_low")
         parts = []
         for k in keys:
             v = out.get(k)
