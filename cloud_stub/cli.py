@@ -3,7 +3,8 @@
 Verbs: init, broker-cert, serve, token create, user, api-token, gateways (label, fleet), revoke,
 audit, query, db; device management: command, shadow, config; ota (releases). Each is a module
 with ``HELP`` (one line), optionally ``DESCRIPTION`` (the ``--help`` text, written for
-operators; the module docstring is for developers), ``add_arguments(parser)`` and ``run(args) -> int``.
+operators; the module docstring is for developers), ``add_arguments(parser)`` and
+``run(args) -> int``.
 ``--since -10m`` works as documented; a closed pipe (``| head``) ends the command quietly.
 
 Exit codes: 0 success, 1 a refused/failed operation (message on stderr), 2 usage error.
