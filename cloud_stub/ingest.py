@@ -16,8 +16,17 @@ Invariants:
   does not decode (the gateway quarantines it; retrying cannot help).
 - A store failure (disk full...) acks ``retry`` for the authentic batches of that transaction;
   nothing is half-stored (one transaction).
-- Group commit: messages waiting in the queue are committed together (up to ``max_group``),
-  then acked per gateway in one message. A process crash before the ack only causes a resend.
+- Group commit: messages waiting in the queue are committed together (up to ``max_group``
+  batches and ``max_group_readings`` readings), then acked per gateway in one message. A
+  process crash before the ack only causes a resend.
+- Fair between gateways (issue 9 #5): groups are formed round-robin over the gateways with
+  batches waiting (each gateway's own order kept), so one gateway's backlog or flood delays
+  another's batch by at most one group per gateway ahead of it, not by the whole backlog.
+- Per-gateway quota: a token bucket of ``gateway_rate`` readings/s with ``gateway_burst``
+  capacity (per ingest process). An authentic batch over it is acked ``retry`` (the gateway
+  keeps it and resends after its hold-back): slowed down, never lost, counted
+  ``rate_limited``. A batch decoding to more than ``codec.MAX_SAMPLES`` readings is refused
+  by the decoder (acked ``rejected``): no gateway config can produce one.
 """
 
 from __future__ import annotations
@@ -30,7 +39,7 @@ import secrets
 import signal
 import threading
 import time
-from collections import defaultdict
+from collections import OrderedDict, defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,8 +54,10 @@ from edgegw import pki
 from edgegw.protocol import envelope, topics
 from edgegw.protocol.ack import AckStatus, encode_acks
 from edgegw.protocol.broker_url import parse_broker_url
-from edgegw.protocol.codec import CodecError, DecodedBatch, decode_batch
+from edgegw.protocol.codec import MAX_SAMPLES, CodecError, DecodedBatch
+from edgegw.protocol.codec_v2 import DecodedV2, UnknownSeries, decode_any
 from edgegw.protocol.keys import derive_data_key
+from edgegw.protocol.logthrottle import install as throttle_repeated_logs
 from edgegw.protocol.model import Lane
 from edgegw.transport.mqtt_client import Client
 from edgegw_cloud.pki_setup import INGEST_CN, CloudPaths
@@ -56,6 +67,11 @@ from edgegw_cloud.store import BatchRecord, CloudStore
 log = logging.getLogger("edgegw.cloud.ingest")
 
 ACK_DELIVERED, ACK_RETRY, ACK_REJECTED = AckStatus.DELIVERED, AckStatus.RETRY, AckStatus.REJECTED
+#: per-gateway quota defaults: above a gateway's documented drain rate (113-183k readings/s),
+#: and a burst that lets a 1M-reading backlog drain at full speed
+GATEWAY_RATE = 200_000.0
+GATEWAY_BURST = 2_000_000.0
+MAX_GROUP_READINGS = 200_000
 KEY_REFRESH_S = 5.0  # at most one registry lookup per gateway per this, whatever arrives
 TOUCH_EVERY_S = 5.0
 
@@ -70,13 +86,61 @@ class _Msg:
 
 @dataclass(frozen=True, slots=True)
 class _Opened:
-    """An authentic envelope; ``decoded`` None = its plaintext did not decode (reject it)."""
+    """An authentic envelope; ``decoded`` None = its plaintext did not decode (reject it, or
+    ask for a retry when ``retry``: a codec v2 id the cloud's dictionary does not hold)."""
 
     client: mqtt.Client
     gw: str
     seq: int
     received_ms: int
     decoded: DecodedBatch | None
+    limited: bool = False  # over the gateway's quota: ack retry, store nothing
+    retry: bool = False  # undecodable for now (unknown series ids): ack retry
+
+    @property
+    def readings(self) -> int:
+        return self.decoded.readings if self.decoded is not None else 0
+
+
+class TokenBuckets:
+    """Per-key token buckets (readings per second, burst capacity). One thread uses it."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        if rate <= 0 or burst <= 0:
+            raise ValueError("rate and burst must be positive")
+        self.rate, self.burst = float(rate), float(burst)
+        self._level: dict[str, tuple[float, float]] = {}
+
+    def take(self, key: str, n: float, now: float) -> bool:
+        """Spend ``n`` tokens of ``key``'s bucket if it holds them (a refusal spends nothing)."""
+        level, at = self._level.get(key, (self.burst, now))
+        level = min(self.burst, level + (now - at) * self.rate)
+        ok = n <= level
+        self._level[key] = (level - n if ok else level, now)
+        return ok
+
+
+def fair_group(
+    pending: OrderedDict[str, deque[_Opened]], max_group: int, max_readings: int
+) -> list[_Opened]:
+    """Take the next group round-robin over the gateways in ``pending`` (mutated: taken items
+    removed, served gateways moved to the back, emptied ones dropped). At least one item; at
+    most ``max_group`` items, and no more once ``max_readings`` readings are in."""
+    group: list[_Opened] = []
+    readings = 0
+    while pending and len(group) < max_group and (not group or readings < max_readings):
+        for gw in list(pending):
+            q = pending[gw]
+            o = q.popleft()
+            group.append(o)
+            readings += o.readings
+            if q:
+                pending.move_to_end(gw)
+            else:
+                del pending[gw]
+            if len(group) >= max_group or readings >= max_readings:
+                break
+    return group
 
 
 class _Keys:
@@ -130,6 +194,9 @@ class Ingest:
         workers: int = 1,
         share_group: str = "ingest",
         max_group: int = 64,
+        max_group_readings: int = MAX_GROUP_READINGS,
+        gateway_rate: float = GATEWAY_RATE,
+        gateway_burst: float = GATEWAY_BURST,
         store_path: Path | None = None,
     ) -> None:
         self.paths = paths
@@ -138,6 +205,8 @@ class Ingest:
         self.workers = max(1, workers)
         self.share_group = share_group
         self.max_group = max_group
+        self.max_group_readings = max_group_readings
+        self._quota = TokenBuckets(gateway_rate, max(gateway_burst, float(MAX_SAMPLES)))
         self.store_path = store_path or paths.store_db
         self._queue: queue.Queue[_Msg] = queue.Queue(maxsize=10_000)
         self._opened: queue.Queue[_Opened] = queue.Queue(maxsize=1_000)
@@ -151,6 +220,7 @@ class Ingest:
         self.counts: dict[str, int] = defaultdict(int)
         self._store_stats: dict[str, Any] = {}
         self._store_error: BaseException | None = None
+        self._names = _Dictionaries(self.store_path)  # the opener thread's
 
     # ------------------------------------------------------------------ lifecycle
     def start(self, timeout: float = 15.0) -> Ingest:
@@ -200,7 +270,7 @@ class Ingest:
         p = self.paths
         client = Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=f"{INGEST_CN}-{i}-{secrets.token_hex(4)}",
+            client_id=pki.client_id(f"{INGEST_CN}-{i}-{secrets.token_hex(4)}"),
             protocol=mqtt.MQTTv5,
         )
         client.tls_set_context(pki.make_tls_context(p.ca_crt, p.ingest_crt, p.ingest_key))
@@ -284,8 +354,25 @@ class Ingest:
                     continue
                 if opened is None:
                     continue
-                gw, header, decoded = opened
-                self._put(self._opened, _Opened(m.client, gw, header.seq, m.received_ms, decoded))
+                gw, header, decoded, retry = opened
+                limited = decoded is not None and not self._quota.take(
+                    gw, decoded.readings, time.monotonic()
+                )
+                if limited:
+                    self._warn(
+                        "rate_limited",
+                        gw,
+                        "gateway %s: batch %d (%d readings) over its quota of %.0f readings/s; "
+                        "acked retry",
+                        gw,
+                        header.seq,
+                        decoded.readings if decoded is not None else 0,
+                        self._quota.rate,
+                    )
+                self._put(
+                    self._opened,
+                    _Opened(m.client, gw, header.seq, m.received_ms, decoded, limited, retry),
+                )
                 now = time.monotonic()
                 if now - last_touch.get(gw, 0.0) >= TOUCH_EVERY_S:
                     last_touch[gw] = now
@@ -295,21 +382,31 @@ class Ingest:
                         log.debug("registry touch failed: %s", exc)
         finally:
             registry.close()
+            self._names.close()
 
     def _write_loop(self) -> None:
         store = CloudStore(self.store_path)
+        pending: OrderedDict[str, deque[_Opened]] = OrderedDict()
+        buffered = 0
+        max_buffered = 4 * self.max_group
         try:
             while not self._stop.is_set():
-                try:
-                    first = self._opened.get(timeout=0.2)
-                except queue.Empty:
-                    continue
-                group = [first]
-                while len(group) < self.max_group:
+                if not pending:
                     try:
-                        group.append(self._opened.get_nowait())
+                        first = self._opened.get(timeout=0.2)
+                    except queue.Empty:
+                        continue
+                    pending.setdefault(first.gw, deque()).append(first)
+                    buffered = 1
+                while buffered < max_buffered:
+                    try:
+                        o = self._opened.get_nowait()
                     except queue.Empty:
                         break
+                    pending.setdefault(o.gw, deque()).append(o)
+                    buffered += 1
+                group = fair_group(pending, self.max_group, self.max_group_readings)
+                buffered -= len(group)
                 self._commit(group, store)
                 self._store_stats = store.stats()
         finally:
@@ -322,7 +419,9 @@ class Ingest:
         if n & (n - 1) == 0 or n % 1000 == 0:
             log.warning(message + " [%s #%d]", *args, kind, n)
 
-    def _open(self, m: _Msg, keys: _Keys) -> tuple[str, Any, DecodedBatch | None] | None:
+    def _open(
+        self, m: _Msg, keys: _Keys
+    ) -> tuple[str, Any, DecodedBatch | None, bool] | None:
         """(gateway, header, decoded or None if undecodable) for an AUTHENTIC envelope."""
         gw = topics.gateway_of(m.topic) or ""
         if not gw or m.topic != topics.up_batch(gw):
@@ -377,7 +476,19 @@ class Ingest:
                 )
             return None
         try:
-            decoded = decode_batch(plaintext)
+            decoded = decode_any(plaintext, self._names.resolver(gw))
+        except UnknownSeries as exc:
+            # the batch is fine; this cloud lacks the definitions (lost store?): never reject
+            self._warn(
+                "unknown_series",
+                gw,
+                "gateway %s: batch %d names series the dictionary does not hold (%s); "
+                "acked retry",
+                gw,
+                header.seq,
+                exc,
+            )
+            return gw, header, None, True
         except CodecError as exc:
             self._warn(
                 "undecodable",
@@ -387,8 +498,10 @@ class Ingest:
                 header.seq,
                 exc,
             )
-            return gw, header, None
-        return gw, header, decoded
+            return gw, header, None, False
+        if isinstance(decoded, DecodedV2) and decoded.definitions:
+            self._names.learn(gw, decoded.epoch, decoded.definitions)
+        return gw, header, decoded, False
 
     @staticmethod
     def _try_open(
@@ -403,6 +516,30 @@ class Ingest:
             return bytes(plaintext)
         return None
 
+    def _commit_one_by_one(
+        self, records: list[BatchRecord], store: CloudStore, exc: Exception
+    ) -> list[bool | None]:
+        """A group commit failed: retry each batch in its own transaction, so one batch that
+        cannot be stored does not make every other gateway's batch of the group wait (None =
+        not stored, acked retry)."""
+        out: list[bool | None] = [None] * len(records)
+        errors: list[tuple[BatchRecord, Exception]] = []
+        if len(records) == 1:
+            errors.append((records[0], exc))
+        else:
+            log.info("ingest: a group of %d batches failed (%s); storing them one by one",
+                     len(records), exc)
+            for i, rec in enumerate(records):
+                try:
+                    out[i] = store.commit_many([rec])[0]
+                except Exception as one:
+                    errors.append((rec, one))
+        for rec, err in errors:
+            self.counts["store_errors"] += 1
+            log.error("ingest: storing batch %d of %s failed (%s: %s); acked retry, nothing of "
+                      "it stored", rec.seq, rec.gateway, type(err).__name__, err)
+        return out
+
     def _commit(self, group: list[_Opened], store: CloudStore) -> None:
         """Store a group in one transaction, THEN ack every batch of it (per gateway)."""
         acks: dict[tuple[int, str], tuple[mqtt.Client, list[tuple[int, int]]]] = {}
@@ -410,52 +547,93 @@ class Ingest:
         def ack(o: _Opened, status: int) -> None:
             acks.setdefault((id(o.client), o.gw), (o.client, []))[1].append((o.seq, status))
 
-        storable = [o for o in group if o.decoded is not None]
+        storable = [o for o in group if o.decoded is not None and not o.limited]
         for o in group:
             if o.decoded is None:
-                ack(o, ACK_REJECTED)
-        records = [
-            BatchRecord(
-                o.gw,
-                o.seq,
-                _lane_of(o.decoded),
-                o.received_ms,
-                alerts=o.decoded.alerts,
-                gaps=o.decoded.gaps,
-                series=o.decoded.series,
-            )
-            for o in storable
-            if o.decoded is not None
-        ]
+                ack(o, ACK_RETRY if o.retry else ACK_REJECTED)
+            elif o.limited:
+                ack(o, ACK_RETRY)
+        records: list[BatchRecord] = []
+        owners: list[_Opened] = []
+        for o in storable:
+            assert o.decoded is not None
+            for rec in _records(o):
+                records.append(rec)
+                owners.append(o)
         if records:
             try:
-                fresh = store.commit_many(records)
+                fresh: list[bool | None] = list(store.commit_many(records))
             except Exception as exc:
-                self.counts["store_errors"] += 1
-                log.error(
-                    "ingest: storing %d batches failed (%s: %s); acked retry, nothing stored",
-                    len(records),
-                    type(exc).__name__,
-                    exc,
-                )
-                for o in storable:
-                    ack(o, ACK_RETRY)
-            else:
-                for o, rec, new in zip(storable, records, fresh, strict=True):
-                    if new:
-                        self.counts["batches_stored"] += 1
-                        self.counts["readings_stored"] += rec.readings
-                    else:
-                        self.counts["duplicates"] += 1
-                        log.debug(
-                            "gateway %s: batch %d already stored (re-sent); acked again",
-                            o.gw,
-                            o.seq,
-                        )
-                    ack(o, ACK_DELIVERED)
+                fresh = self._commit_one_by_one(records, store, exc)
+            failed: set[int] = set()  # owners with a part that could not be stored: retry
+            for o, rec, new in zip(owners, records, fresh, strict=True):
+                if new is None:
+                    failed.add(id(o))
+                    continue
+                if new:
+                    self.counts["batches_stored"] += 1
+                    self.counts["readings_stored"] += rec.readings
+                else:
+                    self.counts["duplicates"] += 1
+                    log.debug(
+                        "gateway %s: batch %d already stored (re-sent); acked again",
+                        rec.gateway,
+                        rec.seq,
+                    )
+            for o in storable:  # a re-packed batch: acked once all its parts are stored
+                ack(o, ACK_RETRY if id(o) in failed else ACK_DELIVERED)
         for (_, gw), (client, items) in acks.items():
             client.publish(topics.down_ack(gw), encode_acks(items), qos=1)
             self.counts["acks_sent"] += len(items)
+
+
+def _records(o: _Opened) -> list[BatchRecord]:
+    """Store records of an opened batch: one, or one per ORIGINAL seq of a re-packed batch
+    (so the store deduplicates per original batch: a part already stored is skipped)."""
+    d = o.decoded
+    assert d is not None
+    defs = (d.epoch, d.definitions) if isinstance(d, DecodedV2) and d.definitions else None
+    if isinstance(d, DecodedV2) and d.parts:
+        parts = d.split_parts()
+        return [
+            BatchRecord(o.gw, seq, int(Lane.TELEMETRY), o.received_ms, series=series,
+                        definitions=defs if i == 0 else None)
+            for i, (seq, series) in enumerate(parts)
+        ]
+    return [
+        BatchRecord(o.gw, o.seq, _lane_of(d), o.received_ms, alerts=d.alerts, gaps=d.gaps,
+                    series=d.series, definitions=defs)
+    ]
+
+
+class _Dictionaries:
+    """Codec v2 series names per (gateway, epoch) for the opener thread: learnt from batches
+    as they are decoded, else read from the store (another process, or before a restart)."""
+
+    def __init__(self, store_path: Path) -> None:
+        self.store_path = store_path
+        self._known: dict[tuple[str, int], dict[int, tuple[str, str]]] = {}
+        self._store: CloudStore | None = None
+
+    def learn(self, gw: str, epoch: int, defs: dict[int, tuple[str, str]]) -> None:
+        self._known.setdefault((gw, epoch), {}).update(defs)
+
+    def resolver(self, gw: str) -> Callable[[int, Any], dict[int, tuple[str, str]]]:
+        def resolve(epoch: int, ids: Any) -> dict[int, tuple[str, str]]:
+            known = self._known.setdefault((gw, epoch), {})
+            missing = [i for i in ids if i not in known]
+            if missing:
+                if self._store is None and self.store_path.exists():
+                    self._store = CloudStore(self.store_path, readonly=True)
+                if self._store is not None:
+                    known.update(self._store.series_names(gw, epoch, missing))
+            return {i: known[i] for i in ids if i in known}
+
+        return resolve
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
 
 
 def _lane_of(decoded: DecodedBatch) -> int:
@@ -504,6 +682,7 @@ def _ingest_process(
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    throttle_repeated_logs()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us through ``stop``
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     stats = run_ingest(

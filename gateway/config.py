@@ -181,9 +181,20 @@ class OutboxConfig(_Section):
 class BatchConfig(_Section):
     """When the batcher seals a batch: whichever limit is reached first."""
 
-    max_readings: int = Field(default=5000, gt=0)
+    # the caps are the cloud's decode limits (codec.MAX_SAMPLES, MAX_BODY_BYTES): a bigger
+    # batch would be refused there, so it is refused here, at check time
+    max_readings: int = Field(default=5000, gt=0, le=100_000)
     max_age: Duration = Field(default=0.25, gt=0)
-    max_bytes: ByteSize = Field(default=256 * 1024, gt=0)
+    max_bytes: ByteSize = Field(default=256 * 1024, gt=0, le=8 * 1024 * 1024)
+    max_age_slow: Duration = Field(
+        default=3.0, gt=0,
+        description="on a slow link telemetry batches grow up to this age (fewer bytes per "
+        "reading); set it equal to max_age to turn adaptive batching off")
+    repack: bool = Field(
+        default=True, description="re-pack a telemetry backlog into bigger batches (codec v2)")
+    codec: Literal["v1", "v2"] = Field(
+        default="v2",
+        description="v2: series dictionary + step-aware columns (docs/weak-networks.md)")
 
 
 class UplinkConfig(_Section):
@@ -191,6 +202,11 @@ class UplinkConfig(_Section):
 
     enabled: bool = False
     broker: str = Field(default="mqtts://127.0.0.1:8883", description="mqtts://host:port")
+    enroll_broker: str | None = Field(
+        default=None,
+        description="the cloud's enrollment/service listener for enroll and renewal "
+        "(default: the broker's host, port + 1)",
+    )
     identity_dir: Path | None = Field(default=None, description="default: <state_dir>/identity")
     window: int = Field(default=32, gt=0, le=65535, description="batches in flight")
     ack_timeout: Duration = Field(default=10.0, gt=0)
@@ -207,10 +223,11 @@ class UplinkConfig(_Section):
         default=6 * 3600.0, gt=0, description="how often the daemon checks the expiry"
     )
 
-    @field_validator("broker")
+    @field_validator("broker", "enroll_broker")
     @classmethod
-    def _broker_url(cls, v: str) -> str:
-        parse_broker_url(v)  # the one grammar: check refuses exactly what the daemon refuses
+    def _broker_url(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_broker_url(v)  # the one grammar: check refuses exactly what the daemon refuses
         return v
 
     @model_validator(mode="after")

@@ -32,9 +32,11 @@ from typing import Any
 from edgegw.config import GatewayConfig
 from edgegw.device.downlink import DownlinkService
 from edgegw.model import now_ms
+from edgegw.protocol.fileperms import STATUS_MODE, write_private
 from edgegw.protocol.identity import default_identity_dir
 from edgegw.runtime.datapath import DataPath
 from edgegw.runtime.devices import DeviceManager
+from edgegw.runtime.devmgmt_service import DeviceManagementService
 from edgegw.runtime.housekeeping import HousekeepingService
 from edgegw.runtime.metrics import StatsCollector, StatsFn, serve
 from edgegw.runtime.sdnotify import notify, watchdog_interval
@@ -98,6 +100,9 @@ class Gateway:
             self.devices,
             self.housekeeping,
         ]
+        if self.uplink is not None and self.downlink is not None:  # commands, shadow, config
+            self.services.append(DeviceManagementService(
+                self, self.devices, self.uplink, self.datapath, self.downlink.service))
         self._started_services: list[Service] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._started = time.monotonic()
@@ -160,9 +165,8 @@ class Gateway:
             "unavailable": self.devices.unavailable,
             "stats": self.collector.snapshot(),
         }
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(doc, default=str, indent=1))
-        os.replace(tmp, path)
+        # 0640 from creation (issue 9 #10: it was world-readable)
+        write_private(path, json.dumps(doc, default=str, indent=1), STATUS_MODE)
 
     async def _watchdog(self) -> None:
         interval = watchdog_interval()
