@@ -33,8 +33,10 @@ import snappy
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from edgegw.model import Lane, Quality, Sample
-from edgegw.protocol import Sealer, codec, decode_batch, encode_batch
+from edgegw.protocol import codec
 from edgegw.protocol.ack import AckStatus
+from edgegw.protocol.codec import decode_batch, encode_batch
+from edgegw.protocol.keys import Sealer
 from edgegw.store import Outbox
 
 DEVICES = 10

@@ -94,7 +94,9 @@ class Emit(Protocol):
     """How a push driver hands samples to the runtime.
 
     ``await emit(samples, durable=True)`` returns only once the samples are committed to the
-    outbox (for protocols that acknowledge to the device, e.g. CoAP 2.04 after durability).
+    outbox (for protocols that acknowledge to the device, e.g. CoAP 2.04 after durability): raw
+    readings at once, readings of an aggregated metric once the aggregate containing them is
+    sealed (at the end of its window; docs/architecture.md).
     """
 
     def __call__(

@@ -22,7 +22,7 @@ import asyncio
 import re
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from edgegw import (
@@ -90,7 +90,20 @@ class SerialDriver(Driver):
 
     @classmethod
     def points(cls, options: DriverOptions) -> Sequence[str]:
-        return options.metric_names() if isinstance(options, SerialOptions) else ()
+        if not isinstance(options, SerialOptions):
+            return ()
+        if options.sensors is not None:
+            return (STATUS,)  # the readings carry the sensors' ids (sub_devices)
+        return options.metric_names()
+
+    @classmethod
+    def sub_devices(cls, options: DriverOptions) -> Mapping[str, Sequence[str]]:
+        """With ``sensors``: one sub-device per listed sensor, with the frames' metrics."""
+        if not isinstance(options, SerialOptions) or options.sensors is None:
+            return {}
+        field = options.sensors.field
+        metrics = [m for m in options.metric_names() if m != field]
+        return {dev: metrics for dev in options.sensors.ids.values()}
 
     def _count(self, errors: Counter[str]) -> int:
         """Pass decoder errors to the context; returns the number of bad frames among them."""
@@ -182,15 +195,34 @@ class SerialStreamDriver(SerialDriver, PushDriver):
             if result.records:
                 ts = now_ms()
                 self.frames += len(result.records)
-                samples = [
-                    Sample(device, name, ts, value)
-                    for record in result.records
-                    for name, value in record.items()
-                ]
+                if self.opts.sensors is None:
+                    samples = [
+                        Sample(device, name, ts, value)
+                        for record in result.records
+                        for name, value in record.items()
+                    ]
+                else:
+                    samples = self._routed(result.records, ts)
                 if self._silent:
                     self._silent = False
                     samples.append(Sample(device, STATUS, ts, 0, Quality.GOOD))
                 await emit(samples)
+
+    def _routed(self, records: Sequence[dict[str, Any]], ts: int) -> list[Sample]:
+        """Readings of several sensors: each record's ``sensors.field`` picks its sub-device."""
+        routing = self.opts.sensors
+        assert routing is not None
+        out: list[Sample] = []
+        for record in records:
+            values = dict(record)
+            dev = routing.ids.get(str(values.pop(routing.field, None)))
+            if dev is None:
+                self.ctx.count("unknown_sensor")
+                self.errors["unknown_sensor"] += 1
+                self._bad_in_interval += 1
+                continue
+            out.extend(Sample(dev, name, ts, value) for name, value in values.items())
+        return out
 
     async def _status_loop(self, emit: Emit) -> None:
         loop = asyncio.get_running_loop()

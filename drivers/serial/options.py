@@ -18,7 +18,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from edgegw import DriverOptions, Duration, HexBytes
+from edgegw import DriverOptions, Duration, HexBytes, Id
 
 from .checksums import CHECKSUM_SIZES
 
@@ -217,6 +217,29 @@ class BootloaderOptions(_Strict):
     retries: int = Field(10, ge=0, le=100)  # NAKs per block before giving up
 
 
+class SensorRouting(_Strict):
+    """Several sensors on one line (stream mode): each frame names its sensor in ``field``.
+
+    ``ids`` maps the field's value, as text, to the sub-device id its readings carry (set
+    ``types: {FIELD: str}`` to keep leading zeros). A frame from an address not listed is a bad
+    frame (counted ``unknown_sensor``); the field itself is not a reading.
+    """
+
+    field: str = Field(min_length=1)
+    ids: dict[str, Id] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> SensorRouting:
+        seen: dict[str, str] = {}
+        for addr, dev in self.ids.items():
+            if dev in seen:
+                raise ValueError(
+                    f"sensors.ids: {dev!r} is given to both {seen[dev]!r} and {addr!r}"
+                )
+            seen[dev] = addr
+        return self
+
+
 class SerialOptions(DriverOptions):
     """Options of one serial sensor (``devices[].options`` with ``driver: serial``)."""
 
@@ -243,6 +266,10 @@ class SerialOptions(DriverOptions):
     #: request mode: firmware updates through the device's bootloader (OTA firmware releases)
     bootloader: BootloaderOptions | None = None
 
+
+    #: stream mode: several sensors on the line, addressed as sub-devices
+    sensors: SensorRouting | None = None
+
     @model_validator(mode="after")
     def _check(self) -> SerialOptions:
         if (self.line is None) == (self.binary is None):
@@ -263,6 +290,15 @@ class SerialOptions(DriverOptions):
             raise ValueError(f"stopbits {self.stopbits} is not one of 1, 1.5, 2")
         if self.reopen_max < self.reopen_min:
             raise ValueError("reopen_max must be >= reopen_min")
+        if self.sensors is not None:
+            if self.mode != "stream":
+                raise ValueError("`sensors` need mode=stream (each frame names its sensor)")
+            names = self.metric_names()
+            if names and self.sensors.field not in names:
+                raise ValueError(
+                    f"sensors.field {self.sensors.field!r} is not a field of the frames "
+                    f"(fields: {', '.join(names)})"
+                )
         return self
 
     def request_bytes(self) -> bytes:

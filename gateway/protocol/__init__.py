@@ -1,31 +1,16 @@
-"""The ONE definition of the wire format (imported by cloud_stub too).
+"""The ONE definition of everything the gateway and the cloud share (cloud_stub imports it).
 
+- ``model``: Sample, Alert, Quality, Lane (the SDK re-exports them as ``edgegw.model``).
 - ``codec``: columnar batch <-> bytes (snappy-compressed, versioned).
 - ``envelope``: AES-256-GCM sealed batch with a clear binary header.
 - ``keys``: ECDH + HKDF data-key derivation and the ``Sealer``.
-- ``topics``: MQTT topic names. ``ack``: end-to-end acknowledgement messages.
+- ``ack``: end-to-end acknowledgement messages; ``downlink``: cloud -> gateway messages.
+- ``topics``: every MQTT topic and the broker ACL's filters.
+- ``enrollment``: enrollment request/answer messages.
+- ``identity``: the gateway identity-dir layout.
+- ``broker_url``: the broker-URL grammar; ``ids``: the gateway/device id grammar.
+- ``suggest``: the one "did you mean" helper.
+
+Import the submodule you need (``from edgegw.protocol.codec import encode_batch``): this package
+imports nothing eagerly, so the light parts (model, ids, topics) stay light for the SDK.
 """
-
-from edgegw.protocol.ack import AckError, AckStatus, decode_acks, encode_acks
-from edgegw.protocol.codec import CodecError, DecodedBatch, Gap, decode_batch, encode_batch
-from edgegw.protocol.envelope import EnvelopeError, Header, open_sealed, parse_header, seal
-from edgegw.protocol.keys import Sealer, derive_data_key
-
-__all__ = [
-    "AckError",
-    "AckStatus",
-    "CodecError",
-    "DecodedBatch",
-    "EnvelopeError",
-    "Gap",
-    "Header",
-    "Sealer",
-    "decode_acks",
-    "decode_batch",
-    "derive_data_key",
-    "encode_acks",
-    "encode_batch",
-    "open_sealed",
-    "parse_header",
-    "seal",
-]

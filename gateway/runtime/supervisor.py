@@ -127,6 +127,7 @@ class Gateway:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.state_dir, 0o750)
         (self.state_dir / "gateway-id").write_text(self.gateway_id + "\n")
+        self.collector = StatsCollector(self._stats_sources())  # services added after __init__
         self._count_run()
         for service in self.services:
             await service.start()

@@ -15,12 +15,12 @@ import random
 from pathlib import Path
 
 import pytest
-from uplink.conftest import Cloud, GatewaySide, cloud, cloud_dir
+from uplink.conftest import Cloud, GatewaySide, cloud, cloud_dir, store_kind
 
 from edgegw.model import Lane, Sample
 from edgegw.protocol.codec import encode_batch
 
-__all__ = ["cloud", "cloud_dir"]
+__all__ = ["cloud", "cloud_dir", "store_kind"]
 
 N = 35
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from modbus.simproc import SimServer
 from runtime.helpers import outbox_seqs, poll_until, start_daemon, stop_daemon, write_config
-from uplink.conftest import Cloud, GatewaySide, await_until, cloud, cloud_dir
+from uplink.conftest import Cloud, GatewaySide, await_until, cloud, cloud_dir, store_kind
 
 from edgegw.model import Lane
 from edgegw.protocol.codec import decode_batch, encode_batch
@@ -27,7 +27,7 @@ from edgegw.runtime.outbox_reader import read_outbox
 
 from .cloudproc import CloudServe, data_root, edgegw_cli
 
-__all__ = ["cloud", "cloud_dir", "data_root"]
+__all__ = ["cloud", "cloud_dir", "data_root", "store_kind"]
 
 GW = "rel-gw1"
 

@@ -19,7 +19,7 @@ from contextlib import closing
 from pathlib import Path
 
 import pytest
-from uplink.conftest import Cloud, GatewaySide, await_until, cloud, cloud_dir
+from uplink.conftest import Cloud, GatewaySide, await_until, cloud, cloud_dir, store_kind
 
 from edgegw.model import Lane, Sample
 from edgegw.protocol.codec import encode_batch
@@ -27,7 +27,7 @@ from edgegw.protocol.keys import Sealer
 from edgegw.store.outbox import Outbox
 from edgegw_cloud.store import BatchRecord, CloudStore
 
-__all__ = ["cloud", "cloud_dir"]
+__all__ = ["cloud", "cloud_dir", "store_kind"]
 
 
 async def test_reused_sequence_is_flagged_not_acked_and_resequenced(

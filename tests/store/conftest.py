@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from edgegw.model import Quality, Sample
-from edgegw.protocol import Sealer, encode_batch
+from edgegw.protocol.codec import encode_batch
+from edgegw.protocol.keys import Sealer
 from edgegw.store import Outbox
 
 GW = "gw-store-test"

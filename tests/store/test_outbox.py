@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 
 from edgegw.model import Lane, Sample
-from edgegw.protocol import Sealer, decode_batch, encode_batch, open_sealed
 from edgegw.protocol.ack import AckStatus
+from edgegw.protocol.codec import decode_batch, encode_batch
+from edgegw.protocol.envelope import open_sealed
+from edgegw.protocol.keys import Sealer
 from edgegw.store import Outbox, OutboxFull
 
 from .conftest import GW, KEY, make_batch

@@ -11,9 +11,9 @@ from contextlib import closing
 import pytest
 
 from edgegw.model import Lane
-from edgegw.protocol import Gap, decode_batch, open_sealed
 from edgegw.protocol.ack import AckStatus
-from edgegw.protocol.envelope import FLAG_GAP
+from edgegw.protocol.codec import Gap, decode_batch
+from edgegw.protocol.envelope import FLAG_GAP, open_sealed
 from edgegw.store import Outbox, OutboxFull
 
 from .conftest import GW, KEY, make_batch

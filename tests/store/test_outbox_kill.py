@@ -14,8 +14,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from edgegw.protocol import Sealer, decode_batch, open_sealed
 from edgegw.protocol.ack import AckStatus
+from edgegw.protocol.codec import decode_batch
+from edgegw.protocol.envelope import open_sealed
+from edgegw.protocol.keys import Sealer
 from edgegw.store import Outbox
 
 KEY = bytes(range(100, 132))

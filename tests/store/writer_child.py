@@ -10,7 +10,8 @@ import random
 import sys
 
 from edgegw.model import Lane, Quality, Sample
-from edgegw.protocol import Sealer, encode_batch
+from edgegw.protocol.codec import encode_batch
+from edgegw.protocol.keys import Sealer
 from edgegw.store import Outbox
 
 
