@@ -38,6 +38,7 @@ from edgegw.protocol.identity import (
     GATEWAY_KEY,
     INGEST_KA_PUB,
     META,
+    OTA_PUB,
     Identity,
     identity_meta_json,
 )
@@ -449,8 +450,6 @@ def write_identity(
     """Write certificate, CA, ingest key and identity.json (last) next to gateway.key
     (layout: ``edgegw.protocol.identity``); ``ota_pub_pem`` (the cloud's OTA release key) when
     the cloud sent one."""
-    from edgegw.protocol.identity import OTA_PUB
-
     d = Path(identity_dir)
     if ota_pub_pem:
         write_public(d / OTA_PUB, ota_pub_pem.encode())

@@ -36,7 +36,12 @@ ALLOWED: dict[str, set[str]] = {
     },
     "edgegw.store": {"edgegw.model", "edgegw.protocol"},
     "edgegw.uplink": {"edgegw.pki", "edgegw.protocol", "edgegw.store", "edgegw.transport"},
-    "edgegw.ota": {"edgegw.model", "edgegw.pki", "edgegw.protocol", "edgegw.sdk"},
+    # ota: the install-from-disk verb reads the config; config releases go through device's
+    # commit-confirmed transaction (built once); the trial reads the running version (root)
+    "edgegw.ota": {
+        "edgegw", "edgegw.config", "edgegw.device", "edgegw.model", "edgegw.pki",
+        "edgegw.protocol", "edgegw.sdk",
+    },
     "edgegw.device": {"edgegw.model", "edgegw.protocol", "edgegw.sdk", "edgegw.edge"},
     "edgegw.runtime": {
         "edgegw.config", "edgegw.edge", "edgegw.model", "edgegw.pki", "edgegw.protocol",

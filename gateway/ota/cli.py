@@ -14,7 +14,11 @@ import logging
 import sys
 from pathlib import Path
 
+from edgegw.config import ConfigError, load_config
 from edgegw.ota import launcher
+from edgegw.ota.slots import install_software
+from edgegw.ota.trial import running_version
+from edgegw.ota.verify import Refusal, check_offer, load_trusted_key
 
 log = logging.getLogger("edgegw.ota")
 
@@ -53,11 +57,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _install(args: argparse.Namespace) -> int:
-    from edgegw.config import ConfigError, load_config
-    from edgegw.ota.slots import install_software
-    from edgegw.ota.trial import running_version
-    from edgegw.ota.verify import Refusal, check_offer, load_trusted_key
-
     try:
         cfg = load_config(args.config)
     except ConfigError as exc:

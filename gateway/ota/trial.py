@@ -24,6 +24,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import edgegw
 from edgegw.ota import launcher
 
 log = logging.getLogger("edgegw.ota.trial")
@@ -33,9 +34,7 @@ FATAL_DEVICE_STATES = ("CONFIG_ERROR", "UNAVAILABLE")
 
 def running_version() -> str:
     """The version of the code running in this process (not whatever metadata is on sys.path)."""
-    from edgegw import __version__
-
-    return __version__
+    return edgegw.__version__
 
 
 def active_trial() -> tuple[Path, str] | None:
@@ -59,9 +58,8 @@ def gate(gw: Any) -> tuple[bool, str]:
     waiting = sorted(d for d, s in health.items() if s != "ok")
     if waiting:
         return False, f"devices not yet polled GOOD: {', '.join(waiting[:5])}"
-    from edgegw.runtime.sdnotify import watchdog_interval
-
-    if watchdog_interval() is not None and not getattr(gw, "watchdog_pings", 0):
+    # systemd's watchdog is on when it set WATCHDOG_USEC (edgegw.runtime.sdnotify reads the same)
+    if os.environ.get("WATCHDOG_USEC") and not getattr(gw, "watchdog_pings", 0):
         return False, "no watchdog ping sent yet"
     st = gw.uplink_stats()
     if st is not None:

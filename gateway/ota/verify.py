@@ -31,6 +31,7 @@ from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from edgegw.protocol.release import Manifest, ReleaseError, compare_versions, verify_signature
 
@@ -47,8 +48,6 @@ class Refusal(Exception):
 
 
 def load_trusted_key(path: Path) -> ed25519.Ed25519PublicKey:
-    from cryptography.hazmat.primitives.serialization import load_pem_public_key
-
     key = load_pem_public_key(path.read_bytes())
     if not isinstance(key, ed25519.Ed25519PublicKey):
         raise Refusal("bad_key", f"{path} is not an Ed25519 public key")

@@ -41,7 +41,17 @@ DEFAULT_CHUNK_SIZE = 64 * 1024
 MAX_CHUNK_SIZE = 256 * 1024
 SIGNATURE_SIZE = 64
 _VERSION_RE = re.compile(r"^\d+(\.\d+){0,3}$")
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_NAME_EXTRA = frozenset("._-")
+
+
+def _good_name(name: str) -> bool:
+    """Release names: 1-64 ASCII letters/digits/._-, starting with a letter or digit."""
+    return (
+        0 < len(name) <= 64
+        and name.isascii()
+        and name[0].isalnum()
+        and all(c.isalnum() or c in _NAME_EXTRA for c in name)
+    )
 
 
 class ReleaseError(ValueError):
@@ -171,7 +181,7 @@ def parse_manifest(data: bytes) -> Manifest:
     if kind not in KINDS:
         raise ReleaseError("bad_manifest", f"unknown kind {kind!r}")
     name = _req(doc, "name", str)
-    if not _NAME_RE.match(name):
+    if not _good_name(name):
         raise ReleaseError("bad_manifest", f"bad release name {name!r}")
     version = _req(doc, "version", str)
     parse_version(version)

@@ -25,6 +25,7 @@ from edgegw.config import (
     load_config,
 )
 from edgegw.device.config_apply import ConfigApply
+from edgegw.ota.trial import active_trial, run_trial
 from edgegw.runtime.supervisor import Gateway
 from edgegw.sdk import DriverEntry, discover_drivers, driver_names
 
@@ -121,8 +122,6 @@ async def serve(
 
 def _start_trial(gw: Gateway, stop: asyncio.Event) -> asyncio.Task[int] | None:
     """The OTA health gate, when the launcher started this version on trial."""
-    from edgegw.ota.trial import active_trial, run_trial
-
     trial = active_trial()
     if trial is None:
         return None
