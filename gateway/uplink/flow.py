@@ -1,11 +1,12 @@
 """Flow control by bytes: how much may be in the pipe, from the measured link (BBR-like).
 
 Why: a window of N batches is seconds of telemetry on a 64 kbit/s link; everything published
-sits in the TLS stream (paho's buffer, the socket, the modem) ahead of any alert published
-later, and a TCP stream cannot be overtaken. So the uplink keeps at most ``cwnd`` bytes
-*in the pipe* (published, PUBACK not yet received), sized to the measured bandwidth-delay
-product, and lets the alert lane skip the telemetry queue in the outbox. An alert then waits
-behind at most ``cwnd`` bytes (about two round trips), not behind the whole window.
+sits in the TLS stream (paho's buffer, the socket, the modem) and then in the broker's and the
+ingest's queues ahead of any alert published later, and none of them can be overtaken. So the
+uplink keeps at most ``cwnd`` bytes *in flight* (published, the cloud's end-to-end ack not yet
+received), sized to the measured bandwidth-delay product, and lets the alert lane skip the
+telemetry queue in the outbox. An alert then waits behind at most ``cwnd`` bytes (about two
+round trips), not behind the whole window.
 
 Estimates (per connection, from PUBACK timing; the broker answers as soon as the PUBLISH
 arrived, so the ingest's commit time is not in them):
@@ -129,12 +130,15 @@ class LinkEstimate:
             return INITIAL_CWND
         return int(max(GAIN * rate * rtt, MIN_CWND))
 
-    def may_send(self, size: int, now: float, *, alert: bool = False) -> bool:
-        """True if a flight of ``size`` bytes fits the window (one flight always fits)."""
-        if self.in_pipe == 0:
+    def may_send(self, size: int, now: float, *, alert: bool = False,
+                 in_flight: int | None = None) -> bool:
+        """True if a flight of ``size`` bytes fits the window (one flight always fits).
+        ``in_flight``: bytes awaiting the cloud's end-to-end ack (default: bytes in the pipe)."""
+        used = self.in_pipe if in_flight is None else in_flight
+        if used == 0:
             return True
         limit = self.cwnd(now) + (ALERT_HEADROOM if alert else 0)
-        return self.in_pipe + size <= limit
+        return used + size <= limit
 
     def stats(self, now: float) -> dict[str, int | float]:
         rate, rtt = self._rate.get(now), self._rtt.get(now)

@@ -18,9 +18,10 @@ Invariants (see docs/delivery.md for the whole story):
 - Reconnect: exponential backoff with full jitter, delay = uniform(0, min(max, min * 2**n));
   n resets only after a connection stayed up ``stable_after`` seconds.
 - Retained ``online`` on connect, retained last will ``offline`` on ``gw/{id}/up/status``.
-- Bytes in the pipe (published, no PUBACK yet) stay within ``flow.cwnd`` (the measured
+- Bytes in flight (published, no end-to-end ack yet) stay within ``flow.cwnd`` (the measured
   bandwidth-delay product, see ``flow``); the alert lane comes first and may exceed it by a
-  small headroom, so an alert never queues behind more than ~2 round trips of telemetry.
+  small headroom, so an alert never queues behind more than ~2 round trips of telemetry
+  (in the TLS stream, the broker and the ingest).
 - MQTT v5 topic alias for the batch topic once the broker allows one (saves the topic name in
   every PUBLISH); ``on_delivered`` (optional) hears every seq the cloud acked DELIVERED.
 """
@@ -214,6 +215,9 @@ class Uplink:
         if self._wake is not None:
             self._wake.set()
 
+    def _inflight_bytes(self) -> int:
+        return sum(len(f.envelope) for f in self._inflight.values())
+
     def held_seqs(self) -> set[int]:
         """Seqs the uplink holds (in flight, being settled, held back): not to be re-packed."""
         return set(self._inflight) | set(self._cooldown) | self._settling
@@ -251,6 +255,7 @@ class Uplink:
         }
         out.update(self.flow.stats(time.monotonic()))
         out["topic_alias"] = int(self._alias_set)
+        out["inflight_bytes"] = self._inflight_bytes()
         return out
 
     async def run(self) -> None:
@@ -464,12 +469,15 @@ class Uplink:
                 if self._lost.is_set():
                     break
                 now = time.monotonic()
+                in_flight = self._inflight_bytes()
                 for b in batches:
                     if b.seq in self._inflight or b.seq in self._settling:
                         continue
-                    if not self.flow.may_send(len(b.envelope), now, alert=b.lane == 0):
-                        break  # the pipe holds a BDP: wait for PUBACKs (they wake us)
+                    if not self.flow.may_send(len(b.envelope), now, alert=b.lane == 0,
+                                              in_flight=in_flight):
+                        break  # a BDP awaits the cloud's ack: wait for acks (they wake us)
                     self._send(_Flight(b.seq, bytes(b.envelope), b.count, int(b.lane)))
+                    in_flight += len(b.envelope)
             timeout = self._next_deadline(loop.time())
             self._wake.clear()
             # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation that
