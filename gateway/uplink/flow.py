@@ -16,9 +16,10 @@ arrived, so the ingest's commit time is not in them):
   at least ``MIN_SAMPLE`` bytes: a flight sent into an idle pipe gives
   ``size / (rtt - base_rtt)`` (its serialisation time); a flight sent behind others gives
   ``size / (puback - previous puback)`` (the ack clock of a busy pipe).
-- ``cwnd = max(GAIN x rate x base_rtt, MIN_CWND)``; before any estimate, ``INITIAL_CWND``
-  . One flight always fits an empty pipe. The alert lane may
-  exceed cwnd by ``ALERT_HEADROOM`` (alerts are small).
+- ``cwnd = max(GAIN x rate x base_rtt, MIN_CWND)``; before any estimate, ``INITIAL_CWND``.
+  A flight is admitted while the bytes in flight are below cwnd (at most cwnd + one flight:
+  on a slow link a flight is about a BDP, and two must overlap to keep the link busy). The
+  alert lane may exceed cwnd by ``ALERT_HEADROOM`` (alerts are small).
 Nothing here blocks or sleeps; the uplink calls ``on_send``/``on_puback`` on its event loop.
 """
 
@@ -137,8 +138,10 @@ class LinkEstimate:
         used = self.in_pipe if in_flight is None else in_flight
         if used == 0:
             return True
+        # admitted while below the window (overshooting by at most one flight): flights are
+        # often as large as the BDP on a slow link, and two must overlap to keep it busy
         limit = self.cwnd(now) + (ALERT_HEADROOM if alert else 0)
-        return used + size <= limit
+        return used < limit
 
     def stats(self, now: float) -> dict[str, int | float]:
         rate, rtt = self._rate.get(now), self._rtt.get(now)
