@@ -15,8 +15,11 @@ arrived, so the ingest's commit time is not in them):
 - ``rate`` (bytes/s): windowed maximum (``RATE_WINDOW``) of delivery-rate samples of flights of
   at least ``MIN_SAMPLE`` bytes: a flight sent into an idle pipe gives
   ``size / (rtt - base_rtt)`` (its serialisation time); a flight sent behind others gives
-  ``size / (puback - previous puback)`` (the ack clock of a busy pipe).
-- ``cwnd = max(GAIN x rate x base_rtt, MIN_CWND)``; before any estimate, ``INITIAL_CWND``.
+  BBR's delivery rate: bytes PUBACKed since the PUBACK preceding its publish / that interval
+  (robust to PUBACKs arriving bunched in one read).
+- ``cwnd = max(GAIN x rate x max(base_rtt, e2e_rtt), MIN_CWND)`` with ``e2e_rtt`` the windowed
+  minimum of publish -> end-to-end ack (the ingest's commit is part of the round trip the
+  window must cover: on a fast link it dominates); before any estimate, ``INITIAL_CWND``.
   A flight is admitted while the bytes in flight are below cwnd (at most cwnd + one flight:
   on a slow link a flight is about a BDP, and two must overlap to keep the link busy). The
   alert lane may exceed cwnd by ``ALERT_HEADROOM`` (alerts are small).
@@ -43,6 +46,8 @@ class _Sent:
     size: int
     at: float
     behind: bool  # other flights were in the pipe when this one was published
+    delivered: int  # bytes PUBACKed before it was published ...
+    delivered_at: float  # ... and when the last of them was
 
 
 class _WindowedExtreme:
@@ -76,9 +81,11 @@ class LinkEstimate:
 
     def __init__(self) -> None:
         self._rtt = _WindowedExtreme(RTT_WINDOW, maximum=False)
+        self._e2e = _WindowedExtreme(RTT_WINDOW, maximum=False)
         self._rate = _WindowedExtreme(RATE_WINDOW, maximum=True)
         self._sent: dict[int, _Sent] = {}
-        self._last_puback = 0.0
+        self._delivered = 0
+        self._delivered_at = 0.0
         self.in_pipe = 0  # bytes published, PUBACK not received
         self.largest = 0
         self.samples = 0
@@ -89,7 +96,9 @@ class LinkEstimate:
         self.in_pipe = 0
 
     def on_send(self, key: int, size: int, now: float) -> None:
-        self._sent[key] = _Sent(size, now, bool(self._sent))
+        behind = bool(self._sent)
+        self._sent[key] = _Sent(size, now, behind, self._delivered,
+                                self._delivered_at if behind else now)
         self.in_pipe += size
         self.largest = max(self.largest, size)
 
@@ -102,17 +111,24 @@ class LinkEstimate:
         if s.size < SMALL:
             self._rtt.add(now, rtt)
         base = self._rtt.get(now)
+        self._delivered += s.size
+        self._delivered_at = now
         if s.size >= MIN_SAMPLE:
-            if s.behind and self._last_puback > s.at:
-                dt = now - self._last_puback
-            elif base is not None:
-                dt = rtt - base
+            if s.behind:  # BBR's delivery rate: bytes acked since it was sent / that interval
+                size, dt = self._delivered - s.delivered, now - s.delivered_at
+            elif base is not None:  # idle pipe: its own serialisation time
+                size, dt = s.size, rtt - base
             else:
-                dt = 0.0
+                size, dt = 0, 0.0
             if dt > 0.001:
-                self._rate.add(now, s.size / dt)
+                self._rate.add(now, size / dt)
                 self.samples += 1
-        self._last_puback = now
+
+    def on_acked(self, rtt: float, now: float) -> None:
+        """The cloud's end-to-end ack of a flight ``rtt`` seconds after it was published
+        (includes the ingest's durable commit: the delay the in-flight window must cover)."""
+        if rtt > 0:
+            self._e2e.add(now, rtt)
 
     def forget(self, key: int) -> None:
         s = self._sent.pop(key, None)
@@ -126,10 +142,10 @@ class LinkEstimate:
         return self._rate.get(now)
 
     def cwnd(self, now: float) -> int:
-        rate, rtt = self._rate.get(now), self._rtt.get(now)
+        rate, rtt, e2e = self._rate.get(now), self._rtt.get(now), self._e2e.get(now)
         if rate is None or rtt is None:
             return INITIAL_CWND
-        return int(max(GAIN * rate * rtt, MIN_CWND))
+        return int(max(GAIN * rate * max(rtt, e2e or 0.0), MIN_CWND))
 
     def may_send(self, size: int, now: float, *, alert: bool = False,
                  in_flight: int | None = None) -> bool:

@@ -663,6 +663,8 @@ class Uplink:
                 self.c.batches_delivered += 1
                 if flight is not None:
                     self.c.readings_delivered += flight.count
+                    now = time.monotonic()
+                    self.flow.on_acked(now - flight.sent_at, now)
                 settle.append((seq, AckStatus.DELIVERED))
             elif status == ACK_REJECTED:
                 self._cooldown.pop(seq, None)
