@@ -18,8 +18,11 @@ arrived, so the ingest's commit time is not in them):
   BBR's delivery rate: bytes PUBACKed since the PUBACK preceding its publish / that interval
   (robust to PUBACKs arriving bunched in one read).
 - ``cwnd = max(GAIN x rate x max(base_rtt, e2e_rtt), MIN_CWND)`` with ``e2e_rtt`` the windowed
-  minimum of publish -> end-to-end ack (the ingest's commit is part of the round trip the
-  window must cover: on a fast link it dominates); before any estimate, ``INITIAL_CWND``.
+  minimum of publish -> end-to-end ack of flights published into an empty pipe, less their
+  serialisation time (the ingest's
+  commit is part of the round trip the window must cover: on a fast link it dominates;
+  capped at ``base_rtt + E2E_CAP`` so one slow first commit cannot inflate the window);
+  before any estimate, ``INITIAL_CWND``.
   A flight is admitted while the bytes in flight are below cwnd (at most cwnd + one flight:
   on a slow link a flight is about a BDP, and two must overlap to keep the link busy). The
   alert lane may exceed cwnd by ``ALERT_HEADROOM`` (alerts are small).
@@ -38,6 +41,7 @@ RATE_WINDOW = 30.0
 GAIN = 2.0
 MIN_CWND = 4 * 1024
 INITIAL_CWND = 16 * 1024
+E2E_CAP = 0.1  # the ingest's commit may add this much to the round trip the window covers
 ALERT_HEADROOM = 64 * 1024
 
 
@@ -94,11 +98,13 @@ class LinkEstimate:
         """A new connection: the pipe is empty (estimates of the link are kept)."""
         self._sent.clear()
         self.in_pipe = 0
+        self._delivered_at = 0.0
 
     def on_send(self, key: int, size: int, now: float) -> None:
         behind = bool(self._sent)
-        self._sent[key] = _Sent(size, now, behind, self._delivered,
-                                self._delivered_at if behind else now)
+        if not behind or not self._delivered_at:  # an idle pipe (or a new connection)
+            self._delivered_at = now  # restarts the delivery clock, as BBR does
+        self._sent[key] = _Sent(size, now, behind, self._delivered, self._delivered_at)
         self.in_pipe += size
         self.largest = max(self.largest, size)
 
@@ -124,9 +130,12 @@ class LinkEstimate:
                 self._rate.add(now, size / dt)
                 self.samples += 1
 
-    def on_acked(self, rtt: float, now: float) -> None:
-        """The cloud's end-to-end ack of a flight ``rtt`` seconds after it was published
-        (includes the ingest's durable commit: the delay the in-flight window must cover)."""
+    def on_acked(self, rtt: float, size: int, now: float) -> None:
+        """The cloud's end-to-end ack of a flight of ``size`` bytes, ``rtt`` seconds after it
+        was published (includes the ingest's durable commit: the delay the in-flight window
+        must cover). Its own serialisation time is taken out, as in ``base_rtt``."""
+        rate = self._rate.get(now)
+        rtt -= size / rate if rate else 0.0
         if rtt > 0:
             self._e2e.add(now, rtt)
 
@@ -145,7 +154,8 @@ class LinkEstimate:
         rate, rtt, e2e = self._rate.get(now), self._rtt.get(now), self._e2e.get(now)
         if rate is None or rtt is None:
             return INITIAL_CWND
-        return int(max(GAIN * rate * max(rtt, e2e or 0.0), MIN_CWND))
+        rtt = max(rtt, min(e2e or 0.0, rtt + E2E_CAP))
+        return int(max(GAIN * rate * rtt, MIN_CWND))
 
     def may_send(self, size: int, now: float, *, alert: bool = False,
                  in_flight: int | None = None) -> bool:

@@ -87,6 +87,7 @@ class _Flight:
     mid: int = -1
     sends: int = 0
     broker_has_it: bool = False
+    idle: bool = False  # published into an empty pipe (its round trip holds no queueing)
 
 
 @dataclass
@@ -511,6 +512,7 @@ class Uplink:
             self._alias_set = True
         else:
             info = client.publish(self._topic_batch, flight.envelope, qos=1)
+        flight.idle = self.flow.in_pipe == 0
         self.flow.on_send(info.mid, len(flight.envelope), time.monotonic())
         flight.mid = info.mid
         flight.sent_at = asyncio.get_running_loop().time()
@@ -663,8 +665,9 @@ class Uplink:
                 self.c.batches_delivered += 1
                 if flight is not None:
                     self.c.readings_delivered += flight.count
-                    now = time.monotonic()
-                    self.flow.on_acked(now - flight.sent_at, now)
+                    if flight.idle and flight.sends == 1:
+                        now = time.monotonic()
+                        self.flow.on_acked(now - flight.sent_at, len(flight.envelope), now)
                 settle.append((seq, AckStatus.DELIVERED))
             elif status == ACK_REJECTED:
                 self._cooldown.pop(seq, None)
