@@ -7,10 +7,10 @@ PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 APT_PACKAGES = python3-venv systemd mosquitto socat libcoap3-bin python3-gi gir1.2-gst-rtsp-server-1.0 \
                gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly \
-               gstreamer1.0-libav gstreamer1.0-tools
+               gstreamer1.0-libav gstreamer1.0-tools fuse3
 DEMO_ARGS ?=
 
-.PHONY: demo test system-deps venv lint bench clean
+.PHONY: demo test system-deps venv lint bench fuzz powercut soak clean
 
 system-deps:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
@@ -23,7 +23,7 @@ system-deps:
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev,ml,camera]'
+	$(PY) -m pip install -q -e '.[dev,ml,camera,fuzz]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -38,8 +38,28 @@ lint: venv
 	$(VENV)/bin/ruff check .
 	$(PY) tools/typecheck.py
 
+# coverage-guided fuzzing (atheris): FUZZ_SECONDS per target; new inputs go to a scratch dir,
+# crashes to fuzz-out/TARGET/ (fix, then commit the input under fuzz/corpus/TARGET/)
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= envelope codec ack config coap serial modbus
+fuzz: venv
+	@for t in $(FUZZ_TARGETS); do \
+	  mkdir -p fuzz-out/$$t/new; echo "== fuzz $$t ($(FUZZ_SECONDS) s)"; \
+	  $(PY) fuzz/run.py $$t -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 \
+	    -artifact_prefix=fuzz-out/$$t/ fuzz-out/$$t/new fuzz/corpus/$$t || exit 1; \
+	done
+
 bench: venv
 	for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b; done
 
+# long reliability runs (not part of `make bench`): POWERCUT_CYCLES, SOAK_MINUTES
+POWERCUT_CYCLES ?= 200
+SOAK_MINUTES ?= 12
+powercut: venv
+	$(PY) bench/power_cut.py --cycles $(POWERCUT_CYCLES)
+
+soak: venv
+	$(PY) bench/soak.py --minutes $(SOAK_MINUTES)
+
 clean:
-	rm -rf $(VENV) demo-data .pytest_cache
+	rm -rf $(VENV) demo-data .pytest_cache fuzz-out

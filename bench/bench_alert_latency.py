@@ -125,7 +125,9 @@ def main() -> None:
         broker = ManagedBroker(paths, port)
         broker.start()
         url = f"mqtts://127.0.0.1:{port}"
-        ingest = threading.Thread(target=run_ingest, args=(paths, url, stop), daemon=True)
+        ingest = threading.Thread(
+            target=run_ingest, args=(paths, broker.service_url, stop), daemon=True
+        )
         ingest.start()
         state = tmp / "gw"
         provision_gateway(paths, GW, state / "identity", broker=url)

@@ -122,7 +122,8 @@ def raw_publish_ceiling(port: int, d: Path, gw: str, envelopes: list[bytes], win
 
 
 async def drain(
-    paths: CloudPaths, url: str, port: int, root: Path, args: argparse.Namespace, processes: int
+    paths: CloudPaths, url: str, port: int, root: Path, args: argparse.Namespace, processes: int,
+    ingest_url: str,
 ) -> dict[str, Any]:
     gw = f"bench-drain-{processes}"
     sealer = _identity(paths, gw, root / f"id-{gw}")
@@ -147,7 +148,7 @@ async def drain(
     io = OutboxIO(outbox, executor)
     # The cloud ingest runs in processes of its own, as it would on its own machine: in this
     # process it would share one GIL with the gateway's uplink.
-    procs = IngestProcesses(paths, url, processes)
+    procs = IngestProcesses(paths, ingest_url, processes)
     assert procs.wait_ready(60), "ingest processes did not subscribe"
     uplink = Uplink(gw, root / f"id-{gw}", url, io, window=args.window)
     t0 = time.perf_counter()
@@ -182,14 +183,15 @@ async def drain(
 
 
 async def latency(
-    paths: CloudPaths, url: str, root: Path, args: argparse.Namespace, per_batch: int
+    paths: CloudPaths, url: str, root: Path, args: argparse.Namespace, per_batch: int,
+    ingest_url: str,
 ) -> dict[str, Any]:
     gw = f"bench-lat-{per_batch}"
     sealer = _identity(paths, gw, root / f"id-{gw}")
     outbox = Outbox(root / f"{gw}.db", max_bytes=1024**3, sealer=sealer)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
     io = OutboxIO(outbox, executor)
-    ingest = Ingest(paths, url).start()
+    ingest = Ingest(paths, ingest_url).start()
     uplink = Uplink(gw, root / f"id-{gw}", url, io, window=args.window)
     task = asyncio.ensure_future(uplink.run())
     await _poll(lambda: not uplink.connected, 0.01)
@@ -261,10 +263,12 @@ async def main() -> None:
                     "platform": platform.platform(),
                 },
                 "drain": [
-                    await drain(paths, broker.url, broker.port, root, args, int(n))
+                    await drain(paths, broker.url, broker.port, root, args, int(n),
+                                      broker.service_url)
                     for n in args.ingest_processes.split(",")
                 ],
-                "latency": [await latency(paths, broker.url, root, args, n) for n in (100, 1000)],
+                "latency": [await latency(paths, broker.url, root, args, n, broker.service_url)
+                            for n in (100, 1000)],
             }
         finally:
             broker.stop()

@@ -121,10 +121,10 @@ class EnrollmentService:
             return
         user, client_id = parts
         self._stats["requests"] += 1
-        answer = self.handle(user, bytes(msg.payload))
+        answer = self.handle(user, bytes(msg.payload), client_id)
         c.publish(topics.enroll_response(user, client_id), json.dumps(answer).encode(), qos=1)
 
-    def handle(self, user: str, payload: bytes) -> dict[str, Any]:
+    def handle(self, user: str, payload: bytes, client_id: str = "") -> dict[str, Any]:
         """Turn one request into its answer (never raises for bad input)."""
         nonce: Any = None
         try:
@@ -150,7 +150,8 @@ class EnrollmentService:
                     )
                 if token:
                     reinstated = reg.is_revoked(cn)
-                    cert = reg.enroll(token, csr, self.issuer, **kw)
+                    cert = reg.enroll(token, csr, self.issuer, actor=user, client_id=client_id,
+                                      **kw)
                     self._stats["enrolled"] += 1
                     if reinstated:
                         # a changed crl.pem makes `serve` reload the broker, which drops the
@@ -160,7 +161,7 @@ class EnrollmentService:
                     reg.count("refused_token_missing")
                     raise EnrollmentRefused("token_missing", "a token is required to enroll")
                 else:
-                    cert = reg.renew(user, csr, self.issuer, **kw)
+                    cert = reg.renew(user, csr, self.issuer, client_id=client_id, **kw)
                     self._stats["renewed"] += 1
         except EnrollmentRefused as exc:
             self._refused(exc.reason)

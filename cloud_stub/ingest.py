@@ -8,7 +8,10 @@ Invariants:
   is opened with the gateway id as associated data. Only then is anything in it trusted.
 - The ack for a sequence is published only AFTER the transaction holding that batch committed
   (WAL, synchronous=FULL). Duplicates (already stored) are acked ``delivered`` again: the ack is
-  idempotent, the store holds each (gateway, seq) once.
+  idempotent, the store holds each (gateway, seq) once. A duplicate is recognised by the
+  SHA-256 of its plaintext: a DIFFERENT authentic batch under an already stored (gateway, seq)
+  (a reused or forged-ahead sequence) is a conflict: WARNING, counted, recorded in the store's
+  ``seq_conflicts``, and NOT acked (the gateway re-sequences it; see docs/delivery.md).
 - What a forged or damaged message can cause: a count and a WARNING, nothing else. Malformed
   headers, unknown key ids, unknown gateways and envelopes that fail authentication are NEVER
   acked: their sequence number is unauthenticated, and an ack (delivered or rejected) makes the
@@ -16,12 +19,22 @@ Invariants:
   does not decode (the gateway quarantines it; retrying cannot help).
 - A store failure (disk full...) acks ``retry`` for the authentic batches of that transaction;
   nothing is half-stored (one transaction).
-- Group commit: messages waiting in the queue are committed together (up to ``max_group``),
-  then acked per gateway in one message. A process crash before the ack only causes a resend.
+- Group commit: messages waiting in the queue are committed together (up to ``max_group``
+  batches and ``max_group_readings`` readings), then acked per gateway in one message. A
+  process crash before the ack only causes a resend.
+- Fair between gateways (issue 9 #5): groups are formed round-robin over the gateways with
+  batches waiting (each gateway's own order kept), so one gateway's backlog or flood delays
+  another's batch by at most one group per gateway ahead of it, not by the whole backlog.
+- Per-gateway quota: a token bucket of ``gateway_rate`` readings/s with ``gateway_burst``
+  capacity (per ingest process). An authentic batch over it is acked ``retry`` (the gateway
+  keeps it and resends after its hold-back): slowed down, never lost, counted
+  ``rate_limited``. A batch decoding to more than ``codec.MAX_SAMPLES`` readings is refused
+  by the decoder (acked ``rejected``): no gateway config can produce one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import multiprocessing
@@ -30,7 +43,7 @@ import secrets
 import signal
 import threading
 import time
-from collections import defaultdict
+from collections import OrderedDict, defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,18 +58,24 @@ from edgegw import pki
 from edgegw.protocol import envelope, topics
 from edgegw.protocol.ack import AckStatus, encode_acks
 from edgegw.protocol.broker_url import parse_broker_url
-from edgegw.protocol.codec import CodecError, DecodedBatch
+from edgegw.protocol.codec import MAX_SAMPLES, CodecError, DecodedBatch
 from edgegw.protocol.codec_v2 import DecodedV2, UnknownSeries, decode_any
 from edgegw.protocol.keys import derive_data_key
+from edgegw.protocol.logthrottle import install as throttle_repeated_logs
 from edgegw.protocol.model import Lane
 from edgegw.transport.mqtt_client import Client
 from edgegw_cloud.pki_setup import INGEST_CN, CloudPaths
 from edgegw_cloud.registry import Registry
-from edgegw_cloud.store import BatchRecord, CloudStore
+from edgegw_cloud.store import CONFLICT, NEW, BatchRecord, CloudStore
 
 log = logging.getLogger("edgegw.cloud.ingest")
 
 ACK_DELIVERED, ACK_RETRY, ACK_REJECTED = AckStatus.DELIVERED, AckStatus.RETRY, AckStatus.REJECTED
+#: per-gateway quota defaults: above a gateway's documented drain rate (113-183k readings/s),
+#: and a burst that lets a 1M-reading backlog drain at full speed
+GATEWAY_RATE = 200_000.0
+GATEWAY_BURST = 2_000_000.0
+MAX_GROUP_READINGS = 200_000
 KEY_REFRESH_S = 5.0  # at most one registry lookup per gateway per this, whatever arrives
 TOUCH_EVERY_S = 5.0
 
@@ -79,7 +98,54 @@ class _Opened:
     seq: int
     received_ms: int
     decoded: DecodedBatch | None
-    retry: bool = False
+    limited: bool = False  # over the gateway's quota: ack retry, store nothing
+    retry: bool = False  # undecodable for now (unknown series ids): ack retry
+    digest: bytes | None = None  # SHA-256 of the plaintext (sequence-conflict check)
+
+    @property
+    def readings(self) -> int:
+        return self.decoded.readings if self.decoded is not None else 0
+
+
+class TokenBuckets:
+    """Per-key token buckets (readings per second, burst capacity). One thread uses it."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        if rate <= 0 or burst <= 0:
+            raise ValueError("rate and burst must be positive")
+        self.rate, self.burst = float(rate), float(burst)
+        self._level: dict[str, tuple[float, float]] = {}
+
+    def take(self, key: str, n: float, now: float) -> bool:
+        """Spend ``n`` tokens of ``key``'s bucket if it holds them (a refusal spends nothing)."""
+        level, at = self._level.get(key, (self.burst, now))
+        level = min(self.burst, level + (now - at) * self.rate)
+        ok = n <= level
+        self._level[key] = (level - n if ok else level, now)
+        return ok
+
+
+def fair_group(
+    pending: OrderedDict[str, deque[_Opened]], max_group: int, max_readings: int
+) -> list[_Opened]:
+    """Take the next group round-robin over the gateways in ``pending`` (mutated: taken items
+    removed, served gateways moved to the back, emptied ones dropped). At least one item; at
+    most ``max_group`` items, and no more once ``max_readings`` readings are in."""
+    group: list[_Opened] = []
+    readings = 0
+    while pending and len(group) < max_group and (not group or readings < max_readings):
+        for gw in list(pending):
+            q = pending[gw]
+            o = q.popleft()
+            group.append(o)
+            readings += o.readings
+            if q:
+                pending.move_to_end(gw)
+            else:
+                del pending[gw]
+            if len(group) >= max_group or readings >= max_readings:
+                break
+    return group
 
 
 class _Keys:
@@ -133,6 +199,9 @@ class Ingest:
         workers: int = 1,
         share_group: str = "ingest",
         max_group: int = 64,
+        max_group_readings: int = MAX_GROUP_READINGS,
+        gateway_rate: float = GATEWAY_RATE,
+        gateway_burst: float = GATEWAY_BURST,
         store_path: Path | None = None,
     ) -> None:
         self.paths = paths
@@ -141,6 +210,8 @@ class Ingest:
         self.workers = max(1, workers)
         self.share_group = share_group
         self.max_group = max_group
+        self.max_group_readings = max_group_readings
+        self._quota = TokenBuckets(gateway_rate, max(gateway_burst, float(MAX_SAMPLES)))
         self.store_path = store_path or paths.store_db
         self._queue: queue.Queue[_Msg] = queue.Queue(maxsize=10_000)
         self._opened: queue.Queue[_Opened] = queue.Queue(maxsize=1_000)
@@ -204,7 +275,7 @@ class Ingest:
         p = self.paths
         client = Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=f"{INGEST_CN}-{i}-{secrets.token_hex(4)}",
+            client_id=pki.client_id(f"{INGEST_CN}-{i}-{secrets.token_hex(4)}"),
             protocol=mqtt.MQTTv5,
         )
         client.tls_set_context(pki.make_tls_context(p.ca_crt, p.ingest_crt, p.ingest_key))
@@ -288,9 +359,26 @@ class Ingest:
                     continue
                 if opened is None:
                     continue
-                gw, header, decoded, retry = opened
-                self._put(self._opened,
-                          _Opened(m.client, gw, header.seq, m.received_ms, decoded, retry))
+                gw, header, decoded, retry, digest = opened
+                limited = decoded is not None and not self._quota.take(
+                    gw, decoded.readings, time.monotonic()
+                )
+                if limited:
+                    self._warn(
+                        "rate_limited",
+                        gw,
+                        "gateway %s: batch %d (%d readings) over its quota of %.0f readings/s; "
+                        "acked retry",
+                        gw,
+                        header.seq,
+                        decoded.readings if decoded is not None else 0,
+                        self._quota.rate,
+                    )
+                self._put(
+                    self._opened,
+                    _Opened(m.client, gw, header.seq, m.received_ms, decoded, limited, retry,
+                            digest),
+                )
                 now = time.monotonic()
                 if now - last_touch.get(gw, 0.0) >= TOUCH_EVERY_S:
                     last_touch[gw] = now
@@ -304,18 +392,27 @@ class Ingest:
 
     def _write_loop(self) -> None:
         store = CloudStore(self.store_path)
+        pending: OrderedDict[str, deque[_Opened]] = OrderedDict()
+        buffered = 0
+        max_buffered = 4 * self.max_group
         try:
             while not self._stop.is_set():
-                try:
-                    first = self._opened.get(timeout=0.2)
-                except queue.Empty:
-                    continue
-                group = [first]
-                while len(group) < self.max_group:
+                if not pending:
                     try:
-                        group.append(self._opened.get_nowait())
+                        first = self._opened.get(timeout=0.2)
+                    except queue.Empty:
+                        continue
+                    pending.setdefault(first.gw, deque()).append(first)
+                    buffered = 1
+                while buffered < max_buffered:
+                    try:
+                        o = self._opened.get_nowait()
                     except queue.Empty:
                         break
+                    pending.setdefault(o.gw, deque()).append(o)
+                    buffered += 1
+                group = fair_group(pending, self.max_group, self.max_group_readings)
+                buffered -= len(group)
                 self._commit(group, store)
                 self._store_stats = store.stats()
         finally:
@@ -330,8 +427,9 @@ class Ingest:
 
     def _open(
         self, m: _Msg, keys: _Keys
-    ) -> tuple[str, Any, DecodedBatch | None, bool] | None:
-        """(gateway, header, decoded or None if undecodable) for an AUTHENTIC envelope."""
+    ) -> tuple[str, Any, DecodedBatch | None, bool, bytes] | None:
+        """(gateway, header, decoded or None if undecodable, retry, plaintext digest) for an
+        AUTHENTIC envelope."""
         gw = topics.gateway_of(m.topic) or ""
         if not gw or m.topic != topics.up_batch(gw):
             self._warn("bad_topic", "?", "message on unexpected topic %r ignored", m.topic)
@@ -397,7 +495,7 @@ class Ingest:
                 header.seq,
                 exc,
             )
-            return gw, header, None, True
+            return gw, header, None, True, b""
         except CodecError as exc:
             self._warn(
                 "undecodable",
@@ -407,10 +505,10 @@ class Ingest:
                 header.seq,
                 exc,
             )
-            return gw, header, None, False
+            return gw, header, None, False, b""
         if isinstance(decoded, DecodedV2) and decoded.definitions:
             self._names.learn(gw, decoded.epoch, decoded.definitions)
-        return gw, header, decoded, False
+        return gw, header, decoded, False, hashlib.sha256(plaintext).digest()
 
     @staticmethod
     def _try_open(
@@ -425,6 +523,30 @@ class Ingest:
             return bytes(plaintext)
         return None
 
+    def _commit_one_by_one(
+        self, records: list[BatchRecord], store: CloudStore, exc: Exception
+    ) -> list[str | None]:
+        """A group commit failed: retry each batch in its own transaction, so one batch that
+        cannot be stored does not make every other gateway's batch of the group wait (None =
+        not stored, acked retry)."""
+        out: list[str | None] = [None] * len(records)
+        errors: list[tuple[BatchRecord, Exception]] = []
+        if len(records) == 1:
+            errors.append((records[0], exc))
+        else:
+            log.info("ingest: a group of %d batches failed (%s); storing them one by one",
+                     len(records), exc)
+            for i, rec in enumerate(records):
+                try:
+                    out[i] = store.commit_statuses([rec])[0]
+                except Exception as one:
+                    errors.append((rec, one))
+        for rec, err in errors:
+            self.counts["store_errors"] += 1
+            log.error("ingest: storing batch %d of %s failed (%s: %s); acked retry, nothing of "
+                      "it stored", rec.seq, rec.gateway, type(err).__name__, err)
+        return out
+
     def _commit(self, group: list[_Opened], store: CloudStore) -> None:
         """Store a group in one transaction, THEN ack every batch of it (per gateway)."""
         acks: dict[tuple[int, str], tuple[mqtt.Client, list[tuple[int, int]]]] = {}
@@ -432,10 +554,12 @@ class Ingest:
         def ack(o: _Opened, status: int) -> None:
             acks.setdefault((id(o.client), o.gw), (o.client, []))[1].append((o.seq, status))
 
-        storable = [o for o in group if o.decoded is not None]
+        storable = [o for o in group if o.decoded is not None and not o.limited]
         for o in group:
             if o.decoded is None:
                 ack(o, ACK_RETRY if o.retry else ACK_REJECTED)
+            elif o.limited:
+                ack(o, ACK_RETRY)
         records: list[BatchRecord] = []
         owners: list[_Opened] = []
         for o in storable:
@@ -445,31 +569,38 @@ class Ingest:
                 owners.append(o)
         if records:
             try:
-                fresh = store.commit_many(records)
+                statuses: list[str | None] = list(store.commit_statuses(records))
             except Exception as exc:
-                self.counts["store_errors"] += 1
-                log.error(
-                    "ingest: storing %d batches failed (%s: %s); acked retry, nothing stored",
-                    len(records),
-                    type(exc).__name__,
-                    exc,
-                )
-                for o in storable:
-                    ack(o, ACK_RETRY)
-            else:
-                for rec, new in zip(records, fresh, strict=True):
-                    if new:
-                        self.counts["batches_stored"] += 1
-                        self.counts["readings_stored"] += rec.readings
-                    else:
-                        self.counts["duplicates"] += 1
-                        log.debug(
-                            "gateway %s: batch %d already stored (re-sent); acked again",
-                            rec.gateway,
-                            rec.seq,
-                        )
-                for o in storable:  # a re-packed batch: acked once all its parts are stored
-                    ack(o, ACK_DELIVERED)
+                statuses = self._commit_one_by_one(records, store, exc)
+            failed: set[int] = set()  # owners with a part that could not be stored: retry
+            conflicted: set[int] = set()  # owners with a part in a sequence conflict: no ack
+            for o, rec, status in zip(owners, records, statuses, strict=True):
+                if status is None:
+                    failed.add(id(o))
+                elif status == CONFLICT:
+                    conflicted.add(id(o))
+                    self._warn(
+                        "seq_conflicts",
+                        o.gw,
+                        "gateway %s: authentic batch %d differs from the batch already "
+                        "stored under that sequence (reused or forged-ahead sequence); "
+                        "not acked, recorded in seq_conflicts",
+                        o.gw,
+                        rec.seq,
+                    )
+                elif status == NEW:
+                    self.counts["batches_stored"] += 1
+                    self.counts["readings_stored"] += rec.readings
+                else:
+                    self.counts["duplicates"] += 1
+                    log.debug(
+                        "gateway %s: batch %d already stored (re-sent); acked again",
+                        rec.gateway,
+                        rec.seq,
+                    )
+            for o in storable:  # a re-packed batch: acked once all its parts are stored
+                if id(o) not in conflicted:
+                    ack(o, ACK_RETRY if id(o) in failed else ACK_DELIVERED)
         for (_, gw), (client, items) in acks.items():
             client.publish(topics.down_ack(gw), encode_acks(items), qos=1)
             self.counts["acks_sent"] += len(items)
@@ -483,6 +614,8 @@ def _records(o: _Opened) -> list[BatchRecord]:
     defs = (d.epoch, d.definitions) if isinstance(d, DecodedV2) and d.definitions else None
     if isinstance(d, DecodedV2) and d.parts:
         parts = d.split_parts()
+        # a part has no digest of its original batch (it was re-encoded): deduplicated by
+        # sequence only (docs/delivery.md, "Sequence conflicts")
         return [
             BatchRecord(o.gw, seq, int(Lane.TELEMETRY), o.received_ms, series=series,
                         definitions=defs if i == 0 else None)
@@ -490,7 +623,7 @@ def _records(o: _Opened) -> list[BatchRecord]:
         ]
     return [
         BatchRecord(o.gw, o.seq, _lane_of(d), o.received_ms, alerts=d.alerts, gaps=d.gaps,
-                    series=d.series, definitions=defs)
+                    series=d.series, definitions=defs, digest=o.digest)
     ]
 
 
@@ -570,6 +703,7 @@ def _ingest_process(
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    throttle_repeated_logs()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us through ``stop``
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     stats = run_ingest(

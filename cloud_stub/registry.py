@@ -18,13 +18,16 @@ Invariants:
 from __future__ import annotations
 
 import datetime as dt
+import getpass
 import hashlib
+import json
 import logging
 import os
 import secrets
+import socket
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +37,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from edgegw import pki
+from edgegw.protocol.ids import is_valid_id
 
 log = logging.getLogger("edgegw.cloud.registry")
 
@@ -68,6 +72,30 @@ CREATE TABLE IF NOT EXISTS tokens(
     used_serial TEXT
 );
 CREATE TABLE IF NOT EXISTS counters(name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+-- Audit log: every enroll / renew / revoke / reinstate (and refusal), written in the SAME
+-- transaction as the change it records. Append-only (nothing here updates or deletes it).
+CREATE TABLE IF NOT EXISTS audit(
+    id INTEGER PRIMARY KEY,
+    ts_ms INTEGER NOT NULL,
+    action TEXT NOT NULL,               -- enroll | renew | revoke | reinstate | token | refused
+    gateway_id TEXT NOT NULL,
+    actor TEXT NOT NULL,                -- broker username (bootstrap / gateway id) or operator:USER
+    client_id TEXT NOT NULL DEFAULT '', -- MQTT client id of the request ('' for operator commands)
+    serial TEXT,                        -- certificate issued, if any
+    detail TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS fleet(       -- device management: what gateways report about themselves
+    gateway_id TEXT PRIMARY KEY,
+    labels TEXT NOT NULL DEFAULT '{}',  -- JSON object, set by operators (rollout selectors)
+    software_version TEXT,
+    config_version TEXT,
+    config_pending TEXT,
+    devices TEXT NOT NULL DEFAULT '[]', -- JSON list as reported by the gateway
+    key_id INTEGER,
+    online INTEGER,                     -- from the gateway's retained status message
+    status_ms INTEGER,
+    info_ms INTEGER
+);
 """
 
 
@@ -84,6 +112,23 @@ class EnrollmentRefused(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class FleetRow:
+    """One gateway as the fleet view shows it (the dashboard reads these)."""
+
+    id: str
+    labels: dict[str, str]
+    last_seen_ms: int | None
+    online: bool | None
+    status_ms: int | None
+    software_version: str | None
+    config_version: str | None
+    config_pending: str | None
+    devices: list[dict[str, object]]
+    revoked: bool
+    info_ms: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayRow:
     id: str
     created_ms: int
@@ -96,6 +141,15 @@ class GatewayRow:
     @property
     def revoked(self) -> bool:
         return self.revoked_ms is not None
+
+
+def operator() -> str:
+    """Who runs an operator command, for the audit log: ``operator:USER@HOST (pid N)``."""
+    try:
+        user = getpass.getuser()
+    except Exception:  # no passwd entry (containers)
+        user = f"uid{os.getuid()}"
+    return f"operator:{user}@{socket.gethostname()} (pid {os.getpid()})"
 
 
 def hash_token(token: str) -> str:
@@ -155,6 +209,53 @@ class Registry:
             (name, n),
         )
 
+    def _audit(
+        self,
+        db: sqlite3.Connection,
+        action: str,
+        gateway_id: str,
+        actor: str,
+        client_id: str = "",
+        serial: str | None = None,
+        detail: str = "",
+    ) -> None:
+        db.execute(
+            "INSERT INTO audit(ts_ms, action, gateway_id, actor, client_id, serial, detail) "
+            "VALUES(?, ?, ?, ?, ?, ?, ?)",
+            (_ms(), action, gateway_id, actor, client_id, serial, detail),
+        )
+
+    def audit_log(self, gateway_id: str | None = None) -> list[dict[str, object]]:
+        """The audit trail, oldest first (optionally of one gateway)."""
+        sql = "SELECT ts_ms, action, gateway_id, actor, client_id, serial, detail FROM audit"
+        args: tuple[str, ...] = ()
+        if gateway_id is not None:
+            sql += " WHERE gateway_id = ?"
+            args = (gateway_id,)
+        return [dict(r) for r in self._db.execute(sql + " ORDER BY id", args)]
+
+    def _revoked_keys(self, db: sqlite3.Connection, gateway_id: str) -> set[str]:
+        """Public-key fingerprints of every revoked certificate of ``gateway_id``."""
+        out = set()
+        for r in db.execute(
+            "SELECT pem FROM certificates WHERE gateway_id = ? AND revoked_ms IS NOT NULL",
+            (gateway_id,),
+        ):
+            cert = x509.load_pem_x509_certificate(r["pem"].encode())
+            out.add(pki.public_key_fingerprint(cert.public_key()))
+        return out
+
+    def _current_key(self, db: sqlite3.Connection, gateway_id: str) -> str | None:
+        r = db.execute(
+            "SELECT pem FROM certificates WHERE gateway_id = ? AND revoked_ms IS NULL "
+            "ORDER BY issued_ms DESC, rowid DESC LIMIT 1",
+            (gateway_id,),
+        ).fetchone()
+        if r is None:
+            return None
+        return pki.public_key_fingerprint(x509.load_pem_x509_certificate(r["pem"].encode())
+                                          .public_key())
+
     def count(self, name: str, n: int = 1) -> None:
         with self._txn() as db:
             self._bump(db, name, n)
@@ -173,13 +274,20 @@ class Registry:
 
     # ----------------------------------------------------------------- tokens
     def create_token(
-        self, gateway_id: str, ttl_s: float = DEFAULT_TOKEN_TTL_S, *, reinstate: bool = False
+        self,
+        gateway_id: str,
+        ttl_s: float = DEFAULT_TOKEN_TTL_S,
+        *,
+        reinstate: bool = False,
+        actor: str | None = None,
     ) -> str:
         """Create a one-time token for ``gateway_id``; returns the only plaintext copy."""
         pki.check_gateway_id(gateway_id)
         if ttl_s <= 0:
             raise RegistryError(f"token ttl must be positive, got {ttl_s}s")
         token = secrets.token_urlsafe(32)
+        while token.startswith("-"):  # `edgegw enroll --token -x...` would read it as an option
+            token = secrets.token_urlsafe(32)
         now = _ms()
         with self._txn() as db:
             row = self._ensure_gateway(db, gateway_id)
@@ -193,12 +301,25 @@ class Registry:
                 (hash_token(token), gateway_id, now, now + int(ttl_s * 1000)),
             )
             self._bump(db, "tokens_created")
+            revoked = row is not None and row["revoked_ms"] is not None
+            self._audit(
+                db,
+                "reinstate" if revoked else "token",
+                gateway_id,
+                actor or operator(),
+                detail=f"token {hash_token(token)[:12]} ttl {ttl_s:.0f}s"
+                + ("; the gateway must enroll with a NEW key" if revoked else ""),
+            )
         log.info("token created for gateway %s (expires in %.0fs)", gateway_id, ttl_s)
         return token
 
-    def _refuse(self, reason: str, message: str, gateway_id: str) -> EnrollmentRefused:
+    def _refuse(
+        self, reason: str, message: str, gateway_id: str, actor: str = "", client_id: str = ""
+    ) -> EnrollmentRefused:
         try:
-            self.count(f"refused_{reason}")
+            with self._txn() as db:
+                self._bump(db, f"refused_{reason}")
+                self._audit(db, "refused", gateway_id, actor or "?", client_id, detail=reason)
         except sqlite3.Error:  # counting must never hide the refusal itself
             log.exception("could not count refusal %s", reason)
         log.warning("enrollment refused (%s) for gateway %r: %s", reason, gateway_id, message)
@@ -212,17 +333,22 @@ class Registry:
         issuer: pki.Issuer,
         *,
         days: int = GATEWAY_CERT_DAYS,
+        actor: str = "bootstrap",
+        client_id: str = "",
     ) -> x509.Certificate:
         """Redeem ``token`` for a certificate for ``csr`` (already verified by ``pki.load_csr``).
 
         Refusals (``EnrollmentRefused.reason``): ``bad_id``, ``token_unknown``, ``token_used``,
-        ``token_expired``, ``token_other_gateway``. The token is consumed only on success.
+        ``token_expired``, ``token_other_gateway``, ``key_revoked`` (the CSR's key is one a
+        revoked certificate of this gateway held: a reinstated gateway needs a NEW key, the old
+        one may be the stolen one). The token is consumed only on success.
         """
         cn = pki.common_name(csr.subject)
         try:
             pki.check_gateway_id(cn)
         except pki.PkiError as exc:
-            raise self._refuse("bad_id", str(exc), cn) from None
+            raise self._refuse("bad_id", str(exc), cn, actor, client_id) from None
+        key_fp = pki.public_key_fingerprint(csr.public_key())
         digest = hash_token(token)
         now = _ms()
         failure: tuple[str, str] | None = None
@@ -241,9 +367,23 @@ class Registry:
                     f"token was issued for another gateway id than {cn!r}; check gateway.id "
                     f"in the config, or {generic}",
                 )
+            elif key_fp in self._revoked_keys(db, cn):
+                failure = (
+                    "key_revoked",
+                    f"this key belonged to a revoked certificate of {cn!r}: a reinstated "
+                    "gateway must enroll with a new key (`edgegw enroll --new-key --token ...`)",
+                )
             else:
+                was_revoked = db.execute(
+                    "SELECT revoked_ms FROM gateways WHERE id = ?", (cn,)
+                ).fetchone()["revoked_ms"] is not None
                 cert = issuer.issue_from_csr(csr, days=days)
                 self._record_cert(db, cn, cert, "enroll")
+                self._audit(
+                    db, "enroll", cn, actor, client_id, format(cert.serial_number, "x"),
+                    f"token {digest[:12]} key {key_fp[:16]}"
+                    + ("; reinstated with a new key" if was_revoked else ""),
+                )
                 db.execute(
                     "UPDATE gateways SET enrolled_ms = ?, revoked_ms = NULL WHERE id = ?", (now, cn)
                 )
@@ -253,7 +393,7 @@ class Registry:
                 )
                 self._bump(db, "enrolled")
         if failure is not None:
-            raise self._refuse(failure[0], failure[1], cn)
+            raise self._refuse(failure[0], failure[1], cn, actor, client_id)
         log.info("gateway %s enrolled, certificate serial %x", cn, cert.serial_number)
         return cert
 
@@ -264,12 +404,16 @@ class Registry:
         issuer: pki.Issuer,
         *,
         days: int = GATEWAY_CERT_DAYS,
+        client_id: str = "",
     ) -> x509.Certificate:
         """Issue a new certificate to a gateway that authenticated with its current one.
 
         ``authenticated_id`` comes from the broker (certificate CN in the topic, enforced by the
         ACL), so no token is needed. The CSR must carry the same CN and the gateway must not be
-        revoked. Refusals: ``renew_other_gateway``, ``renew_unknown``, ``renew_revoked``.
+        revoked. Renewal keeps the key (docs/security.md): a CSR with another key than the
+        current certificate's is refused (``renew_new_key``); a key change is a new enrollment
+        with a token. Refusals: ``renew_other_gateway``, ``renew_unknown``, ``renew_revoked``,
+        ``renew_new_key``.
         """
         cn = pki.common_name(csr.subject)
         if cn != authenticated_id:
@@ -277,7 +421,10 @@ class Registry:
                 "renew_other_gateway",
                 f"renewal CSR is for {cn!r} but you are {authenticated_id!r}",
                 authenticated_id,
+                authenticated_id,
+                client_id,
             )
+        key_fp = pki.public_key_fingerprint(csr.public_key())
         failure: tuple[str, str] | None = None
         with self._txn() as db:
             row = db.execute("SELECT * FROM gateways WHERE id = ?", (cn,)).fetchone()
@@ -285,12 +432,20 @@ class Registry:
                 failure = ("renew_unknown", f"gateway {cn!r} is not enrolled; enroll with a token")
             elif row["revoked_ms"] is not None:
                 failure = ("renew_revoked", f"gateway {cn!r} is revoked")
+            elif key_fp != self._current_key(db, cn):
+                failure = (
+                    "renew_new_key",
+                    "renewal keeps the gateway's key; to change it, enroll again with a token "
+                    "and --new-key",
+                )
             else:
                 cert = issuer.issue_from_csr(csr, days=days)
                 self._record_cert(db, cn, cert, "renew")
                 self._bump(db, "renewed")
+                self._audit(db, "renew", cn, cn, client_id, format(cert.serial_number, "x"),
+                            f"key {key_fp[:16]}")
         if failure is not None:
-            raise self._refuse(failure[0], failure[1], cn)
+            raise self._refuse(failure[0], failure[1], cn, cn, client_id)
         log.info("gateway %s renewed, certificate serial %x", cn, cert.serial_number)
         return cert
 
@@ -332,7 +487,7 @@ class Registry:
         )
 
     # ----------------------------------------------------------------- revocation
-    def revoke(self, gateway_id: str) -> list[str]:
+    def revoke(self, gateway_id: str, *, actor: str | None = None) -> list[str]:
         """Revoke the gateway and all its certificates; returns the newly revoked serials."""
         now = _ms()
         with self._txn() as db:
@@ -362,6 +517,8 @@ class Registry:
                 (now, gateway_id),
             )
             self._bump(db, "revoked")
+            self._audit(db, "revoke", gateway_id, actor or operator(),
+                        detail=f"{len(serials)} certificates: {','.join(serials)[:500]}")
         log.warning("gateway %s revoked (%d certificates)", gateway_id, len(serials))
         return serials
 
@@ -449,3 +606,91 @@ class Registry:
             "UPDATE gateways SET last_seen_ms = MAX(COALESCE(last_seen_ms, 0), ?) WHERE id = ?",
             (ts_ms if ts_ms is not None else _ms(), gateway_id),
         )
+
+    # ----------------------------------------------------------------- fleet (device mgmt)
+    def _fleet_row(self, db: sqlite3.Connection, gateway_id: str) -> None:
+        if db.execute("SELECT 1 FROM gateways WHERE id = ?", (gateway_id,)).fetchone() is None:
+            raise RegistryError(f"unknown gateway {gateway_id!r} (see `edgegw-cloud gateways`)")
+        db.execute("INSERT OR IGNORE INTO fleet(gateway_id) VALUES (?)", (gateway_id,))
+
+    def set_labels(
+        self, gateway_id: str, labels: dict[str, str], remove: Sequence[str] = ()
+    ) -> dict[str, str]:
+        """Merge ``labels`` into the gateway's labels, drop ``remove``; returns the result."""
+        for k, v in labels.items():
+            if not is_valid_id(k) or len(v) > 256 or any(c in v for c in "\n\0"):
+                raise RegistryError(
+                    f"label {k}={v!r}: keys follow the id grammar (letters, digits, '_', '.', "
+                    "'-'), values up to 256 characters on one line"
+                )
+        with self._txn() as db:
+            self._fleet_row(db, gateway_id)
+            row = db.execute("SELECT labels FROM fleet WHERE gateway_id = ?",
+                             (gateway_id,)).fetchone()
+            current = dict(json.loads(row["labels"]))
+            current.update(labels)
+            for k in remove:
+                current.pop(k, None)
+            db.execute("UPDATE fleet SET labels = ? WHERE gateway_id = ?",
+                       (json.dumps(current, sort_keys=True), gateway_id))
+        return current
+
+    def labels(self, gateway_id: str) -> dict[str, str]:
+        row = self._db.execute("SELECT labels FROM fleet WHERE gateway_id = ?",
+                               (gateway_id,)).fetchone()
+        return dict(json.loads(row["labels"])) if row else {}
+
+    def select(self, selector: dict[str, str]) -> list[str]:
+        """Gateways (not revoked) whose labels include every ``key: value`` of ``selector``."""
+        return [f.id for f in self.fleet() if not f.revoked
+                and all(f.labels.get(k) == v for k, v in selector.items())]
+
+    def record_info(self, gateway_id: str, info: dict[str, object], ts_ms: int | None = None
+                    ) -> None:
+        """Store what the gateway reported about itself (its ``info`` message)."""
+        with self._txn() as db:
+            self._fleet_row(db, gateway_id)
+            db.execute(
+                "UPDATE fleet SET software_version = ?, config_version = ?, config_pending = ?, "
+                "devices = ?, key_id = ?, info_ms = ? WHERE gateway_id = ?",
+                (_opt_str(info.get("software_version")), _opt_str(info.get("config_version")),
+                 _opt_str(info.get("config_pending")), json.dumps(info.get("devices") or []),
+                 info.get("key_id"), ts_ms or _ms(), gateway_id),
+            )
+            db.execute("UPDATE gateways SET last_seen_ms = MAX(COALESCE(last_seen_ms, 0), ?) "
+                       "WHERE id = ?", (ts_ms or _ms(), gateway_id))
+
+    def record_status(self, gateway_id: str, online: bool, ts_ms: int | None = None) -> None:
+        with self._txn() as db:
+            self._fleet_row(db, gateway_id)
+            db.execute("UPDATE fleet SET online = ?, status_ms = ? WHERE gateway_id = ?",
+                       (int(online), ts_ms or _ms(), gateway_id))
+
+    def reported_key_id(self, gateway_id: str) -> int | None:
+        """The key id the gateway last said it uses (its ``info``): downlink keys follow it."""
+        row = self._db.execute("SELECT key_id FROM fleet WHERE gateway_id = ?",
+                               (gateway_id,)).fetchone()
+        return int(row["key_id"]) if row is not None and row["key_id"] is not None else None
+
+    def fleet(self) -> list[FleetRow]:
+        """Every gateway with its labels, last seen, versions, devices and online state."""
+        rows = self._db.execute(
+            """SELECT g.id, g.last_seen_ms, g.revoked_ms, f.labels, f.software_version,
+                      f.config_version, f.config_pending, f.devices, f.online, f.status_ms,
+                      f.info_ms
+               FROM gateways g LEFT JOIN fleet f ON f.gateway_id = g.id ORDER BY g.id"""
+        ).fetchall()
+        return [
+            FleetRow(
+                r["id"], dict(json.loads(r["labels"] or "{}")), r["last_seen_ms"],
+                None if r["online"] is None else bool(r["online"]), r["status_ms"],
+                r["software_version"], r["config_version"], r["config_pending"],
+                list(json.loads(r["devices"] or "[]")), r["revoked_ms"] is not None,
+                r["info_ms"],
+            )
+            for r in rows
+        ]
+
+
+def _opt_str(v: object) -> str | None:
+    return None if v is None else str(v)

@@ -16,11 +16,12 @@ The format (reference: docs/configuration.md, examples/gateway.example.yaml)::
     include: [devices/*.yaml]          # merged first; this file wins (lists are concatenated)
     gateway:  {id: plant1-gw1, state_dir: ./var/edgegw, log_level: info}
     metrics:  {enabled: true, listen: "127.0.0.1:9108"}
-    outbox:   {path: null, max_bytes: 64MiB, when_full: drop_oldest_telemetry, vacuum_every: 60s}
+    outbox:   {path: null, max_bytes: 64MiB, when_full: drop_oldest_telemetry, vacuum_every: 60s,
+               min_free_bytes: 32MiB}
     batch:    {max_readings: 5000, max_age: 250ms, max_bytes: 256KiB}
     uplink:   {enabled: false, broker: "mqtts://127.0.0.1:8883", identity_dir: null, window: 32,
-               ack_timeout: 10s, keepalive: 30s, backoff_min: 0.5s, backoff_max: 30s,
-               stable_after: 20s}
+               ack_timeout: 10s, keepalive: 30s, backoff_min: 0.5s, backoff_max: 10s,
+               stable_after: 20s, max_attempts: 10}
     breaker:  {failure_threshold: 3, backoff_min: 1s, backoff_max: 30s, jitter: 0.2}
     buses:    {line1: {inter_frame_delay: 5ms, timeout: 1s, breaker: {...}}}
     devices:  [{id: pump1, driver: modbus, enabled: true, poll: 1s, timeout: 2s, stagger: true,
@@ -169,6 +170,11 @@ class OutboxConfig(_Section):
         "drop_oldest_telemetry"
     )
     vacuum_every: Duration = 60.0
+    min_free_bytes: ByteSize = Field(
+        default=32 * 1024**2,
+        description="free space the outbox leaves on its file system: below it the outbox "
+        "stops growing and makes room by when_full, with gap records (0 disables)",
+    )
 
     @field_validator("max_bytes")
     @classmethod
@@ -181,9 +187,11 @@ class OutboxConfig(_Section):
 class BatchConfig(_Section):
     """When the batcher seals a batch: whichever limit is reached first."""
 
-    max_readings: int = Field(default=5000, gt=0)
+    # the caps are the cloud's decode limits (codec.MAX_SAMPLES, MAX_BODY_BYTES): a bigger
+    # batch would be refused there, so it is refused here, at check time
+    max_readings: int = Field(default=5000, gt=0, le=100_000)
     max_age: Duration = Field(default=0.25, gt=0)
-    max_bytes: ByteSize = Field(default=256 * 1024, gt=0)
+    max_bytes: ByteSize = Field(default=256 * 1024, gt=0, le=8 * 1024 * 1024)
     max_age_slow: Duration = Field(
         default=3.0, gt=0,
         description="on a slow link telemetry batches grow up to this age (fewer bytes per "
@@ -200,13 +208,23 @@ class UplinkConfig(_Section):
 
     enabled: bool = False
     broker: str = Field(default="mqtts://127.0.0.1:8883", description="mqtts://host:port")
+    enroll_broker: str | None = Field(
+        default=None,
+        description="the cloud's enrollment/service listener for enroll and renewal "
+        "(default: the broker's host, port + 1)",
+    )
     identity_dir: Path | None = Field(default=None, description="default: <state_dir>/identity")
     window: int = Field(default=32, gt=0, le=65535, description="batches in flight")
     ack_timeout: Duration = Field(default=10.0, gt=0)
     keepalive: Duration = Field(default=30.0, gt=0)
     backoff_min: Duration = Field(default=0.5, gt=0)
-    backoff_max: Duration = Field(default=30.0, gt=0)
+    backoff_max: Duration = Field(default=10.0, gt=0)
     stable_after: Duration = 20.0
+    max_attempts: int = Field(
+        default=10, ge=1,
+        description="counted delivery attempts before a batch the cloud keeps skipping is "
+        "given up (quarantined, gap record)",
+    )
     renew_before: Duration = Field(
         default=30 * 86400.0,
         description="renew the gateway certificate this long before it expires "
@@ -216,10 +234,11 @@ class UplinkConfig(_Section):
         default=6 * 3600.0, gt=0, description="how often the daemon checks the expiry"
     )
 
-    @field_validator("broker")
+    @field_validator("broker", "enroll_broker")
     @classmethod
-    def _broker_url(cls, v: str) -> str:
-        parse_broker_url(v)  # the one grammar: check refuses exactly what the daemon refuses
+    def _broker_url(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_broker_url(v)  # the one grammar: check refuses exactly what the daemon refuses
         return v
 
     @model_validator(mode="after")

@@ -387,12 +387,28 @@ def public_key_fingerprint(key: CertificatePublicKeyTypes) -> str:
     return hashlib.sha256(der).hexdigest()
 
 
+#: Every MQTT client id starts with this (the broker's ``clientid_prefixes``). Gateway ids
+#: start with a letter or digit, so no client id on the service listener can equal a gateway's
+#: (on the gateway listener the broker replaces the id with the certificate CN).
+CLIENT_ID_PREFIX = "~"
+
+
+def client_id(name: str) -> str:
+    """``name`` as a client id the broker accepts (``CLIENT_ID_PREFIX`` + name)."""
+    return name if name.startswith(CLIENT_ID_PREFIX) else CLIENT_ID_PREFIX + name
+
+
 def random_client_id(prefix: str) -> str:
     """An MQTT client id that no other client will guess (enrollment, renewal, tools)."""
-    return f"{prefix}-{secrets.token_hex(12)}"
+    return client_id(f"{prefix}-{secrets.token_hex(12)}")
 
 
 # --------------------------------------------------------------------------- TLS
+#: TLS 1.2 suites we offer and accept: forward-secret ECDHE with AEAD ciphers only (no CBC).
+#: Both ECDSA (our P-256 PKI) and RSA server keys (an external broker) are allowed.
+TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
+
+
 def make_tls_context(
     ca: Path, cert: Path | None = None, key: Path | None = None, *, server: bool = False
 ) -> ssl.SSLContext:
@@ -405,6 +421,7 @@ def make_tls_context(
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server else ssl.PROTOCOL_TLS_CLIENT)
     ctx.load_verify_locations(cafile=str(ca))
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers(TLS12_CIPHERS)  # TLS 1.2: AEAD only (1.3 suites are all AEAD already)
     if cert is not None or key is not None:
         if cert is None or key is None:
             raise PkiError("a TLS identity needs both a certificate and a key file")

@@ -50,6 +50,9 @@ PathT = tuple[str | int, ...]
 
 _YamlLoader: type[Any] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 MAX_NODES = 200_000  # bounds alias expansion ("billion laughs")
+#: a config file (or include) larger than this is refused before it is read: parsing 50 MB of
+#: YAML took 1 GB of RSS before "document too large" (issue 9 #10); real configs are < 100 KB
+MAX_FILE_BYTES = 4 * 1024 * 1024
 MAX_INCLUDE_DEPTH = 16
 _STR_TAG = "tag:yaml.org,2002:str"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
@@ -253,11 +256,19 @@ class _FileLoader:
     def load_file(self, path: Path, display: str, stack: tuple[Path, ...], via: Loc | None) -> _Map:
         empty = _Map({}, Loc(display, 1, 1))
         try:
-            raw = path.read_bytes()
+            with path.open("rb") as fh:
+                raw = fh.read(MAX_FILE_BYTES + 1)
         except OSError as exc:
             where = via or Loc(display, 0, 0)
             reason = exc.strerror or str(exc)
             self.issues.append(ConfigIssue.at(where, (), f"cannot read {display}: {reason}"))
+            return empty
+        if len(raw) > MAX_FILE_BYTES:
+            self.issues.append(ConfigIssue.at(
+                via or Loc(display, 0, 0), (),
+                f"{display} is too large (over {MAX_FILE_BYTES // (1024 * 1024)} MiB): not a "
+                "config file? Configs are a few KB; split big device lists with `include`",
+            ))
             return empty
         self.files.append(display)
         try:

@@ -1,6 +1,7 @@
 """Run the broker, the enrollment service and the ingest (logic in ``edgegw_cloud.server``).
 
-Prints ``serving mqtts://HOST:PORT`` once ready; SIGINT/SIGTERM stop it cleanly, a second
+Prints ``serving mqtts://HOST:PORT`` (the gateway listener) and ``enrollment mqtts://HOST:PORT``
+(the service listener) once ready; SIGINT/SIGTERM stop it cleanly, a second
 signal forces exit.
 """
 
@@ -34,7 +35,11 @@ class _Signals:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_data_dir(parser)
-    parser.add_argument("--port", type=int, default=8883, help="managed broker port (127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8883,
+                        help="managed broker: the gateway listener (gateways' uplink.broker)")
+    parser.add_argument("--enroll-port", type=int, default=None,
+                        help="managed broker: the enrollment/service listener (default: "
+                        "--port + 1)")
     parser.add_argument("--broker", help="use this external broker (mqtts://HOST:PORT) instead")
     parser.add_argument("--no-ingest", action="store_true", help="broker + enrollment only")
     parser.add_argument(
@@ -61,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
     return serve(
         data,
         port=args.port,
+        enroll_port=args.enroll_port,
         broker_url=args.broker,
         stop=stop,
         ingest=not args.no_ingest,

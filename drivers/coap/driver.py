@@ -14,6 +14,11 @@ Invariants:
   ``unsupported_format``), payload size (4.13 ``too_large``), token bucket (4.29
   ``rate_limited``, Max-Age = seconds to wait), payload (4.00 ``malformed``, diagnostic text
   in the payload).
+- Block-wise uploads (Block1) are checked BEFORE aiocoap's reassembly, on every block: a block
+  from a peer that is not authenticated for the device is answered 4.01 and not kept, and an
+  upload whose next block (or announced Size1) would pass ``max_payload`` is answered 4.13
+  (with Size1 = the limit). At most ``MAX_ASSEMBLIES`` uploads are reassembled at once (5.03
+  beyond). So unauthenticated peers cannot make the gateway buffer anything.
 - Authentication is OSCORE (per-device keys, replay protection; aiocoap's
   ``OscoreSiteWrapper``); requests without it are refused unless the device is configured
   ``insecure_no_auth``. Only the udp6 transport is started (no TCP/TLS/WS servers).
@@ -48,6 +53,8 @@ from .options import CoapOptions, ConstrainedDevice
 from .security import close_contexts, label, load_contexts
 
 TEXT_PLAIN = 0
+#: block-wise uploads being reassembled at once (each at most ``max_payload`` bytes)
+MAX_ASSEMBLIES = 64
 
 
 class TokenBucket:
@@ -78,6 +85,13 @@ def _reply(code: Code, text: str = "", max_age: int | None = None) -> aiocoap.Me
     return msg
 
 
+def pending_uploads(spool: Any) -> int:
+    """Block-wise uploads aiocoap's ``Block1Spool`` is reassembling (its TimeoutDict's items;
+    aiocoap 0.4 has no public accessor, hence the guarded attribute walk)."""
+    items = getattr(getattr(spool, "_assemblies", None), "_items", None)
+    return len(items) if isinstance(items, dict) else 0
+
+
 class DeviceEndpoint(resource.Resource, resource.PathCapable):
     """The site root; serves ``/d/{device_id}``: authenticate, rate-limit, decode, emit
     durably, then acknowledge."""
@@ -85,6 +99,14 @@ class DeviceEndpoint(resource.Resource, resource.PathCapable):
     def __init__(self, driver: CoapDriver) -> None:
         super().__init__()
         self.driver = driver
+
+    async def render_to_pipe(self, pipe: Any) -> None:
+        """Refuse a Block1 block before aiocoap appends it to a reassembly buffer."""
+        refusal = self.driver.check_block(pipe.request, self._block1)
+        if refusal is not None:
+            pipe.add_response(refusal, is_last=True)
+            return
+        await super().render_to_pipe(pipe)
 
     async def render_post(self, request: aiocoap.Message) -> aiocoap.Message:
         return await self.driver.handle(request)
@@ -150,7 +172,7 @@ class CoapDriver(PushDriver):
         self._emit = emit
         # The endpoint is the whole site (it parses the path itself): aiocoap's Site would
         # deep-copy every request to strip the path prefix, ~15% of the per-request CPU.
-        site = DeviceEndpoint(self)
+        site = self.endpoint = DeviceEndpoint(self)
         host, port = self.opts.bind()
         try:
             self._server = await aiocoap.Context.create_server_context(
@@ -184,7 +206,9 @@ class CoapDriver(PushDriver):
         self.responses[key] = self.responses.get(key, 0) + 1
         return msg
 
-    async def handle(self, request: aiocoap.Message) -> aiocoap.Message:
+    def _identify(self, request: aiocoap.Message
+                  ) -> tuple[ConstrainedDevice | None, aiocoap.Message | None]:
+        """(device, None) for a request its sender may make, else (None, refusal)."""
         path = request.opt.uri_path
         device_id = path[1] if len(path) == 2 and path[0] == "d" else None
         dev = self.devices.get(device_id) if device_id is not None else None
@@ -192,13 +216,40 @@ class CoapDriver(PushDriver):
         authenticated = self._by_label[claims[0]] if claims else None
 
         if authenticated is None and not (dev is not None and dev.insecure_no_auth):
-            return self._refuse("unauthenticated", Code.UNAUTHORIZED,
-                                "OSCORE-protected request required")
+            return None, self._refuse("unauthenticated", Code.UNAUTHORIZED,
+                                      "OSCORE-protected request required")
         if dev is None:
-            return self._refuse("unknown_device", Code.NOT_FOUND, "no such device")
+            return None, self._refuse("unknown_device", Code.NOT_FOUND, "no such device")
         if authenticated is not None and authenticated != dev.id:
-            return self._refuse("forbidden", Code.FORBIDDEN,
-                                "credentials belong to another device")
+            return None, self._refuse("forbidden", Code.FORBIDDEN,
+                                      "credentials belong to another device")
+        return dev, None
+
+    def check_block(self, request: aiocoap.Message, spool: Any) -> aiocoap.Message | None:
+        """A refusal for a Block1 block that must not be buffered, else None (pass it on)."""
+        block1 = request.opt.block1
+        if block1 is None:
+            return None
+        _dev, refusal = self._identify(request)
+        if refusal is not None:
+            return refusal
+        limit = self.opts.max_payload
+        size1 = request.opt.size1
+        if block1.start + len(request.payload) > limit or (size1 is not None and size1 > limit):
+            msg = self._refuse("too_large", Code.REQUEST_ENTITY_TOO_LARGE,
+                               f"payload over {limit} bytes")
+            msg.opt.size1 = limit
+            return msg
+        if block1.block_number == 0 and pending_uploads(spool) >= MAX_ASSEMBLIES:
+            return self._refuse("busy", Code.SERVICE_UNAVAILABLE,
+                                "too many block-wise uploads in progress", max_age=5)
+        return None
+
+    async def handle(self, request: aiocoap.Message) -> aiocoap.Message:
+        dev, refusal = self._identify(request)
+        if refusal is not None or dev is None:
+            assert refusal is not None
+            return refusal
         cf = request.opt.content_format
         cf_number = None if cf is None else int(cf)
         if cf_number is not None and cf_number not in pl.SUPPORTED:

@@ -11,6 +11,7 @@ Invariants enforced here:
 
 from __future__ import annotations
 
+import itertools
 import re
 from typing import Annotated, Literal
 
@@ -30,6 +31,34 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+#: Master secrets published in RFC 8613's test vectors, aiocoap's and our own examples: a
+#: config holding one is refused (anyone can decrypt and forge that device's traffic).
+KNOWN_SECRETS = frozenset(
+    bytes.fromhex(h)
+    for h in (
+        "0102030405060708090a0b0c0d0e0f10",  # RFC 8613 C.1-C.3, aiocoap's contrib examples
+        "000102030405060708090a0b0c0d0e0f",  # our examples/coap.yaml before issue 9
+        "0f0e0d0c0b0a09080706050403020100",
+        "00112233445566778899aabbccddeeff",
+        "0123456789abcdef0123456789abcdef",
+    )
+)
+
+
+def weak_secret_reason(secret: bytes) -> str | None:
+    """Why ``secret`` is a known or patterned value (None: plausibly random). 16 random bytes
+    have fewer than 8 distinct values with probability < 1e-6; a counting sequence or a
+    repeated short pattern is never random."""
+    if secret in KNOWN_SECRETS or secret[:16] in KNOWN_SECRETS:
+        return "it is a published example/test-vector secret"
+    if len(set(secret)) < 8:
+        return "it has fewer than 8 distinct bytes (a pattern, not a random key)"
+    steps = {(b - a) % 256 for a, b in itertools.pairwise(secret)}
+    if len(steps) == 1:
+        return "its bytes count up or down (a pattern, not a random key)"
+    return None
+
+
 class OscoreKey(_Strict):
     """OSCORE (RFC 8613) security context shared with one device, from the gateway's side."""
 
@@ -45,6 +74,13 @@ class OscoreKey(_Strict):
     def _check(self) -> OscoreKey:
         if len(self.master_secret) < 16:
             raise ValueError("oscore.master_secret needs at least 16 bytes (32 hex digits)")
+        weak = weak_secret_reason(bytes(self.master_secret))
+        if weak is not None:
+            raise ValueError(
+                f"oscore.master_secret refused: {weak}. Generate one per device with "
+                "`python3 -c \"import secrets; print(secrets.token_hex(16))\"` and pass it "
+                "as ${ENV_VAR}"
+            )
         if max(len(self.sender_id), len(self.recipient_id)) > 7:
             raise ValueError("oscore sender_id/recipient_id are at most 7 bytes")
         if self.sender_id == self.recipient_id:

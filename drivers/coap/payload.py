@@ -42,9 +42,13 @@ def decode(payload: bytes, content_format: int | None) -> Any:
             return json.loads(payload.decode("utf-8"))
         except (UnicodeDecodeError, ValueError) as exc:
             raise Malformed(f"invalid JSON: {exc}") from None
+        except RecursionError:  # e.g. 8000 nested arrays: the accepted shapes are 3 deep
+            raise Malformed("invalid JSON: nested too deeply") from None
     if content_format == CBOR:
         try:
             return cbor2.loads(payload)
+        except RecursionError:
+            raise Malformed("invalid CBOR: nested too deeply") from None
         except Exception as exc:  # cbor2 raises several types for hostile input
             raise Malformed(f"invalid CBOR: {type(exc).__name__}: {exc}") from None
     raise UnsupportedFormat(f"content-format {content_format} (use 50 JSON or 60 CBOR)")

@@ -261,7 +261,7 @@ async def main_async(a: argparse.Namespace) -> int:
     try:
         print(f"[demo] cloud: init {cloud_dir}")
         run_cmd(tool("edgegw-cloud"), "init", "--data-dir", str(cloud_dir))
-        broker_port = free_port()
+        broker_port, enroll_port = free_port(), free_port()
         spawn(
             "cloud",
             tool("edgegw-cloud"),
@@ -270,8 +270,11 @@ async def main_async(a: argparse.Namespace) -> int:
             str(cloud_dir),
             "--port",
             str(broker_port),
+            "--enroll-port",
+            str(enroll_port),
         )
         wait_for(lambda: port_open(broker_port), 20, "the managed broker")
+        wait_for(lambda: port_open(enroll_port), 20, "the enrollment listener")
         token = (
             run_cmd(tool("edgegw-cloud"), "token", "create", GW_ID, "--data-dir", str(cloud_dir))
             .strip()
@@ -303,12 +306,13 @@ async def main_async(a: argparse.Namespace) -> int:
             "enroll",
             "-c",
             str(cfg),
-            "--token",
-            token,
+            f"--token={token}",  # `=`: a token may start with '-'
             "--bootstrap-dir",
             str(cloud_dir / "pki"),
             "--broker",
             f"mqtts://127.0.0.1:{broker_port}",
+            "--enroll-broker",
+            f"mqtts://127.0.0.1:{enroll_port}",
         )
         gw = spawn("gateway", tool("edgegw"), "run", "-c", str(cfg), "--drain-timeout", "60")
         store = cloud_dir / "store.db"

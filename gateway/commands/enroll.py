@@ -7,6 +7,7 @@ gateway config) onto it.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -18,7 +19,17 @@ from edgegw.uplink.enroll import DEFAULT_TIMEOUT_S, EnrollmentError, enroll
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-c", "--config", type=Path, help="gateway.yaml (gateway.id, uplink.*)")
-    parser.add_argument("--token", help="one-time token from `edgegw-cloud token create GW_ID`")
+    tok = parser.add_mutually_exclusive_group()
+    tok.add_argument(
+        "--token",
+        help="one-time token from `edgegw-cloud token create GW_ID` (visible in `ps`: prefer "
+        "--token-file, `--token-file -` (stdin) or $EDGEGW_ENROLL_TOKEN). A token starting with "
+        "'-' must be written --token=TOKEN",
+    )
+    tok.add_argument(
+        "--token-file",
+        help="read the token from this file ('-' = stdin; surrounding whitespace ignored)",
+    )
     parser.add_argument(
         "--bootstrap-dir",
         type=Path,
@@ -37,6 +48,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--gateway-id", help="override gateway.id")
     parser.add_argument("--broker", help="override uplink.broker (mqtts://HOST:PORT)")
+    parser.add_argument(
+        "--enroll-broker",
+        help="override uplink.enroll_broker: the cloud's enrollment listener (default: the "
+        "broker's host, port + 1)",
+    )
     parser.add_argument("--identity-dir", type=Path, help="override uplink.identity_dir")
     parser.add_argument(
         "--timeout",
@@ -46,11 +62,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _from_config(path: Path) -> tuple[str, str, Path, Path]:
+def _from_config(path: Path) -> tuple[str, str, Path, Path, str | None]:
     cfg = load_config(path)
     state = Path(cfg.gateway.state_dir)
     ident = default_identity_dir(state, cfg.uplink.identity_dir)
-    return str(cfg.gateway.id), str(cfg.uplink.broker), ident, default_bootstrap_dir(state)
+    eb = cfg.uplink.enroll_broker
+    return str(cfg.gateway.id), str(cfg.uplink.broker), ident, default_bootstrap_dir(state), eb
+
+
+TOKEN_ENV = "EDGEGW_ENROLL_TOKEN"
+
+
+def read_token(args: argparse.Namespace) -> str | None:
+    """The token from --token, --token-file (``-`` = stdin) or $EDGEGW_ENROLL_TOKEN, in that
+    order; None if none is given (renewal)."""
+    if getattr(args, "token", None):
+        return str(args.token)
+    src = getattr(args, "token_file", None)
+    if src:
+        try:
+            text = sys.stdin.read(4096) if src == "-" else Path(src).read_text()[:4096]
+        except OSError as exc:
+            raise EnrollmentError(f"cannot read the token from {src}: {exc.strerror}") from None
+        if not text.strip():
+            raise EnrollmentError(f"no token in {'stdin' if src == '-' else src}")
+        return text.strip()
+    env = os.environ.get(TOKEN_ENV, "").strip()
+    return env or None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -58,11 +96,13 @@ def run(args: argparse.Namespace) -> int:
     broker = args.broker
     ident_dir = args.identity_dir
     boot = args.bootstrap_dir
+    enroll_broker = getattr(args, "enroll_broker", None)
     try:
         if args.config is not None:
-            c_id, c_broker, c_ident, c_boot = _from_config(args.config)
+            c_id, c_broker, c_ident, c_boot, c_eb = _from_config(args.config)
             gw_id, broker = gw_id or c_id, broker or c_broker
             ident_dir, boot = ident_dir or c_ident, boot or c_boot
+            enroll_broker = enroll_broker or c_eb
         missing = [
             n
             for n, v in (("gateway id", gw_id), ("broker", broker), ("identity dir", ident_dir))
@@ -74,11 +114,12 @@ def run(args: argparse.Namespace) -> int:
             gw_id,
             ident_dir,
             broker=broker,
-            token=args.token,
+            token=read_token(args),
             bootstrap_dir=boot,
             renew=args.renew,
             new_key=args.new_key,
             timeout=args.timeout,
+            enroll_broker=enroll_broker,
         )
     except (EnrollmentError, pki.PkiError, FileExistsError) as exc:
         print(f"edgegw enroll: {exc}", file=sys.stderr)

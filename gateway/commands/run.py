@@ -12,7 +12,8 @@ import asyncio
 import logging
 from pathlib import Path
 
-from edgegw.runtime.daemon import load, serve
+from edgegw.protocol.logthrottle import install as throttle_repeated_logs
+from edgegw.runtime.daemon import load, reexec_if_requested, serve
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,6 +53,12 @@ def run(args: argparse.Namespace) -> int:
     if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
         # pymodbus logs every timeout at ERROR; our poller reports it once per health flip.
         logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
-    return asyncio.run(
+    # a fault that repeats (dead device, full disk) logs its first WARNING/ERROR line, then one
+    # summary with the count per minute (issue 9 #10: 841 ERROR lines in 20 s before)
+    throttle_repeated_logs()
+    rc = asyncio.run(
         serve(cfg, drivers, args.duration, args.shutdown_timeout, args.drain_timeout)
     )
+    if rc == 0:
+        reexec_if_requested()  # the `restart` command
+    return rc

@@ -12,7 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-__all__ = ["DEFAULT_PORT", "SCHEME", "BrokerUrl", "BrokerUrlError", "parse_broker_url"]
+__all__ = [
+    "DEFAULT_PORT", "SCHEME", "BrokerUrl", "BrokerUrlError", "enrollment_url_for",
+    "parse_broker_url",
+]
 
 SCHEME = "mqtts"
 DEFAULT_PORT = 8883
@@ -35,6 +38,13 @@ class BrokerUrl:
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{SCHEME}://{host}:{self.port}"
+
+
+def enrollment_url_for(url: str) -> str:
+    """The cloud's enrollment/service listener next to the gateway listener ``url``: same host,
+    port + 1 (``edgegw-cloud serve --port P`` opens it on P + 1 unless ``--enroll-port``)."""
+    u = parse_broker_url(url)
+    return str(BrokerUrl(u.host, u.port + 1))
 
 
 def parse_broker_url(url: str) -> BrokerUrl:

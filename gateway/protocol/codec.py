@@ -29,6 +29,8 @@ Invariants:
 - Any malformed, truncated or oversized input makes ``decode_batch`` raise ``CodecError`` and
   nothing else. Decoding is bounded: at most ``MAX_BODY_BYTES`` of plaintext and
   ``MAX_SAMPLES`` samples per batch.
+- Gap sequence numbers and counters are in [0, 2**63): they are stored as signed 64-bit
+  INTEGERs, and a larger one refused here cannot fail (and roll back) a store transaction.
 - Bad input to ``encode_batch`` (unsupported value type, int out of range...) raises
   ``CodecError`` naming the device and metric.
 """
@@ -49,8 +51,8 @@ import snappy
 from edgegw.protocol.model import Alert, Lane, Quality, Sample, Severity
 
 VERSION = 1
-MAX_BODY_BYTES = 64 * 1024 * 1024
-MAX_SAMPLES = 1_000_000
+MAX_BODY_BYTES = 12 * 1024 * 1024  # fits the broker's max_packet_size (16 MiB) once sealed
+MAX_SAMPLES = 100_000  # 20x the default batch.max_readings; the config caps it here
 
 FLAG_TS_SAME = 0x01  # timestamps identical to the previous series' (same count)
 FLAG_ALL_GOOD = 0x02  # every sample has Quality.GOOD
@@ -84,6 +86,8 @@ T_BYTES = 6
 
 INT_MIN = -(2**63)
 INT_MAX = 2**64 - 1  # unsigned 64-bit counters are allowed too
+#: sequence numbers and gap counters: stored as SQLite's signed 64-bit INTEGER by the cloud
+COUNTER_MAX = 2**63 - 1
 _MAX_DECIMALS = 9
 _MAX_EXACT = 2**53
 _MAX_VARINT_BYTES = 10
@@ -581,8 +585,8 @@ def _write_gaps(out: bytearray, gaps: list[Gap], strings: _Strings) -> None:
         if lane not in _LANES:
             raise CodecError(f"gap: unknown lane {g.lane!r}")
         for v in (*g.seqs, g.batches, g.readings):
-            if not isinstance(v, int) or not 0 <= v <= INT_MAX:
-                raise CodecError(f"gap: {v!r} is not an unsigned 64-bit int")
+            if not isinstance(v, int) or not 0 <= v <= COUNTER_MAX:
+                raise CodecError(f"gap: {v!r} is not an int in [0, 2**63)")
         for v in (g.from_ts_ms, g.to_ts_ms):
             if not isinstance(v, int) or not INT_MIN <= v < 2**63:
                 raise CodecError(f"gap: timestamp {v!r} is not a signed 64-bit int")
@@ -916,8 +920,8 @@ def _read_gaps(r: _Reader, name: Any) -> list[Gap]:
             raise r.fail("unknown lane")
         reason = name(r.uvarint())
         seqs = tuple(r.zz_deltas(r.count("gap seq")))
-        if seqs and (min(seqs) < 0 or max(seqs) > INT_MAX):
-            raise r.fail("gap seq outside the unsigned 64-bit range")
+        if seqs and (min(seqs) < 0 or max(seqs) > COUNTER_MAX):
+            raise r.fail("gap seq outside [0, 2**63)")
         from_ts = _unzz(r.uvarint())
         to_ts = from_ts + _unzz(r.uvarint())
         batches = r.uvarint()
@@ -925,7 +929,7 @@ def _read_gaps(r: _Reader, name: Any) -> list[Gap]:
         for v in (from_ts, to_ts):
             if not INT_MIN <= v < 2**63:
                 raise r.fail("gap timestamp outside the signed 64-bit range")
-        if batches > INT_MAX or readings > INT_MAX:
-            raise r.fail("gap counter outside the unsigned 64-bit range")
+        if batches > COUNTER_MAX or readings > COUNTER_MAX:
+            raise r.fail("gap counter outside [0, 2**63)")
         gaps.append(Gap(lane, seqs, from_ts, to_ts, batches, readings, reason))
     return gaps

@@ -8,6 +8,9 @@ Invariants:
 - The header (first ``HEADER_SIZE`` bytes) and the gateway id (utf-8) are the associated data:
   changing any bit of the header, the gateway id or the ciphertext makes ``open_sealed`` fail.
 - Every failure to parse or authenticate raises ``EnvelopeError`` (never another exception type).
+- Sequence numbers are below ``MAX_SEQ`` (2**63): the wire field is u64, but the cloud stores
+  them in SQLite's signed 64-bit INTEGER, so a larger one is refused when the header is parsed
+  (it used to fail the store's whole group commit, other gateways' batches with it).
 - Nonces are 96 random bits from ``os.urandom`` (safe for far more than 2**32 batches per key id
   at this project's rates); a key rotation is a key-id bump (see ``keys``).
 """
@@ -26,6 +29,8 @@ VERSION = 1
 _HEADER = struct.Struct(">2sBBIQ12s")
 HEADER_SIZE = _HEADER.size  # 28
 TAG_SIZE = 16
+#: sequence numbers are < 2**63 (signed 64-bit storage everywhere: SQLite INTEGER)
+MAX_SEQ = 2**63
 KEY_SIZE = 32
 #: flags bit: the plaintext holds only gap records (the outbox's "we dropped these" notes)
 FLAG_GAP = 0x01
@@ -63,8 +68,8 @@ def seal(
     """Encrypt ``plaintext`` into an envelope bound to ``gateway_id``, ``key_id`` and ``seq``."""
     if not 0 <= key_id < 2**32:
         raise EnvelopeError(f"key id {key_id} outside u32")
-    if not 0 <= seq < 2**64:
-        raise EnvelopeError(f"sequence {seq} outside u64")
+    if not 0 <= seq < MAX_SEQ:
+        raise EnvelopeError(f"sequence {seq} outside [0, 2**63)")
     if not 0 <= flags < 256:
         raise EnvelopeError(f"flags {flags} outside u8")
     return _seal_with(_check_key(key), key_id, seq, gateway_id, plaintext, flags)
@@ -88,6 +93,8 @@ def parse_header(blob: bytes) -> Header:
         raise EnvelopeError(f"bad magic {bytes(magic)!r} (not an edgegw envelope)")
     if version != VERSION:
         raise EnvelopeError(f"unsupported envelope version {version} (this build reads {VERSION})")
+    if seq >= MAX_SEQ:
+        raise EnvelopeError(f"sequence {seq} is not below 2**63 (refused: not storable)")
     return Header(version, flags, key_id, seq, nonce)
 
 

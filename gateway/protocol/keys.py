@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from edgegw.protocol.envelope import KEY_SIZE, EnvelopeError, _seal_with, open_sealed
+from edgegw.protocol.envelope import KEY_SIZE, MAX_SEQ, EnvelopeError, _seal_with, open_sealed
 from edgegw.protocol.envelope import Header as Header
 
 INFO_PREFIX = b"edgegw data v1|"
@@ -56,8 +56,8 @@ class Sealer:
         self._aead = AESGCM(self.key)
 
     def seal(self, seq: int, plaintext: bytes, flags: int = 0) -> bytes:
-        if not 0 <= seq < 2**64:
-            raise EnvelopeError(f"sequence {seq} outside u64")
+        if not 0 <= seq < MAX_SEQ:
+            raise EnvelopeError(f"sequence {seq} outside [0, 2**63)")
         if not 0 <= flags < 256:
             raise EnvelopeError(f"flags {flags} outside u8")
         return _seal_with(self._aead, self.key_id, seq, self.gateway_id, plaintext, flags)

@@ -1,7 +1,7 @@
 """The one definition of every MQTT topic (the broker's ACL in cloud_stub follows the same tree).
 
-- gateway -> cloud: ``gw/{id}/up/batch`` (sealed batches), ``gw/{id}/up/status`` (retained
-  online/offline, also the last will);
+- gateway -> cloud: ``gw/{id}/up/batch`` (sealed batches), ``gw/{id}/up/status``
+  (online/offline, also the last will; not retained: the broker refuses retained messages);
 - cloud -> gateway: ``gw/{id}/down/ack`` and ``gw/{id}/down/{name}`` (commands, shadow, config,
   OTA offers); a gateway subscribes ``gw/{id}/down/#`` only;
 - enrollment: ``enroll/{user}/{client}/req`` and ``.../resp`` (user = certificate CN).
@@ -20,6 +20,7 @@ __all__ = [
     "EVERY_DOWN",
     "EVERY_ENROLL_REQUEST",
     "EVERY_ENROLL_RESPONSE",
+    "EVERY_GATEWAY",
     "EVERY_UP",
     "INGEST_SHARE_GROUP",
     "INGEST_SUBSCRIPTION",
@@ -36,9 +37,12 @@ __all__ = [
     "enroll_request",
     "enroll_request_parts",
     "enroll_response",
+    "every_up",
     "gateway_of",
     "ingest_subscription",
+    "kind_of",
     "shared",
+    "up",
     "up_batch",
     "up_status",
 ]
@@ -65,6 +69,8 @@ def shared(topic_filter: str, group: str = "+") -> str:
 EVERY_UP = "gw/+/up/#"
 EVERY_DOWN = "gw/+/down/#"
 OWN_UP = "gw/%u/up/#"
+#: every gateway topic (denied to the bootstrap identity outright)
+EVERY_GATEWAY = "gw/#"
 OWN_DOWN = "gw/%u/down/#"
 EVERY_ENROLL_REQUEST = "enroll/+/+/req"
 EVERY_ENROLL_RESPONSE = "enroll/+/+/resp"
@@ -96,7 +102,7 @@ def up_batch(gw: str) -> str:
 
 
 def up_status(gw: str) -> str:
-    """Retained "online"/"offline"; "offline" is also the last will."""
+    """"online"/"offline" (not retained); "offline" is also the last will."""
     return f"gw/{check_gateway_id(gw)}/up/status"
 
 

@@ -80,7 +80,12 @@ class Housekeeping:
 
 
 async def renew_if_due(
-    gateway_id: str, identity_dir: Path, broker: str, renew_before: float, hk: Housekeeping
+    gateway_id: str,
+    identity_dir: Path,
+    broker: str,
+    renew_before: float,
+    hk: Housekeeping,
+    enroll_broker: str | None = None,
 ) -> None:
     """Renew the gateway certificate when it expires within ``renew_before`` seconds."""
     cert_path, _key, _ca = Identity.files(identity_dir)
@@ -90,7 +95,9 @@ async def renew_if_due(
     if left > renew_before:
         return
     log.info("gateway certificate expires in %.1f days: renewing", left / 86400)
-    await asyncio.to_thread(enroll, gateway_id, identity_dir, broker=broker, renew=True)
+    await asyncio.to_thread(
+        enroll, gateway_id, identity_dir, broker=broker, renew=True, enroll_broker=enroll_broker
+    )
     new = pki.load_certificate(cert_path)
     hk.cert_days_left = (new.not_valid_after_utc - dt.datetime.now(dt.UTC)).total_seconds() / 86400
     hk.counts["certificate_renewals"] = hk.counts.get("certificate_renewals", 0) + 1
@@ -131,7 +138,8 @@ class HousekeepingService:
                 "certificate_renewal",
                 check,
                 lambda: renew_if_due(
-                    gateway_id, identity_dir, u.broker, float(u.renew_before), hk
+                    gateway_id, identity_dir, u.broker, float(u.renew_before), hk,
+                    u.enroll_broker,
                 ),
                 first_in=min(RENEWAL_FIRST_DELAY, check),
             )

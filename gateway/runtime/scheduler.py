@@ -5,7 +5,8 @@ Invariants:
 - Each target has an absolute deadline on the monotonic clock: next = previous deadline +
   period (never now + period), so polling does not drift. A target more than one period
   behind skips the missed slots and counts them (``skipped_slots``).
-- First deadlines are staggered: target i of n starts at ``i / n`` of its period (deterministic).
+- First deadlines are staggered: target i of n starts at ``i / n`` of its period (deterministic);
+  n counts every staggered device of the gateway when the target carries ``stagger_slot``.
 - Queued writes run before the next poll (``submit_write``).
 - Per-device circuit breaker: after ``failure_threshold`` consecutive failed polls the device
   is only probed every backoff interval (exponential from ``backoff_min`` to ``backoff_max``,
@@ -86,6 +87,7 @@ class _Slot:
     # ring of the last LATENESS_WINDOW lateness values: 8 bytes each, no float objects kept
     lateness: array[float] = field(default_factory=lambda: array("d", bytes(8 * LATENESS_WINDOW)))
     lateness_n: int = 0
+    removed: bool = False  # taken off the bus (remote configuration); never polled again
 
     def record_lateness(self, value: float) -> None:
         self.lateness[self.lateness_n % LATENESS_WINDOW] = value
@@ -139,6 +141,7 @@ class BusScheduler:
         self._writes: deque[_Write] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._started = False
+        self._stop_requested = False
         self._running = False
         self.in_flight = 0
         self.writes_done = 0
@@ -157,6 +160,16 @@ class BusScheduler:
             heapq.heappush(self._heap, (slot.deadline, slot.index))
             self._wake()
 
+    def remove(self, device_id: str) -> bool:
+        """Take a device off the bus (a poll in flight finishes; no new one starts)."""
+        found = False
+        for slot in self._slots:
+            if slot.target.device_id == device_id and not slot.removed:
+                slot.removed = True
+                found = True
+        self._wake()
+        return found
+
     async def submit_write(self, device_id: str, coro_fn: Callable[[], Awaitable[T]]) -> T:
         """Run ``coro_fn()`` on this bus ahead of the next poll; returns its result."""
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
@@ -174,6 +187,8 @@ class BusScheduler:
                 # awaited future completes at the same moment) must still stop the bus
                 if me is not None and me.cancelling():
                     raise asyncio.CancelledError
+                if self._stop_requested:
+                    return  # graceful stop: the poll that was in flight has been delivered
                 if self._writes:
                     await self._run_write(self._writes.popleft())
                     continue
@@ -187,8 +202,11 @@ class BusScheduler:
                     continue
                 heapq.heappop(self._heap)
                 slot = self._slots[index]
+                if slot.removed:
+                    continue
                 await self._run_slot(slot)
-                heapq.heappush(self._heap, (slot.deadline, index))
+                if not slot.removed:
+                    heapq.heappush(self._heap, (slot.deadline, index))
         finally:
             self._running = False
             for write in self._writes:
@@ -204,7 +222,7 @@ class BusScheduler:
             "writes_done": self.writes_done,
             "write_failures": self.write_failures,
             "poll_errors": self.poll_errors,
-            "devices": {s.target.device_id: s.stats() for s in self._slots},
+            "devices": {s.target.device_id: s.stats() for s in self._slots if not s.removed},
         }
 
     # ----------------------------------------------------------------- internals
@@ -218,9 +236,17 @@ class BusScheduler:
         now = self._clock()
         n = len(self._slots)
         for slot in self._slots:
-            offset = slot.target.period * slot.index / n if slot.target.stagger and n else 0.0
+            # a gateway-wide slot (set by the device manager) wins over this bus's own index
+            i, count = getattr(slot.target, "stagger_slot", None) or (slot.index, n)
+            offset = slot.target.period * i / count if slot.target.stagger and count else 0.0
             slot.deadline = now + offset
             heapq.heappush(self._heap, (slot.deadline, slot.index))
+
+    def request_stop(self) -> None:
+        """Stop after the poll in flight (if any) completed and handed its samples on: a
+        reading the device already served is never thrown away by a clean shutdown."""
+        self._stop_requested = True
+        self._wake()
 
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():

@@ -55,6 +55,15 @@ class UplinkService:
         self._batching: Any = None
         self._repacker: Repacker | None = None
 
+    async def restart(self, cfg: UplinkConfig) -> None:
+        """Replace the session with one built from ``cfg`` (remote configuration). Nothing is
+        lost: every unacknowledged batch is still in the outbox and is sent again."""
+        drain, self.drain_timeout = self.drain_timeout, 0.0
+        await self.stop()
+        self.drain_timeout = drain
+        self.cfg = cfg
+        await self.start()
+
     async def start(self) -> None:
         u, dp = self.cfg, self.datapath
         assert dp.outbox is not None and dp.pipeline is not None, "start the data path first"
@@ -69,6 +78,7 @@ class UplinkService:
             backoff_min=float(u.backoff_min),
             backoff_max=float(u.backoff_max),
             stable_after=float(u.stable_after),
+            max_attempts=int(u.max_attempts),
         )
         dp.pipeline.batcher.on_sealed = lambda _lane: session.notify()
         batch = dp.cfg.batch

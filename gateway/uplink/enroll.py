@@ -36,7 +36,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from edgegw import pki
 from edgegw.protocol import topics
-from edgegw.protocol.broker_url import BrokerUrlError, parse_broker_url
+from edgegw.protocol.broker_url import BrokerUrlError, enrollment_url_for, parse_broker_url
 from edgegw.protocol.enrollment import EnrollRequest, decode_answer
 from edgegw.protocol.identity import BootstrapFiles, Identity, IdentityError
 
@@ -163,15 +163,26 @@ def enroll(
     renew: bool = False,
     new_key: bool = False,
     timeout: float = DEFAULT_TIMEOUT_S,
+    enroll_broker: str | None = None,
 ) -> Identity:
-    """Enroll (token + bootstrap identity) or renew (current identity); returns the identity."""
+    """Enroll (token + bootstrap identity) or renew (current identity); returns the identity.
+
+    ``broker`` is the gateway listener (stored in identity.json, used by the uplink); the
+    exchange itself goes to ``enroll_broker``, the cloud's enrollment/service listener
+    (default: same host, port + 1; docs/security.md "Client ids")."""
     pki.check_gateway_id(gateway_id)
     try:
-        url = parse_broker_url(broker)
+        parse_broker_url(broker)
+        url = parse_broker_url(enroll_broker or enrollment_url_for(broker))
     except BrokerUrlError as exc:
         raise EnrollmentError(str(exc)) from None
     host, port = url.host, url.port
     identity_dir = Path(identity_dir)
+    if renew and new_key:
+        raise EnrollmentError(
+            "renewal keeps the gateway's key (--renew and --new-key exclude each other); to "
+            "change the key, enroll again with a token and --new-key"
+        )
     if renew:
         try:
             current = Identity.load(identity_dir)

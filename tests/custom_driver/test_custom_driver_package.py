@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import venv
@@ -68,7 +69,10 @@ def test_fresh_install_help_and_every_example_checks(fresh_venv: Path) -> None:
     for path in examples:
         done = run(
             [fresh_venv / "bin" / "edgegw", "check", "-c", path],
-            extra_env={"CAM_PASSWORD": "example-secret"},
+            # the camera and CoAP examples take their secrets from the environment
+            extra_env={"CAM_PASSWORD": "example-secret",
+                       "THERM_A_OSCORE_SECRET": secrets.token_hex(16),
+                       "THERM_B_OSCORE_SECRET": secrets.token_hex(16)},
         )
         assert done.returncode == 0, f"{path}: {done.stdout}{done.stderr}"
 

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from uplink.conftest import Cloud, GatewaySide, Identity, await_until, wait_until
 
 from edgegw import pki
 from edgegw.device.downlink import DownlinkService
 from edgegw.protocol import downlink as dl
 from edgegw.protocol import topics
 from edgegw_cloud.downlink import Downlink
-from tests.uplink.conftest import Cloud, GatewaySide, Identity, await_until, wait_until
 
 
 async def _gateway(cloud: Cloud, tmp: Path, gw: str,
@@ -41,9 +41,10 @@ async def test_round_trip_and_refusals(cloud: Cloud, tmp_path: Path) -> None:
         svc.reply("command", msg.msg_id, {"echo": msg.body})
 
     svc.register("command", echo)
+    a_closed = False
     replies: list[tuple[str, dl.Message]] = []
     lock = threading.Lock()
-    down = Downlink(cloud.paths, cloud.url)
+    down = Downlink(cloud.paths, cloud.broker.service_url)
     await asyncio.to_thread(down.start)
     down.listen("command", lambda gw, m: (lock.acquire(), replies.append((gw, m)), lock.release()))
     try:
@@ -91,9 +92,24 @@ async def test_round_trip_and_refusals(cloud: Cloud, tmp_path: Path) -> None:
         # B cannot publish on A's downlink at all: PUBACK 0x87 from the broker
         assert await asyncio.to_thread(_publish_as, cloud, ident_b.dir, "gw-b",
                                        topics.down("gw-a", "command"), forged) == 0x87
+
+        # replies are authenticated too: one sealed with a key that is not A's UP key is
+        # refused and counted at the cloud, never handed to a listener
+        # (A's session is closed first: on the gateway listener the probe's client id becomes
+        # A's certificate CN, and two clients with one id kick each other off)
+        await a.close()
+        a_closed = True
+        n_replies = len(replies)
+        fake = dl.MessageCodec(bytes(32), a.ident.key_id, "gw-a", dl.UP).seal(
+            "command", mid, 1, {"status": "ok"}, expires_ms=dl.now_ms() + 60_000)
+        assert await asyncio.to_thread(_publish_as, cloud, a.ident.dir, "gw-a-probe",
+                                       topics.up("gw-a", "command"), fake) == 0
+        await await_until(lambda: down.counts.get("refused_auth", 0) == 1, 10, "refusal")
+        assert len(replies) == n_replies
     finally:
         await asyncio.to_thread(down.stop)
-        await a.close()
+        if not a_closed:
+            await a.close()
         await svc.stop()
 
 
@@ -105,7 +121,7 @@ async def test_replay_refused_after_gateway_restart(cloud: Cloud, tmp_path: Path
         seen.append(msg.msg_id)
 
     svc.register("shadow", handler)
-    down = Downlink(cloud.paths, cloud.url)
+    down = Downlink(cloud.paths, cloud.broker.service_url)
     await asyncio.to_thread(down.start)
     try:
         codec = down.keys.down("gw-a")
@@ -130,7 +146,8 @@ async def test_replay_refused_after_gateway_restart(cloud: Cloud, tmp_path: Path
 def _publish_as(cloud: Cloud, identity: Path, client_id: str, topic: str, payload: bytes) -> int:
     codes: list[int] = []
     connected = threading.Event()
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=pki.client_id(client_id),
+                    protocol=mqtt.MQTTv5)
     c.tls_set_context(pki.make_tls_context(identity / "ca.crt", identity / "gateway.crt",
                                            identity / "gateway.key"))
     c.on_connect = lambda *a: connected.set()

@@ -117,11 +117,11 @@ GAPS = st.lists(
     st.builds(
         Gap,
         lane=st.sampled_from(list(Lane)),
-        seqs=st.lists(st.integers(0, 2**64 - 1), max_size=10).map(tuple),
+        seqs=st.lists(st.integers(0, 2**63 - 1), max_size=10).map(tuple),
         from_ts_ms=I64,
         to_ts_ms=I64,
-        batches=st.integers(0, 2**64 - 1),
-        readings=st.integers(0, 2**64 - 1),
+        batches=st.integers(0, 2**63 - 1),
+        readings=st.integers(0, 2**63 - 1),
         reason=st.text(max_size=12),
     ),
     max_size=3,
@@ -285,3 +285,22 @@ def test_truncation_at_every_byte_is_a_codec_error() -> None:
             decode_batch(b"\x01" + snappy.compress(body[:n]))
     with pytest.raises(CodecError, match="trailing"):
         decode_batch(b"\x01" + snappy.compress(body + b"\x00"))
+
+
+def test_gap_counters_at_or_beyond_2_63_are_refused_at_decode(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 9 #4: gap seqs and counters are stored as signed 64-bit INTEGERs by the cloud."""
+    ok = Gap(Lane.TELEMETRY, (2**63 - 1,), 0, 1, 2**63 - 1, 2**63 - 1, "dropped")
+    assert decode_batch(encode_batch(gaps=[ok])).gaps == [ok]
+    with pytest.raises(CodecError, match="2\\*\\*63"):
+        encode_batch(gaps=[Gap(Lane.TELEMETRY, (), 0, 1, 2**63, 0, "x")])
+    monkeypatch.setattr(codec, "COUNTER_MAX", 2**64 - 1)  # an encoder that lets them through
+    for gap in (Gap(Lane.TELEMETRY, (2**63,), 0, 1, 1, 1, "x"),
+                Gap(Lane.TELEMETRY, (), 0, 1, 2**63, 1, "x"),
+                Gap(Lane.TELEMETRY, (), 0, 1, 1, 2**64 - 1, "x")):
+        data = encode_batch(gaps=[gap])
+        monkeypatch.setattr(codec, "COUNTER_MAX", 2**63 - 1)
+        with pytest.raises(CodecError, match="2\\*\\*63"):
+            decode_batch(data)
+        monkeypatch.setattr(codec, "COUNTER_MAX", 2**64 - 1)

@@ -63,7 +63,7 @@ def test_outbox_maintenance_runs(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def cloud() -> Iterator[tuple[Path, int]]:
+def cloud() -> Iterator[tuple[Path, int, int]]:
     # Mosquitto (dropping to its own user when started as root) must be able to enter the dir.
     root = Path(tempfile.mkdtemp(prefix="edgegw-hk-"))
     os.chmod(root, 0o711)
@@ -71,15 +71,16 @@ def cloud() -> Iterator[tuple[Path, int]]:
     subprocess.run(
         [BIN / "edgegw-cloud", "init", "--data-dir", data], check=True, capture_output=True
     )
-    port = free_port()
+    port, eport = free_port(), free_port()
     with open(root / "cloud.log", "wb") as log:
         serve = subprocess.Popen(
-            [BIN / "edgegw-cloud", "serve", "--data-dir", data, "--port", str(port)],
+            [BIN / "edgegw-cloud", "serve", "--data-dir", data, "--port", str(port),
+             "--enroll-port", str(eport)],
             stdout=log,
             stderr=subprocess.STDOUT,
         )
     try:
-        yield data, port
+        yield data, port, eport
     finally:
         serve.send_signal(signal.SIGTERM)
         try:
@@ -89,8 +90,10 @@ def cloud() -> Iterator[tuple[Path, int]]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def test_certificate_renewed_before_expiry(tmp_path: Path, cloud: tuple[Path, int]) -> None:
-    data, port = cloud
+def test_certificate_renewed_before_expiry(
+    tmp_path: Path, cloud: tuple[Path, int, int]
+) -> None:
+    data, port, eport = cloud
     broker = f"mqtts://127.0.0.1:{port}"
     state = tmp_path / "state"
     cfg = write_config(
@@ -102,6 +105,7 @@ def test_certificate_renewed_before_expiry(tmp_path: Path, cloud: tuple[Path, in
             uplink={
                 "enabled": True,
                 "broker": broker,
+                "enroll_broker": f"mqtts://127.0.0.1:{eport}",
                 "renew_before": "400d",
                 "renew_check_every": "1s",
             },
@@ -131,8 +135,7 @@ def test_certificate_renewed_before_expiry(tmp_path: Path, cloud: tuple[Path, in
                     "enroll",
                     "-c",
                     cfg,
-                    "--token",
-                    token,
+                    f"--token={token}",  # a token may start with '-'
                     "--bootstrap-dir",
                     data / "pki",
                     "--timeout",

@@ -93,7 +93,10 @@ def make_probe(
     *,
     connect: bool = True,
 ) -> Probe:
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    # every client id starts with "~" (the broker's clientid_prefixes); on the gateway listener
+    # the broker replaces it with the certificate CN anyway
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=pki.client_id(client_id),
+                         protocol=mqtt.MQTTv5)
     client.reconnect_delay_set(0.2, 1)
     probe = Probe(client)
     client.tls_set_context(pki.make_tls_context(ca, cert, key))
@@ -136,10 +139,25 @@ class Cloud:
     def port(self) -> int:
         return self.broker.port
 
+    @property
+    def service_port(self) -> int:
+        return self.broker.service_port
+
     def probe(
-        self, cert: Path | None, key: Path | None, client_id: str, ca: Path | None = None
+        self,
+        cert: Path | None,
+        key: Path | None,
+        client_id: str,
+        ca: Path | None = None,
+        *,
+        port: int | None = None,
     ) -> Probe:
-        p = make_probe(self.port, ca or self.paths.ca_crt, cert, key, client_id)
+        """A probe on the listener its identity belongs on: bootstrap, ingest and enroll on
+        the service listener, gateways on the gateway listener (``port`` overrides)."""
+        services = {self.paths.bootstrap_crt, self.paths.ingest_crt, self.paths.enroll_crt}
+        if port is None:
+            port = self.service_port if cert in services else self.port
+        p = make_probe(port, ca or self.paths.ca_crt, cert, key, client_id)
         self.probes.append(p)
         return p
 
@@ -151,8 +169,11 @@ class Cloud:
     def gateway(self, gw_id: str) -> Identity:
         return provision_gateway(self.paths, gw_id, self.tmp / "gw" / gw_id, broker=self.broker.url)
 
-    def gateway_probe(self, ident: Identity, client_id: str | None = None) -> Probe:
-        p = self.probe(ident.cert_path, ident.key_path, client_id or ident.gateway_id)
+    def gateway_probe(
+        self, ident: Identity, client_id: str | None = None, *, port: int | None = None
+    ) -> Probe:
+        p = self.probe(ident.cert_path, ident.key_path, client_id or ident.gateway_id,
+                       port=port)
         return p
 
     def bootstrap_dir(self) -> Path:
@@ -192,7 +213,7 @@ def cloud(data_root: Path, tmp_path: Path) -> Iterator[Cloud]:
 
 @pytest.fixture
 def enrollment(cloud: Cloud) -> Iterator[EnrollmentService]:
-    svc = EnrollmentService(cloud.paths, "127.0.0.1", cloud.port).start()
+    svc = EnrollmentService(cloud.paths, "127.0.0.1", cloud.service_port).start()
     try:
         yield svc
     finally:

@@ -74,27 +74,27 @@ def test_bootstrap_identity_is_confined_to_its_own_enrollment_topics(cloud: Clou
     enroller = cloud.probe(p.enroll_crt, p.enroll_key, "edgegw-enroll-test")
     for c in (victim, thief, enroller):
         c.wait_connected()
-    victim.subscribe("enroll/bootstrap/enroll-victim/resp")
-    thief.subscribe("enroll/bootstrap/enroll-victim/resp")
+    victim.subscribe("enroll/bootstrap/~enroll-victim/resp")
+    thief.subscribe("enroll/bootstrap/~enroll-victim/resp")
     thief.subscribe("enroll/+/+/resp")
-    thief.subscribe("enroll/bootstrap/enroll-thief/resp")
+    thief.subscribe("enroll/bootstrap/~enroll-thief/resp")
     enroller.subscribe("enroll/+/+/req")
 
     # requests only under its own username and client id
-    assert not thief.publish("enroll/bootstrap/enroll-thief/req", b"{}").is_failure
-    assert thief.publish("enroll/bootstrap/enroll-victim/req", b"{}").value == 0x87
-    assert thief.publish("enroll/gw-a/enroll-thief/req", b"{}").value == 0x87
+    assert not thief.publish("enroll/bootstrap/~enroll-thief/req", b"{}").is_failure
+    assert thief.publish("enroll/bootstrap/~enroll-victim/req", b"{}").value == 0x87
+    assert thief.publish("enroll/gw-a/~enroll-thief/req", b"{}").value == 0x87
     assert thief.publish("gw/gw-a/up/batch", b"x").value == 0x87
-    wait_until(lambda: enroller.got("enroll/bootstrap/enroll-thief/req") == [b"{}"], 10, "req")
-    assert enroller.got("enroll/bootstrap/enroll-victim/req") == []
+    wait_until(lambda: enroller.got("enroll/bootstrap/~enroll-thief/req") == [b"{}"], 10, "req")
+    assert enroller.got("enroll/bootstrap/~enroll-victim/req") == []
 
     # responses reach only the client they are addressed to
-    assert not enroller.publish("enroll/bootstrap/enroll-victim/resp", b"cert-v").is_failure
-    assert not enroller.publish("enroll/bootstrap/enroll-thief/resp", b"cert-t").is_failure
-    wait_until(lambda: victim.got("enroll/bootstrap/enroll-victim/resp") == [b"cert-v"], 10, "v")
+    assert not enroller.publish("enroll/bootstrap/~enroll-victim/resp", b"cert-v").is_failure
+    assert not enroller.publish("enroll/bootstrap/~enroll-thief/resp", b"cert-t").is_failure
+    wait_until(lambda: victim.got("enroll/bootstrap/~enroll-victim/resp") == [b"cert-v"], 10, "v")
     # two matching subscriptions (own + wildcard): one copy per match is allowed
-    wait_until(lambda: b"cert-t" in thief.got("enroll/bootstrap/enroll-thief/resp"), 10, "t")
-    assert thief.got("enroll/bootstrap/enroll-victim/resp") == []
+    wait_until(lambda: b"cert-t" in thief.got("enroll/bootstrap/~enroll-thief/resp"), 10, "t")
+    assert thief.got("enroll/bootstrap/~enroll-victim/resp") == []
 
 
 def test_ingest_and_enroll_identities_have_only_their_rights(cloud: Cloud) -> None:

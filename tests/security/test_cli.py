@@ -62,9 +62,10 @@ def test_cli_lifecycle_with_revocation_while_serving(data_root: Path, tmp_path: 
     assert cli("revoke", "nobody", "--data-dir", d).returncode == 1
     assert cli("gateways", "--data-dir", str(tmp_path / "none")).returncode == 1
 
-    port = free_port()
+    port, eport = free_port(), free_port()
     serve = subprocess.Popen(
-        [sys.executable, "-m", "edgegw_cloud.cli", "serve", "--data-dir", d, "--port", str(port)],
+        [sys.executable, "-m", "edgegw_cloud.cli", "serve", "--data-dir", d, "--port", str(port),
+         "--enroll-port", str(eport)],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -74,6 +75,7 @@ def test_cli_lifecycle_with_revocation_while_serving(data_root: Path, tmp_path: 
     try:
         first = lines.get(timeout=30)
         assert first.strip() == f"serving mqtts://127.0.0.1:{port}"
+        assert lines.get(timeout=30).strip() == f"enrollment mqtts://127.0.0.1:{eport}"
         children = psutil.Process(serve.pid).children(recursive=True)
         assert any(c.name() == "mosquitto" for c in children)
 
@@ -86,6 +88,7 @@ def test_cli_lifecycle_with_revocation_while_serving(data_root: Path, tmp_path: 
             "gw-c",
             tmp_path / "id",
             broker=f"mqtts://127.0.0.1:{port}",
+            enroll_broker=f"mqtts://127.0.0.1:{eport}",
             token=token,
             bootstrap_dir=boot,
             timeout=20,

@@ -21,6 +21,11 @@ from edgegw_cloud.revocation import revoke_gateway
 from .conftest import Cloud, file_mode, wait_until
 
 
+def _urls(cloud: Cloud) -> dict[str, str]:
+    """The gateway listener (stored in identity.json) and the enrollment listener."""
+    return {"broker": cloud.broker.url, "enroll_broker": cloud.broker.service_url}
+
+
 def _token(cloud: Cloud, gw: str, ttl: float = 600.0, **kw: bool) -> str:
     with Registry(cloud.paths.registry_db) as reg:
         return reg.create_token(gw, ttl, **kw)
@@ -37,7 +42,7 @@ def _enroll(
     return enroll(
         gw,
         ident or cloud.tmp / "id" / gw,
-        broker=cloud.broker.url,
+        **_urls(cloud),
         token=token,
         bootstrap_dir=cloud.bootstrap_dir(),
         timeout=15,
@@ -131,7 +136,7 @@ def test_one_token_enrolls_once_even_when_raced(
             enroll(
                 "gw-r",
                 cloud.tmp / f"race{i}",
-                broker=cloud.broker.url,
+                **_urls(cloud),
                 token=token,
                 bootstrap_dir=bootstrap,
                 timeout=15,
@@ -155,7 +160,7 @@ def test_malformed_requests_are_answered_and_counted(
     p = cloud.paths
     dev = cloud.probe(p.bootstrap_crt, p.bootstrap_key, "enroll-junk")
     dev.wait_connected()
-    dev.subscribe("enroll/bootstrap/enroll-junk/resp")
+    dev.subscribe("enroll/bootstrap/~enroll-junk/resp")
     bad_cn_key = pki.generate_ec_key()
     bad_cn = pki.csr_pem(pki.make_csr(bad_cn_key, "gw/../#"))
     payloads = [
@@ -169,13 +174,13 @@ def test_malformed_requests_are_answered_and_counted(
         b"x" * 70_000,
     ]
     for body in payloads:
-        assert not dev.publish("enroll/bootstrap/enroll-junk/req", body).is_failure
+        assert not dev.publish("enroll/bootstrap/~enroll-junk/req", body).is_failure
     wait_until(
-        lambda: len(dev.got("enroll/bootstrap/enroll-junk/resp")) == len(payloads),
+        lambda: len(dev.got("enroll/bootstrap/~enroll-junk/resp")) == len(payloads),
         10,
         "an answer to every request",
     )
-    answers = [json.loads(m) for m in dev.got("enroll/bootstrap/enroll-junk/resp")]
+    answers = [json.loads(m) for m in dev.got("enroll/bootstrap/~enroll-junk/resp")]
     assert all(a["ok"] is False for a in answers)
     assert [a["reason"] for a in answers] == ["malformed"] * 4 + ["bad_id", "malformed"]
     assert enrollment.stats()["malformed"] == 5
@@ -188,7 +193,7 @@ def test_renewal_keeps_the_key_and_needs_no_token(
 ) -> None:
     first = _enroll(cloud, "gw-n", _token(cloud, "gw-n"))
     old = pki.load_certificate(first.cert_path)
-    renewed = enroll("gw-n", first.dir, broker=cloud.broker.url, renew=True, timeout=15)
+    renewed = enroll("gw-n", first.dir, **_urls(cloud), renew=True, timeout=15)
     new = pki.load_certificate(renewed.cert_path)
     assert new.serial_number != old.serial_number
     assert pki.public_key_fingerprint(new.public_key()) == pki.public_key_fingerprint(
@@ -208,7 +213,7 @@ def test_a_gateway_cannot_renew_or_enroll_another(
     tok_b = _token(cloud, "gw-b")
     for token in (None, tok_b):
         ctx = pki.make_tls_context(a.ca_path, a.cert_path, a.key_path)
-        ans = enroll_mod._Exchange("127.0.0.1", cloud.port, ctx, "gw-a", 15).run(
+        ans = enroll_mod._Exchange("127.0.0.1", cloud.service_port, ctx, "gw-a", 15).run(
             pki.csr_pem(pki.make_csr(pki.generate_ec_key(), "gw-b")), token
         )
         assert ans["ok"] is False and ans["reason"] == "other_identity", ans
@@ -220,17 +225,24 @@ def test_revoked_gateway_needs_reinstate_and_gets_a_fresh_serial(
 ) -> None:
     first = _enroll(cloud, "gw-v", _token(cloud, "gw-v"))
     old_serial = pki.load_certificate(first.cert_path).serial_number
+    old_key = pki.load_certificate(first.cert_path).public_key().public_numbers()
     revoke_gateway(cloud.paths, "gw-v")
     cloud.broker.reload()
     with pytest.raises(EnrollmentError, match="refused the certificate"):
-        enroll("gw-v", first.dir, broker=cloud.broker.url, renew=True, timeout=10)
+        enroll("gw-v", first.dir, **_urls(cloud), renew=True, timeout=10)
     from edgegw_cloud.registry import RegistryError
 
     with pytest.raises(RegistryError, match="--reinstate"):
         _token(cloud, "gw-v")
     crl_before = cloud.paths.crl.read_bytes()
-    again = _enroll(cloud, "gw-v", _token(cloud, "gw-v", reinstate=True), ident=first.dir)
+    # issue 9 #6: the old (possibly stolen) key is never certified again
+    tok = _token(cloud, "gw-v", reinstate=True)
+    with pytest.raises(EnrollmentError, match="key_revoked"):
+        _enroll(cloud, "gw-v", tok, ident=first.dir)
+    assert cloud.paths.crl.read_bytes() == crl_before
+    again = _enroll(cloud, "gw-v", tok, ident=first.dir, new_key=True)  # token still valid
     assert cloud.paths.crl.read_bytes() != crl_before  # re-signed: what makes `serve` reload
+    assert again.private_key().public_key().public_numbers() != old_key
     cloud.broker.reload()
     new_serial = pki.load_certificate(again.cert_path).serial_number
     assert new_serial != old_serial
@@ -249,6 +261,8 @@ def test_enroll_cli_entry_point(
         "gw-cli",
         "--broker",
         cloud.broker.url,
+        "--enroll-broker",
+        cloud.broker.service_url,
         "--identity-dir",
         str(cloud.tmp / "cli"),
         "--bootstrap-dir",
@@ -258,7 +272,8 @@ def test_enroll_cli_entry_point(
     ]
     assert enroll_cmd.run(parser.parse_args([*base, "--token", "bogus"])) == 1
     assert "token_unknown" in capsys.readouterr().err
-    assert enroll_cmd.run(parser.parse_args([*base, "--token", _token(cloud, "gw-cli")])) == 0
+    # --token=T: a url-safe token may start with '-' (argparse would read it as an option)
+    assert enroll_cmd.run(parser.parse_args([*base, f"--token={_token(cloud, 'gw-cli')}"])) == 0
     assert Identity.load(cloud.tmp / "cli").gateway_id == "gw-cli"
     assert enroll_cmd.run(parser.parse_args(["--gateway-id", "gw-cli"])) == 1
     assert "missing broker, identity dir" in capsys.readouterr().err
@@ -288,7 +303,7 @@ def test_unreachable_or_untrusted_broker_gives_a_clear_error(cloud: Cloud, tmp_p
         enroll(
             "gw+1",
             tmp_path / "i",
-            broker=cloud.broker.url,
+            **_urls(cloud),
             token="t",
             bootstrap_dir=cloud.bootstrap_dir(),
         )
@@ -305,11 +320,12 @@ def test_enroll_cli_reads_gateway_yaml(
     cfg = tmp_path / "gateway.yaml"
     cfg.write_text(
         f"gateway:\n  id: gw-yaml\n  state_dir: {state}\n"
-        f"uplink:\n  enabled: true\n  broker: {cloud.broker.url}\ndevices: []\n"
+        f"uplink:\n  enabled: true\n  broker: {cloud.broker.url}\n"
+        f"  enroll_broker: {cloud.broker.service_url}\ndevices: []\n"
     )
     parser = argparse.ArgumentParser()
     enroll_cmd.add_arguments(parser)
-    args = parser.parse_args(["-c", str(cfg), "--token", _token(cloud, "gw-yaml")])
+    args = parser.parse_args(["-c", str(cfg), f"--token={_token(cloud, 'gw-yaml')}"])
     assert enroll_cmd.run(args) == 0
     ident = Identity.load(state / "identity")  # uplink.identity_dir default
     assert (ident.gateway_id, ident.broker) == ("gw-yaml", cloud.broker.url)
@@ -317,3 +333,73 @@ def test_enroll_cli_reads_gateway_yaml(
     # renewal through the same config, no token
     assert enroll_cmd.run(parser.parse_args(["-c", str(cfg), "--renew"])) == 0
     assert enrollment.stats()["renewed"] == 1
+
+
+def test_token_from_stdin_file_or_environment_not_only_argv(
+    cloud: Cloud, enrollment: EnrollmentService, tmp_path: Path
+) -> None:
+    """Issue 9 #10: the token on the command line is visible in `ps`, and 1.5% of tokens start
+    with '-' (argparse took them for an option). The real CLI, in a subprocess, each way."""
+    import os
+    import subprocess
+    import sys
+
+    def cli(gw: str, extra: list[str], env: dict[str, str] | None = None,
+            stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        args = [sys.executable, "-m", "edgegw.cli", "enroll", "--gateway-id", gw, "--broker",
+                cloud.broker.url, "--enroll-broker", cloud.broker.service_url,
+                "--identity-dir", str(tmp_path / gw), "--bootstrap-dir",
+                str(cloud.bootstrap_dir()), "--timeout", "15", *extra]
+        return subprocess.run(args, input=stdin, capture_output=True, text=True, timeout=60,
+                              env={**os.environ, **(env or {})})
+
+    tok = _token(cloud, "gw-stdin")
+    r = cli("gw-stdin", ["--token-file", "-"], stdin=f"  {tok}\n")
+    assert r.returncode == 0, r.stderr
+    tokfile = tmp_path / "token"
+    tokfile.write_text(_token(cloud, "gw-file") + "\n")
+    tokfile.chmod(0o600)
+    r = cli("gw-file", ["--token-file", str(tokfile)])
+    assert r.returncode == 0, r.stderr
+    r = cli("gw-env", [], env={"EDGEGW_ENROLL_TOKEN": _token(cloud, "gw-env")})
+    assert r.returncode == 0, r.stderr
+    for gw in ("gw-stdin", "gw-file", "gw-env"):
+        assert Identity.load(tmp_path / gw).gateway_id == gw
+    # a token that starts with '-' works from a file (and as --token=TOKEN)
+    dash = "-" + _token(cloud, "gw-dash")[1:]
+    tokfile.write_text(dash)
+    r = cli("gw-dash", ["--token-file", str(tokfile)])
+    assert r.returncode == 1 and "token_unknown" in r.stderr  # it was read, and checked
+    r = cli("gw-dash", [f"--token={dash}"])
+    assert r.returncode == 1 and "token_unknown" in r.stderr
+    r = cli("gw-none", ["--token-file", str(tmp_path / "missing")])
+    assert r.returncode == 1 and "cannot read the token" in r.stderr
+
+
+def test_renewal_needs_the_same_key_and_everything_is_audited(
+    cloud: Cloud, enrollment: EnrollmentService
+) -> None:
+    """Issue 9 #6: renewal matches the docs ("same key"); enroll / renew / revoke / reinstate
+    and refusals are in the audit log with who, when and which MQTT client."""
+    first = _enroll(cloud, "gw-au", _token(cloud, "gw-au"))
+    # a renewal CSR with another key, sent with the gateway's current identity
+    ctx = pki.make_tls_context(first.ca_path, first.cert_path, first.key_path)
+    ex = enroll_mod._Exchange("127.0.0.1", cloud.service_port, ctx, "gw-au", 15)
+    ans = ex.run(pki.csr_pem(pki.make_csr(pki.generate_ec_key(), "gw-au")), None)
+    assert ans["ok"] is False and ans["reason"] == "renew_new_key", ans
+    with pytest.raises(EnrollmentError, match="exclude each other"):
+        enroll("gw-au", first.dir, **_urls(cloud), renew=True, new_key=True)
+    enroll("gw-au", first.dir, **_urls(cloud), renew=True, timeout=15)
+    revoke_gateway(cloud.paths, "gw-au")
+    _token(cloud, "gw-au", reinstate=True)
+    with Registry(cloud.paths.registry_db) as reg:
+        log = reg.audit_log("gw-au")
+    actions = [(r["action"], r["actor"], r["detail"]) for r in log]
+    assert [a for a, _, _ in actions] == ["token", "enroll", "refused", "renew", "revoke",
+                                          "reinstate"], actions
+    enroll_row, refused, renew_row = log[1], log[2], log[3]
+    assert enroll_row["actor"] == "bootstrap" and enroll_row["client_id"].startswith("~enroll-")
+    assert enroll_row["serial"] and renew_row["serial"] and renew_row["actor"] == "gw-au"
+    assert refused["detail"] == "renew_new_key" and refused["client_id"]
+    assert str(log[0]["actor"]).startswith("operator:") and "NEW key" in str(log[5]["detail"])
+    assert all(int(str(r["ts_ms"])) > 1_700_000_000_000 for r in log)

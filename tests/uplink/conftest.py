@@ -66,7 +66,7 @@ class Cloud:
         return self.broker.url
 
     def ingest(self, **kw: object) -> Ingest:
-        ing = Ingest(self.paths, self.url, **kw)  # type: ignore[arg-type]
+        ing = Ingest(self.paths, self.broker.service_url, **kw)  # type: ignore[arg-type]
         ing.start()
         assert ing.wait_subscribed(15), "ingest did not subscribe"
         return ing

@@ -27,7 +27,9 @@ async def test_two_ingest_processes_share_the_load_exactly_once(
     server = threading.Thread(
         target=serve,
         args=(cloud.paths,),
-        kwargs={"port": 0, "broker_url": cloud.url, "stop": stop, "ingest_processes": 2,
+        # an "external" broker for serve: the test broker's service listener (ingest, enroll)
+        kwargs={"port": 0, "broker_url": cloud.broker.service_url, "stop": stop,
+                "ingest_processes": 2,
                 "ingest_stats_dir": stats_dir, "out": io.StringIO()},
         daemon=True,
     )

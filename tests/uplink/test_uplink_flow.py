@@ -46,7 +46,7 @@ class Observer:
 async def test_normal_flow_exactly_once(cloud: Cloud, tmp_path: Path) -> None:
     ident = cloud.gateway("gw-normal", tmp_path / "id")
     ingest = cloud.ingest()
-    status = Observer(cloud.paths, cloud.broker.port, "gw/gw-normal/up/status")
+    status = Observer(cloud.paths, cloud.broker.service_port, "gw/gw-normal/up/status")
     gw = GatewaySide(ident, tmp_path / "state", cloud.url)
     gw.start()
     try:
@@ -74,7 +74,7 @@ async def test_normal_flow_exactly_once(cloud: Cloud, tmp_path: Path) -> None:
 async def test_alerts_lane_overtakes_telemetry_backlog(cloud: Cloud, tmp_path: Path) -> None:
     ident = cloud.gateway("gw-lanes", tmp_path / "id")
     ingest = cloud.ingest()
-    watch = Observer(cloud.paths, cloud.broker.port, "gw/gw-lanes/up/batch")
+    watch = Observer(cloud.paths, cloud.broker.service_port, "gw/gw-lanes/up/batch")
     gw = GatewaySide(ident, tmp_path / "state", cloud.url, window=4)
     try:
         # a backlog of telemetry exists before the link comes up; then alerts are raised
