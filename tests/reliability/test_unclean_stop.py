@@ -18,9 +18,10 @@ from typing import Any
 from modbus.simproc import SimServer
 from runtime.helpers import outbox_seqs, poll_until, start_daemon, write_config
 
-from edgegw.protocol.codec import decode_batch
+from edgegw.protocol.codec_v2 import decode_any
 from edgegw.protocol.envelope import FLAG_GAP, open_sealed, parse_header
 from edgegw.runtime.sealing import key_lookup
+from edgegw.store.series_dict import FILE_NAME, file_resolver
 
 from .cloudproc import edgegw_cli
 
@@ -36,11 +37,12 @@ def _contents(state: Path) -> tuple[list[Any], list[int]]:
     finally:
         con.close()
     gaps, ts = [], []
+    resolve: Any = file_resolver(state / FILE_NAME)
     for (env,) in rows:
         h = parse_header(env)
         key = lookup(h.key_id)
         assert key is not None
-        batch = decode_batch(open_sealed(key, GW, env)[1])
+        batch = decode_any(open_sealed(key, GW, env)[1], resolve)  # v2: the daemon's default
         if h.flags & FLAG_GAP:
             gaps += batch.gaps
         ts += [s.ts_ms for s in batch.samples]
