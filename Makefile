@@ -7,10 +7,10 @@ PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 APT_PACKAGES = python3-venv systemd mosquitto socat libcoap3-bin python3-gi gir1.2-gst-rtsp-server-1.0 \
                gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly \
-               gstreamer1.0-libav gstreamer1.0-tools fuse3
+               gstreamer1.0-libav gstreamer1.0-tools fuse3 lrzsz chromium postgresql
 DEMO_ARGS ?=
 
-.PHONY: demo test system-deps venv lint bench fuzz powercut soak clean
+.PHONY: demo test system-deps venv lint bench fuzz powercut soak clean bundle install-test-debootstrap
 
 system-deps:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
@@ -48,6 +48,20 @@ fuzz: venv
 	  $(PY) fuzz/run.py $$t -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 \
 	    -artifact_prefix=fuzz-out/$$t/ fuzz-out/$$t/new fuzz/corpus/$$t || exit 1; \
 	done
+
+# the OTA software bundle: edgegw wheel + every dependency wheel + install.py (docs/ota.md);
+# BUNDLE_ARGS="--platform manylinux2014_aarch64 --python-version 3.11" builds for a Raspberry Pi
+BUNDLE_DIR ?= dist/bundle
+BUNDLE_ARGS ?=
+bundle: venv
+	rm -rf $(BUNDLE_DIR)
+	$(VENV)/bin/edgegw-cloud ota build-bundle --project . --out $(BUNDLE_DIR) $(BUNDLE_ARGS)
+
+# the installer in a real debootstrapped Debian 12 root, run inside it with chroot (slow: not in
+# CI, which runs tests/ota/test_installer.py on a root directory). The minbase tarball is cached.
+DEBOOTSTRAP_CACHE ?= /var/cache/edgegw/debootstrap-bookworm.tgz
+install-test-debootstrap: bundle
+	sh tools/install_test_debootstrap.sh $(BUNDLE_DIR) $(DEBOOTSTRAP_CACHE)
 
 bench: venv
 	for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b; done

@@ -172,9 +172,26 @@ def bench_inference_and_fit() -> dict[str, Any]:
 
 
 def detection_quality(path: Path, result: Any) -> dict[str, Any]:
+    """SYNTHETIC data (synth.py) - real labelled data: bench/bench_anomaly.py."""
+    return {
+        "data": "synthetic (tests/edge/synth.py), not real-world performance",
+        "static_threshold": _detection(path, online=False),
+        "online": _detection(path, online=True),
+    }
+
+
+def _detection(path: Path, *, online: bool) -> dict[str, Any]:
     rows, anomalies = synth.with_anomalies(6000, 36, seed=3)
     stage = AnomalyStage(
-        [AnomalyConfig(name="p", device="pump1", metrics=list(synth.FEATURES), model=str(path))]
+        [
+            AnomalyConfig(
+                name="p",
+                device="pump1",
+                metrics=list(synth.FEATURES),
+                model=str(path),
+                online=online,
+            )
+        ]
     )
     samples = synth.to_samples(rows)
     alerts = []

@@ -321,8 +321,9 @@ class ManagedBroker:
             "log_timestamp_format %Y-%m-%dT%H:%M:%S",
             "",
         ]
-        lines += self._listener_block(self.port, "127.0.0.1")
-        lines += self._listener_block(self.service_port, "127.0.0.1", service=True)
+        if not self._wildcard_on_port():
+            lines += self._listener_block(self.port, "127.0.0.1")
+            lines += self._listener_block(self.service_port, "127.0.0.1", service=True)
         x = self.extra_listener
         if x is not None:
             lines += self._listener_block(x.port, x.host)
@@ -480,14 +481,30 @@ class ManagedBroker:
         self.wait_ready(timeout)
         return self
 
+    def _wildcard_on_port(self) -> bool:
+        """Extra listeners on 0.0.0.0/:: at the same two ports also serve 127.0.0.1 (and a second
+        bind of 127.0.0.1 on those ports would fail), so the loopback listeners are left out."""
+        x = self.extra_listener
+        return (
+            x is not None
+            and x.host in ("0.0.0.0", "::")
+            and x.port == self.port
+            and x.service_port == self.service_port
+        )
+
     def _check_port_free(self) -> None:
-        listeners = [("127.0.0.1", self.port), ("127.0.0.1", self.service_port)]
+        listeners = (
+            []
+            if self._wildcard_on_port()
+            else [("127.0.0.1", self.port), ("127.0.0.1", self.service_port)]
+        )
         if self.extra_listener is not None:
             listeners.append((self.extra_listener.host, self.extra_listener.port))
             if self.extra_listener.service_port is not None:
                 listeners.append((self.extra_listener.host, self.extra_listener.service_port))
         for host, port in listeners:
-            with socket.socket() as s:
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            with socket.socket(family) as s:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Mosquitto does
                 try:
                     s.bind((host, port))

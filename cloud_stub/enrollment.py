@@ -173,7 +173,13 @@ class EnrollmentService:
             ca=self.paths.ca_crt.read_text(),
             ingest_ka_pub=self.paths.ingest_ka_pub(kid).read_text(),
             key_id=kid,
+            ota_pub=_ota_pub(self.paths),
         )
+
+
+def _ota_pub(paths: CloudPaths) -> str:
+    """The cloud's OTA public key (PEM), handed out so gateways can verify releases."""
+    return paths.ota_signing_pub.read_text() if paths.ota_signing_pub.exists() else ""
 
 
 def provision_gateway(
@@ -198,4 +204,5 @@ def provision_gateway(
         certificate_pem=pki.cert_pem(cert),
         ca_pem=paths.ca_crt.read_text(),
         ingest_ka_pub_pem=paths.ingest_ka_pub(kid).read_text(),
+        ota_pub_pem=_ota_pub(paths),
     )

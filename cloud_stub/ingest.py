@@ -44,7 +44,7 @@ import signal
 import threading
 import time
 from collections import OrderedDict, defaultdict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,7 +66,10 @@ from edgegw.protocol.model import Lane
 from edgegw.transport.mqtt_client import Client
 from edgegw_cloud.pki_setup import INGEST_CN, CloudPaths
 from edgegw_cloud.registry import Registry
-from edgegw_cloud.store import CONFLICT, NEW, BatchRecord, CloudStore
+from edgegw_cloud.sinks import Forwarder, Reading
+from edgegw_cloud.store import CONFLICT, NEW, BatchRecord
+from edgegw_cloud.store_pg import is_postgres_url
+from edgegw_cloud.stores import open_store
 
 log = logging.getLogger("edgegw.cloud.ingest")
 
@@ -202,7 +205,8 @@ class Ingest:
         max_group_readings: int = MAX_GROUP_READINGS,
         gateway_rate: float = GATEWAY_RATE,
         gateway_burst: float = GATEWAY_BURST,
-        store_path: Path | None = None,
+        store_path: Path | str | None = None,
+        forward: Sequence[str] = (),
     ) -> None:
         self.paths = paths
         url = parse_broker_url(broker_url)
@@ -226,10 +230,14 @@ class Ingest:
         self._store_stats: dict[str, Any] = {}
         self._store_error: BaseException | None = None
         self._names = _Dictionaries(self.store_path)  # the opener thread's
+        self.forward = list(forward)
+        self.forwarder: Any = None
 
     # ------------------------------------------------------------------ lifecycle
     def start(self, timeout: float = 15.0) -> Ingest:
         """Start the writer and the workers; returns once every worker is subscribed."""
+        if self.forward:
+            self.forwarder = Forwarder.from_urls(self.forward)
         self._opener = threading.Thread(target=self._open_loop, name="ingest-opener", daemon=True)
         self._writer = threading.Thread(target=self._write_loop, name="ingest-writer", daemon=True)
         self._opener.start()
@@ -256,6 +264,8 @@ class Ingest:
         for t in (self._opener, self._writer):
             if t is not None:
                 t.join(timeout=30)
+        if self.forwarder is not None:
+            self.forwarder.close()
 
     def __enter__(self) -> Ingest:
         return self.start()
@@ -268,6 +278,8 @@ class Ingest:
         out["queue"] = self._queue.qsize()
         out["queue_opened"] = self._opened.qsize()
         out["store"] = dict(self._store_stats)
+        if self.forwarder is not None:
+            out["forward"] = self.forwarder.stats()
         return out
 
     # ------------------------------------------------------------------ workers
@@ -391,7 +403,7 @@ class Ingest:
             self._names.close()
 
     def _write_loop(self) -> None:
-        store = CloudStore(self.store_path)
+        store = open_store(self.store_path)  # SQLite path or postgresql:// URL
         pending: OrderedDict[str, deque[_Opened]] = OrderedDict()
         buffered = 0
         max_buffered = 4 * self.max_group
@@ -524,7 +536,7 @@ class Ingest:
         return None
 
     def _commit_one_by_one(
-        self, records: list[BatchRecord], store: CloudStore, exc: Exception
+        self, records: list[BatchRecord], store: Any, exc: Exception
     ) -> list[str | None]:
         """A group commit failed: retry each batch in its own transaction, so one batch that
         cannot be stored does not make every other gateway's batch of the group wait (None =
@@ -547,7 +559,7 @@ class Ingest:
                       "it stored", rec.seq, rec.gateway, type(err).__name__, err)
         return out
 
-    def _commit(self, group: list[_Opened], store: CloudStore) -> None:
+    def _commit(self, group: list[_Opened], store: Any) -> None:
         """Store a group in one transaction, THEN ack every batch of it (per gateway)."""
         acks: dict[tuple[int, str], tuple[mqtt.Client, list[tuple[int, int]]]] = {}
 
@@ -591,6 +603,8 @@ class Ingest:
                 elif status == NEW:
                     self.counts["batches_stored"] += 1
                     self.counts["readings_stored"] += rec.readings
+                    if self.forwarder is not None:  # after the commit, first time only
+                        self.forwarder.offer(_sink_readings(rec))
                 else:
                     self.counts["duplicates"] += 1
                     log.debug(
@@ -604,6 +618,16 @@ class Ingest:
         for (_, gw), (client, items) in acks.items():
             client.publish(topics.down_ack(gw), encode_acks(items), qos=1)
             self.counts["acks_sent"] += len(items)
+
+
+def _sink_readings(rec: BatchRecord) -> list[Any]:
+    """A stored batch's readings as the sinks take them (after the commit, first time only)."""
+    out = [Reading(rec.gateway, s.device, s.metric, s.ts_ms, s.value, int(s.quality))
+           for s in rec.samples]
+    for col in rec.series:
+        out.extend(Reading(rec.gateway, col.device, col.metric, ts, v, q)
+                   for ts, v, q in zip(col.ts, col.values, col.qualities, strict=True))
+    return out
 
 
 def _records(o: _Opened) -> list[BatchRecord]:
@@ -631,10 +655,10 @@ class _Dictionaries:
     """Codec v2 series names per (gateway, epoch) for the opener thread: learnt from batches
     as they are decoded, else read from the store (another process, or before a restart)."""
 
-    def __init__(self, store_path: Path) -> None:
+    def __init__(self, store_path: Path | str) -> None:
         self.store_path = store_path
         self._known: dict[tuple[str, int], dict[int, tuple[str, str]]] = {}
-        self._store: CloudStore | None = None
+        self._store: Any = None
 
     def learn(self, gw: str, epoch: int, defs: dict[int, tuple[str, str]]) -> None:
         self._known.setdefault((gw, epoch), {}).update(defs)
@@ -644,8 +668,10 @@ class _Dictionaries:
             known = self._known.setdefault((gw, epoch), {})
             missing = [i for i in ids if i not in known]
             if missing:
-                if self._store is None and self.store_path.exists():
-                    self._store = CloudStore(self.store_path, readonly=True)
+                if self._store is None and (
+                    is_postgres_url(self.store_path) or Path(self.store_path).exists()
+                ):
+                    self._store = open_store(self.store_path, readonly=True)
                 if self._store is not None:
                     known.update(self._store.series_names(gw, epoch, missing))
             return {i: known[i] for i in ids if i in known}
@@ -678,12 +704,15 @@ def run_ingest(
     workers: int = 1,
     share_group: str = "ingest",
     on_ready: Callable[[Ingest], None] | None = None,
+    store: str | Path | None = None,
+    forward: Sequence[str] = (),
 ) -> dict[str, int | float | dict[str, Any]]:
     """Run the ingest until ``stop_event`` (a ``threading.Event``) is set; returns its stats.
 
     Blocking: call it from a thread (or ``asyncio.to_thread``) in ``edgegw-cloud serve``.
     """
-    ingest = Ingest(paths, broker_url, workers=workers, share_group=share_group)
+    ingest = Ingest(paths, broker_url, workers=workers, share_group=share_group,
+                    store_path=store, forward=forward)
     ingest.start()
     if on_ready is not None:
         on_ready(ingest)
@@ -697,7 +726,9 @@ def run_ingest(
 
 # --------------------------------------------------------------------------- worker processes
 def _ingest_process(
-    data_dir: Path, url: str, stop: Any, ready: Any, stats_file: Path | None
+    data_dir: Path, url: str, stop: Any, ready: Any, stats_file: Path | None,
+    store: str | Path | None = None,
+    forward: Sequence[str] = (),
 ) -> None:
     """One ingest worker process (the broker spreads the shared subscription over them)."""
     logging.basicConfig(
@@ -707,7 +738,8 @@ def _ingest_process(
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us through ``stop``
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     stats = run_ingest(
-        CloudPaths.for_dir(data_dir), url, stop, on_ready=lambda _ingest: ready.set()
+        CloudPaths.for_dir(data_dir), url, stop, on_ready=lambda _ingest: ready.set(),
+        store=store, forward=forward,
     )
     if stats_file is not None:
         stats_file.write_text(json.dumps(stats, default=str))
@@ -718,7 +750,9 @@ class IngestProcesses:
     use a core each); the store's SQLite write lock serialises their commits."""
 
     def __init__(
-        self, paths: CloudPaths, url: str, n: int, stats_dir: Path | None = None
+        self, paths: CloudPaths, url: str, n: int, stats_dir: Path | None = None,
+        store: str | Path | None = None,
+        forward: Sequence[str] = (),
     ) -> None:
         ctx = multiprocessing.get_context("spawn")
         self._stop = ctx.Event()
@@ -732,6 +766,8 @@ class IngestProcesses:
                     self._stop,
                     self._ready[i],
                     stats_dir / f"ingest-{i}.json" if stats_dir is not None else None,
+                    store,
+                    tuple(forward),
                 ),
                 name=f"ingest-{i}",
                 daemon=True,

@@ -19,9 +19,11 @@ Invariants:
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -168,25 +170,84 @@ def _ensure_identity(
     return True
 
 
-def _check_broker_san(crt: Path, names: tuple[str, ...]) -> None:
+def broker_sans(crt: Path) -> list[str]:
+    """The host names and IP addresses the broker certificate ``crt`` covers, in its order."""
     cert = pki.load_certificate(crt)
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
-        have: set[str] = set()
-    else:
-        have = {str(v) for v in san.get_values_for_type(x509.IPAddress)}
-        have |= set(san.get_values_for_type(x509.DNSName))
+        return []
+    out = [str(v) for v in san.get_values_for_type(x509.IPAddress)]
+    return out + list(san.get_values_for_type(x509.DNSName))
+
+
+def _check_broker_san(crt: Path, names: tuple[str, ...]) -> None:
+    have = set(broker_sans(crt))
     missing = [n for n in names if n not in have]
     if missing:
         raise pki.PkiError(
             f"{crt} does not cover {', '.join(missing)} (it has {', '.join(sorted(have))}); "
-            f"delete broker.crt and broker.key and run init again with --broker-host"
+            f"add them with `edgegw-cloud broker-cert --data-dir {crt.parent.parent} "
+            + " ".join(f"--add-host {m}" for m in missing)
+            + "` (re-issues the broker certificate, same key)"
         )
 
 
-def init_data_dir(data_dir: Path, *, broker_host: str = "127.0.0.1") -> CloudPaths:
-    """Create (or complete) a cloud data dir; returns its paths. Never overwrites a key."""
+def _valid_host(name: str) -> str:
+    """A SAN entry: an IP address or a DNS name (letters, digits, '-', '.', a leading '*.')."""
+    name = name.strip().strip("[]")
+    try:
+        return str(ipaddress.ip_address(name))
+    except ValueError:
+        pass
+    if not re.fullmatch(r"(\*\.)?[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9-]{1,63})*", name):
+        raise pki.PkiError(
+            f"{name!r} is neither an IP address nor a DNS host name; give the name or address "
+            "gateways dial (e.g. cloud.example.net or 192.0.2.10)"
+        )
+    return name.lower()
+
+
+def add_broker_hosts(paths: CloudPaths, hosts: Sequence[str]) -> tuple[list[str], bool]:
+    """Re-issue the broker certificate (same key) so it also covers ``hosts``.
+
+    Returns (the SANs now covered, whether a new certificate was written). The CA signs the new
+    certificate; gateways need nothing new (they trust the CA, not the certificate). A running
+    ``serve`` picks it up when the broker restarts (``serve`` restarts it when broker.crt changes).
+    """
+    paths.require_initialised()
+    have = broker_sans(paths.broker_crt)
+    wanted = list(dict.fromkeys([*have, *(_valid_host(h) for h in hosts)]))
+    if wanted == have:
+        return have, False
+    issuer = pki.Issuer.load(paths.ca_crt, paths.ca_key)
+    key = pki.load_private_key(paths.broker_key)
+    cert = issuer.issue(
+        key.public_key(),
+        BROKER_CN,
+        server=True,
+        client=False,
+        san=tuple(wanted),
+        days=SERVICE_CERT_DAYS,
+    )
+    pki.write_public(paths.broker_crt, pki.cert_pem(cert).encode())
+    log.info("re-issued %s for %s", paths.broker_crt, ", ".join(wanted))
+    return wanted, True
+
+
+def init_data_dir(
+    data_dir: Path,
+    *,
+    broker_host: str | Sequence[str] = "127.0.0.1",
+) -> CloudPaths:
+    """Create (or complete) a cloud data dir; returns its paths. Never overwrites a key.
+
+    ``broker_host``: the host names / addresses gateways dial (one or several); the broker
+    certificate covers them plus 127.0.0.1 and localhost. Add more later with
+    ``add_broker_hosts`` (``edgegw-cloud broker-cert --add-host``).
+    """
+    hosts = [broker_host] if isinstance(broker_host, str) else list(broker_host)
+    hosts = [_valid_host(h) for h in hosts]
     paths = CloudPaths.for_dir(data_dir)
     paths.data_dir.mkdir(parents=True, exist_ok=True)
     paths.pki_dir.mkdir(mode=0o700, exist_ok=True)
@@ -203,7 +264,7 @@ def init_data_dir(data_dir: Path, *, broker_host: str = "127.0.0.1") -> CloudPat
         issuer = pki.Issuer(ca_cert, ca_key)
         log.info("created CA %s", paths.ca_crt)
 
-    san = tuple(dict.fromkeys(("127.0.0.1", "localhost", broker_host)))
+    san = tuple(dict.fromkeys(("127.0.0.1", "localhost", *hosts)))
     if not _ensure_identity(
         paths, issuer, paths.broker_crt, paths.broker_key, BROKER_CN, server=True, san=san
     ):

@@ -4,6 +4,12 @@
 and the enrollment service is subscribed (scripts and tests wait for it), runs until ``stop`` is
 set, reloads the managed broker whenever crl.pem changes (``revoke`` from another process) and
 re-signs the CRL daily.
+
+Listening: the managed broker always has a 127.0.0.1 listener for the cloud's own services
+(enrollment, ingest, dashboard presence); ``listen`` adds the address gateways dial (an address
+of the host, or 0.0.0.0 / :: for all, which then also serves loopback). A changed broker.crt
+(``broker-cert --add-host``) restarts the managed broker so new handshakes present it. With
+``http`` the dashboard + API (edgegw_cloud.web) run on that address over TLS.
 """
 
 from __future__ import annotations
@@ -16,12 +22,14 @@ from pathlib import Path
 from typing import TextIO
 
 from edgegw.protocol.broker_url import parse_broker_url
-from edgegw_cloud.broker import ManagedBroker
+from edgegw_cloud.broker import Listener, ManagedBroker
 from edgegw_cloud.devmgmt import DeviceManager, record_broker_url
 from edgegw_cloud.enrollment import EnrollmentService
 from edgegw_cloud.ingest import IngestProcesses, run_ingest
-from edgegw_cloud.pki_setup import CloudPaths
+from edgegw_cloud.pki_setup import CloudPaths, broker_sans
 from edgegw_cloud.revocation import CRL_REFRESH_S, refresh_crl
+from edgegw_cloud.stores import open_store
+from edgegw_cloud.web.server import HttpServer, parse_listen
 
 log = logging.getLogger("edgegw.cloud")
 
@@ -36,10 +44,16 @@ def _crl_stamp(path: Path) -> tuple[int, int]:
     return (st.st_mtime_ns, st.st_size)
 
 
-def _start_ingest(paths: CloudPaths, url: str, stop: threading.Event) -> threading.Thread:
+def _start_ingest(
+    paths: CloudPaths,
+    url: str,
+    stop: threading.Event,
+    store: str | Path | None = None,
+    forward: tuple[str, ...] = (),
+) -> threading.Thread:
     def target() -> None:
         try:
-            run_ingest(paths, url, stop)
+            run_ingest(paths, url, stop, store=store, forward=forward)
         except Exception:
             log.exception("ingest failed; stopping serve")
             stop.set()
@@ -65,6 +79,10 @@ def serve(
     *,
     port: int,
     enroll_port: int | None = None,
+    listen: str = "127.0.0.1",
+    http: str | None = None,
+    store: str | Path | None = None,
+    forward: tuple[str, ...] = (),
     broker_url: str | None = None,
     stop: threading.Event | None = None,
     ingest: bool = True,
@@ -83,13 +101,23 @@ def serve(
     stop = stop or threading.Event()
     refresh_crl(paths)
     broker: ManagedBroker | None = None
+    public_url = None
     if broker_url is None:
         # two listeners (docs/security.md "Client ids"): gateways on ``port``, enrollment and
-        # the services on ``enroll_port`` (default port + 1)
+        # the services on ``enroll_port`` (default port + 1); with ``listen`` both also on that
+        # address (the cloud's own services always dial loopback)
         sport = enroll_port if enroll_port else port + 1
-        broker = ManagedBroker(paths, port, service_port=sport).start()
+        extra = (
+            None
+            if listen in ("127.0.0.1", "localhost")
+            else Listener(port, listen, service_port=sport)
+        )
+        broker = ManagedBroker(paths, port, service_port=sport, extra_listener=extra).start()
         broker_url = broker.url
         service_url = broker.service_url
+        if extra is not None:
+            shown = f"[{listen}]" if ":" in listen else listen
+            public_url = f"mqtts://{shown}:{port}"
     else:
         service_url = broker_url  # an external broker: one listener for everything
     url = parse_broker_url(service_url)
@@ -97,20 +125,46 @@ def serve(
     ingest_thread = None
     ingest_procs: IngestProcesses | None = None
     if ingest and ingest_processes > 0:
-        ingest_procs = IngestProcesses(paths, service_url, ingest_processes, ingest_stats_dir)
+        ingest_procs = IngestProcesses(
+            paths, service_url, ingest_processes, ingest_stats_dir, store=store, forward=forward
+        )
     elif ingest:
-        ingest_thread = _start_ingest(paths, service_url, stop)
+        ingest_thread = _start_ingest(paths, service_url, stop, store, forward)
     devmgr = _start_device_manager(paths, service_url)
+    web: HttpServer | None = None
+    if http is not None:
+        target = store if store is not None else paths.store_db
+        web = HttpServer(
+            paths,
+            *parse_listen(http),
+            broker=(url.host, url.port),
+            open_store=lambda: open_store(target, readonly=True),
+        ).start()
     out.write(f"serving {broker_url}\n")
     out.write(f"enrollment {service_url}\n")
+    if public_url is not None:
+        out.write(
+            f"gateways dial {public_url}, enroll at port {sport} (certificate covers "
+            f"{', '.join(broker_sans(paths.broker_crt))})\n"
+        )
+    if web is not None:
+        out.write(f"dashboard and API on {web.url} (CA: {paths.ca_crt})\n")
     out.flush()
     crl = _crl_stamp(paths.crl)
+    broker_cert = _crl_stamp(paths.broker_crt)
     refreshed = time.monotonic()
     try:
         while not stop.wait(crl_poll_s):
             if time.monotonic() - refreshed > CRL_REFRESH_S:
                 refresh_crl(paths)
                 refreshed = time.monotonic()
+            cert_now = _crl_stamp(paths.broker_crt)
+            if cert_now != broker_cert:
+                broker_cert = cert_now
+                if broker is not None:
+                    log.info("broker.crt changed (broker-cert --add-host): restarting the broker")
+                    broker.stop()
+                    broker.start()
             now = _crl_stamp(paths.crl)
             if now != crl:
                 crl = now
@@ -121,6 +175,8 @@ def serve(
                     log.warning("crl.pem changed: reload the external broker's CRL yourself")
     finally:
         stop.set()
+        if web is not None:
+            web.stop()
         if devmgr is not None:
             devmgr.stop()
         enroll.stop()

@@ -36,8 +36,23 @@ from typing import Any
 from edgegw.protocol.codec import Series
 from edgegw.protocol.fileperms import DB_MODE, prepare_sqlite
 from edgegw.protocol.model import Alert, Sample, Value
+from edgegw_cloud.store_read import (  # the value types are defined with the read queries
+    VT_BLOB,
+    VT_BOOL,
+    VT_FLOAT,
+    VT_INT,
+    VT_NULL,
+    VT_STR,
+    VTYPE_NAMES,
+    StoreQueries,
+    decode_value,
+)
 
-VT_NULL, VT_INT, VT_FLOAT, VT_BOOL, VT_STR, VT_BLOB = range(6)
+__all__ = [
+    "VTYPE_NAMES", "VT_BLOB", "VT_BOOL", "VT_FLOAT", "VT_INT", "VT_NULL", "VT_STR",
+    "BatchRecord", "CloudStore", "StoredReading", "decode_value",
+]
+
 #: value types stored as they are (bulk fast path for single-typed series)
 _FAST_VTYPES: dict[type, int] = {
     float: VT_FLOAT,
@@ -46,7 +61,6 @@ _FAST_VTYPES: dict[type, int] = {
     str: VT_STR,
     type(None): VT_NULL,
 }
-VTYPE_NAMES = ("null", "int", "float", "bool", "str", "blob")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS batches (
@@ -203,18 +217,7 @@ def _encode_value(value: Value) -> tuple[Any, int, bytes | None]:
     raise TypeError(f"unsupported value type {type(value).__name__}")
 
 
-def decode_value(stored: Any, vtype: int) -> Value:
-    """The reading's value as the gateway produced it (blobs as their hex digest)."""
-    if vtype == VT_BOOL:
-        return bool(stored)
-    if vtype == VT_INT and isinstance(stored, str):
-        return int(stored)
-    if vtype == VT_FLOAT and stored is not None:
-        return float(stored)
-    return stored
-
-
-class CloudStore:
+class CloudStore(StoreQueries):
     """SQLite store of everything the ingest accepted. Not thread-safe: one owner thread."""
 
     def __init__(self, path: Path | str, *, readonly: bool = False) -> None:
@@ -596,6 +599,12 @@ class CloudStore:
             "transactions": c.transactions,
             "seq_conflicts": c.conflicts,
         }
+
+    def _rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        return self._db.execute(sql, params).fetchall()
+
+    def _dict_rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        return self._dicts(sql, params)
 
     def close(self) -> None:
         self._db.close()

@@ -32,6 +32,7 @@ from types import ModuleType
 from typing import Any
 
 from edgegw import __version__
+from edgegw.protocol.logfmt import configure
 
 __all__ = ["COMMANDS", "COMMAND_ENTRY_POINTS", "Command", "main", "register_command"]
 
@@ -56,6 +57,7 @@ COMMANDS: dict[str, Command] = {
     "schema": Command("edgegw.commands.schema", "print the config JSON Schema (for editors)"),
     "enroll": Command("edgegw.commands.enroll", "enroll this gateway with the cloud (token)"),
     "model": Command("edgegw.commands.model", "fit and inspect anomaly models"),
+    "ota": Command("edgegw.ota.cli", "install a release from disk, show the A/B slot state"),
 }
 
 
@@ -88,6 +90,14 @@ def _add_global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> N
         default=default,
         help="log level (overrides -v)",
     )
+    parser.add_argument(
+        "--log-format",
+        type=str.lower,
+        choices=("text", "json"),
+        default=default,
+        help="log lines as text (default) or one JSON object per line (also "
+        "EDGEGW_LOG_FORMAT=json)",
+    )
 
 
 def _first_positional(argv: Sequence[str]) -> str | None:
@@ -95,7 +105,7 @@ def _first_positional(argv: Sequence[str]) -> str | None:
     for tok in argv:
         if skip:
             skip = False
-        elif tok == "--log-level":
+        elif tok in ("--log-level", "--log-format"):
             skip = True
         elif tok == "--":
             return None
@@ -104,17 +114,12 @@ def _first_positional(argv: Sequence[str]) -> str | None:
     return None
 
 
-def _setup_logging(verbose: int, log_level: str | None) -> None:
+def _setup_logging(verbose: int, log_level: str | None, log_format: str | None = None) -> None:
     if log_level:
         level = getattr(logging, log_level.upper())
     else:
         level = logging.WARNING if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(
-        level=level,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        force=True,
-    )
+    configure(level, log_format)
 
 
 def _load(name: str, cmd: Command, verbose: int) -> ModuleType | None:
@@ -175,12 +180,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
 
     name = str(ns.command)
-    _setup_logging(ns.verbose, ns.log_level)
+    _setup_logging(ns.verbose, ns.log_level, ns.log_format)
     module = _load(name, commands[name], ns.verbose)
     if module is None:
         return EXIT_UNAVAILABLE
+    # --help shows text written for operators: the module's DESCRIPTION (and EPILOG) when it
+    # has one, else the one-line help; never the module docstring (written for developers)
     cmd_parser = argparse.ArgumentParser(
-        prog=f"edgegw {name}", description=(module.__doc__ or commands[name].help).strip()
+        prog=f"edgegw {name}",
+        description=(getattr(module, "DESCRIPTION", None) or commands[name].help).strip(),
+        epilog=getattr(module, "EPILOG", None),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_global_options(cmd_parser, suppress=True)
     try:
@@ -192,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = cmd_parser.parse_args(rest, namespace=ns)
     except SystemExit as exc:
         return int(exc.code or 0)
-    _setup_logging(args.verbose, args.log_level)
+    _setup_logging(args.verbose, args.log_level, args.log_format)
     try:
         result = module.run(args)
         if inspect.iscoroutine(result):

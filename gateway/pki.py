@@ -444,10 +444,16 @@ def write_identity(
     certificate_pem: str,
     ca_pem: str,
     ingest_ka_pub_pem: str,
+    ota_pub_pem: str = "",
 ) -> Identity:
     """Write certificate, CA, ingest key and identity.json (last) next to gateway.key
-    (layout: ``edgegw.protocol.identity``)."""
+    (layout: ``edgegw.protocol.identity``); ``ota_pub_pem`` (the cloud's OTA release key) when
+    the cloud sent one."""
+    from edgegw.protocol.identity import OTA_PUB
+
     d = Path(identity_dir)
+    if ota_pub_pem:
+        write_public(d / OTA_PUB, ota_pub_pem.encode())
     write_public(d / GATEWAY_CERT, certificate_pem.encode())
     write_public(d / CA_CERT, ca_pem.encode())
     write_public(d / INGEST_KA_PUB, ingest_ka_pub_pem.encode())

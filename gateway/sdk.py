@@ -159,6 +159,20 @@ class DeviceContext:
         return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
 
 
+# --------------------------------------------------------------------------- firmware hook
+@dataclass(frozen=True, slots=True)
+class FirmwareImage:
+    """A firmware image for one downstream device (from a verified OTA firmware release)."""
+
+    name: str
+    version: str
+    data: bytes
+
+
+#: progress(bytes_sent, total_bytes): called by ``update_firmware`` as the transfer advances
+FirmwareProgress = Callable[[int, int], None]
+
+
 # --------------------------------------------------------------------------- driver classes
 class Driver:
     """Common base of polled and push drivers.
@@ -216,6 +230,23 @@ class Driver:
 
     async def write(self, point: str, value: Value) -> None:
         raise PermanentError(f"driver {type(self).__name__} does not support writes")
+
+    async def update_firmware(self, image: FirmwareImage, progress: FirmwareProgress) -> None:
+        """Optional: send ``image`` to the device (e.g. to its bootloader) and return when the
+        device has accepted it.
+
+        The runtime calls it with the device's bus held (no polls or writes to this device run
+        meanwhile; other devices keep their schedule). Cancellation is asyncio cancellation of
+        the calling task: the driver must then abort the transfer on the wire (e.g. YMODEM's CAN
+        CAN) and re-raise. Raise ``TransientError`` for a failure worth retrying (a cut line:
+        the runtime retries with a fresh transfer), ``PermanentError`` for one that is not (the
+        device refuses the image).
+        """
+        raise PermanentError(f"driver {type(self).__name__} cannot update firmware")
+
+    @classmethod
+    def supports_firmware_update(cls) -> bool:
+        return cls.update_firmware is not Driver.update_firmware
 
 
 class PolledDriver(Driver):

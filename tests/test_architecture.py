@@ -47,7 +47,7 @@ ALLOWED: dict[str, set[str]] = {
         "edgegw.protocol", "edgegw.runtime", "edgegw.sdk", "edgegw.uplink", "edgegw.units",
         "edgegw.ota", "edgegw.device",
     },
-    "edgegw.cli": {"edgegw"},
+    "edgegw.cli": {"edgegw", "edgegw.protocol"},  # protocol.logfmt: --log-format
     # drivers: the public SDK only
     "edgegw.drivers": {"edgegw", "edgegw.sdk", "edgegw.model"},
     # the cloud: the protocol package and the PKI helpers only, plus the documented transport

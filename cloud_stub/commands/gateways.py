@@ -9,10 +9,12 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from edgegw_cloud.commands import paths
+from edgegw_cloud.apiclient import ApiClient
+from edgegw_cloud.commands import add_api_arguments, paths
 from edgegw_cloud.dbinfo import store_summary
 from edgegw_cloud.devmgmt_cli import add_gateways_subcommands, cmd_fleet, cmd_label
 from edgegw_cloud.registry import GatewayRow, Registry
+from edgegw_cloud.stores import listing_summary
 
 HELP = "list gateways (registry + store counters)"
 log = logging.getLogger("edgegw.cloud")
@@ -20,7 +22,10 @@ log = logging.getLogger("edgegw.cloud")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     # not required here: `gateways label|fleet --data-dir D` take it after the subcommand
-    parser.add_argument("--data-dir", type=Path, default=None, help="cloud data directory")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="cloud data directory (or --api)")
+    parser.add_argument("--store", metavar="URL", help="the PostgreSQL store `serve` writes to")
+    add_api_arguments(parser)
     add_gateways_subcommands(parser)
 
 
@@ -30,12 +35,27 @@ def run(args: argparse.Namespace) -> int:
         return cmd_label(args)
     if sub == "fleet":
         return cmd_fleet(args)
+    if args.api:
+        return _run_api(args)
     if args.data_dir is None:
-        raise SystemExit("edgegw-cloud gateways: --data-dir is required")
+        raise SystemExit("edgegw-cloud gateways: give --data-dir DIR or --api https://HOST:PORT")
     data = paths(args)
     with Registry(data.registry_db) as reg:
         rows = reg.gateways()
-    print_table(gateways_table(rows, store_summary(data.store_db)), sys.stdout)
+    summary = listing_summary(args.store) if args.store else store_summary(data.store_db)
+    print_table(gateways_table(rows, summary), sys.stdout)
+    return 0
+
+
+def _run_api(args: argparse.Namespace) -> int:
+    """The fleet as the API sees it (live online/offline from the gateways' status)."""
+    fleet = ApiClient.from_args(args.api, args.api_token_file, args.ca).get("/api/v1/gateways")
+    table = [["GATEWAY", "STATE", "LAST SEEN", "VERSION", "READINGS", "DROPPED", "ALERTS"]]
+    for g in fleet:
+        state = "revoked" if g["revoked"] else "online" if g["online"] else "offline"
+        table.append([g["id"], state, _fmt_ms(g["last_seen_ms"]), str(g["version"] or "-"),
+                      str(g["readings"]), str(g["dropped_readings"]), str(g["active_alerts"])])
+    print_table(table, sys.stdout)
     return 0
 
 

@@ -31,6 +31,8 @@ from edgegw import (
     Driver,
     DriverOptions,
     Emit,
+    FirmwareImage,
+    FirmwareProgress,
     PermanentError,
     PolledDriver,
     PushDriver,
@@ -45,6 +47,7 @@ from edgegw import (
 from .framing import make_decoder
 from .options import SerialOptions
 from .port import PortLost, PortSettings, SerialLink, SharedPort
+from .ymodem import YmodemError, YmodemSender
 
 STATUS = "_status"
 
@@ -261,6 +264,42 @@ class SerialRequestDriver(SerialDriver, PolledDriver):
             except PortLost as exc:
                 self.ctx.count("port_unavailable")
                 raise TransientError(str(exc)) from exc
+
+    async def update_firmware(self, image: FirmwareImage, progress: FirmwareProgress) -> None:
+        """YMODEM the image to the device's bootloader (options.bootloader), holding the port."""
+        boot = self.opts.bootloader
+        if boot is None:
+            raise PermanentError(
+                f"device on {self.opts.port} has no `bootloader:` options; firmware updates "
+                "need them (see drivers/serial/README.md)"
+            )
+        encoding = self.opts.line.encoding if self.opts.line is not None else "latin-1"
+        async with self.port.lock:
+            try:
+                link = self.port.ensure_open()
+                if boot.enter:
+                    # stale replies out; a bootloader already waiting keeps its 'C' queued
+                    link.discard_input()
+                link.start_reading()
+                try:
+                    if boot.enter:
+                        link.write(boot.enter.encode(encoding))
+                    sender = YmodemSender(
+                        link,
+                        start_timeout=boot.start_timeout,
+                        block_timeout=boot.block_timeout,
+                        retries=boot.retries,
+                    )
+                    await sender.send(image.name, image.data, progress)
+                    self.ctx.count("firmware_updates")
+                finally:
+                    link.stop_reading()
+            except (PortLost, YmodemError) as exc:
+                self.ctx.count("firmware_failures")
+                # the link may be half-way through a block: start the next exchange clean
+                self.port.link.close()
+                why = f"firmware transfer to {self.opts.port} failed: {exc}"
+                raise TransientError(why) from exc
 
     async def _command(self, data: bytes, ack: str | None, point: str) -> None:
         link = self.port.ensure_open()

@@ -203,6 +203,20 @@ class CommandOptions(_Strict):
         return self
 
 
+class BootloaderOptions(_Strict):
+    """Firmware updates through the device's bootloader (YMODEM, see drivers/serial/README).
+
+    ``enter`` (text, encoded like the lines) is written first to make the application jump to
+    its bootloader; then the image goes with YMODEM (1 KiB blocks, CRC-16).
+    """
+
+    protocol: Literal["ymodem"] = "ymodem"
+    enter: str | None = None
+    start_timeout: Seconds = 30.0  # wait for the bootloader's first 'C'
+    block_timeout: Seconds = 10.0  # wait for each ACK
+    retries: int = Field(10, ge=0, le=100)  # NAKs per block before giving up
+
+
 class SerialOptions(DriverOptions):
     """Options of one serial sensor (``devices[].options`` with ``driver: serial``)."""
 
@@ -226,6 +240,8 @@ class SerialOptions(DriverOptions):
     exclusive: bool = True  # lock the port (TIOCEXCL + flock) so no other process reads it
     #: request mode: writable points -> the command that sets them
     commands: dict[str, CommandOptions] = Field(default_factory=dict)
+    #: request mode: firmware updates through the device's bootloader (OTA firmware releases)
+    bootloader: BootloaderOptions | None = None
 
     @model_validator(mode="after")
     def _check(self) -> SerialOptions:
@@ -239,6 +255,8 @@ class SerialOptions(DriverOptions):
                 raise ValueError("mode=request needs `request` (text) or `request_hex` (bytes)")
         elif has_request:
             raise ValueError("`request`/`request_hex` only apply to mode=request")
+        if self.bootloader is not None and self.mode != "request":
+            raise ValueError("`bootloader` needs mode=request (the update must own the port)")
         if self.commands and self.mode != "request":
             raise ValueError("`commands` need mode=request (the reply must not race the stream)")
         if self.stopbits not in (1, 1.5, 2):

@@ -54,8 +54,14 @@ class PortSettings:
     @classmethod
     def of(cls, o: SerialOptions) -> PortSettings:
         return cls(
-            o.port, o.baudrate, o.bytesize, o.parity, float(o.stopbits), o.exclusive,
-            o.reopen_min, o.reopen_max,
+            o.port,
+            o.baudrate,
+            o.bytesize,
+            o.parity,
+            float(o.stopbits),
+            o.exclusive,
+            o.reopen_min,
+            o.reopen_max,
         )
 
 
@@ -198,6 +204,41 @@ class SerialLink:
             raise PortLost(self.last_error) from exc
         if n is not None and n < len(data):
             raise PortLost(f"{self.settings.port}: output buffer full ({n}/{len(data)} bytes sent)")
+
+    async def write_all(self, data: bytes, within: float) -> None:
+        """Write every byte, waiting for the port to drain when its buffer is full (bulk
+        transfers such as a firmware image); ``PortLost`` if it does not drain in ``within`` s."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        view = memoryview(data)
+        while view:
+            ser = self._ser
+            if ser is None:
+                raise PortLost(f"{self.settings.port} is closed")
+            try:
+                n = ser.write(view) or 0
+            except PORT_ERRORS as exc:
+                self._lost(exc)
+                raise PortLost(self.last_error) from exc
+            view = view[n:]
+            if view:
+                if loop.time() > deadline:
+                    raise PortLost(f"{self.settings.port}: output did not drain in {within:g}s")
+                ready: asyncio.Future[None] = loop.create_future()
+                fd = ser.fileno()
+                loop.add_writer(fd, _resolve, ready)
+                try:
+                    async with asyncio.timeout(max(0.0, deadline - loop.time())):
+                        await ready
+                except TimeoutError:
+                    raise PortLost(f"{self.settings.port}: output did not drain") from None
+                finally:
+                    loop.remove_writer(fd)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 class SharedPort:

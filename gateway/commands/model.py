@@ -1,4 +1,5 @@
-"""``edgegw model``: fit and inspect anomaly models (logic in ``edgegw.edge.fit``)."""
+"""``edgegw model``: fit, evaluate and inspect anomaly models (logic in ``edgegw.edge.fit`` and
+``edgegw.edge.evaluate``)."""
 
 from __future__ import annotations
 
@@ -7,16 +8,20 @@ import json
 import sys
 from pathlib import Path
 
+from edgegw.edge.evaluate import add_eval_arguments, run_eval
 from edgegw.edge.fit import FitError, fit_model, inspect_model, read_csv_samples
 from edgegw.model import Sample
 from edgegw.runtime.outbox_reader import read_outbox_samples
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """``edgegw model``: subcommands ``fit`` and ``inspect``."""
-    sub = parser.add_subparsers(dest="model_command", metavar="{fit,inspect}")
+    """``edgegw model``: subcommands ``fit``, ``eval`` and ``inspect``."""
+    sub = parser.add_subparsers(dest="model_command", metavar="{fit,eval,inspect}")
     sub.required = True
     add_fit_arguments(sub.add_parser("fit", help="fit a PCA autoencoder to recorded normal data"))
+    add_eval_arguments(
+        sub.add_parser("eval", help="score a model or the online detector on a labelled CSV")
+    )
     inspect = sub.add_parser("inspect", help="show a model's spec, tensor shapes and runtime")
     inspect.add_argument("model", type=Path, help="a .tflite file (its spec: .json beside it)")
     inspect.add_argument("--spec", type=Path, help="the spec, if not beside the model")
@@ -59,13 +64,16 @@ def add_fit_arguments(parser: argparse.ArgumentParser) -> None:
         help="pick the fewest components explaining this variance (e.g. 0.99)",
     )
     parser.add_argument(
-        "--quantile",
+        "--sigmas",
         type=float,
-        default=0.999,
-        help="quantile of held-out errors for the threshold (default 0.999)",
+        default=5.0,
+        help="static threshold: held-out log-error median + this many robust sd (default 5)",
     )
     parser.add_argument(
-        "--margin", type=float, default=1.5, help="threshold margin factor (default 1.5)"
+        "--margin", type=float, default=1.0, help="static threshold factor (default 1.0)"
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="write the model even when its calibration is broken"
     )
     parser.add_argument(
         "--holdout",
@@ -86,6 +94,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         if command == "inspect":
             summary = inspect_model(args.model, args.spec)
+        elif command == "eval":
+            summary = run_eval(args)
         else:
             samples: list[Sample] = []
             sources: list[str] = []
@@ -104,11 +114,15 @@ def run(args: argparse.Namespace) -> int:
                 window=args.window,
                 components=args.components,
                 variance=args.variance,
-                quantile=args.quantile,
+                sigmas=args.sigmas,
                 margin=args.margin,
                 holdout=args.holdout,
                 max_gap=args.max_gap,
+                force=args.force,
             )
+            message = summary["calibration"].get("message")
+            if message:
+                print(f"edgegw model fit: warning: {message}", file=sys.stderr)
     except (FitError, OSError, ValueError) as exc:
         print(f"edgegw model {command}: error: {exc}", file=sys.stderr)
         return 2

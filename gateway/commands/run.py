@@ -12,6 +12,7 @@ import asyncio
 import logging
 from pathlib import Path
 
+from edgegw.protocol.logfmt import quiet_libraries
 from edgegw.protocol.logthrottle import install as throttle_repeated_logs
 from edgegw.runtime.daemon import load, reexec_if_requested, serve
 
@@ -50,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
         logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not explicit:
         logging.getLogger().setLevel(str(cfg.gateway.log_level).upper())
+    quiet_libraries(logging.getLogger().getEffectiveLevel())  # APScheduler's per-job INFO
     if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
         # pymodbus logs every timeout at ERROR; our poller reports it once per health flip.
         logging.getLogger("pymodbus").setLevel(logging.CRITICAL)

@@ -2,22 +2,33 @@
 
 Per ``anomaly:`` entry, the device's ``metrics`` are assembled into rows (a row is complete when
 every metric has a new GOOD value since the previous row; its timestamp is the newest of them).
+Rows follow the rules ``edgegw model fit`` applies (``rows.Segmenter``): a row not newer than the
+previous one is dropped (``out_of_order``), a gap longer than the max gap restarts the window.
 Detectors:
-- ``model``: the last ``window`` rows, flattened time-major, go to a TFLite model (see litert.py);
-  the score is the standardised reconstruction error (or the model's own score output).
+- ``online`` (and ``model`` with ``online: true``, the default): the online, self-calibrating
+  detector of online.py around a PCA-autoencoder TFLite model (the given one, else fitted on the
+  device after ``learn_rows`` rows), with level-shift, drift, stuck-sensor and range detectors;
+  the score is a surprise (-log10 of a probability), background refits run in the worker and are
+  installed only if they validate;
+- ``model`` with ``online: false``: the last ``window`` rows, flattened time-major, go to a TFLite
+  model (see litert.py); the score is the standardised reconstruction error (or the model's own
+  score output) against the spec's fixed threshold.
 - ``zscore``: robust z-score per metric against the median/MAD of the previous ``window`` rows
   (default 60); the row's score is the largest |z| over the metrics (default threshold 5).
 - ``ewma``: |x - mean| / std with exponentially weighted mean and variance (``alpha``), largest
   over the metrics (default threshold 5).
 The score is itself a reading (``score_metric``, default ``anomaly.score``) and an Alert is raised
-once per episode: after ``min_consecutive`` scores above ``threshold``, cleared at the first score
-at or below ``clear_threshold`` (default: ``threshold``).
+once per episode. Online: when the surprise reaches ``threshold`` (default 3.0), cleared after 10
+rows below ``clear_threshold`` (default 2.5); the alert names the detector that fired (``cause``).
+Fixed model / statistical: after ``min_consecutive`` scores above ``threshold``, cleared at the
+first score at or below ``clear_threshold`` (default: ``threshold``).
 
 Invariants:
-- Model inference never runs on the event loop once ``start(submit_blocking)`` was called: windows
-  queue up (bounded by ``max_queue``, oldest dropped and counted), one batch per model is in flight
-  at a time (an interpreter is not thread-safe), and scores come out of a later ``process()`` or
-  ``tick()``. Without ``start`` (tests, benchmarks) inference runs inline.
+- Model inference and refits never run on the event loop once ``start(submit_blocking)`` was
+  called: windows (online: every prepared row, in order) queue up (bounded by ``max_queue``,
+  oldest dropped and counted), one batch per model and one refit are in flight at a time (an
+  interpreter is not thread-safe), and scores come out of a later ``process()`` or ``tick()``.
+  Without ``start`` (tests, benchmarks) inference and refits run inline.
 - A non-GOOD or non-numeric sample of a metric empties that detector's window: scores never mix
   data from both sides of an outage.
 - A detector that cannot be built (missing model or runtime without ``fallback``) is logged as an
@@ -27,6 +38,7 @@ Invariants:
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
 from collections import deque
@@ -35,9 +47,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from edgegw.edge import litert
+from edgegw.edge import litert, online
 from edgegw.edge.config import AnomalyConfig, resolve_path
 from edgegw.edge.expr import is_number
+from edgegw.edge.rows import RowAssembler, Segmenter
 from edgegw.edge.rules import render_message
 from edgegw.edge.stage import NoHolds, StageOutput
 from edgegw.model import Alert, Sample, Severity
@@ -56,41 +69,6 @@ class FutureLike(Protocol):
 
 
 SubmitBlocking = Callable[..., FutureLike]
-
-
-# --------------------------------------------------------------------------- rows
-class RowAssembler:
-    """Rows of ``features`` from a stream of samples (shared with ``edgegw model fit``)."""
-
-    __slots__ = ("_fresh", "_index", "_row", "_ts", "features")
-
-    def __init__(self, features: Sequence[str]) -> None:
-        self.features = list(features)
-        self._index = {m: i for i, m in enumerate(self.features)}
-        self._row: list[float] = [0.0] * len(self.features)
-        self._fresh = [False] * len(self.features)
-        self._ts = 0
-
-    def reset(self) -> None:
-        self._fresh = [False] * len(self.features)
-        self._ts = 0
-
-    def wants(self, metric: str) -> bool:
-        return metric in self._index
-
-    def add(self, metric: str, ts_ms: int, value: float) -> tuple[int, list[float]] | None:
-        """Add a GOOD numeric value; returns ``(ts, row)`` when a row completes."""
-        i = self._index[metric]
-        self._row[i] = value
-        self._fresh[i] = True
-        if ts_ms > self._ts:
-            self._ts = ts_ms
-        if all(self._fresh):
-            row, ts = list(self._row), self._ts
-            self._fresh = [False] * len(self.features)
-            self._ts = 0
-            return ts, row
-        return None
 
 
 # --------------------------------------------------------------------------- statistical
@@ -181,6 +159,9 @@ class _Detector:
     over: int = 0
     active: bool = False
     errors_logged: bool = False
+    gate: Segmenter | None = None
+    online: Any = None  # online.OnlineDetector
+    refit_inflight: FutureLike | None = None
 
 
 class AnomalyStage(NoHolds):
@@ -203,6 +184,10 @@ class AnomalyStage(NoHolds):
             "inference_errors": 0,
             "batches": 0,
             "detectors_failed": 0,
+            "out_of_order": 0,
+            "refits": 0,
+            "refits_rejected": 0,
+            "refit_errors": 0,
         }
         for cfg in configs:
             try:
@@ -216,10 +201,76 @@ class AnomalyStage(NoHolds):
 
     @staticmethod
     def _build(cfg: AnomalyConfig, base_dir: Path | None) -> _Detector:
+        if cfg.kind == "online" or (cfg.kind == "model" and cfg.online):
+            try:
+                return AnomalyStage._build_online(cfg, base_dir)
+            except ImportError as exc:  # numpy (extra ml) missing
+                if cfg.fallback is None:
+                    raise RuntimeError(
+                        f"the online detector needs numpy: pip install 'edgegw[ml]' ({exc})"
+                    ) from exc
+                log.warning("anomaly %s: no numpy; using the %s fallback", cfg.name, cfg.fallback)
+                return AnomalyStage._build_static(
+                    cfg.model_copy(update={"kind": cfg.fallback, "threshold": None}), base_dir
+                )
+        return AnomalyStage._build_static(cfg, base_dir)
+
+    @staticmethod
+    def _build_online(cfg: AnomalyConfig, base_dir: Path | None) -> _Detector:
+        if importlib.util.find_spec("numpy") is None:
+            raise ImportError("numpy is not installed")
+        wmodel = None
+        use_litert = True
+        if cfg.model is not None:
+            path = resolve_path(cfg.model, base_dir)
+            spec_path = resolve_path(cfg.spec, base_dir) if cfg.spec else litert.spec_path_for(path)
+            spec = litert.ModelSpec.load(spec_path)
+            if spec.features != cfg.metrics:
+                raise litert.ModelShapeError(
+                    f"metrics {cfg.metrics} differ from the model's features {spec.features}"
+                )
+            try:
+                wmodel = online.WindowModel(None, spec, litert.TFLiteModel(path, spec))
+            except litert.RuntimeMissingError:
+                if cfg.fallback is None:
+                    raise
+                log.warning(
+                    "anomaly %s: no TFLite runtime; the model part is fitted on the device and "
+                    "runs on numpy",
+                    cfg.name,
+                )
+                use_litert = False
+        defaults = online.OnlineParams()
+        params = online.OnlineParams(
+            window=cfg.window or defaults.window,
+            history=cfg.history,
+            learn_rows=cfg.learn_rows,
+            refit_every=cfg.refit_every,
+            threshold=cfg.threshold if cfg.threshold is not None else defaults.threshold,
+            clear=cfg.clear_threshold if cfg.clear_threshold is not None else defaults.clear,
+            max_gap_ms=int(cfg.max_gap * 1000) if cfg.max_gap is not None else None,
+            detectors=tuple(cfg.detectors) if cfg.detectors else defaults.detectors,
+            use_litert=use_litert,
+        )
+        limits = [cfg.limits.get(m) for m in cfg.metrics]
+        det = online.OnlineDetector(cfg.metrics, params, model=wmodel, limits=limits)
+        return _Detector(
+            cfg=cfg,
+            kind="online",
+            threshold=params.threshold,
+            clear_threshold=params.clear,
+            rows=RowAssembler(cfg.metrics),
+            severity=Severity[cfg.severity.upper()],
+            online=det,
+        )
+
+    @staticmethod
+    def _build_static(cfg: AnomalyConfig, base_dir: Path | None) -> _Detector:
         kind = cfg.kind
         model = None
         threshold = cfg.threshold
         window = cfg.window
+        max_gap_ms = int(cfg.max_gap * 1000) if cfg.max_gap is not None else None
         if kind == "model":
             assert cfg.model is not None
             path = resolve_path(cfg.model, base_dir)
@@ -245,6 +296,8 @@ class AnomalyStage(NoHolds):
                 if threshold is None:
                     raise ValueError("no threshold in the config or the model spec")
                 window = spec.window
+                if max_gap_ms is None:
+                    max_gap_ms = spec.max_gap_ms
         if threshold is None:
             threshold = DEFAULT_THRESHOLDS[kind]
         n = len(cfg.metrics)
@@ -265,6 +318,7 @@ class AnomalyStage(NoHolds):
             model=model,
             window=deque(maxlen=wlen),
             window_len=wlen,
+            gate=Segmenter(max_gap_ms, learn=max_gap_ms is None),
         )
 
     def start(self, submit_blocking: SubmitBlocking | None) -> None:
@@ -298,7 +352,9 @@ class AnomalyStage(NoHolds):
 
     def stats(self) -> dict[str, Any]:
         queued = sum(len(d.queue) for d in self._detectors)
-        active = sum(1 for d in self._detectors if d.active)
+        active = sum(
+            1 for d in self._detectors if (d.online.active if d.online is not None else d.active)
+        )
         return {
             **self.counters,
             "detectors": len(self._detectors),
@@ -316,6 +372,9 @@ class AnomalyStage(NoHolds):
                     self._finish(det, det.inflight.result(), out, alerts)
                     det.inflight = None
                 self._submit_next(det, inline=True, out=out, alerts=alerts)
+            if det.refit_inflight is not None:
+                fut, det.refit_inflight = det.refit_inflight, None
+                self._refit_done(det, fut)
         return out, alerts, []
 
     # ------------------------------------------------------------------ internals
@@ -328,11 +387,37 @@ class AnomalyStage(NoHolds):
             det.rows_seen = 0
             if det.stat is not None:
                 det.stat.reset()
+            if det.online is not None:
+                det.online.break_segment()
             return
         done = det.rows.add(s.metric, s.ts_ms, float(s.value))  # type: ignore[arg-type]
         if done is None:
             return
         ts, row = done
+        if det.online is not None:
+            prep = det.online.prepare(ts, row)
+            if prep is None:
+                self.counters["out_of_order"] += 1
+                return
+            self.counters["rows"] += 1
+            det.rows_seen += 1
+            if prep.window is not None:
+                self.counters["windows"] += 1
+            det.queue.append((ts, prep))
+            if len(det.queue) > det.cfg.max_queue:
+                det.queue.popleft()
+                self.counters["queue_dropped"] += 1
+            return
+        assert det.gate is not None
+        verdict = det.gate.accept(ts)
+        if verdict == "drop":
+            self.counters["out_of_order"] += 1
+            return
+        if verdict == "break":
+            det.window.clear()
+            det.rows_seen = 0
+            if det.stat is not None:
+                det.stat.reset()
         self.counters["rows"] += 1
         det.rows_seen += 1
         if det.stat is not None:
@@ -363,6 +448,41 @@ class AnomalyStage(NoHolds):
                     self._finish(det, results, out, alerts)
             if det.inflight is None and det.queue:
                 self._submit_next(det, inline=self._submit is None, out=out, alerts=alerts)
+            if det.online is not None:
+                self._pump_refit(det)
+
+    def _pump_refit(self, det: _Detector) -> None:
+        if det.refit_inflight is not None:
+            if not det.refit_inflight.done():
+                return
+            fut, det.refit_inflight = det.refit_inflight, None
+            self._refit_done(det, fut)
+        if det.online.refit_due():
+            job = det.online.refit_job()
+            if self._submit is None:
+                self._install(det, job())
+            else:
+                det.refit_inflight = self._submit(job)
+
+    def _refit_done(self, det: _Detector, fut: FutureLike) -> None:
+        try:
+            outcome = fut.result()
+        except Exception as exc:
+            self.counters["refit_errors"] += 1
+            det.online.refit_pending = False
+            log.error("anomaly %s: refit failed: %s: %s", det.cfg.name, type(exc).__name__, exc)
+            return
+        self._install(det, outcome)
+
+    def _install(self, det: _Detector, outcome: Any) -> None:
+        if det.online.install(outcome):
+            self.counters["refits"] += 1
+            log.debug(
+                "anomaly %s: refitted model installed (%.3f s CPU)", det.cfg.name, outcome.cpu_s
+            )
+        else:
+            self.counters["refits_rejected"] += 1
+            log.info("anomaly %s: refit not installed: %s", det.cfg.name, outcome.reason)
 
     def _submit_next(
         self, det: _Detector, *, inline: bool, out: list[Sample], alerts: list[Alert]
@@ -372,15 +492,19 @@ class AnomalyStage(NoHolds):
         batch = list(det.queue)
         det.queue.clear()
         self.counters["batches"] += 1
+        fn = _score_online if det.online is not None else _score_batch
+        model = det.online.model if det.online is not None else det.model
         if inline or self._submit is None:
             try:
-                results = _score_batch(det.model, batch)
+                results = fn(model, batch)
             except Exception as exc:
                 self._inference_failed(det, exc)
+                if det.online is not None:  # judge the rows without the model's part
+                    self._finish(det, [(ts, (prep, None)) for ts, prep in batch], out, alerts)
                 return
             self._finish(det, results, out, alerts)
             return
-        det.inflight = self._submit(_score_batch, det.model, batch)
+        det.inflight = self._submit(fn, model, batch)
 
     def _inference_failed(self, det: _Detector, exc: BaseException) -> None:
         self.counters["inference_errors"] += 1
@@ -396,12 +520,39 @@ class AnomalyStage(NoHolds):
     def _finish(
         self,
         det: _Detector,
-        results: list[tuple[int, float]],
+        results: list[tuple[int, Any]],
         out: list[Sample],
         alerts: list[Alert],
     ) -> None:
+        if det.online is not None:
+            for ts, (prep, raw) in results:
+                self._judge_online(det, ts, prep, raw, out, alerts)
+            return
         for ts, score in results:
             self._emit(det, ts, score, out, alerts)
+
+    def _judge_online(
+        self,
+        det: _Detector,
+        ts: int,
+        prep: Any,
+        raw: float | None,
+        out: list[Sample],
+        alerts: list[Alert],
+    ) -> None:
+        verdict = det.online.judge(prep, raw)
+        if verdict.score is None:
+            return
+        cfg = det.cfg
+        self.counters["scores"] += 1
+        out.append(Sample(cfg.device, cfg.score_metric, ts, round(verdict.score, 4)))
+        if verdict.raised or verdict.cleared:
+            det.active = verdict.raised
+            self.counters["raised" if verdict.raised else "cleared"] += 1
+            top = max(verdict.components, key=lambda k: verdict.components[k])
+            alerts.append(
+                self._alert(det, ts, verdict.score, verdict.raised, top, verdict.components)
+            )
 
     def _emit(
         self, det: _Detector, ts: int, score: float, out: list[Sample], alerts: list[Alert]
@@ -423,7 +574,15 @@ class AnomalyStage(NoHolds):
                 self.counters["cleared"] += 1
                 alerts.append(self._alert(det, ts, score, False))
 
-    def _alert(self, det: _Detector, ts: int, score: float, raised: bool) -> Alert:
+    def _alert(
+        self,
+        det: _Detector,
+        ts: int,
+        score: float,
+        raised: bool,
+        top: str | None = None,
+        components: dict[str, float] | None = None,
+    ) -> Alert:
         cfg = det.cfg
         fields = {
             "rule": cfg.name,
@@ -432,9 +591,16 @@ class AnomalyStage(NoHolds):
             "threshold": det.threshold,
             "metrics": ", ".join(cfg.metrics),
             "kind": det.kind,
+            "detector": top or det.kind,
         }
         if cfg.message:
             text = render_message(cfg.message, lambda k: fields.get(k))
+        elif components is not None:
+            parts = ", ".join(f"{k} {v:.2f}" for k, v in components.items())
+            text = (
+                f"{cfg.name}: anomaly ({top}) surprise {score:.2f} >= {det.threshold:.4g} "
+                f"over {fields['metrics']} [{parts}]"
+            )
         else:
             text = (
                 f"{cfg.name}: {det.kind} anomaly score {score:.4g} > {det.threshold:.4g} "
@@ -458,8 +624,18 @@ class AnomalyStage(NoHolds):
             message=text,
             metric=cfg.score_metric,
             value=score if math.isfinite(score) else None,
-            labels={"detector": det.kind},
+            labels={"detector": det.kind, **({"cause": top} if top else {})},
         )
+
+
+def _score_online(model: Any, batch: list[tuple[int, Any]]) -> list[tuple[int, Any]]:
+    """Worker side of the online detector: the model error of each prepared row's window
+    (None while the window is filling or before the first model)."""
+    out: list[tuple[int, Any]] = []
+    for ts, prep in batch:
+        raw = model.score(prep.window) if model is not None and prep.window is not None else None
+        out.append((ts, (prep, raw)))
+    return out
 
 
 def _score_batch(model: Any, batch: list[tuple[int, Any]]) -> list[tuple[int, float]]:

@@ -14,6 +14,7 @@ Invariants:
 
 from __future__ import annotations
 
+import importlib.util
 import string
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -148,13 +149,32 @@ class AggregateConfig(AggregateSpec):
 
 
 # --------------------------------------------------------------------------- anomaly
+OnlineDetectorName = Literal["model", "level", "drift", "stuck", "range"]
+
+
 class AnomalyConfig(_Model):
-    """Anomaly detection over a device's metrics: a TFLite model or a statistical detector."""
+    """Anomaly detection over a device's metrics: the online detector (around a TFLite model,
+    given or fitted on the device), a fixed model + threshold, or a statistical detector."""
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
     device: str = Field(min_length=1)
     metrics: list[str] = Field(min_length=1)
-    kind: Literal["model", "zscore", "ewma"] = "model"
+    kind: Literal["online", "model", "zscore", "ewma"] = "model"
+    #: kind model: run the model inside the online detector (False: fixed spec threshold)
+    online: bool = True
+    #: online: rows of history the surprises are judged against (the re-learn horizon)
+    history: int = Field(default=1000, ge=50, le=100_000)
+    #: online without a model: rows before the first on-device fit
+    learn_rows: int = Field(default=160, ge=32)
+    #: online: rows between background refits (0: never refit)
+    refit_every: int = Field(default=1000, ge=0)
+    #: online: which detectors run (default all)
+    detectors: list[OnlineDetectorName] | None = None
+    #: online: hard limits per metric, [low, high]; outside is always an anomaly
+    limits: dict[str, tuple[float, float]] = Field(default_factory=dict)
+    #: a gap between rows longer than this restarts the window (default: the model spec's, else
+    #: 5x the median row interval)
+    max_gap: Duration | None = None
     model: str | None = None
     spec: str | None = None
     window: int | None = Field(default=None, ge=1, le=4096)
@@ -179,6 +199,12 @@ class AnomalyConfig(_Model):
             )
         if len(set(self.metrics)) != len(self.metrics):
             raise ValueError("metrics lists a metric twice")
+        unknown = [m for m in self.limits if m not in self.metrics]
+        if unknown:
+            raise ValueError(f"limits names metric(s) {unknown} that are not in metrics")
+        bad = [m for m, (lo, hi) in self.limits.items() if not lo < hi]
+        if bad:
+            raise ValueError(f"limits of {bad} must be [low, high] with low < high")
         return self
 
 
@@ -361,7 +387,16 @@ def _check_anomaly(
                         or f"{det.device} has: {', '.join(sorted(known))}"
                     )
                     issues.append((f"{base}.metrics.{j}", f"unknown metric {metric!r}", hint))
-        if det.kind != "model" or det.model is None:
+        online = det.kind == "online" or (det.kind == "model" and det.online)
+        if online and det.fallback is None and importlib.util.find_spec("numpy") is None:
+            issues.append(
+                (
+                    f"{base}.kind",
+                    "the online detector needs numpy, which is not installed",
+                    "pip install 'edgegw[ml]', or set fallback: zscore",
+                )
+            )
+        if det.kind not in ("model", "online") or det.model is None:
             continue
         model_path = resolve_path(det.model, base_dir)
         if not model_path.is_file():

@@ -14,6 +14,11 @@ Invariants:
   ``residual_scale`` (else ``scaling.std``). ``output: score`` models return the score
   directly (shape ``[1, 1]`` or ``[1]``).
 - A ``ModelSpec`` JSON file lives beside the ``.tflite`` (same stem, ``.json``).
+- ``input_offset`` (fitted models): per-feature values subtracted in float64 before the window
+  goes to the float32 model, so a sensor at 1e9 +- 1 keeps its variation; the reconstruction is
+  compared with the offset window.
+- Interpreters use the builtin op resolver without default delegates: the XNNPACK delegate is
+  no faster for these small dense models and prints an INFO line on stderr at every load.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:
-    import numpy as np
+    import numpy as np  # lazy: optional extra [ml]
     import numpy.typing as npt
 
     FloatArray = npt.NDArray[np.floating[Any]]
@@ -95,6 +100,10 @@ class ModelSpec(BaseModel):
     #: per-feature divisor of reconstruction residuals (raw units); default: ``scaling.std``
     residual_scale: list[float] | None = None
     threshold: float | None = Field(default=None, gt=0)
+    #: subtracted per feature (float64) before inference; None for models fed raw values
+    input_offset: list[float] | None = None
+    #: a gap between rows longer than this restarts the window (fit and run alike)
+    max_gap_ms: int | None = Field(default=None, gt=0)
     calibration: dict[str, Any] = Field(default_factory=dict)
 
     @property
@@ -250,14 +259,23 @@ class TFLiteModel:
     """One loaded model: ``score(window)`` for a flattened window. Not thread-safe: use it from
     one worker at a time (the anomaly stage keeps one job in flight per model)."""
 
-    def __init__(self, model_path: Path, spec: ModelSpec, *, num_threads: int = 1) -> None:
+    def __init__(
+        self,
+        model_path: Path | None,
+        spec: ModelSpec,
+        *,
+        num_threads: int = 1,
+        model_content: bytes | None = None,
+    ) -> None:
         import numpy as np  # lazy: optional extra [ml]
 
         interpreter_cls, self.runtime = load_interpreter_class()
         self.spec = spec
         self.path = model_path
         try:
-            self._interp = interpreter_cls(model_path=str(model_path), num_threads=num_threads)
+            self._interp = make_interpreter(
+                interpreter_cls, model_path, model_content, num_threads=num_threads
+            )
             self._interp.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise ModelShapeError(f"{model_path}: not a loadable TFLite model: {exc}") from exc
@@ -280,9 +298,15 @@ class TFLiteModel:
             if scale is not None
             else np.ones(spec.input_size)
         )
+        self._offset = (
+            np.tile(np.asarray(spec.input_offset, dtype=np.float64), spec.window)
+            if spec.input_offset is not None
+            else None
+        )
 
     def forward(self, x: FloatArray) -> FloatArray:
-        """Raw model output for one flattened window ``x`` (length ``W*F``)."""
+        """Raw model output for one flattened window ``x`` (length ``W*F``), already offset by
+        ``spec.input_offset`` if the spec has one."""
         import numpy as np  # lazy: optional extra [ml]
 
         self._interp.set_tensor(
@@ -295,11 +319,14 @@ class TFLiteModel:
     def score(self, x: FloatArray) -> float:
         import numpy as np  # lazy: optional extra [ml]
 
-        out = self.forward(x)
+        xs = np.asarray(x, dtype=np.float64).reshape(-1)
+        if self._offset is not None:
+            xs = xs - self._offset
+        out = self.forward(xs)
         if self.spec.output == "score":
             return float(out[0])
         # same formula as reconstruction_scores(), without its per-call setup
-        diff = (np.asarray(x, dtype=np.float64).reshape(-1) - out) * self._inv_scale
+        diff = (xs - out) * self._inv_scale
         return float(np.dot(diff, diff) / diff.size)
 
 
@@ -324,10 +351,38 @@ def check_shapes(spec: ModelSpec, in_shape: list[int], out_shape: list[int], whe
         raise ModelShapeError(f"{where}: score output has {n_out} values, expected 1")
 
 
+def make_interpreter(
+    interpreter_cls: Any,
+    model_path: Path | None,
+    model_content: bytes | None = None,
+    *,
+    num_threads: int = 1,
+) -> Any:
+    """An interpreter for a file or in-memory flatbuffer, without the default (XNNPACK)
+    delegate, which prints an INFO line per load and gains nothing on small dense models."""
+    kwargs: dict[str, Any] = {"num_threads": num_threads}
+    try:
+        from ai_edge_litert.interpreter import OpResolverType  # lazy: optional extra [ml]
+
+        kwargs["experimental_op_resolver_type"] = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    except ImportError:
+        try:
+            import tflite_runtime.interpreter as tfl  # lazy: optional extra [ml]
+
+            kwargs["experimental_op_resolver_type"] = (
+                tfl.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+            )
+        except ImportError:
+            pass
+    if model_content is not None:
+        return interpreter_cls(model_content=model_content, **kwargs)
+    return interpreter_cls(model_path=str(model_path), **kwargs)
+
+
 def inspect_model_shapes(model_path: Path) -> tuple[list[int], list[int]]:
     """Input and output shapes of a .tflite file (needs a runtime)."""
     interpreter_cls, _ = load_interpreter_class()
-    interp = interpreter_cls(model_path=str(model_path))
+    interp = make_interpreter(interpreter_cls, model_path)
     ins = interp.get_input_details()
     outs = interp.get_output_details()
     if len(ins) != 1 or len(outs) != 1:

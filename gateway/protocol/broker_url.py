@@ -10,11 +10,11 @@ host, a port outside 1-65535, user info, a path, a query or a fragment.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 __all__ = [
-    "DEFAULT_PORT", "SCHEME", "BrokerUrl", "BrokerUrlError", "enrollment_url_for",
-    "parse_broker_url",
+    "DEFAULT_PORT", "SCHEME", "BrokerUrl", "BrokerUrlError", "EndpointUrl",
+    "enrollment_url_for", "parse_broker_url", "parse_endpoint_url",
 ]
 
 SCHEME = "mqtts"
@@ -75,3 +75,35 @@ def parse_broker_url(url: str) -> BrokerUrl:
     if port == 0:
         raise BrokerUrlError(f"broker URL {url!r}: bad port (1-65535)")
     return BrokerUrl(parts.hostname, port or DEFAULT_PORT)
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointUrl:
+    """Any other endpoint URL the cloud is pointed at (a sink, a database), split once here so
+    URL parsing stays in this one module. Nothing is validated beyond the split itself."""
+
+    scheme: str
+    host: str | None
+    port: int | None
+    username: str | None
+    password: str | None
+    path: str
+    query: dict[str, str]
+
+
+def parse_endpoint_url(url: str) -> EndpointUrl:
+    """Split ``scheme://user:pass@host:port/path?k=v``; ``ValueError`` for a bad port."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"{url!r}: bad port (1-65535)") from None
+    return EndpointUrl(
+        scheme=parts.scheme.lower(),
+        host=parts.hostname,
+        port=port,
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+        path=parts.path,
+        query={k: v[-1] for k, v in parse_qs(parts.query).items()},
+    )

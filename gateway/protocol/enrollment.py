@@ -77,9 +77,10 @@ def parse_request(payload: bytes) -> EnrollRequest:
     return EnrollRequest(nonce, csr, token)
 
 
-def answer_ok(nonce: Any, *, certificate: str, ca: str, ingest_ka_pub: str, key_id: int) -> dict[
-    str, Any
-]:
+def answer_ok(
+    nonce: Any, *, certificate: str, ca: str, ingest_ka_pub: str, key_id: int, ota_pub: str = ""
+) -> dict[str, Any]:
+    """``ota_pub``: the cloud's Ed25519 OTA key (PEM), which gateways verify releases with."""
     return {
         "v": PROTOCOL_VERSION,
         "nonce": nonce,
@@ -88,6 +89,7 @@ def answer_ok(nonce: Any, *, certificate: str, ca: str, ingest_ka_pub: str, key_
         "ca": ca,
         "ingest_ka_pub": ingest_ka_pub,
         "key_id": key_id,
+        "ota_pub": ota_pub,
     }
 
 

@@ -46,6 +46,7 @@ GATEWAY_KEY = "gateway.key"
 GATEWAY_CERT = "gateway.crt"
 CA_CERT = "ca.crt"
 INGEST_KA_PUB = "ingest-ka.pub"
+OTA_PUB = "ota-signing.pub"  # the cloud's Ed25519 OTA release key (from enrollment)
 META = "identity.json"
 BOOTSTRAP_CERT = "bootstrap.crt"
 BOOTSTRAP_KEY = "bootstrap.key"

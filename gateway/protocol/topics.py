@@ -68,6 +68,8 @@ def shared(topic_filter: str, group: str = "+") -> str:
 # Topic filters of the broker ACL (Mosquitto: %u = username = certificate CN, %c = client id).
 EVERY_UP = "gw/+/up/#"
 EVERY_DOWN = "gw/+/down/#"
+#: every gateway's retained online/offline status (the cloud's presence view)
+EVERY_STATUS = "gw/+/up/status"
 OWN_UP = "gw/%u/up/#"
 #: every gateway topic (denied to the bootstrap identity outright)
 EVERY_GATEWAY = "gw/#"

@@ -96,8 +96,10 @@ async def serve(
         loop.call_later(0.5, stop.set)  # let the command's result reach the cloud first
 
     gw.request_restart = request_restart  # type: ignore[attr-defined]
+    trial_rc: asyncio.Task[int] | None = None
     try:
         await gw.start()
+        trial_rc = _start_trial(gw, stop)
         if duration is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), duration)
@@ -109,4 +111,19 @@ async def serve(
         except TimeoutError:
             log.error("clean shutdown took longer than %.0f s; exiting", shutdown_timeout)
             return 1
+    if trial_rc is not None:
+        if not trial_rc.done():
+            trial_rc.cancel()
+            return 0
+        return trial_rc.result()
     return 0
+
+
+def _start_trial(gw: Gateway, stop: asyncio.Event) -> asyncio.Task[int] | None:
+    """The OTA health gate, when the launcher started this version on trial."""
+    from edgegw.ota.trial import active_trial, run_trial
+
+    trial = active_trial()
+    if trial is None:
+        return None
+    return asyncio.create_task(run_trial(gw, trial[0], trial[1], stop), name="ota-trial")

@@ -35,6 +35,9 @@ from edgegw.sdk import (
     DriverError,
     DriverOptions,
     Emit,
+    FirmwareImage,
+    FirmwareProgress,
+    PermanentError,
     PolledDriver,
     PushDriver,
     ReadResult,
@@ -240,6 +243,61 @@ class DeviceManager:
         )
         self._pollers.append(poller)
         sched.add(poller)
+
+    # ------------------------------------------------------------------ OTA: health, firmware
+    def device_health(self) -> dict[str, str]:
+        """Per enabled device: ``ok``, ``waiting`` (not polled yet) or the failure's quality.
+
+        Used by the OTA health gate: a push device counts as ``ok`` while its task runs.
+        """
+        out: dict[str, str] = {d: f"unavailable: {why}" for d, why in self.unavailable.items()}
+        for poller in self._pollers:
+            q = poller.last_quality
+            out[poller.device_id] = (
+                "waiting" if q is None else ("ok" if q == Quality.GOOD else q.name)
+            )
+        running = {t.get_name() for t in self._tasks if not t.done()}
+        for dev_id in self._push:
+            out[dev_id] = "ok" if f"push:{dev_id}" in running else "COMM_ERROR"
+        return out
+
+    def poller(self, device_id: str) -> DevicePoller | None:
+        return next((p for p in self._pollers if p.device_id == device_id), None)
+
+    async def update_firmware(
+        self, device_id: str, image: FirmwareImage, progress: FirmwareProgress, *, attempts: int = 3
+    ) -> None:
+        """Hand ``image`` to the device's driver hook with its bus traffic held.
+
+        A ``TransientError`` (cut line, timeout) is retried with a fresh transfer up to
+        ``attempts`` times; anything else is raised at once.
+        """
+        driver = self._polled.get(device_id)
+        sched = self._device_bus.get(device_id)
+        if driver is None or sched is None:
+            raise LookupError(f"device {device_id!r} is not a running polled device")
+        if not type(driver.inner).supports_firmware_update():
+            raise PermanentError(
+                f"driver {type(driver.inner).__name__} of {device_id} has no firmware hook"
+            )
+        async with sched.hold(device_id):
+            for attempt in range(1, attempts + 1):
+                try:
+                    await driver.ensure_open()
+                    await driver.inner.update_firmware(image, progress)
+                    log.info("device %s: firmware %s installed", device_id, image.name)
+                    return
+                except TransientError as exc:
+                    if attempt == attempts:
+                        raise
+                    log.info(
+                        "device %s: firmware attempt %d/%d failed (%s); retrying",
+                        device_id,
+                        attempt,
+                        attempts,
+                        exc,
+                    )
+                    await asyncio.sleep(min(5.0, 0.5 * 2**attempt))  # backoff, not sync
 
     def _context(self, device_id: str, driver_name: str) -> DeviceContext:
         ctx = DeviceContext(

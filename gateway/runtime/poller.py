@@ -66,6 +66,7 @@ class DevicePoller:
             )
         self.known_points: tuple[str, ...] = tuple(known) or (STATUS_METRIC,)
         self.last_error_quality = Quality.COMM_ERROR
+        self.last_quality: Quality | None = None  # None until the first poll (OTA health gate)
         self.polls = 0
         self.failures = 0
         self.samples_out = 0
@@ -102,6 +103,7 @@ class DevicePoller:
                 exc_info=True,
             )
         self.last_latency = time.perf_counter() - start
+        self.last_quality = Quality.GOOD if ok else self.last_error_quality
         self.max_latency = max(self.max_latency, self.last_latency)
         await self._emit(samples)
         return ok

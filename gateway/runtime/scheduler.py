@@ -16,11 +16,15 @@ Invariants:
 - Health flips (ok -> failing, failing -> ok) are logged once each at INFO.
 - Nothing a target does (raising included) stops the loop: an exception counts as a failure.
 - Cancelling ``run`` stops it even if a driver swallowed the CancelledError.
+- ``hold(device)`` (a firmware update) waits for that device's poll in flight, then skips its
+  slots (counted as ``held_skips``, no bus I/O, no samples) until released; the other devices
+  of the bus keep their schedule.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import inspect
 import logging
@@ -29,7 +33,7 @@ import random
 import time
 from array import array
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
@@ -81,6 +85,7 @@ class _Slot:
     failures: int = 0
     skipped_slots: int = 0
     breaker_skips: int = 0
+    held_skips: int = 0
     last_latency: float = 0.0
     lateness_last: float = 0.0
     lateness_max: float = 0.0
@@ -107,6 +112,7 @@ class _Slot:
             "lateness_p99_s": p99,
             "skipped_slots": self.skipped_slots,
             "breaker_skips": self.breaker_skips,
+            "held_skips": self.held_skips,
         }
 
 
@@ -144,6 +150,9 @@ class BusScheduler:
         self._stop_requested = False
         self._running = False
         self.in_flight = 0
+        self._held: set[str] = set()
+        self._polling: str | None = None
+        self._poll_done: asyncio.Event | None = None
         self.writes_done = 0
         self.write_failures = 0
         self.poll_errors = 0
@@ -176,6 +185,19 @@ class BusScheduler:
         self._writes.append(_Write(device_id, coro_fn, future))
         self._wake()
         return await future
+
+    @contextlib.asynccontextmanager
+    async def hold(self, device_id: str) -> AsyncIterator[None]:
+        """Hold all scheduled traffic to ``device_id`` (after its poll in flight) while inside."""
+        if device_id in self._held:
+            raise RuntimeError(f"device {device_id} is already held (an update is running)")
+        self._held.add(device_id)
+        try:
+            while self._polling == device_id and self._poll_done is not None:
+                await self._poll_done.wait()
+            yield
+        finally:
+            self._held.discard(device_id)
 
     async def run(self) -> None:
         """The bus task: forever poll due targets, writes first. Cancel to stop."""
@@ -305,7 +327,9 @@ class BusScheduler:
     async def _run_slot(self, slot: _Slot) -> None:
         start = self._clock()
         lateness = max(0.0, start - slot.deadline)
-        if slot.open and start < slot.probe_at:
+        if slot.target.device_id in self._held:
+            slot.held_skips += 1
+        elif slot.open and start < slot.probe_at:
             slot.breaker_skips += 1
             await self._report_skipped(slot)
         else:
@@ -313,6 +337,8 @@ class BusScheduler:
             slot.lateness_max = max(slot.lateness_max, lateness)
             slot.record_lateness(lateness)
             self.in_flight = 1
+            self._polling = slot.target.device_id
+            self._poll_done = asyncio.Event()
             try:
                 ok = await slot.target.poll()
             except asyncio.CancelledError:
@@ -323,6 +349,8 @@ class BusScheduler:
                 ok = False
             finally:
                 self.in_flight = 0
+                self._polling = None
+                self._poll_done.set()
             end = self._clock()
             slot.last_latency = end - start
             slot.polls += 1

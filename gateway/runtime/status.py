@@ -76,19 +76,95 @@ def collect(state_dir: Path, outbox_path: Path | None = None) -> dict[str, Any]:
     return doc
 
 
-def render(doc: dict[str, Any]) -> str:
-    lines = [
-        f"gateway {doc.get('gateway_id', '?')}: "
-        + (f"running (pid {doc['pid']})" if doc.get("running") else "not running")
-    ]
-    ob = doc["outbox"]
-    if ob.get("exists"):
-        lines.append(f"outbox: {ob['file_bytes']} bytes on disk")
-        for lane, v in ob["lanes"].items():
-            lines.append(
-                f"  {lane:<9} {v['batches']:>7} batches {v['readings']:>9} items {v['bytes']:>10} B"
-            )
+def _table(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def _ago(ms: float | None) -> str:
+    if not ms:
+        return "never"
+    s = max(0.0, time.time() - ms / 1000)
+    return f"{s:.0f} s ago" if s < 120 else f"{s / 60:.0f} min ago"
+
+
+def device_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every configured device: polled ones (bus, polls, failures, state) and push ones."""
     stats = doc.get("stats", {})
+    rows: dict[str, dict[str, Any]] = {}
+    for bus, b in stats.get("scheduler", {}).get("buses", {}).items():
+        for dev, d in b.get("devices", {}).items():
+            rows[dev] = {
+                "device": dev, "kind": "polled", "bus": bus, "state": d.get("state", "?"),
+                "polls": d.get("polls", 0), "failures": d.get("failures", 0),
+                "latency_ms": round(1000 * float(d.get("last_latency_s", 0.0)), 1),
+            }
+    for dev, counters in stats.get("devices", {}).get("devices", {}).items():
+        if dev in rows:
+            continue
+        c = counters if isinstance(counters, dict) else {}
+        rows[dev] = {"device": dev, "kind": "push", "bus": None,
+                     "state": "unavailable" if c.get("unavailable") else (
+                         "running" if doc.get("running") else "stopped"),
+                     "polls": None, "failures": c.get("failures"), "latency_ms": None}
+    for dev, why in doc.get("unavailable", {}).items():
+        row = rows.setdefault(dev, {"device": dev, "kind": "?", "bus": None, "polls": None,
+                                    "failures": None, "latency_ms": None})
+        row["state"] = "UNAVAILABLE"
+        row["reason"] = why
+    return sorted(rows.values(), key=lambda r: r["device"])
+
+
+def render(doc: dict[str, Any]) -> str:
+    """The human view: a header, then tables (devices, outbox lanes), then counters."""
+    head = f"gateway {doc.get('gateway_id', '?')}: " + (
+        f"running (pid {doc['pid']})" if doc.get("running") else "not running"
+    )
+    if "status_age_seconds" in doc:
+        head += f", status written {doc['status_age_seconds']} s ago"
+    lines = [head]
+    stats = doc.get("stats", {})
+    up = stats.get("uplink")
+    if up:
+        lines.append(
+            f"uplink: {'connected' if up.get('connected') else 'NOT CONNECTED'}, "
+            f"{up.get('inflight', 0)} batches in flight, delivered "
+            f"{up.get('batches_delivered', 0)} batches / {up.get('readings_delivered', 0)} "
+            f"readings, last ack {_ago(up.get('last_ack_ms'))}, reconnects "
+            f"{max(0, up.get('connects', 0) - 1)}"
+        )
+    elif doc.get("running"):
+        lines.append("uplink: disabled")
+    devices = device_rows(doc)
+    if devices:
+        rows = [["DEVICE", "KIND", "BUS", "STATE", "POLLS", "FAILURES", "LATENCY"]]
+        for d in devices:
+            rows.append([
+                d["device"], d["kind"], d["bus"] or "-", d["state"] + (
+                    f" ({d['reason']})" if d.get("reason") else ""),
+                "-" if d["polls"] is None else str(d["polls"]),
+                "-" if d["failures"] is None else str(d["failures"]),
+                "-" if d["latency_ms"] is None else f"{d['latency_ms']} ms",
+            ])
+        lines += ["", *_table(rows)]
+    ob = doc["outbox"]
+    out = stats.get("outbox", {})
+    if ob.get("exists"):
+        dropped = out.get("dropped_readings", {}) if isinstance(out, dict) else {}
+        rows = [["OUTBOX LANE", "BATCHES", "ITEMS", "BYTES", "DROPPED READINGS"]]
+        for lane in ("alert", "telemetry", "bulk"):
+            v = ob["lanes"].get(lane, {"batches": 0, "readings": 0, "bytes": 0})
+            rows.append([lane, str(v["batches"]), str(v["readings"]), _bytes(v["bytes"]),
+                         str(dropped.get(lane, 0) if isinstance(dropped, dict) else 0)])
+        lines += ["", *_table(rows), f"outbox file: {_bytes(ob['file_bytes'])} on disk"]
     proc = stats.get("process", {})
     if proc:
         lines.append(
@@ -99,24 +175,21 @@ def render(doc: dict[str, Any]) -> str:
     if pipe:
         lines.append(
             f"pipeline: {pipe.get('readings_in', 0)} readings in, "
-            f"{pipe.get('batches_sealed', 0)} batches sealed"
+            f"{pipe.get('readings_sealed', 0)} sealed in {pipe.get('batches_sealed', 0)} batches"
         )
-    out = stats.get("outbox", {})
     if out:
         keys = ("appended", "delivered", "dropped_batches", "quarantined", "gaps", "given_up",
                 "unclean_stops", "disk_low")
-        lines.append("outbox counters: " + ", ".join(f"{k}={out[k]}" for k in keys if k in out))
-    for bus, s in stats.get("scheduler", {}).get("buses", {}).items():
-        for dev, d in s.get("devices", {}).items():
-            lines.append(
-                f"  device {dev:<16} bus {bus}: polls={d.get('polls', 0)} "
-                f"failures={d.get('failures', 0)} state={d.get('state', '?')}"
-            )
-    for dev, why in doc.get("unavailable", {}).items():
-        lines.append(f"  device {dev:<16} UNAVAILABLE: {why}")
-    up = stats.get("uplink")
-    if up:
-        lines.append(
-            "uplink: " + ", ".join(f"{k}={v}" for k, v in up.items() if isinstance(v, int | float))
-        )
+        parts = []
+        for k in keys:
+            v = out.get(k)
+            if isinstance(v, dict):
+                v = sum(x for x in v.values() if isinstance(x, int | float))
+            if v is not None:
+                parts.append(f"{k}={v}")
+        lines.append("outbox counters: " + ", ".join(parts))
+    rules = stats.get("edge", {}).get("rules")
+    if isinstance(rules, dict) and "active" in rules:
+        lines.append(f"rules: {rules.get('rules', 0)} rules, {rules['active']} active alerts, "
+                     f"{rules.get('raised', 0)} raised, {rules.get('cleared', 0)} cleared")
     return "\n".join(lines)

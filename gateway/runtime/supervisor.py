@@ -43,7 +43,7 @@ from edgegw.runtime.metrics import StatsCollector, StatsFn, serve
 from edgegw.runtime.sdnotify import notify, watchdog_interval
 from edgegw.runtime.service import Service
 from edgegw.runtime.uplink_service import UplinkService
-from edgegw.sdk import DriverEntry
+from edgegw.sdk import DriverEntry, FirmwareImage, FirmwareProgress
 
 log = logging.getLogger("edgegw.supervisor")
 
@@ -110,6 +110,7 @@ class Gateway:
         self._tasks: list[asyncio.Task[None]] = []
         self._started = time.monotonic()
         self._metrics_server: Any = None
+        self.watchdog_pings = 0  # the OTA health gate wants one before a trial commits
         self._status_failing = False
         self._status_task: asyncio.Task[None] | None = None
         self.phase = "starting"
@@ -145,6 +146,18 @@ class Gateway:
             self.state_dir,
             cfg.uplink.broker if cfg.uplink.enabled else "disabled",
         )
+
+    # ------------------------------------------------------------------ OTA hooks
+    def device_health(self) -> dict[str, str]:
+        return self.devices.device_health()
+
+    def uplink_stats(self) -> Mapping[str, Any] | None:
+        return self.uplink.stats().get("uplink", {}) if self.uplink is not None else None
+
+    async def update_firmware(
+        self, device_id: str, image: FirmwareImage, progress: FirmwareProgress, *, attempts: int = 3
+    ) -> None:
+        await self.devices.update_firmware(device_id, image, progress, attempts=attempts)
 
     # ------------------------------------------------------------------ observability
     def _stats_sources(self) -> dict[str, StatsFn]:
@@ -212,6 +225,7 @@ class Gateway:
             await asyncio.sleep(interval)
             if now_ms() - self.datapath.last_tick_ms < 5_000:
                 notify("WATCHDOG=1")
+                self.watchdog_pings += 1
             else:
                 log.error("pipeline clock stalled; withholding the watchdog ping")
 

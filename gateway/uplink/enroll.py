@@ -277,6 +277,7 @@ def _accept(
         certificate_pem=str(answer["certificate"]),
         ca_pem=pki.cert_pem(ca),
         ingest_ka_pub_pem=str(answer["ingest_ka_pub"]),
+        ota_pub_pem=str(answer.get("ota_pub") or ""),
     )
     log.info(
         "gateway %s enrolled: certificate serial %x, valid until %s",

@@ -66,7 +66,11 @@ def test_precision_and_recall_on_labelled_anomalies(fitted: tuple[Path, Any]) ->
     rows, anomalies = synth.with_anomalies(6000, 36, seed=3)
     assert {a.kind for a in anomalies} == {"spike", "drift", "stuck"}
     stage = AnomalyStage(
-        [AnomalyConfig(name="pump", device="pump1", metrics=FEATURES, model=str(path))]
+        [
+            AnomalyConfig(
+                name="pump", device="pump1", metrics=FEATURES, model=str(path), online=False
+            )
+        ]
     )
     scores, alerts = run_stage(stage, synth.to_samples(rows))
     assert len(scores) == len(rows) - 15  # one score per full window
@@ -103,14 +107,15 @@ def test_litert_matches_numpy_reference(fitted: tuple[Path, Any]) -> None:
     path, result = fitted
     model = litert.TFLiteModel(path, result.spec)
     rows, _ = synth.with_anomalies(600, 3, seed=5)
-    windows = make_windows(rows, 16).astype(np.float32)
-    ref = litert.dense_forward(result.layers, windows)
+    raw = make_windows(rows, 16)
+    # fitted models take windows offset (in float64) by the training mean: the model's input space
+    assert result.spec.input_offset is not None
+    windows = raw - np.tile(np.asarray(result.spec.input_offset), 16)
+    ref = litert.dense_forward(result.layers, windows.astype(np.float32))
     got = np.stack([model.forward(w) for w in windows])
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
     ref_scores = litert.reconstruction_scores(windows, ref, result.spec)
-    got_scores = np.array([model.score(w) for w in windows])
-    # scores are differences of nearly equal float32 values (raw ~50, residual ~0.3): the
-    # cancellation costs about two digits, so they agree to 1e-4 while the outputs agree to 1e-5
+    got_scores = np.array([model.score(w) for w in raw])  # score() applies the offset itself
     np.testing.assert_allclose(got_scores, ref_scores, rtol=1e-4)
     # and the float64 PCA the layers were folded from
     assert np.median(ref_scores) == pytest.approx(1.0, rel=0.3)
@@ -121,7 +126,11 @@ def test_shipped_example_model_loads_and_runs() -> None:
     spec = litert.ModelSpec.load(litert.spec_path_for(path))
     assert spec.features == FEATURES and spec.threshold is not None
     stage = AnomalyStage(
-        [AnomalyConfig(name="pump", device="pump1", metrics=FEATURES, model=str(path))]
+        [
+            AnomalyConfig(
+                name="pump", device="pump1", metrics=FEATURES, model=str(path), online=False
+            )
+        ]
     )
     assert stage.detectors == ["pump:model"]
     normal = synth.normal_rows(1000, seed=99)  # a seed the model never saw
@@ -136,7 +145,7 @@ def test_shipped_example_model_loads_and_runs() -> None:
 def test_inference_runs_on_the_worker_thread(fitted: tuple[Path, Any]) -> None:
     path, _ = fitted
     cfg = AnomalyConfig(
-        name="pump", device="pump1", metrics=FEATURES, model=str(path), max_queue=1000
+        name="pump", device="pump1", metrics=FEATURES, model=str(path), max_queue=1000, online=False
     )
     samples = synth.to_samples(synth.with_anomalies(800, 4, seed=8)[0])
     inline_scores, inline_alerts = run_stage(AnomalyStage([cfg]), samples)
@@ -177,7 +186,7 @@ def test_inference_runs_on_the_worker_thread(fitted: tuple[Path, Any]) -> None:
 def test_queue_is_bounded_while_a_batch_is_stuck(fitted: tuple[Path, Any]) -> None:
     path, _ = fitted
     cfg = AnomalyConfig(
-        name="pump", device="pump1", metrics=FEATURES, model=str(path), max_queue=10
+        name="pump", device="pump1", metrics=FEATURES, model=str(path), max_queue=10, online=False
     )
     never: Future[Any] = Future()  # a worker that never finishes (e.g. a hung accelerator)
     stage = AnomalyStage([cfg])
@@ -191,7 +200,11 @@ def test_queue_is_bounded_while_a_batch_is_stuck(fitted: tuple[Path, Any]) -> No
 def test_non_good_sample_restarts_the_window(fitted: tuple[Path, Any]) -> None:
     path, _ = fitted
     stage = AnomalyStage(
-        [AnomalyConfig(name="pump", device="pump1", metrics=FEATURES, model=str(path))]
+        [
+            AnomalyConfig(
+                name="pump", device="pump1", metrics=FEATURES, model=str(path), online=False
+            )
+        ]
     )
     samples = synth.to_samples(synth.normal_rows(40, seed=1))
     scores, _ = run_stage(stage, samples[:80])  # 20 rows -> 5 scores
@@ -244,7 +257,13 @@ def test_fallback_when_runtime_is_missing(
 
     monkeypatch.setattr(litert, "load_interpreter_class", missing)
     path, _ = fitted
-    base = {"name": "pump", "device": "pump1", "metrics": FEATURES, "model": str(path)}
+    base = {
+        "name": "pump",
+        "device": "pump1",
+        "metrics": FEATURES,
+        "model": str(path),
+        "online": False,
+    }
     stage = AnomalyStage(
         [
             AnomalyConfig.model_validate({**base, "fallback": "zscore"}),

@@ -218,4 +218,4 @@ def test_example_config_checks_clean_and_builds_stages() -> None:
     assert [str(i) for i in issues if i.severity == "error"] == []
     stages = build_stages(cfg)
     assert [s.name for s in stages] == ["anomaly", "rules", "aggregate"]
-    assert stages[0].detectors == ["pump-ae:model", "boiler-temp:zscore"]
+    assert stages[0].detectors == ["pump-ae:online", "boiler-temp:zscore"]

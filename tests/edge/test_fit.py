@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -115,7 +117,8 @@ def test_default_features_and_components(
 @pytest.mark.parametrize(
     ("content", "args", "message"),
     [
-        ("ts_ms,device,metric,value\n1,d,a,notanumber\n", (), "normal.csv:2: cannot read"),
+        ("ts_ms,device,metric,value\n1x,d,a,1\n", (), "normal.csv:2: cannot read"),
+        ("ts_ms,device,metric,value\n1,d,a,notanumber\n", (), "has no numeric metrics"),
         ("ts,dev,m,v\n", (), "header must name ts_ms, device, metric and value"),
         ("ts_ms,device,metric,value\n", (), "no samples"),
         ("1,d,a,1\n2,d,a,2\n", ("--metrics", "b"), "no numeric metric(s) ['b']"),
@@ -167,3 +170,134 @@ def test_inspect_shows_spec_and_shapes(capsys: pytest.CaptureFixture[str]) -> No
     info = json.loads(capsys.readouterr().out)
     assert info["input_shape"] == [1, 64] and info["output_shape"] == [1, 64]
     assert info["features"] == list(synth.FEATURES) and info["runtime"] == "ai-edge-litert"
+
+
+def _cloud_export(path: Path, rows: np.ndarray) -> None:
+    """The layout of `edgegw-cloud query --format csv`, with bool and text metrics mixed in."""
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(["gateway", "device", "metric", "ts_ms", "time", "value", "quality"])
+        for s in synth.to_samples(rows):
+            w.writerow(
+                ["gw1", s.device, s.metric, s.ts_ms, "2023-11-14T22:13:20Z", s.value, "good"]
+            )
+            if s.metric == "temp":
+                w.writerow(["gw1", s.device, "running", s.ts_ms, "", True, "good"])
+                w.writerow(["gw1", s.device, "mode", s.ts_ms, "", "auto", "good"])
+                w.writerow(["gw1", s.device, "snap", s.ts_ms, "", '{"blob_sha256": "ab"}', "good"])
+
+
+def test_fit_on_cloud_export_with_mixed_types(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "export.csv"
+    _cloud_export(data, synth.normal_rows(1200, seed=4))
+    out = tmp_path / "m.tflite"
+    assert model_cmd.run(parse("--csv", str(data), "--window", "8", "--out", str(out))) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["features"] == sorted(synth.FEATURES)  # bool/text metrics are not features
+    assert summary["calibration"]["quality"] == "ok"
+    rc = model_cmd.run(
+        parse("--csv", str(data), "--metrics", "flow,running", "--window", "8", "--out", str(out))
+    )
+    assert rc == 2
+    assert "no numeric metric(s) ['running']" in capsys.readouterr().err
+
+
+def test_large_offset_small_variance_is_not_constant(tmp_path: Path) -> None:
+    rows = synth.normal_rows(1500, seed=8)
+    rows[:, 0] = 1e9 + rows[:, 0] - rows[:, 0].mean()  # 1e9 +- a few units
+    result = fit.fit_pca_autoencoder([(list(range(len(rows))), rows)], list(synth.FEATURES), 8)
+    assert result.spec.input_offset is not None
+    assert abs(result.spec.input_offset[0] - 1e9) < 10
+    path = tmp_path / "m.tflite"
+    result.save(path)
+    model = litert.TFLiteModel(path, result.spec)
+    windows = fit.make_windows(rows[-300:], 8)
+    scores = np.array([model.score(w) for w in windows])
+    assert np.median(scores) == pytest.approx(1.0, rel=0.5)  # the variation survived float32
+    spiked = windows[100].copy()
+    spiked[0] += 5.0  # flow of the first row, 5 units on top of 1e9
+    assert model.score(spiked) > 10 * np.median(scores)
+
+
+def test_broken_calibration_is_refused_with_a_clear_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows = synth.normal_rows(1500, seed=9)
+    rng = np.random.default_rng(1)
+    rows[1200:] += rng.normal(0, 3.0, size=(300, 4))  # the held-out part is a different regime
+    data = tmp_path / "normal.csv"
+    write_csv(data, rows)
+    out = tmp_path / "m.tflite"
+    assert model_cmd.run(parse("--csv", str(data), "--window", "8", "--out", str(out))) == 2
+    err = capsys.readouterr().err
+    assert "calibration is broken" in err and "not one normal regime" in err
+    assert "--force" in err and not out.exists()
+    assert (
+        model_cmd.run(parse("--csv", str(data), "--window", "8", "--out", str(out), "--force")) == 0
+    )
+    captured = capsys.readouterr()
+    assert "warning: calibration is broken" in captured.err
+    assert json.loads(captured.out)["calibration"]["quality"] == "broken"
+
+
+def test_model_load_prints_nothing_on_stderr() -> None:
+    model = Path(__file__).resolve().parents[2] / "examples" / "models" / "pump.tflite"
+    code = (
+        "from pathlib import Path\n"
+        "from edgegw.edge import litert\n"
+        f"p = Path({str(model)!r})\n"
+        "m = litert.TFLiteModel(p, litert.ModelSpec.load(p.with_suffix('.json')))\n"
+        "import numpy as np\n"
+        "print(m.score(np.zeros(64, dtype=np.float32)) >= 0)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "True"
+    assert proc.stderr == ""
+
+
+def test_eval_prints_detection_rate_false_alerts_and_delay(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # synthetic labelled stream (the bench uses real ones): a stuck sensor and a level shift
+    rows = synth.normal_rows(3000, seed=12)
+    labels = np.zeros(3000, dtype=int)
+    rows[1500:1600, 0] = rows[1499, 0]
+    labels[1500:1600] = 1
+    rows[2400:2600, 1] += 1.0
+    labels[2400:2600] = 1
+    path = tmp_path / "labelled.csv"
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["timestamp", *synth.FEATURES, "anomaly"])
+        for i, (r, lab) in enumerate(zip(rows, labels, strict=True)):
+            w.writerow(
+                [
+                    f"2024-01-01 00:{i // 60 % 60:02d}:{i % 60:02d}".replace(
+                        "00:", f"{i // 3600:02d}:", 1
+                    ),
+                    *r,
+                    lab,
+                ]
+            )
+    parser = argparse.ArgumentParser(prog="edgegw model")
+    model_cmd.add_arguments(parser)
+    assert model_cmd.run(parser.parse_args(["eval", str(path)])) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["labelled_anomalies"] == 2
+    assert summary["detected"] == 2 and summary["detection_rate"] == 1.0
+    assert summary["false_alerts"] == 0 and summary["false_alerts_per_day"] == 0.0
+    assert 0 <= summary["delay_s_median"] <= 30
+    assert summary["standard_score"] > 80
+    # a fixed model with its own threshold, fitted on normal data of the same pump
+    model = tmp_path / "m.tflite"
+    fit.fit_pca_autoencoder(
+        [(list(range(2000)), synth.normal_rows(2000, seed=13))], list(synth.FEATURES), 16
+    ).save(model)
+    args = parser.parse_args(["eval", str(path), "--model", str(model), "--static"])
+    assert model_cmd.run(args) == 0
+    static = json.loads(capsys.readouterr().out)
+    assert static["detector"] == "static" and static["labelled_anomalies"] == 2
+    assert static["detected"] >= 1

@@ -109,7 +109,7 @@ def test_disk_full_floor_drop_policy_recovery_and_clean_exit(
         # the outbox made room inside its file instead of eating the floor
         assert _free(small_fs) > MIB // 2
         # now another program eats the rest of the disk: appends fail with SQLITE_FULL
-        with open(small_fs / "filler2", "wb") as f, contextlib.suppress(OSError):
+        with contextlib.suppress(OSError), open(small_fs / "filler2", "wb") as f:
             while True:
                 f.write(b"\0" * 65536)
                 f.flush()

@@ -37,12 +37,12 @@ def _contents(state: Path) -> tuple[list[Any], list[int]]:
     finally:
         con.close()
     gaps, ts = [], []
-    resolve: Any = file_resolver(state / FILE_NAME)
+    resolve = file_resolver(state / FILE_NAME)  # codec v2 series ids (batch.codec default)
     for (env,) in rows:
         h = parse_header(env)
         key = lookup(h.key_id)
         assert key is not None
-        batch = decode_any(open_sealed(key, GW, env)[1], resolve)  # v2: the daemon's default
+        batch = decode_any(open_sealed(key, GW, env)[1], resolve)
         if h.flags & FLAG_GAP:
             gaps += batch.gaps
         ts += [s.ts_ms for s in batch.samples]

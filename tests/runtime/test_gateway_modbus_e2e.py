@@ -40,7 +40,7 @@ def _metrics(port: int) -> str | None:
             text = r.read().decode()
     except OSError:
         return None
-    return text if "edgegw_scheduler_polls{" in text else None
+    return text if "edgegw_scheduler_polls_total{" in text else None
 
 
 def _equal(expected: Any, got: Any) -> bool:
@@ -147,11 +147,11 @@ def test_outbox_equals_server_values_and_rule_write(tmp_path: Path, server: SimS
     # The Prometheus endpoint exports per-device polls and the outbox's per-lane counters.
     polled = [
         line for line in metrics.splitlines()
-        if line.startswith("edgegw_scheduler_polls{") and 'device="unit2"' in line
+        if line.startswith("edgegw_scheduler_polls_total{") and 'device="unit2"' in line
     ]
     assert polled and float(polled[0].rsplit(" ", 1)[1]) >= 1, metrics[:2000]
     assert 'edgegw_outbox_batches{lane="telemetry"}' in metrics
-    assert "edgegw_pipeline_readings_sealed " in metrics
+    assert "edgegw_pipeline_readings_sealed_total " in metrics
     fired = [a for a in alerts if a.rule == "unit1-counter-high" and a.active]
     assert len(fired) == 1, "one alert per episode"
     assert fired[0].device == "unit1"

@@ -40,6 +40,11 @@ def test_status_running_then_stopped(tmp_path: Path) -> None:
                     "poll": "50ms",
                     "options": {"points": [{"name": "a"}, {"name": "b"}]},
                 },
+                {   # a push device: listed by status too (no bus, no polls)
+                    "id": "p1",
+                    "driver": "sim",
+                    "options": {"push_rate": 5, "burst": 1, "points": [{"name": "x"}]},
+                },
             ],
         ),
     )
@@ -57,7 +62,12 @@ def test_status_running_then_stopped(tmp_path: Path) -> None:
         assert doc["gateway_id"] == "st-gw" and doc["pid"] == proc.pid
         text = _status(cfg).stdout
         assert f"gateway st-gw: running (pid {proc.pid})" in text
-        assert "device s1" in text
+        row = next(ln for ln in text.splitlines() if ln.startswith("s1 "))
+        assert row.split()[1] == "polled" and "DEVICE" in text
+        push = next(ln for ln in text.splitlines() if ln.startswith("p1 "))
+        assert push.split()[1:4] == ["push", "-", "running"]
+        devices = json.loads(_status(cfg, "--json").stdout)["devices"]
+        assert [(d["device"], d["kind"]) for d in devices] == [("p1", "push"), ("s1", "polled")]
     finally:
         assert stop_daemon(proc) == 0
     doc = _doc(cfg)

@@ -56,23 +56,52 @@ async def await_until(pred: Callable[[], bool], timeout: float, what: str,  # no
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+@contextlib.contextmanager
+def pg_database() -> Iterator[str]:
+    """A fresh PostgreSQL database on the local server (dropped afterwards); yields its URL."""
+    import secrets
+
+    import psycopg
+
+    name = f"edgegw_test_{os.getpid()}_{secrets.token_hex(4)}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @dataclass
 class Cloud:
     paths: CloudPaths
     broker: ManagedBroker
+    #: None = the SQLite store in the data dir; else a postgresql:// URL
+    store_url: str | None = None
 
     @property
     def url(self) -> str:
         return self.broker.url
 
+    @property
+    def store_target(self) -> str | Path:
+        return self.store_url or self.paths.store_db
+
     def ingest(self, **kw: object) -> Ingest:
+        kw.setdefault("store_path", self.store_target)
         ing = Ingest(self.paths, self.broker.service_url, **kw)  # type: ignore[arg-type]
         ing.start()
         assert ing.wait_subscribed(15), "ingest did not subscribe"
         return ing
 
     def store(self) -> CloudStore:
-        return CloudStore(self.paths.store_db, readonly=True)
+        from edgegw_cloud.stores import open_store
+
+        return open_store(self.store_target, readonly=True)  # type: ignore[no-any-return]
 
     def gateway(self, gw_id: str, identity_dir: Path) -> Identity:
         """Issue + register a gateway certificate (the provisioning path, no enrollment)."""
@@ -118,12 +147,22 @@ def cloud_dir() -> Iterator[Path]:
 
 
 @pytest.fixture
-def cloud(cloud_dir: Path) -> Iterator[Cloud]:
+def store_kind() -> str:
+    """The cloud store backend; fault tests parametrize it (``sqlite``, ``postgresql``)."""
+    return "sqlite"
+
+
+@pytest.fixture
+def cloud(cloud_dir: Path, store_kind: str) -> Iterator[Cloud]:
     paths = init_data_dir(cloud_dir)
     broker = ManagedBroker(paths, free_port())
     broker.start()
     try:
-        yield Cloud(paths, broker)
+        if store_kind == "postgresql":
+            with pg_database() as url:
+                yield Cloud(paths, broker, url)
+        else:
+            yield Cloud(paths, broker)
     finally:
         broker.stop()
 
@@ -274,11 +313,7 @@ def assert_exactly_once(cloud: Cloud, gw: GatewaySide) -> None:
         gid = gw.ident.gateway_id
         assert store.batch_seqs(gid) == sorted(gw.produced_seqs)
         assert store.count_readings(gid) == gw.produced_readings
-        db = store._db
-        distinct = db.execute(
-            "SELECT count(*) FROM (SELECT DISTINCT device, metric, ts_ms FROM readings"
-            " WHERE gateway = ?)", (gid,),
-        ).fetchone()[0]
+        distinct = store.distinct_readings(gid)
         assert distinct == gw.produced_readings, "duplicate readings stored"
     finally:
         store.close()

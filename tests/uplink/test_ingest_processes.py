@@ -13,11 +13,14 @@ import json
 import threading
 from pathlib import Path
 
+import pytest
+
 from edgegw_cloud.server import serve
 
 from .conftest import Cloud, GatewaySide, assert_exactly_once, await_until
 
 
+@pytest.mark.parametrize("store_kind", ["sqlite", "postgresql"])
 async def test_two_ingest_processes_share_the_load_exactly_once(
     cloud: Cloud, tmp_path: Path
 ) -> None:
@@ -30,7 +33,8 @@ async def test_two_ingest_processes_share_the_load_exactly_once(
         # an "external" broker for serve: the test broker's service listener (ingest, enroll)
         kwargs={"port": 0, "broker_url": cloud.broker.service_url, "stop": stop,
                 "ingest_processes": 2,
-                "ingest_stats_dir": stats_dir, "out": io.StringIO()},
+                "ingest_stats_dir": stats_dir, "out": io.StringIO(),
+                "store": cloud.store_url},
         daemon=True,
     )
     server.start()

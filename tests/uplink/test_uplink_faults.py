@@ -11,6 +11,8 @@ import asyncio
 import random
 from pathlib import Path
 
+import pytest
+
 from .conftest import Cloud, CutProxy, GatewaySide, assert_exactly_once, await_until
 
 
@@ -20,6 +22,9 @@ async def _produce(gw: GatewaySide, batches: int, readings: int, pace: float) ->
         await asyncio.sleep(pace)  # the data rate of the producer, not synchronisation
 
 
+@pytest.mark.parametrize(
+    "store_kind", ["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)]
+)
 async def test_broker_killed_for_10s_mid_stream(cloud: Cloud, tmp_path: Path) -> None:
     ident = cloud.gateway("gw-brokerkill", tmp_path / "id")
     ingest = cloud.ingest()
@@ -45,6 +50,9 @@ async def test_broker_killed_for_10s_mid_stream(cloud: Cloud, tmp_path: Path) ->
         ingest.stop()
 
 
+@pytest.mark.parametrize(
+    "store_kind", ["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)]
+)
 async def test_connection_cut_repeatedly_by_proxy(cloud: Cloud, tmp_path: Path) -> None:
     ident = cloud.gateway("gw-cuts", tmp_path / "id")
     ingest = cloud.ingest()

@@ -12,6 +12,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from .conftest import Cloud
 
 REPO = Path(__file__).resolve().parents[2]
@@ -55,6 +57,9 @@ class _Lines:
             return self._cond.wait_for(lambda: len(self.lines) >= n, timeout)
 
 
+@pytest.mark.parametrize(
+    "store_kind", ["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)]
+)
 def test_gateway_sigkilled_repeatedly_mid_upload(cloud: Cloud, tmp_path: Path) -> None:
     ident = cloud.gateway("gw-kill", tmp_path / "id")
     ingest = cloud.ingest()
@@ -106,10 +111,7 @@ def test_gateway_sigkilled_repeatedly_mid_upload(cloud: Cloud, tmp_path: Path) -
         assert len(seqs) == len(set(seqs)) and min(seqs) == first and max(seqs) == last
         n = store.count_readings("gw-kill")
         assert n == READINGS * len(seqs)
-        distinct = store._db.execute(
-            "SELECT count(*) FROM (SELECT DISTINCT device, ts_ms FROM readings"
-            " WHERE gateway = 'gw-kill')"
-        ).fetchone()[0]
+        distinct = store.distinct_readings("gw-kill")
         assert distinct == n, "a reading was stored twice"
         store.close()
         assert killed_with_backlog >= 5, "kills should hit while batches were still unacked"

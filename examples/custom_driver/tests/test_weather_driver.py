@@ -144,3 +144,16 @@ def test_registered_as_entry_point() -> None:
     assert entry.ok, entry.error
     assert entry.cls is WeatherStationDriver
     assert (entry.distribution, entry.version) == ("edgegw-weather", "0.1.0")
+
+
+async def test_firmware_hook_uploads_the_image(
+    driver: WeatherStationDriver, station: StationSimulator
+) -> None:
+    from edgegw import FirmwareImage
+
+    image = bytes(range(256)) * 700  # 175 KiB: three pieces
+    seen: list[int] = []
+    assert WeatherStationDriver.supports_firmware_update()
+    await driver.update_firmware(FirmwareImage("ws.bin", "2.1", image), lambda n, t: seen.append(n))
+    assert station.firmware == image
+    assert seen == sorted(seen) and seen[-1] == len(image)

@@ -42,10 +42,21 @@ class StationClient:
             raise BadDataError(f"{self.base_url}/api/v1/settings: expected a JSON object")
         return data
 
-    def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    def firmware_chunk(self, offset: int, total: int, data: bytes) -> dict[str, Any]:
+        """Upload one piece of a firmware image; the station flashes it once all arrived."""
+        reply = self._request("PUT", f"/api/v1/firmware?offset={offset}&total={total}", raw=data)
+        if not isinstance(reply, dict):
+            raise BadDataError(f"{self.base_url}/api/v1/firmware: expected a JSON object")
+        return reply
+
+    def _request(
+        self, method: str, path: str, body: dict[str, Any] | None = None, raw: bytes | None = None
+    ) -> Any:
         url = self.base_url + path
         headers = {"Accept": "application/json"}
-        payload = None
+        payload = raw
+        if raw is not None:
+            headers["Content-Type"] = "application/octet-stream"
         if body is not None:
             payload = json.dumps(body).encode()
             headers["Content-Type"] = "application/json"

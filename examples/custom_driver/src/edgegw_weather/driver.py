@@ -11,12 +11,15 @@ Invariants:
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from typing import ClassVar, Literal
 
 from edgegw import (
     DeviceContext,
     DriverOptions,
+    FirmwareImage,
+    FirmwareProgress,
     PermanentError,
     PointValue,
     PolledDriver,
@@ -104,6 +107,24 @@ class WeatherStationDriver(PolledDriver):
         if valid is not None and not valid[0] <= value <= valid[1]:
             return PointValue(value, Quality.OUT_OF_RANGE)
         return float(value) if kind is float else value
+
+    async def update_firmware(self, image: FirmwareImage, progress: FirmwareProgress) -> None:
+        """The SDK's optional firmware hook: upload the image in 64 KiB pieces over HTTP.
+
+        The runtime holds this device's polls while it runs; cancelling the task stops between
+        pieces (the station keeps running its old firmware until the last piece arrived).
+        A network failure is a TransientError from the client: the runtime retries it.
+        """
+        total = len(image.data)
+        reply: dict[str, object] = {}
+        for offset in range(0, max(total, 1), 64 * 1024):
+            piece = image.data[offset : offset + 64 * 1024]
+            reply = await self.ctx.run_blocking(self.client.firmware_chunk, offset, total, piece)
+            progress(offset + len(piece), total)
+        want = hashlib.sha256(image.data).hexdigest()
+        if reply.get("sha256") != want:
+            raise PermanentError(f"the station flashed {reply.get('sha256')}, not {want}")
+        self.ctx.count("firmware_updates")
 
     async def write(self, point: str, value: Value) -> None:
         if point != "heater":

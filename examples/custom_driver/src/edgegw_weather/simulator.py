@@ -10,6 +10,7 @@ Counts requests per path so a test can tell that a gateway really polled it.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import random
@@ -25,6 +26,8 @@ class StationSimulator:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, token: str | None = None) -> None:
         self.token = token
         self.heater = False
+        self.firmware = b""  # the last complete image flashed (firmware hook example)
+        self._upload = bytearray()
         self.behaviour = "normal"  # normal | silent | garbage | error500 | missing_field
         self.overrides: dict[str, Any] = {}
         self.requests: Counter[str] = Counter()
@@ -116,6 +119,9 @@ def _handler_for(station: StationSimulator) -> type[BaseHTTPRequestHandler]:
         def do_PUT(self) -> None:
             if not self._gate():
                 return
+            if self.path.startswith("/api/v1/firmware?"):
+                self._firmware()
+                return
             if self.path != "/api/v1/settings":
                 self._reply(404, {"error": "not found"})
                 return
@@ -129,6 +135,23 @@ def _handler_for(station: StationSimulator) -> type[BaseHTTPRequestHandler]:
                 return
             station.heater = body["heater"]
             self._reply(200, {"heater": station.heater})
+
+        def _firmware(self) -> None:
+            query = dict(kv.split("=", 1) for kv in self.path.split("?", 1)[1].split("&"))
+            offset, total = int(query.get("offset", -1)), int(query.get("total", -1))
+            data = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            if offset != len(station._upload):
+                station._upload.clear()  # out of order: start over
+                if offset != 0:
+                    self._reply(409, {"error": "firmware pieces must arrive in order"})
+                    return
+            station._upload += data
+            reply: dict[str, Any] = {"received": len(station._upload)}
+            if len(station._upload) >= total:
+                station.firmware = bytes(station._upload)
+                station._upload.clear()
+                reply["sha256"] = hashlib.sha256(station.firmware).hexdigest()
+            self._reply(200, reply)
 
     return Handler
 
