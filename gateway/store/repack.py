@@ -16,7 +16,7 @@ Rules (durability and exactly-once unchanged):
   re-packed) is skipped. It then acks the re-packed batch's own seq, which deletes it here.
 - A re-packed batch carries the dictionary definitions it needs (``SeriesDictionary`` rule), so
   it decodes whatever happened to the originals' definitions.
-- Size: the re-packed batch aims at ``target_bytes`` (the uplink passes ~1 s of the measured
+- Size: the re-packed batch aims at ``target_bytes`` (the uplink passes ~0.5 s of the measured
   link rate, so an alert never waits long behind it); at most ``MAX_READINGS`` readings.
 Runs in the outbox thread (synchronous), like every other outbox operation.
 """

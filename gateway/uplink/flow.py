@@ -1,11 +1,12 @@
 """Flow control by bytes: how much may be in the pipe, from the measured link (BBR-like).
 
 Why: a window of N batches is seconds of telemetry on a 64 kbit/s link; everything published
-sits in the TLS stream (paho's buffer, the socket, the modem) ahead of any alert published
-later, and a TCP stream cannot be overtaken. So the uplink keeps at most ``cwnd`` bytes
-*in the pipe* (published, PUBACK not yet received), sized to the measured bandwidth-delay
-product, and lets the alert lane skip the telemetry queue in the outbox. An alert then waits
-behind at most ``cwnd`` bytes (about two round trips), not behind the whole window.
+sits in the TLS stream (paho's buffer, the socket, the modem) and then in the broker's and the
+ingest's queues ahead of any alert published later, and none of them can be overtaken. So the
+uplink keeps at most ``cwnd`` bytes *in flight* (published, the cloud's end-to-end ack not yet
+received), sized to the measured bandwidth-delay product, and lets the alert lane skip the
+telemetry queue in the outbox. An alert then waits behind at most ``cwnd`` bytes (about two
+round trips), not behind the whole window.
 
 Estimates (per connection, from PUBACK timing; the broker answers as soon as the PUBLISH
 arrived, so the ingest's commit time is not in them):
@@ -14,10 +15,17 @@ arrived, so the ingest's commit time is not in them):
 - ``rate`` (bytes/s): windowed maximum (``RATE_WINDOW``) of delivery-rate samples of flights of
   at least ``MIN_SAMPLE`` bytes: a flight sent into an idle pipe gives
   ``size / (rtt - base_rtt)`` (its serialisation time); a flight sent behind others gives
-  ``size / (puback - previous puback)`` (the ack clock of a busy pipe).
-- ``cwnd = max(GAIN x rate x base_rtt, MIN_CWND)``; before any estimate, ``INITIAL_CWND``
-  . One flight always fits an empty pipe. The alert lane may
-  exceed cwnd by ``ALERT_HEADROOM`` (alerts are small).
+  BBR's delivery rate: bytes PUBACKed since the PUBACK preceding its publish / that interval
+  (robust to PUBACKs arriving bunched in one read).
+- ``cwnd = max(GAIN x rate x max(base_rtt, e2e_rtt), MIN_CWND)`` with ``e2e_rtt`` the windowed
+  minimum of publish -> end-to-end ack of flights published into an empty pipe, less their
+  serialisation time (the ingest's
+  commit is part of the round trip the window must cover: on a fast link it dominates;
+  capped at ``base_rtt + E2E_CAP`` so one slow first commit cannot inflate the window);
+  before any estimate, ``INITIAL_CWND``.
+  A flight is admitted while the bytes in flight are below cwnd (at most cwnd + one flight:
+  on a slow link a flight is about a BDP, and two must overlap to keep the link busy). The
+  alert lane may exceed cwnd by ``ALERT_HEADROOM`` (alerts are small).
 Nothing here blocks or sleeps; the uplink calls ``on_send``/``on_puback`` on its event loop.
 """
 
@@ -33,6 +41,7 @@ RATE_WINDOW = 30.0
 GAIN = 2.0
 MIN_CWND = 4 * 1024
 INITIAL_CWND = 16 * 1024
+E2E_CAP = 0.1  # the ingest's commit may add this much to the round trip the window covers
 ALERT_HEADROOM = 64 * 1024
 
 
@@ -41,6 +50,8 @@ class _Sent:
     size: int
     at: float
     behind: bool  # other flights were in the pipe when this one was published
+    delivered: int  # bytes PUBACKed before it was published ...
+    delivered_at: float  # ... and when the last of them was
 
 
 class _WindowedExtreme:
@@ -74,9 +85,11 @@ class LinkEstimate:
 
     def __init__(self) -> None:
         self._rtt = _WindowedExtreme(RTT_WINDOW, maximum=False)
+        self._e2e = _WindowedExtreme(RTT_WINDOW, maximum=False)
         self._rate = _WindowedExtreme(RATE_WINDOW, maximum=True)
         self._sent: dict[int, _Sent] = {}
-        self._last_puback = 0.0
+        self._delivered = 0
+        self._delivered_at = 0.0
         self.in_pipe = 0  # bytes published, PUBACK not received
         self.largest = 0
         self.samples = 0
@@ -85,9 +98,13 @@ class LinkEstimate:
         """A new connection: the pipe is empty (estimates of the link are kept)."""
         self._sent.clear()
         self.in_pipe = 0
+        self._delivered_at = 0.0
 
     def on_send(self, key: int, size: int, now: float) -> None:
-        self._sent[key] = _Sent(size, now, bool(self._sent))
+        behind = bool(self._sent)
+        if not behind or not self._delivered_at:  # an idle pipe (or a new connection)
+            self._delivered_at = now  # restarts the delivery clock, as BBR does
+        self._sent[key] = _Sent(size, now, behind, self._delivered, self._delivered_at)
         self.in_pipe += size
         self.largest = max(self.largest, size)
 
@@ -100,17 +117,27 @@ class LinkEstimate:
         if s.size < SMALL:
             self._rtt.add(now, rtt)
         base = self._rtt.get(now)
+        self._delivered += s.size
+        self._delivered_at = now
         if s.size >= MIN_SAMPLE:
-            if s.behind and self._last_puback > s.at:
-                dt = now - self._last_puback
-            elif base is not None:
-                dt = rtt - base
+            if s.behind:  # BBR's delivery rate: bytes acked since it was sent / that interval
+                size, dt = self._delivered - s.delivered, now - s.delivered_at
+            elif base is not None:  # idle pipe: its own serialisation time
+                size, dt = s.size, rtt - base
             else:
-                dt = 0.0
+                size, dt = 0, 0.0
             if dt > 0.001:
-                self._rate.add(now, s.size / dt)
+                self._rate.add(now, size / dt)
                 self.samples += 1
-        self._last_puback = now
+
+    def on_acked(self, rtt: float, size: int, now: float) -> None:
+        """The cloud's end-to-end ack of a flight of ``size`` bytes, ``rtt`` seconds after it
+        was published (includes the ingest's durable commit: the delay the in-flight window
+        must cover). Its own serialisation time is taken out, as in ``base_rtt``."""
+        rate = self._rate.get(now)
+        rtt -= size / rate if rate else 0.0
+        if rtt > 0:
+            self._e2e.add(now, rtt)
 
     def forget(self, key: int) -> None:
         s = self._sent.pop(key, None)
@@ -124,17 +151,23 @@ class LinkEstimate:
         return self._rate.get(now)
 
     def cwnd(self, now: float) -> int:
-        rate, rtt = self._rate.get(now), self._rtt.get(now)
+        rate, rtt, e2e = self._rate.get(now), self._rtt.get(now), self._e2e.get(now)
         if rate is None or rtt is None:
             return INITIAL_CWND
+        rtt = max(rtt, min(e2e or 0.0, rtt + E2E_CAP))
         return int(max(GAIN * rate * rtt, MIN_CWND))
 
-    def may_send(self, size: int, now: float, *, alert: bool = False) -> bool:
-        """True if a flight of ``size`` bytes fits the window (one flight always fits)."""
-        if self.in_pipe == 0:
+    def may_send(self, size: int, now: float, *, alert: bool = False,
+                 in_flight: int | None = None) -> bool:
+        """True if a flight of ``size`` bytes fits the window (one flight always fits).
+        ``in_flight``: bytes awaiting the cloud's end-to-end ack (default: bytes in the pipe)."""
+        used = self.in_pipe if in_flight is None else in_flight
+        if used == 0:
             return True
+        # admitted while below the window (overshooting by at most one flight): flights are
+        # often as large as the BDP on a slow link, and two must overlap to keep it busy
         limit = self.cwnd(now) + (ALERT_HEADROOM if alert else 0)
-        return self.in_pipe + size <= limit
+        return used < limit
 
     def stats(self, now: float) -> dict[str, int | float]:
         rate, rtt = self._rate.get(now), self._rtt.get(now)

@@ -30,9 +30,10 @@ Invariants (see docs/delivery.md for the whole story):
 - ``online`` on connect, last will ``offline`` on ``gw/{id}/up/status``. Not retained: the
   broker refuses retained messages (``retain_available false``, docs/security.md), so nothing
   can park data in it; a watcher subscribes before it needs the transitions.
-- Bytes in the pipe (published, no PUBACK yet) stay within ``flow.cwnd`` (the measured
+- Bytes in flight (published, no end-to-end ack yet) stay within ``flow.cwnd`` (the measured
   bandwidth-delay product, see ``flow``); the alert lane comes first and may exceed it by a
-  small headroom, so an alert never queues behind more than ~2 round trips of telemetry.
+  small headroom, so an alert never queues behind more than ~2 round trips of telemetry
+  (in the TLS stream, the broker and the ingest).
 - MQTT v5 topic alias for the batch topic once the broker allows one (saves the topic name in
   every PUBLISH); ``on_delivered`` (optional) hears every seq the cloud acked DELIVERED.
 """
@@ -106,6 +107,7 @@ class _Flight:
     mid: int = -1
     sends: int = 0
     broker_has_it: bool = False
+    idle: bool = False  # published into an empty pipe (its round trip holds no queueing)
 
 
 @dataclass
@@ -244,6 +246,9 @@ class Uplink:
         if self._wake is not None:
             self._wake.set()
 
+    def _inflight_bytes(self) -> int:
+        return sum(len(f.envelope) for f in self._inflight.values())
+
     def held_seqs(self) -> set[int]:
         """Seqs the uplink holds (in flight, being settled, held back): not to be re-packed."""
         return set(self._inflight) | set(self._cooldown) | self._settling
@@ -283,6 +288,7 @@ class Uplink:
         }
         out.update(self.flow.stats(time.monotonic()))
         out["topic_alias"] = int(self._alias_set)
+        out["inflight_bytes"] = self._inflight_bytes()
         return out
 
     async def run(self) -> None:
@@ -497,13 +503,16 @@ class Uplink:
                 if self._lost.is_set():
                     break
                 now = time.monotonic()
+                in_flight = self._inflight_bytes()
                 for b in batches:
                     if b.seq in self._inflight or b.seq in self._settling:
                         continue
-                    if not self.flow.may_send(len(b.envelope), now, alert=b.lane == 0):
-                        break  # the pipe holds a BDP: wait for PUBACKs (they wake us)
+                    if not self.flow.may_send(len(b.envelope), now, alert=b.lane == 0,
+                                              in_flight=in_flight):
+                        break  # a BDP awaits the cloud's ack: wait for acks (they wake us)
                     self._send(_Flight(b.seq, bytes(b.envelope), b.count, int(b.lane),
                                        attempts=int(getattr(b, "attempts", 0))))
+                    in_flight += len(b.envelope)
             timeout = self._next_deadline(loop.time())
             self._wake.clear()
             # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation that
@@ -537,6 +546,7 @@ class Uplink:
             self._alias_set = True
         else:
             info = client.publish(self._topic_batch, flight.envelope, qos=1)
+        flight.idle = self.flow.in_pipe == 0
         self.flow.on_send(info.mid, len(flight.envelope), time.monotonic())
         flight.mid = info.mid
         flight.sent_at = asyncio.get_running_loop().time()
@@ -781,6 +791,9 @@ class Uplink:
                 if flight is not None:
                     self.c.readings_delivered += flight.count
                     self._newest_acked_sent = max(self._newest_acked_sent, flight.sent_at)
+                    if flight.idle and flight.sends == 1:
+                        now = time.monotonic()
+                        self.flow.on_acked(now - flight.sent_at, len(flight.envelope), now)
                 settle.append((seq, AckStatus.DELIVERED))
             elif status == ACK_REJECTED:
                 self._cooldown.pop(seq, None)

@@ -4,9 +4,10 @@ Real peers: Mosquitto (mTLS + ACL), the cloud ingest and store, the real Outbox 
 between the gateway and the broker the link emulator (tests/linkemu.py: 64 kbit/s each way,
 150 ms one way, a 64 KB modem buffer). A telemetry backlog of incompressible batches fills the
 link; alerts sealed while it drains must overtake it. Asserted as an ORDER (no timing
-assertion): each alert is stored at the cloud before most of the telemetry that was already
-waiting when it was raised - with a fixed window of 32 batches the whole backlog (80 KB, ten
-seconds of link) would sit in the TLS stream ahead of it. Everything is delivered exactly once.
+assertion): of the telemetry already waiting when an alert is raised, at most what flow
+control keeps in flight (~3 batches) is stored before it - with a fixed window of 32 batches
+the whole backlog (80 KB, ten seconds of link) would sit in the TLS stream ahead of it.
+Everything is delivered exactly once.
 The bench (bench/bench_weaklink.py) measures the latency itself.
 """
 
@@ -102,10 +103,11 @@ def test_alert_overtakes_a_saturating_backlog(cloud: Cloud, tmp_path: Path) -> N
     assert waiting_at_alert[0], "the backlog drained before the first alert: proves nothing"
     assert stats["topic_alias"] == 1  # Mosquitto 2.0 granted a topic alias and it was used
     assert 0 < int(stats["link_rate_bps"]) < 200_000  # type: ignore[call-overload]
-    overtaken = []
+    ahead = []
     for seq, waiting in zip(alert_seqs, waiting_at_alert, strict=True):
-        if waiting:  # telemetry that was waiting when the alert was raised but stored after it
-            overtaken.append(sum(order[t] > order[seq] for t in waiting) / len(waiting))
-    # flow control keeps ~2 round trips (<= a batch or two) ahead of an alert: it overtakes
-    # most of what was waiting; a FIFO window would give 0 for every alert
-    assert min(overtaken) >= 0.5, overtaken
+        # telemetry that was already waiting when the alert was raised and still got stored first
+        ahead.append(sum(order[t] < order[seq] for t in waiting))
+    # flow control keeps ~2 round trips in flight (cwnd + one 4 KB batch at most: 3 batches
+    # here) ahead of an alert; a FIFO window would store all of the waiting backlog first
+    assert len(waiting_at_alert[0]) >= 8, waiting_at_alert[0]
+    assert max(ahead) <= 4, (ahead, [len(w) for w in waiting_at_alert])
