@@ -34,7 +34,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from edgegw.model import Lane, Quality, Sample
 from edgegw.protocol import Sealer, codec, decode_batch, encode_batch
-from edgegw.store import Outbox, Outcome
+from edgegw.protocol.ack import AckStatus
+from edgegw.store import Outbox
 
 DEVICES = 10
 REGS = 20
@@ -216,7 +217,7 @@ def bench_outbox(tmp: Path, samples: list[Sample], min_time: float) -> dict[str,
     t0 = time.perf_counter()
     drained = 0
     while rows := ob.next_batches(32):
-        ob.settle_many([(b.seq, Outcome.DELIVERED) for b in rows])
+        ob.settle_many([(b.seq, AckStatus.DELIVERED) for b in rows])
         drained += sum(b.count for b in rows)
     drain = drained / (time.perf_counter() - t0)
     st = ob.stats()

@@ -34,7 +34,7 @@ from edgegw import pki
 from edgegw.protocol import downlink as dl
 from edgegw.protocol import topics
 from edgegw.protocol.broker_url import parse_broker_url
-from edgegw.protocol.mqtt_client import Client
+from edgegw.transport.mqtt_client import Client
 from edgegw_cloud.devstore import DevStore
 from edgegw_cloud.pki_setup import INGEST_CN, CloudPaths
 from edgegw_cloud.registry import Registry, RegistryError

@@ -58,7 +58,7 @@ from edgegw.protocol.codec import MAX_SAMPLES, CodecError, DecodedBatch, decode_
 from edgegw.protocol.keys import derive_data_key
 from edgegw.protocol.logthrottle import install as throttle_repeated_logs
 from edgegw.protocol.model import Lane
-from edgegw.protocol.mqtt_client import Client
+from edgegw.transport.mqtt_client import Client
 from edgegw_cloud.pki_setup import INGEST_CN, CloudPaths
 from edgegw_cloud.registry import Registry
 from edgegw_cloud.store import BatchRecord, CloudStore

@@ -62,6 +62,7 @@ from pydantic import (
 
 from edgegw.edge.config import AggregateConfig, AnomalyConfig, RuleConfig, validate_edge
 from edgegw.protocol.broker_url import BrokerUrl, parse_broker_url
+from edgegw.protocol.identity import default_identity_dir
 from edgegw.protocol.suggest import did_you_mean
 from edgegw.sdk import Driver, DriverEntry, DriverOptions, Id
 from edgegw.units import ByteSize, Duration
@@ -311,6 +312,7 @@ class GatewayConfig(_Section):
     _data: dict[str, Any] = PrivateAttr(default_factory=dict)
     _file: str | None = PrivateAttr(None)
     _options: dict[str, DriverOptions] = PrivateAttr(default_factory=dict)
+    _addresses: dict[str, str] | None = PrivateAttr(None)
     _warnings: list[ConfigIssue] = PrivateAttr(default_factory=list)
 
     @model_validator(mode="before")
@@ -342,12 +344,21 @@ class GatewayConfig(_Section):
 
     @property
     def identity_dir(self) -> Path:
-        return self.uplink.identity_dir or self.gateway.state_dir / "identity"
+        return default_identity_dir(self.gateway.state_dir, self.uplink.identity_dir)
 
     @property
     def warnings(self) -> list[ConfigIssue]:
         """Non-fatal issues of the last ``check_config`` (e.g. a driver plugin failed to load)."""
         return list(self._warnings)
+
+    @property
+    def addresses(self) -> dict[str, str]:
+        """Every addressable device id -> the configured device that produces its samples:
+        each device itself and its drivers' sub-devices (resolved by ``check_config``; before
+        that, the devices alone)."""
+        if self._addresses is not None:
+            return self._addresses
+        return {d.id: d.id for d in self.devices}
 
     def options_for(self, device_id: str) -> DriverOptions | None:
         """The device's options as validated by its driver's model (after ``check_config``)."""
@@ -595,6 +606,7 @@ def check_config(
     writable: dict[str, set[str] | None] = {}
     bus_keys: dict[str, tuple[str, int]] = {}  # bus key -> (bus name, device index)
     all_keys: set[str] = set()  # every driver bus key (a `buses:` entry may be named by one)
+    subs: dict[str, tuple[str, PathT, set[str] | None]] = {}  # sub id -> (owner, path, points)
     cfg._options = {}
 
     for i, dev in enumerate(cfg.devices):
@@ -640,6 +652,19 @@ def check_config(
             key = cls.bus_key(opts)
             can_write = cls.writable_points(opts)
             writable[dev.id] = None if can_write is None else set(can_write)
+            for sub_id, sub_pts in cls.sub_devices(opts).items():
+                if sub_id in subs:
+                    issues.append(
+                        ConfigIssue.at(
+                            source.value((*base, "options")),
+                            (*base, "options"),
+                            f"sub-device '{sub_id}' of device '{dev.id}' is also a sub-device "
+                            f"of device '{subs[sub_id][0]}'",
+                            "sub-device ids must be unique within a gateway",
+                        )
+                    )
+                    continue
+                subs[sub_id] = (dev.id, base, set(sub_pts) or None)
         except Exception as exc:  # plugin code: never let it crash the check
             issues.append(
                 ConfigIssue.at(
@@ -665,6 +690,22 @@ def check_config(
                     )
                 )
 
+    addresses = {d.id: d.id for d in cfg.devices}
+    for sub_id, (owner, sub_base, known_pts) in subs.items():
+        if sub_id in addresses:
+            issues.append(
+                ConfigIssue.at(
+                    source.value((*sub_base, "options")),
+                    (*sub_base, "options"),
+                    f"sub-device '{sub_id}' of device '{owner}' has the id of a configured "
+                    "device",
+                    "ids of devices and sub-devices must be unique within a gateway",
+                )
+            )
+            continue
+        addresses[sub_id] = owner
+        points[sub_id] = known_pts
+    cfg._addresses = addresses
     issues += _unused_buses(cfg, source, all_keys)
     issues += _edge_issues(cfg, points, data, source)
     issues += _located(_write_action_issues(cfg, writable), data, source)
@@ -681,6 +722,14 @@ def _write_action_issues(
             if getattr(action, "type", None) != "write":
                 continue
             device = action.device or rule.device
+            owner = cfg.addresses.get(device, device)
+            if owner != device:
+                found.append(
+                    (f"rules.{i}.actions.{j}" + (".device" if action.device else ""),
+                     f"'{device}' is a sub-device of '{owner}': writes go to configured devices",
+                     f"write through device '{owner}' (device: {owner})")
+                )
+                continue
             can = writable.get(device)
             if can is None or action.point in can:
                 continue  # unknown device (reported elsewhere) or a driver that cannot tell

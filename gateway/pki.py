@@ -141,10 +141,6 @@ def load_public_key(data_or_path: bytes | Path) -> PublicKey:
     return key
 
 
-def file_mode(path: Path) -> int:
-    return Path(path).stat().st_mode & 0o777
-
-
 # --------------------------------------------------------------------------- keys
 def generate_ec_key() -> ec.EllipticCurvePrivateKey:
     return ec.generate_private_key(ec.SECP256R1())

@@ -190,6 +190,15 @@ class Driver:
         """The metric names this device produces, when known from config (used by ``check``)."""
         return ()
 
+    @classmethod
+    def sub_devices(cls, options: DriverOptions) -> Mapping[str, Sequence[str]]:
+        """Devices behind this one whose samples it emits under their own id (a CoAP server's
+        constrained devices, several sensors on one serial line): ``{id: points}`` (empty
+        points: not known from config). Resolved once at config time: rules, aggregation and
+        anomaly detection address them by id, and ``edgegw check`` validates against them.
+        The device's own ``aggregate:`` applies to its sub-devices' samples too."""
+        return {}
+
     @property
     def pushes(self) -> bool:
         """True when the runtime should call ``run(emit)`` instead of polling ``read()``.

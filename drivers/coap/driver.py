@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import aiocoap
@@ -115,6 +116,17 @@ class CoapDriver(PushDriver):
     """CoAP server for constrained devices (see drivers/coap/README.md)."""
 
     Options: ClassVar[type[DriverOptions]] = CoapOptions
+
+    @classmethod
+    def points(cls, options: DriverOptions) -> Sequence[str]:
+        # The server itself only reports its health; readings carry the constrained device's id.
+        return ("_status",)
+
+    @classmethod
+    def sub_devices(cls, options: DriverOptions) -> Mapping[str, Sequence[str]]:
+        """Every configured constrained device (the metrics come with each request)."""
+        assert isinstance(options, CoapOptions)
+        return {d.id: () for d in options.devices}
 
     def __init__(self, options: DriverOptions) -> None:
         if not isinstance(options, CoapOptions):

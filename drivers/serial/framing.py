@@ -222,7 +222,7 @@ class BinaryDecoder:
         return self._checksum(frame[cs.covers_from : payload_end]) == want
 
 
-def make_decoder(opts: SerialOptions) -> LineDecoder | BinaryDecoder:
+def make_decoder(opts: SerialOptions) -> FrameDecoder:
     if opts.binary is not None:
         return BinaryDecoder(opts.binary, opts.scale)
     assert opts.line is not None

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from edgegw import pki
 from edgegw.config import load_config
+from edgegw.protocol.identity import default_bootstrap_dir, default_identity_dir
 from edgegw.uplink.enroll import DEFAULT_TIMEOUT_S, EnrollmentError, enroll
 
 
@@ -64,9 +65,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _from_config(path: Path) -> tuple[str, str, Path, Path, str | None]:
     cfg = load_config(path)
     state = Path(cfg.gateway.state_dir)
-    ident = Path(cfg.uplink.identity_dir) if cfg.uplink.identity_dir else state / "identity"
+    ident = default_identity_dir(state, cfg.uplink.identity_dir)
     eb = cfg.uplink.enroll_broker
-    return str(cfg.gateway.id), str(cfg.uplink.broker), ident, state / "bootstrap", eb
+    return str(cfg.gateway.id), str(cfg.uplink.broker), ident, default_bootstrap_dir(state), eb
 
 
 TOKEN_ENV = "EDGEGW_ENROLL_TOKEN"

@@ -38,8 +38,13 @@ def build_stages(cfg: Any, *, submit_blocking: SubmitBlocking | None = None) -> 
         stages.append(anomaly)
     if any(r.enabled for r in cfg.rules):
         stages.append(RuleStage(cfg.rules))
+    by_id = {d.id: d for d in cfg.devices}
+    addresses: dict[str, str] = getattr(cfg, "addresses", None) or {d: d for d in by_id}
+    # a device's aggregate applies to its sub-devices' samples too (config-time addressing)
     aggregates = {
-        d.id: d.aggregate for d in cfg.devices if getattr(d, "aggregate", None) is not None
+        addr: by_id[owner].aggregate
+        for addr, owner in addresses.items()
+        if owner in by_id and getattr(by_id[owner], "aggregate", None) is not None
     }
     if aggregates:
         stages.append(AggregateStage(aggregates))

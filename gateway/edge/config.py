@@ -218,11 +218,12 @@ def validate_edge(
     if base_dir is None:
         base = getattr(cfg, "base_dir", None)
         base_dir = Path(base) if base else None
-    devices = [d.id for d in getattr(cfg, "devices", None) or []]
+    # every addressable id: the devices and their drivers' sub-devices (resolved by the config)
+    devices = list(points_by_device) or [d.id for d in getattr(cfg, "devices", None) or []]
     extra = derived_metrics(cfg)
     issues: list[Issue] = []
     issues += _check_rules(getattr(cfg, "rules", None) or [], devices, points_by_device, extra)
-    issues += _check_aggregates(getattr(cfg, "devices", None) or [], points_by_device, extra)
+    issues += _check_aggregates(cfg, points_by_device, extra)
     issues += _check_anomaly(
         getattr(cfg, "anomaly", None) or [], devices, points_by_device, base_dir
     )
@@ -294,14 +295,19 @@ def _check_rules(
 
 
 def _check_aggregates(
-    devs: list[Any], points: Mapping[str, set[str] | None], extra: Mapping[str, set[str]]
+    cfg: Any, points: Mapping[str, set[str] | None], extra: Mapping[str, set[str]]
 ) -> list[Issue]:
     issues: list[Issue] = []
-    for i, dev in enumerate(devs):
+    for i, dev in enumerate(getattr(cfg, "devices", None) or []):
         agg: AggregateConfig | None = getattr(dev, "aggregate", None)
         if agg is None:
             continue
         known = _known_names(points.get(dev.id), extra.get(dev.id, ()))
+        owned = [a for a, owner in getattr(cfg, "addresses", {}).items() if owner == dev.id]
+        for addr in owned:  # the device's aggregate applies to its sub-devices' samples too
+            if addr != dev.id and known is not None:
+                more = _known_names(points.get(addr), extra.get(addr, ()))
+                known = None if more is None else known | more
         for metric in agg.metrics:
             if known is not None and metric not in known:
                 hint = _did_you_mean(metric, known) or f"{dev.id} has: {', '.join(sorted(known))}"

@@ -33,6 +33,7 @@ from edgegw.config import GatewayConfig
 from edgegw.device.downlink import DownlinkService
 from edgegw.model import now_ms
 from edgegw.protocol.fileperms import STATUS_MODE, write_private
+from edgegw.protocol.identity import default_identity_dir
 from edgegw.runtime.datapath import DataPath
 from edgegw.runtime.devices import DeviceManager
 from edgegw.runtime.housekeeping import HousekeepingService
@@ -106,7 +107,7 @@ class Gateway:
 
     def _identity_dir(self) -> Path:
         d = self.cfg.uplink.identity_dir
-        return Path(d) if d else self.state_dir / "identity"
+        return default_identity_dir(self.state_dir, d)
 
     # ------------------------------------------------------------------ startup
     async def start(self) -> None:

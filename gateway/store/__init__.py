@@ -1,5 +1,5 @@
 """Store-and-forward: the SQLite outbox of sealed batches (see ``outbox`` for its invariants)."""
 
-from edgegw.store.outbox import WHEN_FULL, Outbox, OutboxError, OutboxFull, Outcome, StoredBatch
+from edgegw.store.outbox import WHEN_FULL, Outbox, OutboxError, OutboxFull, StoredBatch
 
-__all__ = ["WHEN_FULL", "Outbox", "OutboxError", "OutboxFull", "Outcome", "StoredBatch"]
+__all__ = ["WHEN_FULL", "Outbox", "OutboxError", "OutboxFull", "StoredBatch"]

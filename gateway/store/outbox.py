@@ -66,7 +66,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from edgegw.model import Lane
-from edgegw.protocol.ack import AckStatus as Outcome
+from edgegw.protocol.ack import AckStatus
 from edgegw.protocol.codec import CodecError, Gap, decode_batch, encode_batch
 from edgegw.protocol.envelope import FLAG_GAP, EnvelopeError, parse_header
 from edgegw.protocol.fileperms import DB_MODE, prepare_sqlite
@@ -89,7 +89,7 @@ T = TypeVar("T")
 # (seq, lane, envelope length, count, first_ts_ms, last_ts_ms, envelope flags byte)
 Victim = tuple[int, int, int, int, int, int, bytes]
 
-__all__ = ["WHEN_FULL", "Outbox", "OutboxError", "OutboxFull", "Outcome", "StoredBatch"]
+__all__ = ["WHEN_FULL", "Outbox", "OutboxError", "OutboxFull", "StoredBatch"]
 
 
 class OutboxError(Exception):
@@ -604,20 +604,20 @@ class Outbox:
         self._conn.executemany("DELETE FROM quarantine WHERE seq=?", [(d[0],) for d in drop])
         return [d[1] for d in drop]
 
-    def settle(self, seq: int, outcome: Outcome | int) -> None:
+    def settle(self, seq: int, outcome: AckStatus | int) -> None:
         """Apply the cloud's verdict on one batch (unknown seqs are counted and ignored)."""
         self.settle_many([(seq, outcome)])
 
-    def settle_many(self, items: Iterable[tuple[int, Outcome | int]]) -> None:
+    def settle_many(self, items: Iterable[tuple[int, AckStatus | int]]) -> None:
         """``settle`` for several acks, delivered ones deleted in one transaction."""
-        checked = [(seq, Outcome(o)) for seq, o in items]
+        checked = [(seq, AckStatus(o)) for seq, o in items]
         with self._lock:
             self._guard(lambda: self._settle(checked))
 
-    def _settle(self, items: list[tuple[int, Outcome]]) -> None:
+    def _settle(self, items: list[tuple[int, AckStatus]]) -> None:
         c = self._conn
-        delivered = [(s,) for s, o in items if o is Outcome.DELIVERED]
-        retry = [(s,) for s, o in items if o is Outcome.RETRY]
+        delivered = [(s,) for s, o in items if o is AckStatus.DELIVERED]
+        retry = [(s,) for s, o in items if o is AckStatus.RETRY]
         removed: list[tuple[int, int]] = []
         if delivered or retry:
             c.execute("BEGIN IMMEDIATE")
@@ -641,7 +641,7 @@ class Outbox:
             self._c["retried"] += n_retry
             self._c["settle_unknown"] += len(delivered) - len(removed) + len(retry) - n_retry
         for s, o in items:
-            if o is Outcome.REJECTED:
+            if o is AckStatus.REJECTED:
                 if self._quarantine(s, "rejected by the cloud"):
                     self._c["rejected"] += 1
                 else:

@@ -45,8 +45,7 @@ from edgegw.protocol import topics
 from edgegw.protocol.ack import AckStatus, decode_acks
 from edgegw.protocol.broker_url import BrokerUrlError, parse_broker_url
 from edgegw.protocol.identity import Identity
-from edgegw.protocol.mqtt_client import Client
-from edgegw.store.outbox import Outcome
+from edgegw.transport.mqtt_client import Client
 from edgegw.uplink.outbox_io import AsyncOutbox
 
 log = logging.getLogger("edgegw.uplink")
@@ -504,7 +503,7 @@ class Uplink:
         delay = self.backoff_min / 2 + self._rng.uniform(0, cap)
         self._cooldown[seq] = asyncio.get_running_loop().time() + delay
 
-    def _settle(self, items: list[tuple[int, Outcome]]) -> None:
+    def _settle(self, items: list[tuple[int, AckStatus]]) -> None:
         """Hand outcomes to the outbox thread; the seqs stay excluded until it is done."""
         if not items:
             return
@@ -582,7 +581,7 @@ class Uplink:
                   seq, self._topic_batch, code, name)
         del self._inflight[seq]
         self._hold_back(seq)
-        self._settle([(seq, Outcome.RETRY)])
+        self._settle([(seq, AckStatus.RETRY)])
 
     def _on_message(self, gen: int, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
         if gen != self._gen:
@@ -602,7 +601,7 @@ class Uplink:
             return
         self.c.acks_received += 1
         self.c.last_ack_ms = time.time_ns() // 1_000_000
-        settle: list[tuple[int, Outcome]] = []
+        settle: list[tuple[int, AckStatus]] = []
         for seq, status in acks:
             flight = self._inflight.pop(seq, None)
             if flight is not None:
@@ -616,18 +615,18 @@ class Uplink:
                 if flight is not None:  # an ack of nothing we sent proves nothing delivered
                     self.c.batches_delivered += 1
                     self.c.readings_delivered += flight.count
-                settle.append((seq, Outcome.DELIVERED))
+                settle.append((seq, AckStatus.DELIVERED))
             elif status == ACK_REJECTED:
                 self._cooldown.pop(seq, None)
                 self.c.batches_rejected += 1
                 log.warning("cloud ingest rejected batch %d (authentic but undecodable); "
                             "quarantined in the outbox", seq)
-                settle.append((seq, Outcome.REJECTED))
+                settle.append((seq, AckStatus.REJECTED))
             else:
                 self.c.batches_retry += 1
                 log.info("cloud ingest asked to retry batch %d later", seq)
                 self._hold_back(seq)
-                settle.append((seq, Outcome.RETRY))
+                settle.append((seq, AckStatus.RETRY))
         self._settle(settle)
         if self._wake is not None:
             self._wake.set()

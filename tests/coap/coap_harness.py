@@ -171,3 +171,22 @@ async def libcoap_post(
         shown = text.decode(errors="replace")
         raise AssertionError(f"no response code in coap-client output:\n{shown}")
     return Reply(Code(int(codes[-1][1]) << 5 | int(codes[-1][2])), out)
+
+
+async def wait_serving(
+    port: int, proc: asyncio.subprocess.Process, within: float = 30
+) -> None:
+    """Poll with an unauthenticated GET until the server answers (any code)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    async with AiocoapClient.connect(port) as anon:
+        while True:
+            assert proc.returncode is None, "daemon exited during startup"
+            msg = aiocoap.Message(code=aiocoap.GET, uri=f"coap://127.0.0.1:{port}/d/probe")
+            try:
+                await asyncio.wait_for(anon.ctx.request(msg).response, 2)
+                return
+            except (aiocoap.error.Error, TimeoutError, OSError):
+                if loop.time() > deadline:
+                    raise AssertionError("daemon's CoAP server did not come up") from None
+                await asyncio.sleep(0.1)

@@ -71,7 +71,7 @@ def test_cbor_garbage_and_unknown_format() -> None:
         ({"listen": "localhost", "devices": [{"id": "a", "insecure_no_auth": True}]},
          "not host:port"),
         ({"devices": [{"id": "a", "insecure_no_auth": True}] * 2}, "duplicate device ids"),
-        ({"devices": [{"id": "a/b", "insecure_no_auth": True}]}, "invalid id .a/b. .it contains"),
+        ({"devices": [{"id": "a/b", "insecure_no_auth": True}]}, "invalid id .a/b."),
         ({"devices": [{"id": "a", "oscore": {"sender_id": "00", "recipient_id": "01",
                                              "master_secret": "00"}}]}, "at least 16 bytes"),
     ],

@@ -13,29 +13,17 @@ import signal
 import sys
 from pathlib import Path
 
-import aiocoap
-from coap_harness import AiocoapClient, free_udp_port, oscore_device, write_client_context
+from coap_harness import (
+    AiocoapClient,
+    free_udp_port,
+    oscore_device,
+    wait_serving,
+    write_client_context,
+)
 
 from edgegw.runtime.outbox_reader import read_outbox_samples
 
 EDGEGW = Path(sys.executable).with_name("edgegw")
-
-
-async def wait_serving(port: int, proc: asyncio.subprocess.Process, within: float = 30) -> None:
-    """Poll with an unauthenticated GET until the server answers (any code)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    async with AiocoapClient.connect(port) as anon:
-        while True:
-            assert proc.returncode is None, "daemon exited during startup"
-            msg = aiocoap.Message(code=aiocoap.GET, uri=f"coap://127.0.0.1:{port}/d/probe")
-            try:
-                await asyncio.wait_for(anon.ctx.request(msg).response, 2)
-                return
-            except (aiocoap.error.Error, TimeoutError, OSError):
-                if loop.time() > deadline:
-                    raise AssertionError("daemon's CoAP server did not come up") from None
-                await asyncio.sleep(0.1)
 
 
 async def test_sigkill_right_after_changed_keeps_the_reading(tmp_path: Path) -> None:

@@ -218,3 +218,8 @@ def enrollment(cloud: Cloud) -> Iterator[EnrollmentService]:
         yield svc
     finally:
         svc.stop()
+
+
+def file_mode(path: Path) -> int:
+    """Permission bits of ``path`` (key files must be 0600, directories 0700)."""
+    return Path(path).stat().st_mode & 0o777

@@ -18,7 +18,7 @@ from edgegw_cloud.enrollment import EnrollmentService
 from edgegw_cloud.registry import Registry
 from edgegw_cloud.revocation import revoke_gateway
 
-from .conftest import Cloud, wait_until
+from .conftest import Cloud, file_mode, wait_until
 
 
 def _urls(cloud: Cloud) -> dict[str, str]:
@@ -58,7 +58,7 @@ def test_enrollment_produces_a_working_identity(
 
     assert ident == Identity.load(ident.dir)
     assert (ident.gateway_id, ident.key_id, ident.broker) == ("gw-1", 1, cloud.broker.url)
-    assert pki.file_mode(ident.key_path) == 0o600
+    assert file_mode(ident.key_path) == 0o600
     cert = pki.load_certificate(ident.cert_path)
     assert pki.common_name(cert.subject) == "gw-1"
     pki.verify_issued_by(cert, pki.load_certificate(cloud.paths.ca_crt))
@@ -328,7 +328,7 @@ def test_enroll_cli_reads_gateway_yaml(
     assert enroll_cmd.run(args) == 0
     ident = Identity.load(state / "identity")  # uplink.identity_dir default
     assert (ident.gateway_id, ident.broker) == ("gw-yaml", cloud.broker.url)
-    assert pki.file_mode(ident.key_path) == 0o600
+    assert file_mode(ident.key_path) == 0o600
     # renewal through the same config, no token
     assert enroll_cmd.run(parser.parse_args(["-c", str(cfg), "--renew"])) == 0
     assert enrollment.stats()["renewed"] == 1

@@ -14,6 +14,8 @@ from edgegw import pki
 from edgegw_cloud.pki_setup import CloudPaths, init_data_dir
 from edgegw_cloud.registry import Registry
 
+from .conftest import file_mode
+
 
 def _fingerprints(paths: CloudPaths) -> dict[str, bytes]:
     return {f.name: f.read_bytes() for f in sorted(paths.pki_dir.iterdir())}
@@ -41,9 +43,9 @@ def test_init_creates_the_layout_with_private_keys_0600(data_root: Path) -> None
     assert {f.name for f in paths.pki_dir.iterdir()} == expected
     keys = [f for f in paths.pki_dir.iterdir() if f.suffix == ".key"]
     assert len(keys) == 7
-    assert {f.name: pki.file_mode(f) for f in keys} == {f.name: 0o600 for f in keys}
-    assert pki.file_mode(paths.pki_dir) == 0o700
-    assert pki.file_mode(paths.registry_db) == 0o600
+    assert {f.name: file_mode(f) for f in keys} == {f.name: 0o600 for f in keys}
+    assert file_mode(paths.pki_dir) == 0o700
+    assert file_mode(paths.registry_db) == 0o600
     assert paths.current_key_id == 1 and paths.ingest_key_ids() == [1]
 
     ca = pki.load_certificate(paths.ca_crt)

@@ -14,7 +14,8 @@ import pytest
 
 from edgegw.model import Lane, Sample
 from edgegw.protocol import Sealer, decode_batch, encode_batch, open_sealed
-from edgegw.store import Outbox, OutboxFull, Outcome
+from edgegw.protocol.ack import AckStatus
+from edgegw.store import Outbox, OutboxFull
 
 from .conftest import GW, KEY, make_batch
 
@@ -49,11 +50,11 @@ def test_lane_priority_fifo_and_exclude(open_outbox: Factory) -> None:
 def test_settle_outcomes(open_outbox: Factory) -> None:
     ob = open_outbox()
     a, b, c = (add(ob, Lane.TELEMETRY, ts0=i) for i in range(3))
-    ob.settle(a, Outcome.DELIVERED)
-    ob.settle(b, Outcome.RETRY)
-    ob.settle(b, Outcome.RETRY)
-    ob.settle(c, Outcome.REJECTED)
-    ob.settle(a, Outcome.DELIVERED)  # a late duplicate ack: counted, harmless
+    ob.settle(a, AckStatus.DELIVERED)
+    ob.settle(b, AckStatus.RETRY)
+    ob.settle(b, AckStatus.RETRY)
+    ob.settle(c, AckStatus.REJECTED)
+    ob.settle(a, AckStatus.DELIVERED)  # a late duplicate ack: counted, harmless
     left = ob.next_batches(10)
     assert [(x.seq, x.attempts) for x in left] == [(b, 2)]
     st = ob.stats()
@@ -63,14 +64,14 @@ def test_settle_outcomes(open_outbox: Factory) -> None:
     with closing(sqlite3.connect(ob.path)) as db:
         assert db.execute("SELECT seq, reason FROM quarantine").fetchall() == [
             (c, "rejected by the cloud")]
-    ob.settle_many([(b, Outcome.DELIVERED)])
+    ob.settle_many([(b, AckStatus.DELIVERED)])
     assert ob.next_batches(10) == [] and ob.stats()["used_bytes"] > 0  # quarantine still held
 
 
 def test_seq_continues_across_restart_after_newest_deleted(open_outbox: Factory) -> None:
     ob = open_outbox()
     seqs = [add(ob, Lane.TELEMETRY, ts0=i) for i in range(5)]
-    ob.settle_many([(s, Outcome.DELIVERED) for s in seqs])  # the newest rows are gone too
+    ob.settle_many([(s, AckStatus.DELIVERED) for s in seqs])  # the newest rows are gone too
     ob.close()
     ob2 = open_outbox(first_seq=1)  # first_seq only applies to a brand-new database
     nxt = add(ob2, Lane.ALERT)
@@ -300,7 +301,7 @@ def test_quarantine_is_bounded(open_outbox: Factory) -> None:
     ob = open_outbox(max_bytes=64 * 1024)
     seqs = [add(ob, Lane.TELEMETRY, n=300, ts0=i, noisy=True) for i in range(8)]
     for s in seqs:
-        ob.settle(s, Outcome.REJECTED)
+        ob.settle(s, AckStatus.REJECTED)
     st = ob.stats()
     assert st["rejected"] == st["quarantined"] == 8
     # ~2.5 KB each: only the newest fit in max_bytes / 8 = 8 KiB

@@ -12,8 +12,9 @@ import pytest
 
 from edgegw.model import Lane
 from edgegw.protocol import Gap, decode_batch, open_sealed
+from edgegw.protocol.ack import AckStatus
 from edgegw.protocol.envelope import FLAG_GAP
-from edgegw.store import Outbox, OutboxFull, Outcome
+from edgegw.store import Outbox, OutboxFull
 
 from .conftest import GW, KEY, make_batch
 
@@ -42,14 +43,14 @@ def test_fill_drain_cycle(open_outbox: Callable[..., Outbox], policy: str) -> No
         for b in ob.next_batches(limit):
             r = rng.random()
             if r < fraction:
-                ob.settle(b.seq, Outcome.DELIVERED)
+                ob.settle(b.seq, AckStatus.DELIVERED)
                 delivered.add(b.seq)
                 header, pt = open_sealed(KEY, GW, b.envelope)
                 if header.flags & FLAG_GAP:  # what the cloud learns: delivered gap records
                     assert b.lane is Lane.ALERT and b.seq not in data
                     gaps[b.seq] = decode_batch(pt).gaps
             elif r < fraction + 0.05:
-                ob.settle(b.seq, Outcome.RETRY)
+                ob.settle(b.seq, AckStatus.RETRY)
 
     for i in range(APPENDS):
         lane = rng.choices([Lane.TELEMETRY, Lane.BULK, Lane.ALERT], [85, 12, 3])[0]

@@ -15,7 +15,8 @@ import sys
 from pathlib import Path
 
 from edgegw.protocol import Sealer, decode_batch, open_sealed
-from edgegw.store import Outbox, Outcome
+from edgegw.protocol.ack import AckStatus
+from edgegw.store import Outbox
 
 KEY = bytes(range(100, 132))
 CHILD = Path(__file__).with_name("writer_child.py")
@@ -79,7 +80,7 @@ def test_sigkill_at_random_moments_loses_nothing(tmp_path: Path) -> None:
             assert ob.next_seq > highest
             # deliver a random half, newest included sometimes
             done = [b.seq for b in rows if rng.random() < 0.5]
-            ob.settle_many([(s, Outcome.DELIVERED) for s in done])
+            ob.settle_many([(s, AckStatus.DELIVERED) for s in done])
             delivered.update(done)
     assert kills_mid_append >= 20
     assert len(reported) > 200
