@@ -48,12 +48,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         level = min(level, logging.INFO)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    throttle_repeated_logs()  # repeated WARNING/ERROR lines: the first, then a count a minute
+    repeats = throttle_repeated_logs()  # repeated WARNING/ERROR: the first, then a count a minute
     try:
         return int(args.fn(args))
     except (RegistryError, pki.PkiError, FileExistsError, BrokerError) as exc:
         print(f"edgegw-cloud {args.command}: {exc}", file=sys.stderr)
         return 1
+    finally:
+        repeats.close()
 
 
 if __name__ == "__main__":

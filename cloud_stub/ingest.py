@@ -661,12 +661,15 @@ def _ingest_process(
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    throttle_repeated_logs()
+    repeats = throttle_repeated_logs()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us through ``stop``
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    stats = run_ingest(
-        CloudPaths.for_dir(data_dir), url, stop, on_ready=lambda _ingest: ready.set()
-    )
+    try:
+        stats = run_ingest(
+            CloudPaths.for_dir(data_dir), url, stop, on_ready=lambda _ingest: ready.set()
+        )
+    finally:
+        repeats.close()
     if stats_file is not None:
         stats_file.write_text(json.dumps(stats, default=str))
 

@@ -9,6 +9,8 @@ the wheel too.
 
 from __future__ import annotations
 
+import os
+import secrets
 import subprocess
 import sys
 import zipfile
@@ -20,8 +22,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run(*cmd: str | Path, cwd: Path | None = None, timeout: float = 300) -> str:
+    # the CoAP example takes its OSCORE secrets from the environment (random, as it says)
+    env = dict(os.environ, THERM_A_OSCORE_SECRET=secrets.token_hex(16),
+               THERM_B_OSCORE_SECRET=secrets.token_hex(16))
     r = subprocess.run(
-        [str(c) for c in cmd], cwd=cwd, capture_output=True, text=True, timeout=timeout
+        [str(c) for c in cmd], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        env=env,
     )
     assert r.returncode == 0, f"{cmd}: {r.stdout}\n{r.stderr}"
     return r.stdout
