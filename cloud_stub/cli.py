@@ -1,7 +1,8 @@
 """``edgegw-cloud``: a thin dispatcher over the verbs in ``edgegw_cloud.commands``.
 
-Verbs: init, serve, token create, gateways, revoke, audit, query, db. Each is a module with
-``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``.
+Verbs: init, serve, token create, gateways (label, fleet), revoke, audit, query, db; device
+management: command, shadow, config. Each is a module with ``HELP``,
+``add_arguments(parser)`` and ``run(args) -> int``.
 
 Exit codes: 0 success, 1 a refused/failed operation (message on stderr), 2 usage error.
 """
@@ -14,9 +15,24 @@ import sys
 from types import ModuleType
 
 from edgegw import pki
+from edgegw.protocol.bundle import BundleError
 from edgegw.protocol.logthrottle import install as throttle_repeated_logs
 from edgegw_cloud.broker import BrokerError
-from edgegw_cloud.commands import audit, db, gateways, init, query, revoke, serve, token
+from edgegw_cloud.commands import (
+    audit,
+    command,
+    config,
+    db,
+    gateways,
+    init,
+    query,
+    revoke,
+    serve,
+    shadow,
+    token,
+)
+from edgegw_cloud.devstore import ShadowConflict
+from edgegw_cloud.downlink import DownlinkError
 from edgegw_cloud.registry import RegistryError
 
 COMMANDS: dict[str, ModuleType] = {
@@ -28,6 +44,9 @@ COMMANDS: dict[str, ModuleType] = {
     "audit": audit,
     "query": query,
     "db": db,
+    "command": command,
+    "shadow": shadow,
+    "config": config,
 }
 
 
@@ -51,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     repeats = throttle_repeated_logs()  # repeated WARNING/ERROR: the first, then a count a minute
     try:
         return int(args.fn(args))
-    except (RegistryError, pki.PkiError, FileExistsError, BrokerError) as exc:
+    except (RegistryError, pki.PkiError, FileExistsError, BrokerError, DownlinkError,
+            ShadowConflict, BundleError) as exc:
         print(f"edgegw-cloud {args.command}: {exc}", file=sys.stderr)
         return 1
     finally:

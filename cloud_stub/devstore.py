@@ -14,6 +14,7 @@ Invariants:
 from __future__ import annotations
 
 import json
+import math
 import os
 import sqlite3
 import time
@@ -152,8 +153,125 @@ class DevStore:
         return [_command_dict(r) for r in self._db.execute(sql, params)]
 
 
+    # ------------------------------------------------------------------ shadows / configs
+    def shadow(self, gw: str, device: str) -> dict[str, Any]:
+        row = self._db.execute("SELECT * FROM shadows WHERE gateway=? AND device=?",
+                               (gw, device)).fetchone()
+        return _shadow_dict(row, gw, device)
+
+    def shadows(self, gw: str) -> list[dict[str, Any]]:
+        return [_shadow_dict(r, gw, r["device"]) for r in self._db.execute(
+            "SELECT * FROM shadows WHERE gateway=? ORDER BY device", (gw,))]
+
+    def set_desired(self, gw: str, device: str, changes: dict[str, Any],
+                    expected_version: int | None = None) -> dict[str, Any]:
+        """Merge ``changes`` into desired (a None value removes the point); version + 1."""
+        with self._txn() as db:
+            row = db.execute("SELECT desired, desired_version FROM shadows WHERE gateway=? AND "
+                             "device=?", (gw, device)).fetchone()
+            desired = json.loads(row["desired"]) if row else {}
+            version = row["desired_version"] if row else 0
+            if expected_version is not None and expected_version != version:
+                raise ShadowConflict(f"desired version is {version}, not {expected_version}: "
+                                     "someone changed it; get it again and retry")
+            for k, v in changes.items():
+                if v is None:
+                    desired.pop(k, None)
+                else:
+                    desired[k] = v
+            db.execute("INSERT INTO shadows(gateway, device, desired, desired_version, "
+                       "desired_ms) VALUES (?, ?, ?, ?, ?) ON CONFLICT(gateway, device) DO "
+                       "UPDATE SET desired=excluded.desired, desired_version=excluded."
+                       "desired_version, desired_ms=excluded.desired_ms",
+                       (gw, device, json.dumps(desired), version + 1, _ms()))
+        return self.shadow(gw, device)
+
+    def set_reported(self, gw: str, device: str, reported: dict[str, Any],
+                     version: int) -> None:
+        self._db.execute(
+            "INSERT INTO shadows(gateway, device, reported, reported_version, reported_ms) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT(gateway, device) DO UPDATE SET "
+            "reported=excluded.reported, reported_version=excluded.reported_version, "
+            "reported_ms=excluded.reported_ms",
+            (gw, device, json.dumps(reported), version, _ms()))
+
+    def config_push(self, gw: str, text: str) -> int:
+        with self._txn() as db:
+            row = db.execute("SELECT MAX(version) FROM configs WHERE gateway=?", (gw,)).fetchone()
+            version = int(row[0] or 0) + 1
+            now = _ms()
+            db.execute("INSERT INTO configs(gateway, version, yaml, pushed_ms, status, "
+                       "updated_ms) VALUES (?, ?, ?, ?, 'pushed', ?)",
+                       (gw, version, text, now, now))
+        return version
+
+    def config_status(self, gw: str, version: object, status: str,
+                      messages: list[str] | None = None) -> bool:
+        """Move a pushed config on; final states (refused, confirmed, reverted) stay."""
+        try:
+            v = int(str(version))
+        except (TypeError, ValueError):
+            return False
+        with self._txn() as db:
+            cur = db.execute(
+                "UPDATE configs SET status=?, messages=COALESCE(?, messages), updated_ms=? "
+                "WHERE gateway=? AND version=? AND status NOT IN ('refused','confirmed',"
+                "'reverted') AND status != ?",
+                (status, json.dumps(messages) if messages is not None else None, _ms(), gw, v,
+                 status))
+            return cur.rowcount > 0
+
+    def config(self, gw: str, version: int) -> dict[str, Any] | None:
+        row = self._db.execute("SELECT * FROM configs WHERE gateway=? AND version=?",
+                               (gw, version)).fetchone()
+        return _config_dict(row) if row else None
+
+    def config_history(self, gw: str, limit: int = 50) -> list[dict[str, Any]]:
+        return [_config_dict(r) for r in self._db.execute(
+            "SELECT * FROM configs WHERE gateway=? ORDER BY version DESC LIMIT ?", (gw, limit))]
+
+
 def _command_dict(row: sqlite3.Row) -> dict[str, Any]:
     d = dict(row)
     d["args"] = json.loads(d["args"])
     d["value"] = json.loads(d["value"]) if d["value"] is not None else None
     return d
+
+
+class ShadowConflict(ValueError):
+    """``set_desired`` with an expected version that is not the current one."""
+
+
+def shadow_delta(desired: dict[str, Any], reported: dict[str, Any]) -> dict[str, Any]:
+    """Desired points whose reported value differs (floats compared with a tolerance)."""
+
+    def same(a: Any, b: Any) -> bool:
+        if isinstance(a, int | float) and isinstance(b, int | float) and not isinstance(a, bool):
+            return math.isclose(float(a), float(b), rel_tol=1e-6, abs_tol=1e-9)
+        return bool(a == b)
+
+    return {k: v for k, v in desired.items()
+            if v is not None and (k not in reported or not same(reported[k], v))}
+
+
+def _shadow_dict(row: sqlite3.Row | None, gw: str, device: str) -> dict[str, Any]:
+    if row is None:
+        return {"gateway": gw, "device": device, "desired": {}, "desired_version": 0,
+                "reported": {}, "reported_version": 0, "delta": {}, "desired_ms": None,
+                "reported_ms": None}
+    desired, reported = json.loads(row["desired"]), json.loads(row["reported"])
+    return {"gateway": gw, "device": device, "desired": desired,
+            "desired_version": row["desired_version"], "reported": reported,
+            "reported_version": row["reported_version"],
+            "delta": shadow_delta(desired, reported), "desired_ms": row["desired_ms"],
+            "reported_ms": row["reported_ms"]}
+
+
+
+
+def _config_dict(row: sqlite3.Row) -> dict[str, Any]:
+    d = dict(row)
+    d["messages"] = json.loads(d["messages"])
+    return d
+
+

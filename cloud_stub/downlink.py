@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
@@ -40,6 +41,7 @@ from edgegw_cloud.pki_setup import INGEST_CN, CloudPaths
 from edgegw_cloud.registry import Registry, RegistryError
 
 log = logging.getLogger("edgegw.cloud.downlink")
+KEY_REFRESH_S = 30.0
 
 Listener = Callable[[str, dl.Message], None]
 REPLY_KINDS = (dl.COMMAND, dl.SHADOW, dl.CONFIG, dl.OTA, dl.INFO)
@@ -55,10 +57,12 @@ class _Keys:
     def __init__(self, paths: CloudPaths) -> None:
         self.paths = paths
         self._lock = threading.Lock()
-        self._down: dict[str, dl.MessageCodec] = {}
+        # gateway -> (codec, monotonic time derived): re-derived after KEY_REFRESH_S so a
+        # re-enrolled gateway (new key) or a new reported key id is picked up by a long `serve`
+        self._down: dict[str, tuple[dl.MessageCodec, float]] = {}
         self._up: dict[tuple[str, int], list[dl.MessageCodec]] = {}
 
-    def _registry_keys(self, gw: str) -> list[Any]:
+    def _registry_keys(self, gw: str) -> tuple[list[Any], int | None]:
         with Registry(self.paths.registry_db) as reg:
             row = reg.gateway(gw)
             if row is None or row.cert_serial is None:
@@ -66,22 +70,27 @@ class _Keys:
                                     "gateways`)")
             if row.revoked:
                 raise DownlinkError(f"gateway {gw!r} is revoked")
-            return reg.public_keys(gw, include_revoked=False)
+            return reg.public_keys(gw, include_revoked=False), reg.reported_key_id(gw)
 
     def down(self, gw: str, key_id: int | None = None) -> dl.MessageCodec:
         with self._lock:
-            codec = self._down.get(gw)
-            if codec is not None and (key_id is None or codec.key_id == key_id):
-                return codec
-        pubs = self._registry_keys(gw)
+            cached = self._down.get(gw)
+        if cached is not None and time.monotonic() - cached[1] < KEY_REFRESH_S and (
+            key_id is None or cached[0].key_id == key_id
+        ):
+            return cached[0]
+        pubs, reported = self._registry_keys(gw)
         if not pubs:
             raise DownlinkError(f"gateway {gw!r} has no valid certificate")
-        kid = key_id if key_id is not None else self.paths.current_key_id
+        # the key id the gateway uses (it may predate an ingest key rotation)
+        kid = key_id if key_id is not None else reported
+        if kid is None or not self.paths.ingest_ka_key(kid).exists():
+            kid = self.paths.current_key_id
         own = pki.load_private_key(self.paths.ingest_ka_key(kid))
         codec = dl.MessageCodec(dl.derive_message_key(own, pubs[0], kid, gw, dl.DOWN),  # type: ignore[arg-type]
                                 kid, gw, dl.DOWN)
         with self._lock:
-            self._down[gw] = codec
+            self._down[gw] = (codec, time.monotonic())
         return codec
 
     def up(self, gw: str, key_id: int) -> list[dl.MessageCodec]:
@@ -249,6 +258,8 @@ class Downlink:
                     if exc.reason != "auth":
                         break
             if opened is None:
+                if err is not None and err.reason == "auth":
+                    self.keys.forget(gw)  # re-enrolled with a new key? re-read on the next one
                 raise err or dl.MessageError("unknown_key", f"no key for {gw} key id {h.key_id}")
         except (dl.MessageError, RegistryError, DownlinkError) as exc:
             reason = getattr(exc, "reason", "error")

@@ -57,7 +57,8 @@ from edgegw import pki
 from edgegw.protocol import envelope, topics
 from edgegw.protocol.ack import AckStatus, encode_acks
 from edgegw.protocol.broker_url import parse_broker_url
-from edgegw.protocol.codec import MAX_SAMPLES, CodecError, DecodedBatch, decode_batch
+from edgegw.protocol.codec import MAX_SAMPLES, CodecError, DecodedBatch
+from edgegw.protocol.codec_v2 import DecodedV2, UnknownSeries, decode_any
 from edgegw.protocol.keys import derive_data_key
 from edgegw.protocol.logthrottle import install as throttle_repeated_logs
 from edgegw.protocol.model import Lane
@@ -89,14 +90,15 @@ class _Msg:
 
 @dataclass(frozen=True, slots=True)
 class _Opened:
-    """An authentic envelope; ``decoded`` None = its plaintext did not decode (reject it)."""
+    """An authentic envelope; ``decoded`` None = its plaintext did not decode (reject it, or
+    ask for a retry when ``retry``: a codec v2 id the cloud's dictionary does not hold)."""
 
     client: mqtt.Client
     gw: str
     seq: int
     received_ms: int
     decoded: DecodedBatch | None
-    limited: bool = False  # over the gateway's quota: ack retry, store nothing
+    retry: bool = False  # over the gateway's quota, or unknown series ids: ack retry
 
     @property
     def readings(self) -> int:
@@ -239,6 +241,7 @@ class Ingest:
         self.counts: dict[str, int] = defaultdict(int)
         self._store_stats: dict[str, Any] = {}
         self._store_error: BaseException | None = None
+        self._names = _Dictionaries(self.store_path)  # the opener thread's
 
     # ------------------------------------------------------------------ lifecycle
     def start(self, timeout: float = 15.0) -> Ingest:
@@ -395,10 +398,10 @@ class Ingest:
                     continue
                 if opened is None:
                     continue
-                gw, header, decoded, limited = opened
+                gw, header, decoded, retry = opened
                 self._put(
                     self._opened,
-                    _Opened(m.client, gw, header.seq, m.received_ms, decoded, limited),
+                    _Opened(m.client, gw, header.seq, m.received_ms, decoded, retry=retry),
                 )
                 now = time.monotonic()
                 if now - last_touch.get(gw, 0.0) >= TOUCH_EVERY_S:
@@ -409,6 +412,7 @@ class Ingest:
                         log.debug("registry touch failed: %s", exc)
         finally:
             registry.close()
+            self._names.close()
 
     def _write_loop(self) -> None:
         store = CloudStore(self.store_path)
@@ -448,9 +452,9 @@ class Ingest:
     def _open(
         self, m: _Msg, keys: _Keys
     ) -> tuple[str, Any, DecodedBatch | None, bool] | None:
-        """(gateway, header, decoded or None, over quota) for an AUTHENTIC envelope; a batch
-        over its gateway's quota is not decoded (limited: acked retry), one that does not
-        decode is None (acked rejected)."""
+        """(gateway, header, decoded or None, retry) for an AUTHENTIC envelope. ``retry``: ack
+        retry, store nothing (the gateway's quota is spent, checked before decoding; or a codec
+        v2 id the dictionary does not hold); decoded None without retry: acked rejected."""
         gw = topics.gateway_of(m.topic) or ""
         if not gw or m.topic != topics.up_batch(gw):
             self._warn("bad_topic", "?", "message on unexpected topic %r ignored", m.topic)
@@ -515,7 +519,19 @@ class Ingest:
             )
             return gw, header, None, True
         try:
-            decoded = decode_batch(plaintext)
+            decoded = decode_any(plaintext, self._names.resolver(gw))
+        except UnknownSeries as exc:
+            # the batch is fine; this cloud lacks the definitions (lost store?): never reject
+            self._warn(
+                "unknown_series",
+                gw,
+                "gateway %s: batch %d names series the dictionary does not hold (%s); "
+                "acked retry",
+                gw,
+                header.seq,
+                exc,
+            )
+            return gw, header, None, True
         except CodecError as exc:
             self._warn(
                 "undecodable",
@@ -527,6 +543,8 @@ class Ingest:
             )
             return gw, header, None, False
         self._quota.spend(gw, decoded.readings, now)
+        if isinstance(decoded, DecodedV2) and decoded.definitions:
+            self._names.learn(gw, decoded.epoch, decoded.definitions)
         return gw, header, decoded, False
 
     @staticmethod
@@ -573,33 +591,26 @@ class Ingest:
         def ack(o: _Opened, status: int) -> None:
             acks.setdefault((id(o.client), o.gw), (o.client, []))[1].append((o.seq, status))
 
-        storable = [o for o in group if o.decoded is not None and not o.limited]
+        storable = [o for o in group if o.decoded is not None]
         for o in group:
-            if o.limited:
-                ack(o, ACK_RETRY)
-            elif o.decoded is None:
-                ack(o, ACK_REJECTED)
-        records = [
-            BatchRecord(
-                o.gw,
-                o.seq,
-                _lane_of(o.decoded),
-                o.received_ms,
-                alerts=o.decoded.alerts,
-                gaps=o.decoded.gaps,
-                series=o.decoded.series,
-            )
-            for o in storable
-            if o.decoded is not None
-        ]
+            if o.decoded is None:
+                ack(o, ACK_RETRY if o.retry else ACK_REJECTED)
+        records: list[BatchRecord] = []
+        owners: list[_Opened] = []
+        for o in storable:
+            assert o.decoded is not None
+            for rec in _records(o):
+                records.append(rec)
+                owners.append(o)
         if records:
             try:
                 fresh: list[bool | None] = list(store.commit_many(records))
             except Exception as exc:
                 fresh = self._commit_one_by_one(records, store, exc)
-            for o, rec, new in zip(storable, records, fresh, strict=True):
+            failed: set[int] = set()  # owners with a part that could not be stored: retry
+            for o, rec, new in zip(owners, records, fresh, strict=True):
                 if new is None:
-                    ack(o, ACK_RETRY)
+                    failed.add(id(o))
                     continue
                 if new:
                     self.counts["batches_stored"] += 1
@@ -607,12 +618,64 @@ class Ingest:
                 else:
                     self.counts["duplicates"] += 1
                     log.debug(
-                        "gateway %s: batch %d already stored (re-sent); acked again", o.gw, o.seq
+                        "gateway %s: batch %d already stored (re-sent); acked again",
+                        rec.gateway,
+                        rec.seq,
                     )
-                ack(o, ACK_DELIVERED)
+            for o in storable:  # a re-packed batch: acked once all its parts are stored
+                ack(o, ACK_RETRY if id(o) in failed else ACK_DELIVERED)
         for (_, gw), (client, items) in acks.items():
             client.publish(topics.down_ack(gw), encode_acks(items), qos=1)
             self.counts["acks_sent"] += len(items)
+
+
+def _records(o: _Opened) -> list[BatchRecord]:
+    """Store records of an opened batch: one, or one per ORIGINAL seq of a re-packed batch
+    (so the store deduplicates per original batch: a part already stored is skipped)."""
+    d = o.decoded
+    assert d is not None
+    defs = (d.epoch, d.definitions) if isinstance(d, DecodedV2) and d.definitions else None
+    if isinstance(d, DecodedV2) and d.parts:
+        parts = d.split_parts()
+        return [
+            BatchRecord(o.gw, seq, int(Lane.TELEMETRY), o.received_ms, series=series,
+                        definitions=defs if i == 0 else None)
+            for i, (seq, series) in enumerate(parts)
+        ]
+    return [
+        BatchRecord(o.gw, o.seq, _lane_of(d), o.received_ms, alerts=d.alerts, gaps=d.gaps,
+                    series=d.series, definitions=defs)
+    ]
+
+
+class _Dictionaries:
+    """Codec v2 series names per (gateway, epoch) for the opener thread: learnt from batches
+    as they are decoded, else read from the store (another process, or before a restart)."""
+
+    def __init__(self, store_path: Path) -> None:
+        self.store_path = store_path
+        self._known: dict[tuple[str, int], dict[int, tuple[str, str]]] = {}
+        self._store: CloudStore | None = None
+
+    def learn(self, gw: str, epoch: int, defs: dict[int, tuple[str, str]]) -> None:
+        self._known.setdefault((gw, epoch), {}).update(defs)
+
+    def resolver(self, gw: str) -> Callable[[int, Any], dict[int, tuple[str, str]]]:
+        def resolve(epoch: int, ids: Any) -> dict[int, tuple[str, str]]:
+            known = self._known.setdefault((gw, epoch), {})
+            missing = [i for i in ids if i not in known]
+            if missing:
+                if self._store is None and self.store_path.exists():
+                    self._store = CloudStore(self.store_path, readonly=True)
+                if self._store is not None:
+                    known.update(self._store.series_names(gw, epoch, missing))
+            return {i: known[i] for i in ids if i in known}
+
+        return resolve
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
 
 
 def _lane_of(decoded: DecodedBatch) -> int:

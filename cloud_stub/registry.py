@@ -20,13 +20,14 @@ from __future__ import annotations
 import datetime as dt
 import getpass
 import hashlib
+import json
 import logging
 import os
 import secrets
 import socket
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from edgegw import pki
+from edgegw.protocol.ids import is_valid_id
 
 log = logging.getLogger("edgegw.cloud.registry")
 
@@ -82,6 +84,18 @@ CREATE TABLE IF NOT EXISTS audit(
     serial TEXT,                        -- certificate issued, if any
     detail TEXT NOT NULL DEFAULT ''
 );
+CREATE TABLE IF NOT EXISTS fleet(       -- device management: what gateways report about themselves
+    gateway_id TEXT PRIMARY KEY,
+    labels TEXT NOT NULL DEFAULT '{}',  -- JSON object, set by operators (rollout selectors)
+    software_version TEXT,
+    config_version TEXT,
+    config_pending TEXT,
+    devices TEXT NOT NULL DEFAULT '[]', -- JSON list as reported by the gateway
+    key_id INTEGER,
+    online INTEGER,                     -- from the gateway's retained status message
+    status_ms INTEGER,
+    info_ms INTEGER
+);
 """
 
 
@@ -95,6 +109,23 @@ class EnrollmentRefused(Exception):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class FleetRow:
+    """One gateway as the fleet view shows it (the dashboard reads these)."""
+
+    id: str
+    labels: dict[str, str]
+    last_seen_ms: int | None
+    online: bool | None
+    status_ms: int | None
+    software_version: str | None
+    config_version: str | None
+    config_pending: str | None
+    devices: list[dict[str, object]]
+    revoked: bool
+    info_ms: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,6 +286,8 @@ class Registry:
         if ttl_s <= 0:
             raise RegistryError(f"token ttl must be positive, got {ttl_s}s")
         token = secrets.token_urlsafe(32)
+        while token.startswith("-"):  # `edgegw enroll --token -x...` would read it as an option
+            token = secrets.token_urlsafe(32)
         now = _ms()
         with self._txn() as db:
             row = self._ensure_gateway(db, gateway_id)
@@ -573,3 +606,91 @@ class Registry:
             "UPDATE gateways SET last_seen_ms = MAX(COALESCE(last_seen_ms, 0), ?) WHERE id = ?",
             (ts_ms if ts_ms is not None else _ms(), gateway_id),
         )
+
+    # ----------------------------------------------------------------- fleet (device mgmt)
+    def _fleet_row(self, db: sqlite3.Connection, gateway_id: str) -> None:
+        if db.execute("SELECT 1 FROM gateways WHERE id = ?", (gateway_id,)).fetchone() is None:
+            raise RegistryError(f"unknown gateway {gateway_id!r} (see `edgegw-cloud gateways`)")
+        db.execute("INSERT OR IGNORE INTO fleet(gateway_id) VALUES (?)", (gateway_id,))
+
+    def set_labels(
+        self, gateway_id: str, labels: dict[str, str], remove: Sequence[str] = ()
+    ) -> dict[str, str]:
+        """Merge ``labels`` into the gateway's labels, drop ``remove``; returns the result."""
+        for k, v in labels.items():
+            if not is_valid_id(k) or len(v) > 256 or any(c in v for c in "\n\0"):
+                raise RegistryError(
+                    f"label {k}={v!r}: keys follow the id grammar (letters, digits, '_', '.', "
+                    "'-'), values up to 256 characters on one line"
+                )
+        with self._txn() as db:
+            self._fleet_row(db, gateway_id)
+            row = db.execute("SELECT labels FROM fleet WHERE gateway_id = ?",
+                             (gateway_id,)).fetchone()
+            current = dict(json.loads(row["labels"]))
+            current.update(labels)
+            for k in remove:
+                current.pop(k, None)
+            db.execute("UPDATE fleet SET labels = ? WHERE gateway_id = ?",
+                       (json.dumps(current, sort_keys=True), gateway_id))
+        return current
+
+    def labels(self, gateway_id: str) -> dict[str, str]:
+        row = self._db.execute("SELECT labels FROM fleet WHERE gateway_id = ?",
+                               (gateway_id,)).fetchone()
+        return dict(json.loads(row["labels"])) if row else {}
+
+    def select(self, selector: dict[str, str]) -> list[str]:
+        """Gateways (not revoked) whose labels include every ``key: value`` of ``selector``."""
+        return [f.id for f in self.fleet() if not f.revoked
+                and all(f.labels.get(k) == v for k, v in selector.items())]
+
+    def record_info(self, gateway_id: str, info: dict[str, object], ts_ms: int | None = None
+                    ) -> None:
+        """Store what the gateway reported about itself (its ``info`` message)."""
+        with self._txn() as db:
+            self._fleet_row(db, gateway_id)
+            db.execute(
+                "UPDATE fleet SET software_version = ?, config_version = ?, config_pending = ?, "
+                "devices = ?, key_id = ?, info_ms = ? WHERE gateway_id = ?",
+                (_opt_str(info.get("software_version")), _opt_str(info.get("config_version")),
+                 _opt_str(info.get("config_pending")), json.dumps(info.get("devices") or []),
+                 info.get("key_id"), ts_ms or _ms(), gateway_id),
+            )
+            db.execute("UPDATE gateways SET last_seen_ms = MAX(COALESCE(last_seen_ms, 0), ?) "
+                       "WHERE id = ?", (ts_ms or _ms(), gateway_id))
+
+    def record_status(self, gateway_id: str, online: bool, ts_ms: int | None = None) -> None:
+        with self._txn() as db:
+            self._fleet_row(db, gateway_id)
+            db.execute("UPDATE fleet SET online = ?, status_ms = ? WHERE gateway_id = ?",
+                       (int(online), ts_ms or _ms(), gateway_id))
+
+    def reported_key_id(self, gateway_id: str) -> int | None:
+        """The key id the gateway last said it uses (its ``info``): downlink keys follow it."""
+        row = self._db.execute("SELECT key_id FROM fleet WHERE gateway_id = ?",
+                               (gateway_id,)).fetchone()
+        return int(row["key_id"]) if row is not None and row["key_id"] is not None else None
+
+    def fleet(self) -> list[FleetRow]:
+        """Every gateway with its labels, last seen, versions, devices and online state."""
+        rows = self._db.execute(
+            """SELECT g.id, g.last_seen_ms, g.revoked_ms, f.labels, f.software_version,
+                      f.config_version, f.config_pending, f.devices, f.online, f.status_ms,
+                      f.info_ms
+               FROM gateways g LEFT JOIN fleet f ON f.gateway_id = g.id ORDER BY g.id"""
+        ).fetchall()
+        return [
+            FleetRow(
+                r["id"], dict(json.loads(r["labels"] or "{}")), r["last_seen_ms"],
+                None if r["online"] is None else bool(r["online"]), r["status_ms"],
+                r["software_version"], r["config_version"], r["config_pending"],
+                list(json.loads(r["devices"] or "[]")), r["revoked_ms"] is not None,
+                r["info_ms"],
+            )
+            for r in rows
+        ]
+
+
+def _opt_str(v: object) -> str | None:
+    return None if v is None else str(v)

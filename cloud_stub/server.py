@@ -17,6 +17,7 @@ from typing import TextIO
 
 from edgegw.protocol.broker_url import parse_broker_url
 from edgegw_cloud.broker import ManagedBroker
+from edgegw_cloud.devmgmt import DeviceManager, record_broker_url
 from edgegw_cloud.enrollment import EnrollmentService
 from edgegw_cloud.ingest import IngestProcesses, run_ingest
 from edgegw_cloud.pki_setup import CloudPaths
@@ -48,6 +49,17 @@ def _start_ingest(paths: CloudPaths, url: str, stop: threading.Event) -> threadi
     return t
 
 
+def _start_device_manager(paths: CloudPaths, broker_url: str) -> DeviceManager | None:
+    """Device management for the lifetime of ``serve`` (re-sends, confirms, fleet info); the
+    broker URL is recorded for the CLI's device-management verbs."""
+    record_broker_url(paths, broker_url)
+    try:
+        return DeviceManager(paths, broker_url, tag="serve").start()
+    except Exception as exc:
+        log.error("device management not started: %s", exc)
+        return None
+
+
 def serve(
     paths: CloudPaths,
     *,
@@ -61,7 +73,7 @@ def serve(
     crl_poll_s: float = 1.0,
     out: TextIO | None = None,
 ) -> int:
-    """Run broker + enrollment + ingest until ``stop`` is set.
+    """Run broker + enrollment + ingest + device management until ``stop`` is set.
 
     ``ingest_processes`` = 0 runs the ingest as a thread of this process; N > 0 runs N ingest
     processes sharing the subscription (decode and store use a core each; the store's SQLite
@@ -88,6 +100,7 @@ def serve(
         ingest_procs = IngestProcesses(paths, service_url, ingest_processes, ingest_stats_dir)
     elif ingest:
         ingest_thread = _start_ingest(paths, service_url, stop)
+    devmgr = _start_device_manager(paths, service_url)
     out.write(f"serving {broker_url}\n")
     out.write(f"enrollment {service_url}\n")
     out.flush()
@@ -108,6 +121,8 @@ def serve(
                     log.warning("crl.pem changed: reload the external broker's CRL yourself")
     finally:
         stop.set()
+        if devmgr is not None:
+            devmgr.stop()
         enroll.stop()
         if ingest_thread is not None:
             ingest_thread.join(timeout=15.0)

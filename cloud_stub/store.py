@@ -27,7 +27,7 @@ import hashlib
 import json
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import repeat
 from pathlib import Path
@@ -102,6 +102,16 @@ CREATE TABLE IF NOT EXISTS alerts (
     labels   TEXT    NOT NULL
 );
 CREATE INDEX IF NOT EXISTS alerts_device ON alerts (gateway, device, ts_ms);
+-- codec v2 series dictionaries: (gateway, epoch, id) -> names; written in the transaction of
+-- the batch that defined them, so an acked definition is always resolvable (after restarts too)
+CREATE TABLE IF NOT EXISTS series_dict (
+    gateway TEXT    NOT NULL,
+    epoch   INTEGER NOT NULL,
+    id      INTEGER NOT NULL,
+    device  TEXT    NOT NULL,
+    metric  TEXT    NOT NULL,
+    PRIMARY KEY (gateway, epoch, id)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS gaps (
     gateway    TEXT    NOT NULL,
     seq        INTEGER NOT NULL,
@@ -129,6 +139,8 @@ class BatchRecord:
     gaps: Sequence[Any] = ()  # edgegw.protocol.codec.Gap
     #: readings in columnar form (edgegw.protocol.codec.Series), the ingest's fast path
     series: Sequence[Series] = ()
+    #: codec v2 dictionary definitions carried by the batch: (epoch, {id: (device, metric)})
+    definitions: tuple[int, Mapping[int, tuple[str, str]]] | None = None
 
     @property
     def readings(self) -> int:
@@ -247,6 +259,13 @@ class CloudStore:
         db.execute("BEGIN IMMEDIATE")
         stored_ms = time.time_ns() // 1_000_000  # the group's commit time (latency metrics)
         try:
+            for rec in records:
+                if rec.definitions is not None and rec.definitions[1]:
+                    epoch, defs = rec.definitions
+                    db.executemany(
+                        "INSERT OR IGNORE INTO series_dict VALUES (?, ?, ?, ?, ?)",
+                        [(rec.gateway, epoch, i, d, m) for i, (d, m) in defs.items()],
+                    )
             for rec in records:
                 readings = rec.readings
                 cur = db.execute(
@@ -415,6 +434,20 @@ class CloudStore:
         return sid
 
     # ------------------------------------------------------------------ reading
+    def series_names(
+        self, gateway: str, epoch: int, ids: Iterable[int]
+    ) -> dict[int, tuple[str, str]]:
+        """Stored dictionary definitions of ``gateway``'s ``epoch`` for ``ids``."""
+        out: dict[int, tuple[str, str]] = {}
+        for i in ids:
+            row = self._db.execute(
+                "SELECT device, metric FROM series_dict WHERE gateway=? AND epoch=? AND id=?",
+                (gateway, epoch, i),
+            ).fetchone()
+            if row is not None:
+                out[i] = (row[0], row[1])
+        return out
+
     def has_batch(self, gateway: str, seq: int) -> bool:
         row = self._db.execute(
             "SELECT 1 FROM batches WHERE gateway = ? AND seq = ?", (gateway, seq)

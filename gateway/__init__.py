@@ -9,6 +9,7 @@ from edgegw.sdk import (
     ByteSize,
     DeviceContext,
     Driver,
+    DriverCommand,
     DriverError,
     DriverOptions,
     Duration,
@@ -21,6 +22,7 @@ from edgegw.sdk import (
     PushDriver,
     ReadResult,
     TransientError,
+    driver_command,
 )
 
 __version__ = "0.1.0"
@@ -31,6 +33,7 @@ __all__ = [
     "ByteSize",
     "DeviceContext",
     "Driver",
+    "DriverCommand",
     "DriverError",
     "DriverOptions",
     "Duration",
@@ -50,5 +53,6 @@ __all__ = [
     "TransientError",
     "Value",
     "__version__",
+    "driver_command",
     "now_ms",
 ]

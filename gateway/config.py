@@ -186,6 +186,15 @@ class BatchConfig(_Section):
     max_readings: int = Field(default=5000, gt=0, le=100_000)
     max_age: Duration = Field(default=0.25, gt=0)
     max_bytes: ByteSize = Field(default=256 * 1024, gt=0, le=8 * 1024 * 1024)
+    max_age_slow: Duration = Field(
+        default=3.0, gt=0,
+        description="on a slow link telemetry batches grow up to this age (fewer bytes per "
+        "reading); set it equal to max_age to turn adaptive batching off")
+    repack: bool = Field(
+        default=True, description="re-pack a telemetry backlog into bigger batches (codec v2)")
+    codec: Literal["v1", "v2"] = Field(
+        default="v2",
+        description="v2: series dictionary + step-aware columns (docs/weak-networks.md)")
 
 
 class UplinkConfig(_Section):

@@ -232,6 +232,55 @@ class PushDriver(Driver):
         raise NotImplementedError
 
 
+# --------------------------------------------------------------------------- driver commands
+_COMMAND_ATTR = "__edgegw_command__"
+
+
+@dataclass(frozen=True, slots=True)
+class DriverCommand:
+    """A named action a driver offers to the cloud (``edgegw-cloud command GW DEV NAME``)."""
+
+    name: str
+    method: str
+    args: type[BaseModel] | None
+    doc: str
+
+
+def driver_command(
+    name: str | None = None, *, args: type[BaseModel] | None = None
+) -> Callable[[Callable[..., Awaitable[Any]]], Callable[..., Awaitable[Any]]]:
+    """Declare an async driver method as a cloud command with a typed argument model.
+
+    ``args`` (a pydantic model) validates the command's arguments before the method runs; a
+    validation error refuses the command with pydantic's message. The method runs on the
+    device's bus ahead of polls, like writes, and returns the result value (JSON-able)::
+
+        class ResetArgs(BaseModel):
+            to: int = 0
+
+        class Meter(PolledDriver):
+            @driver_command("reset_counter", args=ResetArgs)
+            async def reset_counter(self, args: ResetArgs) -> int: ...
+    """
+
+    def deco(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        setattr(fn, _COMMAND_ATTR, (name or fn.__name__, args))
+        return fn
+
+    return deco
+
+
+def driver_commands(cls: type[Driver]) -> dict[str, DriverCommand]:
+    """The commands a driver class declares with ``@driver_command``, by name."""
+    out: dict[str, DriverCommand] = {}
+    for attr in dir(cls):
+        fn = getattr(cls, attr, None)
+        spec = getattr(fn, _COMMAND_ATTR, None)
+        if spec is not None:
+            out[spec[0]] = DriverCommand(spec[0], attr, spec[1], (fn.__doc__ or "").strip())
+    return out
+
+
 # --------------------------------------------------------------------------- registry
 @dataclass(frozen=True, slots=True)
 class DriverEntry:

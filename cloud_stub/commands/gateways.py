@@ -6,10 +6,12 @@ import argparse
 import datetime as dt
 import logging
 import sys
+from pathlib import Path
 from typing import TextIO
 
-from edgegw_cloud.commands import add_data_dir, paths
+from edgegw_cloud.commands import paths
 from edgegw_cloud.dbinfo import store_summary
+from edgegw_cloud.devmgmt_cli import add_gateways_subcommands, cmd_fleet, cmd_label
 from edgegw_cloud.registry import GatewayRow, Registry
 
 HELP = "list gateways (registry + store counters)"
@@ -17,10 +19,19 @@ log = logging.getLogger("edgegw.cloud")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_data_dir(parser)
+    # not required here: `gateways label|fleet --data-dir D` take it after the subcommand
+    parser.add_argument("--data-dir", type=Path, default=None, help="cloud data directory")
+    add_gateways_subcommands(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    sub = getattr(args, "gateways_command", None)
+    if sub == "label":
+        return cmd_label(args)
+    if sub == "fleet":
+        return cmd_fleet(args)
+    if args.data_dir is None:
+        raise SystemExit("edgegw-cloud gateways: --data-dir is required")
     data = paths(args)
     with Registry(data.registry_db) as reg:
         rows = reg.gateways()

@@ -16,9 +16,19 @@ import zlib
 from collections.abc import Sequence
 from typing import Literal
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 
-from edgegw import DeviceContext, DriverOptions, Emit, PolledDriver, ReadResult, Sample, now_ms
+from edgegw import (
+    DeviceContext,
+    DriverOptions,
+    Emit,
+    PermanentError,
+    PolledDriver,
+    ReadResult,
+    Sample,
+    driver_command,
+    now_ms,
+)
 
 
 class SimPoint(DriverOptions):
@@ -37,6 +47,13 @@ class SimOptions(DriverOptions):
         None, gt=0, description="samples/s per point; set to make this a push source"
     )
     burst: int = Field(100, ge=1, description="samples per point per emit in push mode")
+
+
+class ResetArgs(BaseModel):
+    """Arguments of the ``reset`` command."""
+
+    point: str | None = Field(None, description="the counter to reset; all when omitted")
+    to: int = Field(0, ge=0, description="restart the count here")
 
 
 class _Signal:
@@ -85,6 +102,16 @@ class SimDriver(PolledDriver):
     async def read(self) -> ReadResult:
         ts = now_ms()
         return {s.p.name: s.next(ts) for s in self._signals}
+
+    @driver_command("reset", args=ResetArgs)
+    async def reset(self, args: ResetArgs) -> dict[str, int]:
+        """Restart counter signals (all, or ``point``) at ``to``; returns the points reset."""
+        hit = [s for s in self._signals if args.point in (None, s.p.name)]
+        if not hit:
+            raise PermanentError(f"no point {args.point!r}")
+        for sig in hit:
+            sig.n = args.to
+        return {sig.p.name: args.to for sig in hit}
 
     async def run(self, emit: Emit) -> None:
         """Push mode: ``push_rate`` samples/s per point, emitted in bursts."""

@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 
 from edgegw.protocol.logthrottle import install as throttle_repeated_logs
-from edgegw.runtime.daemon import load, serve
+from edgegw.runtime.daemon import load, reexec_if_requested, serve
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,8 +57,11 @@ def run(args: argparse.Namespace) -> int:
     # summary with the count per minute (issue 9 #10: 841 ERROR lines in 20 s before)
     repeats = throttle_repeated_logs()
     try:
-        return asyncio.run(
+        rc = asyncio.run(
             serve(cfg, drivers, args.duration, args.shutdown_timeout, args.drain_timeout)
         )
     finally:
         repeats.close()
+    if rc == 0:
+        reexec_if_requested()  # the `restart` command
+    return rc

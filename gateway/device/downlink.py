@@ -29,9 +29,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-
 from edgegw.device.state import DevState
 from edgegw.protocol import downlink as dl
 from edgegw.protocol import topics
@@ -47,13 +44,7 @@ REPLY_TTL_MS = 10 * 60 * 1000
 def message_codecs(identity_dir: Path, gateway_id: str) -> tuple[dl.MessageCodec, dl.MessageCodec]:
     """(downlink opener, uplink-reply sealer) for an enrolled identity dir."""
     ident = Identity.load(identity_dir)
-    own = serialization.load_pem_private_key(ident.key_path.read_bytes(), None)
-    peer = serialization.load_pem_public_key(ident.ingest_ka_pub_path.read_bytes())
-    if not isinstance(own, ec.EllipticCurvePrivateKey) or not isinstance(
-        peer, ec.EllipticCurvePublicKey
-    ):
-        raise ValueError(f"{identity_dir}: gateway.key / ingest-ka.pub must be EC P-256 keys")
-    key_id = ident.key_id
+    own, peer, key_id = ident.private_key(), ident.ingest_public_key(), ident.key_id
     down = dl.MessageCodec(dl.derive_message_key(own, peer, key_id, gateway_id, dl.DOWN),
                            key_id, gateway_id, dl.DOWN)
     up = dl.MessageCodec(dl.derive_message_key(own, peer, key_id, gateway_id, dl.UP),
@@ -78,6 +69,7 @@ class DownlinkService:
         self._worker: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._up_seq = 0
+        self._connect_pending = False
         self.counts: dict[str, int] = defaultdict(int)
         self.refused: dict[str, int] = defaultdict(int)
 
@@ -89,9 +81,13 @@ class DownlinkService:
             raise ValueError(f"a handler for downlink kind {kind!r} is already registered")
         self._handlers[kind] = handler
 
-    def on_connect(self, hook: Callable[[], Awaitable[None]]) -> None:
-        """``await hook()`` after every (re)connection (re-report state, say hello)."""
+    def on_connect(self, hook: Callable[[], Awaitable[None]], *,
+                   run_now_if_connected: bool = False) -> None:
+        """``await hook()`` after every (re)connection (re-report state, say hello); with
+        ``run_now_if_connected`` also once now when the session is already up."""
         self._connect_hooks.append(hook)
+        if run_now_if_connected and self._uplink is not None and self._uplink.connected:
+            self._spawn(hook(), "connect hook")
 
     def attach(self, uplink: Any) -> None:
         self._uplink = uplink
@@ -109,6 +105,13 @@ class DownlinkService:
         self._window = dl.ReplayWindow(highest, seen)
         self._up_seq = dl.next_seq(0)
         self._worker = asyncio.create_task(self._work(), name="downlink")
+        self.run_connect_hooks_if_connected()
+
+    def run_connect_hooks_if_connected(self) -> None:
+        """After every feature started: say hello if the session came up before."""
+        if self._connect_pending:
+            self._connect_pending = False
+            self._connected()
 
     async def stop(self) -> None:
         tasks = [t for t in [self._worker, *self._tasks] if t is not None]
@@ -133,6 +136,9 @@ class DownlinkService:
             self._refuse("overload", f"downlink queue full; dropped a message on {topic}")
 
     def _connected(self) -> None:
+        if self.state is None:  # connected before start(): start() runs the hooks
+            self._connect_pending = True
+            return
         for hook in self._connect_hooks:
             self._spawn(hook(), "connect hook")
 

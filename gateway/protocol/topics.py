@@ -37,9 +37,12 @@ __all__ = [
     "enroll_request",
     "enroll_request_parts",
     "enroll_response",
+    "every_up",
     "gateway_of",
     "ingest_subscription",
+    "kind_of",
     "shared",
+    "up",
     "up_batch",
     "up_status",
 ]

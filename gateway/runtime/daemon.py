@@ -24,14 +24,33 @@ from edgegw.config import (
     drivers_from_registry,
     load_config,
 )
+from edgegw.device.config_apply import ConfigApply
 from edgegw.runtime.supervisor import Gateway
 from edgegw.sdk import DriverEntry, discover_drivers, driver_names
 
 log = logging.getLogger("edgegw.daemon")
 
 
+class Restart:
+    """Set by the ``restart`` command: after the clean stop, the process re-executes itself."""
+
+    requested = False
+
+
+def reexec_if_requested() -> None:
+    if Restart.requested:
+        log.info("restarting (requested by a cloud command)")
+        logging.shutdown()
+        os.execv(sys.executable, [sys.executable, "-m", "edgegw.cli", *sys.argv[1:]])
+
+
 def load(config: Path) -> tuple[GatewayConfig, dict[str, DriverEntry]]:
-    """Load and check the config; exit 2 printing every issue when it is not valid."""
+    """Load and check the config; exit 2 printing every issue when it is not valid.
+
+    A remotely pushed config that was never confirmed (or was cut off while installing) is
+    reverted first, before it is read (commit-confirmed, docs/device-management.md)."""
+    if ConfigApply(config).recover() == "reverted":
+        log.warning("%s: an unconfirmed remote configuration was reverted at start", config)
     try:
         cfg = load_config(config)
         used = {d.driver for d in cfg.devices}
@@ -71,6 +90,12 @@ async def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
     gw = Gateway(cfg, drivers)
+
+    def request_restart() -> None:
+        Restart.requested = True
+        loop.call_later(0.5, stop.set)  # let the command's result reach the cloud first
+
+    gw.request_restart = request_restart  # type: ignore[attr-defined]
     try:
         await gw.start()
         if duration is not None:

@@ -29,6 +29,7 @@ from edgegw.model import Lane, Sample
 from edgegw.runtime.pipeline import Batcher, OutboxThread, Pipeline
 from edgegw.runtime.sealing import make_sealer
 from edgegw.store.outbox import Outbox
+from edgegw.store.series_dict import FILE_NAME, SeriesDictionary
 
 log = logging.getLogger("edgegw.datapath")
 
@@ -54,6 +55,8 @@ class DataPath:
         self.on_writes: Callable[[list[WriteRequest]], None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._outbox_stats: dict[str, Any] = {}
+        #: codec v2 series dictionary (``batch.codec: v2``), shared with the uplink service
+        self.series_dict: SeriesDictionary | None = None
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -69,12 +72,18 @@ class DataPath:
                 sealer=sealer,
             )
         )
+        if cfg.batch.codec == "v2":
+            self.series_dict = await self.outbox_thread.call(
+                SeriesDictionary, self.state_dir / FILE_NAME)
         batcher = Batcher(
             outbox,
             self.outbox_thread,
             max_readings=cfg.batch.max_readings,
             max_age=float(cfg.batch.max_age),
+            encode=self.series_dict.encode if self.series_dict is not None else None,
         )
+        if self.series_dict is not None:
+            batcher.on_appended = self.series_dict.sealed
         self.pipeline = Pipeline(batcher, self._build_stages(), on_writes=self._writes)
         self._task = asyncio.create_task(self.pipeline.run(), name="pipeline")
 
@@ -89,10 +98,18 @@ class DataPath:
             await self.refresh_stats()
             await self.outbox_thread.call(self.outbox.close)
             self.outbox = None
+        if self.series_dict is not None:
+            await self.outbox_thread.call(self.series_dict.close)
+            self.series_dict = None
         self.outbox_thread.shutdown()
 
     def _build_stages(self) -> list[Stage]:
         return build_stages(self.cfg, submit_blocking=self._submit_blocking)
+
+    def rebuild_stages(self) -> None:
+        """New edge stages from ``self.cfg`` (remote configuration changed rules/anomaly)."""
+        if self.pipeline is not None:
+            self.pipeline.stages = self._build_stages()
 
     @staticmethod
     def _submit_blocking(fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:

@@ -135,6 +135,9 @@ class DeviceManager:
         self._tasks: list[asyncio.Task[Any]] = []
         self._write_tasks: set[asyncio.Task[bool]] = set()
         self._write_stats = {"requested": 0, "ok": 0, "failed": 0}
+        #: ``fn(samples)`` for every polled batch (the device shadow follows values this way)
+        self.sample_observers: list[Callable[[Sequence[Sample]], None]] = []
+        self._running = False
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -143,6 +146,7 @@ class DeviceManager:
                 self._start_device(dev)
         for name, sched in self._schedulers.items():
             self._tasks.append(asyncio.create_task(sched.run(), name=f"bus:{name}"))
+        self._running = True
         if self.unavailable:
             await self._sink(
                 [
@@ -205,6 +209,8 @@ class DeviceManager:
             breaker = (bus_cfg.breaker if bus_cfg is not None else None) or self.cfg.breaker
             sched = BusScheduler(bus, inter_frame_delay=delay, breaker=breaker_policy(breaker))
             self._schedulers[bus] = sched
+            if self._running:  # a device added while running (remote configuration)
+                self._tasks.append(asyncio.create_task(sched.run(), name=f"bus:{bus}"))
         timeout = float(dev.timeout)
         if bus_cfg is not None and bus_cfg.timeout is not None:
             timeout = float(bus_cfg.timeout)
@@ -235,7 +241,51 @@ class DeviceManager:
         return ctx
 
     async def _sink(self, samples: Sequence[Sample]) -> None:
+        for observe in self.sample_observers:
+            observe(samples)
         await self._sink_fn(samples)
+
+    # ------------------------------------------------------------------ changes while running
+    def add_device(self, dev: DeviceConfig) -> None:
+        """Start one more device while running (remote configuration)."""
+        if dev.enabled:
+            self._start_device(dev)
+
+    async def remove_device(self, device_id: str) -> None:
+        """Take one device off its bus (or stop its push task) and close its driver; the other
+        devices on the bus keep their schedule."""
+        sched = self._device_bus.pop(device_id, None)
+        if sched is not None:
+            sched.remove(device_id)
+        for task in [t for t in self._tasks if t.get_name() == f"push:{device_id}"]:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            self._tasks.remove(task)
+        drv: Driver | None = self._polled.pop(device_id, None) or self._push.pop(device_id, None)
+        self.unavailable.pop(device_id, None)
+        self._contexts.pop(device_id, None)
+        if drv is None:
+            return
+        try:
+            if sched is not None:  # on the bus: after a poll in flight, never during it
+                await sched.submit_write(device_id, drv.close)
+            else:
+                await drv.close()
+        except Exception:
+            log.exception("closing %s failed", device_id)
+
+    async def device_call(self, device_id: str, fn: Callable[[Driver], Awaitable[Any]]) -> Any:
+        """``await fn(driver)`` on the device's bus ahead of polls (commands, shadow writes).
+
+        Raises ``LookupError`` when the device is not running (unknown, disabled, broken)."""
+        driver = self._polled.get(device_id)
+        sched = self._device_bus.get(device_id)
+        if driver is not None and sched is not None:
+            polled = driver
+            return await sched.submit_write(device_id, lambda: fn(polled))
+        if device_id in self._push:
+            return await fn(self._push[device_id])
+        raise LookupError(self.unavailable.get(device_id) or f"device {device_id!r} is not running")
 
     async def _run_push(self, device_id: str, driver: PushDriver, ctx: DeviceContext) -> None:
         """Run a push driver; on failure report COMM_ERROR and restart it with backoff."""

@@ -21,6 +21,7 @@ LABEL_KEYS = {
     "buses": "bus",
     "kinds": "kind",
     "rules": "rule",
+    "refused": "reason",  # downlink refusals: edgegw_downlink_refused{reason="replay"}
 }
 LANE_NAMES = {"alert", "telemetry", "bulk"}
 _NAME_OK = re.compile(r"[^a-zA-Z0-9_]")

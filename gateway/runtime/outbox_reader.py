@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 from edgegw.model import Alert, Sample
-from edgegw.protocol.codec import decode_batch
+from edgegw.protocol.codec_v2 import decode_any
 from edgegw.protocol.envelope import open_sealed, parse_header
 from edgegw.runtime.sealing import key_lookup
+from edgegw.store.series_dict import FILE_NAME, file_resolver
 
 
 def _rows(db: Path) -> list[tuple[int, bytes]]:
@@ -36,13 +38,14 @@ def read_outbox(
     alerts: list[Alert] = []
     seqs: list[int] = []
     gw = gateway_id or _gateway_id(state)
+    resolve: Any = file_resolver(state / FILE_NAME)
     for seq, env in _rows(path):
         header = parse_header(env)
         key = lookup(header.key_id)
         if key is None:
             raise KeyError(f"no key with id {header.key_id} for outbox batch {seq}")
         _, plaintext = open_sealed(key, gw, env)
-        batch = decode_batch(plaintext)
+        batch = decode_any(plaintext, resolve)
         samples.extend(batch.samples)
         alerts.extend(batch.alerts)
         seqs.append(seq)

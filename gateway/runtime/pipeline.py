@@ -81,7 +81,7 @@ class Batcher:
         max_age: float = 0.25,
         max_bulk_bytes: int = 4 * 1024 * 1024,
         max_pending_seals: int = 16,
-        encode: Callable[..., bytes] | None = None,
+        encode: Callable[..., bytes | tuple[bytes, list[int]]] | None = None,
     ) -> None:
         self._encode = encode or encode_batch
         self._outbox = outbox
@@ -102,6 +102,10 @@ class Batcher:
         self.seal_errors = 0
         self.bytes_sealed = 0  # envelope bytes (header + ciphertext + tag), what goes on the wire
         self.last_seal_ms = 0
+        #: telemetry max_age chosen by the link (``edgegw.runtime.batching``); None = max_age
+        self.age_policy: Callable[[], float] | None = None
+        #: called in the outbox thread after each append with (seq, series ids it defined)
+        self.on_appended: Callable[[int, list[int]], None] | None = None
 
     def add(self, lane: Lane, samples: Sequence[Sample], alerts: Sequence[Alert] = ()) -> _Pending:
         p = self._pending[lane]
@@ -118,13 +122,17 @@ class Batcher:
     def due(self, now: float) -> list[Lane]:
         """Lanes that must be sealed now (full, or oldest item older than max_age)."""
         out = []
+        tele_age = self.age_policy() if self.age_policy is not None else self.max_age
+        # a slow link's longer batches may hold proportionally more readings (at most 10x)
+        tele_cap = min(10 * self.max_readings,
+                       max(self.max_readings, int(self.max_readings * tele_age / self.max_age)))
         for lane, p in self._pending.items():
             n = len(p)
             if not n:
                 continue
             if (
-                n >= self.max_readings
-                or now - p.since >= self.max_age
+                n >= (tele_cap if lane is Lane.TELEMETRY else self.max_readings)
+                or now - p.since >= (tele_age if lane is Lane.TELEMETRY else self.max_age)
                 or (lane is Lane.BULK and self._bulk_bytes >= self.max_bulk_bytes)
                 or lane is Lane.ALERT  # alerts are sealed at once: latency budget 100 ms
             ):
@@ -168,15 +176,21 @@ class Batcher:
     def _encode_append(self, lane: Lane, samples: list[Sample], alerts: list[Alert]) -> int:
         # Runs in the outbox thread.
         plaintext = self._encode(samples=samples, alerts=alerts)
+        defined: list[int] = []
+        if isinstance(plaintext, tuple):  # a dictionary encoder: (bytes, ids defined in it)
+            plaintext, defined = plaintext
         self.bytes_sealed += HEADER_SIZE + len(plaintext) + TAG_SIZE
         stamps = [s.ts_ms for s in samples] + [a.ts_ms for a in alerts]
-        return self._outbox.append(
+        seq = self._outbox.append(
             lane,
             plaintext,
             count=len(samples) + len(alerts),
             first_ts_ms=min(stamps),
             last_ts_ms=max(stamps),
         )
+        if self.on_appended is not None:
+            self.on_appended(seq, defined)
+        return seq
 
     async def drain(self) -> None:
         """Seal everything pending and wait until the outbox thread has committed it."""

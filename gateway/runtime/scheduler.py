@@ -86,6 +86,7 @@ class _Slot:
     # ring of the last LATENESS_WINDOW lateness values: 8 bytes each, no float objects kept
     lateness: array[float] = field(default_factory=lambda: array("d", bytes(8 * LATENESS_WINDOW)))
     lateness_n: int = 0
+    removed: bool = False  # taken off the bus (remote configuration); never polled again
 
     def record_lateness(self, value: float) -> None:
         self.lateness[self.lateness_n % LATENESS_WINDOW] = value
@@ -157,6 +158,16 @@ class BusScheduler:
             heapq.heappush(self._heap, (slot.deadline, slot.index))
             self._wake()
 
+    def remove(self, device_id: str) -> bool:
+        """Take a device off the bus (a poll in flight finishes; no new one starts)."""
+        found = False
+        for slot in self._slots:
+            if slot.target.device_id == device_id and not slot.removed:
+                slot.removed = True
+                found = True
+        self._wake()
+        return found
+
     async def submit_write(self, device_id: str, coro_fn: Callable[[], Awaitable[T]]) -> T:
         """Run ``coro_fn()`` on this bus ahead of the next poll; returns its result."""
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
@@ -187,8 +198,11 @@ class BusScheduler:
                     continue
                 heapq.heappop(self._heap)
                 slot = self._slots[index]
+                if slot.removed:
+                    continue
                 await self._run_slot(slot)
-                heapq.heappush(self._heap, (slot.deadline, index))
+                if not slot.removed:
+                    heapq.heappush(self._heap, (slot.deadline, index))
         finally:
             self._running = False
             for write in self._writes:
@@ -204,7 +218,7 @@ class BusScheduler:
             "writes_done": self.writes_done,
             "write_failures": self.write_failures,
             "poll_errors": self.poll_errors,
-            "devices": {s.target.device_id: s.stats() for s in self._slots},
+            "devices": {s.target.device_id: s.stats() for s in self._slots if not s.removed},
         }
 
     # ----------------------------------------------------------------- internals

@@ -36,6 +36,7 @@ from edgegw.protocol.fileperms import STATUS_MODE, write_private
 from edgegw.protocol.identity import default_identity_dir
 from edgegw.runtime.datapath import DataPath
 from edgegw.runtime.devices import DeviceManager
+from edgegw.runtime.devmgmt_service import DeviceManagementService
 from edgegw.runtime.housekeeping import HousekeepingService
 from edgegw.runtime.metrics import StatsCollector, StatsFn, serve
 from edgegw.runtime.sdnotify import notify, watchdog_interval
@@ -99,6 +100,9 @@ class Gateway:
             self.devices,
             self.housekeeping,
         ]
+        if self.uplink is not None and self.downlink is not None:  # commands, shadow, config
+            self.services.append(DeviceManagementService(
+                self, self.devices, self.uplink, self.datapath, self.downlink.service))
         self._started_services: list[Service] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._started = time.monotonic()

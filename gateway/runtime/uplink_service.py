@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from edgegw.config import UplinkConfig
+from edgegw.runtime.batching import repack_loop, wire
 from edgegw.runtime.datapath import DataPath
+from edgegw.store.repack import Repacker
 from edgegw.uplink.outbox_io import OutboxIO
 from edgegw.uplink.session import Uplink
 
@@ -49,6 +51,18 @@ class UplinkService:
         #: set by ``Gateway.stop`` before the services stop
         self.drain_timeout = 0.0
         self._task: asyncio.Task[None] | None = None
+        self._repack: asyncio.Task[None] | None = None
+        self._batching: Any = None
+        self._repacker: Repacker | None = None
+
+    async def restart(self, cfg: UplinkConfig) -> None:
+        """Replace the session with one built from ``cfg`` (remote configuration). Nothing is
+        lost: every unacknowledged batch is still in the outbox and is sent again."""
+        drain, self.drain_timeout = self.drain_timeout, 0.0
+        await self.stop()
+        self.drain_timeout = drain
+        self.cfg = cfg
+        await self.start()
 
     async def start(self) -> None:
         u, dp = self.cfg, self.datapath
@@ -66,6 +80,13 @@ class UplinkService:
             stable_after=float(u.stable_after),
         )
         dp.pipeline.batcher.on_sealed = lambda _lane: session.notify()
+        batch = dp.cfg.batch
+        self._batching = wire(dp.pipeline.batcher, session, dp.series_dict,
+                              min_age=float(batch.max_age), max_age_slow=float(batch.max_age_slow))
+        if dp.series_dict is not None and batch.repack:
+            self._repacker = Repacker(dp.outbox, dp.series_dict)
+            self._repack = asyncio.create_task(
+                repack_loop(self._repacker, session, dp.outbox_thread), name="repack")
         for hook in self.session_hooks:
             hook(session)
         self._task = asyncio.create_task(session.run(), name="uplink")
@@ -80,6 +101,10 @@ class UplinkService:
             # Poll until deadline: acks arrive in the session, which has no "outbox empty" event.
             while time.monotonic() < deadline and await self.datapath.backlog():  # noqa: ASYNC110
                 await asyncio.sleep(0.1)
+        if self._repack is not None:
+            self._repack.cancel()
+            await asyncio.gather(self._repack, return_exceptions=True)
+            self._repack = None
         task.cancel()
         for _ in range(3):  # a cancellation lost in a library is repeated, not waited on forever
             _done, pending = await asyncio.wait([task], timeout=5)
@@ -90,4 +115,9 @@ class UplinkService:
         self._task = None
 
     def stats(self) -> Mapping[str, Mapping[str, Any]]:
-        return {"uplink": self.session.stats() if self.session is not None else {}}
+        out: dict[str, Any] = dict(self.session.stats()) if self.session is not None else {}
+        if self._batching is not None:
+            out.update(self._batching.stats())
+        if self._repacker is not None:
+            out.update(self._repacker.stats())
+        return {"uplink": out}

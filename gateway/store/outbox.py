@@ -13,7 +13,9 @@ Invariants (read these before changing anything):
    counter and, when the bound forced evictions, the deletes and the gap record naming them.
 3. Who deletes a batch: ``settle(DELIVERED)`` (the cloud acked after its durable commit);
    ``settle(REJECTED)`` and a failed integrity check (both move the row to ``quarantine``);
-   eviction when full (counted per lane and named by a gap record). Nothing else.
+   eviction when full (counted per lane and named by a gap record); ``replace`` (re-pack:
+   telemetry batches deleted in the transaction that stores the one batch carrying all their
+   readings under their seqs, see ``edgegw.store.repack``). Nothing else.
 4. Integrity. Each row stores the CRC32 of its envelope. ``next_batches`` verifies the CRC, the
    lane and that the envelope header's seq equals the row's seq before returning a row; a row
    that fails is moved to quarantine and counted, never returned, never raised.
@@ -414,6 +416,54 @@ class Outbox:
         self._tick(force=bool(victims))
         return seq
 
+    def replace(
+        self, old: list[int], plaintext: bytes, *, count: int, first_ts_ms: int, last_ts_ms: int
+    ) -> int | None:
+        """Re-pack: seal ``plaintext`` (which carries the readings of the TELEMETRY batches
+        ``old``, by their seqs) under a new seq and delete ``old``, in ONE transaction.
+        Returns the new seq, or None (nothing changed) if any of ``old`` is gone or is not
+        telemetry. The cloud deduplicates the new batch per original seq (codec v2 parts), so
+        a replaced batch that had reached the cloud is never stored twice."""
+        with self._lock:
+            return self._guard(lambda: self._replace(old, plaintext, count, first_ts_ms,
+                                                     last_ts_ms))
+
+    def _replace(self, old: list[int], plaintext: bytes, count: int, first: int,
+                 last: int) -> int | None:
+        c = self._conn
+        seq = self._next_seq
+        env = self.sealer.seal(seq, plaintext)
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            sizes = []
+            for s in old:
+                row = c.execute("SELECT lane, length(envelope) FROM batches WHERE seq=?",
+                                (s,)).fetchone()
+                if row is None or row[0] != int(Lane.TELEMETRY):
+                    c.execute("ROLLBACK")
+                    return None
+                sizes.append(row[1])
+            freed = sum(self.row_cost(n) for n in sizes)
+            if self._used - freed + self.row_cost(len(env)) > self.max_bytes:
+                c.execute("ROLLBACK")
+                return None
+            c.executemany("DELETE FROM batches WHERE seq=?", [(s,) for s in old])
+            c.execute(f"INSERT INTO batches ({_COLS}) VALUES (?,?,?,?,?,?,?,0)",
+                      (seq, int(Lane.TELEMETRY), env, zlib.crc32(env), count, first, last))
+            c.execute("UPDATE meta SET value=? WHERE key='next_seq'", (seq + 1,))
+            c.execute("COMMIT")
+        except BaseException:
+            if c.in_transaction:
+                c.execute("ROLLBACK")
+            raise
+        self._next_seq = seq + 1
+        for size in sizes:
+            self._account_remove(int(Lane.TELEMETRY), size)
+        self._account_add(Lane.TELEMETRY, len(env))
+        self._c["repacked"] = self._c.get("repacked", 0) + len(old)
+        self._tick(force=False)
+        return seq
+
     def _account_add(self, lane: Lane, size: int) -> None:
         name = lane.name.lower()
         self._lane_batches[name] += 1
@@ -710,6 +760,7 @@ class Outbox:
                 "settle_unknown": self._c["settle_unknown"],
                 "vacuums": self._c["vacuums"],
                 "checkpoints": self._c["checkpoints"],
+                "repacked": self._c.get("repacked", 0),
             }
 
     def close(self) -> None:

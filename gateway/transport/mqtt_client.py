@@ -1,4 +1,10 @@
-"""paho-mqtt ``Client`` with one fix: a failed TLS handshake closes its socket.
+"""paho-mqtt ``Client`` with two fixes: TCP_NODELAY, and a failed TLS handshake closes its socket.
+
+paho-mqtt 2.2 leaves Nagle's algorithm on. A client that answers a message with two small
+packets (the PUBACK, then its reply PUBLISH: a command result, an ack) then waits for the
+peer's delayed ACK before the second one leaves: ~40 ms added to every request/reply round
+trip (measured here: a cloud -> device -> cloud command went from p50 88 ms to 11 ms, a raw
+QoS1 echo from 44 ms to 0.5 ms; bench/bench_commands.py).
 
 paho-mqtt 2.2 wraps the TCP socket, then runs the handshake; when the handshake raises (the
 broker refused our certificate, or was killed mid-handshake) the wrapped socket is dropped
@@ -17,6 +23,7 @@ import paho.mqtt.client as mqtt
 
 class Client(mqtt.Client):
     def _ssl_wrap_socket(self, tcp_sock: socket.socket) -> ssl.SSLSocket:
+        tcp_sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         ctx = self._ssl_context
         if ctx is None:
             raise ValueError("TLS requested without an SSL context")

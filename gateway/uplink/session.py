@@ -20,6 +20,11 @@ Invariants (see docs/delivery.md for the whole story):
 - ``online`` on connect, last will ``offline`` on ``gw/{id}/up/status``. Not retained: the
   broker refuses retained messages (``retain_available false``, docs/security.md), so nothing
   can park data in it; a watcher subscribes before it needs the transitions.
+- Bytes in the pipe (published, no PUBACK yet) stay within ``flow.cwnd`` (the measured
+  bandwidth-delay product, see ``flow``); the alert lane comes first and may exceed it by a
+  small headroom, so an alert never queues behind more than ~2 round trips of telemetry.
+- MQTT v5 topic alias for the batch topic once the broker allows one (saves the topic name in
+  every PUBLISH); ``on_delivered`` (optional) hears every seq the cloud acked DELIVERED.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
@@ -46,6 +52,7 @@ from edgegw.protocol.ack import AckStatus, decode_acks
 from edgegw.protocol.broker_url import BrokerUrlError, parse_broker_url
 from edgegw.protocol.identity import Identity
 from edgegw.transport.mqtt_client import Client
+from edgegw.uplink.flow import LinkEstimate
 from edgegw.uplink.outbox_io import AsyncOutbox
 
 log = logging.getLogger("edgegw.uplink")
@@ -157,6 +164,11 @@ class Uplink:
         self._topic_ack = topics.down_ack(gateway_id)
         self._topic_down_all = topics.down_subscription(gateway_id)
         self.c = _Counters()
+        self.flow = LinkEstimate()
+        #: called with the seqs of each ack the cloud sent DELIVERED (series dictionary)
+        self.on_delivered: Callable[[list[int]], None] | None = None
+        self._alias_max = 0
+        self._alias_set = False
         # per-connection state
         self._gen = 0
         self._client: mqtt.Client | None = None
@@ -204,13 +216,17 @@ class Uplink:
         if self._wake is not None:
             self._wake.set()
 
+    def held_seqs(self) -> set[int]:
+        """Seqs the uplink holds (in flight, being settled, held back): not to be re-packed."""
+        return set(self._inflight) | set(self._cooldown) | self._settling
+
     @property
     def connected(self) -> bool:
         return self._connected
 
     def stats(self) -> dict[str, int | float | dict[str, Any]]:
         c = self.c
-        return {
+        out: dict[str, int | float | dict[str, Any]] = {
             "connected": int(self._connected),
             "connect_attempts": c.connect_attempts,
             "connects": c.connects,
@@ -235,6 +251,9 @@ class Uplink:
             "last_ack_ms": c.last_ack_ms,
             "puback_reasons": dict(c.puback_reasons),
         }
+        out.update(self.flow.stats(time.monotonic()))
+        out["topic_alias"] = int(self._alias_set)
+        return out
 
     async def run(self) -> None:
         """Connect, upload, reconnect with backoff; returns only by cancellation."""
@@ -387,7 +406,8 @@ class Uplink:
                 log.debug("connected to %s:%d", self.host, self.port)
             self._auth_failing = self._unreachable = False
             client.subscribe(self._topic_sub, qos=1)
-            client.publish(self._topic_status, topics.STATUS_ONLINE, qos=1)
+            info = client.publish(self._topic_status, topics.STATUS_ONLINE, qos=1)
+            self.flow.on_send(info.mid, len(topics.STATUS_ONLINE), time.monotonic())
             done, _ = await asyncio.wait({suback, lost_wait}, timeout=max(10.0, self.keepalive),
                                          return_when=asyncio.FIRST_COMPLETED)
             if suback not in done:
@@ -418,6 +438,8 @@ class Uplink:
         # Everything in flight stays in the outbox; the next connection sends it again.
         self._inflight.clear()
         self._mids.clear()
+        self.flow.reset()
+        self._alias_set = False
 
     # ------------------------------------------------------------------ the window
     @property
@@ -442,9 +464,12 @@ class Uplink:
                 batches = await self._io.next_batches(room, exclude)
                 if self._lost.is_set():
                     break
+                now = time.monotonic()
                 for b in batches:
                     if b.seq in self._inflight or b.seq in self._settling:
                         continue
+                    if not self.flow.may_send(len(b.envelope), now, alert=b.lane == 0):
+                        break  # the pipe holds a BDP: wait for PUBACKs (they wake us)
                     self._send(_Flight(b.seq, bytes(b.envelope), b.count, int(b.lane)))
             timeout = self._next_deadline(loop.time())
             self._wake.clear()
@@ -468,7 +493,18 @@ class Uplink:
     def _send(self, flight: _Flight) -> None:
         client = self._client
         assert client is not None
-        info = client.publish(self._topic_batch, flight.envelope, qos=1)
+        if self._alias_set:
+            props = Properties(PacketTypes.PUBLISH)
+            props.TopicAlias = 1
+            info = client.publish("", flight.envelope, qos=1, properties=props)
+        elif self._alias_max >= 1:
+            props = Properties(PacketTypes.PUBLISH)
+            props.TopicAlias = 1
+            info = client.publish(self._topic_batch, flight.envelope, qos=1, properties=props)
+            self._alias_set = True
+        else:
+            info = client.publish(self._topic_batch, flight.envelope, qos=1)
+        self.flow.on_send(info.mid, len(flight.envelope), time.monotonic())
         flight.mid = info.mid
         flight.sent_at = asyncio.get_running_loop().time()
         flight.sends += 1
@@ -489,6 +525,7 @@ class Uplink:
         for flight in overdue:
             self.c.resend_timeouts += 1
             self._mids.pop(flight.mid, None)
+            self.flow.forget(flight.mid)
             self._send(flight)
 
     def _release_cooldown(self, now: float) -> None:
@@ -537,6 +574,7 @@ class Uplink:
                     _p: Properties | None = None) -> None:
         if gen == self._gen and not self._connack.done():
             name = rc.getName() if isinstance(rc, ReasonCode) else str(rc)
+            self._alias_max = int(getattr(_p, "TopicAliasMaximum", 0) or 0)
             self._connack.set_result((_reason_value(rc), name))
 
     def _on_disconnect(self, gen: int, _c: Any, _u: Any, _flags: Any, rc: ReasonCode | int,
@@ -560,6 +598,9 @@ class Uplink:
                     _p: Properties | None = None) -> None:
         if gen != self._gen:
             return
+        self.flow.on_puback(mid, time.monotonic())
+        if self._wake is not None:
+            self._wake.set()  # room in the pipe
         seq = self._mids.pop(mid, None)
         if seq is None:
             return  # the status message, or a flight already re-sent
@@ -628,5 +669,9 @@ class Uplink:
                 self._hold_back(seq)
                 settle.append((seq, AckStatus.RETRY))
         self._settle(settle)
+        if self.on_delivered is not None:
+            done = [seq for seq, outcome in settle if outcome is ACK_DELIVERED]
+            if done:
+                self.on_delivered(done)
         if self._wake is not None:
             self._wake.set()

@@ -8,10 +8,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from uplink.conftest import Cloud, cloud_dir, free_port  # noqa: F401  (fixture re-export)
 
 from edgegw_cloud.broker import ManagedBroker
 from edgegw_cloud.pki_setup import init_data_dir
-from tests.uplink.conftest import Cloud, cloud_dir, free_port  # noqa: F401  (fixture re-export)
 
 
 @pytest.fixture

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from uplink.conftest import Cloud, GatewaySide, Identity, await_until, wait_until
 
 from edgegw import pki
 from edgegw.device.downlink import DownlinkService
 from edgegw.protocol import downlink as dl
 from edgegw.protocol import topics
 from edgegw_cloud.downlink import Downlink
-from tests.uplink.conftest import Cloud, GatewaySide, Identity, await_until, wait_until
 
 
 async def _gateway(cloud: Cloud, tmp: Path, gw: str,
@@ -91,6 +91,16 @@ async def test_round_trip_and_refusals(cloud: Cloud, tmp_path: Path) -> None:
         # B cannot publish on A's downlink at all: PUBACK 0x87 from the broker
         assert await asyncio.to_thread(_publish_as, cloud, ident_b.dir, "gw-b",
                                        topics.down("gw-a", "command"), forged) == 0x87
+
+        # replies are authenticated too: one sealed with a key that is not A's UP key is
+        # refused and counted at the cloud, never handed to a listener
+        n_replies = len(replies)
+        fake = dl.MessageCodec(bytes(32), a.ident.key_id, "gw-a", dl.UP).seal(
+            "command", mid, 1, {"status": "ok"}, expires_ms=dl.now_ms() + 60_000)
+        assert await asyncio.to_thread(_publish_as, cloud, a.ident.dir, "gw-a-probe",
+                                       topics.up("gw-a", "command"), fake) == 0
+        await await_until(lambda: down.counts.get("refused_auth", 0) == 1, 10, "refusal")
+        assert len(replies) == n_replies
     finally:
         await asyncio.to_thread(down.stop)
         await a.close()

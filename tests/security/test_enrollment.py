@@ -272,6 +272,7 @@ def test_enroll_cli_entry_point(
     ]
     assert enroll_cmd.run(parser.parse_args([*base, "--token", "bogus"])) == 1
     assert "token_unknown" in capsys.readouterr().err
+    # --token=T: a url-safe token may start with '-' (argparse would read it as an option)
     assert enroll_cmd.run(parser.parse_args([*base, f"--token={_token(cloud, 'gw-cli')}"])) == 0
     assert Identity.load(cloud.tmp / "cli").gateway_id == "gw-cli"
     assert enroll_cmd.run(parser.parse_args(["--gateway-id", "gw-cli"])) == 1

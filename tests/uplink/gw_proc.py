@@ -70,7 +70,7 @@ async def main() -> int:
         )
         print(f"appended {last}", flush=True)
         uplink.notify()
-        await asyncio.sleep(0.01)  # pacing of the producer (a data rate), not synchronisation
+        await asyncio.sleep(0.002)  # pacing of the producer (a data rate), not synchronisation
     if not args.drain:
         await up  # until killed
         return 1

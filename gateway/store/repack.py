@@ -1,0 +1,139 @@
+"""Re-packing the backlog: many small stored telemetry batches -> one bigger, cheaper batch.
+
+A backlog (after a cut, or on a link slower than the data) is made of the small batches that
+were sealed for a fast link. Re-packing opens the oldest waiting telemetry batches, merges
+their readings per series (longer runs: constant steps and delta-of-delta pay off) and stores
+them as ONE codec v2 batch that names the ORIGINAL seqs as its parts.
+
+Rules (durability and exactly-once unchanged):
+- ``Outbox.replace`` deletes the originals and stores the re-packed batch in ONE transaction:
+  a crash leaves either the originals or the re-packed batch, never both, never neither.
+- Only telemetry batches that the uplink does not hold (in flight, being settled, held back)
+  are taken; batches already re-packed (with parts) and undecodable ones are left alone.
+- The cloud splits a re-packed batch back into its parts and stores each under its ORIGINAL
+  seq (the store's (gateway, seq) primary key deduplicates): a part already stored (an
+  original that reached the cloud before its ack was lost, or that was sent while it was being
+  re-packed) is skipped. It then acks the re-packed batch's own seq, which deletes it here.
+- A re-packed batch carries the dictionary definitions it needs (``SeriesDictionary`` rule), so
+  it decodes whatever happened to the originals' definitions.
+- Size: the re-packed batch aims at ``target_bytes`` (the uplink passes ~1 s of the measured
+  link rate, so an alert never waits long behind it); at most ``MAX_READINGS`` readings.
+Runs in the outbox thread (synchronous), like every other outbox operation.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Container
+from typing import Any
+
+from edgegw.model import Lane, Sample
+from edgegw.protocol.codec import CodecError
+from edgegw.protocol.codec_v2 import DecodedV2, decode_any
+from edgegw.protocol.envelope import EnvelopeError
+from edgegw.store.outbox import Outbox
+from edgegw.store.series_dict import SeriesDictionary
+
+log = logging.getLogger("edgegw.store")
+
+MAX_READINGS = 20_000  # ~0.1 s of CPU: the outbox thread also seals alerts
+MAX_BATCHES = 256
+MIN_BATCHES = 4
+
+
+class Repacker:
+    """Merges waiting telemetry batches of ``outbox`` (codec v2 via ``dictionary``)."""
+
+    def __init__(self, outbox: Outbox, dictionary: SeriesDictionary) -> None:
+        self.outbox = outbox
+        self.dictionary = dictionary
+        self.repacks = 0
+        self.batches_in = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+    def _waiting(self, exclude: Container[int]) -> list[tuple[int, int, int]]:
+        """(seq, envelope length, count) of telemetry batches the uplink does not hold."""
+        rows = self.outbox._conn.execute(
+            "SELECT seq, length(envelope), count FROM batches WHERE lane=? ORDER BY seq "
+            "LIMIT ?", (int(Lane.TELEMETRY), MAX_BATCHES * 4)).fetchall()
+        return [(s, n, c) for s, n, c in rows if s not in exclude]
+
+    def repack(self, exclude: Container[int], target_bytes: int) -> int | None:
+        """Re-pack the oldest waiting batches once; returns the new seq or None."""
+        waiting = self._waiting(exclude)
+        if len(waiting) < MIN_BATCHES:
+            return None
+        chosen: list[tuple[int, list[Sample]]] = []
+        readings = size_in = 0
+        for seq, size, count in waiting[:MAX_BATCHES]:
+            if readings + count > MAX_READINGS or (chosen and size_in >= 4 * target_bytes):
+                break
+            row = self.outbox._conn.execute("SELECT envelope FROM batches WHERE seq=?",
+                                            (seq,)).fetchone()
+            if row is None:
+                break
+            try:
+                decoded = decode_any(self.outbox.sealer.open(row[0])[1], self.dictionary.resolve)
+            except (EnvelopeError, CodecError) as exc:
+                log.debug("re-pack stops at batch %d: %s", seq, exc)
+                break
+            if (isinstance(decoded, DecodedV2) and decoded.parts) or decoded.alerts or decoded.gaps:
+                break  # already re-packed (or not plain telemetry): keep order, stop here
+            chosen.append((seq, decoded.samples))
+            readings += count
+            size_in += size
+        while len(chosen) >= MIN_BATCHES:
+            result = self._encode(chosen)
+            if result is None:
+                return None
+            plaintext, defined, count, first, last = result
+            if len(plaintext) > target_bytes and len(chosen) > MIN_BATCHES:
+                chosen = chosen[: max(MIN_BATCHES, len(chosen) * 2 // 3)]
+                continue
+            seqs = [s for s, _ in chosen]
+            new = self.outbox.replace(seqs, plaintext, count=count, first_ts_ms=first,
+                                      last_ts_ms=last)
+            if new is None:
+                return None
+            self.dictionary.sealed(new, defined)
+            self.dictionary.forget(seqs)
+            self.repacks += 1
+            self.batches_in += len(seqs)
+            in_bytes = sum(n for s, n, _ in waiting if s in set(seqs))
+            self.bytes_in += in_bytes
+            self.bytes_out += len(plaintext)
+            log.debug("re-packed %d batches (%d readings, %d -> %d bytes) into batch %d",
+                      len(seqs), count, in_bytes, len(plaintext), new)
+            return new
+        return None
+
+    def _encode(self, chosen: list[tuple[int, list[Sample]]]
+                ) -> tuple[bytes, list[int], int, int, int] | None:
+        samples: list[Sample] = []
+        part_of: list[int] = []
+        for p, (_, lst) in enumerate(chosen):
+            samples.extend(lst)
+            part_of.extend([p] * len(lst))
+        if not samples:
+            return None
+        # per series in part order: a stable sort by series keeps each part's order
+        order: dict[tuple[str, str], int] = {}
+        for s in samples:
+            order.setdefault((s.device, s.metric), len(order))
+        idx = sorted(range(len(samples)),
+                     key=lambda i: (order[(samples[i].device, samples[i].metric)], part_of[i]))
+        merged = [samples[i] for i in idx]
+        parts_idx = [part_of[i] for i in idx]
+        try:
+            plaintext, defined = self.dictionary.encode(
+                merged, parts=[s for s, _ in chosen], part_of=parts_idx)
+        except CodecError as exc:
+            log.warning("re-pack skipped: %s", exc)
+            return None
+        stamps = [s.ts_ms for s in samples]
+        return plaintext, defined, len(samples), min(stamps), max(stamps)
+
+    def stats(self) -> dict[str, Any]:
+        return {"repacks": self.repacks, "repacked_batches": self.batches_in,
+                "repacked_bytes_in": self.bytes_in, "repacked_bytes_out": self.bytes_out}
