@@ -7,10 +7,10 @@ PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 APT_PACKAGES = python3-venv systemd mosquitto socat libcoap3-bin python3-gi gir1.2-gst-rtsp-server-1.0 \
                gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly \
-               gstreamer1.0-libav gstreamer1.0-tools
+               gstreamer1.0-libav gstreamer1.0-tools fuse3
 DEMO_ARGS ?=
 
-.PHONY: demo test system-deps venv lint bench fuzz clean
+.PHONY: demo test system-deps venv lint bench fuzz powercut soak clean
 
 system-deps:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
@@ -51,6 +51,15 @@ fuzz: venv
 
 bench: venv
 	for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b; done
+
+# long reliability runs (not part of `make bench`): POWERCUT_CYCLES, SOAK_MINUTES
+POWERCUT_CYCLES ?= 200
+SOAK_MINUTES ?= 12
+powercut: venv
+	$(PY) bench/power_cut.py --cycles $(POWERCUT_CYCLES)
+
+soak: venv
+	$(PY) bench/soak.py --minutes $(SOAK_MINUTES)
 
 clean:
 	rm -rf $(VENV) demo-data .pytest_cache fuzz-out

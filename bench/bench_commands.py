@@ -93,7 +93,8 @@ def config(state: Path, identity: Path, broker: str, rate: int, port: int) -> di
     }
 
 
-def raw_mqtt_round_trip(paths: Any, port: int, ident_dir: Path, n: int) -> list[float]:
+def raw_mqtt_round_trip(paths: Any, port: int, service_port: int, ident_dir: Path,
+                        n: int) -> list[float]:
     """cloud (ingest identity) -> gw/echo/down/x -> echo client -> gw/echo/up/x -> cloud,
     with the same paho client class (and socket options) as the gateway and the cloud."""
     got = threading.Event()
@@ -105,16 +106,17 @@ def raw_mqtt_round_trip(paths: Any, port: int, ident_dir: Path, n: int) -> list[
         c.on_subscribe = lambda *_a: ready.release()
         return c
 
-    echo = client("bench-echo", ident_dir / "gateway.crt", ident_dir / "gateway.key",
+    echo = client(pki.client_id("bench-echo"), ident_dir / "gateway.crt", ident_dir / "gateway.key",
                   ident_dir / "ca.crt")
-    cloud = client(f"edgegw-ingest-bench-{os.getpid()}", paths.ingest_crt, paths.ingest_key,
+    cloud = client(pki.random_client_id("edgegw-ingest-bench"), paths.ingest_crt, paths.ingest_key,
                    paths.ca_crt)
     echo.on_connect = lambda c, *_a: c.subscribe("gw/bench-echo/down/x", qos=1)
     echo.on_message = lambda c, _u, m: c.publish("gw/bench-echo/up/x", m.payload, qos=1)
     cloud.on_connect = lambda c, *_a: c.subscribe("gw/bench-echo/up/x", qos=1)
     cloud.on_message = lambda *_a: got.set()
+    echo.connect("127.0.0.1", port)  # a gateway on the gateway listener
+    cloud.connect("127.0.0.1", service_port)  # the cloud on the service listener
     for c in (echo, cloud):
-        c.connect("127.0.0.1", port)
         c.loop_start()
     for _ in range(2):
         ready.acquire(timeout=10)
@@ -148,7 +150,8 @@ def main() -> None:
         broker = ManagedBroker(paths, port)
         broker.start()
         url = f"mqtts://127.0.0.1:{port}"
-        threading.Thread(target=run_ingest, args=(paths, url, stop), daemon=True).start()
+        service = broker.service_url  # the cloud's services connect on the service listener
+        threading.Thread(target=run_ingest, args=(paths, service, stop), daemon=True).start()
         plant = subprocess.Popen([sys.executable, str(SIM), "--tcp", "0", "--units", "1"],
                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert plant.stdout is not None
@@ -160,7 +163,7 @@ def main() -> None:
         cfg.write_text(yaml.safe_dump(config(state, state / "identity", url, a.rate, mport)))
         gw = subprocess.Popen([sys.executable, "-m", "edgegw.cli", "run", "-c", str(cfg)],
                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        dm = DeviceManager(paths, url).start()
+        dm = DeviceManager(paths, service).start()
         deadline = time.monotonic() + 30
         while dm.command(GW, "-", "ping", timeout=2)["status"] != "ok":
             if time.monotonic() > deadline:
@@ -181,7 +184,7 @@ def main() -> None:
                 failed[res["status"]] = failed.get(res["status"], 0) + 1
         elapsed = time.monotonic() - t_start
         dm.stop()
-        raw_mqtt = raw_mqtt_round_trip(paths, port, tmp / "echo", 200)
+        raw_mqtt = raw_mqtt_round_trip(paths, port, broker.service_port, tmp / "echo", 200)
         client = ModbusTcpClient("127.0.0.1", port=mport)
         client.connect()
         raw_mb = []

@@ -26,6 +26,9 @@ Invariants:
   into DATA/broker/ and owned by that user; ``pki/`` stays root-only 0700.
 - ``reload()`` rewrites ACL + CRL copies and sends SIGHUP: the ACL (with a ``deny #`` entry per
   revoked gateway) applies at once to connected clients; the CRL to new handshakes.
+- The broker dies with its parent (``PR_SET_PDEATHSIG``): a SIGKILLed ``serve`` leaves no
+  Mosquitto behind; one left by an older build (same config file) is recognised and stopped
+  at the next ``start()`` instead of being blamed as "a system mosquitto".
 - A crash is restarted with exponential backoff (0.5 s .. 30 s) by a supervisor thread;
   ``stop()`` and ``kill()`` suspend supervision until the next ``start()``/``restart()``.
 """
@@ -33,6 +36,7 @@ Invariants:
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import pwd
@@ -46,6 +50,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Any
 
 from edgegw import pki
 from edgegw.protocol import topics
@@ -67,6 +72,55 @@ TLS12_CIPHERS = (
     "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305"
 )
 _SEARCH = ("/usr/sbin", "/usr/local/sbin", "/sbin")
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _load_prctl() -> Any:
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError, ImportError):
+        return None
+
+
+#: resolved in the parent: the forked child may run as a user that cannot import anything
+_PRCTL = _load_prctl()
+
+
+def _die_with_parent(parent: int) -> None:
+    """In the forked child, before exec: SIGTERM when the parent dies (Linux prctl), so a
+    SIGKILLed ``edgegw-cloud serve`` never leaves its broker running, reparented."""
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    if os.getppid() != parent:  # the parent died between fork and prctl
+        os._exit(1)
+
+
+def _orphaned(pid: int) -> bool:
+    """True if ``pid``'s parent is neither this process nor an edgegw process (it was
+    reparented to init or a subreaper when its ``serve`` died)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            ppid = int(f.read().split(") ")[-1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return False
+    if ppid == os.getpid():
+        return False
+    try:
+        with open(f"/proc/{ppid}/cmdline", "rb") as f:
+            parent = f.read()
+    except OSError:
+        return True
+    return b"edgegw" not in parent
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[-1][:1] not in ("Z", "X")
+    except OSError:
+        return False
 
 
 class BrokerError(RuntimeError):
@@ -354,20 +408,64 @@ class ManagedBroker:
         return str(BrokerUrl("127.0.0.1", self.service_port))
 
     def _spawn(self) -> None:
+        parent = os.getpid()
+        # Started as root, Mosquitto would setuid itself to 'mosquitto', and the kernel clears
+        # PR_SET_PDEATHSIG on that credential change. So root starts it as that user directly
+        # (Popen sets the ids before preexec_fn runs): Mosquitto does not drop privileges when
+        # it is not root, and the parent-death signal stays armed.
+        user = _mosquitto_user() if os.geteuid() == 0 else None
+        ids: dict[str, object] = {}
+        if user is not None:
+            ids = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
         with open(self.stderr_path, "ab") as err:
-            self._proc = subprocess.Popen(
+            self._proc = subprocess.Popen(  # type: ignore[call-overload]
                 [self.binary, "-c", str(self.paths.mosquitto_conf)],
                 stdin=subprocess.DEVNULL,
                 stdout=err,
                 stderr=err,
                 start_new_session=True,  # a Ctrl-C in the terminal goes to us, we stop it
+                preexec_fn=lambda: _die_with_parent(parent),
+                **ids,
             )
+
+    def _stale_own_brokers(self) -> list[int]:
+        """Pids of Mosquitto processes running OUR config file (a previous serve that was
+        SIGKILLed before PR_SET_PDEATHSIG existed, or on a system without it)."""
+        conf = str(self.paths.mosquitto_conf)
+        found = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or int(entry) == os.getpid():
+                continue
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    argv = f.read().split(b"\0")
+            except OSError:
+                continue
+            args = [a.decode(errors="replace") for a in argv if a]
+            if len(args) >= 3 and os.path.basename(args[0]) == "mosquitto" and args[1:3] == [
+                "-c", conf] and _orphaned(int(entry)):
+                found.append(int(entry))
+        return found
+
+    def _stop_stale_own_brokers(self) -> None:
+        for pid in self._stale_own_brokers():
+            log.warning("stopping a stale managed broker (pid %d) left running by a previous "
+                        "edgegw-cloud serve on this data dir", pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and _alive(pid):
+                self._wake.wait(0.05)  # poll-until-deadline for the old broker to exit
+            if _alive(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
 
     def start(self, timeout: float = 15.0) -> ManagedBroker:
         """Write the config, start Mosquitto, return once the port completes a TLS handshake."""
         with self._lock:
             if self.running:
                 return self
+            self._stop_stale_own_brokers()
             self._check_port_free()
             self.write_files()
             self._join()  # a supervisor from before stop()/kill() must be gone

@@ -53,7 +53,7 @@ def command_args(action: str, items: list[str]) -> dict[str, Any]:
 def _manager(args: argparse.Namespace) -> DeviceManager:
     paths = CloudPaths.for_dir(args.data_dir).require_initialised()
     url = args.broker or broker_url_of(paths)
-    return DeviceManager(paths, url, tag="cli").start()
+    return DeviceManager(paths, url, tag="cli")  # started by `with`
 
 
 def _print(doc: Any, out: Any = None) -> None:

@@ -43,6 +43,7 @@ CREATE TABLE IF NOT EXISTS commands(
     late_results INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS commands_gw ON commands(gateway, created_ms);
+CREATE INDEX IF NOT EXISTS commands_status ON commands(status);  -- the pending ones, polled
 CREATE TABLE IF NOT EXISTS shadows(
     gateway TEXT NOT NULL,
     device TEXT NOT NULL,

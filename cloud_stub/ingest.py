@@ -8,7 +8,10 @@ Invariants:
   is opened with the gateway id as associated data. Only then is anything in it trusted.
 - The ack for a sequence is published only AFTER the transaction holding that batch committed
   (WAL, synchronous=FULL). Duplicates (already stored) are acked ``delivered`` again: the ack is
-  idempotent, the store holds each (gateway, seq) once.
+  idempotent, the store holds each (gateway, seq) once. A duplicate is recognised by the
+  SHA-256 of its plaintext: a DIFFERENT authentic batch under an already stored (gateway, seq)
+  (a reused or forged-ahead sequence) is a conflict: WARNING, counted, recorded in the store's
+  ``seq_conflicts``, and NOT acked (the gateway re-sequences it; see docs/delivery.md).
 - What a forged or damaged message can cause: a count and a WARNING, nothing else. Malformed
   headers, unknown key ids, unknown gateways and envelopes that fail authentication are NEVER
   acked: their sequence number is unauthenticated, and an ack (delivered or rejected) makes the
@@ -34,6 +37,7 @@ Invariants:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import multiprocessing
@@ -65,7 +69,7 @@ from edgegw.protocol.model import Lane
 from edgegw.transport.mqtt_client import Client
 from edgegw_cloud.pki_setup import INGEST_CN, CloudPaths
 from edgegw_cloud.registry import Registry
-from edgegw_cloud.store import BatchRecord, CloudStore
+from edgegw_cloud.store import CONFLICT, NEW, BatchRecord, CloudStore
 
 log = logging.getLogger("edgegw.cloud.ingest")
 
@@ -99,6 +103,7 @@ class _Opened:
     received_ms: int
     decoded: DecodedBatch | None
     retry: bool = False  # over the gateway's quota, or unknown series ids: ack retry
+    digest: bytes | None = None  # SHA-256 of the plaintext (sequence-conflict check)
 
     @property
     def readings(self) -> int:
@@ -398,10 +403,11 @@ class Ingest:
                     continue
                 if opened is None:
                     continue
-                gw, header, decoded, retry = opened
+                gw, header, decoded, retry, digest = opened
                 self._put(
                     self._opened,
-                    _Opened(m.client, gw, header.seq, m.received_ms, decoded, retry=retry),
+                    _Opened(m.client, gw, header.seq, m.received_ms, decoded, retry=retry,
+                            digest=digest),
                 )
                 now = time.monotonic()
                 if now - last_touch.get(gw, 0.0) >= TOUCH_EVERY_S:
@@ -451,10 +457,11 @@ class Ingest:
 
     def _open(
         self, m: _Msg, keys: _Keys
-    ) -> tuple[str, Any, DecodedBatch | None, bool] | None:
-        """(gateway, header, decoded or None, retry) for an AUTHENTIC envelope. ``retry``: ack
-        retry, store nothing (the gateway's quota is spent, checked before decoding; or a codec
-        v2 id the dictionary does not hold); decoded None without retry: acked rejected."""
+    ) -> tuple[str, Any, DecodedBatch | None, bool, bytes] | None:
+        """(gateway, header, decoded or None, retry, plaintext digest) for an AUTHENTIC
+        envelope. ``retry``: ack retry, store nothing (the gateway's quota is spent, checked
+        before decoding; or a codec v2 id the dictionary does not hold); decoded None without
+        retry: acked rejected."""
         gw = topics.gateway_of(m.topic) or ""
         if not gw or m.topic != topics.up_batch(gw):
             self._warn("bad_topic", "?", "message on unexpected topic %r ignored", m.topic)
@@ -517,7 +524,7 @@ class Ingest:
                 header.seq,
                 self._quota.rate,
             )
-            return gw, header, None, True
+            return gw, header, None, True, b""
         try:
             decoded = decode_any(plaintext, self._names.resolver(gw))
         except UnknownSeries as exc:
@@ -531,7 +538,7 @@ class Ingest:
                 header.seq,
                 exc,
             )
-            return gw, header, None, True
+            return gw, header, None, True, b""
         except CodecError as exc:
             self._warn(
                 "undecodable",
@@ -541,11 +548,11 @@ class Ingest:
                 header.seq,
                 exc,
             )
-            return gw, header, None, False
+            return gw, header, None, False, b""
         self._quota.spend(gw, decoded.readings, now)
         if isinstance(decoded, DecodedV2) and decoded.definitions:
             self._names.learn(gw, decoded.epoch, decoded.definitions)
-        return gw, header, decoded, False
+        return gw, header, decoded, False, hashlib.sha256(plaintext).digest()
 
     @staticmethod
     def _try_open(
@@ -562,11 +569,11 @@ class Ingest:
 
     def _commit_one_by_one(
         self, records: list[BatchRecord], store: CloudStore, exc: Exception
-    ) -> list[bool | None]:
+    ) -> list[str | None]:
         """A group commit failed: retry each batch in its own transaction, so one batch that
         cannot be stored does not make every other gateway's batch of the group wait (None =
         not stored, acked retry)."""
-        out: list[bool | None] = [None] * len(records)
+        out: list[str | None] = [None] * len(records)
         errors: list[tuple[BatchRecord, Exception]] = []
         if len(records) == 1:
             errors.append((records[0], exc))
@@ -575,7 +582,7 @@ class Ingest:
                      len(records), exc)
             for i, rec in enumerate(records):
                 try:
-                    out[i] = store.commit_many([rec])[0]
+                    out[i] = store.commit_statuses([rec])[0]
                 except Exception as one:
                     errors.append((rec, one))
         for rec, err in errors:
@@ -604,15 +611,26 @@ class Ingest:
                 owners.append(o)
         if records:
             try:
-                fresh: list[bool | None] = list(store.commit_many(records))
+                statuses: list[str | None] = list(store.commit_statuses(records))
             except Exception as exc:
-                fresh = self._commit_one_by_one(records, store, exc)
+                statuses = self._commit_one_by_one(records, store, exc)
             failed: set[int] = set()  # owners with a part that could not be stored: retry
-            for o, rec, new in zip(owners, records, fresh, strict=True):
-                if new is None:
+            conflicted: set[int] = set()  # owners with a part in a sequence conflict: no ack
+            for o, rec, status in zip(owners, records, statuses, strict=True):
+                if status is None:
                     failed.add(id(o))
-                    continue
-                if new:
+                elif status == CONFLICT:
+                    conflicted.add(id(o))
+                    self._warn(
+                        "seq_conflicts",
+                        o.gw,
+                        "gateway %s: authentic batch %d differs from the batch already "
+                        "stored under that sequence (reused or forged-ahead sequence); "
+                        "not acked, recorded in seq_conflicts",
+                        o.gw,
+                        rec.seq,
+                    )
+                elif status == NEW:
                     self.counts["batches_stored"] += 1
                     self.counts["readings_stored"] += rec.readings
                 else:
@@ -623,7 +641,8 @@ class Ingest:
                         rec.seq,
                     )
             for o in storable:  # a re-packed batch: acked once all its parts are stored
-                ack(o, ACK_RETRY if id(o) in failed else ACK_DELIVERED)
+                if id(o) not in conflicted:
+                    ack(o, ACK_RETRY if id(o) in failed else ACK_DELIVERED)
         for (_, gw), (client, items) in acks.items():
             client.publish(topics.down_ack(gw), encode_acks(items), qos=1)
             self.counts["acks_sent"] += len(items)
@@ -637,6 +656,8 @@ def _records(o: _Opened) -> list[BatchRecord]:
     defs = (d.epoch, d.definitions) if isinstance(d, DecodedV2) and d.definitions else None
     if isinstance(d, DecodedV2) and d.parts:
         parts = d.split_parts()
+        # a part has no digest of its original batch (it was re-encoded): deduplicated by
+        # sequence only (docs/delivery.md, "Sequence conflicts")
         return [
             BatchRecord(o.gw, seq, int(Lane.TELEMETRY), o.received_ms, series=series,
                         definitions=defs if i == 0 else None)
@@ -644,7 +665,7 @@ def _records(o: _Opened) -> list[BatchRecord]:
         ]
     return [
         BatchRecord(o.gw, o.seq, _lane_of(d), o.received_ms, alerts=d.alerts, gaps=d.gaps,
-                    series=d.series, definitions=defs)
+                    series=d.series, definitions=defs, digest=o.digest)
     ]
 
 

@@ -58,6 +58,7 @@ CREATE TABLE IF NOT EXISTS batches (
     readings    INTEGER NOT NULL,
     alerts      INTEGER NOT NULL DEFAULT 0,
     gaps        INTEGER NOT NULL DEFAULT 0,
+    digest      BLOB,
     PRIMARY KEY (gateway, seq)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS series (
@@ -112,6 +113,13 @@ CREATE TABLE IF NOT EXISTS series_dict (
     metric  TEXT    NOT NULL,
     PRIMARY KEY (gateway, epoch, id)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS seq_conflicts (
+    gateway        TEXT    NOT NULL,
+    seq            INTEGER NOT NULL,
+    stored_digest  BLOB,
+    offered_digest BLOB,
+    received_ms    INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS gaps (
     gateway    TEXT    NOT NULL,
     seq        INTEGER NOT NULL,
@@ -124,6 +132,9 @@ CREATE TABLE IF NOT EXISTS gaps (
     reason     TEXT    NOT NULL
 );
 """
+
+
+NEW, DUPLICATE, CONFLICT = "new", "duplicate", "conflict"
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +152,9 @@ class BatchRecord:
     series: Sequence[Series] = ()
     #: codec v2 dictionary definitions carried by the batch: (epoch, {id: (device, metric)})
     definitions: tuple[int, Mapping[int, tuple[str, str]]] | None = None
+    #: SHA-256 of the batch's plaintext: a re-send has the same digest; a different batch
+    #: under an already stored (gateway, seq) does not (a sequence conflict, never "delivered")
+    digest: bytes | None = None
 
     @property
     def readings(self) -> int:
@@ -166,6 +180,7 @@ class _Counts:
     alerts: int = 0
     gaps: int = 0
     transactions: int = 0
+    conflicts: int = 0
 
 
 def _encode_value(value: Value) -> tuple[Any, int, bytes | None]:
@@ -225,6 +240,13 @@ class CloudStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
+            cols = {r[1] for r in self._db.execute("PRAGMA table_info(batches)")}
+            if "digest" not in cols:  # stores created before per-batch digests
+                try:
+                    self._db.execute("ALTER TABLE batches ADD COLUMN digest BLOB")
+                except sqlite3.OperationalError as exc:  # another process migrated it first
+                    if "duplicate column" not in str(exc):
+                        raise
         self._db.execute("PRAGMA busy_timeout=10000")
         self._counts = _Counts()
         self._series: dict[tuple[str, str, str], int] = {}
@@ -246,15 +268,23 @@ class CloudStore:
         return self.commit_many([record])[0]
 
     def commit_many(self, records: Sequence[BatchRecord]) -> list[bool]:
-        """Store several batches in ONE transaction; per batch True = new, False = duplicate.
+        """Store several batches in ONE transaction; per batch True = new, False = duplicate
+        (or a sequence conflict: see ``commit_statuses``).
 
         Durable (fsync'd, synchronous=FULL) when this returns. On any error the whole
         transaction is rolled back and the error propagates: nothing of it was stored.
         """
+        return [st == NEW for st in self.commit_statuses(records)]
+
+    def commit_statuses(self, records: Sequence[BatchRecord]) -> list[str]:
+        """``commit_many`` with a status per batch: ``NEW`` (stored now), ``DUPLICATE`` (the
+        same batch was stored before: same digest, or no digest known) or ``CONFLICT`` (a
+        DIFFERENT batch is stored under this (gateway, seq): nothing written, recorded in
+        ``seq_conflicts``; the caller must not ack it as delivered)."""
         if not records:
             return []
         db = self._db
-        result: list[bool] = []
+        result: list[str] = []
         n_readings = n_alerts = n_gaps = 0
         db.execute("BEGIN IMMEDIATE")
         stored_ms = time.time_ns() // 1_000_000  # the group's commit time (latency metrics)
@@ -270,8 +300,8 @@ class CloudStore:
                 readings = rec.readings
                 cur = db.execute(
                     "INSERT OR IGNORE INTO batches"
-                    " (gateway, seq, lane, received_ms, stored_ms, readings, alerts, gaps)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    " (gateway, seq, lane, received_ms, stored_ms, readings, alerts, gaps,"
+                    " digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         rec.gateway,
                         rec.seq,
@@ -281,12 +311,21 @@ class CloudStore:
                         readings,
                         len(rec.alerts),
                         len(rec.gaps),
+                        rec.digest,
                     ),
                 )
                 if cur.rowcount == 0:
-                    result.append(False)
+                    row = db.execute("SELECT digest FROM batches WHERE gateway = ? AND seq = ?",
+                                     (rec.gateway, rec.seq)).fetchone()
+                    stored = row[0] if row is not None else None
+                    if stored is not None and rec.digest is not None and stored != rec.digest:
+                        db.execute("INSERT INTO seq_conflicts VALUES (?, ?, ?, ?, ?)",
+                                   (rec.gateway, rec.seq, stored, rec.digest, rec.received_ms))
+                        result.append(CONFLICT)
+                    else:
+                        result.append(DUPLICATE)
                     continue
-                result.append(True)
+                result.append(NEW)
                 self._insert_contents(rec)
                 n_readings += readings
                 n_alerts += len(rec.alerts)
@@ -301,8 +340,9 @@ class CloudStore:
         self._new_series.clear()
         c = self._counts
         c.transactions += 1
-        c.batches += sum(result)
-        c.duplicates += len(result) - sum(result)
+        c.batches += result.count(NEW)
+        c.duplicates += result.count(DUPLICATE)
+        c.conflicts += result.count(CONFLICT)
         c.readings += n_readings
         c.alerts += n_alerts
         c.gaps += n_gaps
@@ -554,6 +594,7 @@ class CloudStore:
             "alerts_stored": c.alerts,
             "gaps_stored": c.gaps,
             "transactions": c.transactions,
+            "seq_conflicts": c.conflicts,
         }
 
     def close(self) -> None:

@@ -16,11 +16,12 @@ The format (reference: docs/configuration.md, examples/gateway.example.yaml)::
     include: [devices/*.yaml]          # merged first; this file wins (lists are concatenated)
     gateway:  {id: plant1-gw1, state_dir: ./var/edgegw, log_level: info}
     metrics:  {enabled: true, listen: "127.0.0.1:9108"}
-    outbox:   {path: null, max_bytes: 64MiB, when_full: drop_oldest_telemetry, vacuum_every: 60s}
+    outbox:   {path: null, max_bytes: 64MiB, when_full: drop_oldest_telemetry, vacuum_every: 60s,
+               min_free_bytes: 32MiB}
     batch:    {max_readings: 5000, max_age: 250ms, max_bytes: 256KiB}
     uplink:   {enabled: false, broker: "mqtts://127.0.0.1:8883", identity_dir: null, window: 32,
-               ack_timeout: 10s, keepalive: 30s, backoff_min: 0.5s, backoff_max: 30s,
-               stable_after: 20s}
+               ack_timeout: 10s, keepalive: 30s, backoff_min: 0.5s, backoff_max: 10s,
+               stable_after: 20s, max_attempts: 10}
     breaker:  {failure_threshold: 3, backoff_min: 1s, backoff_max: 30s, jitter: 0.2}
     buses:    {line1: {inter_frame_delay: 5ms, timeout: 1s, breaker: {...}}}
     devices:  [{id: pump1, driver: modbus, enabled: true, poll: 1s, timeout: 2s, stagger: true,
@@ -169,6 +170,11 @@ class OutboxConfig(_Section):
         "drop_oldest_telemetry"
     )
     vacuum_every: Duration = 60.0
+    min_free_bytes: ByteSize = Field(
+        default=32 * 1024**2,
+        description="free space the outbox leaves on its file system: below it the outbox "
+        "stops growing and makes room by when_full, with gap records (0 disables)",
+    )
 
     @field_validator("max_bytes")
     @classmethod
@@ -212,8 +218,13 @@ class UplinkConfig(_Section):
     ack_timeout: Duration = Field(default=10.0, gt=0)
     keepalive: Duration = Field(default=30.0, gt=0)
     backoff_min: Duration = Field(default=0.5, gt=0)
-    backoff_max: Duration = Field(default=30.0, gt=0)
+    backoff_max: Duration = Field(default=10.0, gt=0)
     stable_after: Duration = 20.0
+    max_attempts: int = Field(
+        default=10, ge=1,
+        description="counted delivery attempts before a batch the cloud keeps skipping is "
+        "given up (quarantined, gap record)",
+    )
     renew_before: Duration = Field(
         default=30 * 86400.0,
         description="renew the gateway certificate this long before it expires "

@@ -21,13 +21,14 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _run(*cmd: str | Path, cwd: Path | None = None, timeout: float = 300) -> str:
-    # the CoAP example takes its OSCORE secrets from the environment (random, as it says)
-    env = dict(os.environ, THERM_A_OSCORE_SECRET=secrets.token_hex(16),
-               THERM_B_OSCORE_SECRET=secrets.token_hex(16))
+def _run(
+    *cmd: str | Path,
+    cwd: Path | None = None,
+    timeout: float = 300,
+    env: dict[str, str] | None = None,
+) -> str:
     r = subprocess.run(
-        [str(c) for c in cmd], cwd=cwd, capture_output=True, text=True, timeout=timeout,
-        env=env,
+        [str(c) for c in cmd], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env
     )
     assert r.returncode == 0, f"{cmd}: {r.stdout}\n{r.stderr}"
     return r.stdout
@@ -64,7 +65,10 @@ def test_wheel_installs_only_the_namespaces_and_init_check_work(tmp_path: Path) 
     assert "id: wheel-gw" in text and text.lstrip().startswith("#")
     assert "OK (1 device, 1 rule)" in _run(edgegw, "check", "-c", "gateway.yaml", cwd=work)
     _run(edgegw, "init", "--example", "coap", "-o", "coap.yaml", cwd=work)
-    assert "OK" in _run(edgegw, "check", "-c", "coap.yaml", cwd=work)
+    # the CoAP example takes its OSCORE secrets from the environment only (issue 9 #9)
+    env = {**os.environ, "THERM_A_OSCORE_SECRET": secrets.token_hex(16),
+           "THERM_B_OSCORE_SECRET": secrets.token_hex(16)}
+    assert "OK" in _run(edgegw, "check", "-c", "coap.yaml", cwd=work, env=env)
     _run(edgegw, "init", "--systemd", "units", cwd=work)
     assert (work / "units" / "edgegw.service").read_text() == (
         ROOT / "systemd" / "edgegw.service"

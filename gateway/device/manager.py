@@ -1,8 +1,9 @@
-"""Device management wired into a running gateway: the downlink service plus its handlers
-(commands, shadow, remote config) and the ``info`` report the cloud's fleet registry keeps.
+"""Device management wired into a running gateway: the handlers (commands, shadow, remote
+config) on the downlink service, and the ``info`` report the cloud's fleet registry keeps.
 
-The supervisor creates one ``DeviceManagement`` per enrolled gateway (``start``/``stop``/
-``stats_sources``); everything else lives in the feature modules. On every (re)connection the
+``edgegw.runtime.devmgmt_service`` creates one ``DeviceManagement`` per enrolled gateway
+(``start``/``stop``/``stats_sources``) over the supervisor's downlink service; everything else
+lives in the feature modules. On every (re)connection the
 gateway sends ``info`` (software version, config version/pending/last outcome, the devices as
 configured with their state, its key id), then the full shadow reported state, then asks for a
 confirmation of a pending config.

@@ -27,7 +27,7 @@ from edgegw.config import GatewayConfig
 from edgegw.edge import Stage, WriteRequest, build_stages
 from edgegw.model import Lane, Sample
 from edgegw.runtime.pipeline import Batcher, OutboxThread, Pipeline
-from edgegw.runtime.sealing import make_sealer
+from edgegw.runtime.sealing import make_sealer, previous_keys, remember_key
 from edgegw.store.outbox import Outbox
 from edgegw.store.series_dict import FILE_NAME, SeriesDictionary
 
@@ -64,12 +64,20 @@ class DataPath:
         outbox_path = Path(cfg.outbox.path or self.state_dir / "outbox.db")
         # refuses to start when local-data.key is gone but batches sealed with it remain
         sealer = make_sealer(self.gateway_id, self.state_dir, self.identity_dir, outbox_path)
+        # keys that may have sealed what the outbox still holds (standalone local key, earlier
+        # enrollments): the outbox re-seals those batches under the current key
+        earlier = previous_keys(self.state_dir)
+        if self.identity_dir is not None:
+            remember_key(self.state_dir, sealer.key)
         self.outbox = outbox = await self.outbox_thread.call(
             lambda: Outbox(
                 outbox_path,
                 max_bytes=int(cfg.outbox.max_bytes),
                 when_full=cfg.outbox.when_full,
                 sealer=sealer,
+                previous_keys=earlier,
+                min_free_bytes=int(cfg.outbox.min_free_bytes),
+                report_unclean_stop=True,
             )
         )
         if cfg.batch.codec == "v2":

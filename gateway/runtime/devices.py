@@ -128,6 +128,7 @@ class DeviceManager:
         self._shared_refs: dict[str, int] = {}
         self._contexts: dict[str, DeviceContext] = {}
         self._polled: dict[str, LazyOpenDriver] = {}
+        self._pollers: list[DevicePoller] = []
         self._push: dict[str, PushDriver] = {}
         self.unavailable: dict[str, str] = {}
         self._device_bus: dict[str, BusScheduler] = {}
@@ -144,6 +145,11 @@ class DeviceManager:
         for dev in self.cfg.devices:
             if dev.enabled:
                 self._start_device(dev)
+        # `stagger` spreads the first polls over one period across the WHOLE gateway (not per
+        # bus: ten single-device endpoints would otherwise all poll at once)
+        staggered = [p for p in self._pollers if p.stagger]
+        for i, poller in enumerate(staggered):
+            poller.stagger_slot = (i, len(staggered))
         for name, sched in self._schedulers.items():
             self._tasks.append(asyncio.create_task(sched.run(), name=f"bus:{name}"))
         self._running = True
@@ -156,6 +162,14 @@ class DeviceManager:
             )
 
     async def stop(self) -> None:
+        # buses finish the poll in flight first (bounded by the device timeouts), so a reading
+        # the device already served reaches the pipeline; then everything is cancelled
+        for sched in self._schedulers.values():
+            sched.request_stop()
+        buses = [t for t in self._tasks if t.get_name().startswith("bus:")]
+        if buses:
+            grace = min(5.0, max((float(d.timeout) for d in self.cfg.devices), default=1.0) + 0.5)
+            await asyncio.wait(buses, timeout=grace)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -215,17 +229,17 @@ class DeviceManager:
         if bus_cfg is not None and bus_cfg.timeout is not None:
             timeout = float(bus_cfg.timeout)
         self._device_bus[dev.id] = sched
-        sched.add(
-            DevicePoller(
-                dev.id,
-                wrapped,
-                period=float(dev.poll),
-                timeout=timeout,
-                sink=self._sink,
-                stagger=dev.stagger,
-                driver_name=dev.driver,
-            )
+        poller = DevicePoller(
+            dev.id,
+            wrapped,
+            period=float(dev.poll),
+            timeout=timeout,
+            sink=self._sink,
+            stagger=dev.stagger,
+            driver_name=dev.driver,
         )
+        self._pollers.append(poller)
+        sched.add(poller)
 
     def _context(self, device_id: str, driver_name: str) -> DeviceContext:
         ctx = DeviceContext(

@@ -100,6 +100,9 @@ class Batcher:
         #: called on the event loop after each committed batch (the uplink's wake-up)
         self.on_sealed: Callable[[Lane], None] | None = None
         self.seal_errors = 0
+        self.batches_refused = 0
+        self.readings_refused = 0
+        self._refusing = False
         self.bytes_sealed = 0  # envelope bytes (header + ciphertext + tag), what goes on the wire
         self.last_seal_ms = 0
         #: telemetry max_age chosen by the link (``edgegw.runtime.batching``); None = max_age
@@ -157,11 +160,27 @@ class Batcher:
             seq = await self._thread.call(self._encode_append, lane, p.samples, p.alerts)
         except Exception as exc:
             self.seal_errors += 1
-            log.error("sealing a %s batch of %d items failed: %s", lane.name.lower(), len(p), exc)
+            if type(exc).__name__ == "OutboxFull":
+                # expected trouble under the outbox's stated policy (full, disk space low): the
+                # outbox counts it and names it in its next gap record; say so once per episode
+                self.batches_refused += 1
+                self.readings_refused += len(p.samples)
+                if not self._refusing:
+                    log.warning("outbox refused a %s batch of %d items: %s (further refusals "
+                                "are counted, and named by gap records)", lane.name.lower(),
+                                len(p), exc)
+                self._refusing = True
+            else:
+                log.error("sealing a %s batch of %d items failed: %s", lane.name.lower(), len(p),
+                          exc)
             for w in p.waiters:
                 if not w.done():
                     w.set_exception(exc)
         else:
+            if self._refusing:
+                log.info("outbox accepts batches again (%d refused meanwhile)",
+                         self.batches_refused)
+                self._refusing = False
             self.batches_sealed += 1
             self.readings_sealed += len(p.samples)
             self.last_seal_ms = now_ms()
@@ -207,6 +226,8 @@ class Batcher:
             "readings_sealed": self.readings_sealed,
             "bytes_sealed": self.bytes_sealed,
             "seal_errors": self.seal_errors,
+            "batches_refused": self.batches_refused,
+            "readings_refused": self.readings_refused,
             "pending": {lane.name.lower(): len(p) for lane, p in self._pending.items()},
             "seals_in_flight": len(self._inflight),
         }

@@ -49,6 +49,8 @@ class DevicePoller:
         self.period = period
         self.timeout = timeout
         self.stagger = stagger
+        #: (index, count) among all staggered devices of the gateway; None = per bus
+        self.stagger_slot: tuple[int, int] | None = None
         self.sink = sink
         self.driver_name = driver_name or type(driver).__name__
         self._wall_clock = wall_clock

@@ -5,7 +5,8 @@ Invariants:
 - Each target has an absolute deadline on the monotonic clock: next = previous deadline +
   period (never now + period), so polling does not drift. A target more than one period
   behind skips the missed slots and counts them (``skipped_slots``).
-- First deadlines are staggered: target i of n starts at ``i / n`` of its period (deterministic).
+- First deadlines are staggered: target i of n starts at ``i / n`` of its period (deterministic);
+  n counts every staggered device of the gateway when the target carries ``stagger_slot``.
 - Queued writes run before the next poll (``submit_write``).
 - Per-device circuit breaker: after ``failure_threshold`` consecutive failed polls the device
   is only probed every backoff interval (exponential from ``backoff_min`` to ``backoff_max``,
@@ -140,6 +141,7 @@ class BusScheduler:
         self._writes: deque[_Write] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._started = False
+        self._stop_requested = False
         self._running = False
         self.in_flight = 0
         self.writes_done = 0
@@ -185,6 +187,8 @@ class BusScheduler:
                 # awaited future completes at the same moment) must still stop the bus
                 if me is not None and me.cancelling():
                     raise asyncio.CancelledError
+                if self._stop_requested:
+                    return  # graceful stop: the poll that was in flight has been delivered
                 if self._writes:
                     await self._run_write(self._writes.popleft())
                     continue
@@ -232,9 +236,17 @@ class BusScheduler:
         now = self._clock()
         n = len(self._slots)
         for slot in self._slots:
-            offset = slot.target.period * slot.index / n if slot.target.stagger and n else 0.0
+            # a gateway-wide slot (set by the device manager) wins over this bus's own index
+            i, count = getattr(slot.target, "stagger_slot", None) or (slot.index, n)
+            offset = slot.target.period * i / count if slot.target.stagger and count else 0.0
             slot.deadline = now + offset
             heapq.heappush(self._heap, (slot.deadline, slot.index))
+
+    def request_stop(self) -> None:
+        """Stop after the poll in flight (if any) completed and handed its samples on: a
+        reading the device already served is never thrown away by a clean shutdown."""
+        self._stop_requested = True
+        self._wake()
 
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():

@@ -109,6 +109,45 @@ def make_sealer(
     return Sealer(key, key_id, gateway_id)
 
 
+KEYRING = "data-keys"
+KEYRING_MAX = 8
+
+
+def remember_key(state_dir: Path, key: bytes) -> None:
+    """Record a data key that sealed outbox batches (``state_dir/data-keys``, 0600), so that
+    after a re-enrollment the outbox can re-seal what it still holds under the new key."""
+    path = state_dir / KEYRING
+    known = previous_keys(state_dir, include_local=False)
+    if key in known:
+        return
+    keep = [*known, key][-KEYRING_MAX:]
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write("".join(k.hex() + "\n" for k in keep))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def previous_keys(state_dir: Path, *, include_local: bool = True) -> list[bytes]:
+    """Data keys that may have sealed batches still in the outbox: the standalone local key
+    (key id 0) and the keys of earlier enrollments (oldest first)."""
+    keys: list[bytes] = []
+    if include_local and (state_dir / "local-data.key").exists():
+        keys.append(local_key(state_dir))
+    path = state_dir / KEYRING
+    if path.exists():
+        for line in path.read_text().split():
+            try:
+                k = bytes.fromhex(line)
+            except ValueError:
+                continue
+            if len(k) == 32 and k not in keys:
+                keys.append(k)
+    return keys
+
+
 def key_lookup(state_dir: Path, identity_dir: Path | None = None) -> Callable[[int], bytes | None]:
     """Key by key id, for reading this gateway's own outbox."""
     keys: dict[int, bytes] = {}

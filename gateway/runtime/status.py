@@ -89,6 +89,12 @@ def render(doc: dict[str, Any]) -> str:
                 f"  {lane:<9} {v['batches']:>7} batches {v['readings']:>9} items {v['bytes']:>10} B"
             )
     stats = doc.get("stats", {})
+    proc = stats.get("process", {})
+    if proc:
+        lines.append(
+            f"runs: {proc.get('starts', 0)} starts, {proc.get('unclean_stops', 0)} unclean stops "
+            f"(SIGKILL, power cut, crash); phase {proc.get('phase', '?')}"
+        )
     pipe = stats.get("pipeline", {})
     if pipe:
         lines.append(
@@ -97,7 +103,8 @@ def render(doc: dict[str, Any]) -> str:
         )
     out = stats.get("outbox", {})
     if out:
-        keys = ("appended", "delivered", "dropped_batches", "quarantined", "gaps")
+        keys = ("appended", "delivered", "dropped_batches", "quarantined", "gaps", "given_up",
+                "unclean_stops", "disk_low")
         lines.append("outbox counters: " + ", ".join(f"{k}={out[k]}" for k in keys if k in out))
     for bus, s in stats.get("scheduler", {}).get("buses", {}).items():
         for dev, d in s.get("devices", {}).items():

@@ -21,6 +21,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -47,6 +48,8 @@ from edgegw.sdk import DriverEntry
 log = logging.getLogger("edgegw.supervisor")
 
 STATUS_FILE = "status.json"
+RUNS_FILE = "runs.json"
+RUNNING_MARKER = "running"
 
 
 class DownlinkRuntime:
@@ -107,6 +110,10 @@ class Gateway:
         self._tasks: list[asyncio.Task[None]] = []
         self._started = time.monotonic()
         self._metrics_server: Any = None
+        self._status_failing = False
+        self._status_task: asyncio.Task[None] | None = None
+        self.phase = "starting"
+        self.runs: dict[str, int] = {"starts": 0, "unclean_stops": 0}
         self.collector = StatsCollector(self._stats_sources())
 
     def _identity_dir(self) -> Path:
@@ -119,6 +126,7 @@ class Gateway:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.state_dir, 0o750)
         (self.state_dir / "gateway-id").write_text(self.gateway_id + "\n")
+        self._count_run()
         for service in self.services:
             await service.start()
             self._started_services.append(service)
@@ -127,7 +135,7 @@ class Gateway:
                 self._metrics_server = serve(cfg.metrics.listen, self.collector)
             except OSError as exc:
                 log.error("metrics endpoint %s not started: %s", cfg.metrics.listen, exc)
-        self._tasks.append(asyncio.create_task(self._status_writer(), name="status"))
+        self._status_task = asyncio.create_task(self._status_writer(), name="status")
         self._tasks.append(asyncio.create_task(self._watchdog(), name="watchdog"))
         notify(f"READY=1\nSTATUS=serving {len(cfg.devices)} devices")
         log.info(
@@ -145,8 +153,30 @@ class Gateway:
         for service in self.services:
             for section in service.stats():
                 sources[section] = _section(service, section)
-        sources["process"] = lambda: {"uptime_seconds": time.monotonic() - self._started}
+        sources["process"] = lambda: {"uptime_seconds": time.monotonic() - self._started,
+                                      "phase": self.phase, **self.runs}
         return sources
+
+    def _count_run(self) -> None:
+        """Count starts and unclean stops across runs (``runs.json``; a ``running`` marker is
+        removed by a clean stop, so finding it at start means SIGKILL, power cut or crash)."""
+        runs_file, marker = self.state_dir / RUNS_FILE, self.state_dir / RUNNING_MARKER
+        with contextlib.suppress(OSError, ValueError):
+            self.runs |= {k: int(v) for k, v in json.loads(runs_file.read_text()).items()
+                          if k in ("starts", "unclean_stops")}
+        self.runs["starts"] += 1
+        if marker.exists():
+            self.runs["unclean_stops"] += 1
+            log.warning("the previous run of gateway %s did not stop cleanly (SIGKILL, power cut "
+                        "or crash): %d unclean stops in %d starts", self.gateway_id,
+                        self.runs["unclean_stops"], self.runs["starts"])
+        try:
+            tmp = runs_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.runs))
+            os.replace(tmp, runs_file)
+            marker.write_text(f"{os.getpid()}\n")
+        except OSError as exc:
+            log.warning("cannot record this run in %s: %s", runs_file, exc)
 
     async def _status_writer(self) -> None:
         path = self.state_dir / STATUS_FILE
@@ -165,7 +195,14 @@ class Gateway:
             "stats": self.collector.snapshot(),
         }
         # 0640 from creation (issue 9 #10: it was world-readable)
-        write_private(path, json.dumps(doc, default=str, indent=1), STATUS_MODE)
+        try:
+            write_private(path, json.dumps(doc, default=str, indent=1), STATUS_MODE)
+        except OSError as exc:  # disk full: the status file is informational only
+            if not self._status_failing:
+                log.warning("cannot write %s: %s (retrying every second)", path, exc)
+            self._status_failing = True
+        else:
+            self._status_failing = False
 
     async def _watchdog(self) -> None:
         interval = watchdog_interval()
@@ -187,6 +224,7 @@ class Gateway:
         undelivered batches stay in the outbox for the next start.
         """
         notify("STOPPING=1")
+        self.phase = "draining" if drain_timeout > 0 and self.uplink is not None else "stopping"
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -199,8 +237,17 @@ class Gateway:
                 await service.stop()
             except Exception:
                 log.exception("stopping %s failed", service.name)
+        # the status file kept showing progress (backlog, acks) while the services stopped
+        if self._status_task is not None:
+            self._status_task.cancel()
+            await asyncio.gather(self._status_task, return_exceptions=True)
+        self.phase = "stopped"
         if self.state_dir.is_dir():
+            with contextlib.suppress(Exception):
+                await self.datapath.refresh_stats()
             self.write_status()
+            with contextlib.suppress(OSError):
+                (self.state_dir / RUNNING_MARKER).unlink()
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
         log.info("gateway %s stopped", self.gateway_id)

@@ -78,6 +78,7 @@ class UplinkService:
             backoff_min=float(u.backoff_min),
             backoff_max=float(u.backoff_max),
             stable_after=float(u.stable_after),
+            max_attempts=int(u.max_attempts),
         )
         dp.pipeline.batcher.on_sealed = lambda _lane: session.notify()
         batch = dp.cfg.batch

@@ -56,21 +56,23 @@ Invariants (read these before changing anything):
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
+import shutil
 import sqlite3
 import threading
 import time
 import zlib
 from collections.abc import Callable, Container, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from edgegw.model import Lane
 from edgegw.protocol.ack import AckStatus
 from edgegw.protocol.codec import CodecError, Gap, decode_batch, encode_batch
-from edgegw.protocol.envelope import FLAG_GAP, EnvelopeError, parse_header
+from edgegw.protocol.envelope import FLAG_GAP, EnvelopeError, open_sealed, parse_header
 from edgegw.protocol.fileperms import DB_MODE, prepare_sqlite
 from edgegw.protocol.keys import Sealer
 
@@ -79,6 +81,12 @@ log = logging.getLogger("edgegw.store")
 WhenFull = Literal["drop_oldest_telemetry", "drop_oldest", "reject_new"]
 WHEN_FULL: tuple[str, ...] = ("drop_oldest_telemetry", "drop_oldest", "reject_new")
 GAP_REASON = "outbox_full"
+#: gap record reasons (``Gap.reason``); docs/delivery.md explains each
+GAP_DISK_FULL = "disk_full"
+GAP_CORRUPT = "outbox_corrupt"
+GAP_UNCLEAN_STOP = "unclean_stop"
+GAP_UNDELIVERABLE = "undeliverable"
+GAP_REJECTED = "rejected"
 _KIB = 1024
 _MIB = 1024 * _KIB
 _CORRUPT_CODES = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
@@ -139,6 +147,172 @@ def _is_corruption(exc: sqlite3.DatabaseError) -> bool:
     return "malformed" in msg or "not a database" in msg
 
 
+@dataclass
+class _Salvage:
+    """What could be read back from a corrupt outbox file."""
+
+    rows: list[tuple[object, ...]] = field(default_factory=list)  # intact (CRC + header ok)
+    bad: list[int] = field(default_factory=list)  # seqs of rows read back damaged
+    bad_readings: int = 0
+    seq_floor: int = 0
+    oldest_ts: int = 0  # oldest first_ts among rows read back (intact or not)
+    delivered_ts: int = 0  # meta: newest last_ts ever settled delivered
+    created_ms: int = 0
+    lost_possible: bool = False  # some part of the batches table could not be read
+
+
+_SALVAGE_PROBES = 4000
+
+
+def _scan_range(conn: sqlite3.Connection, lo: int, hi: int, desc: bool
+                ) -> tuple[list[tuple[object, ...]], bool]:
+    """Rows with lo <= seq <= hi in one direction until the first unreadable page."""
+    out: list[tuple[object, ...]] = []
+    order = "DESC" if desc else "ASC"
+    try:
+        for row in conn.execute(f"SELECT {_COLS} FROM batches WHERE seq BETWEEN ? AND ? "
+                                f"ORDER BY seq {order}", (lo, hi)):
+            out.append(tuple(row))
+    except sqlite3.Error:
+        return out, False
+    return out, True
+
+
+def _readable_from(conn: sqlite3.Connection, x: int, desc: bool) -> bool:
+    """True if a scan starting at ``x`` reads its first row (or finds none) without error."""
+    q = ("SELECT seq FROM batches WHERE seq <= ? ORDER BY seq DESC LIMIT 1" if desc else
+         "SELECT seq FROM batches WHERE seq >= ? ORDER BY seq LIMIT 1")
+    try:
+        conn.execute(q, (x,)).fetchall()
+    except sqlite3.Error:
+        return False
+    return True
+
+
+def _harvest(conn: sqlite3.Connection, seen: dict[int, tuple[object, ...]], s: _Salvage,
+             desc: bool, probes: list[int]) -> None:
+    """One pass over the seq space (ascending or descending): scan until damage, then binary
+    search the first seq past the damage from which a scan reads again, and go on from there."""
+    lo, hi = 0, 2**63 - 1
+    pos = hi if desc else lo
+    while lo <= pos <= hi and probes[0] < _SALVAGE_PROBES:
+        probes[0] += 1
+        rows, complete = _scan_range(conn, lo, pos, True) if desc else _scan_range(
+            conn, pos, hi, False)
+        for r in rows:
+            seen[int(r[0])] = r  # type: ignore[call-overload]
+        if complete:
+            return
+        s.lost_possible = True
+        if rows:
+            pos = int(rows[-1][0]) + (-1 if desc else 1)  # type: ignore[call-overload]
+        # pos sits on damage: find the nearest seq beyond it where a scan reads again
+        if desc:
+            left, right = lo - 1, pos - 1  # largest x in [lo, pos-1] readable
+            while left < right and probes[0] < _SALVAGE_PROBES:
+                probes[0] += 1
+                mid = (left + right + 1) // 2
+                if _readable_from(conn, mid, True):
+                    left = mid
+                else:
+                    right = mid - 1
+            pos = left
+        else:
+            left, right = pos + 1, hi + 1  # smallest x in [pos+1, hi] readable
+            while left < right and probes[0] < _SALVAGE_PROBES:
+                probes[0] += 1
+                mid = (left + right) // 2
+                if _readable_from(conn, mid, False):
+                    right = mid
+                else:
+                    left = mid + 1
+            pos = left
+
+
+def _salvage(path: Path) -> _Salvage:
+    """Read every row still readable from a damaged outbox, row by row.
+
+    A plain ``SELECT ... ORDER BY seq`` stops at the first bad page. Here the seq space is
+    scanned ascending and descending; at each damaged spot a binary search over seq finds the
+    nearest point past it from which a scan reads again (the b-tree's interior pages lead
+    around damaged leaves), so one bad page costs only the rows stored on it. Every row read back
+    must still pass its CRC and header check. Rows on damaged pages are lost (and a readable
+    run between two damaged regions may be missed by both passes); the caller's gap record
+    covers the whole interval that may hold them. (SQLite's ``.recover`` would do the same, but
+    Debian's sqlite3 shell is built without the ``sqlite_dbpage`` table it needs.)
+    """
+    s = _Salvage()
+    work = path.with_name(path.name + ".salvage")
+    try:
+        _salvage_copy(path, work)
+        conn = sqlite3.connect(f"file:{work}?mode=ro", uri=True)
+    except (OSError, sqlite3.Error):
+        s.lost_possible = True
+        _remove_db(work)
+        return s
+    try:
+        for query, attr in (
+            ("SELECT max(value) FROM meta WHERE key='next_seq'", "seq_floor"),
+            ("SELECT max(seq) + 1 FROM quarantine", "seq_floor"),
+            ("SELECT max(value) FROM meta WHERE key='delivered_ts_ms'", "delivered_ts"),
+            ("SELECT max(value) FROM meta WHERE key='created_ms'", "created_ms"),
+        ):
+            try:
+                v = conn.execute(query).fetchone()[0]
+                if isinstance(v, int):
+                    setattr(s, attr, max(getattr(s, attr), v))
+            except sqlite3.Error:
+                s.lost_possible = True
+        seen: dict[int, tuple[object, ...]] = {}
+        probes = [0]
+        for desc in (False, True):
+            _harvest(conn, seen, s, desc, probes)
+        for seq in sorted(seen):
+            row = seen[seq]
+            env, crc = row[2], row[3]
+            ts = row[5]
+            if isinstance(ts, int) and ts > 0:
+                s.oldest_ts = min(s.oldest_ts, ts) if s.oldest_ts else ts
+            s.seq_floor = max(s.seq_floor, seq + 1)
+            ok = (isinstance(env, bytes) and zlib.crc32(env) == crc
+                  and not Outbox._integrity_problem(seq, row[1], env, crc))
+            if ok:
+                s.rows.append(row)
+            else:
+                s.bad.append(seq)
+                if isinstance(row[4], int):
+                    s.bad_readings += row[4]
+    finally:
+        conn.close()
+        _remove_db(work)
+    return s
+
+
+def _salvage_copy(src: Path, dst: Path) -> None:
+    """Copy a damaged database (and its WAL) for reading; if the file was truncated, make the
+    header's page count match what is left (SQLite otherwise refuses every read)."""
+    _remove_db(dst)
+    shutil.copyfile(src, dst)
+    if Path(f"{src}-wal").exists():
+        shutil.copyfile(f"{src}-wal", f"{dst}-wal")
+    with open(dst, "r+b") as f:
+        head = f.read(100)
+        size = f.seek(0, 2)
+        if len(head) == 100 and head.startswith(b"SQLite format 3\0"):
+            page = int.from_bytes(head[16:18], "big")
+            page = 65536 if page == 1 else page
+            pages = int.from_bytes(head[28:32], "big")
+            if page >= 512 and pages * page > size:
+                f.seek(28)
+                f.write((size // page).to_bytes(4, "big"))
+
+
+def _remove_db(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(f"{path}{suffix}")
+
+
 class Outbox:
     """Store-and-forward buffer of sealed batches. See the module docstring for invariants."""
 
@@ -150,6 +324,9 @@ class Outbox:
         when_full: WhenFull | str = "drop_oldest_telemetry",
         sealer: Sealer,
         first_seq: int | None = None,
+        previous_keys: Iterable[bytes] = (),
+        min_free_bytes: int = 0,
+        report_unclean_stop: bool = False,
     ) -> None:
         if when_full not in WHEN_FULL:
             raise ValueError(f"outbox.when_full {when_full!r} is not one of {', '.join(WHEN_FULL)}")
@@ -160,6 +337,13 @@ class Outbox:
         self.when_full = when_full
         self.sealer = sealer
         self._first_seq = first_seq
+        self.previous_keys = [bytes(k) for k in previous_keys]
+        self.min_free_bytes = int(min_free_bytes)
+        self.report_unclean_stop = report_unclean_stop
+        #: readings refused since the last successful append, per gap reason and lane:
+        #: (first ts, last ts, batches, readings); written as a gap record by the next append
+        self._refused: dict[tuple[str, int], list[int]] = {}
+        self._disk_low = False
         self._lock = threading.RLock()
         #: WAL is truncated to this after checkpoints; also the auto-checkpoint size
         self.wal_limit = _clamp(self.max_bytes // 16, 64 * _KIB, 4 * _MIB)
@@ -169,7 +353,8 @@ class Outbox:
         self._c: dict[str, int] = dict.fromkeys(
             ("appended", "appended_readings", "delivered", "retried", "rejected",
              "corrupt_rows", "quarantined", "gaps", "corrupt_files", "salvaged_rows",
-             "settle_unknown", "vacuums", "checkpoints"), 0)
+             "settle_unknown", "vacuums", "checkpoints", "resealed", "reseal_unknown_key",
+             "given_up", "disk_full", "unclean_stops", "lost_in_corruption", "resequenced"), 0)
         self._dropped = {"batches": _lanes_zero(), "readings": _lanes_zero(),
                          "bytes": _lanes_zero()}
         self._rejected_new = _lanes_zero()
@@ -216,21 +401,20 @@ class Outbox:
         return conn
 
     def _open(self) -> None:
-        salvage: list[tuple[object, ...]] = []
-        seq_floor = 0
+        salvage = _Salvage()
         try:
             self._conn = self._connect()
         except sqlite3.DatabaseError as exc:
             if not _is_corruption(exc) and "quick_check" not in str(exc):
                 raise
-            salvage, seq_floor = self._move_aside(exc)
+            salvage = self._move_aside(exc)
             # the old counter may be unreadable: continue above it via the clock (invariant 1)
-            seq_floor = max(seq_floor, time.time_ns() // 1000)
+            salvage.seq_floor = max(salvage.seq_floor, time.time_ns() // 1000)
             self._conn = self._connect()
-        self._load(salvage, seq_floor)
+        self._load(salvage)
 
-    def _move_aside(self, exc: BaseException) -> tuple[list[tuple[object, ...]], int]:
-        """Rename a corrupt database (and its WAL) out of the way; return salvageable rows."""
+    def _move_aside(self, exc: BaseException) -> _Salvage:
+        """Rename a corrupt database (and its WAL) out of the way; return what is salvageable."""
         stamp = int(time.time())
         dest = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
         n = 1
@@ -242,63 +426,53 @@ class Outbox:
             if src.exists():
                 os.replace(src, f"{dest}{suffix}")
         self._c["corrupt_files"] += 1
-        rows, floor = self._salvage(dest)
+        salvage = _salvage(dest)
         log.error(
             "outbox database %s is corrupt (%s); moved it to %s and started a fresh one "
-            "(%d intact batches salvaged)", self.path, exc, dest, len(rows),
+            "(%d intact batches salvaged row by row, %d damaged rows; a gap record names the "
+            "interval that may be lost)", self.path, exc, dest, len(salvage.rows),
+            len(salvage.bad),
         )
-        return rows, floor
+        return salvage
 
-    @staticmethod
-    def _salvage(path: Path) -> tuple[list[tuple[object, ...]], int]:
-        rows: list[tuple[object, ...]] = []
-        floor = 0
-        try:
-            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        except sqlite3.Error:
-            return rows, floor
-        try:
-            for query in (
-                "SELECT max(value) FROM meta WHERE key='next_seq'",
-                "SELECT max(seq) + 1 FROM batches",
-                "SELECT max(seq) + 1 FROM quarantine",
-            ):
-                try:
-                    v = conn.execute(query).fetchone()[0]
-                    if isinstance(v, int):
-                        floor = max(floor, v)
-                except sqlite3.Error:
-                    pass
-            try:
-                for row in conn.execute(f"SELECT {_COLS} FROM batches ORDER BY seq"):
-                    env = row[2]
-                    if isinstance(env, bytes) and zlib.crc32(env) == row[3]:
-                        rows.append(tuple(row))
-            except sqlite3.Error:
-                pass  # keep what was readable before the damaged page
-        finally:
-            conn.close()
-        return rows, floor
+    def _meta(self, key: str) -> int | None:
+        row = self._conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return int(row[0]) if row is not None and isinstance(row[0], int) else None
 
-    def _load(self, salvage: list[tuple[object, ...]], seq_floor: int) -> None:
+    def _load(self, salvage: _Salvage | None = None, seq_floor: int = 0) -> None:
         c = self._conn
-        if salvage:
+        brand_new = self._meta("next_seq") is None
+        if salvage is not None and salvage.rows:
             c.execute("BEGIN IMMEDIATE")
             c.executemany(f"INSERT OR IGNORE INTO batches ({_COLS}) VALUES (?,?,?,?,?,?,?,?)",
-                          salvage)
+                          salvage.rows)
             c.execute("COMMIT")
-            self._c["salvaged_rows"] += len(salvage)
-        floor = seq_floor
+            self._c["salvaged_rows"] += len(salvage.rows)
+        floor = max(seq_floor, salvage.seq_floor if salvage is not None else 0)
         for query in ("SELECT max(seq) + 1 FROM batches", "SELECT max(seq) + 1 FROM quarantine",
                       "SELECT value FROM meta WHERE key='next_seq'"):
             v = c.execute(query).fetchone()
             if v is not None and isinstance(v[0], int):
                 floor = max(floor, v[0])
-        if floor == 0:
-            floor = self._first_seq if self._first_seq is not None else time.time_ns() // 1000
+        persisted = floor
+        if self._first_seq is not None:
+            # tests pin the sequence: the given start replaces the clock floor
+            floor = max(floor, self._first_seq) if brand_new and floor == 0 else floor
+        else:
+            # Invariant 1: every open continues above the wall clock in microseconds, so an
+            # outbox whose counter was lost (WAL deleted while stopped, a restored backup,
+            # salvage) never reuses a sequence the cloud has already acknowledged.
+            clock = time.time_ns() // 1000
+            if not brand_new and persisted < clock - 3_600_000_000:
+                log.info("outbox %s: persisted sequence %d is more than an hour behind the "
+                         "clock; continuing at the clock (%d)", self.path, persisted, clock)
+            floor = max(floor, clock)
         self._next_seq = max(floor, 1)
         c.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('next_seq', ?)",
                   (self._next_seq,))
+        if brand_new:
+            c.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('created_ms', ?)",
+                      (time.time_ns() // 1_000_000,))
         self._lane_batches = _lanes_zero()
         self._lane_bytes = _lanes_zero()
         self._used = 0
@@ -310,6 +484,128 @@ class Outbox:
             self._used += self.row_cost(size)
         for (size,) in c.execute("SELECT length(envelope) FROM quarantine"):
             self._used += self.row_cost(size or 0)
+        if salvage is not None and (salvage.lost_possible or salvage.bad):
+            self._gap_for_salvage(salvage)
+        self._reseal_if_key_changed()
+        unclean = self._meta("open") == 1
+        if unclean:
+            self._c["unclean_stops"] += 1
+            if self.report_unclean_stop:
+                self._gap_for_unclean_stop()
+        c.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('open', 1)")
+
+    # ------------------------------------------------------------------ gap records
+    def _write_gaps(self, gaps: list[Gap]) -> int:
+        """Append one gap record (its own transaction); returns its seq."""
+        c = self._conn
+        seq = self._next_seq
+        row = self._seal_gap(seq, gaps)
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            c.execute(f"INSERT INTO batches ({_COLS}) VALUES (?,?,?,?,?,?,?,0)", row)
+            c.execute("UPDATE meta SET value=? WHERE key='next_seq'", (seq + 1,))
+            c.execute("COMMIT")
+        except BaseException:
+            if c.in_transaction:
+                c.execute("ROLLBACK")
+            raise
+        self._next_seq = seq + 1
+        self._account_add(Lane.ALERT, len(row[2]))
+        self._c["gaps"] += 1
+        return seq
+
+    def _seal_gap(self, seq: int, gaps: list[Gap]) -> tuple[int, int, bytes, int, int, int, int]:
+        env = self.sealer.seal(seq, encode_batch(gaps=gaps), FLAG_GAP)
+        first = min(g.from_ts_ms for g in gaps)
+        last = max(g.to_ts_ms for g in gaps)
+        return (seq, int(Lane.ALERT), env, zlib.crc32(env), 0, first, last)
+
+    def _gap_for_salvage(self, s: _Salvage) -> None:
+        now = time.time_ns() // 1_000_000
+        starts = [ts for ts in (s.oldest_ts, s.delivered_ts) if ts]
+        start = min(starts) if starts else (s.created_ms or now)
+        self._c["lost_in_corruption"] += len(s.bad)
+        seq = self._write_gaps([Gap(
+            lane=Lane.TELEMETRY, seqs=tuple(s.bad), from_ts_ms=start, to_ts_ms=now,
+            batches=len(s.bad), readings=s.bad_readings, reason=GAP_CORRUPT)])
+        log.warning("outbox: gap record seq %d reports batches possibly lost to corruption "
+                    "between %d and %d ms (%d damaged rows named)", seq, start, now, len(s.bad))
+
+    def _gap_for_unclean_stop(self) -> None:
+        """The previous run ended without ``close()`` (SIGKILL, power cut, OOM): readings
+        polled after the last committed batch are gone; tell the cloud which interval."""
+        last = self._meta("last_ts_ms")
+        if not last:
+            return
+        now = time.time_ns() // 1_000_000
+        if now <= last:
+            return
+        seq = self._write_gaps([Gap(lane=Lane.TELEMETRY, seqs=(), from_ts_ms=last + 1,
+                                    to_ts_ms=now, batches=0, readings=0,
+                                    reason=GAP_UNCLEAN_STOP)])
+        log.warning("outbox: the previous run stopped uncleanly; gap record seq %d reports "
+                    "%d..%d ms (last committed reading -> this start) as unaccounted for",
+                    seq, last + 1, now)
+
+    # ------------------------------------------------------------------ key changes
+    def _key_fingerprint(self) -> int:
+        digest = hashlib.sha256(b"edgegw outbox seal key|" + self.sealer.key
+                                + self.sealer.key_id.to_bytes(4, "big")).digest()
+        return int.from_bytes(digest[:7], "big")  # fits SQLite's signed 64-bit INTEGER
+
+    def _reseal_if_key_changed(self) -> None:
+        """Re-seal rows sealed under an earlier key (a standalone gateway's local key, or the
+        data key of an earlier enrollment) with the current one, so the cloud can open them.
+
+        Runs only when the sealing key changed since the last open (fingerprint in ``meta``).
+        Rows no known key opens are left alone (the cloud may still know their key); if the
+        cloud never acks them the uplink's poison policy gives them up with a gap record.
+        """
+        fp = self._key_fingerprint()
+        if self._meta("seal_fp") == fp:
+            return
+        c = self._conn
+        keys = [k for k in self.previous_keys if k != self.sealer.key]
+        resealed: list[tuple[bytes, int, int]] = []
+        unknown = 0
+        for seq, env, in c.execute("SELECT seq, envelope FROM batches").fetchall():
+            if not isinstance(env, bytes):
+                continue
+            try:
+                self.sealer.open(env)
+                continue
+            except EnvelopeError:
+                pass
+            for key in keys:
+                try:
+                    header, plaintext = open_sealed(key, self.sealer.gateway_id, env)
+                except EnvelopeError:
+                    continue
+                new = self.sealer.seal(seq, bytes(plaintext), header.flags)
+                resealed.append((new, zlib.crc32(new), seq))
+                break
+            else:
+                unknown += 1
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            c.executemany("UPDATE batches SET envelope=?, crc=?, attempts=0 WHERE seq=?",
+                          resealed)
+            c.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('seal_fp', ?)", (fp,))
+            c.execute("COMMIT")
+        except BaseException:
+            if c.in_transaction:
+                c.execute("ROLLBACK")
+            raise
+        self._c["resealed"] += len(resealed)
+        self._c["reseal_unknown_key"] += unknown
+        if resealed:
+            log.info("outbox: re-sealed %d batches sealed under an earlier data key (standalone "
+                     "local key or a previous enrollment) with key id %d, so the cloud can open "
+                     "them", len(resealed), self.sealer.key_id)
+        if unknown:
+            log.warning("outbox: %d stored batches are sealed under a key this gateway no longer "
+                        "has; they are sent as they are and given up (with a gap record) if the "
+                        "cloud never acknowledges them", unknown)
 
     def _guard(self, op: Callable[[], T]) -> T:
         """Run ``op``; on corruption found mid-operation, recover (invariant 8) and retry once."""
@@ -322,9 +618,9 @@ class Outbox:
                 with contextlib.suppress(sqlite3.Error):
                     self._conn.execute("ROLLBACK")
             self._conn.close()
-            salvage, floor = self._move_aside(exc)
+            salvage = self._move_aside(exc)
             self._conn = self._connect()
-            self._load(salvage, max(floor, self._next_seq))
+            self._load(salvage, self._next_seq)
             return op()
 
     # ------------------------------------------------------------------ accounting
@@ -377,35 +673,55 @@ class Outbox:
         cost = self.row_cost(len(env))
         if cost > self.max_bytes // 2:
             self._rejected_new[lane.name.lower()] += 1
+            self._refuse(lane, first, last, count, GAP_REASON)
             raise OutboxFull(
                 f"batch of {len(env)} bytes is larger than half of outbox.max_bytes "
                 f"({self.max_bytes}); raise outbox.max_bytes or lower batch.max_bytes",
                 lane, len(env))
+        limit, reason = self._limit(cost)
+        refused = self._refused_gaps()
+        victims: list[Victim] = []
+        gap_row = None
         c.execute("BEGIN IMMEDIATE")
         try:
-            victims: list[Victim] = []
-            if self._used + cost > self.max_bytes:
-                victims = self._choose_victims(lane, cost)
-            gap_row = None
-            carried: list[Gap] = []
+            if self._used + cost > limit:
+                victims = self._choose_victims(lane, cost, limit, reason)
+            carried: list[Gap] = list(refused)
             if victims:
-                carried = self._carried_gaps(victims)
+                carried += self._carried_gaps(victims)
                 # delete first so the new rows reuse the freed pages
                 c.executemany("DELETE FROM batches WHERE seq=?", [(v[0],) for v in victims])
             c.execute(f"INSERT INTO batches ({_COLS}) VALUES (?,?,?,?,?,?,?,0)",
                       (seq, int(lane), env, zlib.crc32(env), count, first, last))
-            if victims:
-                gap_row = self._gap_row(seq + 1, victims, carried)
+            if victims or carried:
+                gap_row = self._gap_row(seq + 1, victims, carried, reason)
                 c.execute(f"INSERT INTO batches ({_COLS}) VALUES (?,?,?,?,?,?,?,0)", gap_row)
-            next_seq = seq + (2 if victims else 1)
+            next_seq = seq + (2 if gap_row is not None else 1)
             c.execute("UPDATE meta SET value=? WHERE key='next_seq'", (next_seq,))
+            c.execute("INSERT INTO meta (key, value) VALUES ('last_ts_ms', ?) ON CONFLICT(key) "
+                      "DO UPDATE SET value=max(value, excluded.value)", (last,))
             c.execute("COMMIT")
-        except BaseException:
+        except sqlite3.OperationalError as exc:
+            if c.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    c.execute("ROLLBACK")
+            if (getattr(exc, "sqlite_errorcode", 0) & 0xFF) != sqlite3.SQLITE_FULL:
+                raise
+            self._c["disk_full"] += 1
+            self._refuse(lane, first, last, count, GAP_DISK_FULL)
+            self._note_disk_low(f"SQLite: {exc}")
+            raise OutboxFull(f"disk full: {lane.name.lower()} batch of {count} readings "
+                             "refused (named by a gap record once space returns)",
+                             lane, len(env)) from exc
+        except BaseException as exc:
             if c.in_transaction:
                 c.execute("ROLLBACK")
+            if isinstance(exc, OutboxFull):
+                self._refuse(lane, first, last, count, reason)
             raise
         # committed: now the in-memory view follows
         self._next_seq = next_seq
+        self._refused.clear()
         self._account_add(lane, len(env))
         self._c["appended"] += 1
         self._c["appended_readings"] += count
@@ -464,6 +780,69 @@ class Outbox:
         self._tick(force=False)
         return seq
 
+    def _refuse(self, lane: Lane, first: int, last: int, count: int, reason: str) -> None:
+        """Remember readings that could not be stored, for the next gap record."""
+        k = (reason, int(lane))
+        cur = self._refused.get(k)
+        if cur is None:
+            self._refused[k] = [first, last, 1, count]
+        else:
+            cur[0], cur[1] = min(cur[0], first), max(cur[1], last)
+            cur[2] += 1
+            cur[3] += count
+
+    def _refused_gaps(self) -> list[Gap]:
+        return [Gap(lane=Lane(lane), seqs=(), from_ts_ms=v[0], to_ts_ms=v[1], batches=v[2],
+                    readings=v[3], reason=reason)
+                for (reason, lane), v in sorted(self._refused.items())]
+
+    def free_bytes(self) -> int:
+        """Free space for unprivileged writers on the outbox's file system."""
+        st = os.statvfs(self.path.parent)
+        return int(st.f_bavail * st.f_frsize)
+
+    def _note_disk_low(self, why: str) -> None:
+        if not self._disk_low:
+            self._disk_low = True
+            # the WAL may not grow towards wal_limit now: checkpoint often, and give back
+            # what it holds (best effort: on a full disk the checkpoint itself may fail)
+            with contextlib.suppress(sqlite3.Error):
+                if not self._conn.in_transaction:
+                    self._conn.execute("PRAGMA wal_autocheckpoint=16")
+                    self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            log.warning("outbox %s: disk space low (%s); the outbox stops growing and makes "
+                        "room by its when_full policy (%s), with gap records", self.path, why,
+                        self.when_full)
+
+    def _limit(self, cost: int) -> tuple[int, str]:
+        """The byte limit this append must respect, and the gap reason if it forces drops.
+
+        Normally ``max_bytes`` (accounted). The outbox may not grow at all when the real files
+        (db + WAL) already exceed ``max_bytes + slack_bytes``, or when the file system's free
+        space is below ``min_free_bytes`` (plus room for this batch in the WAL and the db):
+        then room is made by eviction inside the file (freed pages, and the free pages that
+        delivered batches left, are reused; they are not vacuumed away meanwhile)."""
+        limit, reason = self.max_bytes, GAP_REASON
+        if self.file_bytes() > self.max_bytes + self.slack_bytes:
+            limit = min(limit, self._used)
+        if self.min_free_bytes > 0:
+            free = self.free_bytes()
+            if free < self.min_free_bytes + 3 * cost:
+                self._note_disk_low(f"{free} bytes free, floor outbox.min_free_bytes "
+                                    f"{self.min_free_bytes}")
+                # free pages inside the file (delivered batches) take new rows without growth
+                reusable = int(self._conn.execute("PRAGMA freelist_count").fetchone()[0])
+                return min(limit, self._used + reusable * self.page_size), GAP_DISK_FULL
+            hysteresis = max(64 * _KIB, self.min_free_bytes // 8)
+            if self._disk_low and free > self.min_free_bytes + hysteresis + 3 * cost:
+                self._disk_low = False
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.execute("PRAGMA wal_autocheckpoint="
+                                       f"{max(16, self.wal_limit // self.page_size)}")
+                log.info("outbox %s: disk space back (%d bytes free); growing again",
+                         self.path, free)
+        return limit, reason
+
     def _account_add(self, lane: Lane, size: int) -> None:
         name = lane.name.lower()
         self._lane_batches[name] += 1
@@ -502,7 +881,7 @@ class Outbox:
         order = [Lane.BULK, Lane.TELEMETRY, Lane.ALERT]
         return [f"{sel} WHERE lane={int(x)} ORDER BY seq" for x in order if x >= lane]
 
-    def _choose_victims(self, lane: Lane, cost: int) -> list[Victim]:
+    def _choose_victims(self, lane: Lane, cost: int, limit: int, reason: str) -> list[Victim]:
         """Oldest batches to evict so that the new batch and the gap record fit (in the open
         transaction). Raises OutboxFull (after ROLLBACK by the caller) if the policy cannot."""
         victims: list[Victim] = []
@@ -511,7 +890,7 @@ class Outbox:
 
         def fits() -> bool:
             gap = self._gap_cost(len(victims), carried)
-            return self._used - freed + cost + gap <= self.max_bytes
+            return self._used - freed + cost + gap <= limit
 
         for query in self._victim_queries(lane):
             cur = self._conn.execute(query)
@@ -527,10 +906,11 @@ class Outbox:
                 break
         if not victims or not fits():
             self._rejected_new[lane.name.lower()] += 1
+            what = ("disk space below outbox.min_free_bytes" if reason == GAP_DISK_FULL
+                    else f"outbox full ({self._used} of {self.max_bytes} bytes")
             raise OutboxFull(
-                f"outbox full ({self._used} of {self.max_bytes} bytes, when_full="
-                f"{self.when_full}): {lane.name.lower()} batch of {cost} bytes refused",
-                lane, cost)
+                f"{what}, when_full={self.when_full}: {lane.name.lower()} batch of {cost} "
+                "bytes refused (named by the next gap record)", lane, cost)
         return victims
 
     def _carried_gaps(self, victims: list[Victim]) -> list[Gap]:
@@ -548,7 +928,7 @@ class Outbox:
         return carried
 
     def _gap_row(
-        self, seq: int, victims: list[Victim], carried: list[Gap]
+        self, seq: int, victims: list[Victim], carried: list[Gap], reason: str = GAP_REASON
     ) -> tuple[int, int, bytes, int, int, int, int]:
         gaps = list(carried)
         for lane in Lane:
@@ -557,13 +937,11 @@ class Outbox:
                 gaps.append(Gap(
                     lane=lane, seqs=tuple(v[0] for v in mine),
                     from_ts_ms=min(v[4] for v in mine), to_ts_ms=max(v[5] for v in mine),
-                    batches=len(mine), readings=sum(v[3] for v in mine), reason=GAP_REASON))
-        env = self.sealer.seal(seq, encode_batch(gaps=gaps), FLAG_GAP)
-        first = min(g.from_ts_ms for g in gaps)
-        last = max(g.to_ts_ms for g in gaps)
-        log.info("outbox full: dropped %d batches (%d readings), gap record seq %d",
-                 len(victims), sum(v[3] for v in victims), seq)
-        return (seq, int(Lane.ALERT), env, zlib.crc32(env), 0, first, last)
+                    batches=len(mine), readings=sum(v[3] for v in mine), reason=reason))
+        if victims:
+            log.info("outbox %s: dropped %d batches (%d readings), gap record seq %d",
+                     reason.replace("_", " "), len(victims), sum(v[3] for v in victims), seq)
+        return self._seal_gap(seq, gaps)
 
     # ------------------------------------------------------------------ read / settle
     def next_batches(self, limit: int, exclude: Container[int] = ()) -> list[StoredBatch]:
@@ -654,6 +1032,94 @@ class Outbox:
         self._conn.executemany("DELETE FROM quarantine WHERE seq=?", [(d[0],) for d in drop])
         return [d[1] for d in drop]
 
+    def resequence(self, seq: int) -> int | None:
+        """Move batch ``seq`` to a fresh sequence number (re-sealed, attempts kept), for a
+        batch the cloud keeps skipping because it already holds a DIFFERENT batch under that
+        number (a reused or forged-ahead sequence). Returns the new seq, or None if ``seq`` is
+        unknown or not sealed under the current key."""
+        with self._lock:
+            return self._guard(lambda: self._resequence(seq))
+
+    def _resequence(self, seq: int) -> int | None:
+        c = self._conn
+        row = c.execute(f"SELECT {_COLS} FROM batches WHERE seq=?", (seq,)).fetchone()
+        if row is None or not isinstance(row[2], bytes):
+            return None
+        try:
+            header, plaintext = self.sealer.open(row[2])
+        except EnvelopeError:
+            return None
+        new = self._next_seq
+        env = self.sealer.seal(new, bytes(plaintext), header.flags)
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            c.execute("DELETE FROM batches WHERE seq=?", (seq,))
+            c.execute(f"INSERT INTO batches ({_COLS}) VALUES (?,?,?,?,?,?,?,?)",
+                      (new, row[1], env, zlib.crc32(env), row[4], row[5], row[6], row[7]))
+            c.execute("UPDATE meta SET value=? WHERE key='next_seq'", (new + 1,))
+            c.execute("COMMIT")
+        except BaseException:
+            if c.in_transaction:
+                c.execute("ROLLBACK")
+            raise
+        self._next_seq = new + 1
+        self._c["resequenced"] += 1
+        log.warning("outbox: batch %d re-sequenced as %d (the cloud holds a different batch "
+                    "under %d)", seq, new, seq)
+        return new
+
+    def give_up(self, seq: int, why: str, reason: str = GAP_UNDELIVERABLE) -> bool:
+        """Stop trying to deliver ``seq``: move it to quarantine and, in the same transaction,
+        append a gap record (``reason``) naming it, so the cloud learns what is missing.
+        Returns False for an unknown seq (already settled)."""
+        with self._lock:
+            return self._guard(lambda: self._give_up(seq, why, reason))
+
+    def _give_up(self, seq: int, why: str, reason: str) -> bool:
+        c = self._conn
+        row = c.execute("SELECT lane, length(envelope), count, first_ts_ms, last_ts_ms, "
+                        "substr(envelope, 4, 1) FROM batches WHERE seq=?", (seq,)).fetchone()
+        if row is None:
+            self._c["settle_unknown"] += 1
+            return False
+        lane, size, count, first, last, flags = row
+        gaps: list[Gap] = []
+        if isinstance(flags, bytes) and flags and flags[0] & FLAG_GAP:
+            gaps += self._carried_gaps([(seq, lane, size, count, first, last, flags)])
+        gaps.append(Gap(lane=Lane(lane) if lane in _LANE_VALUES else Lane.TELEMETRY,
+                        seqs=(seq,), from_ts_ms=first, to_ts_ms=last, batches=1,
+                        readings=count, reason=reason))
+        gseq = self._next_seq
+        gap_row = self._seal_gap(gseq, gaps)
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            c.execute(f"INSERT OR REPLACE INTO quarantine ({_COLS}, reason, at_ms) "
+                      f"SELECT {_COLS}, ?, ? FROM batches WHERE seq=?",
+                      (why, time.time_ns() // 1_000_000, seq))
+            c.execute("DELETE FROM batches WHERE seq=?", (seq,))
+            c.execute(f"INSERT INTO batches ({_COLS}) VALUES (?,?,?,?,?,?,?,0)", gap_row)
+            c.execute("UPDATE meta SET value=? WHERE key='next_seq'", (gseq + 1,))
+            pruned = self._prune_quarantine()
+            c.execute("COMMIT")
+        except BaseException:
+            if c.in_transaction:
+                c.execute("ROLLBACK")
+            raise
+        self._next_seq = gseq + 1
+        if lane in _LANE_VALUES:
+            name = Lane(lane).name.lower()
+            self._lane_batches[name] -= 1
+            self._lane_bytes[name] -= size or 0
+        for psize in pruned:
+            self._used -= self.row_cost(psize)
+        self._account_add(Lane.ALERT, len(gap_row[2]))
+        self._c["quarantined"] += 1
+        self._c["gaps"] += 1
+        self._c["given_up"] += 1
+        log.warning("outbox: gave up batch %d (%d readings, %s): quarantined, gap record seq %d "
+                    "(%s) tells the cloud", seq, count, why, gseq, reason)
+        return True
+
     def settle(self, seq: int, outcome: AckStatus | int) -> None:
         """Apply the cloud's verdict on one batch (unknown seqs are counted and ignored)."""
         self.settle_many([(seq, outcome)])
@@ -668,14 +1134,18 @@ class Outbox:
         c = self._conn
         delivered = [(s,) for s, o in items if o is AckStatus.DELIVERED]
         retry = [(s,) for s, o in items if o is AckStatus.RETRY]
-        removed: list[tuple[int, int]] = []
+        removed: list[tuple[int, int, int]] = []
         if delivered or retry:
             c.execute("BEGIN IMMEDIATE")
             try:
                 for (s,) in delivered:
                     removed += c.execute(
-                        "DELETE FROM batches WHERE seq=? RETURNING lane, length(envelope)", (s,)
-                    ).fetchall()
+                        "DELETE FROM batches WHERE seq=? RETURNING lane, length(envelope), "
+                        "last_ts_ms", (s,)).fetchall()
+                if removed:
+                    c.execute("INSERT INTO meta (key, value) VALUES ('delivered_ts_ms', ?) "
+                              "ON CONFLICT(key) DO UPDATE SET value=max(value, excluded.value)",
+                              (max(int(r[2]) for r in removed),))
                 n_retry = 0
                 for args in retry:
                     n_retry += c.execute(
@@ -685,17 +1155,14 @@ class Outbox:
                 if c.in_transaction:
                     c.execute("ROLLBACK")
                 raise
-            for lane, size in removed:
+            for lane, size, _last in removed:
                 self._account_remove(lane, size)
             self._c["delivered"] += len(removed)
             self._c["retried"] += n_retry
             self._c["settle_unknown"] += len(delivered) - len(removed) + len(retry) - n_retry
         for s, o in items:
-            if o is AckStatus.REJECTED:
-                if self._quarantine(s, "rejected by the cloud"):
-                    self._c["rejected"] += 1
-                else:
-                    self._c["settle_unknown"] += 1
+            if o is AckStatus.REJECTED and self._give_up(s, "rejected by the cloud", GAP_REJECTED):
+                self._c["rejected"] += 1
         self._tick(force=False)
 
     # ------------------------------------------------------------------ maintenance
@@ -713,7 +1180,9 @@ class Outbox:
         c = self._conn
         free = int(c.execute("PRAGMA freelist_count").fetchone()[0]) * self.page_size
         vacuumed = False
-        if free > (0 if full else self.vacuum_threshold):
+        # while the disk is low, free pages are kept for reuse: vacuuming them would hand the
+        # space to whoever fills the disk and leave the outbox nothing to grow into
+        if free > (0 if full else self.vacuum_threshold) and not self._disk_low:
             # executescript steps the pragma to completion; execute() + fetchall() in
             # Python 3.11 frees just one page per call
             c.executescript("PRAGMA incremental_vacuum;")
@@ -761,10 +1230,22 @@ class Outbox:
                 "vacuums": self._c["vacuums"],
                 "checkpoints": self._c["checkpoints"],
                 "repacked": self._c.get("repacked", 0),
+                "resealed": self._c["resealed"],
+                "reseal_unknown_key": self._c["reseal_unknown_key"],
+                "given_up": self._c["given_up"],
+                "resequenced": self._c["resequenced"],
+                "disk_full": self._c["disk_full"],
+                "disk_low": int(self._disk_low),
+                "unclean_stops": self._c["unclean_stops"],
+                "lost_in_corruption": self._c["lost_in_corruption"],
+                "refused_pending": sum(v[3] for v in self._refused.values()),
             }
 
     def close(self) -> None:
+        """Close; marks the stop as clean (the next open reports no ``unclean_stop`` gap)."""
         with self._lock:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.execute("UPDATE meta SET value=0 WHERE key='open'")
             self._conn.close()
 
     def __enter__(self) -> Outbox:

@@ -21,6 +21,10 @@ class SyncOutbox(Protocol):
 
     def settle(self, seq: int, outcome: Any) -> None: ...
 
+    def give_up(self, seq: int, why: str) -> bool: ...
+
+    def resequence(self, seq: int) -> int | None: ...
+
 
 class AsyncOutbox(Protocol):
     """What ``Uplink`` calls: the async face of the outbox."""
@@ -28,6 +32,10 @@ class AsyncOutbox(Protocol):
     async def next_batches(self, limit: int, exclude: Container[int]) -> list[Any]: ...
 
     async def settle(self, seq: int, outcome: Any) -> None: ...
+
+    async def give_up(self, seq: int, why: str) -> bool: ...
+
+    async def resequence(self, seq: int) -> int | None: ...
 
 
 class OutboxIO:
@@ -46,6 +54,16 @@ class OutboxIO:
     async def settle(self, seq: int, outcome: Any) -> None:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self.executor, self.outbox.settle, seq, outcome)
+
+    async def give_up(self, seq: int, why: str) -> bool:
+        """Quarantine a batch the cloud will never take, with a gap record (poison policy)."""
+        loop = asyncio.get_running_loop()
+        return bool(await loop.run_in_executor(self.executor, self.outbox.give_up, seq, why))
+
+    async def resequence(self, seq: int) -> int | None:
+        """Move a batch the cloud keeps skipping to a fresh sequence number."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, self.outbox.resequence, seq)
 
     async def settle_many(self, items: Sequence[tuple[int, Any]]) -> None:
         """Settle several batches in one trip to the outbox thread."""

@@ -9,9 +9,19 @@ Invariants (see docs/delivery.md for the whole story):
   has it"; a refused PUBACK (reason code >= 0x80, e.g. 0x87 not authorized) settles RETRY and
   holds the batch back with backoff: data is never dropped for a broker refusal.
 - An ingest REJECTED ack (authentic but undecodable batch) settles REJECTED (quarantine).
-- No ack within ``ack_timeout``: the same envelope (same seq) is published again. After a
-  reconnect everything still in the outbox is sent again. The ingest deduplicates by
-  (gateway, seq), so resending is always safe.
+- No ack within ``ack_timeout``: the batch leaves the window for a jittered pause (its slot goes
+  to the next batch, so a few batches the cloud never acks cannot jam the window) and is then
+  published again, same envelope (same seq). After a reconnect everything still in the outbox
+  is sent again. The ingest deduplicates by (gateway, seq), so resending is always safe.
+- Poison batches: a timeout counts as an ATTEMPT only when the cloud meanwhile acked a batch
+  that was sent after this one (the cloud is up and skipping this batch, e.g. sealed under a
+  key it does not know). After ``max_attempts`` counted attempts, or a permanent PUBACK refusal
+  of the batch itself (0x95 packet too large, 0x99 payload format invalid), the batch is given
+  up: quarantined with a gap record (``Outbox.give_up``). An ingest that is down acks nothing,
+  so nothing is ever given up for an outage.
+- Stuck delivery: when nothing has been acked for ``stuck_after`` while batches are published,
+  one WARNING says so and why it may be (ingest down, gateway unknown to the registry, batches
+  sealed under a key the cloud does not know); re-armed by the next ack.
 - One paho client per connection (clean start, no broker session): nothing of a dead connection
   leaks into the next one. paho's network loop runs in paho's thread; every callback is handed to
   the event loop with ``call_soon_threadsafe`` and tagged with its connection generation.
@@ -58,6 +68,13 @@ from edgegw.uplink.outbox_io import AsyncOutbox
 log = logging.getLogger("edgegw.uplink")
 
 ACK_DELIVERED, ACK_REJECTED = AckStatus.DELIVERED, AckStatus.REJECTED
+#: PUBACK reason codes that refuse the batch itself for good (resending cannot help)
+PERMANENT_PUBACK = frozenset({0x95, 0x99})
+
+
+def _key_id(envelope: bytes) -> int:
+    """The key id in an envelope header (bytes 4..8), for log messages."""
+    return int.from_bytes(envelope[4:8], "big") if len(envelope) >= 8 else -1
 
 
 class UplinkConfigError(ValueError):
@@ -85,6 +102,7 @@ class _Flight:
     count: int
     lane: int
     sent_at: float = 0.0  # monotonic time of the last publish
+    attempts: int = 0  # counted attempts (persisted in the outbox row)
     mid: int = -1
     sends: int = 0
     broker_has_it: bool = False
@@ -109,6 +127,8 @@ class _Counters:
     batches_rejected: int = 0
     batches_retry: int = 0
     acks_unknown_seq: int = 0
+    given_up: int = 0
+    stuck_warnings: int = 0
     last_ack_ms: int = 0
     puback_reasons: dict[str, int] = field(default_factory=dict)
 
@@ -134,6 +154,8 @@ class Uplink:
         backoff_max: float = 30,
         stable_after: float = 20,
         poll_interval: float = 0.05,
+        max_attempts: int = 10,
+        stuck_after: float | None = None,
         rng: random.Random | None = None,
     ) -> None:
         if window < 1:
@@ -158,6 +180,12 @@ class Uplink:
         self.backoff_max = backoff_max
         self.stable_after = stable_after
         self.poll_interval = poll_interval
+        self.max_attempts = max(1, max_attempts)
+        self.resequence_at = max(2, self.max_attempts // 2) if self.max_attempts > 2 else 0
+        self.stuck_after = stuck_after if stuck_after is not None else max(30.0, 3 * ack_timeout)
+        self._newest_acked_sent = -1.0  # sent_at of the newest-sent batch the cloud acked
+        self._last_progress = 0.0  # monotonic: last delivered ack, or start of waiting
+        self._stuck_warned = False
         self._rng = rng or random.Random()
         self._topic_batch = topics.up_batch(gateway_id)
         self._topic_status = topics.up_status(gateway_id)
@@ -245,6 +273,8 @@ class Uplink:
             "readings_delivered": c.readings_delivered,
             "batches_rejected": c.batches_rejected,
             "batches_retry": c.batches_retry,
+            "given_up": c.given_up,
+            "stuck_warnings": c.stuck_warnings,
             "inflight": len(self._inflight),
             "held_back": len(self._cooldown),
             "backoff_s": self._backoff_now,
@@ -454,8 +484,10 @@ class Uplink:
                 log.exception("connect listener %r failed", fn)
         loop = asyncio.get_running_loop()
         assert self._lost is not None and self._wake is not None
+        self._last_progress = loop.time()
         while not self._lost.is_set():
             now = loop.time()
+            self._check_stuck(now)
             self._resend_overdue(now)
             self._release_cooldown(now)
             room = self.window - len(self._inflight)
@@ -470,7 +502,8 @@ class Uplink:
                         continue
                     if not self.flow.may_send(len(b.envelope), now, alert=b.lane == 0):
                         break  # the pipe holds a BDP: wait for PUBACKs (they wake us)
-                    self._send(_Flight(b.seq, bytes(b.envelope), b.count, int(b.lane)))
+                    self._send(_Flight(b.seq, bytes(b.envelope), b.count, int(b.lane),
+                                       attempts=int(getattr(b, "attempts", 0))))
             timeout = self._next_deadline(loop.time())
             self._wake.clear()
             # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation that
@@ -516,17 +549,99 @@ class Uplink:
             self.c.resends += 1
 
     def _resend_overdue(self, now: float) -> None:
+        """Batches without an ack after ``ack_timeout`` leave the window for a jittered pause
+        (their slots go to the next batches) and are sent again after it; a timeout counts as
+        an attempt only if the cloud acked a batch sent after this one meanwhile."""
         overdue = [f for f in self._inflight.values() if now - f.sent_at >= self.ack_timeout]
         if not overdue:
             return
         log.info("no ingest ack within %.1f s for %d batch(es) (first seq %d, broker confirmed "
-                 "%d of them); sending them again", self.ack_timeout, len(overdue),
+                 "%d of them); sending them again after a pause", self.ack_timeout, len(overdue),
                  overdue[0].seq, sum(f.broker_has_it for f in overdue))
+        retry: list[tuple[int, AckStatus]] = []
         for flight in overdue:
             self.c.resend_timeouts += 1
             self._mids.pop(flight.mid, None)
             self.flow.forget(flight.mid)
-            self._send(flight)
+            del self._inflight[flight.seq]
+            if self._newest_acked_sent > flight.sent_at:
+                flight.attempts += 1
+                if flight.attempts >= self.max_attempts:
+                    self._give_up(flight, f"no ack after {flight.attempts} attempts while the "
+                                  "cloud acked later batches")
+                    continue
+                retry.append((flight.seq, AckStatus.RETRY))
+                if flight.attempts == self.resequence_at:
+                    # the cloud may hold a DIFFERENT batch under this seq (it never acks a
+                    # sequence conflict): try once under a fresh number before giving up
+                    self._resequence(flight)
+                    continue
+            self._cooldown[flight.seq] = now + self.ack_timeout * self._rng.uniform(0.25, 0.75)
+        self._settle(retry)
+
+    def _give_up(self, flight: _Flight, why: str) -> None:
+        """Quarantine a poison batch with a gap record; the window moves on."""
+        self.c.given_up += 1
+        self._cooldown.pop(flight.seq, None)
+        log.warning("giving up batch %d (%d readings, key id %d): %s; quarantined, a gap record "
+                    "tells the cloud", flight.seq, flight.count, _key_id(flight.envelope), why)
+        seq = flight.seq
+        self._settling.add(seq)
+
+        async def go() -> None:
+            try:
+                await self._io.give_up(seq, why)
+            except Exception:
+                log.exception("giving up batch %d in the outbox failed", seq)
+            finally:
+                self._settling.discard(seq)
+                if self._wake is not None:
+                    self._wake.set()
+
+        task = asyncio.ensure_future(go())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _resequence(self, flight: _Flight) -> None:
+        seq = flight.seq
+        self._settling.add(seq)
+        self._cooldown.pop(seq, None)
+
+        async def go() -> None:
+            try:
+                new = await self._io.resequence(seq)
+                log.info("batch %d not acked after %d attempts while later batches were: "
+                         "re-sequenced as %s", seq, flight.attempts, new)
+            except Exception:
+                log.exception("re-sequencing batch %d in the outbox failed", seq)
+            finally:
+                self._settling.discard(seq)
+                if self._wake is not None:
+                    self._wake.set()
+
+        task = asyncio.ensure_future(go())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _check_stuck(self, now: float) -> None:
+        if self._stuck_warned or not (self._inflight or self._cooldown):
+            return
+        if now - self._last_progress < self.stuck_after:
+            return
+        self._stuck_warned = True
+        self.c.stuck_warnings += 1
+        flights = sorted(self._inflight.values(), key=lambda f: f.seq)
+        oldest = flights[0] if flights else None
+        log.warning(
+            "delivery stuck: the cloud has acknowledged no batch for %.0f s although %d are in "
+            "flight (%d confirmed by the broker)%s. Likely causes: the cloud ingest is down; this "
+            "gateway is not (or no longer) in the cloud registry; or its batches are sealed "
+            "under a data key the cloud does not know (run standalone, then enrolled without a "
+            "restart). Nothing is deleted; delivery resumes by itself once the cloud acks.",
+            now - self._last_progress, len(self._inflight),
+            sum(f.broker_has_it for f in flights),
+            f"; oldest seq {oldest.seq} sealed under key id {_key_id(oldest.envelope)}"
+            if oldest is not None else "")
 
     def _release_cooldown(self, now: float) -> None:
         for seq, until in list(self._cooldown.items()):
@@ -616,6 +731,10 @@ class Uplink:
         key = f"0x{code:02X}"
         self.c.puback_reasons[key] = self.c.puback_reasons.get(key, 0) + 1
         self.c.puback_refused += 1
+        if code in PERMANENT_PUBACK:
+            del self._inflight[seq]
+            self._give_up(flight, f"the broker refused it for good: PUBACK 0x{code:02X} {name}")
+            return
         self.c.batches_retry += 1
         log.error("broker refused batch %d on %s: PUBACK 0x%02X %s; kept in the outbox, "
                   "retrying with backoff (check the broker ACL for this gateway)",
@@ -655,7 +774,13 @@ class Uplink:
                 self._cooldown.pop(seq, None)
                 if flight is not None:  # an ack of nothing we sent proves nothing delivered
                     self.c.batches_delivered += 1
+                self._last_progress = asyncio.get_running_loop().time()
+                if self._stuck_warned:
+                    log.info("delivery resumed: the cloud acknowledges batches again")
+                self._stuck_warned = False
+                if flight is not None:
                     self.c.readings_delivered += flight.count
+                    self._newest_acked_sent = max(self._newest_acked_sent, flight.sent_at)
                 settle.append((seq, AckStatus.DELIVERED))
             elif status == ACK_REJECTED:
                 self._cooldown.pop(seq, None)

@@ -47,8 +47,9 @@ class Rig:
         self.plant = SimServer("--tcp", "0", "--units", units, log_dir=tmp)
         self.ident: Identity = cloud.gateway(GW, tmp / "identity")
         self.ingest: Ingest = cloud.ingest()
-        record_broker_url(cloud.paths, cloud.url)
-        self.dm = DeviceManager(cloud.paths, cloud.url, resend_every=1.0).start()
+        # the cloud's services use the broker's service listener; gateways the gateway one
+        record_broker_url(cloud.paths, cloud.broker.service_url)
+        self.dm = DeviceManager(cloud.paths, cloud.broker.service_url, resend_every=1.0).start()
         self.config_path = tmp / "etc" / "gateway.yaml"
         self.config_path.parent.mkdir(parents=True, exist_ok=True)
         self.state = tmp / "state"

@@ -5,6 +5,8 @@ Run as a script in a subprocess. It serves ``--units`` with the register ``layou
 stdout first line ``{"ready": true, "port": N}``; then one reply line per stdin command:
 
 - ``{"op": "counts"}`` -> ``{"counts": {"<unit>": {"<function code>": n}}}`` (requests seen)
+- ``{"op": "counter", "unit": u}``: holding register 0 of unit u counts the reads that include
+  it; ``{"op": "served"}`` -> ``{"served": [[unit, value, wall_ms], ...]}`` since the last call
 - ``{"op": "mode", "unit": u | null, "mode": m}`` with m one of
   ``normal`` | ``silent`` (read the request, never answer; the TCP connection stays open) |
   ``exception`` (exception response 2) | ``short`` (fewer registers than asked, well-formed) |
@@ -24,6 +26,7 @@ import argparse
 import asyncio
 import json
 import sys
+import time
 from collections import defaultdict
 from typing import Any
 
@@ -138,6 +141,8 @@ def main() -> None:
     tables = build_tables(units)
     modes: dict[int, str] = dict.fromkeys(units, "normal")
     counts: dict[int, dict[int, int]] = defaultdict(lambda: defaultdict(int))
+    counters: set[int] = set()
+    served: list[tuple[int, int, int]] = []  # (unit, counter value, wall ms) in counter mode
     is_rtu = bool(args.serial) or args.rtu_over_tcp
 
     class Store(ModbusServerContext):
@@ -152,6 +157,12 @@ def main() -> None:
                 raise NoSuchIdException(f"no unit {device_id}")
             if modes[device_id] == "exception":
                 return ExcCodes.ILLEGAL_ADDRESS
+            if device_id in counters and func_code == 3 and address <= 0 < address + count:
+                # counter mode: holding register 0 counts the reads that include it, so every
+                # reading the plant served is identified by its value (soak accounting)
+                table = tables[device_id]["h"]
+                table[0] = (table[0] + 1) & 0xFFFF
+                served.append((device_id, table[0], time.time_ns() // 1_000_000))
             values = tables[device_id][TABLE_OF_FC[func_code]][address : address + count]
             if modes[device_id] == "short" and func_code in (3, 4) and count > 1:
                 return values[: count // 2]
@@ -194,6 +205,15 @@ def main() -> None:
         if op == "counts":
             seen = {str(u): {str(f): n for f, n in c.items()} for u, c in counts.items()}
             return {"counts": seen}
+        if op == "counter":  # {"op": "counter", "unit": u}: holding 0 counts its reads
+            unit = int(cmd["unit"])
+            tables[unit]["h"][0] = 0
+            counters.add(unit)
+            return {"ok": True}
+        if op == "served":  # the counter reads served since the last "served", then cleared
+            out = list(served)
+            served.clear()
+            return {"served": out}
         if op == "reset_counts":
             counts.clear()
             return {"ok": True}

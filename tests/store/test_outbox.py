@@ -56,15 +56,19 @@ def test_settle_outcomes(open_outbox: Factory) -> None:
     ob.settle(c, AckStatus.REJECTED)
     ob.settle(a, AckStatus.DELIVERED)  # a late duplicate ack: counted, harmless
     left = ob.next_batches(10)
-    assert [(x.seq, x.attempts) for x in left] == [(b, 2)]
+    # the rejected batch is replaced by a gap record (alert lane) naming it
+    gap = left[0]
+    assert [(x.seq, x.attempts) for x in left[1:]] == [(b, 2)]
+    g = decode_batch(open_sealed(KEY, GW, gap.envelope)[1]).gaps
+    assert [(x.seqs, x.reason, x.readings) for x in g] == [((c,), "rejected", 10)]
     st = ob.stats()
     assert (st["delivered"], st["retried"], st["rejected"], st["quarantined"]) == (1, 2, 1, 1)
     assert st["settle_unknown"] == 1 and st["quarantine_rows"] == 1
-    assert st["batches"] == {"alert": 0, "telemetry": 1, "bulk": 0}
+    assert st["batches"] == {"alert": 1, "telemetry": 1, "bulk": 0}
     with closing(sqlite3.connect(ob.path)) as db:
         assert db.execute("SELECT seq, reason FROM quarantine").fetchall() == [
             (c, "rejected by the cloud")]
-    ob.settle_many([(b, AckStatus.DELIVERED)])
+    ob.settle_many([(b, AckStatus.DELIVERED), (gap.seq, AckStatus.DELIVERED)])
     assert ob.next_batches(10) == [] and ob.stats()["used_bytes"] > 0  # quarantine still held
 
 
@@ -212,10 +216,14 @@ def test_corrupt_file_is_moved_aside_and_a_fresh_one_started(
     aside = list(tmp_path.glob("outbox.db.corrupt-*"))
     assert len(aside) == 1 and aside[0].read_bytes().startswith(b"this is not")
     st = ob2.stats()
-    assert st["corrupt_files"] == 1 and sum(st["batches"].values()) == 0
+    # nothing salvageable: only the gap record telling the cloud about the hole
+    assert st["corrupt_files"] == 1 and st["batches"] == {"alert": 1, "telemetry": 0, "bulk": 0}
+    (gap,) = ob2.next_batches(10)
+    (g,) = decode_batch(open_sealed(KEY, GW, gap.envelope)[1]).gaps
+    assert g.reason == "outbox_corrupt" and g.to_ts_ms >= g.from_ts_ms
     new = add(ob2, Lane.ALERT)
     assert new > max(old)  # the counter continues above anything handed out before
-    assert [b.seq for b in ob2.next_batches(10)] == [new]
+    assert [b.seq for b in ob2.next_batches(10)] == [gap.seq, new]
 
 
 def test_damaged_page_salvages_intact_rows(open_outbox: Factory, tmp_path: Path) -> None:
@@ -232,7 +240,14 @@ def test_damaged_page_salvages_intact_rows(open_outbox: Factory, tmp_path: Path)
     st = ob2.stats()
     assert st["corrupt_files"] == 1
     got = ob2.next_batches(1000)
-    assert 0 < len(got) < len(seqs) and st["salvaged_rows"] == len(got)
+    gaps = [b for b in got if b.lane is Lane.ALERT]
+    got = [b for b in got if b.lane is not Lane.ALERT]
+    assert 0 < len(got) < len(seqs) and st["salvaged_rows"] == len(got) and len(gaps) == 1
+    (g,) = decode_batch(open_sealed(KEY, GW, gaps[0].envelope)[1]).gaps
+    lost = sorted(set(seqs) - {b.seq for b in got})
+    # the gap interval covers every lost batch (add(): batch i holds ts i .. i + 49)
+    assert g.reason == "outbox_corrupt"
+    assert g.from_ts_ms <= min(s - seqs[0] for s in lost)
     for b in got:
         assert b.seq in seqs
         assert open_sealed(KEY, GW, b.envelope)[0].seq == b.seq
@@ -292,9 +307,11 @@ def test_corruption_found_while_open_recovers_without_a_crash(
         got = ob.next_batches(1000)
     assert "is corrupt" in caplog.text
     st = ob.stats()
-    assert st["corrupt_files"] == 1 and 0 < st["salvaged_rows"] == len(got) < len(seqs)
+    data = [b for b in got if b.lane is not Lane.ALERT]
+    assert st["corrupt_files"] == 1 and 0 < st["salvaged_rows"] == len(data) < len(seqs)
+    assert len(got) == len(data) + 1  # + the gap record
     assert all(open_sealed(KEY, GW, b.envelope)[0].seq == b.seq for b in got)
-    assert add(ob, Lane.TELEMETRY) == seqs[-1] + 1  # the counter carries on, no reuse
+    assert add(ob, Lane.TELEMETRY) == seqs[-1] + 2  # after the gap record; no reuse
 
 
 def test_quarantine_is_bounded(open_outbox: Factory) -> None:
@@ -310,8 +327,8 @@ def test_quarantine_is_bounded(open_outbox: Factory) -> None:
         kept = [r[0] for r in db.execute("SELECT seq FROM quarantine ORDER BY seq")]
         total = db.execute("SELECT sum(length(envelope)) FROM quarantine").fetchone()[0]
     assert kept == seqs[-len(kept):] and total <= 8 * 1024
-    assert st["used_bytes"] == sum(ob.row_cost(n) for n in
-                                   [len(b) for b in _envelopes(ob.path, "quarantine")])
+    stored = _envelopes(ob.path, "quarantine") + _envelopes(ob.path, "batches")  # + gap records
+    assert st["used_bytes"] == sum(ob.row_cost(len(b)) for b in stored)
 
 
 def _envelopes(path: Path, table: str) -> list[bytes]:

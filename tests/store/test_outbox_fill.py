@@ -90,8 +90,13 @@ def test_fill_drain_cycle(open_outbox: Callable[..., Outbox], policy: str) -> No
     for s in vanished_gaps:  # a dropped gap record: seq right after the append that made it
         assert s - 1 in data
     # each gap entry states exactly its lane, batches, readings and interval
+    refused_named = 0
     for gl in gaps.values():
         for g in gl:
+            if not g.seqs:  # refused batches never got a seq: named by count and interval
+                assert g.lane is Lane.BULK and g.batches >= 1 and g.readings > 0
+                refused_named += g.batches
+                continue
             mine = [data[s] for s in g.seqs if s in data]
             assert all(x[0] is g.lane for x in mine)
             assert g.batches == len(g.seqs)
@@ -99,6 +104,10 @@ def test_fill_drain_cycle(open_outbox: Callable[..., Outbox], policy: str) -> No
             if len(mine) == len(g.seqs):
                 assert g.from_ts_ms == min(x[2] for x in mine)
                 assert g.to_ts_ms == max(x[3] for x in mine)
+    # every refused batch is named by a later gap record (the last ones, if no append followed,
+    # are still pending in the outbox's memory)
+    assert refused_named + (1 if ob.stats()["refused_pending"] else 0) >= refused - 1
+    assert refused_named <= refused
     # the counters agree exactly with what the gap records name
     per_lane = Counter(data[s][0].name.lower() for s in vanished_data)
     per_lane["alert"] += len(vanished_gaps)

@@ -1,0 +1,89 @@
+"""Finding 11: ``stagger`` spreads the first polls over one period across the whole gateway,
+as documented, not per bus: ten devices on ten buses (one endpoint each) must not all poll at
+the same instant. Real daemon, real pymodbus server; the first reading of each device in the
+outbox tells when it was polled."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import socket
+import threading
+from pathlib import Path
+
+from modbus.simproc import SimServer
+from runtime.helpers import write_config
+
+from edgegw.runtime.outbox_reader import read_outbox
+
+from .cloudproc import edgegw_cli
+
+
+class Forwarder:
+    """A TCP port that relays to the Modbus server: a distinct endpoint (bus) per device."""
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(a: socket.socket, b: socket.socket) -> None:
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (a, b):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_first_polls_spread_across_the_gateway(tmp_path: Path) -> None:
+    server = SimServer("--tcp", "0", "--units", "1", log_dir=tmp_path)
+    state = tmp_path / "state"
+    n = 10
+    relays = [Forwarder(server.port) for _ in range(n)]
+    try:
+        cfg = write_config(tmp_path / "gateway.yaml", {
+            "gateway": {"id": "gw-stagger", "state_dir": str(state), "log_level": "warning"},
+            "metrics": {"enabled": False},
+            "devices": [{
+                "id": f"d{i}", "driver": "modbus", "poll": "2s", "timeout": "1s",
+                # one device per endpoint (bus), like ten single-device Modbus gateways
+                "options": {"transport": "tcp", "host": "127.0.0.1", "port": relays[i].port,
+                            "unit_id": 1, "points": [{"name": "v", "kind": "holding",
+                                                      "address": 0, "type": "int16"}]},
+            } for i in range(n)],
+        })
+        r = edgegw_cli("run", "-c", str(cfg), "--for", "3")
+        assert r.returncode == 0, r.stderr
+    finally:
+        server.close()
+        for r in relays:
+            r.close()
+    samples = read_outbox(state)[0]
+    first = {}
+    for s in sorted(samples, key=lambda s: s.ts_ms):
+        first.setdefault(s.device, s.ts_ms)
+    assert len(first) == n
+    starts = sorted(first.values())
+    # i / n of the 2 s period: 0, 0.2 ... 1.8 s; allow generous slack for a loaded machine
+    assert starts[-1] - starts[0] >= 1200, starts
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    assert sum(g >= 100 for g in gaps) >= n // 2, gaps
