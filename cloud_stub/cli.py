@@ -120,16 +120,20 @@ def _main(argv: list[str] | None = None) -> int:
     level = logging.WARNING - 10 * min(args.verbose, 2)
     if args.command == "serve":
         level = min(level, logging.INFO)
+    repeats = None
     if configure(level, args.log_format, force=False):
         # repeated WARNING/ERROR lines: the first, then a count a minute; only on our own
         # handler (a host program's or test runner's handlers are not ours to filter)
-        throttle_repeated_logs()
+        repeats = throttle_repeated_logs()
     try:
         return int(args.fn(args))
     except (RegistryError, pki.PkiError, FileExistsError, BrokerError, DownlinkError,
             ShadowConflict, BundleError, AuthError, ApiError, ValueError) as exc:
         print(f"edgegw-cloud {args.command}: {exc}", file=sys.stderr)
         return 1
+    finally:
+        if repeats is not None:
+            repeats.close()
 
 
 if __name__ == "__main__":

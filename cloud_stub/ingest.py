@@ -22,14 +22,17 @@ Invariants:
 - Group commit: messages waiting in the queue are committed together (up to ``max_group``
   batches and ``max_group_readings`` readings), then acked per gateway in one message. A
   process crash before the ack only causes a resend.
-- Fair between gateways (issue 9 #5): groups are formed round-robin over the gateways with
-  batches waiting (each gateway's own order kept), so one gateway's backlog or flood delays
-  another's batch by at most one group per gateway ahead of it, not by the whole backlog.
+- Fair between gateways (issue 9 #5): the opener takes raw messages round-robin over the
+  gateways that have some waiting, and the writer forms store groups round-robin too (each
+  gateway's own order kept, at most ``max_group_readings`` per transaction), so one gateway's
+  backlog or flood delays another's batch by about one decode and one group, not by the whole
+  backlog.
 - Per-gateway quota: a token bucket of ``gateway_rate`` readings/s with ``gateway_burst``
-  capacity (per ingest process). An authentic batch over it is acked ``retry`` (the gateway
-  keeps it and resends after its hold-back): slowed down, never lost, counted
-  ``rate_limited``. A batch decoding to more than ``codec.MAX_SAMPLES`` readings is refused
-  by the decoder (acked ``rejected``): no gateway config can produce one.
+  capacity (per ingest process), checked after authentication and BEFORE decoding. An
+  authentic batch over it is acked ``retry`` (the gateway keeps it and resends after its
+  hold-back): slowed down, never lost, counted ``rate_limited``. A batch decoding to more
+  than ``codec.MAX_SAMPLES`` readings is refused by the decoder (acked ``rejected``): no
+  gateway config can produce one.
 """
 
 from __future__ import annotations
@@ -78,9 +81,10 @@ ACK_DELIVERED, ACK_RETRY, ACK_REJECTED = AckStatus.DELIVERED, AckStatus.RETRY, A
 #: and a burst that lets a 1M-reading backlog drain at full speed
 GATEWAY_RATE = 200_000.0
 GATEWAY_BURST = 2_000_000.0
-MAX_GROUP_READINGS = 200_000
+MAX_GROUP_READINGS = 50_000  # one transaction ~0.2 s at the store's ~300k rows/s
 KEY_REFRESH_S = 5.0  # at most one registry lookup per gateway per this, whatever arrives
 TOUCH_EVERY_S = 5.0
+RAW_LOOKAHEAD = 2000  # messages the opener pulls ahead to choose round-robin between gateways
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,8 +105,7 @@ class _Opened:
     seq: int
     received_ms: int
     decoded: DecodedBatch | None
-    limited: bool = False  # over the gateway's quota: ack retry, store nothing
-    retry: bool = False  # undecodable for now (unknown series ids): ack retry
+    retry: bool = False  # over the gateway's quota, or unknown series ids: ack retry
     digest: bytes | None = None  # SHA-256 of the plaintext (sequence-conflict check)
 
     @property
@@ -111,7 +114,10 @@ class _Opened:
 
 
 class TokenBuckets:
-    """Per-key token buckets (readings per second, burst capacity). One thread uses it."""
+    """Per-key token buckets (readings per second, burst capacity) that may go into debt: a
+    batch is admitted while the bucket holds anything (``admit``, checked BEFORE the batch is
+    decoded, so a flood over its quota costs an AES open and no decode), then its readings are
+    spent (``spend``, possibly below zero). One thread uses it."""
 
     def __init__(self, rate: float, burst: float) -> None:
         if rate <= 0 or burst <= 0:
@@ -119,35 +125,50 @@ class TokenBuckets:
         self.rate, self.burst = float(rate), float(burst)
         self._level: dict[str, tuple[float, float]] = {}
 
-    def take(self, key: str, n: float, now: float) -> bool:
-        """Spend ``n`` tokens of ``key``'s bucket if it holds them (a refusal spends nothing)."""
+    def _refill(self, key: str, now: float) -> float:
         level, at = self._level.get(key, (self.burst, now))
         level = min(self.burst, level + (now - at) * self.rate)
-        ok = n <= level
-        self._level[key] = (level - n if ok else level, now)
-        return ok
+        self._level[key] = (level, now)
+        return level
+
+    def admit(self, key: str, now: float) -> bool:
+        """True while ``key``'s bucket is above zero."""
+        return self._refill(key, now) > 0
+
+    def spend(self, key: str, n: float, now: float) -> None:
+        self._level[key] = (self._refill(key, now) - n, now)
 
 
 def fair_group(
     pending: OrderedDict[str, deque[_Opened]], max_group: int, max_readings: int
 ) -> list[_Opened]:
-    """Take the next group round-robin over the gateways in ``pending`` (mutated: taken items
-    removed, served gateways moved to the back, emptied ones dropped). At least one item; at
-    most ``max_group`` items, and no more once ``max_readings`` readings are in."""
+    """The next store group, shared between the gateways in ``pending`` (mutated: taken items
+    removed, served gateways moved to the back, emptied ones dropped).
+
+    Each gateway with batches waiting gets a turn per group: at least one batch, then more
+    while it stays within its share, ``max_readings / n`` readings and ``max_group / n``
+    batches. A gateway of small batches is drained at the pace it sends them; a flood of big
+    ones moves one batch per group. Each gateway's own order is kept.
+    """
     group: list[_Opened] = []
-    readings = 0
-    while pending and len(group) < max_group and (not group or readings < max_readings):
-        for gw in list(pending):
-            q = pending[gw]
+    n = max(1, len(pending))
+    share, count_share = max(1, max_readings // n), max(1, max_group // n)
+    for gw in list(pending):
+        q = pending[gw]
+        taken = took = 0
+        while q and len(group) < max_group and (
+            took == 0 or (took < count_share and taken + q[0].readings <= share)
+        ):
             o = q.popleft()
             group.append(o)
-            readings += o.readings
-            if q:
-                pending.move_to_end(gw)
-            else:
-                del pending[gw]
-            if len(group) >= max_group or readings >= max_readings:
-                break
+            taken += o.readings
+            took += 1
+        if q:
+            pending.move_to_end(gw)
+        else:
+            del pending[gw]
+        if len(group) >= max_group:
+            break
     return group
 
 
@@ -353,15 +374,38 @@ class Ingest:
             except queue.Full:
                 continue
 
+    def _next_raw(self, waiting: OrderedDict[str, deque[_Msg]]) -> _Msg | None:
+        """The next message to open, round-robin over the gateways with messages waiting (so a
+        gateway's flood does not queue another's batch behind all of it)."""
+        n = sum(len(q) for q in waiting.values())
+        block = n == 0
+        while n < RAW_LOOKAHEAD:
+            try:
+                m = self._queue.get(timeout=0.2) if block else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            block = False
+            waiting.setdefault(topics.gateway_of(m.topic) or "", deque()).append(m)
+            n += 1
+        for gw in list(waiting):
+            q = waiting[gw]
+            m = q.popleft()
+            if q:
+                waiting.move_to_end(gw)
+            else:
+                del waiting[gw]
+            return m
+        return None
+
     def _open_loop(self) -> None:
         registry = Registry(self.paths.registry_db)  # one instance per thread (its contract)
         keys = _Keys(self.paths, registry)
         last_touch: dict[str, float] = {}
+        waiting: OrderedDict[str, deque[_Msg]] = OrderedDict()
         try:
             while not self._stop.is_set():
-                try:
-                    m = self._queue.get(timeout=0.2)
-                except queue.Empty:
+                m = self._next_raw(waiting)
+                if m is None:
                     continue
                 try:
                     opened = self._open(m, keys)
@@ -372,24 +416,10 @@ class Ingest:
                 if opened is None:
                     continue
                 gw, header, decoded, retry, digest = opened
-                limited = decoded is not None and not self._quota.take(
-                    gw, decoded.readings, time.monotonic()
-                )
-                if limited:
-                    self._warn(
-                        "rate_limited",
-                        gw,
-                        "gateway %s: batch %d (%d readings) over its quota of %.0f readings/s; "
-                        "acked retry",
-                        gw,
-                        header.seq,
-                        decoded.readings if decoded is not None else 0,
-                        self._quota.rate,
-                    )
                 self._put(
                     self._opened,
-                    _Opened(m.client, gw, header.seq, m.received_ms, decoded, limited, retry,
-                            digest),
+                    _Opened(m.client, gw, header.seq, m.received_ms, decoded, retry=retry,
+                            digest=digest),
                 )
                 now = time.monotonic()
                 if now - last_touch.get(gw, 0.0) >= TOUCH_EVERY_S:
@@ -440,8 +470,10 @@ class Ingest:
     def _open(
         self, m: _Msg, keys: _Keys
     ) -> tuple[str, Any, DecodedBatch | None, bool, bytes] | None:
-        """(gateway, header, decoded or None if undecodable, retry, plaintext digest) for an
-        AUTHENTIC envelope."""
+        """(gateway, header, decoded or None, retry, plaintext digest) for an AUTHENTIC
+        envelope. ``retry``: ack retry, store nothing (the gateway's quota is spent, checked
+        before decoding; or a codec v2 id the dictionary does not hold); decoded None without
+        retry: acked rejected."""
         gw = topics.gateway_of(m.topic) or ""
         if not gw or m.topic != topics.up_batch(gw):
             self._warn("bad_topic", "?", "message on unexpected topic %r ignored", m.topic)
@@ -494,6 +526,17 @@ class Ingest:
                     header.seq,
                 )
             return None
+        now = time.monotonic()
+        if not self._quota.admit(gw, now):
+            self._warn(
+                "rate_limited",
+                gw,
+                "gateway %s: batch %d over its quota of %.0f readings/s; acked retry",
+                gw,
+                header.seq,
+                self._quota.rate,
+            )
+            return gw, header, None, True, b""
         try:
             decoded = decode_any(plaintext, self._names.resolver(gw))
         except UnknownSeries as exc:
@@ -518,6 +561,7 @@ class Ingest:
                 exc,
             )
             return gw, header, None, False, b""
+        self._quota.spend(gw, decoded.readings, now)
         if isinstance(decoded, DecodedV2) and decoded.definitions:
             self._names.learn(gw, decoded.epoch, decoded.definitions)
         return gw, header, decoded, False, hashlib.sha256(plaintext).digest()
@@ -566,12 +610,10 @@ class Ingest:
         def ack(o: _Opened, status: int) -> None:
             acks.setdefault((id(o.client), o.gw), (o.client, []))[1].append((o.seq, status))
 
-        storable = [o for o in group if o.decoded is not None and not o.limited]
+        storable = [o for o in group if o.decoded is not None]
         for o in group:
             if o.decoded is None:
                 ack(o, ACK_RETRY if o.retry else ACK_REJECTED)
-            elif o.limited:
-                ack(o, ACK_RETRY)
         records: list[BatchRecord] = []
         owners: list[_Opened] = []
         for o in storable:
@@ -734,13 +776,16 @@ def _ingest_process(
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    throttle_repeated_logs()
+    repeats = throttle_repeated_logs()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us through ``stop``
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    stats = run_ingest(
-        CloudPaths.for_dir(data_dir), url, stop, on_ready=lambda _ingest: ready.set(),
-        store=store, forward=forward,
-    )
+    try:
+        stats = run_ingest(
+            CloudPaths.for_dir(data_dir), url, stop, on_ready=lambda _ingest: ready.set(),
+            store=store, forward=forward,
+        )
+    finally:
+        repeats.close()
     if stats_file is not None:
         stats_file.write_text(json.dumps(stats, default=str))
 

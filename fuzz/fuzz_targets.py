@@ -9,7 +9,8 @@ Targets and what they hold to:
 - ``envelope``: ``parse_header`` / ``open_sealed`` raise ``EnvelopeError`` only; a sequence is
   never >= 2**63 after a successful parse.
 - ``codec``: ``decode_batch`` raises ``CodecError`` only, returns at most ``MAX_SAMPLES``
-  readings, and what it returns re-encodes (the ingest stores exactly that).
+  readings and gap counters below 2**63, and what it returns re-encodes (the ingest stores
+  exactly that).
 - ``ack``: ``decode_acks`` raises ``AckError`` only.
 - ``config``: the YAML config loader raises ``ConfigError`` only (whatever the file holds).
 - ``coap``: the CoAP payload parser raises ``Malformed`` / ``UnsupportedFormat`` only.
@@ -63,6 +64,8 @@ def fuzz_codec(data: bytes) -> None:
     except CodecError:
         return
     assert batch.readings <= MAX_SAMPLES
+    # what the cloud stores as signed 64-bit INTEGERs (a larger one rolled back a group commit)
+    assert all(0 <= v < 2**63 for g in batch.gaps for v in (*g.seqs, g.batches, g.readings))
     again = decode_batch(encode_batch(batch.samples, batch.alerts, batch.gaps))
     assert again.readings == batch.readings
     assert len(again.alerts) == len(batch.alerts) and again.gaps == batch.gaps

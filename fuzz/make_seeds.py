@@ -1,4 +1,5 @@
-"""Write the small seed corpora of fuzz/corpus/ (re-run after a format change; deterministic)."""
+"""Write the small seed corpora of fuzz/corpus/ (re-run after a format change; sealed seeds get
+fresh random nonces, so commit only what changed for a reason)."""
 
 from __future__ import annotations
 
@@ -67,6 +68,18 @@ def main() -> None:
     put("modbus", "rtu_read_holding", b"\x00" + bytes.fromhex("010304000a0014") + b"\xda\x3e")
     put("modbus", "tcp_coils", b"\x01" + bytes.fromhex("00020000000401010105"))
     put("modbus", "tcp_exception", b"\x01" + bytes.fromhex("000300000003018302"))
+    # regression inputs of issue 9 (each crashed its target before the fix)
+    put("coap", "regress-deep-json", b"\x01" + b"[" * 8000 + b"]" * 8000)  # 5.00 + traceback
+    head = struct.pack(">2sBBIQ12s", b"EG", 1, 0, 1, 2**63, bytes(12))
+    put("envelope", "regress-seq-2-63", head + bytes(16))  # rolled back a group commit
+    from edgegw.protocol import codec
+    limit = codec.COUNTER_MAX
+    codec.COUNTER_MAX = 2**64 - 1  # an encoder without the limit
+    try:
+        put("codec", "regress-gap-counter-2-63",
+            encode_batch(gaps=[Gap(Lane.TELEMETRY, (2**63,), 0, 1, 2**63, 1, "x")]))
+    finally:
+        codec.COUNTER_MAX = limit
 
 
 if __name__ == "__main__":

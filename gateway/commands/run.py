@@ -57,10 +57,13 @@ def run(args: argparse.Namespace) -> int:
         logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     # a fault that repeats (dead device, full disk) logs its first WARNING/ERROR line, then one
     # summary with the count per minute (issue 9 #10: 841 ERROR lines in 20 s before)
-    throttle_repeated_logs()
-    rc = asyncio.run(
-        serve(cfg, drivers, args.duration, args.shutdown_timeout, args.drain_timeout)
-    )
+    repeats = throttle_repeated_logs()
+    try:
+        rc = asyncio.run(
+            serve(cfg, drivers, args.duration, args.shutdown_timeout, args.drain_timeout)
+        )
+    finally:
+        repeats.close()
     if rc == 0:
         reexec_if_requested()  # the `restart` command
     return rc

@@ -10,7 +10,8 @@ attempt: 841 ERROR lines in 20 s buried everything else. ``RepeatFilter`` on a h
   counted;
 - when the interval is over, the next record of that kind passes with the count appended
   (``[+N similar in the last 60 s]``), and so does a lone summary for a kind that went quiet
-  (emitted on the next record through the filter, or by ``flush()`` at exit).
+  (emitted on the next record through the filter, or by ``flush()``: the CLIs call it when
+  their command returns, not from ``atexit``, when handlers may already be closed).
 
 Invariants: nothing at WARNING+ disappears without being counted in a later summary line; the
 filter holds at most ``max_kinds`` kinds (the oldest quiet ones are summarised and forgotten).
@@ -19,7 +20,6 @@ Used by both ``edgegw`` and ``edgegw-cloud`` (``install()``).
 
 from __future__ import annotations
 
-import atexit
 import logging
 import threading
 import time
@@ -56,6 +56,7 @@ class RepeatFilter(logging.Filter):
         self._lock = threading.Lock()
         self.suppressed_total = 0
         self._last_sweep = clock()
+        self.handlers: list[logging.Handler] = []  # where ``install`` put it
 
     def filter(self, record: logging.LogRecord) -> bool:
         if getattr(record, _SUMMARY, False):
@@ -108,6 +109,14 @@ class RepeatFilter(logging.Filter):
                 kind.start, kind.suppressed = now, 0
         return out
 
+    def close(self) -> None:
+        """``flush()``, then take the filter off the handlers ``install`` put it on (a command
+        run in-process, e.g. by a test, leaves no filter behind)."""
+        self.flush()
+        for h in self.handlers:
+            h.removeFilter(self)
+        self.handlers.clear()
+
     def flush(self) -> None:
         """Summarise every kind with suppressed records now (at exit)."""
         with self._lock:
@@ -134,10 +143,11 @@ def _emit_summary(kind: _Kind, interval: float) -> None:
 def install(
     handlers: list[logging.Handler] | None = None, interval: float = DEFAULT_INTERVAL_S
 ) -> RepeatFilter:
-    """Add one shared ``RepeatFilter`` to ``handlers`` (default: the root logger's)."""
+    """Add one shared ``RepeatFilter`` to ``handlers`` (default: the root logger's); call its
+    ``close()`` when the command is done (summaries flushed, filter removed)."""
     f = RepeatFilter(interval)
     for h in handlers if handlers is not None else logging.getLogger().handlers:
         if not any(isinstance(x, RepeatFilter) for x in h.filters):
             h.addFilter(f)
-    atexit.register(f.flush)
+            f.handlers.append(h)
     return f

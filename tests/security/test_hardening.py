@@ -137,3 +137,13 @@ def test_huge_config_file_is_refused_before_parsing(tmp_path: Path) -> None:
     assert "too large" in proc.stdout and "big.yaml" in proc.stdout, proc.stdout
     rss_kib = int(proc.stdout.rsplit("MAXRSS", 1)[1])
     assert rss_kib < 200 * 1024  # refused before reading it (1 GB RSS before the fix)
+
+
+def test_install_then_close_leaves_no_filter_behind() -> None:
+    from edgegw.protocol.logthrottle import install
+
+    h = logging.StreamHandler()
+    f = install([h], interval=60.0)
+    assert f in h.filters
+    f.close()
+    assert h.filters == []
