@@ -146,7 +146,7 @@ class Soak:
         self.paths = init_data_dir(self.root / "cloud")
         self.broker = ManagedBroker(self.paths, free_port()).start()
         self.proxy = Proxy(self.broker.port)
-        self.ingest = Ingest(self.paths, self.broker.url).start()
+        self.ingest = Ingest(self.paths, self.broker.service_url).start()
         self.plant = SimServer("--tcp", "0", "--units", ",".join(map(str, UNITS)),
                                log_dir=self.root)
         for u in UNITS:
@@ -233,7 +233,7 @@ class Soak:
             assert self.ingest is not None
             self.ingest.stop()
             self._wait(20)
-            self.ingest = Ingest(self.paths, self.broker.url).start()
+            self.ingest = Ingest(self.paths, self.broker.service_url).start()
 
     def _wait(self, seconds: float) -> None:
         end = time.monotonic() + seconds
