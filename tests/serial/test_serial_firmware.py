@@ -22,7 +22,9 @@ from edgegw import FirmwareImage, TransientError
 from edgegw.runtime.daemon import load
 from edgegw.runtime.supervisor import Gateway
 
-pytestmark = pytest.mark.skipif(shutil.which("rb") is None, reason="lrzsz (rb) not installed")
+# the real peer: Debian's lrzsz (in the Makefile's APT_PACKAGES); never skipped, a missing
+# receiver fails here with the fix
+assert shutil.which("rb") is not None, "lrzsz's `rb` is not installed: run `make system-deps`"
 
 IMAGE = bytes((i * 7 + (i >> 8)) & 0xFF for i in range(150_000))  # not a multiple of 1 KiB
 
