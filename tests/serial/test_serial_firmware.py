@@ -79,7 +79,7 @@ def write_config(tmp: Path, tty: str) -> Path:
                 "id": "plc",
                 "driver": "serial",
                 # polled at start, then rarely: a poll reply window must not eat rb's first 'C'
-                # (rb repeats it only every 10 s; start_timeout covers two repeats on a loaded machine)
+                # (rb repeats it only every 10 s; start_timeout covers two repeats under load)
                 "poll": "60s",
                 "options": {
                     "port": tty,
