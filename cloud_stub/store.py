@@ -23,11 +23,13 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from itertools import repeat
 from pathlib import Path
@@ -217,7 +219,114 @@ def _encode_value(value: Value) -> tuple[Any, int, bytes | None]:
     raise TypeError(f"unsupported value type {type(value).__name__}")
 
 
-class CloudStore(StoreQueries):
+class BatchWriter(StoreQueries):
+    """The commit and dedup logic both stores share (SQLite here, PostgreSQL in ``store_pg``):
+    batches are deduplicated by (gateway, seq) in one transaction per group; the backend
+    supplies the SQL through the ``_``-hooks below."""
+
+    _counts: _Counts
+    _series: dict[tuple[str, str, str], int]
+    _new_series: list[tuple[str, str, str]]  # created in the open transaction
+
+    def commit_batch(
+        self,
+        gateway: str,
+        seq: int,
+        lane: int,
+        received_ms: int,
+        samples: Sequence[Sample] = (),
+        alerts: Sequence[Alert] = (),
+        gaps: Sequence[Any] = (),
+    ) -> bool:
+        """Store one batch atomically. False = duplicate (already stored, nothing written)."""
+        record = BatchRecord(gateway, seq, lane, received_ms, samples, alerts, gaps)
+        return self.commit_many([record])[0]
+
+    def commit_many(self, records: Sequence[BatchRecord]) -> list[bool]:
+        """Store several batches in ONE transaction; per batch True = new, False = duplicate
+        (or a sequence conflict: see ``commit_statuses``).
+
+        Durable (fsync'd, synchronous=FULL) when this returns. On any error the whole
+        transaction is rolled back and the error propagates: nothing of it was stored.
+        """
+        return [st == NEW for st in self.commit_statuses(records)]
+
+    def commit_statuses(self, records: Sequence[BatchRecord]) -> list[str]:
+        """``commit_many`` with a status per batch: ``NEW`` (stored now), ``DUPLICATE`` (the
+        same batch was stored before: same digest, or no digest known) or ``CONFLICT`` (a
+        DIFFERENT batch is stored under this (gateway, seq): nothing written, recorded in
+        ``seq_conflicts``; the caller must not ack it as delivered)."""
+        if not records:
+            return []
+        self._before_commit(records)
+        result: list[str] = []
+        n_readings = n_alerts = n_gaps = 0
+        try:
+            with self._write_transaction():
+                stored_ms = time.time_ns() // 1_000_000  # the group's commit time (latency)
+                for rec in records:
+                    if rec.definitions is not None and rec.definitions[1]:
+                        self._store_definitions(rec.gateway, *rec.definitions)
+                for rec in records:
+                    readings = rec.readings
+                    if not self._insert_batch_row(rec, stored_ms, readings):
+                        stored = self._stored_digest(rec.gateway, rec.seq)
+                        if stored is not None and rec.digest is not None and (
+                                stored != rec.digest):
+                            self._record_conflict(rec, stored)
+                            result.append(CONFLICT)
+                        else:
+                            result.append(DUPLICATE)
+                        continue
+                    result.append(NEW)
+                    self._insert_contents(rec)
+                    n_readings += readings
+                    n_alerts += len(rec.alerts)
+                    n_gaps += len(rec.gaps)
+        except BaseException:
+            for key in self._new_series:  # their rows are gone with the transaction
+                self._series.pop(key, None)
+            self._new_series.clear()
+            raise
+        self._new_series.clear()
+        c = self._counts
+        c.transactions += 1
+        c.batches += result.count(NEW)
+        c.duplicates += result.count(DUPLICATE)
+        c.conflicts += result.count(CONFLICT)
+        c.readings += n_readings
+        c.alerts += n_alerts
+        c.gaps += n_gaps
+        return result
+
+    # backend hooks (all but _before_commit run inside _write_transaction)
+    def _before_commit(self, records: Sequence[BatchRecord]) -> None:
+        """Preparation outside the transaction (PostgreSQL: partitions)."""
+
+    def _write_transaction(self) -> AbstractContextManager[object]:
+        raise NotImplementedError
+
+    def _store_definitions(self, gateway: str, epoch: int,
+                           defs: Mapping[int, tuple[str, str]]) -> None:
+        """Store codec v2 dictionary definitions (already stored ones are kept)."""
+        raise NotImplementedError
+
+    def _insert_batch_row(self, rec: BatchRecord, stored_ms: int, readings: int) -> bool:
+        """Insert the ``batches`` row unless (gateway, seq) is stored; True = inserted."""
+        raise NotImplementedError
+
+    def _stored_digest(self, gateway: str, seq: int) -> bytes | None:
+        raise NotImplementedError
+
+    def _record_conflict(self, rec: BatchRecord, stored: bytes) -> None:
+        """Note a different batch under a stored (gateway, seq) in ``seq_conflicts``."""
+        raise NotImplementedError
+
+    def _insert_contents(self, rec: BatchRecord) -> None:
+        raise NotImplementedError
+
+
+class CloudStore(BatchWriter):
     """SQLite store of everything the ingest accepted. Not thread-safe: one owner thread."""
 
     def __init__(self, path: Path | str, *, readonly: bool = False) -> None:
@@ -256,100 +365,51 @@ class CloudStore(StoreQueries):
         self._new_series: list[tuple[str, str, str]] = []  # created in the open transaction
 
     # ------------------------------------------------------------------ writing
-    def commit_batch(
-        self,
-        gateway: str,
-        seq: int,
-        lane: int,
-        received_ms: int,
-        samples: Sequence[Sample] = (),
-        alerts: Sequence[Alert] = (),
-        gaps: Sequence[Any] = (),
-    ) -> bool:
-        """Store one batch atomically. False = duplicate (already stored, nothing written)."""
-        record = BatchRecord(gateway, seq, lane, received_ms, samples, alerts, gaps)
-        return self.commit_many([record])[0]
-
-    def commit_many(self, records: Sequence[BatchRecord]) -> list[bool]:
-        """Store several batches in ONE transaction; per batch True = new, False = duplicate
-        (or a sequence conflict: see ``commit_statuses``).
-
-        Durable (fsync'd, synchronous=FULL) when this returns. On any error the whole
-        transaction is rolled back and the error propagates: nothing of it was stored.
-        """
-        return [st == NEW for st in self.commit_statuses(records)]
-
-    def commit_statuses(self, records: Sequence[BatchRecord]) -> list[str]:
-        """``commit_many`` with a status per batch: ``NEW`` (stored now), ``DUPLICATE`` (the
-        same batch was stored before: same digest, or no digest known) or ``CONFLICT`` (a
-        DIFFERENT batch is stored under this (gateway, seq): nothing written, recorded in
-        ``seq_conflicts``; the caller must not ack it as delivered)."""
-        if not records:
-            return []
+    @contextlib.contextmanager
+    def _write_transaction(self) -> Iterator[None]:
         db = self._db
-        result: list[str] = []
-        n_readings = n_alerts = n_gaps = 0
         db.execute("BEGIN IMMEDIATE")
-        stored_ms = time.time_ns() // 1_000_000  # the group's commit time (latency metrics)
         try:
-            for rec in records:
-                if rec.definitions is not None and rec.definitions[1]:
-                    epoch, defs = rec.definitions
-                    db.executemany(
-                        "INSERT OR IGNORE INTO series_dict VALUES (?, ?, ?, ?, ?)",
-                        [(rec.gateway, epoch, i, d, m) for i, (d, m) in defs.items()],
-                    )
-            for rec in records:
-                readings = rec.readings
-                cur = db.execute(
-                    "INSERT OR IGNORE INTO batches"
-                    " (gateway, seq, lane, received_ms, stored_ms, readings, alerts, gaps,"
-                    " digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        rec.gateway,
-                        rec.seq,
-                        int(rec.lane),
-                        rec.received_ms,
-                        stored_ms,
-                        readings,
-                        len(rec.alerts),
-                        len(rec.gaps),
-                        rec.digest,
-                    ),
-                )
-                if cur.rowcount == 0:
-                    row = db.execute("SELECT digest FROM batches WHERE gateway = ? AND seq = ?",
-                                     (rec.gateway, rec.seq)).fetchone()
-                    stored = row[0] if row is not None else None
-                    if stored is not None and rec.digest is not None and stored != rec.digest:
-                        db.execute("INSERT INTO seq_conflicts VALUES (?, ?, ?, ?, ?)",
-                                   (rec.gateway, rec.seq, stored, rec.digest, rec.received_ms))
-                        result.append(CONFLICT)
-                    else:
-                        result.append(DUPLICATE)
-                    continue
-                result.append(NEW)
-                self._insert_contents(rec)
-                n_readings += readings
-                n_alerts += len(rec.alerts)
-                n_gaps += len(rec.gaps)
+            yield
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
-            for key in self._new_series:  # their rows are gone with the transaction
-                self._series.pop(key, None)
-            self._new_series.clear()
             raise
-        self._new_series.clear()
-        c = self._counts
-        c.transactions += 1
-        c.batches += result.count(NEW)
-        c.duplicates += result.count(DUPLICATE)
-        c.conflicts += result.count(CONFLICT)
-        c.readings += n_readings
-        c.alerts += n_alerts
-        c.gaps += n_gaps
-        return result
+
+    def _store_definitions(self, gateway: str, epoch: int,
+                           defs: Mapping[int, tuple[str, str]]) -> None:
+        self._db.executemany(
+            "INSERT OR IGNORE INTO series_dict VALUES (?, ?, ?, ?, ?)",
+            [(gateway, epoch, i, d, m) for i, (d, m) in defs.items()],
+        )
+
+    def _insert_batch_row(self, rec: BatchRecord, stored_ms: int, readings: int) -> bool:
+        cur = self._db.execute(
+            "INSERT OR IGNORE INTO batches"
+            " (gateway, seq, lane, received_ms, stored_ms, readings, alerts, gaps,"
+            " digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                rec.gateway,
+                rec.seq,
+                int(rec.lane),
+                rec.received_ms,
+                stored_ms,
+                readings,
+                len(rec.alerts),
+                len(rec.gaps),
+                rec.digest,
+            ),
+        )
+        return cur.rowcount != 0
+
+    def _stored_digest(self, gateway: str, seq: int) -> bytes | None:
+        row = self._db.execute("SELECT digest FROM batches WHERE gateway = ? AND seq = ?",
+                               (gateway, seq)).fetchone()
+        return row[0] if row is not None else None
+
+    def _record_conflict(self, rec: BatchRecord, stored: bytes) -> None:
+        self._db.execute("INSERT INTO seq_conflicts VALUES (?, ?, ?, ?, ?)",
+                         (rec.gateway, rec.seq, stored, rec.digest, rec.received_ms))
 
     def _insert_contents(self, rec: BatchRecord) -> None:
         db = self._db

@@ -22,18 +22,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
-from edgegw.protocol.model import Alert, Sample, Value
+from edgegw.protocol.model import Value
 from edgegw_cloud.store import (
-    CONFLICT,
-    DUPLICATE,
-    NEW,
     VT_BLOB,
     VT_BOOL,
     VT_FLOAT,
@@ -41,10 +38,10 @@ from edgegw_cloud.store import (
     VT_NULL,
     VT_STR,
     BatchRecord,
+    BatchWriter,
     StoredReading,
     _Counts,
 )
-from edgegw_cloud.store_read import StoreQueries
 
 log = logging.getLogger("edgegw.cloud.store")
 
@@ -177,7 +174,7 @@ def _decode(num: float | None, text: str | None, vtype: int) -> Any:
     return text
 
 
-class PgStore(StoreQueries):
+class PgStore(BatchWriter):
     """PostgreSQL store. Not thread-safe: one owner thread (one connection)."""
 
     def __init__(self, url: str, *, readonly: bool = False) -> None:
@@ -286,82 +283,40 @@ class PgStore(StoreQueries):
             self._days.add(day)
 
     # ------------------------------------------------------------------ writing
-    def commit_batch(self, gateway: str, seq: int, lane: int, received_ms: int,
-                     samples: Sequence[Sample] = (), alerts: Sequence[Alert] = (),
-                     gaps: Sequence[Any] = ()) -> bool:
-        return self.commit_many(
-            [BatchRecord(gateway, seq, lane, received_ms, samples, alerts, gaps)])[0]
-
-    def commit_many(self, records: Sequence[BatchRecord]) -> list[bool]:
-        """Store several batches in ONE transaction; per batch True = new, False = duplicate
-        (or a sequence conflict: see ``commit_statuses``)."""
-        return [st == NEW for st in self.commit_statuses(records)]
-
-    def commit_statuses(self, records: Sequence[BatchRecord]) -> list[str]:
-        """Per batch ``NEW``, ``DUPLICATE`` (same digest, or none known) or ``CONFLICT`` (a
-        different batch is stored under this (gateway, seq): nothing written, recorded in
-        ``seq_conflicts``), exactly as the SQLite store."""
-        if not records:
-            return []
+    def _before_commit(self, records: Sequence[BatchRecord]) -> None:
         self._ensure_partitions(records)
-        result: list[str] = []
-        n_readings = n_alerts = n_gaps = 0
-        stored_ms = time.time_ns() // 1_000_000
-        db = self._db
-        try:
-            with db.transaction():
-                for rec in records:
-                    if rec.definitions is not None and rec.definitions[1]:
-                        epoch, defs = rec.definitions
-                        with db.cursor() as cur:
-                            cur.executemany(
-                                "INSERT INTO series_dict VALUES (%s, %s, %s, %s, %s)"
-                                " ON CONFLICT DO NOTHING",
-                                [(rec.gateway, epoch, i, d, m) for i, (d, m) in defs.items()],
-                            )
-                for rec in records:
-                    row = db.execute(
-                        "INSERT INTO batches (gateway, seq, lane, received_ms, stored_ms,"
-                        " readings, alerts, gaps, digest)"
-                        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
-                        " ON CONFLICT DO NOTHING RETURNING 1",
-                        (rec.gateway, rec.seq, int(rec.lane), rec.received_ms, stored_ms,
-                         rec.readings, len(rec.alerts), len(rec.gaps), rec.digest),
-                    ).fetchone()
-                    if row is None:
-                        got = db.execute(
-                            "SELECT digest FROM batches WHERE gateway = %s AND seq = %s",
-                            (rec.gateway, rec.seq)).fetchone()
-                        stored = bytes(got[0]) if got is not None and got[0] is not None else None
-                        if stored is not None and rec.digest is not None and (
-                                stored != rec.digest):
-                            db.execute("INSERT INTO seq_conflicts VALUES (%s, %s, %s, %s, %s)",
-                                       (rec.gateway, rec.seq, stored, rec.digest,
-                                        rec.received_ms))
-                            result.append(CONFLICT)
-                        else:
-                            result.append(DUPLICATE)
-                        continue
-                    result.append(NEW)
-                    self._insert_contents(rec)
-                    n_readings += rec.readings
-                    n_alerts += len(rec.alerts)
-                    n_gaps += len(rec.gaps)
-        except BaseException:
-            for key in self._new_series:
-                self._series.pop(key, None)
-            self._new_series.clear()
-            raise
-        self._new_series.clear()
-        c = self._counts
-        c.transactions += 1
-        c.batches += result.count(NEW)
-        c.duplicates += result.count(DUPLICATE)
-        c.conflicts += result.count(CONFLICT)
-        c.readings += n_readings
-        c.alerts += n_alerts
-        c.gaps += n_gaps
-        return result
+
+    def _write_transaction(self) -> AbstractContextManager[object]:
+        return self._db.transaction()
+
+    def _store_definitions(self, gateway: str, epoch: int,
+                           defs: Mapping[int, tuple[str, str]]) -> None:
+        with self._db.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO series_dict VALUES (%s, %s, %s, %s, %s)"
+                " ON CONFLICT DO NOTHING",
+                [(gateway, epoch, i, d, m) for i, (d, m) in defs.items()],
+            )
+
+    def _insert_batch_row(self, rec: BatchRecord, stored_ms: int, readings: int) -> bool:
+        row = self._db.execute(
+            "INSERT INTO batches (gateway, seq, lane, received_ms, stored_ms,"
+            " readings, alerts, gaps, digest)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+            " ON CONFLICT DO NOTHING RETURNING 1",
+            (rec.gateway, rec.seq, int(rec.lane), rec.received_ms, stored_ms,
+             readings, len(rec.alerts), len(rec.gaps), rec.digest),
+        ).fetchone()
+        return row is not None
+
+    def _stored_digest(self, gateway: str, seq: int) -> bytes | None:
+        got = self._db.execute("SELECT digest FROM batches WHERE gateway = %s AND seq = %s",
+                               (gateway, seq)).fetchone()
+        return bytes(got[0]) if got is not None and got[0] is not None else None
+
+    def _record_conflict(self, rec: BatchRecord, stored: bytes) -> None:
+        self._db.execute("INSERT INTO seq_conflicts VALUES (%s, %s, %s, %s, %s)",
+                         (rec.gateway, rec.seq, stored, rec.digest, rec.received_ms))
 
     def _insert_contents(self, rec: BatchRecord) -> None:
         db = self._db
