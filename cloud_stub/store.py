@@ -48,6 +48,7 @@ from edgegw_cloud.store_read import (  # the value types are defined with the re
     VTYPE_NAMES,
     StoreQueries,
     decode_value,
+    readings_query,
 )
 
 __all__ = [
@@ -600,25 +601,9 @@ class CloudStore(BatchWriter):
         limit: int | None = None,
     ) -> Iterator[StoredReading]:
         """Stored readings matching every given filter, by (gateway, device, metric, ts)."""
-        where: list[str] = []
-        params: list[Any] = []
-        for col, val in (("gateway", gateway), ("device", device), ("metric", metric)):
-            if val is not None:
-                where.append(f"{col} = ?")
-                params.append(val)
-        if since_ms is not None:
-            where.append("ts_ms >= ?")
-            params.append(since_ms)
-        if until_ms is not None:
-            where.append("ts_ms < ?")
-            params.append(until_ms)
-        sql = "SELECT gateway, device, metric, ts_ms, value, vtype, quality, seq FROM readings"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY gateway, device, metric, ts_ms"
-        if limit is not None:
-            sql += " LIMIT ?"
-            params.append(limit)
+        sql, params = readings_query(
+            "gateway, device, metric, ts_ms, value, vtype, quality, seq", gateway=gateway,
+            device=device, metric=metric, since_ms=since_ms, until_ms=until_ms, limit=limit)
         for gw, dev, met, ts, value, vtype, quality, seq in self._db.execute(sql, params):
             out: Value | dict[str, Any]
             if vtype == VT_BLOB:

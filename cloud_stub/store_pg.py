@@ -42,6 +42,7 @@ from edgegw_cloud.store import (
     StoredReading,
     _Counts,
 )
+from edgegw_cloud.store_read import readings_query
 
 log = logging.getLogger("edgegw.cloud.store")
 
@@ -432,30 +433,14 @@ class PgStore(BatchWriter):
                  metric: str | None = None, since_ms: int | None = None,
                  until_ms: int | None = None, limit: int | None = None
                  ) -> Iterator[StoredReading]:
-        where: list[str] = []
-        params: list[Any] = []
-        for col, val in (("gateway", gateway), ("device", device), ("metric", metric)):
-            if val is not None:
-                where.append(f"{col} = %s")
-                params.append(val)
-        if since_ms is not None:
-            where.append("ts_ms >= %s")
-            params.append(since_ms)
-        if until_ms is not None:
-            where.append("ts_ms < %s")
-            params.append(until_ms)
-        q = ("SELECT gateway, device, metric, ts_ms, value, value_text, vtype, quality, seq"
-             " FROM readings")
-        if where:
-            q += " WHERE " + " AND ".join(where)
-        q += " ORDER BY gateway, device, metric, ts_ms"
-        if limit is not None:
-            q += " LIMIT %s"
-            params.append(limit)
+        q, params = readings_query(
+            "gateway, device, metric, ts_ms, value, value_text, vtype, quality, seq",
+            gateway=gateway, device=device, metric=metric, since_ms=since_ms,
+            until_ms=until_ms, limit=limit)
         # a server-side cursor streams a large range instead of loading it all at once
         with self._db.transaction(), self._db.cursor(name="edgegw_readings") as cur:
             cur.itersize = 5000
-            cur.execute(q, params)
+            cur.execute(q.replace("?", "%s"), params)
             for gw, dev, met, ts, num, text, vtype, quality, seq in cur:
                 out: Any
                 if vtype == VT_BLOB:
