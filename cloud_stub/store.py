@@ -200,6 +200,19 @@ class _Counts:
     conflicts: int = 0
 
 
+def alert_rows(rec: BatchRecord) -> list[tuple[Any, ...]]:
+    """The batch's ``alerts`` rows (both stores)."""
+    return [(rec.gateway, rec.seq, a.rule, a.device, a.ts_ms, int(a.active), int(a.severity),
+             a.message, a.metric, a.value, json.dumps(dict(a.labels), sort_keys=True))
+            for a in rec.alerts]
+
+
+def gap_rows(rec: BatchRecord) -> list[tuple[Any, ...]]:
+    """The batch's ``gaps`` rows (both stores)."""
+    return [(rec.gateway, rec.seq, int(g.lane), json.dumps(list(g.seqs)), g.from_ts_ms,
+             g.to_ts_ms, g.batches, g.readings, str(g.reason)) for g in rec.gaps]
+
+
 def _encode_value(value: Value) -> tuple[Any, int, bytes | None]:
     """(stored value, vtype, blob bytes or None)."""
     if value is None:
@@ -267,14 +280,19 @@ class BatchWriter(StoreQueries):
                 stored_ms = time.time_ns() // 1_000_000  # the group's commit time (latency)
                 for rec in records:
                     if rec.definitions is not None and rec.definitions[1]:
-                        self._store_definitions(rec.gateway, *rec.definitions)
+                        epoch, defs = rec.definitions
+                        self._store_definitions(
+                            [(rec.gateway, epoch, i, d, m) for i, (d, m) in defs.items()])
                 for rec in records:
                     readings = rec.readings
-                    if not self._insert_batch_row(rec, stored_ms, readings):
+                    if not self._insert_batch_row(
+                            (rec.gateway, rec.seq, int(rec.lane), rec.received_ms, stored_ms,
+                             readings, len(rec.alerts), len(rec.gaps), rec.digest)):
                         stored = self._stored_digest(rec.gateway, rec.seq)
                         if stored is not None and rec.digest is not None and (
                                 stored != rec.digest):
-                            self._record_conflict(rec, stored)
+                            self._record_conflict(
+                                (rec.gateway, rec.seq, stored, rec.digest, rec.received_ms))
                             result.append(CONFLICT)
                         else:
                             result.append(DUPLICATE)
@@ -307,20 +325,22 @@ class BatchWriter(StoreQueries):
     def _write_transaction(self) -> AbstractContextManager[object]:
         raise NotImplementedError
 
-    def _store_definitions(self, gateway: str, epoch: int,
-                           defs: Mapping[int, tuple[str, str]]) -> None:
-        """Store codec v2 dictionary definitions (already stored ones are kept)."""
+    def _store_definitions(self, rows: list[tuple[Any, ...]]) -> None:
+        """Store codec v2 dictionary definitions, ``series_dict`` rows (gateway, epoch, id,
+        device, metric); already stored ones are kept."""
         raise NotImplementedError
 
-    def _insert_batch_row(self, rec: BatchRecord, stored_ms: int, readings: int) -> bool:
-        """Insert the ``batches`` row unless (gateway, seq) is stored; True = inserted."""
+    def _insert_batch_row(self, row: tuple[Any, ...]) -> bool:
+        """Insert a ``batches`` row (gateway, seq, lane, received_ms, stored_ms, readings,
+        alerts, gaps, digest) unless (gateway, seq) is stored; True = inserted."""
         raise NotImplementedError
 
     def _stored_digest(self, gateway: str, seq: int) -> bytes | None:
         raise NotImplementedError
 
-    def _record_conflict(self, rec: BatchRecord, stored: bytes) -> None:
-        """Note a different batch under a stored (gateway, seq) in ``seq_conflicts``."""
+    def _record_conflict(self, row: tuple[Any, ...]) -> None:
+        """Note a different batch under a stored (gateway, seq): a ``seq_conflicts`` row
+        (gateway, seq, stored digest, new digest, received_ms)."""
         raise NotImplementedError
 
     def _insert_contents(self, rec: BatchRecord) -> None:
@@ -377,30 +397,14 @@ class CloudStore(BatchWriter):
             db.execute("ROLLBACK")
             raise
 
-    def _store_definitions(self, gateway: str, epoch: int,
-                           defs: Mapping[int, tuple[str, str]]) -> None:
-        self._db.executemany(
-            "INSERT OR IGNORE INTO series_dict VALUES (?, ?, ?, ?, ?)",
-            [(gateway, epoch, i, d, m) for i, (d, m) in defs.items()],
-        )
+    def _store_definitions(self, rows: list[tuple[Any, ...]]) -> None:
+        self._db.executemany("INSERT OR IGNORE INTO series_dict VALUES (?, ?, ?, ?, ?)", rows)
 
-    def _insert_batch_row(self, rec: BatchRecord, stored_ms: int, readings: int) -> bool:
+    def _insert_batch_row(self, row: tuple[Any, ...]) -> bool:
         cur = self._db.execute(
             "INSERT OR IGNORE INTO batches"
             " (gateway, seq, lane, received_ms, stored_ms, readings, alerts, gaps,"
-            " digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                rec.gateway,
-                rec.seq,
-                int(rec.lane),
-                rec.received_ms,
-                stored_ms,
-                readings,
-                len(rec.alerts),
-                len(rec.gaps),
-                rec.digest,
-            ),
-        )
+            " digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
         return cur.rowcount != 0
 
     def _stored_digest(self, gateway: str, seq: int) -> bytes | None:
@@ -408,9 +412,8 @@ class CloudStore(BatchWriter):
                                (gateway, seq)).fetchone()
         return row[0] if row is not None else None
 
-    def _record_conflict(self, rec: BatchRecord, stored: bytes) -> None:
-        self._db.execute("INSERT INTO seq_conflicts VALUES (?, ?, ?, ?, ?)",
-                         (rec.gateway, rec.seq, stored, rec.digest, rec.received_ms))
+    def _record_conflict(self, row: tuple[Any, ...]) -> None:
+        self._db.execute("INSERT INTO seq_conflicts VALUES (?, ?, ?, ?, ?)", row)
 
     def _insert_contents(self, rec: BatchRecord) -> None:
         db = self._db
@@ -442,41 +445,13 @@ class CloudStore(BatchWriter):
             db.executemany(
                 "INSERT INTO alerts (gateway, seq, rule, device, ts_ms, active, severity, message,"
                 " metric, value, labels) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        gw,
-                        seq,
-                        a.rule,
-                        a.device,
-                        a.ts_ms,
-                        int(a.active),
-                        int(a.severity),
-                        a.message,
-                        a.metric,
-                        a.value,
-                        json.dumps(dict(a.labels), sort_keys=True),
-                    )
-                    for a in rec.alerts
-                ],
+                alert_rows(rec),
             )
         if rec.gaps:
             db.executemany(
                 "INSERT INTO gaps (gateway, seq, lane, seqs, from_ts_ms, to_ts_ms, batches,"
                 " readings, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        gw,
-                        seq,
-                        int(g.lane),
-                        json.dumps(list(g.seqs)),
-                        g.from_ts_ms,
-                        g.to_ts_ms,
-                        g.batches,
-                        g.readings,
-                        str(g.reason),
-                    )
-                    for g in rec.gaps
-                ],
+                gap_rows(rec),
             )
 
     def _series_rows(

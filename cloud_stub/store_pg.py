@@ -20,9 +20,8 @@ Same contract as the SQLite ``CloudStore`` (edgegw_cloud.store), same tables and
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -41,6 +40,8 @@ from edgegw_cloud.store import (
     BatchWriter,
     StoredReading,
     _Counts,
+    alert_rows,
+    gap_rows,
 )
 from edgegw_cloud.store_read import readings_query
 
@@ -290,34 +291,26 @@ class PgStore(BatchWriter):
     def _write_transaction(self) -> AbstractContextManager[object]:
         return self._db.transaction()
 
-    def _store_definitions(self, gateway: str, epoch: int,
-                           defs: Mapping[int, tuple[str, str]]) -> None:
+    def _store_definitions(self, rows: list[tuple[Any, ...]]) -> None:
         with self._db.cursor() as cur:
-            cur.executemany(
-                "INSERT INTO series_dict VALUES (%s, %s, %s, %s, %s)"
-                " ON CONFLICT DO NOTHING",
-                [(gateway, epoch, i, d, m) for i, (d, m) in defs.items()],
-            )
+            cur.executemany("INSERT INTO series_dict VALUES (%s, %s, %s, %s, %s)"
+                            " ON CONFLICT DO NOTHING", rows)
 
-    def _insert_batch_row(self, rec: BatchRecord, stored_ms: int, readings: int) -> bool:
-        row = self._db.execute(
+    def _insert_batch_row(self, row: tuple[Any, ...]) -> bool:
+        got = self._db.execute(
             "INSERT INTO batches (gateway, seq, lane, received_ms, stored_ms,"
             " readings, alerts, gaps, digest)"
             " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
-            " ON CONFLICT DO NOTHING RETURNING 1",
-            (rec.gateway, rec.seq, int(rec.lane), rec.received_ms, stored_ms,
-             readings, len(rec.alerts), len(rec.gaps), rec.digest),
-        ).fetchone()
-        return row is not None
+            " ON CONFLICT DO NOTHING RETURNING 1", row).fetchone()
+        return got is not None
 
     def _stored_digest(self, gateway: str, seq: int) -> bytes | None:
         got = self._db.execute("SELECT digest FROM batches WHERE gateway = %s AND seq = %s",
                                (gateway, seq)).fetchone()
         return bytes(got[0]) if got is not None and got[0] is not None else None
 
-    def _record_conflict(self, rec: BatchRecord, stored: bytes) -> None:
-        self._db.execute("INSERT INTO seq_conflicts VALUES (%s, %s, %s, %s, %s)",
-                         (rec.gateway, rec.seq, stored, rec.digest, rec.received_ms))
+    def _record_conflict(self, row: tuple[Any, ...]) -> None:
+        self._db.execute("INSERT INTO seq_conflicts VALUES (%s, %s, %s, %s, %s)", row)
 
     def _insert_contents(self, rec: BatchRecord) -> None:
         db = self._db
@@ -355,17 +348,14 @@ class PgStore(BatchWriter):
                     "INSERT INTO alerts (gateway, seq, rule, device, ts_ms, active, severity,"
                     " message, metric, value, labels)"
                     " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                    [(gw, seq, a.rule, a.device, a.ts_ms, int(a.active), int(a.severity),
-                      a.message, a.metric, a.value, json.dumps(dict(a.labels), sort_keys=True))
-                     for a in rec.alerts],
+                    alert_rows(rec),
                 )
         if rec.gaps:
             with db.cursor() as cur:
                 cur.executemany(
                     "INSERT INTO gaps (gateway, seq, lane, seqs, from_ts_ms, to_ts_ms, batches,"
                     " readings, reason) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                    [(gw, seq, int(g.lane), json.dumps(list(g.seqs)), g.from_ts_ms, g.to_ts_ms,
-                      g.batches, g.readings, str(g.reason)) for g in rec.gaps],
+                    gap_rows(rec),
                 )
 
     def _series_id(self, gw: str, device: str, metric: str) -> int:
