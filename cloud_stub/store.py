@@ -594,20 +594,6 @@ class CloudStore(BatchWriter):
         row = self._db.execute("SELECT data FROM blobs WHERE sha256 = ?", (sha256,)).fetchone()
         return bytes(row[0]) if row else None
 
-    def alerts(self, gateway: str) -> list[dict[str, Any]]:
-        return self._dicts(
-            "SELECT seq, rule, device, ts_ms, active, severity, message, metric, value, labels"
-            " FROM alerts WHERE gateway = ? ORDER BY seq, ts_ms",
-            (gateway,),
-        )
-
-    def gaps(self, gateway: str) -> list[dict[str, Any]]:
-        return self._dicts(
-            "SELECT seq, lane, seqs, from_ts_ms, to_ts_ms, batches, readings, reason"
-            " FROM gaps WHERE gateway = ? ORDER BY seq",
-            (gateway,),
-        )
-
     def stats(self) -> dict[str, int | float | dict[str, Any]]:
         c = self._counts
         return {

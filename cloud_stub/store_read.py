@@ -67,6 +67,16 @@ class StoreQueries:
     def _dict_rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
         raise NotImplementedError
 
+    def alerts(self, gateway: str) -> list[dict[str, Any]]:
+        return self._dict_rows(
+            "SELECT seq, rule, device, ts_ms, active, severity, message, metric, value, labels"
+            " FROM alerts WHERE gateway = ? ORDER BY seq, ts_ms", (gateway,))
+
+    def gaps(self, gateway: str) -> list[dict[str, Any]]:
+        return self._dict_rows(
+            "SELECT seq, lane, seqs, from_ts_ms, to_ts_ms, batches, readings, reason"
+            " FROM gaps WHERE gateway = ? ORDER BY seq", (gateway,))
+
     #: the points columns holding a value, and how they decode (PostgreSQL splits it in two)
     _VALUE_COLS = "p.value"
 
