@@ -29,7 +29,6 @@ import json
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from itertools import repeat
 from pathlib import Path
@@ -53,7 +52,8 @@ from edgegw_cloud.store_read import (  # the value types are defined with the re
 
 __all__ = [
     "VTYPE_NAMES", "VT_BLOB", "VT_BOOL", "VT_FLOAT", "VT_INT", "VT_NULL", "VT_STR",
-    "BatchRecord", "CloudStore", "StoredReading", "decode_value",
+    "BatchRecord", "BatchWriter", "CloudStore", "StoredReading", "alert_rows", "decode_value",
+    "gap_rows",
 ]
 
 #: value types stored as they are (bulk fast path for single-typed series)
@@ -322,7 +322,7 @@ class BatchWriter(StoreQueries):
     def _before_commit(self, records: Sequence[BatchRecord]) -> None:
         """Preparation outside the transaction (PostgreSQL: partitions)."""
 
-    def _write_transaction(self) -> AbstractContextManager[object]:
+    def _write_transaction(self) -> contextlib.AbstractContextManager[object]:
         raise NotImplementedError
 
     def _store_definitions(self, rows: list[tuple[Any, ...]]) -> None:
