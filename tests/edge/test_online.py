@@ -8,10 +8,8 @@ with sensor noise) - the real labelled data sets are in bench/bench_anomaly.py.
 
 from __future__ import annotations
 
-import threading
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import wait
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -22,6 +20,7 @@ from edgegw.edge.config import AnomalyConfig
 from edgegw.edge.online import OnlineDetector, OnlineParams, episodes
 from edgegw.model import Alert, Quality, Sample
 from tests.edge import synth
+from tests.edge.worker import RecordingWorker
 
 T0 = 1_700_000_000_000
 FEATURES = list(synth.FEATURES)
@@ -195,20 +194,10 @@ def test_stage_refits_in_the_worker_and_keeps_order(base: np.ndarray) -> None:
     cfg = AnomalyConfig(
         name="pump", device="pump1", metrics=FEATURES, kind="online", max_queue=10_000
     )
-    threads: set[str] = set()
-    futures: list[Future[Any]] = []
-    pool = ThreadPoolExecutor(1, thread_name_prefix="infer")
-
-    def submit(fn: Any, *args: Any) -> Future[Any]:
-        def job() -> Any:
-            threads.add(threading.current_thread().name)
-            return fn(*args)
-
-        futures.append(pool.submit(job))
-        return futures[-1]
-
+    worker = RecordingWorker()
+    threads, futures = worker.threads, worker.futures
     stage = AnomalyStage([cfg])
-    stage.start(submit)
+    stage.start(worker.submit)
     scores: list[Sample] = []
     alerts: list[Alert] = []
     try:
@@ -223,7 +212,7 @@ def test_stage_refits_in_the_worker_and_keeps_order(base: np.ndarray) -> None:
         alerts += a
         wait(futures)
     finally:
-        pool.shutdown(wait=True)
+        worker.shutdown()
     assert threads and all(t.startswith("infer") for t in threads)
     stats = stage.stats()
     assert stats["refits"] + stats["refits_rejected"] >= 2, stats
