@@ -18,8 +18,8 @@ Detectors:
 - ``ewma``: |x - mean| / std with exponentially weighted mean and variance (``alpha``), largest
   over the metrics (default threshold 5).
 The score is itself a reading (``score_metric``, default ``anomaly.score``) and an Alert is raised
-once per episode. Online: when the surprise reaches ``threshold`` (default 3.0), cleared after 10
-rows below ``clear_threshold`` (default 2.5); the alert names the detector that fired (``cause``).
+once per episode. Online: when the surprise reaches ``threshold`` (default 2.5), cleared after 10
+rows below ``clear_threshold`` (default 2.0); the alert names the detector that fired (``cause``).
 Fixed model / statistical: after ``min_consecutive`` scores above ``threshold``, cleared at the
 first score at or below ``clear_threshold`` (default: ``threshold``).
 

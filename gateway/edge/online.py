@@ -1,15 +1,21 @@
 """Online, self-calibrating anomaly detection over one device's rows (the ``online`` detector).
 
 One ``OnlineDetector`` judges a stream of rows (one value per feature, in time order). Each row
-goes through five detectors; each turns a raw statistic into a *surprise* ``-log10 p``, the
+goes through six detectors; each turns a raw statistic into a *surprise* ``-log10 p``, the
 probability ``p`` of a statistic this large given what the detector saw recently, so surprises of
-different detectors are comparable and the combined score is their maximum:
+different detectors are comparable and the combined score is their maximum after a per-detector
+weight (``weights``: ``model`` 0.7, ``range`` 0; a hard-limit breach is never weighted down):
 
 - ``model``: the reconstruction error of the last ``window`` rows by a PCA autoencoder (a TFLite
   model run by LiteRT, or its numpy reference), judged like HTM's anomaly likelihood: the mean of
   the last ``short`` log-errors against the distribution of that mean over the last ``history``
   rows (Gaussian tail; what the history learns is clipped at its mean + 3 sd, so one burst does
   not inflate the spread). Catches shape changes, broken correlations between sensors, spikes.
+- ``shift``: per feature, ``d`` = EW mean over ``shift_short`` rows minus EW mean over
+  ``shift_long`` rows in that long EW sd, judged against the feature's own learnt RMS of ``d``
+  (over ``shift_calib`` rows, winsorised, floored): two-sided Gaussian tail of the largest
+  ``|d| / rms``, Bonferroni over the features. Catches sustained changes of a few normal swings
+  in any one sensor; the long spread is frozen during an alert episode.
 - ``level``: per feature, an EW mean over ``level_short`` rows against an EW mean/variance over
   ``history`` rows; the largest standardised difference is judged against its own history like
   the model's error. Catches level shifts and steps the model reproduces.
@@ -22,8 +28,10 @@ different detectors are comparable and the combined score is their maximum:
   ``e`` of that range: ``surprise = log10(rows seen / features) + 6 e`` (the largest over the
   features); a configured hard ``limits`` breach is always ``MAX_SURPRISE``.
 
-An alert episode starts when the combined score reaches ``threshold`` (3.0) and ends after
-``clear_rows`` (10) rows below ``clear`` (2.5): one alert per episode. The model is fitted on
+An alert episode starts when the combined score reaches ``threshold`` (2.5) and ends after
+``clear_rows`` (10) rows below ``clear`` (2.0): one alert per episode. The weights, the ``shift``
+settings and the threshold were chosen on part of the real labelled data (SKAB valve1/valve2) and
+judged on the rest (``bench/bench_anomaly.py``, docs/edge.md). The model is fitted on
 the device (numpy SVD, written as a flatbuffer, no TensorFlow) after ``learn_rows`` rows when none
 was given,
 and refitted every ``refit_every`` rows on the newest ``refit_rows`` rows outside alert episodes;
@@ -244,10 +252,12 @@ class Shift:
     ``long_rows``, in units of that long EW standard deviation (``d``), judged against the
     feature's own recent spread of ``d``: ``z = |d| / rms(d)`` with ``rms`` learnt over
     ``calib_rows`` rows (winsorised at 4 rms, floored at 0.1 sd, so a quiet sensor does not
-    become hair-trigger). Surprise: the two-sided Gaussian tail of the largest ``z``, Bonferroni-
-    corrected for the number of features. Unlike ``level`` (which judges the *log* of its
-    statistic, whose spread is huge near zero) this keeps the statistic linear: a sustained
-    change of a few normal spreads in one sensor scores high within ``short_rows`` rows."""
+    become hair-trigger), learnt from ``warm`` rows on and judged from ``2 warm`` rows on.
+    Surprise: the two-sided Gaussian tail of the largest ``z``, Bonferroni-corrected for the
+    number of features. Unlike ``level`` (which judges the *log* of its statistic, whose spread
+    is huge near zero) this keeps the statistic linear: a sustained change of a few normal
+    spreads in one sensor scores high within ``short_rows`` rows. The long spread is not updated
+    while ``frozen`` (the detector sets it during an alert episode)."""
 
     FLOOR = 0.01  # rms(d)^2 never below this (0.1 long sd)
 
@@ -289,7 +299,7 @@ class Shift:
                 z2 = d2 / max(c, self.FLOOR)
                 if z2 > zmax:
                     zmax = z2
-                c2[i] = c + alpha * (min(d2, 16.0 * c) - c)
+                c2[i] = c + alpha * (min(d2, 16.0 * max(c, self.FLOOR)) - c)
             elif r == 2:
                 c2[i] = max(d2, 1e-6)
             elif r > 2:
@@ -299,7 +309,7 @@ class Shift:
             mean[i] = m + a_l * dx
             if not self.frozen:  # an episode does not teach the normal spread
                 var[i] = (1.0 - a_l) * (v + a_l * dx * dx)
-        if not judged:
+        if r < 2 * self.warm:  # the learnt spread is young: learn, do not judge yet
             return None
         return max(0.0, tail_surprise(math.sqrt(zmax)) + self.correction)
 
