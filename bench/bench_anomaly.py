@@ -299,7 +299,7 @@ def cost_per_reading(n_features: int, rows: int = 4000, kind: str = "online") ->
         "us_per_row_wall": round(elapsed / rows * 1e6, 1),
         "model_installed": st.get("refits"),
         "note": (
-            "inference inline (LiteRT), all five detectors; refits reported separately"
+            "inference inline (LiteRT), all six detectors; refits reported separately"
             if kind == "online"
             else "peer: the robust z-score detector (median/MAD of 60 rows), same rows"
         ),
