@@ -124,6 +124,17 @@ class OnlineParams:
     use_litert: bool = True
 
 
+def default_clear(threshold: float | None, clear: float | None) -> float:
+    """The clear level: as given, else the same distance below ``threshold`` as the defaults
+    (a configured threshold of 4 clears below 3.5, one of 1.5 below 1.0)."""
+    d = OnlineParams()
+    if clear is not None:
+        return clear
+    if threshold is None:
+        return d.clear
+    return max(threshold - (d.threshold - d.clear), 0.5 * threshold)
+
+
 def episodes(
     scores: Sequence[float | None], threshold: float, clear: float, clear_rows: int
 ) -> list[tuple[int, int | None]]:

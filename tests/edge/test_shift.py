@@ -1,7 +1,7 @@
 """The ``shift`` detector of the online detector: quiet on normal real-looking rows, a sustained
 step of a few standard deviations in one sensor scores over the threshold within
 ``shift_short`` rows, and a sensor that sat on one value before moving settles within the
-calibration span (the RMS floor).
+calibration span (the RMS floor); a configured threshold moves the default clear level with it.
 
 Data: ``tests/edge/synth.py`` (synthetic, real-looking pump rows); the real labelled data is in
 bench/bench_anomaly.py.
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgegw.edge.online import OnlineParams, Shift
+from edgegw.edge.online import OnlineParams, Shift, default_clear
 from tests.edge import synth
 
 P = OnlineParams()
@@ -44,3 +44,10 @@ def test_a_sensor_that_sat_still_settles_after_it_starts_moving() -> None:
     # RMS floor keeps it from firing on every normal swing for longer than the calibration span
     assert all(s < P.threshold for s in scores[2 * P.min_history : 400])
     assert all(s < P.threshold for s in scores[400 + P.shift_calib :])
+
+
+def test_a_configured_threshold_moves_the_clear_level_with_it() -> None:
+    assert default_clear(None, None) == P.clear
+    assert default_clear(4.0, None) == 4.0 - (P.threshold - P.clear)
+    assert default_clear(4.0, 1.0) == 1.0
+    assert default_clear(0.6, None) == 0.3  # never at or below zero
