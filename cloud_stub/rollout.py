@@ -582,6 +582,7 @@ class RolloutEngine:
     # ------------------------------------------------------------------ events
     def tick(self) -> None:
         """Advance every active rollout; (re)send what is due."""
+        self._count("ticks")
         for r in self.store.rollouts((RUNNING, CANCELLED)):
             if r.state == RUNNING:
                 self._advance(r)
