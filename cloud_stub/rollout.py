@@ -622,10 +622,14 @@ class RolloutEngine:
         if r.state == RUNNING:
             self._advance(self.store.get(r.id))
 
-    def on_connect(self, gw: str) -> None:
-        """The gateway (re)connected: what it may have missed is sent again now."""
+    def on_connect(self, gw: str, since_ms: int | None = None) -> None:
+        """The gateway (re)connected at ``since_ms``: what it may have missed is sent again now
+        (an offer already sent since that connection is not repeated)."""
         for r, t in self.store.targets_of(gw, (RUNNING, CANCELLED)):
-            if r.state == RUNNING and t.wave <= r.wave and t.state in ("pending", "offered"):
+            fresh = (since_ms is not None and t.offer_ms is not None and t.offer_ms >= since_ms)
+            if r.state == RUNNING and t.wave <= r.wave and (
+                t.state == "pending" or (t.state == "offered" and not fresh)
+            ):
                 self._offer(r, t, online=True)
             elif r.state == CANCELLED and t.state in CANCELLABLE:
                 self._cancel(r, t)

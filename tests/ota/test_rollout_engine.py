@@ -191,8 +191,15 @@ def test_offline_gateway_gets_its_offer_on_reconnect(fleet: Fleet) -> None:
     fleet.engine.tick()  # still offline: nothing sent, no error
     assert fleet.offers()[2:] == ["gw-0", "gw-2"]  # the unanswered ones are offered again
     fleet.offline.discard("gw-1")
-    fleet.engine.on_connect("gw-1")
+    connected_ms = int(fleet.t * 1000)
+    fleet.engine.on_connect("gw-1", connected_ms)
     assert fleet.offers()[-1] == "gw-1" and fleet.states(r.id)["gw-1"] == "offered"
+    # the same connection seen twice (status, then the gateway's info): one offer
+    fleet.engine.on_connect("gw-1", connected_ms)
+    assert fleet.offers().count("gw-1") == 1
+    fleet.t += 5  # a new connection, still no answer: offered again
+    fleet.engine.on_connect("gw-1", int(fleet.t * 1000))
+    assert fleet.offers().count("gw-1") == 2
     # reconnecting while downloading does not restart anything (the gateway resumes itself)
     fleet.report(r.id, "gw-1", "downloading", received=2, total=9)
     n = len(fleet.sent)
