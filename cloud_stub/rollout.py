@@ -590,24 +590,33 @@ class RolloutEngine:
                 self._send_cancels(r, force=False)
 
     def on_state(self, gw: str, st: ot.State) -> None:
-        """A gateway's ``state`` report (idempotent; stale or unknown ones are counted)."""
-        row = None
-        if st.rollout is not None:
-            row = self.store.target(st.rollout, gw)
-        else:  # a report without a rollout: the newest rollout of that release for this gateway
-            rows = [t for r, t in self.store.targets_of(gw) if r.release_id == st.release]
-            row = rows[-1] if rows else None
+        """A gateway's ``state`` report (idempotent; stale or unknown ones are counted).
+
+        It goes to the target its rollout id names; when that one is finished (or the report
+        names none: a gateway re-reporting after a restart), to the gateway's open target of
+        the same release in another active rollout (a gateway answers an offer of a release
+        it already installed with that release's outcome, under the rollout that installed
+        it), else to its newest target of that release."""
+        row = self.store.target(st.rollout, gw) if st.rollout is not None else None
+        if row is not None and self.store.get(row.rollout).release_id != st.release:
+            self._count("state_wrong_release")
+            log.warning("state from %s names release %s, rollout %d is another release; "
+                        "ignored", gw, st.release, row.rollout)
+            return
+        if row is None or row.terminal:
+            mine = [(r, t) for r, t in self.store.targets_of(gw) if r.release_id == st.release]
+            open_ = [t for r, t in mine
+                     if r.active and not t.terminal and t.state != "pending"]
+            if open_:
+                row = open_[-1]
+            elif row is None and mine and st.rollout is None:
+                row = mine[-1][1]
         if row is None:
             self._count("state_unknown_rollout")
             log.info("state %s from %s for rollout %s / %s: not a target; ignored", st.state,
                      gw, st.rollout, st.release)
             return
         r = self.store.get(row.rollout)
-        if r.release_id != st.release:
-            self._count("state_wrong_release")
-            log.warning("state from %s names release %s, rollout %d is %s; ignored", gw,
-                        st.release, r.id, r.release_id)
-            return
         outcome = self.store.record_state(r.id, gw, st, self._now())
         self._count(f"state_{outcome}")
         if outcome == "terminal":

@@ -228,14 +228,31 @@ def test_state_reports_are_idempotent_and_terminal_is_final(fleet: Fleet) -> Non
     # other rollouts, other releases, other gateways: counted, nothing changes
     fleet.engine.on_state("gw-1", ot.State(r.id, "other-1-config-9", "committed"))
     fleet.engine.on_state("gw-9", ot.State(r.id, REL, "committed"))
-    fleet.engine.on_state("gw-1", ot.State(r.id + 5, REL, "committed"))
     assert fleet.states(r.id)["gw-1"] == "verifying"
     assert fleet.engine.counts["state_wrong_release"] == 1
-    assert fleet.engine.counts["state_unknown_rollout"] == 2
+    assert fleet.engine.counts["state_unknown_rollout"] == 1
     # chunks only for offered, unfinished targets of an active rollout of that release
     assert fleet.store.may_download("gw-1", REL)
     assert not fleet.store.may_download("gw-0", REL)  # failed
     assert not fleet.store.may_download("gw-1", "other-1-config-9")
+
+
+def test_release_already_installed_answers_under_its_old_rollout(fleet: Fleet) -> None:
+    first = fleet.store.create(REL, 7, ["gw-0"], selector="gw-0")
+    fleet.engine.tick()
+    fleet.report(first.id, "gw-0", "committed", version="2")
+    again = fleet.store.create(REL, 7, GWS[:2], selector="all", waves="100%")
+    fleet.engine.tick()
+    assert fleet.offers() == ["gw-0", "gw-0", "gw-1"]
+    # the gateway holds it already: it answers with the outcome it recorded (rollout 1)
+    fleet.report(first.id, "gw-0", "committed", version="2")
+    assert fleet.states(again.id) == {"gw-0": "committed", "gw-1": "offered"}
+    assert fleet.states(first.id) == {"gw-0": "committed"}
+    # a report of an unknown rollout id (a wiped cloud db) goes to the open target too
+    fleet.report(again.id + 7, "gw-1", "downloading", received=1, total=2)
+    assert fleet.states(again.id)["gw-1"] == "downloading"
+    fleet.report(again.id, "gw-1", "committed")
+    assert fleet.store.get(again.id).state == "completed"
 
 
 def test_wave_timeout_halts(fleet: Fleet) -> None:
