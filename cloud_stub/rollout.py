@@ -703,6 +703,8 @@ class RolloutEngine:
         sent = self.send(t.gateway, body)
         self.store.mark_offer(r.id, t.gateway, self._now(), sent)
         self._count("offers_sent" if sent else "offers_unsent")
+        if sent and self.store.get(r.id).state == CANCELLED:
+            self._cancel(r, t)  # `ota cancel` ran while the offer was on its way
 
     def _cancel(self, r: Rollout, t: Target) -> None:
         if self.send(t.gateway, ot.Cancel(r.id, r.release_id).body()):

@@ -38,6 +38,7 @@ class Fleet:
         self.sent: list[tuple[str, dict[str, Any]]] = []
         self.offline: set[str] = set()
         self.t = 1_000.0
+        self.during_send: Any = None  # runs inside send (another process acting meanwhile)
         self.engine = RolloutEngine(self.store, self.send, lambda rel: (b"{}", b"s" * 64),
                                     online=lambda gw: False if gw in self.offline else None,
                                     clock=lambda: self.t, reoffer_s=30.0)
@@ -46,6 +47,9 @@ class Fleet:
         if gw in self.offline:
             return False
         self.sent.append((gw, body))
+        if self.during_send is not None:
+            hook, self.during_send = self.during_send, None
+            hook()
         return True
 
     def offers(self) -> list[str]:
@@ -179,6 +183,15 @@ def test_cancel_before_offer_marks_pending_cancelled(fleet: Fleet) -> None:
     fleet.engine.tick()
     assert fleet.states(r.id) == {"gw-0": "offered", "gw-1": "cancelled", "gw-2": "cancelled"}
     assert fleet.cancels() == ["gw-0"] and fleet.offers() == ["gw-0"]
+
+
+def test_cancel_racing_an_offer_still_reaches_the_gateway(fleet: Fleet) -> None:
+    r = fleet.store.create(REL, 7, GWS[:1], selector="all")
+    fleet.during_send = lambda: fleet.store.cancel(r.id)  # `ota cancel` while offering
+    fleet.engine.tick()
+    assert fleet.offers() == ["gw-0"] and fleet.cancels() == ["gw-0"]
+    assert fleet.states(r.id) == {"gw-0": "cancelled"}
+    assert not fleet.store.may_download("gw-0", REL)
 
 
 def test_offline_gateway_gets_its_offer_on_reconnect(fleet: Fleet) -> None:
