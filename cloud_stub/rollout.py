@@ -436,13 +436,16 @@ class RolloutStore:
             return [(self._get(self._db, r["rollout"]), _target(r)) for r in rows]
 
     def may_download(self, gw: str, release_id: str) -> bool:
-        """Is ``gw`` an offered, unfinished target of a running/halted rollout of the release?"""
+        """Is ``gw`` an offered, unfinished target of a running/halted rollout of the release?
+
+        A ``pending`` target of a started wave counts as offered: the offer is recorded once
+        the broker took it, and a fast gateway's first request can arrive before that."""
         with self._lock:
             row = self._db.execute(
                 "SELECT 1 FROM targets t JOIN rollouts r ON r.id = t.rollout "
                 "WHERE t.gateway=? AND r.release_id=? AND r.state IN (?, ?) "
-                "AND t.state NOT IN ('pending', 'committed', 'rolled_back', 'failed', "
-                "'refused', 'cancelled') LIMIT 1",
+                "AND t.state NOT IN ('committed', 'rolled_back', 'failed', 'refused', "
+                "'cancelled') AND (t.state != 'pending' OR t.wave <= r.wave) LIMIT 1",
                 (gw, release_id, RUNNING, HALTED)).fetchone()
         return row is not None
 

@@ -129,6 +129,7 @@ def test_failure_threshold_halts_and_resume_accepts_failures(fleet: Fleet) -> No
         fleet.t += 60
         fleet.engine.tick()
     assert fleet.offers() == ["gw-0"], "a halted rollout offered to a later wave"
+    assert not fleet.store.may_download("gw-1", REL), "chunks for a wave not started"
     text = status_text(r, fleet.store.targets(r.id))
     assert "refused: bad_signature (not our key)" in text and "halted" in text
     fleet.store.resume(r.id)
@@ -200,6 +201,8 @@ def test_offline_gateway_gets_its_offer_on_reconnect(fleet: Fleet) -> None:
     fleet.engine.tick()
     assert fleet.offers() == ["gw-0", "gw-2"]
     assert fleet.states(r.id)["gw-1"] == "pending"
+    # its wave started: were its offer to get through in a race, its requests are served
+    assert fleet.store.may_download("gw-1", REL)
     fleet.t += 600
     fleet.engine.tick()  # still offline: nothing sent, no error
     assert fleet.offers()[2:] == ["gw-0", "gw-2"]  # the unanswered ones are offered again
