@@ -412,6 +412,17 @@ class RolloutStore:
                                     "ORDER BY id", tuple(states)).fetchall()
         return [_rollout(r) for r in rows]
 
+    def working(self) -> list[Rollout]:
+        """Rollouts the engine has work for: running ones, and cancelled ones with targets
+        still to be told (offered, downloading, verifying, waiting for their window)."""
+        marks = ",".join("?" * len(CANCELLABLE))
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT * FROM rollouts r WHERE r.state=? OR (r.state=? AND EXISTS ("
+                f"SELECT 1 FROM targets t WHERE t.rollout=r.id AND t.state IN ({marks}))) "
+                "ORDER BY r.id", (RUNNING, CANCELLED, *sorted(CANCELLABLE))).fetchall()
+        return [_rollout(r) for r in rows]
+
     def targets(self, rid: int) -> list[Target]:
         with self._lock:
             rows = self._db.execute("SELECT * FROM targets WHERE rollout=? ORDER BY position",
@@ -586,11 +597,11 @@ class RolloutEngine:
     def tick(self) -> None:
         """Advance every active rollout; (re)send what is due."""
         self._count("ticks")
-        for r in self.store.rollouts((RUNNING, CANCELLED)):
+        for r in self.store.working():
             if r.state == RUNNING:
                 self._advance(r)
             else:
-                self._send_cancels(r, force=False)
+                self._send_cancels(r)
 
     def on_state(self, gw: str, st: ot.State) -> None:
         """A gateway's ``state`` report (idempotent; stale or unknown ones are counted).
@@ -688,6 +699,8 @@ class RolloutEngine:
                 # pending: never offered (or the send failed); offered: no answer yet
                 due = t.offer_ms is None or now - t.offer_ms >= self.reoffer_s * 1000
                 if t.state in ("pending", "offered") and due:
+                    if self.store.get(r.id).state != RUNNING:
+                        return  # halted or cancelled meanwhile (`ota halt` / a bad release)
                     self._offer(r, t, online=self.online(t.gateway))
             return
 
@@ -716,11 +729,11 @@ class RolloutEngine:
         else:
             self._count("cancels_unsent")
 
-    def _send_cancels(self, r: Rollout, *, force: bool) -> None:
+    def _send_cancels(self, r: Rollout) -> None:
         now = self._now()
         for t in self.store.targets(r.id):
             if t.state not in CANCELLABLE:
                 continue
             due = t.cancel_ms is None or now - t.cancel_ms >= self.reoffer_s * 1000
-            if (force or due) and self.online(t.gateway) is not False:
+            if due and self.online(t.gateway) is not False:
                 self._cancel(r, t)

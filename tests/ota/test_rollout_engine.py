@@ -184,6 +184,15 @@ def test_cancel_before_offer_marks_pending_cancelled(fleet: Fleet) -> None:
     fleet.engine.tick()
     assert fleet.states(r.id) == {"gw-0": "offered", "gw-1": "cancelled", "gw-2": "cancelled"}
     assert fleet.cancels() == ["gw-0"] and fleet.offers() == ["gw-0"]
+    fleet.engine.tick()
+    assert fleet.cancels() == ["gw-0"], "a cancel repeated before reoffer_s"
+    fleet.t += 31  # unanswered: told again
+    fleet.engine.tick()
+    assert fleet.cancels() == ["gw-0", "gw-0"]
+    fleet.report(r.id, "gw-0", "cancelled")
+    fleet.t += 31
+    fleet.engine.tick()
+    assert fleet.cancels() == ["gw-0", "gw-0"] and fleet.store.working() == []
 
 
 def test_cancel_racing_an_offer_still_reaches_the_gateway(fleet: Fleet) -> None:
