@@ -44,7 +44,6 @@ import contextlib
 import datetime as _dt
 import logging
 import os
-import re
 import tarfile
 import time
 from collections import defaultdict
@@ -76,9 +75,8 @@ log = logging.getLogger("edgegw.ota.agent")
 T = TypeVar("T")
 #: test mode of the software install (see edgegw.ota.slots ``deps_from``); never set in production
 ENV_DEPS_FROM = "EDGEGW_OTA_DEPS_FROM"
-PROGRESS_EVERY_S = 1.0
+PROGRESS_EVERY_S = 0.5
 TRIAL_POLL_S = 1.0
-_RELEASE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 #: states from which an offer of the same release resumes the download
 _RESUMABLE = frozenset({"offered", "downloading", "cancelled"})
 #: states an offer of the same release is answered with (nothing restarts)
@@ -289,7 +287,9 @@ class OtaAgent:
         await self.io(save)
         self.counts[f"state_{state}"] += 1
         if state in ("refused", "failed", "rolled_back"):
-            log.warning("OTA %s: %s (%s): %s", r.release, state, reason, detail)
+            # one log kind per release and outcome (the repeat filter throttles by template):
+            # every release's refusal is logged, a re-offered bad release is not spammed
+            log.warning(f"OTA {r.release}: {state} ({reason}): %s", detail)
         else:
             log.info("OTA %s: %s%s", r.release, state, f" ({detail})" if detail else "")
         self._send_state(r)
@@ -337,7 +337,7 @@ class OtaAgent:
 
     async def _offer(self, offer: ot.Offer) -> None:
         self.counts["offers"] += 1
-        if not _RELEASE_RE.match(offer.release) or offer.release in (".", ".."):
+        if not ot.is_safe_release_id(offer.release):
             self.counts["bad_message"] += 1
             log.warning("OTA offer with an unusable release id %r ignored", offer.release[:80])
             return
