@@ -52,8 +52,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from apscheduler.triggers.cron import CronTrigger
-
 from edgegw.config import OtaConfig
 from edgegw.device.config_apply import Bundle
 from edgegw.device.downlink import DownlinkService
@@ -66,6 +64,7 @@ from edgegw.ota.trial import running_version
 from edgegw.ota.verify import Refusal, check_chunk, check_offer, load_trusted_key, verify_payload
 from edgegw.protocol import downlink as dl
 from edgegw.protocol import ota_transfer as ot
+from edgegw.protocol.cron import cron_trigger
 from edgegw.protocol.identity import OTA_PUB
 from edgegw.protocol.release import Manifest, ReleaseError, verify_signature
 from edgegw.sdk import FirmwareImage
@@ -102,7 +101,7 @@ class OtaHost(Protocol):
 
 def install_window_open(cron: str, now: _dt.datetime) -> tuple[bool, _dt.datetime]:
     """(open now, next fire time). The window is open during every minute the cron matches."""
-    trig = CronTrigger.from_crontab(cron, timezone=_dt.UTC)
+    trig = cron_trigger(cron)
     minute = now.replace(second=0, microsecond=0)
     fire = trig.get_next_fire_time(None, minute)
     if fire is not None and fire <= now:
@@ -365,10 +364,15 @@ class OtaAgent:
         try:
             m = await self._check(offer)
         except Refusal as exc:
-            r = tr.ReleaseDir(self.root, offer.release)
-            r.doc = {"release": offer.release, "rollout": offer.rollout, "state": "offered"}
+            if held is not None:  # re-offered and now refused (e.g. a newer one was installed)
+                r = held
+                if r is self.cur and self._task is not None:
+                    self._task.cancel()
+            else:
+                r = tr.ReleaseDir(self.root, offer.release)
+                r.doc = {"release": offer.release, "rollout": offer.rollout, "state": "offered"}
             await self._make_current(r)
-            await self._refuse(r, exc)
+            await self._refuse(r, exc, discard=held is not None)
             return
         if held is not None and held.state in _RESUMABLE and held.doc.get("serial") == m.serial:
             r = held  # the same release again: resume (keep the bitmap)
