@@ -81,24 +81,22 @@ def test_config_release_downloaded_and_applied_commit_confirmed(rig: Rig) -> Non
 
 
 def test_resume_after_link_cut_and_restart_requests_only_missing_chunks(rig: Rig) -> None:
-    rate = 48 * 1024
+    rate = 96 * 1024
     rig.write_config(rig.config_doc(max_rate=rate, chunks_in_flight=4))
     rig.start()
     blob = os.urandom(60 * 4096 - 3000)
     row = rig.server.publish({"gateway.yaml": _config_text(rig), "model.bin": blob},
                              name="site-b", version="3")
     rel = row.release_id
+    t_offer = int(time.time() * 1000)
     rig.server.offer(row, window=FAR_WINDOW)
     total = rig.server.wait_state(rel, "downloading").total
     assert total >= 60
 
     # 1. cut the link (broker down) a third of the way in
     poll_until(lambda: len(rig.held(rel)) >= total // 3, 30, "a third downloaded")
-    acks_before = int(rig.gateway_stats().get("uplink", {}).get("acks_received", 0))
-    assert acks_before > 0  # telemetry flowed during the download
     rig.cloud.broker.stop()
-    time.sleep(0.3)  # let the chunk being written land (it is in the bitmap or not: both fine)
-    held_at_cut = rig.held(rel)
+    held_at_cut = rig.held(rel)  # a chunk landing just after this read is fine: never re-asked
     rig.server.epoch = 1
     rig.cloud.broker.start()
     # 2. after the reconnection, SIGKILL the daemon two thirds of the way in
@@ -109,21 +107,40 @@ def test_resume_after_link_cut_and_restart_requests_only_missing_chunks(rig: Rig
     rig.server.epoch = 2
     rig.start()
     st = rig.server.wait_state(rel, "waiting_window", timeout=40)
+    t_done = int(time.time() * 1000)
 
     after_cut = rig.server.requested(rel, epoch=1)
     after_kill = rig.server.requested(rel, epoch=2)
-    # only missing chunks were asked for again, each once (no chunk timeout on loopback)
+    # only missing chunks were asked for again: none held at the cut / the kill, and after the
+    # restart exactly the missing ones (a request of the killed process delivered late, or
+    # one the broker redelivers after its restart, can repeat at most the 4 chunks in flight)
     assert not set(after_cut) & held_at_cut, sorted(set(after_cut) & held_at_cut)
     assert not set(after_kill) & held_at_kill, sorted(set(after_kill) & held_at_kill)
-    assert len(after_kill) == len(set(after_kill)) == total - len(held_at_kill)
-    assert len(after_cut) == len(set(after_cut))
+    assert set(after_kill) == set(range(total)) - held_at_kill
+    assert len(after_kill) <= len(set(after_kill)) + 4, after_kill
     assert set(rig.server.requested(rel)) == set(range(total)) == rig.held(rel)
+    print(json.dumps({"chunks": total, "held_at_cut": len(held_at_cut),
+                      "requested_after_cut": len(after_cut), "held_at_kill": len(held_at_kill),
+                      "requested_after_kill": len(after_kill), "bytes": st.bytes,
+                      "payload": row.payload_size}))
     # bytes over the network (the gateway's own counter): the payload plus at most what was
     # in flight when the link was cut (4 chunks) - nothing restarted from zero
     assert row.payload_size <= st.bytes <= row.payload_size + 4 * 4096, st.bytes
     # the window holds the install back; the offer's window is reported
     assert st.detail and "install at" in st.detail and "-01-01T00:00:00" in st.detail
     assert ConfigApply(rig.config_path).pending() is None
+
+    # telemetry kept flowing during the download: readings polled (200 ms) while it ran are
+    # stored at the cloud (the daemon was down for a restart in between, hence the low bar)
+    def during() -> int:
+        store = rig.cloud.store()
+        try:
+            return len(list(store.readings(gateway=GW, device="boiler", since_ms=t_offer,
+                                           until_ms=t_done)))
+        finally:
+            store.close()
+
+    poll_until(lambda: during() >= 5, 20, "readings from the download interval at the cloud")
 
     # the bandwidth cap, from the gateway's own byte counter in its progress reports: per
     # connection (epoch), first to last report; generous bound: the cap over the time, plus
