@@ -313,6 +313,7 @@ class OtaAgent:
         self.net_bytes = int(r.doc.get("bytes") or 0)
         self._inflight.clear()
         await self.io(tr.write_current, self.root, r.release)
+        await self.io(tr.prune, self.root, r.release)
 
     # ------------------------------------------------------------------ messages
     async def __call__(self, msg: dl.Message) -> None:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 from pathlib import Path
 
 import pytest
 
 from edgegw.config import ConfigError, load_config
 from edgegw.ota.agent import install_window_open
-from edgegw.ota.transfer import Bitmap
+from edgegw.ota.transfer import Bitmap, prune
 from edgegw.protocol.cron import CronError, cron_trigger
 
 UTC = dt.UTC
@@ -72,3 +73,14 @@ def test_ota_config_section_checked_with_location(tmp_path: Path) -> None:
         load_config(bad)
     text = str(err.value.issues[0])
     assert "bad.yaml:3:" in text and "ota.window" in text and "61" in text, text
+
+
+def test_prune_keeps_the_newest_release_folders_and_the_current_one(tmp_path: Path) -> None:
+    for i in range(12):
+        d = tmp_path / f"r{i}"
+        d.mkdir()
+        (d / "state.json").write_text("{}")
+        os.utime(d / "state.json", (1000 + i, 1000 + i))
+    gone = prune(tmp_path, "r0", keep=3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r0", "r10", "r11"]
+    assert len(gone) == 9
