@@ -98,6 +98,9 @@ class OtaHost(Protocol):
     def request_exit(self, why: str) -> bool:
         """Stop the daemon cleanly (exit status 0) so the launcher starts again (False: no)."""
 
+    def device_driver(self, device_id: str) -> str | None:
+        """The configured driver of ``device_id`` (None: no such device)."""
+
 
 def install_window_open(cron: str, now: _dt.datetime) -> tuple[bool, _dt.datetime]:
     """(open now, next fire time). The window is open during every minute the cron matches."""
@@ -420,8 +423,16 @@ class OtaAgent:
                                       "releases; install with the bundle's install.py")
         if m.kind == "config" and (self.rc is None or self.host.config_file is None):
             raise Refusal("no_config_file", "this gateway runs without a config file")
-        if m.kind == "firmware" and not (m.firmware or {}).get("devices"):
-            raise Refusal("bad_manifest", f"{m.release_id} names no devices")
+        if m.kind == "firmware":
+            fw = dict(m.firmware or {})
+            if not fw.get("devices"):
+                raise Refusal("bad_manifest", f"{m.release_id} names no devices")
+            for dev in fw["devices"]:
+                drv = self.host.device_driver(str(dev))
+                if drv is None or drv != fw.get("driver"):
+                    raise Refusal("wrong_target", f"{m.release_id} is for {fw.get('driver')} "
+                                  f"device {dev}; this gateway has " + (
+                                      f"{dev} on driver {drv}" if drv else f"no device {dev}"))
         return m
 
     def _marks(self, kind: str, name: str) -> tuple[int, str | None]:
@@ -717,7 +728,6 @@ class OtaAgent:
 
     async def _install_firmware(self, r: tr.ReleaseDir, m: Manifest) -> None:
         image = await self.io(self._firmware_image, r.payload, m)
-        await self.io(self._mark_accepted, m)
         devices = [str(d) for d in (m.firmware or {}).get("devices") or []]
         done = 0
         for dev in devices:
@@ -729,6 +739,9 @@ class OtaAgent:
                 raise Refusal("firmware_failed", f"device {dev}: {type(exc).__name__}: "
                               f"{exc} ({done}/{len(devices)} devices updated)") from None
             done += 1
+        # marked only now: a failed update can be retried with the same release (re-sending an
+        # image a device already has is harmless), a replayed older one is still refused
+        await self.io(self._mark_accepted, m)
         await self.io(r.drop_payload)
         await self._set(r, "committed", detail=f"{done} device(s) updated")
 

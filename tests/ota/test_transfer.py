@@ -188,6 +188,22 @@ def test_refusals_reach_the_cloud_with_nothing_written_and_cancel_stops(rig: Rig
     st = rig.server.wait_state(sw.release_id, "refused")
     assert st.reason == "no_slots" and "EDGEGW_SLOTS" in (st.detail or "")
 
+    # firmware: for a device on another driver -> refused at the offer; for a device whose
+    # driver has no firmware hook -> downloaded, verified, handed to the runtime: failed
+    fw_other = rig.server.publish({"fw.bin": b"\x7fELF" * 100}, kind="firmware", name="fw",
+                                  version="1", firmware={"driver": "serial", "devices": ["boiler"],
+                                                         "image": "fw.bin"})
+    rig.server.offer(fw_other)
+    st = rig.server.wait_state(fw_other.release_id, "refused")
+    assert st.reason == "wrong_target" and "on driver sim" in (st.detail or ""), st
+    fw_sim = rig.server.publish({"fw.bin": b"\x7fELF" * 100}, kind="firmware", name="fw",
+                                version="2", firmware={"driver": "sim", "devices": ["boiler"],
+                                                       "image": "fw.bin"})
+    rig.server.offer(fw_sim)
+    st = rig.server.wait_state(fw_sim.release_id, "failed")
+    assert st.reason == "firmware_failed" and "no firmware hook" in (st.detail or ""), st
+    assert "installing" in [s.state for s in rig.server.states(fw_sim.release_id)]
+
     # a tampered chunk: refused on arrival, the partial download discarded, nothing applied
     tampered = rig.server.publish({"gateway.yaml": _config_text(rig, poll="2s"),
                                    "pad.bin": os.urandom(5 * 4096)}, name="tamp", version="1")
