@@ -358,12 +358,11 @@ class OtaAgent:
         if self.cur is not None and self.cur.release != offer.release and (
             self.cur.state in ("installing", "trial")
         ):
+            # not answered: the cloud repeats an unanswered offer (on every connection and
+            # periodically), by then this install has ended
+            self.counts["offers_deferred"] += 1
             log.info("OTA offer of %s deferred: %s is %s", offer.release, self.cur.release,
                      self.cur.state)
-            self.svc.reply(dl.OTA, None, ot.State(
-                offer.rollout, offer.release, "offered",
-                detail=f"waiting for {self.cur.release} ({self.cur.state})",
-                version=running_version()).body())
             return
         try:
             m = await self._check(offer)
