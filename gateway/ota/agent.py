@@ -599,6 +599,7 @@ class OtaAgent:
         result = boot.get("last_result") or {}
         if running_version() == m.version or result.get("release") == m.release_id:
             # restarted after the switch: this IS the trial (or it is over): just watch it
+            await self.io(r.drop_payload)
             await self._set(r, "trial")
             await self._watch_trial(r)
             return
