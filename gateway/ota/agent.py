@@ -659,6 +659,8 @@ class OtaAgent:
         outcome, messages = await self.rc.apply_bundle(bundle, self.config_version(m),
                                                        float(self.cfg.confirm_within))
         if outcome == "refused":
+            if messages and messages[0].startswith("install failed"):  # e.g. a pushed config
+                raise Refusal("install_failed", "; ".join(messages))  # awaits confirmation
             self.counts["refused_check_failed"] += 1
             await self._set(r, "refused", reason="check_failed", detail="; ".join(messages[:10]))
             return
