@@ -298,7 +298,8 @@ class OtaAgent:
 
     async def _refuse(self, r: tr.ReleaseDir, exc: Refusal, *, discard: bool = False) -> None:
         self.counts[f"refused_{exc.reason}"] += 1
-        self._inflight.clear()
+        if r is self.cur:
+            self._inflight.clear()
         if discard:
             await self.io(r.discard)
         await self._set(r, "refused", reason=exc.reason, detail=exc.detail)
@@ -308,7 +309,7 @@ class OtaAgent:
         if old is not None and old.release != r.release:
             if self._task is not None and not self._task.done():
                 self._task.cancel()
-            if old.state in _RESUMABLE | {"verifying", "waiting_window"}:
+            if old.state in ("offered", "downloading", "verifying", "waiting_window"):
                 await self._set(old, "cancelled", reason="superseded",
                                 detail=f"superseded by {r.release}")
             await self.io(old.drop_payload)
@@ -374,6 +375,10 @@ class OtaAgent:
             else:
                 r = tr.ReleaseDir(self.root, offer.release)
                 r.doc = {"release": offer.release, "rollout": offer.rollout, "state": "offered"}
+                if self.cur is not None and self.cur.state not in ot.TERMINAL:
+                    # a refused offer does not stop the release in progress
+                    await self._refuse(r, exc)
+                    return
             await self._make_current(r)
             await self._refuse(r, exc, discard=held is not None)
             return
@@ -388,13 +393,11 @@ class OtaAgent:
                 self._inflight.clear()
                 self._wake.set()
                 return
-            r.doc["rollout"] = offer.rollout
         else:
             r = tr.ReleaseDir(self.root, offer.release)
             await self.io(r.create, offer.manifest, offer.sig, m, offer.rollout)
-        r.doc["window"] = offer.window
         await self._make_current(r)
-        await self._set(r, "offered")
+        await self._set(r, "offered", rollout=offer.rollout, window=offer.window)
         self._spawn(self._download(r), "download")
 
     async def _check(self, offer: ot.Offer) -> Manifest:
@@ -444,6 +447,9 @@ class OtaAgent:
 
     async def _cancel(self, c: ot.Cancel) -> None:
         r = self.cur
+        if not ot.is_safe_release_id(c.release):
+            self.counts["bad_message"] += 1
+            return
         if r is None or r.release != c.release:
             held = await self.io(tr.ReleaseDir.load, self.root, c.release)
             if held is not None:
@@ -473,6 +479,7 @@ class OtaAgent:
         window = self.cfg.chunks_in_flight
         timeout = float(self.cfg.chunk_timeout)
         while r.have.count() < r.have.total:
+            self._wake.clear()  # a chunk arriving from here on wakes the wait below
             now = time.monotonic()
             for i, deadline in list(self._inflight.items()):
                 if deadline <= now:
@@ -504,7 +511,6 @@ class OtaAgent:
                     self._bucket.tokens += sum(self._chunk_len(m, i) for i in want)
             if self._inflight:
                 pause = min(pause, max(0.01, min(self._inflight.values()) - now))
-            self._wake.clear()
             if want and len(self._inflight) < window and self._online.is_set():
                 continue  # room left and tokens may be there: go round once more
             with contextlib.suppress(TimeoutError):

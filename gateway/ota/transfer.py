@@ -182,7 +182,10 @@ class ReleaseDir:
         """Write a chunk at its offset; it is claimed on disk by the next ``save`` (group
         commit: at most every ``SYNC_EVERY_S``, and at every state change)."""
         assert self.manifest is not None
-        fd = os.open(self.payload, os.O_WRONLY)
+        try:
+            fd = os.open(self.payload, os.O_WRONLY)
+        except FileNotFoundError:
+            return  # discarded meanwhile (a tampered chunk, a cancel): nothing to keep
         try:
             os.pwrite(fd, data, index * self.manifest.chunk_size)
         finally:
