@@ -656,10 +656,16 @@ class OtaAgent:
     async def _install_config(self, r: tr.ReleaseDir, m: Manifest) -> None:
         assert self.rc is not None
         tx = self.rc.tx
-        if tx is not None:
+        v = self.config_version(m)
+        if tx is not None:  # resumed after a restart: the transaction knows how far it got
             p = tx.pending()
-            if p is not None and p.version == self.config_version(m):
+            if p is not None and p.version == v:
                 await self._set(r, "trial", detail="waiting for the cloud's confirmation")
+                return
+            last = tx.last() or {}
+            if tx.committed_version() == v or last.get("version") == v:
+                await self._set(r, "trial")
+                await self._config_settled(r)
                 return
         bundle: Bundle = await self.io(bundle_from_release, r.payload, m)
         outcome, messages = await self.rc.apply_bundle(bundle, self.config_version(m),
@@ -715,9 +721,11 @@ class OtaAgent:
             await self._set(r, "committed")
             return
         last = tx.last() or {}
-        if last.get("version") == v:
+        if last.get("version") == v and last.get("outcome") == "confirmed":
+            await self._set(r, "committed")
+        elif last.get("version") == v:
             await self._set(r, "rolled_back", reason="not_confirmed",
-                            detail=str(last.get("reason") or ""))
+                            detail=str(last.get("reason") or "") or None)
 
     # firmware -------------------------------------------------------------------------------
     def _firmware_image(self, payload: Path, m: Manifest) -> FirmwareImage:
