@@ -31,8 +31,11 @@ venv: $(STAMP)
 demo: system-deps venv
 	$(PY) -m examples.demo $(DEMO_ARGS)
 
+# the suite on pytest-xdist workers, split by tests/conftest.py (docs/testing.md);
+# TEST_PARALLEL= make test runs it serially
+TEST_PARALLEL ?= -n 3 --dist loadgroup
 test: system-deps venv
-	$(PY) -m pytest tests
+	$(PY) -m pytest $(TEST_PARALLEL) tests
 
 lint: venv
 	$(VENV)/bin/ruff check .

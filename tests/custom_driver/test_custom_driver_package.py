@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.srctree import copy_project
+
 pytestmark = pytest.mark.timeout(240)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -47,11 +49,15 @@ def run(
 @pytest.fixture(scope="module")
 def fresh_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A new venv with edgegw (this checkout) and edgegw-weather (the example) pip-installed."""
-    root = tmp_path_factory.mktemp("fresh") / "venv"
+    fresh = tmp_path_factory.mktemp("fresh")
+    root = fresh / "venv"
     venv.EnvBuilder(with_pip=True).create(root)
     py = root / "bin" / "python"
+    # pip builds both in place: build copies, never the shared checkout (tests/srctree.py)
+    src = copy_project(fresh / "src")
+    example = src / EXAMPLE.relative_to(REPO)
     # one pip call resolves both; the example's [test] extra brings pytest for its own tests
-    done = run([py, "-m", "pip", "install", "-q", REPO, f"{EXAMPLE}[test]"])
+    done = run([py, "-m", "pip", "install", "-q", src, f"{example}[test]"])
     assert done.returncode == 0, done.stderr[-4000:]
     return root
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from edgegw_cloud.ota import build_bundle
-from tests.ota.helpers import REPO
+from tests.srctree import copy_project
 
 pytestmark = pytest.mark.slow
 
@@ -58,7 +58,7 @@ def fresh_root(root: Path) -> Path:
 def test_install_is_idempotent_and_uninstall_leaves_nothing(tmp_path: Path) -> None:
     assert os.geteuid() == 0, "the installer test runs as root (CI does)"
     bundle = tmp_path / "bundle"
-    info = build_bundle(REPO, bundle)
+    info = build_bundle(copy_project(tmp_path / "src"), bundle)  # pip builds in place
     assert (bundle / "install.py").exists() and (bundle / "edgegw-launch").exists()
     wheels = {w.split("-")[0].lower() for w in info["wheels"]}
     assert {"edgegw", "pydantic", "cryptography", "paho_mqtt", "pymodbus"} <= wheels
