@@ -212,7 +212,7 @@ class BootloaderOptions(_Strict):
 
     protocol: Literal["ymodem"] = "ymodem"
     enter: str | None = None
-    start_timeout: Seconds = 30.0  # wait for the bootloader's first 'C'
+    start_timeout: Seconds = 30.0  # wait for the bootloader's first 'C' and the header's ACK
     block_timeout: Seconds = 10.0  # wait for each ACK
     retries: int = Field(10, ge=0, le=100)  # NAKs per block before giving up
 

@@ -7,7 +7,8 @@ gateway's event loop needs an async sender that works on an in-memory image, rep
 and aborts cleanly (CAN CAN) when its task is cancelled. The protocol is small (Chuck Forsberg's
 ymodem.txt, section 7.4); tested against lrzsz's ``rb`` as the receiver.
 
-Transfer: receiver sends 'C' -> block 0 (SOH, "name\\0size\\0") -> ACK, 'C' -> data blocks
+Transfer: receiver sends 'C' -> block 0 (SOH, "name\\0size\\0"; resent on 'C' or NAK within
+``start_timeout``) -> ACK, 'C' -> data blocks
 (STX, 1024 bytes, last padded with 0x1A; receiver truncates to size) each ACKed, NAK = resend
 (up to ``retries``) -> EOT, NAK, EOT, ACK -> 'C' -> empty block 0 (end of batch) -> ACK (the
 last exchange best effort: receivers often exit without that ACK).
@@ -108,6 +109,24 @@ class YmodemSender:
                 return
         raise YmodemError(f"{what}: {self.retries} NAKs in a row")
 
+    async def _send_header(self, data: bytes) -> None:
+        """Block 0 until ACKed, within ``start_timeout``; a 'C' (or NAK) instead of the ACK means
+        the receiver did not get it: send it again. Bootloaders, lrzsz's rb among them, flush
+        their input right after sending 'C', so a header that arrives at once can be dropped
+        (the more likely the busier the receiver's CPU); the receiver then asks again with 'C'
+        after its own timeout (rb: 10 s), which may exceed ``block_timeout``."""
+        deadline = time.monotonic() + self.start_timeout
+        for attempt in range(self.retries + 1):
+            if attempt:
+                self.resends += 1
+            await self.link.write_all(data, self.block_timeout)
+            remaining = max(0.0, deadline - time.monotonic())
+            what = f"ACK for the header block (start_timeout {self.start_timeout:g}s)"
+            b = await self._expect({ACK, NAK, CRC}, remaining, what)
+            if b == ACK:
+                return
+        raise YmodemError(f"the header block: {self.retries} refusals in a row")
+
     def abort(self) -> None:
         with contextlib.suppress(Exception):
             self.link.write(bytes([CAN] * 5) + b"\b" * 5)
@@ -132,7 +151,7 @@ class YmodemSender:
         # name NUL size NUL: no mtime/mode (lrzsz rb 0.12 double-frees when an mtime comes
         # with a last partial block)
         header = name.encode()[:100] + b"\0" + str(total).encode() + b"\0"
-        await self._send_block(block(0, header, 128), "the header block")
+        await self._send_header(block(0, header, 128))
         await self._expect({CRC}, self.block_timeout, "'C' after the header")
         sent = 0
         seq = 1
