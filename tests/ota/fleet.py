@@ -243,28 +243,17 @@ class OtaCloud:
         return json.loads(out.stdout)  # type: ignore[no-any-return]
 
     def rollout(self, release: str, *opts: str) -> int:
-        """``ota rollout RELEASE OPTS``; returns the rollout id the command prints."""
-        out = self.cli("ota", "rollout", release, *opts).stdout.strip()
-        with contextlib.suppress(ValueError):
-            doc = json.loads(out)
-            if isinstance(doc, dict):
-                return int(doc.get("rollout", doc.get("id")))  # type: ignore[arg-type]
-            return int(doc)
-        digits = [w for w in out.replace(":", " ").split() if w.isdigit()]
-        assert digits, f"no rollout id in {out!r}"
-        return int(digits[0])
+        """``ota rollout RELEASE OPTS --json``; returns the rollout id."""
+        return int(json.loads(self.cli("ota", "rollout", release, *opts, "--json").stdout)["id"])
 
     def status(self, rollout: int) -> dict[str, Any]:
-        """``ota status ROLLOUT --json``."""
-        return json.loads(self.cli("ota", "status", str(rollout), "--json").stdout)  # type: ignore[no-any-return]
+        """``ota status ROLLOUT --json``: the rollout and a row per target gateway."""
+        out = self.cli("ota", "status", str(rollout), "--json").stdout
+        return json.loads(out)  # type: ignore[no-any-return]
 
     def gateway_states(self, rollout: int) -> dict[str, dict[str, Any]]:
-        """gateway id -> its row of ``ota status --json`` (state, reason, received/total ...)."""
-        doc = self.status(rollout)
-        rows = doc.get("gateways", doc)
-        if isinstance(rows, dict):
-            return {str(k): v for k, v in rows.items()}
-        return {str(r.get("gateway") or r.get("id")): r for r in rows}
+        """gateway id -> its row of ``ota status --json`` (state, reason, bytes, offers ...)."""
+        return {str(t["gateway"]): t for t in self.status(rollout)["targets"]}
 
     def wait_states(self, rollout: int, want: Callable[[dict[str, dict[str, Any]]], bool],
                     timeout: float, what: str) -> dict[str, dict[str, Any]]:
@@ -362,6 +351,21 @@ class OtaGateway:
         assert svc is not None
         poll_until(lambda: svc.readies >= n, timeout,
                    f"{self.id}: READY #{n} (log tail: {self.log_tail()})", interval=0.1)
+
+    def serving(self, min_starts: int = 1) -> bool:
+        """Started at least ``min_starts`` times and the latest start has sent READY=1."""
+        svc = self.svc
+        if svc is None or svc.starts < min_starts:
+            return False
+        with svc._lock:
+            kinds = [k for k, _ in svc.events]
+        last = len(kinds) - 1 - kinds[::-1].index("start") if "start" in kinds else -1
+        return last >= 0 and "ready" in kinds[last:] and "exit" not in kinds[last:]
+
+    def wait_serving(self, min_starts: int = 1, timeout: float = 60) -> None:
+        poll_until(lambda: self.serving(min_starts), timeout,
+                   f"{self.id}: start #{min_starts}+ serving (log tail: {self.log_tail()})",
+                   interval=0.1)
 
     # ------------------------------------------------------------------ what it has on disk
     def boot(self) -> dict[str, Any]:
