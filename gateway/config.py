@@ -80,6 +80,7 @@ __all__ = [
     "GatewaySection",
     "HintedValueError",
     "MetricsConfig",
+    "OtaConfig",
     "OutboxConfig",
     "UplinkConfig",
     "check_config",
@@ -266,6 +267,53 @@ class UplinkConfig(_Section):
         return self.broker_url.port
 
 
+class OtaConfig(_Section):
+    """Over-the-air updates from the cloud (docs/ota.md "Transfer (gateway side)").
+
+    The gateway pulls a release in chunks: at most ``chunks_in_flight`` requested at a time,
+    paced by a token bucket of ``max_rate`` bytes/s of chunk payload (the cap for metered
+    links), a chunk not received within ``chunk_timeout`` is requested again. The install step
+    waits for the maintenance ``window`` (5-field cron, UTC: the install starts the next time it
+    fires; an offer's own window overrides it).
+    """
+
+    enabled: bool = Field(default=True, description="accept offers on the `ota` downlink kind")
+    max_rate: ByteSize | None = Field(
+        default=None, gt=0, description="bandwidth cap, bytes/s of chunk payload (null: none)"
+    )
+    window: str | None = Field(
+        default=None, description="maintenance window for the install step (cron, 5 fields, UTC)"
+    )
+    chunks_in_flight: int = Field(default=4, gt=0, le=64, description="requested, not received")
+    chunk_timeout: Duration = Field(default=15.0, gt=0, description="re-request after this")
+    slots: Path | None = Field(
+        default=None, description="A/B slots dir (default: EDGEGW_SLOTS, set by the launcher)"
+    )
+    confirm_within: Duration = Field(
+        default=60.0, gt=0, description="config releases: revert unless confirmed in this time"
+    )
+    labels: dict[str, str] = Field(
+        default_factory=dict, description="this gateway's labels (releases targeted by label)"
+    )
+
+    @field_validator("window")
+    @classmethod
+    def _cron(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if len(v.split()) != 5:
+            raise HintedValueError(f"window {v!r} is not a 5-field cron expression",
+                                   "e.g. '0 2 * * *' = every day at 02:00 UTC")
+        from apscheduler.triggers.cron import CronTrigger  # lazy: only with a window set
+
+        try:
+            CronTrigger.from_crontab(v)
+        except ValueError as exc:
+            raise HintedValueError(f"window {v!r}: {exc}", "fields: minute hour day month "
+                                   "day-of-week") from None
+        return v
+
+
 class BreakerConfig(_Section):
     """Per-device circuit breaker of the bus schedulers (a dead device never delays the others).
 
@@ -330,6 +378,7 @@ class GatewayConfig(_Section):
     devices: list[DeviceConfig] = Field(default_factory=list)
     rules: list[RuleConfig] = Field(default_factory=list)
     anomaly: list[AnomalyConfig] = Field(default_factory=list)
+    ota: OtaConfig = Field(default_factory=lambda: OtaConfig())
 
     _source: SourceMap | None = PrivateAttr(None)
     _data: dict[str, Any] = PrivateAttr(default_factory=dict)
@@ -397,6 +446,8 @@ class GatewayConfig(_Section):
             self.outbox.path = absolute(self.outbox.path)
         if self.uplink.identity_dir is not None:
             self.uplink.identity_dir = absolute(self.uplink.identity_dir)
+        if self.ota.slots is not None:
+            self.ota.slots = absolute(self.ota.slots)
 
 
 # --------------------------------------------------------------------------- error mapping
