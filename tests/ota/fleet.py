@@ -28,16 +28,19 @@ the new edgegw wheel; see gateway/ota/slots.py).
 from __future__ import annotations
 
 import contextlib
+import io
 import itertools
 import json
 import os
 import select
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +48,7 @@ import yaml
 
 import edgegw
 from edgegw.ota import launcher
+from edgegw_cloud import cli as cloud_cli
 from edgegw_cloud.store import CloudStore
 from tests.ota.helpers import REPO, SITE_PACKAGES, ServiceSim, build_wheel, fake_slot, make_bundle
 from tests.runtime.helpers import free_port, poll_until
@@ -56,6 +60,20 @@ BASE = edgegw.__version__  # the version every gateway runs first (this checkout
 DEPS_ENV = "EDGEGW_OTA_DEPS_FROM"
 REGISTERS = 2  # per plant device: one poll = one read request of 2 contiguous registers
 DEVICE = "plc"
+
+
+@contextlib.contextmanager
+def workdir(prefix: str) -> Iterator[Path]:
+    """A 0711 directory of our own: Mosquitto, started as root, drops to user ``mosquitto``,
+    which cannot traverse pytest's 0700 /tmp/pytest-of-root. Removed afterwards unless
+    EDGEGW_KEEP_TEST_DIRS is set (to read the logs of a failed run)."""
+    d = Path(tempfile.mkdtemp(prefix=prefix))
+    os.chmod(d, 0o711)
+    try:
+        yield d
+    finally:
+        if not os.environ.get("EDGEGW_KEEP_TEST_DIRS"):
+            shutil.rmtree(d, ignore_errors=True)
 
 
 def run(argv: list[str], *, timeout: float = 60, check: bool = True,
@@ -193,11 +211,12 @@ class Plant:
         self._err.close()
 
 
-def modbus_device(port: int, poll: str = "200ms") -> dict[str, Any]:
+def modbus_device(port: int, poll: str = "200ms", address: int = 0) -> dict[str, Any]:
+    """The gateway's device: REGISTERS contiguous holding registers (one read per poll)."""
     return {
         "id": DEVICE, "driver": "modbus", "poll": poll, "timeout": "1s",
         "options": {"transport": "tcp", "host": "127.0.0.1", "port": port, "unit_id": 1,
-                    "points": [{"name": f"r{r}", "kind": "holding", "address": r,
+                    "points": [{"name": f"r{r}", "kind": "holding", "address": address + r,
                                 "type": "uint16"} for r in range(REGISTERS)]},
     }
 
@@ -214,7 +233,7 @@ class OtaCloud:
         self.data = root / "cloud"
         self.port = free_port()
         self.enroll_port = free_port()
-        run([str(BIN / "edgegw-cloud"), "init", "--data-dir", str(self.data)])
+        self.cli("init")
         self.log = root / "serve.log"
         with open(self.log, "w") as err:
             self.proc = subprocess.Popen(
@@ -231,11 +250,23 @@ class OtaCloud:
     def enroll_broker(self) -> str:
         return f"mqtts://127.0.0.1:{self.enroll_port}"
 
-    def cli(self, *argv: str, check: bool = True, timeout: float = 60
-            ) -> subprocess.CompletedProcess[str]:
-        """``edgegw-cloud ARGV... --data-dir DATA`` (the operator's command line)."""
-        return run([str(BIN / "edgegw-cloud"), *argv, "--data-dir", str(self.data)],
-                   check=check, timeout=timeout)
+    def cli(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """``edgegw-cloud ARGV... --data-dir DATA``: the operator's command, run in this process
+        (``edgegw_cloud.cli.main``, the console script's entry point: same parsing, same code;
+        a new interpreter per call costs seconds of imports on the loaded test machine)."""
+        args = [*argv, "--data-dir", str(self.data)]
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            rc = cloud_cli.main(args)
+        done = subprocess.CompletedProcess(["edgegw-cloud", *args], rc, out.getvalue(),
+                                           err.getvalue())
+        if check:
+            assert rc == 0, f"edgegw-cloud {args} failed ({rc}):\n{done.stdout}\n{done.stderr}"
+        return done
+
+    def cli_process(self, *argv: str) -> subprocess.CompletedProcess[str]:
+        """The same through the installed ``edgegw-cloud`` command (a new process)."""
+        return run([str(BIN / "edgegw-cloud"), *argv, "--data-dir", str(self.data)])
 
     # ------------------------------------------------------------------ releases, rollouts
     def publish_software(self, bundle: Path, *opts: str) -> dict[str, Any]:
@@ -297,7 +328,7 @@ class OtaGateway:
     """One gateway: own state dir and slots dir, enrolled, run by the launcher under ServiceSim."""
 
     def __init__(self, cloud: OtaCloud, gw_id: str, root: Path, device: dict[str, Any], *,
-                 ota: dict[str, Any] | None = None, watchdog_sec: float = 10.0) -> None:
+                 ota: dict[str, Any] | None = None, watchdog_sec: float = 3.0) -> None:
         self.id = gw_id
         self.cloud = cloud
         self.root = root / gw_id
@@ -321,15 +352,25 @@ class OtaGateway:
             doc["ota"] = ota
         self.config.write_text(yaml.safe_dump(doc, sort_keys=False))
         token = cloud.cli("token", "create", gw_id, "--ttl", "10m").stdout.strip()
-        run([str(BIN / "edgegw"), "enroll", "-c", str(self.config), f"--token={token}",
-             "--bootstrap-dir", str(cloud.data / "pki")])
+        # enrolling runs meanwhile (several gateways enroll in parallel); start() waits for it
+        self._enroll: subprocess.Popen[str] | None = subprocess.Popen(
+            [str(BIN / "edgegw"), "enroll", "-c", str(self.config), f"--token={token}",
+             "--bootstrap-dir", str(cloud.data / "pki")],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         fake_slot(self.slots, BASE)
         launcher.write_boot(self.slots, {"committed": BASE, "trial": None})
         launcher.point_current(self.slots, BASE)
         self.svc: ServiceSim | None = None
 
     # ------------------------------------------------------------------ service
+    def wait_enrolled(self) -> None:
+        if self._enroll is not None:
+            out, _ = self._enroll.communicate(timeout=60)
+            assert self._enroll.returncode == 0, f"{self.id}: enroll failed: {out}"
+            self._enroll = None
+
     def start(self) -> ServiceSim:
+        self.wait_enrolled()
         argv = [sys.executable, str(LAUNCHER), "--slots", str(self.slots), "run", "-c",
                 str(self.config)]
         self.svc = ServiceSim(argv, self.root, env={DEPS_ENV: str(SITE_PACKAGES)},
@@ -384,6 +425,53 @@ class OtaGateway:
         d = self.ota_dir()
         return {p.name for p in d.iterdir() if p.is_dir()} if d.exists() else set()
 
+    def release_state(self, release: str) -> dict[str, Any]:
+        """The agent's persisted state of a release (``state_dir/ota/<release>/state.json``)."""
+        try:
+            doc = json.loads((self.ota_dir() / release / "state.json").read_text())
+        except (FileNotFoundError, ValueError):
+            return {}
+        return doc if isinstance(doc, dict) else {}
+
+    def processes(self) -> list[tuple[int, list[str]]]:
+        """(pid, argv) of every process of the service's process group (its "cgroup")."""
+        svc = self.svc
+        if svc is None or svc.proc is None:
+            return []
+        pgid = svc.proc.pid
+        out = []
+        for d in Path("/proc").iterdir():
+            if not d.name.isdigit():
+                continue
+            try:
+                if os.getpgid(int(d.name)) != pgid:
+                    continue
+                argv = (d / "cmdline").read_bytes().split(b"\0")
+            except (OSError, ProcessLookupError):
+                continue
+            out.append((int(d.name), [a.decode(errors="replace") for a in argv if a]))
+        return out
+
+    def daemon_slot(self) -> str | None:
+        """The slot the running daemon was started from (None: the first slot, this checkout).
+
+        A slot installed from a release runs its venv's own ``bin/edgegw`` script, whose
+        interpreter line is the slot's python; the first slot (``fake_slot``) runs the test
+        venv's python on this checkout."""
+        svc = self.svc
+        if svc is None or svc.proc is None:
+            return None
+        try:
+            argv = (Path("/proc") / str(svc.proc.pid) / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return None
+        prefix = f"{self.slots}/"
+        for raw in argv:
+            a = raw.decode(errors="replace")
+            if a.startswith(prefix):
+                return a[len(prefix):].split("/")[0]
+        return None
+
     def stats(self) -> dict[str, Any]:
         """The daemon's stats from its status file (written once a second)."""
         try:
@@ -397,6 +485,9 @@ class OtaGateway:
 
     def close(self) -> None:
         try:
+            if self._enroll is not None:
+                self._enroll.kill()
+                self._enroll.communicate()
             self.stop()
         finally:
             self.net.close()

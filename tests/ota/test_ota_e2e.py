@@ -39,6 +39,7 @@ from tests.ota.fleet import (
     modbus_device,
     patch_source,
     software_release,
+    workdir,
 )
 from tests.runtime.helpers import poll_until
 
@@ -71,9 +72,12 @@ def dummy_bundle(root: Path, version: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    root = tmp_path_factory.mktemp("ota-e2e")
-    root.chmod(0o755)
+def fleet() -> Iterator[Fleet]:
+    with workdir("edgegw-ota-e2e-") as root:
+        yield from _fleet(root)
+
+
+def _fleet(root: Path) -> Iterator[Fleet]:
     cloud = OtaCloud(root)
     plant = Plant(3, root)
     gws: list[OtaGateway] = []
@@ -142,7 +146,7 @@ def test_wave_rollout_commits_every_gateway_and_delivers_readings_once(
             assert (s[other]["state"], s[other]["offers"]) == ("pending", 0), s
     doc = cloud.status(upgraded.rollout)
     assert doc["state"] == "completed", doc
-    text = cloud.cli("ota", "status", str(upgraded.rollout)).stdout
+    text = cloud.cli_process("ota", "status", str(upgraded.rollout)).stdout  # the real command
     for g in fleet.gws:
         assert any(g.id in line and "committed" in line for line in text.splitlines()), text
     # each gateway really switched: the launcher runs the new slot, committed in boot.json,
@@ -200,6 +204,7 @@ def test_failing_health_gate_rolls_back_offline_and_halts_the_rollout(
         for other in ("gw-2", "gw-3"):
             row = cloud.gateway_states(rid)[other]
             assert (row["state"], row["offers"]) == ("pending", 0), row
+        time.sleep(0.25)  # an observation window (nothing to wait for), not synchronisation
     for other in ("gw-2", "gw-3"):
         g = fleet.gw(other)
         assert rel["release"] not in g.release_dirs()
