@@ -182,14 +182,18 @@ def test_failing_health_gate_rolls_back_offline_and_halts_the_rollout(
     poll_until(lambda: (gw1.boot().get("trial") or {}).get("version") == BROKEN, 90,
                "gw-1 installed the broken version and began its trial", interval=0.05)
     gw1.net.cut()
-    res = poll_until(lambda: (r := gw1.boot().get("last_result") or {}).get("state")
-                     == "rolled_back" and r, 60, "rollback on gw-1 (no network)")
-    assert res["version"] == BROKEN and "plc" in res["reason"], res
-    assert gw1.boot()["committed"] == NEW and gw1.current_version() == NEW
-    gw1.wait_serving(starts + 2)  # the trial's start, then the old version serving again
-    assert not gw1.net.up.is_set()  # all of it happened with the network cut
-    assert cloud.gateway_states(rid)["gw-1"]["state"] != "rolled_back"  # the cloud cannot know
-    gw1.net.restore()
+    try:
+        res = poll_until(lambda: (r := gw1.boot().get("last_result") or {}).get("state")
+                         == "rolled_back" and r, 60, "rollback on gw-1 (no network)")
+        assert res["version"] == BROKEN and "plc" in res["reason"], res
+        gw1.wait_serving(starts + 2)  # the trial's start, then the old version serving again
+        assert gw1.boot()["committed"] == NEW and gw1.current_version() == NEW
+        assert gw1.daemon_slot() == NEW
+        assert not gw1.net.up.is_set()  # all of it happened with the network cut
+        # the cloud cannot know yet
+        assert cloud.gateway_states(rid)["gw-1"]["state"] != "rolled_back"
+    finally:
+        gw1.net.restore()
     states = cloud.wait_states(rid, lambda s: s["gw-1"]["state"] == "rolled_back", 60,
                                "gw-1 reports its rollback once back online")
     assert states["gw-1"]["version"] == NEW
