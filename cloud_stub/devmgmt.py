@@ -95,7 +95,8 @@ class DeviceManager:
         self.down.listen(dl.INFO, self._on_info)
         self.down.listen_status(self._on_status)
         # OTA: rollouts + chunk server, in the one manager that owns them (serve)
-        self._online: dict[str, bool] = {}  # from the retained status messages
+        self._online: dict[str, bool] = {}  # from the gateways' status messages
+        self._online_since: dict[str, int] = {}  # wall ms of the last "online"
         self.ota_tick_s = ota_tick_s
         self._next_ota_tick = 0.0
         self.rollouts: RolloutStore | None = None
@@ -340,8 +341,9 @@ class DeviceManager:
             except RegistryError as exc:
                 log.warning("info from %s not recorded: %s", gw, exc)
                 return
-            if self.engine is not None:
-                self._later(functools.partial(self.engine.on_connect, gw))
+            if self.engine is not None:  # its handlers are up: the connection it came on
+                since = self._online_since.get(gw, _wall_ms())
+                self._later(functools.partial(self.engine.on_connect, gw, since))
             last = msg.body.get("config_last")
             if isinstance(last, dict) and last.get("outcome") == "reverted":
                 self.store.config_status(gw, last.get("version"), "reverted",
@@ -351,6 +353,8 @@ class DeviceManager:
 
     def _on_status(self, gw: str, online: bool) -> None:
         self._online[gw] = online
+        if online:
+            self._online_since[gw] = _wall_ms()
         try:
             with Registry(self.paths.registry_db) as reg:
                 reg.record_status(gw, online)
@@ -363,7 +367,8 @@ class DeviceManager:
                 self._later(functools.partial(self._send_command, c["id"]))
             self._later(functools.partial(self._resend_config, gw))
             if self.engine is not None:
-                self._later(functools.partial(self.engine.on_connect, gw))
+                self._later(functools.partial(self.engine.on_connect, gw,
+                                              self._online_since[gw]))
 
     # ------------------------------------------------------------------ OTA
     def _send_ota(self, gw: str, body: dict[str, Any]) -> bool:
@@ -420,6 +425,10 @@ class DeviceManager:
                 time.monotonic() - self._last_send.get(c["id"], 0.0) >= self.resend_every
             ):
                 self._send_command(c["id"])
+
+
+def _wall_ms() -> int:
+    return int(time.time() * 1000)  # the rollout engine's clock (offer_ms)
 
 
 def _offer_of(releases_dir: Path, release_id: str) -> tuple[bytes, bytes]:

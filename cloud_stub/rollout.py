@@ -412,6 +412,17 @@ class RolloutStore:
                                     "ORDER BY id", tuple(states)).fetchall()
         return [_rollout(r) for r in rows]
 
+    def working(self) -> list[Rollout]:
+        """Rollouts the engine has work for: running ones, and cancelled ones with targets
+        still to be told (offered, downloading, verifying, waiting for their window)."""
+        marks = ",".join("?" * len(CANCELLABLE))
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT * FROM rollouts r WHERE r.state=? OR (r.state=? AND EXISTS ("
+                f"SELECT 1 FROM targets t WHERE t.rollout=r.id AND t.state IN ({marks}))) "
+                "ORDER BY r.id", (RUNNING, CANCELLED, *sorted(CANCELLABLE))).fetchall()
+        return [_rollout(r) for r in rows]
+
     def targets(self, rid: int) -> list[Target]:
         with self._lock:
             rows = self._db.execute("SELECT * FROM targets WHERE rollout=? ORDER BY position",
@@ -436,13 +447,16 @@ class RolloutStore:
             return [(self._get(self._db, r["rollout"]), _target(r)) for r in rows]
 
     def may_download(self, gw: str, release_id: str) -> bool:
-        """Is ``gw`` an offered, unfinished target of a running/halted rollout of the release?"""
+        """Is ``gw`` an offered, unfinished target of a running/halted rollout of the release?
+
+        A ``pending`` target of a started wave counts as offered: the offer is recorded once
+        the broker took it, and a fast gateway's first request can arrive before that."""
         with self._lock:
             row = self._db.execute(
                 "SELECT 1 FROM targets t JOIN rollouts r ON r.id = t.rollout "
                 "WHERE t.gateway=? AND r.release_id=? AND r.state IN (?, ?) "
-                "AND t.state NOT IN ('pending', 'committed', 'rolled_back', 'failed', "
-                "'refused', 'cancelled') LIMIT 1",
+                "AND t.state NOT IN ('committed', 'rolled_back', 'failed', 'refused', "
+                "'cancelled') AND (t.state != 'pending' OR t.wave <= r.wave) LIMIT 1",
                 (gw, release_id, RUNNING, HALTED)).fetchone()
         return row is not None
 
@@ -582,31 +596,41 @@ class RolloutEngine:
     # ------------------------------------------------------------------ events
     def tick(self) -> None:
         """Advance every active rollout; (re)send what is due."""
-        for r in self.store.rollouts((RUNNING, CANCELLED)):
+        self._count("ticks")
+        for r in self.store.working():
             if r.state == RUNNING:
                 self._advance(r)
             else:
-                self._send_cancels(r, force=False)
+                self._send_cancels(r)
 
     def on_state(self, gw: str, st: ot.State) -> None:
-        """A gateway's ``state`` report (idempotent; stale or unknown ones are counted)."""
-        row = None
-        if st.rollout is not None:
-            row = self.store.target(st.rollout, gw)
-        else:  # a report without a rollout: the newest rollout of that release for this gateway
-            rows = [t for r, t in self.store.targets_of(gw) if r.release_id == st.release]
-            row = rows[-1] if rows else None
+        """A gateway's ``state`` report (idempotent; stale or unknown ones are counted).
+
+        It goes to the target its rollout id names; when that one is finished (or the report
+        names none: a gateway re-reporting after a restart), to the gateway's open target of
+        the same release in another active rollout (a gateway answers an offer of a release
+        it already installed with that release's outcome, under the rollout that installed
+        it), else to its newest target of that release."""
+        row = self.store.target(st.rollout, gw) if st.rollout is not None else None
+        if row is not None and self.store.get(row.rollout).release_id != st.release:
+            self._count("state_wrong_release")
+            log.warning("state from %s names release %s, rollout %d is another release; "
+                        "ignored", gw, st.release, row.rollout)
+            return
+        if row is None or row.terminal:
+            mine = [(r, t) for r, t in self.store.targets_of(gw) if r.release_id == st.release]
+            open_ = [t for r, t in mine
+                     if r.active and not t.terminal and t.state != "pending"]
+            if open_:
+                row = open_[-1]
+            elif row is None and mine and st.rollout is None:
+                row = mine[-1][1]
         if row is None:
             self._count("state_unknown_rollout")
             log.info("state %s from %s for rollout %s / %s: not a target; ignored", st.state,
                      gw, st.rollout, st.release)
             return
         r = self.store.get(row.rollout)
-        if r.release_id != st.release:
-            self._count("state_wrong_release")
-            log.warning("state from %s names release %s, rollout %d is %s; ignored", gw,
-                        st.release, r.id, r.release_id)
-            return
         outcome = self.store.record_state(r.id, gw, st, self._now())
         self._count(f"state_{outcome}")
         if outcome == "terminal":
@@ -621,10 +645,14 @@ class RolloutEngine:
         if r.state == RUNNING:
             self._advance(self.store.get(r.id))
 
-    def on_connect(self, gw: str) -> None:
-        """The gateway (re)connected: what it may have missed is sent again now."""
+    def on_connect(self, gw: str, since_ms: int | None = None) -> None:
+        """The gateway (re)connected at ``since_ms``: what it may have missed is sent again now
+        (an offer already sent since that connection is not repeated)."""
         for r, t in self.store.targets_of(gw, (RUNNING, CANCELLED)):
-            if r.state == RUNNING and t.wave <= r.wave and t.state in ("pending", "offered"):
+            fresh = (since_ms is not None and t.offer_ms is not None and t.offer_ms >= since_ms)
+            if r.state == RUNNING and t.wave <= r.wave and (
+                t.state == "pending" or (t.state == "offered" and not fresh)
+            ):
                 self._offer(r, t, online=True)
             elif r.state == CANCELLED and t.state in CANCELLABLE:
                 self._cancel(r, t)
@@ -671,6 +699,8 @@ class RolloutEngine:
                 # pending: never offered (or the send failed); offered: no answer yet
                 due = t.offer_ms is None or now - t.offer_ms >= self.reoffer_s * 1000
                 if t.state in ("pending", "offered") and due:
+                    if self.store.get(r.id).state != RUNNING:
+                        return  # halted or cancelled meanwhile (`ota halt` / a bad release)
                     self._offer(r, t, online=self.online(t.gateway))
             return
 
@@ -689,6 +719,8 @@ class RolloutEngine:
         sent = self.send(t.gateway, body)
         self.store.mark_offer(r.id, t.gateway, self._now(), sent)
         self._count("offers_sent" if sent else "offers_unsent")
+        if sent and self.store.get(r.id).state == CANCELLED:
+            self._cancel(r, t)  # `ota cancel` ran while the offer was on its way
 
     def _cancel(self, r: Rollout, t: Target) -> None:
         if self.send(t.gateway, ot.Cancel(r.id, r.release_id).body()):
@@ -697,11 +729,11 @@ class RolloutEngine:
         else:
             self._count("cancels_unsent")
 
-    def _send_cancels(self, r: Rollout, *, force: bool) -> None:
+    def _send_cancels(self, r: Rollout) -> None:
         now = self._now()
         for t in self.store.targets(r.id):
             if t.state not in CANCELLABLE:
                 continue
             due = t.cancel_ms is None or now - t.cancel_ms >= self.reoffer_s * 1000
-            if (force or due) and self.online(t.gateway) is not False:
+            if due and self.online(t.gateway) is not False:
                 self._cancel(r, t)

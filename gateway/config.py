@@ -63,6 +63,7 @@ from pydantic import (
 
 from edgegw.edge.config import AggregateConfig, AnomalyConfig, RuleConfig, validate_edge
 from edgegw.protocol.broker_url import BrokerUrl, parse_broker_url
+from edgegw.protocol.cron import CronError, cron_trigger
 from edgegw.protocol.identity import default_identity_dir
 from edgegw.protocol.suggest import did_you_mean
 from edgegw.sdk import Driver, DriverEntry, DriverOptions, Id
@@ -299,18 +300,13 @@ class OtaConfig(_Section):
     @field_validator("window")
     @classmethod
     def _cron(cls, v: str | None) -> str | None:
-        if v is None:
-            return v
-        if len(v.split()) != 5:
-            raise HintedValueError(f"window {v!r} is not a 5-field cron expression",
-                                   "e.g. '0 2 * * *' = every day at 02:00 UTC")
-        from apscheduler.triggers.cron import CronTrigger  # lazy: only with a window set
-
-        try:
-            CronTrigger.from_crontab(v)
-        except ValueError as exc:
-            raise HintedValueError(f"window {v!r}: {exc}", "fields: minute hour day month "
-                                   "day-of-week") from None
+        if v is not None:
+            try:
+                cron_trigger(v)  # the one grammar (edgegw.protocol.cron)
+            except CronError as exc:
+                raise HintedValueError(f"window: {exc}", "e.g. '0 2 * * *' = every day at "
+                                       "02:00 UTC; '* 2-4 * * 1-5' = 02:00-04:59 on weekdays"
+                                       ) from None
         return v
 
 

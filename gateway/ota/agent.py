@@ -44,7 +44,6 @@ import contextlib
 import datetime as _dt
 import logging
 import os
-import re
 import tarfile
 import time
 from collections import defaultdict
@@ -52,8 +51,6 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
-
-from apscheduler.triggers.cron import CronTrigger
 
 from edgegw.config import OtaConfig
 from edgegw.device.config_apply import Bundle
@@ -67,6 +64,7 @@ from edgegw.ota.trial import running_version
 from edgegw.ota.verify import Refusal, check_chunk, check_offer, load_trusted_key, verify_payload
 from edgegw.protocol import downlink as dl
 from edgegw.protocol import ota_transfer as ot
+from edgegw.protocol.cron import cron_trigger
 from edgegw.protocol.identity import OTA_PUB
 from edgegw.protocol.release import Manifest, ReleaseError, verify_signature
 from edgegw.sdk import FirmwareImage
@@ -76,9 +74,8 @@ log = logging.getLogger("edgegw.ota.agent")
 T = TypeVar("T")
 #: test mode of the software install (see edgegw.ota.slots ``deps_from``); never set in production
 ENV_DEPS_FROM = "EDGEGW_OTA_DEPS_FROM"
-PROGRESS_EVERY_S = 1.0
+PROGRESS_EVERY_S = 0.5
 TRIAL_POLL_S = 1.0
-_RELEASE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 #: states from which an offer of the same release resumes the download
 _RESUMABLE = frozenset({"offered", "downloading", "cancelled"})
 #: states an offer of the same release is answered with (nothing restarts)
@@ -101,10 +98,13 @@ class OtaHost(Protocol):
     def request_exit(self, why: str) -> bool:
         """Stop the daemon cleanly (exit status 0) so the launcher starts again (False: no)."""
 
+    def device_driver(self, device_id: str) -> str | None:
+        """The configured driver of ``device_id`` (None: no such device)."""
+
 
 def install_window_open(cron: str, now: _dt.datetime) -> tuple[bool, _dt.datetime]:
     """(open now, next fire time). The window is open during every minute the cron matches."""
-    trig = CronTrigger.from_crontab(cron, timezone=_dt.UTC)
+    trig = cron_trigger(cron)
     minute = now.replace(second=0, microsecond=0)
     fire = trig.get_next_fire_time(None, minute)
     if fire is not None and fire <= now:
@@ -289,7 +289,9 @@ class OtaAgent:
         await self.io(save)
         self.counts[f"state_{state}"] += 1
         if state in ("refused", "failed", "rolled_back"):
-            log.warning("OTA %s: %s (%s): %s", r.release, state, reason, detail)
+            # one log kind per release and outcome (the repeat filter throttles by template):
+            # every release's refusal is logged, a re-offered bad release is not spammed
+            log.warning(f"OTA {r.release}: {state} ({reason}): %s", detail)
         else:
             log.info("OTA %s: %s%s", r.release, state, f" ({detail})" if detail else "")
         self._send_state(r)
@@ -314,6 +316,7 @@ class OtaAgent:
         self.net_bytes = int(r.doc.get("bytes") or 0)
         self._inflight.clear()
         await self.io(tr.write_current, self.root, r.release)
+        await self.io(tr.prune, self.root, r.release)
 
     # ------------------------------------------------------------------ messages
     async def __call__(self, msg: dl.Message) -> None:
@@ -337,7 +340,7 @@ class OtaAgent:
 
     async def _offer(self, offer: ot.Offer) -> None:
         self.counts["offers"] += 1
-        if not _RELEASE_RE.match(offer.release) or offer.release in (".", ".."):
+        if not ot.is_safe_release_id(offer.release):
             self.counts["bad_message"] += 1
             log.warning("OTA offer with an unusable release id %r ignored", offer.release[:80])
             return
@@ -365,10 +368,15 @@ class OtaAgent:
         try:
             m = await self._check(offer)
         except Refusal as exc:
-            r = tr.ReleaseDir(self.root, offer.release)
-            r.doc = {"release": offer.release, "rollout": offer.rollout, "state": "offered"}
+            if held is not None:  # re-offered and now refused (e.g. a newer one was installed)
+                r = held
+                if r is self.cur and self._task is not None:
+                    self._task.cancel()
+            else:
+                r = tr.ReleaseDir(self.root, offer.release)
+                r.doc = {"release": offer.release, "rollout": offer.rollout, "state": "offered"}
             await self._make_current(r)
-            await self._refuse(r, exc)
+            await self._refuse(r, exc, discard=held is not None)
             return
         if held is not None and held.state in _RESUMABLE and held.doc.get("serial") == m.serial:
             r = held  # the same release again: resume (keep the bitmap)
@@ -415,8 +423,16 @@ class OtaAgent:
                                       "releases; install with the bundle's install.py")
         if m.kind == "config" and (self.rc is None or self.host.config_file is None):
             raise Refusal("no_config_file", "this gateway runs without a config file")
-        if m.kind == "firmware" and not (m.firmware or {}).get("devices"):
-            raise Refusal("bad_manifest", f"{m.release_id} names no devices")
+        if m.kind == "firmware":
+            fw = dict(m.firmware or {})
+            if not fw.get("devices"):
+                raise Refusal("bad_manifest", f"{m.release_id} names no devices")
+            for dev in fw["devices"]:
+                drv = self.host.device_driver(str(dev))
+                if drv is None or drv != fw.get("driver"):
+                    raise Refusal("wrong_target", f"{m.release_id} is for {fw.get('driver')} "
+                                  f"device {dev}; this gateway has " + (
+                                      f"{dev} on driver {drv}" if drv else f"no device {dev}"))
         return m
 
     def _marks(self, kind: str, name: str) -> tuple[int, str | None]:
@@ -712,7 +728,6 @@ class OtaAgent:
 
     async def _install_firmware(self, r: tr.ReleaseDir, m: Manifest) -> None:
         image = await self.io(self._firmware_image, r.payload, m)
-        await self.io(self._mark_accepted, m)
         devices = [str(d) for d in (m.firmware or {}).get("devices") or []]
         done = 0
         for dev in devices:
@@ -724,6 +739,9 @@ class OtaAgent:
                 raise Refusal("firmware_failed", f"device {dev}: {type(exc).__name__}: "
                               f"{exc} ({done}/{len(devices)} devices updated)") from None
             done += 1
+        # marked only now: a failed update can be retried with the same release (re-sending an
+        # image a device already has is harmless), a replayed older one is still refused
+        await self.io(self._mark_accepted, m)
         await self.io(r.drop_payload)
         await self._set(r, "committed", detail=f"{done} device(s) updated")
 

@@ -15,6 +15,8 @@ Invariants:
   and fsynced BEFORE state.json (atomic: temp file, fsync, rename, fsync dir) records it.
 - Only chunks that passed ``check_chunk`` against the signed manifest are written, and only for
   a manifest whose signature verified (the folder is created after ``check_offer``).
+- At most ``KEEP_RELEASES`` release folders are kept (the current one always); payloads are
+  deleted once installed or superseded.
 - ``discard()`` removes the partial payload and clears the bitmap (tampered chunk, bad payload):
   nothing of a refused release is ever kept for installing.
 - Every method here blocks (file I/O, fsync): the agent calls them on its own single worker
@@ -38,6 +40,8 @@ CURRENT = "current"
 ACCEPTED = "accepted.json"
 STATE = "state.json"
 PAYLOAD = "payload.part"
+#: release folders kept (their small state answers a re-offer with the terminal state)
+KEEP_RELEASES = 8
 
 
 def _fsync_dir(d: Path) -> None:
@@ -220,6 +224,24 @@ def read_accepted(root: Path) -> dict[str, Any]:
 def write_accepted(root: Path, doc: dict[str, Any]) -> None:
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
     write_atomic(root / ACCEPTED, json.dumps(doc, sort_keys=True).encode())
+
+
+def prune(root: Path, current: str, keep: int = KEEP_RELEASES) -> list[str]:
+    """Remove the folders of all but the ``keep`` most recent releases (never ``current``)."""
+    dirs = [d for d in root.iterdir() if d.is_dir() and d.name != current] if root.is_dir() else []
+
+    def age(d: Path) -> float:
+        try:
+            return (d / STATE).stat().st_mtime
+        except OSError:
+            return 0.0
+
+    dirs.sort(key=age, reverse=True)
+    gone = []
+    for d in dirs[max(0, keep - 1):]:
+        shutil.rmtree(d, ignore_errors=True)
+        gone.append(d.name)
+    return gone
 
 
 def status_summary(state_dir: Path) -> dict[str, Any] | None:

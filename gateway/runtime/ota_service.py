@@ -39,6 +39,12 @@ class OtaAccess:
                               progress: Callable[[int, int], None]) -> None:
         await self._gw.update_firmware(device_id, image, progress)
 
+    def device_driver(self, device_id: str) -> str | None:
+        for dev in self._gw.cfg.devices:
+            if dev.id == device_id:
+                return str(dev.driver)
+        return None
+
     def request_exit(self, why: str) -> bool:
         fn = getattr(self._gw, "request_exit", None)
         if fn is None:
