@@ -493,6 +493,15 @@ class OtaGateway:
             self.net.close()
 
 
+def close_all(gateways: list[OtaGateway]) -> None:
+    """Stop every gateway's service at once (each daemon takes a while to stop cleanly)."""
+    for g in gateways:
+        if g.svc is not None:
+            g.svc.request_stop()
+    for g in gateways:
+        g.close()
+
+
 # ---------------------------------------------------------------------------------- releases
 
 

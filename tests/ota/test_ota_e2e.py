@@ -35,6 +35,7 @@ from tests.ota.fleet import (
     OtaCloud,
     OtaGateway,
     Plant,
+    close_all,
     delivered_once,
     modbus_device,
     patch_source,
@@ -91,8 +92,7 @@ def _fleet(root: Path) -> Iterator[Fleet]:
             g.wait_ready()
         yield Fleet(root, cloud, plant, gws, old)
     finally:
-        for g in gws:
-            g.close()
+        close_all(gws)
         plant.close()
         cloud.close()
 
