@@ -199,7 +199,7 @@ def download_run(cloud: Cloud, tmp: Path, name: str, rate: int, a: argparse.Name
         if t_done is None or t_first is None or doc.get("state") in ("refused", "failed"):
             raise SystemExit(f"{name}: download did not finish: {doc}")
         if rate:
-            time.sleep(2)  # readings sampled during the download reach the cloud
+            time.sleep(3)  # readings sampled during the download reach the cloud
         sent = cloud.dm.stats()["ota"].get("chunk_bytes_sent", 0) - sent0
         final = read_state(state, release)
     finally:
@@ -219,9 +219,8 @@ def download_run(cloud: Cloud, tmp: Path, name: str, rate: int, a: argparse.Name
         "agent_network_bytes": final.get("bytes"), "cloud_chunk_bytes_sent": sent,
     }
     if rate:
-        window_s = t_done - t_roll
-        out["telemetry"] = telemetry(cloud, (t_roll - max(window_s, 3.0), t_roll),
-                                     (t_roll, t_done))
+        # before: the last seconds of the warm-up (telemetry at steady state, no download)
+        out["telemetry"] = telemetry(cloud, (t_roll - a.warmup / 2, t_roll), (t_roll, t_done))
     return out
 
 
@@ -307,7 +306,7 @@ def main() -> None:
     p.add_argument("--rate", type=int, default=10_000, help="telemetry of the loaded run")
     p.add_argument("--in-flight", type=int, default=4, help="the gateway's chunks_in_flight")
     p.add_argument("--chunk-kb", type=int, default=DEFAULT_CHUNK_SIZE >> 10)
-    p.add_argument("--warmup", type=float, default=5.0)
+    p.add_argument("--warmup", type=float, default=8.0, help="telemetry before the download")
     a = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="edgegw-bench-ota-"))
     os.chmod(tmp, 0o711)  # Mosquitto drops to its own user: the data dir must be enterable
