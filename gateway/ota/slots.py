@@ -14,8 +14,9 @@ Steps of ``install_software`` (each failure removes the half-made slot and raise
 Test mode (``deps_from``): instead of installing every dependency wheel, the slot gets a
 ``.pth`` line naming an existing site-packages (the test venv's) and only the edgegw wheel is
 installed, with ``--no-deps``, by the running interpreter's pip (``pip --python SLOT``) into a
-venv made ``--without-pip`` (ensurepip is most of a venv's creation time). The slot still runs its own edgegw (a .pth path line does not
-activate the editable install's finder in that directory). Used by the fault tests to keep
+venv made ``--without-pip`` (ensurepip is most of a venv's creation time). The slot still runs
+its own edgegw (a .pth path line does not activate the editable install's finder in that
+directory). Used by the fault tests to keep
 them fast; the full offline install of every wheel is tested once (test_bundle_install_offline).
 
 Slot retention: the committed and the previous committed slots are kept, older ones removed
