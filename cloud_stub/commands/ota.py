@@ -122,8 +122,15 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rollouts(args: argparse.Namespace) -> RolloutStore:
+    """The rollout store of an initialised data dir (a typo'd --data-dir is an error, not a
+    new empty database)."""
+    CloudPaths.for_dir(args.data_dir).require_initialised()
+    return RolloutStore(args.data_dir)
+
+
 def cmd_status(args: argparse.Namespace) -> int:
-    with RolloutStore(args.data_dir) as rs:
+    with _rollouts(args) as rs:
         chosen = [rs.get(args.rollout)] if args.rollout is not None else rs.rollouts()
         docs = [(r, rs.targets(r.id)) for r in chosen]
     if args.json:
@@ -147,7 +154,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def _operator(args: argparse.Namespace) -> int:
-    with RolloutStore(args.data_dir) as rs:
+    with _rollouts(args) as rs:
         if args.ota_command == "halt":
             r = rs.halt(args.rollout)
         elif args.ota_command == "resume":

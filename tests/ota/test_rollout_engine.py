@@ -8,12 +8,18 @@ clock is a number the test moves. The transport itself is tested with the real b
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from edgegw import pki
 from edgegw.protocol import ota_transfer as ot
+from edgegw_cloud.cli import main as cloud_main
+from edgegw_cloud.ota import ReleaseStore
+from edgegw_cloud.pki_setup import init_data_dir
+from edgegw_cloud.registry import Registry
 from edgegw_cloud.rollout import (
     RolloutEngine,
     RolloutError,
@@ -21,6 +27,7 @@ from edgegw_cloud.rollout import (
     check_window,
     parse_max_failures,
     parse_waves,
+    resolve_targets,
     status_text,
     summary,
     threshold_exceeded,
@@ -288,3 +295,45 @@ def test_wave_timeout_halts(fleet: Fleet) -> None:
     r = fleet.store.get(r.id)
     assert r.state == "halted" and "wave timeout (1 gateways of wave 1" in (r.reason or "")
     assert fleet.offers() == ["gw-0"]
+
+
+def test_cli_targets_and_operator_mistakes(tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    paths = init_data_dir(tmp_path / "cloud")
+    issuer = pki.Issuer.load(paths.ca_crt, paths.ca_key)
+    with Registry(paths.registry_db) as reg:
+        for gw in ("gw-b", "gw-a", "gw-c", "gw-x"):
+            reg.provision(gw, pki.generate_ec_key().public_key(), issuer)
+        reg.set_labels("gw-c", {"site": "north"})
+        reg.set_labels("gw-a", {"site": "north"})
+        reg.revoke("gw-x")
+        assert resolve_targets(reg, "all") == ["gw-a", "gw-b", "gw-c"]
+        assert resolve_targets(reg, "label:site=north") == ["gw-a", "gw-c"]
+        assert resolve_targets(reg, "gw-c, gw-a") == ["gw-a", "gw-c"]
+    with ReleaseStore(paths.data_dir) as store:
+        rel = store.publish({"a.yaml": b"a: 1\n"}, kind="config", name="site", version="2")
+    d = ["--data-dir", str(paths.data_dir)]
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        rc = cloud_main(["ota", *argv, *d])
+        out, err = capsys.readouterr()
+        return rc, out, err
+
+    for to, why in (("gw-q", "unknown gateway 'gw-q'"), ("gw-x", "gateway 'gw-x' is revoked"),
+                    ("label:site=south", "selects no gateway")):
+        rc, _, err = run("rollout", rel.release_id, "--to", to)
+        assert rc == 1 and why in err, err
+    rc, _, err = run("rollout", "nope", "--to", "all")
+    assert rc == 1 and "no release 'nope'" in err
+    rc, out, _ = run("rollout", str(rel.serial), "--to", "label:site=north", "--waves", "1",
+                     "--json")
+    doc = json.loads(out)
+    assert rc == 0 and doc["waves"] == [1, 2] and doc["release_id"] == rel.release_id
+    assert [t["gateway"] for t in doc["targets"]] == ["gw-a", "gw-c"]
+    rc, out, _ = run("status")
+    assert rc == 0 and f"{rel.release_id}  running  wave 0/2  pending 2" in out, out
+    assert run("halt", str(doc["id"]))[0] == 0
+    rc, _, err = run("halt", str(doc["id"]))
+    assert rc == 1 and "only a running one can be halted" in err
+    rc, _, err = run("resume", "99")
+    assert rc == 1 and "no rollout 99" in err
