@@ -298,7 +298,8 @@ class OtaAgent:
 
     async def _refuse(self, r: tr.ReleaseDir, exc: Refusal, *, discard: bool = False) -> None:
         self.counts[f"refused_{exc.reason}"] += 1
-        self._inflight.clear()
+        if r is self.cur:
+            self._inflight.clear()
         if discard:
             await self.io(r.discard)
         await self._set(r, "refused", reason=exc.reason, detail=exc.detail)
@@ -308,7 +309,7 @@ class OtaAgent:
         if old is not None and old.release != r.release:
             if self._task is not None and not self._task.done():
                 self._task.cancel()
-            if old.state in _RESUMABLE | {"verifying", "waiting_window"}:
+            if old.state in ("offered", "downloading", "verifying", "waiting_window"):
                 await self._set(old, "cancelled", reason="superseded",
                                 detail=f"superseded by {r.release}")
             await self.io(old.drop_payload)
@@ -358,12 +359,11 @@ class OtaAgent:
         if self.cur is not None and self.cur.release != offer.release and (
             self.cur.state in ("installing", "trial")
         ):
+            # not answered: the cloud repeats an unanswered offer (on every connection and
+            # periodically), by then this install has ended
+            self.counts["offers_deferred"] += 1
             log.info("OTA offer of %s deferred: %s is %s", offer.release, self.cur.release,
                      self.cur.state)
-            self.svc.reply(dl.OTA, None, ot.State(
-                offer.rollout, offer.release, "offered",
-                detail=f"waiting for {self.cur.release} ({self.cur.state})",
-                version=running_version()).body())
             return
         try:
             m = await self._check(offer)
@@ -375,6 +375,10 @@ class OtaAgent:
             else:
                 r = tr.ReleaseDir(self.root, offer.release)
                 r.doc = {"release": offer.release, "rollout": offer.rollout, "state": "offered"}
+                if self.cur is not None and self.cur.state not in ot.TERMINAL:
+                    # a refused offer does not stop the release in progress
+                    await self._refuse(r, exc)
+                    return
             await self._make_current(r)
             await self._refuse(r, exc, discard=held is not None)
             return
@@ -389,13 +393,11 @@ class OtaAgent:
                 self._inflight.clear()
                 self._wake.set()
                 return
-            r.doc["rollout"] = offer.rollout
         else:
             r = tr.ReleaseDir(self.root, offer.release)
             await self.io(r.create, offer.manifest, offer.sig, m, offer.rollout)
-        r.doc["window"] = offer.window
         await self._make_current(r)
-        await self._set(r, "offered")
+        await self._set(r, "offered", rollout=offer.rollout, window=offer.window)
         self._spawn(self._download(r), "download")
 
     async def _check(self, offer: ot.Offer) -> Manifest:
@@ -445,6 +447,9 @@ class OtaAgent:
 
     async def _cancel(self, c: ot.Cancel) -> None:
         r = self.cur
+        if not ot.is_safe_release_id(c.release):
+            self.counts["bad_message"] += 1
+            return
         if r is None or r.release != c.release:
             held = await self.io(tr.ReleaseDir.load, self.root, c.release)
             if held is not None:
@@ -474,6 +479,7 @@ class OtaAgent:
         window = self.cfg.chunks_in_flight
         timeout = float(self.cfg.chunk_timeout)
         while r.have.count() < r.have.total:
+            self._wake.clear()  # a chunk arriving from here on wakes the wait below
             now = time.monotonic()
             for i, deadline in list(self._inflight.items()):
                 if deadline <= now:
@@ -505,7 +511,6 @@ class OtaAgent:
                     self._bucket.tokens += sum(self._chunk_len(m, i) for i in want)
             if self._inflight:
                 pause = min(pause, max(0.01, min(self._inflight.values()) - now))
-            self._wake.clear()
             if want and len(self._inflight) < window and self._online.is_set():
                 continue  # room left and tokens may be there: go round once more
             with contextlib.suppress(TimeoutError):
@@ -600,6 +605,7 @@ class OtaAgent:
         result = boot.get("last_result") or {}
         if running_version() == m.version or result.get("release") == m.release_id:
             # restarted after the switch: this IS the trial (or it is over): just watch it
+            await self.io(r.drop_payload)
             await self._set(r, "trial")
             await self._watch_trial(r)
             return
@@ -650,15 +656,23 @@ class OtaAgent:
     async def _install_config(self, r: tr.ReleaseDir, m: Manifest) -> None:
         assert self.rc is not None
         tx = self.rc.tx
-        if tx is not None:
+        v = self.config_version(m)
+        if tx is not None:  # resumed after a restart: the transaction knows how far it got
             p = tx.pending()
-            if p is not None and p.version == self.config_version(m):
+            if p is not None and p.version == v:
                 await self._set(r, "trial", detail="waiting for the cloud's confirmation")
+                return
+            last = tx.last() or {}
+            if tx.committed_version() == v or last.get("version") == v:
+                await self._set(r, "trial")
+                await self._config_settled(r)
                 return
         bundle: Bundle = await self.io(bundle_from_release, r.payload, m)
         outcome, messages = await self.rc.apply_bundle(bundle, self.config_version(m),
                                                        float(self.cfg.confirm_within))
         if outcome == "refused":
+            if messages and messages[0].startswith("install failed"):  # e.g. a pushed config
+                raise Refusal("install_failed", "; ".join(messages))  # awaits confirmation
             self.counts["refused_check_failed"] += 1
             await self._set(r, "refused", reason="check_failed", detail="; ".join(messages[:10]))
             return
@@ -707,9 +721,11 @@ class OtaAgent:
             await self._set(r, "committed")
             return
         last = tx.last() or {}
-        if last.get("version") == v:
+        if last.get("version") == v and last.get("outcome") == "confirmed":
+            await self._set(r, "committed")
+        elif last.get("version") == v:
             await self._set(r, "rolled_back", reason="not_confirmed",
-                            detail=str(last.get("reason") or ""))
+                            detail=str(last.get("reason") or "") or None)
 
     # firmware -------------------------------------------------------------------------------
     def _firmware_image(self, payload: Path, m: Manifest) -> FirmwareImage:

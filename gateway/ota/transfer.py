@@ -11,8 +11,12 @@ Layout of ``state_dir/ota/``::
                                hex), "window", "install_at_ms", "kind", "version", ...}
 
 Invariants:
-- The bitmap never claims a chunk that is not durably written: a chunk is written at its offset
-  and fsynced BEFORE state.json (atomic: temp file, fsync, rename, fsync dir) records it.
+- The bitmap never claims a chunk that is not durably written: chunks are written at their
+  offsets, and every save of state.json (atomic: temp file, fsync, rename, fsync dir) fsyncs
+  the payload first. Saves happen at every state change and at most every ``SYNC_EVERY_S``
+  during a download (group commit: 3 fsyncs per chunk cost 11.6 ms a chunk here, 5.7 MB/s);
+  a crash loses at most that much progress (re-downloaded) and the byte counter's last
+  increments.
 - Only chunks that passed ``check_chunk`` against the signed manifest are written, and only for
   a manifest whose signature verified (the folder is created after ``check_offer``).
 - At most ``KEEP_RELEASES`` release folders are kept (the current one always); payloads are
@@ -30,6 +34,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +45,9 @@ CURRENT = "current"
 ACCEPTED = "accepted.json"
 STATE = "state.json"
 PAYLOAD = "payload.part"
+#: group commit of the download: written chunks are fsynced and claimed at most this often (a
+#: power cut loses at most this much download progress, never claims an unwritten chunk)
+SYNC_EVERY_S = 0.25
 #: release folders kept (their small state answers a re-offer with the terminal state)
 KEEP_RELEASES = 8
 
@@ -108,7 +116,9 @@ class ReleaseDir:
         self.dir = root / release
         self.doc: dict[str, Any] = {}
         self.manifest: Manifest | None = None
-        self.have = Bitmap(0)
+        self.have = Bitmap(0)  # chunks written (claimed on disk once saved: see ``save``)
+        self._unsynced = False
+        self._saved_at = 0.0
 
     # ------------------------------------------------------------------ lifecycle
     @classmethod
@@ -137,6 +147,15 @@ class ReleaseDir:
         self.save()
 
     def save(self) -> None:
+        """Persist the state; written chunks are fsynced BEFORE the bitmap claims them."""
+        if self._unsynced and self.payload.exists():
+            fd = os.open(self.payload, os.O_WRONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        self._unsynced = False
+        self._saved_at = time.monotonic()
         self.doc["have"] = self.have.hex()
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         write_atomic(self.dir / STATE, json.dumps(self.doc, sort_keys=True).encode())
@@ -160,17 +179,22 @@ class ReleaseDir:
         _fsync_dir(self.dir)
 
     def write_chunk(self, index: int, data: bytes, net_bytes: int) -> None:
-        """Chunk data durable first, then the bitmap that claims it (module invariant)."""
+        """Write a chunk at its offset; it is claimed on disk by the next ``save`` (group
+        commit: at most every ``SYNC_EVERY_S``, and at every state change)."""
         assert self.manifest is not None
-        fd = os.open(self.payload, os.O_WRONLY)
+        try:
+            fd = os.open(self.payload, os.O_WRONLY)
+        except FileNotFoundError:
+            return  # discarded meanwhile (a tampered chunk, a cancel): nothing to keep
         try:
             os.pwrite(fd, data, index * self.manifest.chunk_size)
-            os.fsync(fd)
         finally:
             os.close(fd)
         self.have.add(index)
+        self._unsynced = True
         self.doc["bytes"] = net_bytes
-        self.save()
+        if time.monotonic() - self._saved_at >= SYNC_EVERY_S:
+            self.save()
 
     def discard(self) -> None:
         """Drop the partial payload and the bitmap (the bytes counter stays: it was spent)."""

@@ -48,9 +48,9 @@ def _config_text(rig: Rig, **kw: object) -> bytes:
 
 
 def test_config_release_downloaded_and_applied_commit_confirmed(rig: Rig) -> None:
-    rig.write_config(rig.config_doc())
+    rig.write_config(rig.config_doc(confirm_within="4s"))
     rig.start()
-    new = _config_text(rig, poll="300ms")
+    new = _config_text(rig, poll="300ms", confirm_within="4s")
     row = rig.server.publish({"gateway.yaml": new}, name="site-a", version="2")
     rig.server.offer(row)
     done = rig.server.wait_state(row.release_id, "committed")
@@ -78,6 +78,18 @@ def test_config_release_downloaded_and_applied_commit_confirmed(rig: Rig) -> Non
                           str(rig.config_path)], capture_output=True, text=True, check=True)
     n = done.total
     assert f"ota: {row.release_id} committed, {n}/{n} chunks (100%)" in out.stdout, out.stdout
+
+    # a config release that cuts the gateway off the cloud (wrong broker port) is never
+    # confirmed: reverted by itself after ota.confirm_within, reported rolled_back once back
+    doc = rig.config_doc(poll="300ms", confirm_within="4s")
+    doc["uplink"]["broker"] = f"mqtts://127.0.0.1:{free_port()}"
+    cut = rig.server.publish({"gateway.yaml": yaml.safe_dump(doc, sort_keys=False).encode()},
+                             name="site-a", version="3")
+    rig.server.offer(cut)
+    st = rig.server.wait_state(cut.release_id, "rolled_back", timeout=40)
+    assert st.reason == "not_confirmed" and "not confirmed" in (st.detail or ""), st
+    assert rig.config_path.read_bytes() == new  # the previous release's file is back
+    assert ConfigApply(rig.config_path).committed_version() == f"ota:{row.release_id}"
 
 
 def test_resume_after_link_cut_and_restart_requests_only_missing_chunks(rig: Rig) -> None:

@@ -109,7 +109,7 @@ class ChunkServer:
             data = self.tamper.get((release, i), payload[i * size:(i + 1) * size])
             try:
                 self.down.send(GW, dl.OTA, ot.Chunk(release, i, data).body(), wait_puback=2.0)
-            except DownlinkError:
+            except (DownlinkError, RuntimeError):  # paho: "client is not currently connected"
                 continue  # link down: lost, like a chunk in flight on a cut line
             with self._lock:
                 self.chunks_sent += 1
