@@ -29,7 +29,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -41,6 +40,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import yaml
+from benchlib import background_devices, cloud_broker, pct
 from paho.mqtt.enums import CallbackAPIVersion
 
 import edgegw
@@ -48,12 +48,10 @@ from edgegw import pki
 from edgegw.ota import launcher
 from edgegw.protocol.release import DEFAULT_CHUNK_SIZE
 from edgegw.transport.mqtt_client import Client
-from edgegw_cloud.broker import ManagedBroker
 from edgegw_cloud.devmgmt import DeviceManager
 from edgegw_cloud.enrollment import provision_gateway
 from edgegw_cloud.ingest import run_ingest
 from edgegw_cloud.ota import ReleaseStore, publish_bundle
-from edgegw_cloud.pki_setup import init_data_dir
 from edgegw_cloud.rollout import RolloutStore
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,21 +60,8 @@ CEILING_GW = "bench-ceiling"
 CLOSED_WINDOW = "0 0 1 1 *"  # 1 January 00:00 UTC: the install waits, the download does not
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def pct(values: list[float], p: float) -> float | None:
-    if not values:
-        return None
-    values = sorted(values)
-    return round(values[min(len(values) - 1, int(p * len(values)))], 1)
-
-
 def summary(values: list[float]) -> dict[str, Any]:
-    return {"n": len(values), "p50": pct(values, 0.5), "p99": pct(values, 0.99),
+    return {"n": len(values), "p50": pct(values, 0.5, 1), "p99": pct(values, 0.99, 1),
             "max": round(max(values), 1) if values else None}
 
 
@@ -96,32 +81,20 @@ def make_bundle(d: Path, version: str, size: int) -> Path:
 
 def gateway_config(state: Path, identity: Path, broker: str, slots: Path, rate: int,
                    in_flight: int) -> dict[str, Any]:
-    devices: list[dict[str, Any]] = []
-    if rate:
-        per_device_points, devices_n = 10, 10
-        push_rate = rate / (per_device_points * devices_n)
-        devices = [
-            {"id": f"bg{i}", "driver": "sim",
-             "options": {"push_rate": push_rate, "burst": max(1, int(push_rate / 10)),
-                         "points": [{"name": f"p{j}"} for j in range(per_device_points)]}}
-            for i in range(devices_n)
-        ]
     return {
         "gateway": {"id": GW, "state_dir": str(state), "log_level": "warning"},
         "metrics": {"enabled": False},
         "uplink": {"enabled": True, "broker": broker, "identity_dir": str(identity)},
         "ota": {"slots": str(slots), "window": CLOSED_WINDOW, "chunks_in_flight": in_flight},
-        "devices": devices,
+        "devices": background_devices(rate) if rate else [],
     }
 
 
 class Cloud:
     def __init__(self, tmp: Path) -> None:
-        self.paths = init_data_dir(tmp / "cloud")
-        self.port = free_port()
-        self.broker = ManagedBroker(self.paths, self.port)
+        self.paths, self.broker, self.url = cloud_broker(tmp)
+        self.port = self.broker.port
         self.broker.start()
-        self.url = f"mqtts://127.0.0.1:{self.port}"
         self.stop_ingest = threading.Event()
         threading.Thread(target=run_ingest, args=(self.paths, self.broker.service_url,
                                                   self.stop_ingest), daemon=True).start()
