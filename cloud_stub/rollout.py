@@ -46,9 +46,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from apscheduler.triggers.cron import CronTrigger
-
 from edgegw.protocol import ota_transfer as ot
+from edgegw.protocol.cron import CronError, cron_trigger
 from edgegw_cloud.registry import Registry
 
 log = logging.getLogger("edgegw.cloud.rollout")
@@ -163,7 +162,7 @@ def threshold_exceeded(max_failures: str, failures: int, wave_size: int) -> bool
 
 
 def check_window(window: str | None) -> str | None:
-    """A 5-field cron expression (APScheduler's ``CronTrigger.from_crontab``) or None."""
+    """A 5-field crontab expression (the gateway's grammar, ``edgegw.protocol.cron``) or None."""
     if window is None or not window.strip():
         return None
     w = " ".join(window.split())
@@ -171,8 +170,8 @@ def check_window(window: str | None) -> str | None:
         raise RolloutError(f"--window {window!r}: a cron expression has 5 fields "
                            "(minute hour day month weekday), e.g. '0-59 2-4 * * *'")
     try:
-        CronTrigger.from_crontab(w, timezone="UTC")
-    except ValueError as exc:
+        cron_trigger(w)
+    except CronError as exc:
         raise RolloutError(f"--window {window!r}: {exc}") from None
     return w
 
