@@ -3,7 +3,10 @@
 W1: one Modbus TCP endpoint, unit ids 1..10, 100 holding registers each, all changing every
     100 ms (``bench/register_plant.py``), polled at 1 s (1k readings/s).
 W2: the same polled at 100 ms (10k readings/s).
-W3: ``--endpoints`` endpoints x 10 unit ids x 100 registers at 100 ms (100k readings/s with 10).
+W3: 10 endpoints x 10 unit ids x 100 registers at 100 ms (100k readings/s).
+M:  memory (goal 4): 10 endpoints x 10 unit ids x 20 registers at 1 s (100 devices x 20 points).
+``--imports`` also prints the import floor: RSS after each import group of the daemon's path,
+in a fresh interpreter (RSS includes shared libraries; USS/PSS of the daemon are reported too).
 
 Everything is real and on loopback: the cloud stub (managed Mosquitto with mTLS + ACL, the
 ingest in a thread of this process, the SQLite cloud store), a provisioned gateway identity,
@@ -56,7 +59,55 @@ WORKLOADS: dict[str, dict[str, Any]] = {
     "W2": {"endpoints": 1, "period": 0.1, "goal_lag_p99_ms": 100, "goal_cpu_percent": 8.0,
            "goal_rss_mb": 45},
     "W3": {"endpoints": 10, "period": 0.1, "goal_cpu_percent": 60.0, "goal_rss_mb": 80},
+    "M": {"endpoints": 10, "period": 1.0, "registers": 20, "goal_cpu_percent": 100.0,
+          "goal_rss_mb": 45},
 }
+IMPORT_GROUPS = [
+    ("asyncio + ssl (OpenSSL)", "asyncio, ssl"),
+    ("sqlite3", "sqlite3"),
+    ("pydantic", "pydantic"),
+    ("yaml", "yaml"),
+    ("cryptography AESGCM", "cryptography.hazmat.primitives.ciphers.aead"),
+    ("cryptography x509", "cryptography.x509"),
+    ("paho-mqtt", "paho.mqtt.client"),
+    ("snappy (cramjam)", "snappy"),
+    ("pymodbus client", "pymodbus.client"),
+    ("edgegw.config (models, edge config)", "edgegw.config"),
+    ("edgegw runtime (supervisor)", "edgegw.runtime.supervisor"),
+    ("edgegw run command", "edgegw.commands.run"),
+    ("modbus driver", "edgegw.drivers.modbus"),
+]
+_IMPORT_PROBE = """
+import json, sys
+def rss():
+    for line in open('/proc/self/status'):
+        if line.startswith('VmRSS'):
+            return int(line.split()[1]) / 1024
+out = [('python', round(rss(), 1))]
+for label, mods in json.loads(sys.argv[1]):
+    for m in mods.split(', '):
+        __import__(m)
+    out.append((label, round(rss(), 1)))
+out.append(('modules', len(sys.modules)))
+print(json.dumps(out))
+"""
+
+
+def import_floor() -> dict[str, Any]:
+    """RSS (MB) after each import group, cumulative, in a fresh interpreter."""
+    res = subprocess.run([sys.executable, "-c", _IMPORT_PROBE, json.dumps(IMPORT_GROUPS)],
+                         capture_output=True, text=True, check=True, cwd=ROOT)
+    rows = json.loads(res.stdout)
+    out: dict[str, Any] = {}
+    prev = 0.0
+    for label, value in rows:
+        if label == "modules":
+            out["modules_imported"] = value
+            continue
+        out[label] = {"rss_mb": value, "added_mb": round(value - prev, 1)}
+        prev = value
+    return out
+
 UNITS = 10
 REGISTERS = 100
 
@@ -97,7 +148,7 @@ def wait_file(path: Path, timeout: float) -> None:
         time.sleep(0.05)
 
 
-def gateway_config(state: Path, broker: str, ports: list[int], period: float,
+def gateway_config(state: Path, broker: str, ports: list[int], period: float, registers: int,
                    extra_batch: dict[str, Any]) -> dict[str, Any]:
     devices = [
         {
@@ -107,7 +158,7 @@ def gateway_config(state: Path, broker: str, ports: list[int], period: float,
             "options": {
                 "transport": "tcp", "host": "127.0.0.1", "port": port, "unit_id": u,
                 "points": [{"name": f"r{a}", "kind": "holding", "address": a, "type": "uint16"}
-                           for a in range(REGISTERS)],
+                           for a in range(registers)],
             },
         }
         for e, port in enumerate(ports)
@@ -125,9 +176,36 @@ def gateway_config(state: Path, broker: str, ports: list[int], period: float,
     return cfg
 
 
+def profile_summary(raw: Path, top: int = 25) -> dict[str, Any]:
+    """Self and inclusive sample shares per function from py-spy's collapsed stacks."""
+    total = 0
+    self_n: dict[str, int] = {}
+    incl: dict[str, int] = {}
+    for line in raw.read_text().splitlines():
+        stack, _, n_s = line.rpartition(" ")
+        if not stack:
+            continue
+        n = int(n_s)
+        total += n
+        frames = [f.split(" (")[0] + " (" + f.split(" (")[-1].split(":")[0].rsplit("/", 1)[-1]
+                  + ")" if " (" in f else f for f in stack.split(";")]
+        self_n[frames[-1]] = self_n.get(frames[-1], 0) + n
+        for f in set(frames):
+            incl[f] = incl.get(f, 0) + n
+
+    def share(d: dict[str, int]) -> dict[str, float]:
+        best = sorted(d.items(), key=lambda kv: -kv[1])[:top]
+        return {k: round(100 * v / total, 1) for k, v in best}
+
+    return {"samples": total, "self_percent": share(self_n), "inclusive_percent": share(incl)}
+
+
 def run_workload(name: str, seconds: float, warmup: float,
-                 extra_batch: dict[str, Any]) -> dict[str, Any]:
+                 extra_batch: dict[str, Any], profile: Path | None = None,
+                 extra_env: dict[str, str] | None = None) -> dict[str, Any]:
+    extra_env = extra_env or {}
     spec = WORKLOADS[name]
+    registers = spec.get("registers", REGISTERS)
     tmp = Path(tempfile.mkdtemp(prefix=f"edgegw-{name}-"))
     os.chmod(tmp, 0o711)  # Mosquitto drops to its own user: the data dir must be enterable
     stop = threading.Event()
@@ -137,7 +215,7 @@ def run_workload(name: str, seconds: float, warmup: float,
         ports_file = tmp / "ports.json"
         plant = subprocess.Popen(
             [sys.executable, str(ROOT / "bench" / "register_plant.py"), "--endpoints",
-             str(spec["endpoints"]), "--units", str(UNITS), "--registers", str(REGISTERS),
+             str(spec["endpoints"]), "--units", str(UNITS), "--registers", str(registers),
              "--ports-file", str(ports_file)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         paths = init_data_dir(tmp / "cloud")
@@ -154,16 +232,27 @@ def run_workload(name: str, seconds: float, warmup: float,
         ports = json.loads(ports_file.read_text())["ports"]
         cfg = tmp / "gateway.yaml"
         cfg.write_text(yaml.safe_dump(gateway_config(state, url, ports, spec["period"],
-                                                     extra_batch)))
+                                                     registers, extra_batch)))
         gw = subprocess.Popen(
             [sys.executable, "-m", "edgegw.cli", "run", "-c", str(cfg), "--drain-timeout", "30"],
-            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env=os.environ | extra_env)
         proc = psutil.Process(gw.pid)
         time.sleep(warmup)  # warm-up window of a benchmark (imports, TLS), not synchronisation
         t_start = time.time_ns() // 1_000_000
+        spy = None
+        if profile is not None:
+            profile.mkdir(parents=True, exist_ok=True)
+            spy = subprocess.Popen(
+                [str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(gw.pid), "-d",
+                 str(int(seconds)), "-r", "100", "-f", "raw", "-o",
+                 str(profile / f"{name}.txt")],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         c0 = proc.cpu_times()
         time.sleep(seconds)  # the measurement window
         c1 = proc.cpu_times()
+        if spy is not None:
+            spy.wait(60)
         t_end = time.time_ns() // 1_000_000
         mem = proc.memory_full_info()
         gw.send_signal(signal.SIGTERM)
@@ -183,12 +272,12 @@ def run_workload(name: str, seconds: float, warmup: float,
                     if seq in received and (GW, seq) in COMMITTED]
         devices = spec["endpoints"] * UNITS
         polls = round(devices * (t_end - t_start) / 1000 / spec["period"])
-        expected = polls * REGISTERS
+        expected = polls * registers
         cpu = 100 * ((c1.user - c0.user) + (c1.system - c0.system)) / ((t_end - t_start) / 1000)
         res: dict[str, Any] = {
             "workload": name,
             "devices": devices,
-            "registers_per_device": REGISTERS,
+            "registers_per_device": registers,
             "poll_period_s": spec["period"],
             "window_s": round((t_end - t_start) / 1000, 1),
             "readings_expected": expected,
@@ -207,6 +296,7 @@ def run_workload(name: str, seconds: float, warmup: float,
                                            "p99": pct(in_cloud, 0.99)},
             "batches_stored": len({seq for seq, _ in rows}),
             "batch_settings": extra_batch or "defaults",
+            "gateway_env": extra_env or None,
         }
         goals: dict[str, Any] = {}
         if "goal_lag_p99_ms" in spec:
@@ -219,8 +309,10 @@ def run_workload(name: str, seconds: float, warmup: float,
             goals["rss_mb"] = {"goal": spec["goal_rss_mb"], "met": res["rss_mb"] <= spec[
                 "goal_rss_mb"]}
         # the window's edges cut polls: one poll per device of slack
-        goals["delivered_100_percent"] = {"met": len(rows) >= expected - devices * REGISTERS}
+        goals["delivered_100_percent"] = {"met": len(rows) >= expected - devices * registers}
         res["goals"] = goals
+        if profile is not None and (profile / f"{name}.txt").exists():
+            res["profile"] = profile_summary(profile / f"{name}.txt")
         return res
     finally:
         stop.set()
@@ -240,12 +332,19 @@ def main() -> None:
     p.add_argument("--warmup", type=float, default=5.0)
     p.add_argument("--batch", default="", help="batch settings as YAML flow, e.g. "
                    "'{max_age: 250ms, quiet: 0}' (default: the defaults)")
+    p.add_argument("--profile", type=Path, default=None,
+                   help="py-spy the gateway during the window; collapsed stacks to DIR/W.txt")
+    p.add_argument("--imports", action="store_true", help="also print the import floor")
+    p.add_argument("--env", action="append", default=[], help="NAME=VALUE for the gateway")
     a = p.parse_args()
+    env = dict(e.split("=", 1) for e in a.env)
     extra = yaml.safe_load(a.batch) if a.batch else {}
     out = {"machine": f"{os.cpu_count()} cores, loaded (timings: loaded 2-core machine)",
            "load_avg": [round(x, 1) for x in os.getloadavg()],
-           "results": [run_workload(w.strip(), a.seconds, a.warmup, extra)
+           "results": [run_workload(w.strip(), a.seconds, a.warmup, extra, a.profile, env)
                        for w in a.workloads.split(",") if w.strip()]}
+    if a.imports:
+        out["import_floor"] = import_floor()
     print(json.dumps(out, indent=1))
 
 
