@@ -34,8 +34,8 @@ async def _pipeline(state: Path, *, quiet: float, min_interval: float) -> tuple[
     return Pipeline(batcher), outbox, thread
 
 
-async def _until(pred: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
+async def _until(pred: Callable[[], bool], within: float, what: str) -> None:
+    deadline = time.monotonic() + within
     while not pred():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         await asyncio.sleep(0.005)
