@@ -200,6 +200,24 @@ def profile_summary(raw: Path, top: int = 25) -> dict[str, Any]:
     return {"samples": total, "self_percent": share(self_n), "inclusive_percent": share(incl)}
 
 
+def scheduler_summary(status: Path) -> dict[str, Any]:
+    """Polls, skipped slots and lateness from the gateway's status.json (written every few s)."""
+    try:
+        st = json.loads(status.read_text())["stats"]
+    except (OSError, ValueError, KeyError):
+        return {}
+    polls = skipped = failures = 0
+    late_p99 = 0.0
+    for bus in st.get("scheduler", {}).get("buses", {}).values():
+        for d in bus.get("devices", {}).values():
+            polls += int(d.get("polls", 0))
+            failures += int(d.get("failures", 0))
+            skipped += int(d.get("skipped_slots", 0))
+            late_p99 = max(late_p99, float(d.get("lateness_p99_s", 0.0)))
+    return {"polls": polls, "poll_failures": failures, "skipped_slots": skipped,
+            "worst_device_lateness_p99_ms": round(late_p99 * 1000, 1)}
+
+
 def run_workload(name: str, seconds: float, warmup: float,
                  extra_batch: dict[str, Any], profile: Path | None = None,
                  extra_env: dict[str, str] | None = None) -> dict[str, Any]:
@@ -255,6 +273,7 @@ def run_workload(name: str, seconds: float, warmup: float,
             spy.wait(60)
         t_end = time.time_ns() // 1_000_000
         mem = proc.memory_full_info()
+        sched = scheduler_summary(state / "status.json")
         gw.send_signal(signal.SIGTERM)
         gw.wait(90)
         stop.set()
@@ -295,6 +314,7 @@ def run_workload(name: str, seconds: float, warmup: float,
             "batch_ms_receive_to_commit": {"p50": pct(in_cloud, 0.5),
                                            "p99": pct(in_cloud, 0.99)},
             "batches_stored": len({seq for seq, _ in rows}),
+            "scheduler": sched,
             "batch_settings": extra_batch or "defaults",
             "gateway_env": extra_env or None,
         }
