@@ -256,7 +256,13 @@ def run_workload(name: str, seconds: float, warmup: float,
             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             env=os.environ | extra_env)
         proc = psutil.Process(gw.pid)
-        time.sleep(warmup)  # warm-up window of a benchmark (imports, TLS), not synchronisation
+        # the window starts once the gateway delivers (start-up under load can take long)...
+        deadline = time.monotonic() + 120
+        while not COMMITTED:
+            if time.monotonic() > deadline or gw.poll() is not None:
+                raise RuntimeError(f"{name}: the gateway delivered nothing within 120 s")
+            time.sleep(0.1)
+        time.sleep(warmup)  # ...plus a warm-up (caches, the series dictionary, TCP windows)
         t_start = time.time_ns() // 1_000_000
         spy = None
         if profile is not None:
