@@ -289,6 +289,13 @@ def run_workload(name: str, seconds: float, warmup: float,
                            " AND ts_ms < ?", (GW, t_start, t_end)).fetchall()
         received = dict(con.execute("SELECT seq, received_ms FROM batches WHERE gateway = ?",
                                     (GW,)).fetchall())
+        stored_total = con.execute("SELECT count(*) FROM readings WHERE gateway = ?",
+                                   (GW,)).fetchone()[0]
+        try:  # written again at the clean stop: everything the gateway sealed, whole run
+            sealed_total = json.loads((state / "status.json").read_text())["stats"][
+                "pipeline"]["readings_sealed"]
+        except (OSError, ValueError, KeyError):
+            sealed_total = None
         con.close()
         lags = [COMMITTED[(GW, seq)] - ts for seq, ts in rows if (GW, seq) in COMMITTED]
         # the split: reading -> the ingest's receive (gateway + broker), receive -> commit (cloud)
@@ -307,6 +314,9 @@ def run_workload(name: str, seconds: float, warmup: float,
             "window_s": round((t_end - t_start) / 1000, 1),
             "readings_expected": expected,
             "readings_stored": len(rows),
+            # whole run: sealed by the gateway vs stored in the cloud (lost = the difference)
+            "run_readings_sealed_by_gateway": sealed_total,
+            "run_readings_stored_in_cloud": stored_total,
             "delivered_percent": round(100 * len(rows) / expected, 1) if expected else None,
             "cpu_percent_one_core": round(cpu, 1),
             "rss_mb": round(mem.rss / 2**20, 1),
