@@ -289,8 +289,8 @@ def run_workload(name: str, seconds: float, warmup: float,
                            " AND ts_ms < ?", (GW, t_start, t_end)).fetchall()
         received = dict(con.execute("SELECT seq, received_ms FROM batches WHERE gateway = ?",
                                     (GW,)).fetchall())
-        stored_total = con.execute("SELECT count(*) FROM readings WHERE gateway = ?",
-                                   (GW,)).fetchone()[0]
+        stored_total = con.execute("SELECT coalesce(sum(readings), 0) FROM batches"
+                                   " WHERE gateway = ?", (GW,)).fetchone()[0]
         try:  # written again at the clean stop: everything the gateway sealed, whole run
             sealed_total = json.loads((state / "status.json").read_text())["stats"][
                 "pipeline"]["readings_sealed"]
