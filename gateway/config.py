@@ -64,6 +64,7 @@ from pydantic import (
 
 from edgegw.edge.config import AggregateConfig, AnomalyConfig, RuleConfig, validate_edge
 from edgegw.protocol.broker_url import BrokerUrl, parse_broker_url
+from edgegw.protocol.cron import CronError, cron_trigger
 from edgegw.protocol.identity import default_identity_dir
 from edgegw.protocol.suggest import did_you_mean
 from edgegw.sdk import Driver, DriverEntry, DriverOptions, Id
@@ -81,6 +82,7 @@ __all__ = [
     "GatewaySection",
     "HintedValueError",
     "MetricsConfig",
+    "OtaConfig",
     "OutboxConfig",
     "UplinkConfig",
     "check_config",
@@ -275,6 +277,48 @@ class UplinkConfig(_Section):
         return self.broker_url.port
 
 
+class OtaConfig(_Section):
+    """Over-the-air updates from the cloud (docs/ota.md "Transfer (gateway side)").
+
+    The gateway pulls a release in chunks: at most ``chunks_in_flight`` requested at a time,
+    paced by a token bucket of ``max_rate`` bytes/s of chunk payload (the cap for metered
+    links), a chunk not received within ``chunk_timeout`` is requested again. The install step
+    waits for the maintenance ``window`` (5-field cron, UTC: the install starts the next time it
+    fires; an offer's own window overrides it).
+    """
+
+    enabled: bool = Field(default=True, description="accept offers on the `ota` downlink kind")
+    max_rate: ByteSize | None = Field(
+        default=None, gt=0, description="bandwidth cap, bytes/s of chunk payload (null: none)"
+    )
+    window: str | None = Field(
+        default=None, description="maintenance window for the install step (cron, 5 fields, UTC)"
+    )
+    chunks_in_flight: int = Field(default=4, gt=0, le=64, description="requested, not received")
+    chunk_timeout: Duration = Field(default=15.0, gt=0, description="re-request after this")
+    slots: Path | None = Field(
+        default=None, description="A/B slots dir (default: EDGEGW_SLOTS, set by the launcher)"
+    )
+    confirm_within: Duration = Field(
+        default=60.0, gt=0, description="config releases: revert unless confirmed in this time"
+    )
+    labels: dict[str, str] = Field(
+        default_factory=dict, description="this gateway's labels (releases targeted by label)"
+    )
+
+    @field_validator("window")
+    @classmethod
+    def _cron(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                cron_trigger(v)  # the one grammar (edgegw.protocol.cron)
+            except CronError as exc:
+                raise HintedValueError(f"window: {exc}", "e.g. '0 2 * * *' = every day at "
+                                       "02:00 UTC; '* 2-4 * * 1-5' = 02:00-04:59 on weekdays"
+                                       ) from None
+        return v
+
+
 class BreakerConfig(_Section):
     """Per-device circuit breaker of the bus schedulers (a dead device never delays the others).
 
@@ -339,6 +383,7 @@ class GatewayConfig(_Section):
     devices: list[DeviceConfig] = Field(default_factory=list)
     rules: list[RuleConfig] = Field(default_factory=list)
     anomaly: list[AnomalyConfig] = Field(default_factory=list)
+    ota: OtaConfig = Field(default_factory=lambda: OtaConfig())
 
     _source: SourceMap | None = PrivateAttr(None)
     _data: dict[str, Any] = PrivateAttr(default_factory=dict)
@@ -416,6 +461,8 @@ class GatewayConfig(_Section):
             self.outbox.path = absolute(self.outbox.path)
         if self.uplink.identity_dir is not None:
             self.uplink.identity_dir = absolute(self.uplink.identity_dir)
+        if self.ota.slots is not None:
+            self.ota.slots = absolute(self.ota.slots)
 
 
 # --------------------------------------------------------------------------- error mapping

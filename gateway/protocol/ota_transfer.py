@@ -148,6 +148,13 @@ class State:
         return self.received / self.total if self.total else 0.0
 
 
+def is_safe_release_id(rel: str) -> bool:
+    """A release id usable as a folder name on the gateway (``name-version-kind-serial``:
+    ASCII letters, digits, ``.``, ``_``, ``-``; starts with a letter or digit; <= 200)."""
+    return (0 < len(rel) <= 200 and rel.isascii() and rel[0].isalnum()
+            and all(c.isalnum() or c in "._-" for c in rel))
+
+
 def _get(body: dict[str, Any], key: str, typ: type | tuple[type, ...], *,
          optional: bool = False) -> Any:
     value = body.get(key)
