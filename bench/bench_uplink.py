@@ -114,7 +114,8 @@ async def _poll(pred: Any, step: float) -> None:
 def raw_publish_ceiling(port: int, d: Path, gw: str, envelopes: list[bytes], window: int) -> float:
     """Seconds for paho to publish every envelope QoS1 and get every PUBACK (no ingest)."""
     c = mqtt.Client(
-        callback_api_version=CallbackAPIVersion.VERSION2, client_id=gw, protocol=mqtt.MQTTv5
+        callback_api_version=CallbackAPIVersion.VERSION2, client_id=pki.client_id(gw),
+        protocol=mqtt.MQTTv5,
     )
     c.tls_set_context(pki.make_tls_context(d / "ca.crt", d / "gateway.crt", d / "gateway.key"))
     c.max_inflight_messages_set(window)
@@ -132,7 +133,8 @@ def raw_publish_ceiling(port: int, d: Path, gw: str, envelopes: list[bytes], win
     t0 = time.perf_counter()
     for env in envelopes:
         c.publish(f"gw/{gw}/up/bench", env, qos=1)
-    done.wait(300)
+    if not done.wait(300):
+        raise RuntimeError(f"raw paho ceiling: {acked[0]} of {len(envelopes)} PUBACKs in 300 s")
     dt = time.perf_counter() - t0
     c.disconnect()
     c.loop_stop()
