@@ -407,14 +407,16 @@ class GatewayConfig(_Section):
         return self._source
 
     def release_source(self) -> None:
-        """Forget the YAML source map and the raw loaded data once the config is checked.
+        """Forget what only the check needs once the config is checked: the YAML source map,
+        the raw loaded data and the check's copy of the validated driver options.
 
-        Only ``check_config`` (error locations) reads them; the daemon calls this after its
-        check, as they are the biggest part of its config's resident memory (~5 MB at 100
-        devices x 20 points). A later ``check_config`` of this object reports locations as
-        ``<file>:0:0``."""
+        The daemon calls this after its check: they are the biggest part of its config's
+        resident memory (~5 MB at 100 devices x 20 points; the drivers validate and keep
+        their own options). A later ``check_config`` of this object reports locations as
+        ``<file>:0:0`` and fills ``options_for`` again."""
         self._source = None
         self._data = {}
+        self._options = {}
 
     @property
     def file(self) -> str | None:
