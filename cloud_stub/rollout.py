@@ -46,9 +46,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from apscheduler.triggers.cron import CronTrigger
-
 from edgegw.protocol import ota_transfer as ot
+from edgegw.protocol.cron import CronError, cron_trigger
 from edgegw_cloud.registry import Registry
 
 log = logging.getLogger("edgegw.cloud.rollout")
@@ -163,7 +162,7 @@ def threshold_exceeded(max_failures: str, failures: int, wave_size: int) -> bool
 
 
 def check_window(window: str | None) -> str | None:
-    """A 5-field cron expression (APScheduler's ``CronTrigger.from_crontab``) or None."""
+    """A 5-field crontab expression (the gateway's grammar, ``edgegw.protocol.cron``) or None."""
     if window is None or not window.strip():
         return None
     w = " ".join(window.split())
@@ -171,8 +170,8 @@ def check_window(window: str | None) -> str | None:
         raise RolloutError(f"--window {window!r}: a cron expression has 5 fields "
                            "(minute hour day month weekday), e.g. '0-59 2-4 * * *'")
     try:
-        CronTrigger.from_crontab(w, timezone="UTC")
-    except ValueError as exc:
+        cron_trigger(w)
+    except CronError as exc:
         raise RolloutError(f"--window {window!r}: {exc}") from None
     return w
 
@@ -578,8 +577,10 @@ class RolloutEngine:
     def __init__(self, store: RolloutStore, send: Sender,
                  offer_of: Callable[[str], tuple[bytes, bytes]], *,
                  online: Callable[[str], bool | None] = lambda gw: None,
+                 labels_of: Callable[[str], dict[str, str]] = lambda gw: {},
                  clock: Callable[[], float] = time.time, reoffer_s: float = 30.0) -> None:
         self.store = store
+        self.labels_of = labels_of
         self.send = send
         self.offer_of = offer_of
         self.online = online
@@ -715,7 +716,8 @@ class RolloutEngine:
             if self.store.auto_halt(r.id, reason, self._now()):
                 log.error("rollout %d halted: %s", r.id, reason)
             return
-        body = ot.Offer(r.id, r.release_id, manifest, sig, r.window).body()
+        body = ot.Offer(r.id, r.release_id, manifest, sig, r.window,
+                        self.labels_of(t.gateway)).body()
         sent = self.send(t.gateway, body)
         self.store.mark_offer(r.id, t.gateway, self._now(), sent)
         self._count("offers_sent" if sent else "offers_unsent")

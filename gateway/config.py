@@ -303,7 +303,9 @@ class OtaConfig(_Section):
         default=60.0, gt=0, description="config releases: revert unless confirmed in this time"
     )
     labels: dict[str, str] = Field(
-        default_factory=dict, description="this gateway's labels (releases targeted by label)"
+        default_factory=dict,
+        description="local labels for label-targeted releases; the registry's labels, sent "
+        "with each offer by the cloud, take precedence",
     )
 
     @field_validator("window")
