@@ -25,8 +25,12 @@ Invariants (see docs/delivery.md for the whole story):
 - One paho client per connection (clean start, no broker session): nothing of a dead connection
   leaks into the next one. paho's network loop runs in paho's thread; every callback is handed to
   the event loop with ``call_soon_threadsafe`` and tagged with its connection generation.
-- Reconnect: exponential backoff with full jitter, delay = uniform(0, min(max, min * 2**n));
-  n resets only after a connection stayed up ``stable_after`` seconds.
+- Reconnect (``edgegw.uplink.reconnect``): exponential backoff with full jitter, delay =
+  uniform(0, min(max, min * 2**n)); n resets only after a connection stayed up
+  ``stable_after`` seconds. After a TCP-level failure (nothing accepted the connection) the
+  wait also probes the broker with a bare TCP connect every ``probe_interval`` x U(1, 2) and
+  connects after a random spread U(0, ``reconnect_spread``) once a probe succeeds; refusals
+  and failures after TCP (TLS, CONNACK, lost connections) stay on the plain backoff.
 - ``online`` on connect, last will ``offline`` on ``gw/{id}/up/status``. Not retained: the
   broker refuses retained messages (``retain_available false``, docs/security.md), so nothing
   can park data in it; a watcher subscribes before it needs the transitions.
@@ -62,9 +66,10 @@ from edgegw.protocol import topics
 from edgegw.protocol.ack import AckStatus, decode_acks
 from edgegw.protocol.broker_url import BrokerUrlError, parse_broker_url
 from edgegw.protocol.identity import Identity
-from edgegw.transport.mqtt_client import Client
+from edgegw.transport.mqtt_client import Client, TcpConnectError
 from edgegw.uplink.flow import LinkEstimate
 from edgegw.uplink.outbox_io import AsyncOutbox
+from edgegw.uplink.reconnect import ReconnectPolicy
 
 log = logging.getLogger("edgegw.uplink")
 
@@ -153,8 +158,10 @@ class Uplink:
         ack_timeout: float = 10.0,
         keepalive: float = 30,
         backoff_min: float = 0.5,
-        backoff_max: float = 30,
+        backoff_max: float = 10,
         stable_after: float = 20,
+        probe_interval: float = 1.0,
+        reconnect_spread: float = 1.0,
         poll_interval: float = 0.05,
         max_attempts: int = 10,
         stuck_after: float | None = None,
@@ -189,6 +196,11 @@ class Uplink:
         self._last_progress = 0.0  # monotonic: last delivered ack, or start of waiting
         self._stuck_warned = False
         self._rng = rng or random.Random()
+        self.reconnect = ReconnectPolicy(backoff_min, backoff_max, probe_interval,
+                                         reconnect_spread, self._rng)
+        #: loop times of the last connect attempt's start and of the last CONNACK accepted
+        self.last_attempt_at = 0.0
+        self.last_connected_at = 0.0
         self._topic_batch = topics.up_batch(gateway_id)
         self._topic_status = topics.up_status(gateway_id)
         self._topic_ack = topics.down_ack(gateway_id)
@@ -211,10 +223,9 @@ class Uplink:
         self._cooldown: dict[int, float] = {}  # seq -> monotonic time it may be sent again
         self._settling: set[int] = set()  # settled here, outbox thread not done yet
         self._refusals = 0  # consecutive broker/ingest refusals (drives the hold-back delay)
-        self._attempt = 0  # reconnect backoff exponent
-        self._backoff_now = 0.0
         self._auth_failing = False
         self._unreachable = False
+        self._tcp_failed = False  # nothing accepted TCP on the last attempt: probe while waiting
         self._tasks: set[asyncio.Task[None]] = set()
         # device management (edgegw.device.downlink): other messages on gw/{id}/down/#
         self._downlink: Callable[[str, bytes], None] | None = None
@@ -282,7 +293,9 @@ class Uplink:
             "stuck_warnings": c.stuck_warnings,
             "inflight": len(self._inflight),
             "held_back": len(self._cooldown),
-            "backoff_s": self._backoff_now,
+            "backoff_s": self.reconnect.delay,
+            "probes": self.reconnect.probes,
+            "probe_hits": self.reconnect.probe_hits,
             "last_ack_ms": c.last_ack_ms,
             "puback_reasons": dict(c.puback_reasons),
         }
@@ -297,12 +310,10 @@ class Uplink:
             while True:
                 stayed_up = await self._session()
                 if stayed_up >= self.stable_after:
-                    self._attempt = 0
-                cap = min(self.backoff_max, self.backoff_min * (2**self._attempt))
-                self._attempt = min(self._attempt + 1, 32)
-                self._backoff_now = self._rng.uniform(0, cap)
-                log.debug("reconnecting in %.2f s (attempt %d)", self._backoff_now, self._attempt)
-                await asyncio.sleep(self._backoff_now)  # backoff delay, not synchronisation
+                    self.reconnect.reset()
+                how = await self.reconnect.wait(self.host, self.port, probe=self._tcp_failed)
+                log.debug("reconnecting after %s (backoff %.2f s, attempt %d)", how,
+                          self.reconnect.delay, self.reconnect.attempt)
         finally:
             if self._tasks:  # let pending settles reach the outbox thread
                 await asyncio.gather(*list(self._tasks), return_exceptions=True)
@@ -362,6 +373,8 @@ class Uplink:
         self._connack: asyncio.Future[tuple[int, str]] = loop.create_future()
         self._suback: asyncio.Future[int] = loop.create_future()
         self.c.connect_attempts += 1
+        self._tcp_failed = False
+        self.last_attempt_at = loop.time()
         client = self._new_client(gen, loop)
         self._client = client
         try:
@@ -385,6 +398,7 @@ class Uplink:
             return 0.0
         except OSError as exc:
             self.c.connect_failures += 1
+            self._tcp_failed = isinstance(exc, TcpConnectError)
             if not self._unreachable:
                 log.info("broker %s:%d unreachable: %s", self.host, self.port, exc)
                 self._unreachable = True
@@ -433,7 +447,7 @@ class Uplink:
                 self.c.connect_failures += 1
                 self._auth_failed(f"broker refused the connection: CONNACK 0x{rc:02X} {rc_name}")
                 return 0.0
-            connected_at = loop.time()
+            connected_at = self.last_connected_at = loop.time()
             self._connected = True
             self.c.connects += 1
             if self._auth_failing or self._unreachable:
