@@ -322,7 +322,11 @@ class Soak:
             store.close()
         outbox_left = self._outbox_rows()
         stored: dict[tuple[str, int], list[int]] = defaultdict(list)
+        not_good = 0
         for dev, value, ts in rows:
+            if value is None:  # a failed poll: a quality change (comm_error), no value
+                not_good += 1
+                continue
             stored[(dev, int(value))].append(int(ts))
         intervals = sorted((g["from_ts_ms"], g["to_ts_ms"], g["reason"]) for g in gaps)
         margin = 1000  # poll ts vs the plant's clock: same host, same wall clock
@@ -348,6 +352,8 @@ class Soak:
             return None
 
         once = twice = ts_mismatch = 0
+        mismatch_examples: list[tuple[int, int, int, int, list[int]]] = []
+        stamp_delays: list[int] = []
         in_gaps: Counter[str] = Counter()
         missing: list[tuple[int, int, int]] = []
         served_keys = set()
@@ -358,9 +364,15 @@ class Soak:
             if n == 1:
                 once += 1
                 ts = stored[key][0]
-                # the poll is stamped after the response: allow a slow answer (timeout 1 s)
-                if not any(abs(ts - (t + off)) <= 2 * margin for off in offsets(t)):
+                # the poll is stamped after the response (late on a loaded machine): the check
+                # tells the clock offsets apart (40 s steps) and the delay is reported
+                late = min(ts - (t + off) for off in offsets(t))
+                if not any(abs(ts - (t + off)) <= CLOCK_STEP_S * 1000 // 4
+                           for off in offsets(t)):
                     ts_mismatch += 1
+                    mismatch_examples.append((unit, value, t, ts, sorted(offsets(t))))
+                else:
+                    stamp_delays.append(late)
             elif n > 1:
                 twice += 1
             else:
@@ -378,7 +390,12 @@ class Soak:
             "lost_outside_any_gap": len(missing),
             "lost_examples": missing[:5],
             "stored_but_never_served": len(phantom),
+            "stored_quality_changes_without_value": not_good,
             "stored_ts_not_the_gateway_clock": ts_mismatch,
+            "ts_mismatch_examples": mismatch_examples[:5],
+            "poll_stamp_after_serve_ms": {
+                "p50": sorted(stamp_delays)[len(stamp_delays) // 2] if stamp_delays else None,
+                "max": max(stamp_delays) if stamp_delays else None},
             "seq_conflicts": conflicts,
             "outbox_rows_after_drain": outbox_left,
             "gap_records": Counter(g["reason"] for g in gaps),
