@@ -1,7 +1,8 @@
 """A wall clock that can be stepped back for one process tree: Debian's libfaketime.
 
-``SteppedClock.env()`` preloads libfaketime with ``FAKETIME_TIMESTAMP_FILE`` (a relative offset
-in seconds, re-read on every call: ``FAKETIME_NO_CACHE``, ~20 us per wall-clock read) and
+``SteppedClock.env()`` preloads libfaketime (its thread-safe build) with
+``FAKETIME_TIMESTAMP_FILE`` (a relative offset in seconds, re-read on every call:
+``FAKETIME_NO_CACHE``, ~20 us per wall-clock read) and
 ``FAKETIME_DONT_FAKE_MONOTONIC``: an NTP step moves CLOCK_REALTIME, never CLOCK_MONOTONIC, and
 the runtime's schedules use the monotonic clock. ``step(-40)`` moves the child's wall clock
 40 s back at once; OpenSSL's certificate checks see the stepped clock too (our certificates
@@ -22,9 +23,12 @@ from pathlib import Path
 
 
 def libfaketime() -> str:
-    found = sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1"))
+    # the MT variant: in a multi-threaded process (the daemon has an outbox thread, paho's
+    # thread, executors) libfaketime.so.1 returned the UNSTEPPED time for ~1 in 3000 calls of
+    # 4 threads here (a race over its parsed offset); libfaketimeMT.so.1: none in 240 000
+    found = sorted(glob.glob("/usr/lib/*/faketime/libfaketimeMT.so.1"))
     if not found:
-        raise RuntimeError("libfaketime.so.1 not found: install Debian package libfaketime "
+        raise RuntimeError("libfaketimeMT.so.1 not found: install Debian package libfaketime "
                            "(in the Makefile's APT_PACKAGES; `make system-deps`)")
     return found[0]
 
