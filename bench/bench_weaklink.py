@@ -20,6 +20,8 @@ Scenarios (``--scenario``):
 - ``curve``: bytes/reading for W1, W2 (100 ms polling) and noisy analog data at 16, 64, 256
   kbit/s and 10 Mbit/s (the JSON peer at 64 kbit/s and 10 Mbit/s; its bytes do not depend on
   the link).
+- ``tls``: one reconnect's bytes on the link and time to CONNACK, full mTLS handshake vs a
+  resumed TLS session (``--connections`` each).
 - ``catchup``: W1 plus alarm devices whose rules raise an alert every few seconds; after the
   warm-up the link is cut for ``--cut`` seconds (600 = the issue's 10 minutes), then restored:
   drain time of the backlog while live readings keep flowing, bytes/reading of the drain vs
@@ -28,7 +30,8 @@ Scenarios (``--scenario``):
 
     python bench/bench_weaklink.py --scenario w1 [--seconds 90]
     python bench/bench_weaklink.py --scenario curve [--seconds 45]
-    python bench/bench_weaklink.py --scenario catchup [--cut 600]
+    python bench/bench_weaklink.py --scenario catchup [--cut 600] [--alarms 8 --backoff-max 3]
+    python bench/bench_weaklink.py --scenario tls [--connections 5]
 """
 
 from __future__ import annotations
@@ -508,9 +511,80 @@ def catchup_run(rate_bps: float, rtt: float, warmup: float, cut: float,
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+# --------------------------------------------------------------------------- TLS resumption
+def tls_run(rate_bps: float, rtt: float, n: int) -> dict[str, Any]:
+    """Bytes on the link and time to CONNACK of a connection (TCP payload both ways: TLS
+    handshake, MQTT CONNECT/CONNACK, DISCONNECT, TLS close), mTLS with our certificates: a
+    full handshake (a new TLS context each time, as before issue 15) vs a resumed one (the
+    uplink's ``TlsSessions``: the session of the previous connection offered again)."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from edgegw import pki
+    from edgegw.transport.mqtt_client import Client, TlsSessions
+
+    tmp = Path(tempfile.mkdtemp(prefix="edgegw-weak-tls-"))
+    os.chmod(tmp, 0o711)
+    cloud = CloudRig(tmp)
+    emu = LinkEmulator(cloud.port, rate=rate_bps / 8, delay=rtt / 2, buffer=64 * 1024).start()
+    ident = tmp / "gw"
+    provision_gateway(cloud.paths, GW, ident, broker=cloud.url)
+
+    def context() -> TlsSessions:
+        return TlsSessions(pki.make_tls_context(ident / "ca.crt", ident / "gateway.crt",
+                                                ident / "gateway.key"))
+
+    def connect_once(tls: TlsSessions) -> tuple[int, int, float, bool]:
+        c0 = emu.counters()
+        connected = threading.Event()
+        client = Client(callback_api_version=CallbackAPIVersion.VERSION2,
+                        client_id=pki.client_id(GW), protocol=mqtt.MQTTv5)
+        client.tls_set_context(tls.context)
+        client.tls_sessions = tls
+        client.on_connect = lambda *_a: connected.set()
+        resumed0 = tls.resumed
+        t0 = time.monotonic()
+        client.connect("127.0.0.1", emu.port, keepalive=60)
+        client.loop_start()
+        if not connected.wait(30):
+            raise RuntimeError("no CONNACK through the link emulator")
+        took = time.monotonic() - t0
+        client.disconnect()
+        client.loop_stop()
+        time.sleep(2 * rtt + 0.5)  # let the last bytes cross the link before counting
+        c1 = emu.counters()
+        return (c1["up_bytes"] - c0["up_bytes"], c1["down_bytes"] - c0["down_bytes"], took,
+                tls.resumed > resumed0)
+
+    try:
+        out: dict[str, Any] = {}
+        shared = context()
+        for mode in ("full", "resumed"):
+            rows = []
+            connect_once(shared)  # warm-up (and, for "resumed", the session to resume)
+            for _ in range(n):
+                rows.append(connect_once(context() if mode == "full" else shared))
+            out[mode] = {
+                "connections": n,
+                "resumed": sum(r[3] for r in rows),
+                "up_bytes": round(sum(r[0] for r in rows) / n),
+                "down_bytes": round(sum(r[1] for r in rows) / n),
+                "connack_ms_p50": round(1000 * sorted(r[2] for r in rows)[n // 2]),
+            }
+        full, res = out["full"], out["resumed"]
+        out["saved_bytes_per_reconnect"] = (full["up_bytes"] + full["down_bytes"]
+                                            - res["up_bytes"] - res["down_bytes"])
+        return out
+    finally:
+        emu.stop()
+        cloud.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--scenario", choices=["w1", "curve", "catchup"], default="w1")
+    p.add_argument("--scenario", choices=["w1", "curve", "catchup", "tls"], default="w1")
+    p.add_argument("--connections", type=int, default=5, help="tls: connections per mode")
     p.add_argument("--seconds", type=float, default=60.0)
     p.add_argument("--warmup", type=float, default=20.0)
     p.add_argument("--cut", type=float, default=600.0)
@@ -561,6 +635,8 @@ def main() -> None:
                 print(json.dumps({wl: {f"json_peer_{kbit:g}k": r}}), file=sys.stderr, flush=True)
             curve[wl] = row
         out["curve"] = curve
+    elif a.scenario == "tls":
+        out["tls_reconnect"] = tls_run(64_000, a.rtt, a.connections)
     else:
         out["catchup"] = catchup_run(64_000, a.rtt, a.warmup, a.cut, a.limit, a.alarms,
                                      a.backoff_max)
