@@ -34,6 +34,9 @@ Invariants (see docs/delivery.md for the whole story):
   bandwidth-delay product, see ``flow``); the alert lane comes first and may exceed it by a
   small headroom, so an alert never queues behind more than ~2 round trips of telemetry
   (in the TLS stream, the broker and the ingest).
+- TLS: one ``SSLContext`` across connections, rebuilt when the identity files change
+  (renewal); each reconnect offers the previous TLS session (``transport.mqtt_client``), so a
+  reconnect does not send the certificates again; verification is unchanged (docs/security.md).
 - MQTT v5 topic alias for the batch topic once the broker allows one (saves the topic name in
   every PUBLISH); ``on_delivered`` (optional) hears every seq the cloud acked DELIVERED.
 """
