@@ -21,7 +21,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -32,44 +31,17 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from benchlib import background_devices, cloud_broker, pct
 
-from edgegw_cloud.broker import ManagedBroker
 from edgegw_cloud.enrollment import provision_gateway
 from edgegw_cloud.ingest import run_ingest
-from edgegw_cloud.pki_setup import init_data_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 GW = "bench-gw"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def pct(values: list[int], p: float) -> int | None:
-    if not values:
-        return None
-    values = sorted(values)
-    return values[min(len(values) - 1, int(p * len(values)))]
-
-
 def config(state: Path, identity: Path, broker: str, rate: int, alarms: int) -> dict[str, Any]:
-    per_device_points, devices_n = 10, 10
-    push_rate = rate / (per_device_points * devices_n)  # samples/s per point
-    devices: list[dict[str, Any]] = [
-        {
-            "id": f"bg{i}",
-            "driver": "sim",
-            "options": {
-                "push_rate": push_rate,
-                "burst": max(1, int(push_rate / 10)),  # one burst per 100 ms
-                "points": [{"name": f"p{j}"} for j in range(per_device_points)],
-            },
-        }
-        for i in range(devices_n)
-    ]
+    devices = background_devices(rate)
     rules = []
     for a in range(alarms):
         devices.append(
@@ -120,11 +92,8 @@ def main() -> None:
     stop = threading.Event()
     broker = None
     try:
-        paths = init_data_dir(tmp / "cloud")
-        port = free_port()
-        broker = ManagedBroker(paths, port)
+        paths, broker, url = cloud_broker(tmp)
         broker.start()
-        url = f"mqtts://127.0.0.1:{port}"
         ingest = threading.Thread(
             target=run_ingest, args=(paths, broker.service_url, stop), daemon=True
         )

@@ -22,7 +22,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -34,49 +33,28 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import yaml
+from benchlib import background_devices, cloud_broker, pct
 from paho.mqtt.enums import CallbackAPIVersion
 from pymodbus.client import ModbusTcpClient
 
 from edgegw import pki
 from edgegw.transport.mqtt_client import Client
-from edgegw_cloud.broker import ManagedBroker
 from edgegw_cloud.devmgmt import DeviceManager
 from edgegw_cloud.enrollment import provision_gateway
 from edgegw_cloud.ingest import run_ingest
-from edgegw_cloud.pki_setup import init_data_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 SIM = ROOT / "tests" / "modbus" / "modbus_sim.py"
 GW = "bench-gw"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def pct(values: list[float], p: float) -> float | None:
-    if not values:
-        return None
-    values = sorted(values)
-    return round(values[min(len(values) - 1, int(p * len(values)))], 2)
-
-
 def summary(values: list[float]) -> dict[str, Any]:
-    return {"n": len(values), "p50": pct(values, 0.5), "p99": pct(values, 0.99),
+    return {"n": len(values), "p50": pct(values, 0.5, 2), "p99": pct(values, 0.99, 2),
             "max": round(max(values), 2) if values else None}
 
 
 def config(state: Path, identity: Path, broker: str, rate: int, port: int) -> dict[str, Any]:
-    per_device_points, devices_n = 10, 10
-    push_rate = rate / (per_device_points * devices_n)
-    devices: list[dict[str, Any]] = [
-        {"id": f"bg{i}", "driver": "sim",
-         "options": {"push_rate": push_rate, "burst": max(1, int(push_rate / 10)),
-                     "points": [{"name": f"p{j}"} for j in range(per_device_points)]}}
-        for i in range(devices_n)
-    ]
+    devices = background_devices(rate)
     devices.append({
         "id": "boiler", "driver": "modbus", "poll": "100ms", "timeout": "1s",
         "options": {"transport": "tcp", "host": "127.0.0.1", "port": port, "unit_id": 1,
@@ -145,11 +123,8 @@ def main() -> None:
     stop = threading.Event()
     broker = plant = gw = None
     try:
-        paths = init_data_dir(tmp / "cloud")
-        port = free_port()
-        broker = ManagedBroker(paths, port)
+        paths, broker, url = cloud_broker(tmp)
         broker.start()
-        url = f"mqtts://127.0.0.1:{port}"
         service = broker.service_url  # the cloud's services connect on the service listener
         threading.Thread(target=run_ingest, args=(paths, service, stop), daemon=True).start()
         plant = subprocess.Popen([sys.executable, str(SIM), "--tcp", "0", "--units", "1"],
@@ -184,7 +159,7 @@ def main() -> None:
                 failed[res["status"]] = failed.get(res["status"], 0) + 1
         elapsed = time.monotonic() - t_start
         dm.stop()
-        raw_mqtt = raw_mqtt_round_trip(paths, port, broker.service_port, tmp / "echo", 200)
+        raw_mqtt = raw_mqtt_round_trip(paths, broker.port, broker.service_port, tmp / "echo", 200)
         client = ModbusTcpClient("127.0.0.1", port=mport)
         client.connect()
         raw_mb = []

@@ -254,8 +254,8 @@ def peer_child(args: argparse.Namespace) -> None:
     from edgegw import pki
 
     ident = Path(args.identity)
-    client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=PEER,
-                         protocol=mqtt.MQTTv5)
+    client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2,
+                         client_id=pki.client_id(PEER), protocol=mqtt.MQTTv5)
     client.tls_set_context(pki.make_tls_context(ident / "ca.crt", ident / "gateway.crt",
                                                 ident / "gateway.key"))
     sent: dict[int, tuple[int, int]] = {}  # mid -> (ts_ms, readings)

@@ -22,6 +22,10 @@ the lifetime of the cloud). It owns a ``Downlink`` and reacts to what gateways s
 - **Fleet.** ``info`` messages and ``gw/+/up/status`` update the registry's fleet table (labels,
   versions, devices, online). Several managers (``serve`` + a CLI) may run at once: every
   reaction is idempotent.
+- **OTA** (only with ``ota=True``: the one manager ``serve`` runs): the rollout engine
+  (``edgegw_cloud.rollout``) ticks once a second and on events (a ``state`` report, a gateway
+  connecting: its status or its ``info``), and the chunk server (``edgegw_cloud.chunkserver``)
+  answers ``request`` messages on its own worker thread.
 """
 
 from __future__ import annotations
@@ -39,11 +43,14 @@ from pathlib import Path
 from typing import Any
 
 from edgegw.protocol import downlink as dl
+from edgegw.protocol import ota_transfer as ot
 from edgegw.protocol.bundle import Bundle
+from edgegw_cloud.chunkserver import ChunkServer
 from edgegw_cloud.devstore import DevStore
 from edgegw_cloud.downlink import Downlink, DownlinkError
 from edgegw_cloud.pki_setup import CloudPaths
 from edgegw_cloud.registry import Registry, RegistryError
+from edgegw_cloud.rollout import RolloutEngine, RolloutStore
 
 log = logging.getLogger("edgegw.cloud.devmgmt")
 
@@ -65,7 +72,8 @@ def record_broker_url(paths: CloudPaths, url: str) -> None:
 
 class DeviceManager:
     def __init__(self, paths: CloudPaths, broker_url: str, *, resend_every: float = 2.0,
-                 grace_s: float = 2.0, tag: str = "dm") -> None:
+                 grace_s: float = 2.0, tag: str = "dm", ota: bool = False,
+                 ota_tick_s: float = 1.0, reoffer_s: float = 30.0) -> None:
         self.paths = paths
         self.down = Downlink(paths, broker_url, client_tag=tag, status=True)
         self.store = DevStore(paths.data_dir / "devices.db")  # own connection, under _lock
@@ -86,9 +94,33 @@ class DeviceManager:
         self.down.listen(dl.CONFIG, self._on_config)
         self.down.listen(dl.INFO, self._on_info)
         self.down.listen_status(self._on_status)
+        # OTA: rollouts + chunk server, in the one manager that owns them (serve)
+        self._online: dict[str, bool] = {}  # from the gateways' status messages
+        self._online_since: dict[str, int] = {}  # wall ms of the last "online"
+        self.ota_tick_s = ota_tick_s
+        self._next_ota_tick = 0.0
+        self.rollouts: RolloutStore | None = None
+        self.engine: RolloutEngine | None = None
+        self.chunks: ChunkServer | None = None
+        if ota:
+            releases = paths.data_dir / "ota" / "releases"
+            self.rollouts = RolloutStore(paths.data_dir)
+            self.engine = RolloutEngine(self.rollouts, self._send_ota,
+                                        functools.partial(_offer_of, releases),
+                                        online=self._online.get,
+                                        labels_of=self._labels_of, reoffer_s=reoffer_s)
+            self.chunks = ChunkServer(releases, self._send_ota, self.rollouts.may_download)
+            self.down.listen(dl.OTA, self._on_ota)
+
+    def _labels_of(self, gw: str) -> dict[str, str]:
+        """The gateway's registry labels, sent in its offers (label-targeted releases)."""
+        with Registry(self.paths.registry_db) as reg:
+            return reg.labels(gw)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self, timeout: float = 15.0) -> DeviceManager:
+        if self.chunks is not None:
+            self.chunks.start()
         self.down.start(timeout)
         self._thread = threading.Thread(target=self._loop, name="devmgmt", daemon=True)
         self._thread.start()
@@ -98,9 +130,13 @@ class DeviceManager:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(10)
+        if self.chunks is not None:
+            self.chunks.stop()
         self.down.stop()
         with self._lock:
             self.store.close()
+        if self.rollouts is not None:
+            self.rollouts.close()
 
     def __enter__(self) -> DeviceManager:
         return self.start()
@@ -109,7 +145,11 @@ class DeviceManager:
         self.stop()
 
     def stats(self) -> dict[str, Any]:
-        return {**self.counts, "downlink": dict(self.down.counts)}
+        out: dict[str, Any] = {**self.counts, "downlink": dict(self.down.counts)}
+        if self.engine is not None and self.chunks is not None:
+            out["ota"] = {**self.engine.counts, **self.chunks.counts,
+                          "chunk_bytes_sent": self.chunks.bytes_sent}
+        return out
 
     def _later(self, fn: Callable[[], Any]) -> None:
         """Run ``fn`` on the housekeeping thread (from paho callbacks)."""
@@ -307,6 +347,9 @@ class DeviceManager:
             except RegistryError as exc:
                 log.warning("info from %s not recorded: %s", gw, exc)
                 return
+            if self.engine is not None:  # its handlers are up: the connection it came on
+                since = self._online_since.get(gw, _wall_ms())
+                self._later(functools.partial(self.engine.on_connect, gw, since))
             last = msg.body.get("config_last")
             if isinstance(last, dict) and last.get("outcome") == "reverted":
                 self.store.config_status(gw, last.get("version"), "reverted",
@@ -315,6 +358,9 @@ class DeviceManager:
             self._cond.notify_all()
 
     def _on_status(self, gw: str, online: bool) -> None:
+        self._online[gw] = online
+        if online:
+            self._online_since[gw] = _wall_ms()
         try:
             with Registry(self.paths.registry_db) as reg:
                 reg.record_status(gw, online)
@@ -326,6 +372,28 @@ class DeviceManager:
             for c in pending:
                 self._later(functools.partial(self._send_command, c["id"]))
             self._later(functools.partial(self._resend_config, gw))
+            if self.engine is not None:
+                self._later(functools.partial(self.engine.on_connect, gw,
+                                              self._online_since[gw]))
+
+    # ------------------------------------------------------------------ OTA
+    def _send_ota(self, gw: str, body: dict[str, Any]) -> bool:
+        return self._send(gw, dl.OTA, body) is not None
+
+    def _on_ota(self, gw: str, msg: dl.Message) -> None:
+        """paho's thread: requests go to the chunk worker, states to the housekeeping thread."""
+        try:
+            up = ot.parse_up(msg.body)
+        except ot.TransferError as exc:
+            self.counts["ota_bad_message"] += 1
+            log.warning("ota message from %s refused: %s", gw, exc)
+            return
+        if isinstance(up, ot.Request):
+            assert self.chunks is not None
+            self.chunks.submit(gw, up)
+        elif self.engine is not None:
+            self.counts["ota_states"] += 1
+            self._later(functools.partial(self.engine.on_state, gw, up))
 
     # ------------------------------------------------------------------ housekeeping
     def _loop(self) -> None:
@@ -341,6 +409,9 @@ class DeviceManager:
                 if time.monotonic() >= next_tick:
                     next_tick = time.monotonic() + 0.25
                     self._tick()
+                if self.engine is not None and time.monotonic() >= self._next_ota_tick:
+                    self._next_ota_tick = time.monotonic() + self.ota_tick_s
+                    self.engine.tick()
             except Exception:
                 log.exception("device manager housekeeping failed")
 
@@ -360,6 +431,16 @@ class DeviceManager:
                 time.monotonic() - self._last_send.get(c["id"], 0.0) >= self.resend_every
             ):
                 self._send_command(c["id"])
+
+
+def _wall_ms() -> int:
+    return int(time.time() * 1000)  # the rollout engine's clock (offer_ms)
+
+
+def _offer_of(releases_dir: Path, release_id: str) -> tuple[bytes, bytes]:
+    """(manifest bytes, signature) of a stored release, read now (offers carry them)."""
+    d = releases_dir / release_id
+    return (d / "manifest.json").read_bytes(), (d / "manifest.sig").read_bytes()
 
 
 def load_bundle(path: Path) -> dict[str, Any]:

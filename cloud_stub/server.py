@@ -64,11 +64,11 @@ def _start_ingest(
 
 
 def _start_device_manager(paths: CloudPaths, broker_url: str) -> DeviceManager | None:
-    """Device management for the lifetime of ``serve`` (re-sends, confirms, fleet info); the
-    broker URL is recorded for the CLI's device-management verbs."""
+    """Device management for the lifetime of ``serve`` (re-sends, confirms, fleet info, OTA
+    rollouts and chunks); the broker URL is recorded for the CLI's device-management verbs."""
     record_broker_url(paths, broker_url)
     try:
-        return DeviceManager(paths, broker_url, tag="serve").start()
+        return DeviceManager(paths, broker_url, tag="serve", ota=True).start()
     except Exception as exc:
         log.error("device management not started: %s", exc)
         return None

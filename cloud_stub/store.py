@@ -23,6 +23,7 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import sqlite3
@@ -46,11 +47,13 @@ from edgegw_cloud.store_read import (  # the value types are defined with the re
     VTYPE_NAMES,
     StoreQueries,
     decode_value,
+    readings_query,
 )
 
 __all__ = [
     "VTYPE_NAMES", "VT_BLOB", "VT_BOOL", "VT_FLOAT", "VT_INT", "VT_NULL", "VT_STR",
-    "BatchRecord", "CloudStore", "StoredReading", "decode_value",
+    "BatchRecord", "BatchWriter", "CloudStore", "StoredReading", "alert_rows", "decode_value",
+    "gap_rows",
 ]
 
 #: value types stored as they are (bulk fast path for single-typed series)
@@ -197,6 +200,19 @@ class _Counts:
     conflicts: int = 0
 
 
+def alert_rows(rec: BatchRecord) -> list[tuple[Any, ...]]:
+    """The batch's ``alerts`` rows (both stores)."""
+    return [(rec.gateway, rec.seq, a.rule, a.device, a.ts_ms, int(a.active), int(a.severity),
+             a.message, a.metric, a.value, json.dumps(dict(a.labels), sort_keys=True))
+            for a in rec.alerts]
+
+
+def gap_rows(rec: BatchRecord) -> list[tuple[Any, ...]]:
+    """The batch's ``gaps`` rows (both stores)."""
+    return [(rec.gateway, rec.seq, int(g.lane), json.dumps(list(g.seqs)), g.from_ts_ms,
+             g.to_ts_ms, g.batches, g.readings, str(g.reason)) for g in rec.gaps]
+
+
 def _encode_value(value: Value) -> tuple[Any, int, bytes | None]:
     """(stored value, vtype, blob bytes or None)."""
     if value is None:
@@ -217,7 +233,121 @@ def _encode_value(value: Value) -> tuple[Any, int, bytes | None]:
     raise TypeError(f"unsupported value type {type(value).__name__}")
 
 
-class CloudStore(StoreQueries):
+class BatchWriter(StoreQueries):
+    """The commit and dedup logic both stores share (SQLite here, PostgreSQL in ``store_pg``):
+    batches are deduplicated by (gateway, seq) in one transaction per group; the backend
+    supplies the SQL through the ``_``-hooks below."""
+
+    _counts: _Counts
+    _series: dict[tuple[str, str, str], int]
+    _new_series: list[tuple[str, str, str]]  # created in the open transaction
+
+    def commit_batch(
+        self,
+        gateway: str,
+        seq: int,
+        lane: int,
+        received_ms: int,
+        samples: Sequence[Sample] = (),
+        alerts: Sequence[Alert] = (),
+        gaps: Sequence[Any] = (),
+    ) -> bool:
+        """Store one batch atomically. False = duplicate (already stored, nothing written)."""
+        record = BatchRecord(gateway, seq, lane, received_ms, samples, alerts, gaps)
+        return self.commit_many([record])[0]
+
+    def commit_many(self, records: Sequence[BatchRecord]) -> list[bool]:
+        """Store several batches in ONE transaction; per batch True = new, False = duplicate
+        (or a sequence conflict: see ``commit_statuses``).
+
+        Durable (fsync'd, synchronous=FULL) when this returns. On any error the whole
+        transaction is rolled back and the error propagates: nothing of it was stored.
+        """
+        return [st == NEW for st in self.commit_statuses(records)]
+
+    def commit_statuses(self, records: Sequence[BatchRecord]) -> list[str]:
+        """``commit_many`` with a status per batch: ``NEW`` (stored now), ``DUPLICATE`` (the
+        same batch was stored before: same digest, or no digest known) or ``CONFLICT`` (a
+        DIFFERENT batch is stored under this (gateway, seq): nothing written, recorded in
+        ``seq_conflicts``; the caller must not ack it as delivered)."""
+        if not records:
+            return []
+        self._before_commit(records)
+        result: list[str] = []
+        n_readings = n_alerts = n_gaps = 0
+        try:
+            with self._write_transaction():
+                stored_ms = time.time_ns() // 1_000_000  # the group's commit time (latency)
+                for rec in records:
+                    if rec.definitions is not None and rec.definitions[1]:
+                        epoch, defs = rec.definitions
+                        self._store_definitions(
+                            [(rec.gateway, epoch, i, d, m) for i, (d, m) in defs.items()])
+                for rec in records:
+                    readings = rec.readings
+                    if not self._insert_batch_row(
+                            (rec.gateway, rec.seq, int(rec.lane), rec.received_ms, stored_ms,
+                             readings, len(rec.alerts), len(rec.gaps), rec.digest)):
+                        stored = self._stored_digest(rec.gateway, rec.seq)
+                        if stored is not None and rec.digest is not None and (
+                                stored != rec.digest):
+                            self._record_conflict(
+                                (rec.gateway, rec.seq, stored, rec.digest, rec.received_ms))
+                            result.append(CONFLICT)
+                        else:
+                            result.append(DUPLICATE)
+                        continue
+                    result.append(NEW)
+                    self._insert_contents(rec)
+                    n_readings += readings
+                    n_alerts += len(rec.alerts)
+                    n_gaps += len(rec.gaps)
+        except BaseException:
+            for key in self._new_series:  # their rows are gone with the transaction
+                self._series.pop(key, None)
+            self._new_series.clear()
+            raise
+        self._new_series.clear()
+        c = self._counts
+        c.transactions += 1
+        c.batches += result.count(NEW)
+        c.duplicates += result.count(DUPLICATE)
+        c.conflicts += result.count(CONFLICT)
+        c.readings += n_readings
+        c.alerts += n_alerts
+        c.gaps += n_gaps
+        return result
+
+    # backend hooks (all but _before_commit run inside _write_transaction)
+    def _before_commit(self, records: Sequence[BatchRecord]) -> None:
+        """Preparation outside the transaction (PostgreSQL: partitions)."""
+
+    def _write_transaction(self) -> contextlib.AbstractContextManager[object]:
+        raise NotImplementedError
+
+    def _store_definitions(self, rows: list[tuple[Any, ...]]) -> None:
+        """Store codec v2 dictionary definitions, ``series_dict`` rows (gateway, epoch, id,
+        device, metric); already stored ones are kept."""
+        raise NotImplementedError
+
+    def _insert_batch_row(self, row: tuple[Any, ...]) -> bool:
+        """Insert a ``batches`` row (gateway, seq, lane, received_ms, stored_ms, readings,
+        alerts, gaps, digest) unless (gateway, seq) is stored; True = inserted."""
+        raise NotImplementedError
+
+    def _stored_digest(self, gateway: str, seq: int) -> bytes | None:
+        raise NotImplementedError
+
+    def _record_conflict(self, row: tuple[Any, ...]) -> None:
+        """Note a different batch under a stored (gateway, seq): a ``seq_conflicts`` row
+        (gateway, seq, stored digest, new digest, received_ms)."""
+        raise NotImplementedError
+
+    def _insert_contents(self, rec: BatchRecord) -> None:
+        raise NotImplementedError
+
+
+class CloudStore(BatchWriter):
     """SQLite store of everything the ingest accepted. Not thread-safe: one owner thread."""
 
     def __init__(self, path: Path | str, *, readonly: bool = False) -> None:
@@ -256,100 +386,34 @@ class CloudStore(StoreQueries):
         self._new_series: list[tuple[str, str, str]] = []  # created in the open transaction
 
     # ------------------------------------------------------------------ writing
-    def commit_batch(
-        self,
-        gateway: str,
-        seq: int,
-        lane: int,
-        received_ms: int,
-        samples: Sequence[Sample] = (),
-        alerts: Sequence[Alert] = (),
-        gaps: Sequence[Any] = (),
-    ) -> bool:
-        """Store one batch atomically. False = duplicate (already stored, nothing written)."""
-        record = BatchRecord(gateway, seq, lane, received_ms, samples, alerts, gaps)
-        return self.commit_many([record])[0]
-
-    def commit_many(self, records: Sequence[BatchRecord]) -> list[bool]:
-        """Store several batches in ONE transaction; per batch True = new, False = duplicate
-        (or a sequence conflict: see ``commit_statuses``).
-
-        Durable (fsync'd, synchronous=FULL) when this returns. On any error the whole
-        transaction is rolled back and the error propagates: nothing of it was stored.
-        """
-        return [st == NEW for st in self.commit_statuses(records)]
-
-    def commit_statuses(self, records: Sequence[BatchRecord]) -> list[str]:
-        """``commit_many`` with a status per batch: ``NEW`` (stored now), ``DUPLICATE`` (the
-        same batch was stored before: same digest, or no digest known) or ``CONFLICT`` (a
-        DIFFERENT batch is stored under this (gateway, seq): nothing written, recorded in
-        ``seq_conflicts``; the caller must not ack it as delivered)."""
-        if not records:
-            return []
+    @contextlib.contextmanager
+    def _write_transaction(self) -> Iterator[None]:
         db = self._db
-        result: list[str] = []
-        n_readings = n_alerts = n_gaps = 0
         db.execute("BEGIN IMMEDIATE")
-        stored_ms = time.time_ns() // 1_000_000  # the group's commit time (latency metrics)
         try:
-            for rec in records:
-                if rec.definitions is not None and rec.definitions[1]:
-                    epoch, defs = rec.definitions
-                    db.executemany(
-                        "INSERT OR IGNORE INTO series_dict VALUES (?, ?, ?, ?, ?)",
-                        [(rec.gateway, epoch, i, d, m) for i, (d, m) in defs.items()],
-                    )
-            for rec in records:
-                readings = rec.readings
-                cur = db.execute(
-                    "INSERT OR IGNORE INTO batches"
-                    " (gateway, seq, lane, received_ms, stored_ms, readings, alerts, gaps,"
-                    " digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        rec.gateway,
-                        rec.seq,
-                        int(rec.lane),
-                        rec.received_ms,
-                        stored_ms,
-                        readings,
-                        len(rec.alerts),
-                        len(rec.gaps),
-                        rec.digest,
-                    ),
-                )
-                if cur.rowcount == 0:
-                    row = db.execute("SELECT digest FROM batches WHERE gateway = ? AND seq = ?",
-                                     (rec.gateway, rec.seq)).fetchone()
-                    stored = row[0] if row is not None else None
-                    if stored is not None and rec.digest is not None and stored != rec.digest:
-                        db.execute("INSERT INTO seq_conflicts VALUES (?, ?, ?, ?, ?)",
-                                   (rec.gateway, rec.seq, stored, rec.digest, rec.received_ms))
-                        result.append(CONFLICT)
-                    else:
-                        result.append(DUPLICATE)
-                    continue
-                result.append(NEW)
-                self._insert_contents(rec)
-                n_readings += readings
-                n_alerts += len(rec.alerts)
-                n_gaps += len(rec.gaps)
+            yield
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
-            for key in self._new_series:  # their rows are gone with the transaction
-                self._series.pop(key, None)
-            self._new_series.clear()
             raise
-        self._new_series.clear()
-        c = self._counts
-        c.transactions += 1
-        c.batches += result.count(NEW)
-        c.duplicates += result.count(DUPLICATE)
-        c.conflicts += result.count(CONFLICT)
-        c.readings += n_readings
-        c.alerts += n_alerts
-        c.gaps += n_gaps
-        return result
+
+    def _store_definitions(self, rows: list[tuple[Any, ...]]) -> None:
+        self._db.executemany("INSERT OR IGNORE INTO series_dict VALUES (?, ?, ?, ?, ?)", rows)
+
+    def _insert_batch_row(self, row: tuple[Any, ...]) -> bool:
+        cur = self._db.execute(
+            "INSERT OR IGNORE INTO batches"
+            " (gateway, seq, lane, received_ms, stored_ms, readings, alerts, gaps,"
+            " digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+        return cur.rowcount != 0
+
+    def _stored_digest(self, gateway: str, seq: int) -> bytes | None:
+        row = self._db.execute("SELECT digest FROM batches WHERE gateway = ? AND seq = ?",
+                               (gateway, seq)).fetchone()
+        return row[0] if row is not None else None
+
+    def _record_conflict(self, row: tuple[Any, ...]) -> None:
+        self._db.execute("INSERT INTO seq_conflicts VALUES (?, ?, ?, ?, ?)", row)
 
     def _insert_contents(self, rec: BatchRecord) -> None:
         db = self._db
@@ -381,41 +445,13 @@ class CloudStore(StoreQueries):
             db.executemany(
                 "INSERT INTO alerts (gateway, seq, rule, device, ts_ms, active, severity, message,"
                 " metric, value, labels) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        gw,
-                        seq,
-                        a.rule,
-                        a.device,
-                        a.ts_ms,
-                        int(a.active),
-                        int(a.severity),
-                        a.message,
-                        a.metric,
-                        a.value,
-                        json.dumps(dict(a.labels), sort_keys=True),
-                    )
-                    for a in rec.alerts
-                ],
+                alert_rows(rec),
             )
         if rec.gaps:
             db.executemany(
                 "INSERT INTO gaps (gateway, seq, lane, seqs, from_ts_ms, to_ts_ms, batches,"
                 " readings, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        gw,
-                        seq,
-                        int(g.lane),
-                        json.dumps(list(g.seqs)),
-                        g.from_ts_ms,
-                        g.to_ts_ms,
-                        g.batches,
-                        g.readings,
-                        str(g.reason),
-                    )
-                    for g in rec.gaps
-                ],
+                gap_rows(rec),
             )
 
     def _series_rows(
@@ -540,25 +576,9 @@ class CloudStore(StoreQueries):
         limit: int | None = None,
     ) -> Iterator[StoredReading]:
         """Stored readings matching every given filter, by (gateway, device, metric, ts)."""
-        where: list[str] = []
-        params: list[Any] = []
-        for col, val in (("gateway", gateway), ("device", device), ("metric", metric)):
-            if val is not None:
-                where.append(f"{col} = ?")
-                params.append(val)
-        if since_ms is not None:
-            where.append("ts_ms >= ?")
-            params.append(since_ms)
-        if until_ms is not None:
-            where.append("ts_ms < ?")
-            params.append(until_ms)
-        sql = "SELECT gateway, device, metric, ts_ms, value, vtype, quality, seq FROM readings"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY gateway, device, metric, ts_ms"
-        if limit is not None:
-            sql += " LIMIT ?"
-            params.append(limit)
+        sql, params = readings_query(
+            "gateway, device, metric, ts_ms, value, vtype, quality, seq", gateway=gateway,
+            device=device, metric=metric, since_ms=since_ms, until_ms=until_ms, limit=limit)
         for gw, dev, met, ts, value, vtype, quality, seq in self._db.execute(sql, params):
             out: Value | dict[str, Any]
             if vtype == VT_BLOB:
@@ -573,20 +593,6 @@ class CloudStore(StoreQueries):
     def blob(self, sha256: str) -> bytes | None:
         row = self._db.execute("SELECT data FROM blobs WHERE sha256 = ?", (sha256,)).fetchone()
         return bytes(row[0]) if row else None
-
-    def alerts(self, gateway: str) -> list[dict[str, Any]]:
-        return self._dicts(
-            "SELECT seq, rule, device, ts_ms, active, severity, message, metric, value, labels"
-            " FROM alerts WHERE gateway = ? ORDER BY seq, ts_ms",
-            (gateway,),
-        )
-
-    def gaps(self, gateway: str) -> list[dict[str, Any]]:
-        return self._dicts(
-            "SELECT seq, lane, seqs, from_ts_ms, to_ts_ms, batches, readings, reason"
-            " FROM gaps WHERE gateway = ? ORDER BY seq",
-            (gateway,),
-        )
 
     def stats(self) -> dict[str, int | float | dict[str, Any]]:
         c = self._counts

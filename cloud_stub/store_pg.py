@@ -20,20 +20,16 @@ Same contract as the SQLite ``CloudStore`` (edgegw_cloud.store), same tables and
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import time
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
-from edgegw.protocol.model import Alert, Sample, Value
+from edgegw.protocol.model import Value
 from edgegw_cloud.store import (
-    CONFLICT,
-    DUPLICATE,
-    NEW,
     VT_BLOB,
     VT_BOOL,
     VT_FLOAT,
@@ -41,10 +37,13 @@ from edgegw_cloud.store import (
     VT_NULL,
     VT_STR,
     BatchRecord,
+    BatchWriter,
     StoredReading,
     _Counts,
+    alert_rows,
+    gap_rows,
 )
-from edgegw_cloud.store_read import StoreQueries
+from edgegw_cloud.store_read import readings_query
 
 log = logging.getLogger("edgegw.cloud.store")
 
@@ -177,7 +176,7 @@ def _decode(num: float | None, text: str | None, vtype: int) -> Any:
     return text
 
 
-class PgStore(StoreQueries):
+class PgStore(BatchWriter):
     """PostgreSQL store. Not thread-safe: one owner thread (one connection)."""
 
     def __init__(self, url: str, *, readonly: bool = False) -> None:
@@ -286,82 +285,32 @@ class PgStore(StoreQueries):
             self._days.add(day)
 
     # ------------------------------------------------------------------ writing
-    def commit_batch(self, gateway: str, seq: int, lane: int, received_ms: int,
-                     samples: Sequence[Sample] = (), alerts: Sequence[Alert] = (),
-                     gaps: Sequence[Any] = ()) -> bool:
-        return self.commit_many(
-            [BatchRecord(gateway, seq, lane, received_ms, samples, alerts, gaps)])[0]
-
-    def commit_many(self, records: Sequence[BatchRecord]) -> list[bool]:
-        """Store several batches in ONE transaction; per batch True = new, False = duplicate
-        (or a sequence conflict: see ``commit_statuses``)."""
-        return [st == NEW for st in self.commit_statuses(records)]
-
-    def commit_statuses(self, records: Sequence[BatchRecord]) -> list[str]:
-        """Per batch ``NEW``, ``DUPLICATE`` (same digest, or none known) or ``CONFLICT`` (a
-        different batch is stored under this (gateway, seq): nothing written, recorded in
-        ``seq_conflicts``), exactly as the SQLite store."""
-        if not records:
-            return []
+    def _before_commit(self, records: Sequence[BatchRecord]) -> None:
         self._ensure_partitions(records)
-        result: list[str] = []
-        n_readings = n_alerts = n_gaps = 0
-        stored_ms = time.time_ns() // 1_000_000
-        db = self._db
-        try:
-            with db.transaction():
-                for rec in records:
-                    if rec.definitions is not None and rec.definitions[1]:
-                        epoch, defs = rec.definitions
-                        with db.cursor() as cur:
-                            cur.executemany(
-                                "INSERT INTO series_dict VALUES (%s, %s, %s, %s, %s)"
-                                " ON CONFLICT DO NOTHING",
-                                [(rec.gateway, epoch, i, d, m) for i, (d, m) in defs.items()],
-                            )
-                for rec in records:
-                    row = db.execute(
-                        "INSERT INTO batches (gateway, seq, lane, received_ms, stored_ms,"
-                        " readings, alerts, gaps, digest)"
-                        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
-                        " ON CONFLICT DO NOTHING RETURNING 1",
-                        (rec.gateway, rec.seq, int(rec.lane), rec.received_ms, stored_ms,
-                         rec.readings, len(rec.alerts), len(rec.gaps), rec.digest),
-                    ).fetchone()
-                    if row is None:
-                        got = db.execute(
-                            "SELECT digest FROM batches WHERE gateway = %s AND seq = %s",
-                            (rec.gateway, rec.seq)).fetchone()
-                        stored = bytes(got[0]) if got is not None and got[0] is not None else None
-                        if stored is not None and rec.digest is not None and (
-                                stored != rec.digest):
-                            db.execute("INSERT INTO seq_conflicts VALUES (%s, %s, %s, %s, %s)",
-                                       (rec.gateway, rec.seq, stored, rec.digest,
-                                        rec.received_ms))
-                            result.append(CONFLICT)
-                        else:
-                            result.append(DUPLICATE)
-                        continue
-                    result.append(NEW)
-                    self._insert_contents(rec)
-                    n_readings += rec.readings
-                    n_alerts += len(rec.alerts)
-                    n_gaps += len(rec.gaps)
-        except BaseException:
-            for key in self._new_series:
-                self._series.pop(key, None)
-            self._new_series.clear()
-            raise
-        self._new_series.clear()
-        c = self._counts
-        c.transactions += 1
-        c.batches += result.count(NEW)
-        c.duplicates += result.count(DUPLICATE)
-        c.conflicts += result.count(CONFLICT)
-        c.readings += n_readings
-        c.alerts += n_alerts
-        c.gaps += n_gaps
-        return result
+
+    def _write_transaction(self) -> AbstractContextManager[object]:
+        return self._db.transaction()
+
+    def _store_definitions(self, rows: list[tuple[Any, ...]]) -> None:
+        with self._db.cursor() as cur:
+            cur.executemany("INSERT INTO series_dict VALUES (%s, %s, %s, %s, %s)"
+                            " ON CONFLICT DO NOTHING", rows)
+
+    def _insert_batch_row(self, row: tuple[Any, ...]) -> bool:
+        got = self._db.execute(
+            "INSERT INTO batches (gateway, seq, lane, received_ms, stored_ms,"
+            " readings, alerts, gaps, digest)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+            " ON CONFLICT DO NOTHING RETURNING 1", row).fetchone()
+        return got is not None
+
+    def _stored_digest(self, gateway: str, seq: int) -> bytes | None:
+        got = self._db.execute("SELECT digest FROM batches WHERE gateway = %s AND seq = %s",
+                               (gateway, seq)).fetchone()
+        return bytes(got[0]) if got is not None and got[0] is not None else None
+
+    def _record_conflict(self, row: tuple[Any, ...]) -> None:
+        self._db.execute("INSERT INTO seq_conflicts VALUES (%s, %s, %s, %s, %s)", row)
 
     def _insert_contents(self, rec: BatchRecord) -> None:
         db = self._db
@@ -399,17 +348,14 @@ class PgStore(StoreQueries):
                     "INSERT INTO alerts (gateway, seq, rule, device, ts_ms, active, severity,"
                     " message, metric, value, labels)"
                     " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                    [(gw, seq, a.rule, a.device, a.ts_ms, int(a.active), int(a.severity),
-                      a.message, a.metric, a.value, json.dumps(dict(a.labels), sort_keys=True))
-                     for a in rec.alerts],
+                    alert_rows(rec),
                 )
         if rec.gaps:
             with db.cursor() as cur:
                 cur.executemany(
                     "INSERT INTO gaps (gateway, seq, lane, seqs, from_ts_ms, to_ts_ms, batches,"
                     " readings, reason) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                    [(gw, seq, int(g.lane), json.dumps(list(g.seqs)), g.from_ts_ms, g.to_ts_ms,
-                      g.batches, g.readings, str(g.reason)) for g in rec.gaps],
+                    gap_rows(rec),
                 )
 
     def _series_id(self, gw: str, device: str, metric: str) -> int:
@@ -477,30 +423,14 @@ class PgStore(StoreQueries):
                  metric: str | None = None, since_ms: int | None = None,
                  until_ms: int | None = None, limit: int | None = None
                  ) -> Iterator[StoredReading]:
-        where: list[str] = []
-        params: list[Any] = []
-        for col, val in (("gateway", gateway), ("device", device), ("metric", metric)):
-            if val is not None:
-                where.append(f"{col} = %s")
-                params.append(val)
-        if since_ms is not None:
-            where.append("ts_ms >= %s")
-            params.append(since_ms)
-        if until_ms is not None:
-            where.append("ts_ms < %s")
-            params.append(until_ms)
-        q = ("SELECT gateway, device, metric, ts_ms, value, value_text, vtype, quality, seq"
-             " FROM readings")
-        if where:
-            q += " WHERE " + " AND ".join(where)
-        q += " ORDER BY gateway, device, metric, ts_ms"
-        if limit is not None:
-            q += " LIMIT %s"
-            params.append(limit)
+        q, params = readings_query(
+            "gateway, device, metric, ts_ms, value, value_text, vtype, quality, seq",
+            gateway=gateway, device=device, metric=metric, since_ms=since_ms,
+            until_ms=until_ms, limit=limit)
         # a server-side cursor streams a large range instead of loading it all at once
         with self._db.transaction(), self._db.cursor(name="edgegw_readings") as cur:
             cur.itersize = 5000
-            cur.execute(q, params)
+            cur.execute(q.replace("?", "%s"), params)
             for gw, dev, met, ts, num, text, vtype, quality, seq in cur:
                 out: Any
                 if vtype == VT_BLOB:
@@ -514,16 +444,6 @@ class PgStore(StoreQueries):
     def blob(self, sha256: str) -> bytes | None:
         row = self._db.execute("SELECT data FROM blobs WHERE sha256 = %s", (sha256,)).fetchone()
         return bytes(row[0]) if row else None
-
-    def alerts(self, gateway: str) -> list[dict[str, Any]]:
-        return self._dict_rows(
-            "SELECT seq, rule, device, ts_ms, active, severity, message, metric, value, labels"
-            " FROM alerts WHERE gateway = ? ORDER BY seq, ts_ms", (gateway,))
-
-    def gaps(self, gateway: str) -> list[dict[str, Any]]:
-        return self._dict_rows(
-            "SELECT seq, lane, seqs, from_ts_ms, to_ts_ms, batches, readings, reason"
-            " FROM gaps WHERE gateway = ? ORDER BY seq", (gateway,))
 
     def stats(self) -> dict[str, int | float | dict[str, Any]]:
         c = self._counts

@@ -30,6 +30,33 @@ def decode_value(stored: Any, vtype: int) -> Value:
     return stored
 
 
+def readings_query(columns: str, *, gateway: str | None, device: str | None,
+                   metric: str | None, since_ms: int | None, until_ms: int | None,
+                   limit: int | None) -> tuple[str, list[Any]]:
+    """(SQL with ``?`` placeholders, params): ``columns`` of the ``readings`` view matching
+    every given filter, by (gateway, device, metric, ts)."""
+    where: list[str] = []
+    params: list[Any] = []
+    for col, val in (("gateway", gateway), ("device", device), ("metric", metric)):
+        if val is not None:
+            where.append(f"{col} = ?")
+            params.append(val)
+    if since_ms is not None:
+        where.append("ts_ms >= ?")
+        params.append(since_ms)
+    if until_ms is not None:
+        where.append("ts_ms < ?")
+        params.append(until_ms)
+    sql = f"SELECT {columns} FROM readings"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY gateway, device, metric, ts_ms"
+    if limit is not None:
+        sql += " LIMIT ?"
+        params.append(limit)
+    return sql, params
+
+
 class StoreQueries:
     """Mixin: read queries over the common schema (batches, series, points/readings, alerts,
     gaps). Subclasses implement ``_rows``."""
@@ -39,6 +66,16 @@ class StoreQueries:
 
     def _dict_rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
         raise NotImplementedError
+
+    def alerts(self, gateway: str) -> list[dict[str, Any]]:
+        return self._dict_rows(
+            "SELECT seq, rule, device, ts_ms, active, severity, message, metric, value, labels"
+            " FROM alerts WHERE gateway = ? ORDER BY seq, ts_ms", (gateway,))
+
+    def gaps(self, gateway: str) -> list[dict[str, Any]]:
+        return self._dict_rows(
+            "SELECT seq, lane, seqs, from_ts_ms, to_ts_ms, batches, readings, reason"
+            " FROM gaps WHERE gateway = ? ORDER BY seq", (gateway,))
 
     #: the points columns holding a value, and how they decode (PostgreSQL splits it in two)
     _VALUE_COLS = "p.value"

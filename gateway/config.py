@@ -18,7 +18,8 @@ The format (reference: docs/configuration.md, examples/gateway.example.yaml)::
     metrics:  {enabled: true, listen: "127.0.0.1:9108"}
     outbox:   {path: null, max_bytes: 64MiB, when_full: drop_oldest_telemetry, vacuum_every: 60s,
                min_free_bytes: 32MiB}
-    batch:    {max_readings: 5000, max_age: 250ms, max_bytes: 256KiB}
+    batch:    {max_readings: 5000, max_age: 250ms, quiet: 5ms, min_interval: 50ms,
+               max_bytes: 256KiB}
     uplink:   {enabled: false, broker: "mqtts://127.0.0.1:8883", identity_dir: null, window: 32,
                ack_timeout: 10s, keepalive: 30s, backoff_min: 0.5s, backoff_max: 10s,
                stable_after: 20s, max_attempts: 10}
@@ -63,6 +64,7 @@ from pydantic import (
 
 from edgegw.edge.config import AggregateConfig, AnomalyConfig, RuleConfig, validate_edge
 from edgegw.protocol.broker_url import BrokerUrl, parse_broker_url
+from edgegw.protocol.cron import CronError, cron_trigger
 from edgegw.protocol.identity import default_identity_dir
 from edgegw.protocol.suggest import did_you_mean
 from edgegw.sdk import Driver, DriverEntry, DriverOptions, Id
@@ -80,6 +82,7 @@ __all__ = [
     "GatewaySection",
     "HintedValueError",
     "MetricsConfig",
+    "OtaConfig",
     "OutboxConfig",
     "UplinkConfig",
     "check_config",
@@ -191,6 +194,14 @@ class BatchConfig(_Section):
     # batch would be refused there, so it is refused here, at check time
     max_readings: int = Field(default=5000, gt=0, le=100_000)
     max_age: Duration = Field(default=0.25, gt=0)
+    quiet: Duration = Field(
+        default=0.005, ge=0,
+        description="seal the telemetry batch once no reading arrived for this long (a poll "
+        "round's readings are in) instead of waiting for max_age; 0 turns round seals off")
+    min_interval: Duration = Field(
+        default=0.05, ge=0,
+        description="at most one round seal per interval (bounds batches per second under a "
+        "steady stream of polls; max_age still bounds the age)")
     max_bytes: ByteSize = Field(default=256 * 1024, gt=0, le=8 * 1024 * 1024)
     max_age_slow: Duration = Field(
         default=3.0, gt=0,
@@ -266,6 +277,50 @@ class UplinkConfig(_Section):
         return self.broker_url.port
 
 
+class OtaConfig(_Section):
+    """Over-the-air updates from the cloud (docs/ota.md "Transfer (gateway side)").
+
+    The gateway pulls a release in chunks: at most ``chunks_in_flight`` requested at a time,
+    paced by a token bucket of ``max_rate`` bytes/s of chunk payload (the cap for metered
+    links), a chunk not received within ``chunk_timeout`` is requested again. The install step
+    waits for the maintenance ``window`` (5-field cron, UTC: the install starts the next time it
+    fires; an offer's own window overrides it).
+    """
+
+    enabled: bool = Field(default=True, description="accept offers on the `ota` downlink kind")
+    max_rate: ByteSize | None = Field(
+        default=None, gt=0, description="bandwidth cap, bytes/s of chunk payload (null: none)"
+    )
+    window: str | None = Field(
+        default=None, description="maintenance window for the install step (cron, 5 fields, UTC)"
+    )
+    chunks_in_flight: int = Field(default=4, gt=0, le=64, description="requested, not received")
+    chunk_timeout: Duration = Field(default=15.0, gt=0, description="re-request after this")
+    slots: Path | None = Field(
+        default=None, description="A/B slots dir (default: EDGEGW_SLOTS, set by the launcher)"
+    )
+    confirm_within: Duration = Field(
+        default=60.0, gt=0, description="config releases: revert unless confirmed in this time"
+    )
+    labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="local labels for label-targeted releases; the registry's labels, sent "
+        "with each offer by the cloud, take precedence",
+    )
+
+    @field_validator("window")
+    @classmethod
+    def _cron(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                cron_trigger(v)  # the one grammar (edgegw.protocol.cron)
+            except CronError as exc:
+                raise HintedValueError(f"window: {exc}", "e.g. '0 2 * * *' = every day at "
+                                       "02:00 UTC; '* 2-4 * * 1-5' = 02:00-04:59 on weekdays"
+                                       ) from None
+        return v
+
+
 class BreakerConfig(_Section):
     """Per-device circuit breaker of the bus schedulers (a dead device never delays the others).
 
@@ -330,6 +385,7 @@ class GatewayConfig(_Section):
     devices: list[DeviceConfig] = Field(default_factory=list)
     rules: list[RuleConfig] = Field(default_factory=list)
     anomaly: list[AnomalyConfig] = Field(default_factory=list)
+    ota: OtaConfig = Field(default_factory=lambda: OtaConfig())
 
     _source: SourceMap | None = PrivateAttr(None)
     _data: dict[str, Any] = PrivateAttr(default_factory=dict)
@@ -351,6 +407,18 @@ class GatewayConfig(_Section):
     def source(self) -> SourceMap | None:
         """Where each value came from (``None`` for a config built in code)."""
         return self._source
+
+    def release_source(self) -> None:
+        """Forget what only the check needs once the config is checked: the YAML source map,
+        the raw loaded data and the check's copy of the validated driver options.
+
+        The daemon calls this after its check: they are the biggest part of its config's
+        resident memory (~5 MB at 100 devices x 20 points; the drivers validate and keep
+        their own options). A later ``check_config`` of this object reports locations as
+        ``<file>:0:0`` and fills ``options_for`` again."""
+        self._source = None
+        self._data = {}
+        self._options = {}
 
     @property
     def file(self) -> str | None:
@@ -397,6 +465,8 @@ class GatewayConfig(_Section):
             self.outbox.path = absolute(self.outbox.path)
         if self.uplink.identity_dir is not None:
             self.uplink.identity_dir = absolute(self.uplink.identity_dir)
+        if self.ota.slots is not None:
+            self.ota.slots = absolute(self.ota.slots)
 
 
 # --------------------------------------------------------------------------- error mapping

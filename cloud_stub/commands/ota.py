@@ -1,4 +1,6 @@
-"""`edgegw-cloud ota publish|releases|build-bundle`: OTA releases (see docs/ota.md)."""
+"""`edgegw-cloud ota publish|releases|build-bundle|rollout|status|halt|resume|cancel`: OTA releases
+and rollouts (see docs/ota.md). The rollout verbs only write/read ``DATA/ota/ota.db``; the
+running ``edgegw-cloud serve`` sends the offers, chunks and cancels."""
 
 from __future__ import annotations
 
@@ -14,6 +16,17 @@ from edgegw_cloud.ota import (
     parse_targets,
     publish_bundle,
     release_summary,
+)
+from edgegw_cloud.pki_setup import CloudPaths
+from edgegw_cloud.registry import Registry
+from edgegw_cloud.rollout import (
+    DEFAULT_MAX_FAILURES,
+    DEFAULT_WAVES,
+    RolloutError,
+    RolloutStore,
+    resolve_targets,
+    status_text,
+    summary,
 )
 
 
@@ -89,7 +102,70 @@ def cmd_build_bundle(args: argparse.Namespace) -> int:
     return 0
 
 
-HELP = "OTA releases: publish, list, build offline software bundles"
+def cmd_rollout(args: argparse.Namespace) -> int:
+    paths = CloudPaths.for_dir(args.data_dir).require_initialised()
+    with _store(args) as store:
+        release = store.get(args.release)
+    with Registry(paths.registry_db) as reg:
+        gateways = resolve_targets(reg, args.to)
+    with RolloutStore(args.data_dir) as rs:
+        r = rs.create(release.release_id, release.serial, gateways, selector=args.to,
+                      waves=args.waves, max_failures=args.max_failures, window=args.window,
+                      wave_timeout_s=args.wave_timeout)
+        doc = summary(r, rs.targets(r.id))
+    if args.json:
+        print(json.dumps(doc, sort_keys=True))
+    else:
+        print(f"rollout {r.id}: {r.release_id} to {len(gateways)} gateways in waves "
+              f"{','.join(map(str, r.waves))}, max-failures {r.max_failures}; `edgegw-cloud "
+              "serve` sends the offers (follow with `edgegw-cloud ota status`)")
+    return 0
+
+
+def _rollouts(args: argparse.Namespace) -> RolloutStore:
+    """The rollout store of an initialised data dir (a typo'd --data-dir is an error, not a
+    new empty database)."""
+    CloudPaths.for_dir(args.data_dir).require_initialised()
+    return RolloutStore(args.data_dir)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with _rollouts(args) as rs:
+        chosen = [rs.get(args.rollout)] if args.rollout is not None else rs.rollouts()
+        docs = [(r, rs.targets(r.id)) for r in chosen]
+    if args.json:
+        for r, targets in docs:
+            print(json.dumps(summary(r, targets), sort_keys=True))
+        return 0
+    if not docs:
+        print("no rollouts (start one with `edgegw-cloud ota rollout RELEASE --to ...`)")
+    for i, (r, targets) in enumerate(docs):
+        if args.rollout is None:  # one line per rollout; the detail with ROLLOUT
+            counts: dict[str, int] = {}
+            for t in targets:
+                counts[t.state] = counts.get(t.state, 0) + 1
+            line = "  ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(counts.items()))
+            reason = f": {r.reason}" if r.reason and r.state != "completed" else ""
+            print(f"{r.id:>4}  {r.release_id}  {r.state}{reason}  wave "
+                  f"{max(r.wave + 1, 0)}/{len(r.waves)}  {line}")
+        else:
+            print(("\n" if i else "") + status_text(r, targets))
+    return 0
+
+
+def _operator(args: argparse.Namespace) -> int:
+    with _rollouts(args) as rs:
+        if args.ota_command == "halt":
+            r = rs.halt(args.rollout)
+        elif args.ota_command == "resume":
+            r = rs.resume(args.rollout)
+        else:
+            r = rs.cancel(args.rollout)
+    print(f"rollout {r.id}: {r.state}" + (f" ({r.reason})" if r.reason else ""))
+    return 0
+
+
+HELP = "OTA: publish and list releases, roll them out in waves, follow, halt, resume, cancel"
 
 
 def add_arguments(sp: argparse.ArgumentParser) -> None:
@@ -129,10 +205,51 @@ def add_arguments(sp: argparse.ArgumentParser) -> None:
     p.add_argument("--python-version", help="target Python, e.g. 3.11 (with --platform)")
     p.set_defaults(ota_fn=cmd_build_bundle)
 
+    p = osub.add_parser(
+        "rollout",
+        help="roll a release out to gateways in waves (serve sends the offers)",
+        description="Start a rollout: the target gateways (sorted by id) get the release in "
+        "cumulative waves; a wave starts when every gateway of the previous one is finished "
+        "and its failures are within --max-failures, else the rollout halts by itself.",
+    )
+    data_dir(p)
+    p.add_argument("release", help="release id or serial (see `ota releases`)")
+    p.add_argument("--to", required=True,
+                   help="all | gw1,gw2 | label:key=value[,key=value] (registry labels)")
+    p.add_argument("--waves", default=DEFAULT_WAVES,
+                   help=f"cumulative wave sizes, counts or percentages (default {DEFAULT_WAVES});"
+                   " the last wave always covers every target")
+    p.add_argument("--max-failures", default=DEFAULT_MAX_FAILURES,
+                   help="failed/refused/rolled-back gateways a wave may have before the "
+                   f"rollout halts: a percentage of the wave or a count (default "
+                   f"{DEFAULT_MAX_FAILURES}; 0 = halt at the first failure)")
+    p.add_argument("--window", help="maintenance window for the install step, cron with 5 "
+                   "fields in UTC (overrides the gateways' ota.window), e.g. '* 2-4 * * *'")
+    p.add_argument("--wave-timeout", type=float, metavar="S",
+                   help="halt if a wave is not finished S seconds after it started")
+    p.add_argument("--json", action="store_true", help="print the rollout as JSON")
+    p.set_defaults(ota_fn=cmd_rollout)
+
+    p = osub.add_parser("status", help="rollouts and the state of every gateway in them")
+    data_dir(p)
+    p.add_argument("rollout", nargs="?", type=int, help="one rollout in detail (default: all, "
+                   "one line each)")
+    p.add_argument("--json", action="store_true", help="one JSON document per rollout")
+    p.set_defaults(ota_fn=cmd_status)
+
+    for verb, text in (("halt", "stop offering a rollout to new gateways (resume continues)"),
+                       ("resume", "continue a halted rollout (failures so far are accepted)"),
+                       ("cancel", "cancel a rollout: gateways still downloading are told to "
+                        "stop; installs already running finish")):
+        p = osub.add_parser(verb, help=text)
+        data_dir(p)
+        p.add_argument("rollout", type=int)
+        p.set_defaults(ota_fn=_operator)
+
 
 def run(args: argparse.Namespace) -> int:
     try:
         return int(args.ota_fn(args))
-    except OtaError as exc:
+    except (OtaError, RolloutError) as exc:
         print(f"edgegw-cloud ota {args.ota_command}: {exc}", file=sys.stderr)
         return 1

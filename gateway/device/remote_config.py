@@ -58,6 +58,8 @@ class RemoteConfig:
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.counts: dict[str, int] = defaultdict(int)
+        #: ``fn(version, "confirmed" | "reverted", reason)`` after the final outcome
+        self.outcome_listeners: list[Callable[[str | None, str, str], None]] = []
 
     async def start(self) -> None:
         if self.tx is None:
@@ -153,33 +155,58 @@ class RemoteConfig:
         except BundleError as exc:
             refuse([str(exc)])
             return
+        outcome, messages = await self._apply(bundle, version, within, msg.msg_id)
+        if outcome == "refused":
+            refuse(messages)
+
+    async def apply_bundle(self, bundle: Bundle, version: str, within: float
+                           ) -> tuple[str, list[str]]:
+        """Check, install commit-confirmed, apply, and ask the cloud for the confirmation (the
+        same path as a pushed config; OTA config releases use it). Returns ("applied", []),
+        ("refused", checker messages) or ("reverted", [reason]); the final outcome (confirmed
+        or reverted) reaches ``outcome_listeners``."""
+        if self.tx is None:
+            return "refused", ["this gateway was started without a config file; cannot apply "
+                               "remotely"]
+        async with self._lock:
+            return await self._apply(bundle, version, within, None)
+
+    async def _apply(self, bundle: Bundle, version: str, within: float, msg_id: str | None
+                     ) -> tuple[str, list[str]]:
+        assert self.tx is not None
         issues = await asyncio.to_thread(self.tx.check, bundle, self.gw.check_config_file)
         if issues:
             log.info("configuration %s refused: %d issue(s)", version, len(issues))
-            refuse(issues)
-            return
+            return "refused", issues
         tx = self.tx
         try:
             await asyncio.to_thread(tx.install, bundle, version, within)
         except (BundleError, OSError) as exc:
-            refuse([f"install failed: {exc}"])
-            return
+            return "refused", [f"install failed: {exc}"]
         try:
             new_cfg = await asyncio.to_thread(self.gw.load_config_file, tx.config_path)
             report = await self.gw.reconfigure(new_cfg)
         except Exception as exc:
             log.warning("configuration %s could not be applied (%s); reverting", version, exc)
-            await self._revert(f"apply failed: {exc}", report_id=msg.msg_id)
-            return
+            await self._revert(f"apply failed: {exc}", report_id=msg_id)
+            return "reverted", [f"apply failed: {exc}"]
         self.counts["applied"] += 1
         if report.get("restart_needed"):
             log.info("sections %s take effect at the next restart", report["restart_needed"])
         self._arm(within)
         log.info("configuration %s applied (%s); waiting up to %.0f s for the cloud's "
                  "confirmation", version, report, within)
-        self.svc.reply(dl.CONFIG, msg.msg_id, {"op": "applied", "version": version,
-                                               "report": report})
+        self.svc.reply(dl.CONFIG, msg_id, {"op": "applied", "version": version,
+                                           "report": report})
         self.on_change()
+        return "applied", []
+
+    def _outcome(self, version: str | None, outcome: str, reason: str) -> None:
+        for fn in self.outcome_listeners:
+            try:
+                fn(version, outcome, reason)
+            except Exception:
+                log.exception("config outcome listener failed")
 
     def _arm(self, seconds: float) -> None:
         if self._timer is not None:
@@ -220,6 +247,7 @@ class RemoteConfig:
         self.svc.reply(dl.CONFIG, report_id, {"op": "reverted", "version": version,
                                               "reason": reason})
         self.on_change()
+        self._outcome(version, "reverted", reason)
 
     async def _confirm(self, version: str, msg_id: str) -> None:
         assert self.tx is not None
@@ -231,6 +259,7 @@ class RemoteConfig:
             log.info("configuration %s confirmed by the cloud", version)
             self.svc.reply(dl.CONFIG, msg_id, {"op": "confirmed", "version": version})
             self.on_change()
+            self._outcome(version, "confirmed", "")
         else:
             current = self.tx.committed_version()
             self.svc.reply(dl.CONFIG, msg_id, {"op": "confirm_ignored", "version": version,

@@ -18,8 +18,9 @@ Detectors:
 - ``ewma``: |x - mean| / std with exponentially weighted mean and variance (``alpha``), largest
   over the metrics (default threshold 5).
 The score is itself a reading (``score_metric``, default ``anomaly.score``) and an Alert is raised
-once per episode. Online: when the surprise reaches ``threshold`` (default 3.0), cleared after 10
-rows below ``clear_threshold`` (default 2.5); the alert names the detector that fired (``cause``).
+once per episode. Online: when the surprise reaches ``threshold`` (default 2.5), cleared after 10
+rows below ``clear_threshold`` (default 0.5 below ``threshold``); the alert names the detector
+that fired (``cause``).
 Fixed model / statistical: after ``min_consecutive`` scores above ``threshold``, cleared at the
 first score at or below ``clear_threshold`` (default: ``threshold``).
 
@@ -247,7 +248,7 @@ class AnomalyStage(NoHolds):
             learn_rows=cfg.learn_rows,
             refit_every=cfg.refit_every,
             threshold=cfg.threshold if cfg.threshold is not None else defaults.threshold,
-            clear=cfg.clear_threshold if cfg.clear_threshold is not None else defaults.clear,
+            clear=online.default_clear(cfg.threshold, cfg.clear_threshold),
             max_gap_ms=int(cfg.max_gap * 1000) if cfg.max_gap is not None else None,
             detectors=tuple(cfg.detectors) if cfg.detectors else defaults.detectors,
             use_litert=use_litert,

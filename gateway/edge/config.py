@@ -149,7 +149,7 @@ class AggregateConfig(AggregateSpec):
 
 
 # --------------------------------------------------------------------------- anomaly
-OnlineDetectorName = Literal["model", "level", "drift", "stuck", "range"]
+OnlineDetectorName = Literal["model", "shift", "level", "drift", "stuck", "range"]
 
 
 class AnomalyConfig(_Model):

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgegw.edge import litert, scoring
-from edgegw.edge.online import OnlineDetector, OnlineParams, WindowModel
+from edgegw.edge.online import OnlineDetector, OnlineParams, WindowModel, default_clear
 from edgegw.edge.rows import Segmenter
 
 if TYPE_CHECKING:
@@ -240,7 +240,11 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
             features = list(spec.features)
     elif args.static:
         raise EvalError("--static needs --model")
-    params = OnlineParams() if args.threshold is None else OnlineParams(threshold=args.threshold)
+    params = (
+        OnlineParams()
+        if args.threshold is None
+        else OnlineParams(threshold=args.threshold, clear=default_clear(args.threshold, None))
+    )
     files: dict[str, Any] = {}
     total: list[scoring.StreamScore] = []
     for path in args.csv:

@@ -40,11 +40,11 @@ from __future__ import annotations
 import math
 import struct
 from array import array
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from itertools import repeat
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import snappy
 
@@ -96,6 +96,7 @@ _QUALITIES = {int(q): q for q in Quality}
 _LANES = {int(x): x for x in Lane}
 _SEVERITIES = {int(s): s for s in Severity}
 _F64 = struct.Struct(">d")
+_Decoded = TypeVar("_Decoded", bound="DecodedBatch")  # what a body decoder returns
 
 
 class CodecError(ValueError):
@@ -291,18 +292,8 @@ def _check_int(v: int, what: object) -> int:
 def _write_series(
     out: bytearray, lst: list[Sample], prev_first_ts: int, prev_ts: list[int] | None
 ) -> tuple[int, list[int]]:
-    s0 = lst[0]
-    where = _Where(s0.device, s0.metric)
+    where, ts, qualities, values = _columns(lst)
     n = len(lst)
-    ts = [s.ts_ms for s in lst]
-    if set(map(type, ts)) != {int}:
-        for t in ts:
-            if not isinstance(t, int) or isinstance(t, bool):
-                raise CodecError(f"{where}: ts_ms must be int, got {type(t).__name__}")
-    if min(ts) < INT_MIN or max(ts) >= 2**63:
-        raise CodecError(f"{where}: ts_ms outside the signed 64-bit range")
-    qualities = [s.quality for s in lst]
-    values = [s.value for s in lst]
     flags = 0
     if ts == prev_ts:
         flags |= FLAG_TS_SAME
@@ -318,33 +309,57 @@ def _write_series(
         _put_uvarint(out, _zz(ts[0] - prev_first_ts))
         _put_zz_deltas(out, ts[1:], ts[0])
     if not flags & FLAG_ALL_GOOD:
-        qruns = _runs(qualities)
-        _put_uvarint(out, len(qruns))
-        for q, k in qruns:
-            try:
-                qv = int(q)
-            except (TypeError, ValueError):
-                raise CodecError(f"{where}: quality {q!r} is not a Quality") from None
-            if qv not in _QUALITIES:
-                raise CodecError(f"{where}: unknown quality {q!r}")
-            out.append(qv)
-            _put_uvarint(out, k)
+        _put_quality_runs(out, qualities, where)
     if flags & FLAG_HAS_NONE:
-        pruns: list[int] = []
-        want_present = True
-        k = 0
-        for v in values:
-            if (v is not None) == want_present:
-                k += 1
-            else:
-                pruns.append(k)
-                want_present = not want_present
-                k = 1
-        pruns.append(k)
-        _put_uvarint(out, len(pruns))
-        _put_uvarints(out, pruns)
+        _put_presence_runs(out, values)
     _write_values(out, present, where)
     return ts[0], ts
+
+
+def _columns(lst: list[Sample]) -> tuple[_Where, list[int], list[Quality], list[Any]]:
+    """One series' (where, timestamps, qualities, values); the timestamps are checked to be
+    ints in the signed 64-bit range."""
+    s0 = lst[0]
+    where = _Where(s0.device, s0.metric)
+    ts = [s.ts_ms for s in lst]
+    if set(map(type, ts)) != {int}:
+        for t in ts:
+            if not isinstance(t, int) or isinstance(t, bool):
+                raise CodecError(f"{where}: ts_ms must be int, got {type(t).__name__}")
+    if min(ts) < INT_MIN or max(ts) >= 2**63:
+        raise CodecError(f"{where}: ts_ms outside the signed 64-bit range")
+    return where, ts, [s.quality for s in lst], [s.value for s in lst]
+
+
+def _put_quality_runs(out: bytearray, qualities: list[Quality], where: _Where) -> None:
+    qruns = _runs(qualities)
+    _put_uvarint(out, len(qruns))
+    for q, k in qruns:
+        try:
+            qv = int(q)
+        except (TypeError, ValueError):
+            raise CodecError(f"{where}: quality {q!r} is not a Quality") from None
+        if qv not in _QUALITIES:
+            raise CodecError(f"{where}: unknown quality {q!r}")
+        out.append(qv)
+        _put_uvarint(out, k)
+
+
+def _put_presence_runs(out: bytearray, values: list[Any]) -> None:
+    """Run lengths alternating present / None, starting with present."""
+    pruns: list[int] = []
+    want_present = True
+    k = 0
+    for v in values:
+        if (v is not None) == want_present:
+            k += 1
+        else:
+            pruns.append(k)
+            want_present = not want_present
+            k = 1
+    pruns.append(k)
+    _put_uvarint(out, len(pruns))
+    _put_uvarints(out, pruns)
 
 
 class _Where:
@@ -699,6 +714,12 @@ def decode_batch(data: bytes) -> DecodedBatch:
         raise CodecError("empty batch")
     if data[0] != VERSION:
         raise CodecError(f"unsupported batch format version {data[0]} (this build reads {VERSION})")
+    return _decode_snappy(data, _decode_body)
+
+
+def _decode_snappy(data: bytes, decode_body: Callable[[_Reader], _Decoded]) -> _Decoded:
+    """Run ``decode_body`` on the snappy body after byte 0, bounded by ``MAX_BODY_BYTES``;
+    anything malformed becomes a ``CodecError``."""
     size = _uncompressed_length(data)
     if size > MAX_BODY_BYTES:
         raise CodecError(f"batch body of {size} bytes exceeds the limit of {MAX_BODY_BYTES}")
@@ -707,7 +728,7 @@ def decode_batch(data: bytes) -> DecodedBatch:
     except Exception as exc:  # the snappy binding raises several unrelated types
         raise CodecError(f"batch is not valid snappy data: {type(exc).__name__}: {exc}") from None
     try:
-        return _decode_body(_Reader(bytes(body)))
+        return decode_body(_Reader(bytes(body)))
     except CodecError:
         raise
     except (ValueError, OverflowError, IndexError, KeyError, TypeError, MemoryError) as exc:
@@ -750,24 +771,9 @@ def _decode_body(r: _Reader) -> DecodedBatch:
                 if not INT_MIN <= t < 2**63:
                     raise r.fail("timestamp outside the signed 64-bit range")
         prev_first_ts, prev_ts = ts[0], ts
-        if flags & FLAG_ALL_GOOD:
-            qualities = [Quality.GOOD] * n
-        else:
-            qualities = []
-            for _ in range(r.count("quality run", 2)):
-                q = _QUALITIES.get(r.u8())
-                if q is None:
-                    raise r.fail("unknown quality")
-                qualities += [q] * min(r.uvarint(), n + 1 - len(qualities))
-            if len(qualities) != n:
-                raise r.fail("quality runs do not add up to the series length")
+        qualities = [Quality.GOOD] * n if flags & FLAG_ALL_GOOD else _read_quality_runs(r, n)
         if flags & FLAG_HAS_NONE:
-            pruns = r.uvarints(r.count("presence run"))
-            if sum(pruns) != n:
-                raise r.fail("presence runs do not add up to the series length")
-            mask: list[bool] = []
-            for i, k in enumerate(pruns):
-                mask += [not i & 1] * k
+            mask = _read_presence_mask(r, n)
             n_present = sum(mask)
         else:
             mask = []
@@ -782,6 +788,29 @@ def _decode_body(r: _Reader) -> DecodedBatch:
     if r.pos != r.end:
         raise r.fail(f"{r.end - r.pos} trailing bytes")
     return DecodedBatch(series, alerts, gaps)
+
+
+def _read_quality_runs(r: _Reader, n: int) -> list[Quality]:
+    qualities: list[Quality] = []
+    for _ in range(r.count("quality run", 2)):
+        q = _QUALITIES.get(r.u8())
+        if q is None:
+            raise r.fail("unknown quality")
+        qualities += [q] * min(r.uvarint(), n + 1 - len(qualities))
+    if len(qualities) != n:
+        raise r.fail("quality runs do not add up to the series length")
+    return qualities
+
+
+def _read_presence_mask(r: _Reader, n: int) -> list[bool]:
+    """The presence runs as one bool per reading (True: a value follows in the column)."""
+    pruns = r.uvarints(r.count("presence run"))
+    if sum(pruns) != n:
+        raise r.fail("presence runs do not add up to the series length")
+    mask: list[bool] = []
+    for i, k in enumerate(pruns):
+        mask += [not i & 1] * k
+    return mask
 
 
 def _read_values(r: _Reader, n: int) -> list[Any]:

@@ -58,12 +58,18 @@ from edgegw.protocol.codec import (
     Series,
     _check_int,
     _column_type,
+    _columns,
     _decimal_exponent,
     _decimal_ints,
+    _decode_snappy,
+    _put_presence_runs,
+    _put_quality_runs,
     _put_uvarint,
     _put_uvarints,
+    _put_zz_deltas,
+    _read_presence_mask,
+    _read_quality_runs,
     _Reader,
-    _runs,
     _scaled_ints,
     _Strings,
     _Where,
@@ -318,7 +324,7 @@ def encode_batch_v2(
 
     tail = bytearray()
     _put_uvarint(tail, len(defined))
-    _put_zz_deltas_signed(tail, [d[0] for d in defined])
+    _put_zz_deltas(tail, [d[0] for d in defined])
     _put_uvarints(tail, (d[1] for d in defined))
     _put_uvarints(tail, (d[2] for d in defined))
     _put_uvarint(tail, n_parts)
@@ -327,9 +333,9 @@ def encode_batch_v2(
             if not isinstance(p, int) or not 0 <= p < 2**63:
                 raise CodecError(f"part seq {p!r} outside [0, 2**63)")
         _put_uvarint(tail, parts[0])
-        _put_zz_deltas_signed(tail, list(parts[1:]), parts[0])
+        _put_zz_deltas(tail, list(parts[1:]), parts[0])
     _put_uvarint(tail, len(series))
-    _put_zz_deltas_signed(tail, sid)
+    _put_zz_deltas(tail, sid)
     _put_uvarints(tail, (len(lst) for lst in series.values()))
     flags_at = len(tail)
     tail += bytes(len(series))
@@ -363,27 +369,11 @@ def encode_batch_v2(
     return bytes((VERSION,)) + snappy.compress(bytes(body)), [d[0] for d in defined]
 
 
-def _put_zz_deltas_signed(out: bytearray, values: Sequence[int], start: int = 0) -> None:
-    prev = start
-    for v in values:
-        _put_uvarint(out, _zz(v - prev))
-        prev = v
-
-
 def _write_series(
     out: bytearray, lst: list[Sample], prev_first_ts: int, prev_ts: list[int] | None
 ) -> tuple[int, int, int, list[int]]:
-    s0 = lst[0]
-    where = _Where(s0.device, s0.metric)
+    where, ts, qualities, values = _columns(lst)
     n = len(lst)
-    ts = [s.ts_ms for s in lst]
-    for t in ts:
-        if not isinstance(t, int) or isinstance(t, bool):
-            raise CodecError(f"{where}: ts_ms must be int, got {type(t).__name__}")
-    if min(ts) < v1.INT_MIN or max(ts) >= 2**63:
-        raise CodecError(f"{where}: ts_ms outside the signed 64-bit range")
-    qualities = [s.quality for s in lst]
-    values = [s.value for s in lst]
     flags = 0
     if ts == prev_ts:
         flags |= FLAG_TS_SAME
@@ -397,34 +387,12 @@ def _write_series(
     if qualities.count(Quality.GOOD) == n:
         flags |= FLAG_ALL_GOOD
     else:
-        qruns = _runs(qualities)
-        _put_uvarint(out, len(qruns))
-        for q, k in qruns:
-            try:
-                qv = int(q)
-            except (TypeError, ValueError):
-                raise CodecError(f"{where}: quality {q!r} is not a Quality") from None
-            if qv not in v1._QUALITIES:
-                raise CodecError(f"{where}: unknown quality {q!r}")
-            out.append(qv)
-            _put_uvarint(out, k)
+        _put_quality_runs(out, qualities, where)
     present = values
     if None in values:
         flags |= FLAG_HAS_NONE
         present = [v for v in values if v is not None]
-        pruns: list[int] = []
-        want_present = True
-        k = 0
-        for v in values:
-            if (v is not None) == want_present:
-                k += 1
-            else:
-                pruns.append(k)
-                want_present = not want_present
-                k = 1
-        pruns.append(k)
-        _put_uvarint(out, len(pruns))
-        _put_uvarints(out, pruns)
+        _put_presence_runs(out, values)
     kind, payload = _encode_values(present, where) if present else (0, b"\0")
     out += payload
     return flags, kind, ts[0], ts
@@ -439,28 +407,7 @@ def decode_batch_v2(data: bytes, resolve: Resolver | None = None) -> DecodedV2:
     data = bytes(data)
     if not data or data[0] != VERSION:
         raise CodecError("not a version 2 batch")
-    size = v1._uncompressed_length(data)
-    if size > MAX_BODY_BYTES:
-        raise CodecError(f"batch body of {size} bytes exceeds the limit of {MAX_BODY_BYTES}")
-    try:
-        body = snappy.decompress(data[1:])
-    except Exception as exc:  # the snappy binding raises several unrelated types
-        raise CodecError(f"batch is not valid snappy data: {type(exc).__name__}: {exc}") from None
-    try:
-        return _decode_body(_Reader(bytes(body)), resolve)
-    except CodecError:
-        raise
-    except (ValueError, OverflowError, IndexError, KeyError, TypeError, MemoryError) as exc:
-        raise CodecError(f"malformed batch: {type(exc).__name__}: {exc}") from None
-
-
-def _zz_list(r: _Reader, n: int, start: int = 0) -> list[int]:
-    out = []
-    prev = start
-    for _ in range(n):
-        prev += v1._unzz(r.uvarint())
-        out.append(prev)
-    return out
+    return _decode_snappy(data, lambda r: _decode_body(r, resolve))
 
 
 def _decode_body(r: _Reader, resolve: Resolver | None) -> DecodedV2:
@@ -477,7 +424,7 @@ def _decode_body(r: _Reader, resolve: Resolver | None) -> DecodedV2:
     n_defs = r.count("definition", 3)
     if n_defs > MAX_DEFS:
         raise r.fail(f"{n_defs} definitions exceed {MAX_DEFS}")
-    def_ids = _zz_list(r, n_defs)
+    def_ids = r.zz_deltas(n_defs)
     def_dev = r.uvarints(n_defs)
     def_met = r.uvarints(n_defs)
     defs: dict[int, SeriesKey] = {}
@@ -493,11 +440,11 @@ def _decode_body(r: _Reader, resolve: Resolver | None) -> DecodedV2:
     parts: list[int] = []
     if n_parts:
         first = r.uvarint()
-        parts = [first, *_zz_list(r, n_parts - 1, first)]
+        parts = [first, *r.zz_deltas(n_parts - 1, first)]
         if min(parts) < 0 or max(parts) >= 2**63 or len(set(parts)) != n_parts:
             raise r.fail("part seqs must be distinct and in [0, 2**63)")
     n_series = r.count("series", 3)
-    sids = _zz_list(r, n_series)
+    sids = r.zz_deltas(n_series)
     counts = r.uvarints(n_series)
     flags_l = list(r.take(n_series))
     if sum(counts) > MAX_SAMPLES:
@@ -558,24 +505,9 @@ def _decode_body(r: _Reader, resolve: Resolver | None) -> DecodedV2:
             if min(ts) < v1.INT_MIN or max(ts) >= 2**63:
                 raise r.fail("timestamp outside the signed 64-bit range")
         prev_first_ts, prev_ts = ts[0], ts
-        if f & FLAG_ALL_GOOD:
-            qualities = [Quality.GOOD] * n
-        else:
-            qualities = []
-            for _ in range(r.count("quality run", 2)):
-                q = v1._QUALITIES.get(r.u8())
-                if q is None:
-                    raise r.fail("unknown quality")
-                qualities += [q] * min(r.uvarint(), n + 1 - len(qualities))
-            if len(qualities) != n:
-                raise r.fail("quality runs do not add up to the series length")
+        qualities = [Quality.GOOD] * n if f & FLAG_ALL_GOOD else _read_quality_runs(r, n)
         if f & FLAG_HAS_NONE:
-            pruns = r.uvarints(r.count("presence run"))
-            if sum(pruns) != n:
-                raise r.fail("presence runs do not add up to the series length")
-            mask: list[bool] = []
-            for i, k in enumerate(pruns):
-                mask += [not i & 1] * k
+            mask = _read_presence_mask(r, n)
             values = _read_values(r, sum(mask), kind)
             it = iter(values)
             values = [next(it) if m else None for m in mask]

@@ -61,6 +61,7 @@ def load(config: Path) -> tuple[GatewayConfig, dict[str, DriverEntry]]:
         ok, broken = drivers_from_registry(drivers)
         # A broken plugin is a warning: only its own devices become unavailable.
         cfg = check_loaded(cfg, ok, unavailable=broken)
+        cfg.release_source()  # resident memory: only the check reads it
     except ConfigError as exc:
         for issue in exc.issues:
             print(issue, file=sys.stderr)
@@ -97,6 +98,14 @@ async def serve(
         loop.call_later(0.5, stop.set)  # let the command's result reach the cloud first
 
     gw.request_restart = request_restart  # type: ignore[attr-defined]
+
+    def request_exit(why: str) -> None:
+        """OTA: a clean stop, exit status 0; the launcher (systemd Restart=always) starts the
+        new slot's trial. Not a re-exec: the launcher must decide which slot runs."""
+        log.warning("stopping for %s (the service manager starts the launcher again)", why)
+        loop.call_later(0.5, stop.set)  # let the `trial` state reach the cloud first
+
+    gw.request_exit = request_exit  # type: ignore[attr-defined]
     trial_rc: asyncio.Task[int] | None = None
     try:
         await gw.start()

@@ -1,7 +1,9 @@
 """What a gateway is doing (``edgegw status``), whether it is running or stopped.
 
 Reads the state dir only: ``status.json`` (written every second by the daemon: counters of every
-component) and the outbox database itself (read-only), so it also works after a crash.
+component), the outbox database itself (read-only) and the OTA agent's state files
+(``state_dir/ota/``: current release, state, chunks received/total, bytes), so it also works
+after a crash.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from edgegw.model import Lane
+from edgegw.ota.transfer import status_summary as ota_status_summary
 
 
 def _alive(pid: int) -> bool:
@@ -73,7 +76,29 @@ def collect(state_dir: Path, outbox_path: Path | None = None) -> dict[str, Any]:
     else:
         doc["running"] = False
     doc["outbox"] = outbox_summary(outbox_path or state_dir / "outbox.db")
+    ota = ota_status_summary(state_dir)  # from the agent's files: stopped gateways too
+    live = doc.get("stats", {}).get("ota") if doc.get("running") else None
+    if ota is not None and isinstance(live, dict) and live.get("release") == ota["release"]:
+        ota |= {k: live[k] for k in ("state", "received", "bytes", "reason", "detail")
+                if k in live}
+    doc["ota"] = ota
     return doc
+
+
+def ota_line(ota: dict[str, Any] | None) -> str | None:
+    """``ota: RELEASE STATE received/total chunks (n%), bytes`` (+ reason/detail)."""
+    if not ota:
+        return None
+    total = int(ota.get("total") or 0)
+    received = int(ota.get("received") or 0)
+    pct = f" ({100 * received // total}%)" if total else ""
+    line = (f"ota: {ota['release']} {ota.get('state')}, {received}/{total} chunks{pct}, "
+            f"{_bytes(int(ota.get('bytes') or 0))} received")
+    if ota.get("reason"):
+        line += f", reason {ota['reason']}"
+    if ota.get("detail"):
+        line += f": {ota['detail']}"
+    return line
 
 
 def _table(rows: list[list[str]]) -> list[str]:
@@ -165,6 +190,9 @@ def render(doc: dict[str, Any]) -> str:
             rows.append([lane, str(v["batches"]), str(v["readings"]), _bytes(v["bytes"]),
                          str(dropped.get(lane, 0) if isinstance(dropped, dict) else 0)])
         lines += ["", *_table(rows), f"outbox file: {_bytes(ob['file_bytes'])} on disk"]
+    ota = ota_line(doc.get("ota"))
+    if ota:
+        lines.append(ota)
     proc = stats.get("process", {})
     if proc:
         lines.append(

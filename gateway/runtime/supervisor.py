@@ -40,6 +40,7 @@ from edgegw.runtime.devices import DeviceManager
 from edgegw.runtime.devmgmt_service import DeviceManagementService
 from edgegw.runtime.housekeeping import HousekeepingService
 from edgegw.runtime.metrics import StatsCollector, StatsFn, serve
+from edgegw.runtime.ota_service import OtaService
 from edgegw.runtime.sdnotify import notify, watchdog_interval
 from edgegw.runtime.service import Service
 from edgegw.runtime.uplink_service import UplinkService
@@ -104,8 +105,12 @@ class Gateway:
             self.housekeeping,
         ]
         if self.uplink is not None and self.downlink is not None:  # commands, shadow, config
-            self.services.append(DeviceManagementService(
-                self, self.devices, self.uplink, self.datapath, self.downlink.service))
+            dms = DeviceManagementService(
+                self, self.devices, self.uplink, self.datapath, self.downlink.service)
+            self.services.append(dms)
+            if cfg.ota.enabled and identity_dir is not None:  # OTA (config releases via dms)
+                self.services.append(OtaService(self, self.downlink.service, identity_dir,
+                                                dms.dm.config))
         self._started_services: list[Service] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._started = time.monotonic()

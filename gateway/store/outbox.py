@@ -64,7 +64,7 @@ import sqlite3
 import threading
 import time
 import zlib
-from collections.abc import Callable, Container, Iterable
+from collections.abc import Callable, Container, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -500,15 +500,9 @@ class Outbox:
         c = self._conn
         seq = self._next_seq
         row = self._seal_gap(seq, gaps)
-        c.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction():
             c.execute(f"INSERT INTO batches ({_COLS}) VALUES (?,?,?,?,?,?,?,0)", row)
             c.execute("UPDATE meta SET value=? WHERE key='next_seq'", (seq + 1,))
-            c.execute("COMMIT")
-        except BaseException:
-            if c.in_transaction:
-                c.execute("ROLLBACK")
-            raise
         self._next_seq = seq + 1
         self._account_add(Lane.ALERT, len(row[2]))
         self._c["gaps"] += 1
@@ -586,16 +580,10 @@ class Outbox:
                 break
             else:
                 unknown += 1
-        c.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction():
             c.executemany("UPDATE batches SET envelope=?, crc=?, attempts=0 WHERE seq=?",
                           resealed)
             c.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('seal_fp', ?)", (fp,))
-            c.execute("COMMIT")
-        except BaseException:
-            if c.in_transaction:
-                c.execute("ROLLBACK")
-            raise
         self._c["resealed"] += len(resealed)
         self._c["reseal_unknown_key"] += unknown
         if resealed:
@@ -622,6 +610,21 @@ class Outbox:
             self._conn = self._connect()
             self._load(salvage, self._next_seq)
             return op()
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One write transaction on ``self._conn``: BEGIN IMMEDIATE, COMMIT when the body ends
+        (unless it rolled back itself: nothing to change), ROLLBACK if it raises."""
+        c = self._conn
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            if c.in_transaction:
+                c.execute("COMMIT")
+        except BaseException:
+            if c.in_transaction:
+                c.execute("ROLLBACK")
+            raise
 
     # ------------------------------------------------------------------ accounting
     def row_cost(self, envelope_len: int) -> int:
@@ -749,8 +752,7 @@ class Outbox:
         c = self._conn
         seq = self._next_seq
         env = self.sealer.seal(seq, plaintext)
-        c.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction():
             sizes = []
             for s in old:
                 row = c.execute("SELECT lane, length(envelope) FROM batches WHERE seq=?",
@@ -767,11 +769,6 @@ class Outbox:
             c.execute(f"INSERT INTO batches ({_COLS}) VALUES (?,?,?,?,?,?,?,0)",
                       (seq, int(Lane.TELEMETRY), env, zlib.crc32(env), count, first, last))
             c.execute("UPDATE meta SET value=? WHERE key='next_seq'", (seq + 1,))
-            c.execute("COMMIT")
-        except BaseException:
-            if c.in_transaction:
-                c.execute("ROLLBACK")
-            raise
         self._next_seq = seq + 1
         for size in sizes:
             self._account_remove(int(Lane.TELEMETRY), size)
@@ -990,8 +987,7 @@ class Outbox:
 
     def _quarantine(self, seq: int, reason: str) -> bool:
         c = self._conn
-        c.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction():
             row = c.execute("SELECT lane, length(envelope) FROM batches WHERE seq=?",
                             (seq,)).fetchone()
             if row is not None:
@@ -1001,23 +997,22 @@ class Outbox:
                     (reason, time.time_ns() // 1_000_000, seq))
                 c.execute("DELETE FROM batches WHERE seq=?", (seq,))
                 pruned = self._prune_quarantine()
-            c.execute("COMMIT")
-        except BaseException:
-            if c.in_transaction:
-                c.execute("ROLLBACK")
-            raise
         if row is None:
             return False
-        # the row moved tables: its bytes stay accounted, only its lane counters change
         lane, size = row
+        self._account_quarantined(lane, size, pruned)
+        self._c["quarantined"] += 1
+        return True
+
+    def _account_quarantined(self, lane: int, size: int | None, pruned: list[int]) -> None:
+        """A row moved from batches to quarantine: its bytes stay accounted, only its lane
+        counters change; the ``pruned`` quarantine rows free their bytes."""
         if lane in _LANE_VALUES:
             name = Lane(lane).name.lower()
             self._lane_batches[name] -= 1
             self._lane_bytes[name] -= size or 0
         for psize in pruned:
             self._used -= self.row_cost(psize)
-        self._c["quarantined"] += 1
-        return True
 
     def _prune_quarantine(self) -> list[int]:
         """Keep the newest quarantined rows within QUARANTINE_MAX_ROWS and max_bytes / 8 (they
@@ -1051,17 +1046,11 @@ class Outbox:
             return None
         new = self._next_seq
         env = self.sealer.seal(new, bytes(plaintext), header.flags)
-        c.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction():
             c.execute("DELETE FROM batches WHERE seq=?", (seq,))
             c.execute(f"INSERT INTO batches ({_COLS}) VALUES (?,?,?,?,?,?,?,?)",
                       (new, row[1], env, zlib.crc32(env), row[4], row[5], row[6], row[7]))
             c.execute("UPDATE meta SET value=? WHERE key='next_seq'", (new + 1,))
-            c.execute("COMMIT")
-        except BaseException:
-            if c.in_transaction:
-                c.execute("ROLLBACK")
-            raise
         self._next_seq = new + 1
         self._c["resequenced"] += 1
         log.warning("outbox: batch %d re-sequenced as %d (the cloud holds a different batch "
@@ -1091,8 +1080,7 @@ class Outbox:
                         readings=count, reason=reason))
         gseq = self._next_seq
         gap_row = self._seal_gap(gseq, gaps)
-        c.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction():
             c.execute(f"INSERT OR REPLACE INTO quarantine ({_COLS}, reason, at_ms) "
                       f"SELECT {_COLS}, ?, ? FROM batches WHERE seq=?",
                       (why, time.time_ns() // 1_000_000, seq))
@@ -1100,18 +1088,8 @@ class Outbox:
             c.execute(f"INSERT INTO batches ({_COLS}) VALUES (?,?,?,?,?,?,?,0)", gap_row)
             c.execute("UPDATE meta SET value=? WHERE key='next_seq'", (gseq + 1,))
             pruned = self._prune_quarantine()
-            c.execute("COMMIT")
-        except BaseException:
-            if c.in_transaction:
-                c.execute("ROLLBACK")
-            raise
         self._next_seq = gseq + 1
-        if lane in _LANE_VALUES:
-            name = Lane(lane).name.lower()
-            self._lane_batches[name] -= 1
-            self._lane_bytes[name] -= size or 0
-        for psize in pruned:
-            self._used -= self.row_cost(psize)
+        self._account_quarantined(lane, size, pruned)
         self._account_add(Lane.ALERT, len(gap_row[2]))
         self._c["quarantined"] += 1
         self._c["gaps"] += 1
@@ -1136,8 +1114,7 @@ class Outbox:
         retry = [(s,) for s, o in items if o is AckStatus.RETRY]
         removed: list[tuple[int, int, int]] = []
         if delivered or retry:
-            c.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction():
                 for (s,) in delivered:
                     removed += c.execute(
                         "DELETE FROM batches WHERE seq=? RETURNING lane, length(envelope), "
@@ -1150,11 +1127,6 @@ class Outbox:
                 for args in retry:
                     n_retry += c.execute(
                         "UPDATE batches SET attempts = attempts + 1 WHERE seq=?", args).rowcount
-                c.execute("COMMIT")
-            except BaseException:
-                if c.in_transaction:
-                    c.execute("ROLLBACK")
-                raise
             for lane, size, _last in removed:
                 self._account_remove(lane, size)
             self._c["delivered"] += len(removed)

@@ -50,7 +50,7 @@ import logging
 import random
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -650,42 +650,19 @@ class Uplink:
         log.warning("giving up batch %d (%d readings, key id %d): %s; quarantined, a gap record "
                     "tells the cloud", flight.seq, flight.count, _key_id(flight.envelope), why)
         seq = flight.seq
-        self._settling.add(seq)
-
-        async def go() -> None:
-            try:
-                await self._io.give_up(seq, why)
-            except Exception:
-                log.exception("giving up batch %d in the outbox failed", seq)
-            finally:
-                self._settling.discard(seq)
-                if self._wake is not None:
-                    self._wake.set()
-
-        task = asyncio.ensure_future(go())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._in_background([seq], lambda: self._io.give_up(seq, why),
+                            "giving up batch %d in the outbox failed", seq)
 
     def _resequence(self, flight: _Flight) -> None:
         seq = flight.seq
-        self._settling.add(seq)
         self._cooldown.pop(seq, None)
 
         async def go() -> None:
-            try:
-                new = await self._io.resequence(seq)
-                log.info("batch %d not acked after %d attempts while later batches were: "
-                         "re-sequenced as %s", seq, flight.attempts, new)
-            except Exception:
-                log.exception("re-sequencing batch %d in the outbox failed", seq)
-            finally:
-                self._settling.discard(seq)
-                if self._wake is not None:
-                    self._wake.set()
+            new = await self._io.resequence(seq)
+            log.info("batch %d not acked after %d attempts while later batches were: "
+                     "re-sequenced as %s", seq, flight.attempts, new)
 
-        task = asyncio.ensure_future(go())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._in_background([seq], go, "re-sequencing batch %d in the outbox failed", seq)
 
     def _check_stuck(self, now: float) -> None:
         if self._stuck_warned or not (self._inflight or self._cooldown):
@@ -723,23 +700,31 @@ class Uplink:
         """Hand outcomes to the outbox thread; the seqs stay excluded until it is done."""
         if not items:
             return
-        for seq, _ in items:
-            self._settling.add(seq)
+        seqs = [seq for seq, _ in items]
+
+        async def go() -> None:
+            many = getattr(self._io, "settle_many", None)
+            if many is not None:
+                await many(items)
+            else:
+                for seq, outcome in items:
+                    await self._io.settle(seq, outcome)
+
+        self._in_background(seqs, go, "settling batches %s in the outbox failed", seqs[:10])
+
+    def _in_background(self, seqs: list[int], work: Callable[[], Awaitable[object]],
+                       failed: str, *args: object) -> None:
+        """Run ``work`` (an outbox call) as a tracked task; ``seqs`` stay out of the window until
+        it is done, and the send loop is woken then. A failure is logged as ``failed % args``."""
+        self._settling.update(seqs)
 
         async def go() -> None:
             try:
-                many = getattr(self._io, "settle_many", None)
-                if many is not None:
-                    await many(items)
-                else:
-                    for seq, outcome in items:
-                        await self._io.settle(seq, outcome)
+                await work()
             except Exception:
-                log.exception("settling batches %s in the outbox failed",
-                              [s for s, _ in items][:10])
+                log.exception(failed, *args)
             finally:
-                for seq, _ in items:
-                    self._settling.discard(seq)
+                self._settling.difference_update(seqs)
                 if self._wake is not None:
                     self._wake.set()
 

@@ -24,6 +24,7 @@ ROOT_KEYS = {
     "devices",
     "rules",
     "anomaly",
+    "ota",
     "include",
 }
 EXAMPLE = Path(__file__).parents[2] / "examples" / "gateway.example.yaml"

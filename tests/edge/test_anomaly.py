@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, wait
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from edgegw.edge.config import AnomalyConfig
 from edgegw.edge.fit import fit_pca_autoencoder, make_windows
 from edgegw.model import Alert, Quality, Sample
 from tests.edge import synth
+from tests.edge.worker import RecordingWorker
 
 REPO = Path(__file__).resolve().parents[2]
 T0 = 1_700_000_000_000
@@ -150,20 +151,10 @@ def test_inference_runs_on_the_worker_thread(fitted: tuple[Path, Any]) -> None:
     samples = synth.to_samples(synth.with_anomalies(800, 4, seed=8)[0])
     inline_scores, inline_alerts = run_stage(AnomalyStage([cfg]), samples)
 
-    threads: set[str] = set()
-    futures: list[Future[Any]] = []
-    pool = ThreadPoolExecutor(1, thread_name_prefix="infer")
-
-    def submit(fn: Any, *args: Any) -> Future[Any]:
-        def job() -> Any:
-            threads.add(threading.current_thread().name)
-            return fn(*args)
-
-        futures.append(pool.submit(job))
-        return futures[-1]
-
+    worker = RecordingWorker()
+    threads, futures = worker.threads, worker.futures
     stage = AnomalyStage([cfg])
-    stage.start(submit)
+    stage.start(worker.submit)
     try:
         scores, alerts = run_stage(stage, samples)
         for _ in range(1000):  # each round: wait for the batch in flight, tick collects it
@@ -174,7 +165,7 @@ def test_inference_runs_on_the_worker_thread(fitted: tuple[Path, Any]) -> None:
             if not stage.stats()["queued"] and all(f.done() for f in futures) and not out:
                 break
     finally:
-        pool.shutdown(wait=True)
+        worker.shutdown()
     assert threads and all(t.startswith("infer") for t in threads)
     assert threading.current_thread().name not in threads
     assert [(x.ts_ms, x.value) for x in scores] == [(x.ts_ms, x.value) for x in inline_scores]

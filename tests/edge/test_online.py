@@ -1,6 +1,7 @@
 """The online detector on real-looking data: each fault kind raises exactly one alert, a new
-normal is re-learnt within ``history`` rows, fit and run see the same windows across gaps,
-out-of-order and non-finite values, and the stage runs refits in the worker.
+normal (a new level, new noise, a new operating point) is re-learnt within ``history`` rows,
+fit and run see the same windows across gaps, out-of-order and non-finite values, and the stage
+runs refits in the worker.
 
 Data: ``tests/edge/synth.py`` (synthetic, real-looking: four pump sensors driven by one hidden load
 with sensor noise) - the real labelled data sets are in bench/bench_anomaly.py.
@@ -8,10 +9,8 @@ with sensor noise) - the real labelled data sets are in bench/bench_anomaly.py.
 
 from __future__ import annotations
 
-import threading
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import wait
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -22,6 +21,7 @@ from edgegw.edge.config import AnomalyConfig
 from edgegw.edge.online import OnlineDetector, OnlineParams, episodes
 from edgegw.model import Alert, Quality, Sample
 from tests.edge import synth
+from tests.edge.worker import RecordingWorker
 
 T0 = 1_700_000_000_000
 FEATURES = list(synth.FEATURES)
@@ -68,6 +68,9 @@ def faulty(base: np.ndarray, kind: str) -> np.ndarray:
         r[AT : AT + 100, 0] = r[AT - 1, 0]
     elif kind == "spike":  # one power reading jumps
         r[AT, 2] += 1.0
+    elif kind == "noisy":  # pressure's noise grows to 10x its whole normal spread, and stays
+        noise = np.random.default_rng(1).normal(0.0, 10.0 * float(np.std(r[:AT, 1])), N - AT)
+        r[AT:, 1] += noise
     elif kind == "regime":  # a new operating point: every sensor moves, the noise is new
         r[AT:] = synth.normal_rows(N - AT, seed=7) + np.array([15.0, 1.0, 2.0, 5.0])
     return r
@@ -77,7 +80,7 @@ def test_normal_operation_raises_nothing(base: np.ndarray) -> None:
     assert run_detector(base) == []
 
 
-@pytest.mark.parametrize("kind", ["level_shift", "slow_drift", "stuck", "spike", "regime"])
+@pytest.mark.parametrize("kind", ["level_shift", "slow_drift", "stuck", "spike", "noisy", "regime"])
 def test_each_fault_is_one_alert(base: np.ndarray, kind: str) -> None:
     eps = run_detector(faulty(base, kind))
     assert len(eps) == 1, eps
@@ -195,20 +198,10 @@ def test_stage_refits_in_the_worker_and_keeps_order(base: np.ndarray) -> None:
     cfg = AnomalyConfig(
         name="pump", device="pump1", metrics=FEATURES, kind="online", max_queue=10_000
     )
-    threads: set[str] = set()
-    futures: list[Future[Any]] = []
-    pool = ThreadPoolExecutor(1, thread_name_prefix="infer")
-
-    def submit(fn: Any, *args: Any) -> Future[Any]:
-        def job() -> Any:
-            threads.add(threading.current_thread().name)
-            return fn(*args)
-
-        futures.append(pool.submit(job))
-        return futures[-1]
-
+    worker = RecordingWorker()
+    threads, futures = worker.threads, worker.futures
     stage = AnomalyStage([cfg])
-    stage.start(submit)
+    stage.start(worker.submit)
     scores: list[Sample] = []
     alerts: list[Alert] = []
     try:
@@ -223,7 +216,7 @@ def test_stage_refits_in_the_worker_and_keeps_order(base: np.ndarray) -> None:
         alerts += a
         wait(futures)
     finally:
-        pool.shutdown(wait=True)
+        worker.shutdown()
     assert threads and all(t.startswith("infer") for t in threads)
     stats = stage.stats()
     assert stats["refits"] + stats["refits_rejected"] >= 2, stats

@@ -79,7 +79,7 @@ def write_config(tmp: Path, tty: str) -> Path:
                 "id": "plc",
                 "driver": "serial",
                 # polled at start, then rarely: a poll reply window must not eat rb's first 'C'
-                # (rb repeats it only every 10 s)
+                # (rb repeats it only every 10 s; start_timeout covers two repeats under load)
                 "poll": "60s",
                 "options": {
                     "port": tty,
@@ -88,7 +88,7 @@ def write_config(tmp: Path, tty: str) -> Path:
                     "reply_timeout": "200ms",
                     "reopen_min": "100ms",
                     "line": {"parse": "kv"},
-                    "bootloader": {"start_timeout": "15s", "block_timeout": "7s"},
+                    "bootloader": {"start_timeout": "25s", "block_timeout": "7s"},
                 },
             },
             {
@@ -216,7 +216,12 @@ async def test_cancellation_aborts_the_transfer_on_the_wire(
     task = asyncio.create_task(
         gateway.update_firmware("plc", FirmwareImage("fw.bin", "2.0", IMAGE), progress)
     )
-    await half.wait()
+    # the transfer may also END before half of it (e.g. no 'C' from rb in time on a loaded
+    # machine): never wait on `half` alone, or a failed transfer hangs the test
+    halfway = asyncio.create_task(half.wait())
+    await asyncio.wait({task, halfway}, timeout=120, return_when=asyncio.FIRST_COMPLETED)
+    halfway.cancel()
+    assert half.is_set(), f"transfer ended before half of the image: {task}"
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

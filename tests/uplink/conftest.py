@@ -12,7 +12,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -28,12 +27,7 @@ from edgegw_cloud.ingest import Ingest
 from edgegw_cloud.pki_setup import CloudPaths, init_data_dir
 from edgegw_cloud.registry import Registry
 from edgegw_cloud.store import CloudStore
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.cloud.helpers import free_port, pg_database
 
 
 def wait_until(pred: Callable[[], bool], timeout: float, what: str, step: float = 0.05) -> None:
@@ -54,26 +48,6 @@ async def await_until(pred: Callable[[], bool], timeout: float, what: str,  # no
             return
         await asyncio.sleep(step)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
-
-
-@contextlib.contextmanager
-def pg_database() -> Iterator[str]:
-    """A fresh PostgreSQL database on the local server (dropped afterwards); yields its URL."""
-    import secrets
-
-    import psycopg
-
-    name = f"edgegw_test_{os.getpid()}_{secrets.token_hex(4)}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @dataclass

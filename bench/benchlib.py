@@ -1,0 +1,56 @@
+"""Helpers the end-to-end benches share (run as ``python bench/NAME.py``, so this folder is on
+``sys.path``): a free loopback port, nearest-rank percentiles, the cloud's broker, and the
+background telemetry devices that load the gateway while a latency is measured."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from edgegw_cloud.broker import ManagedBroker
+from edgegw_cloud.pki_setup import CloudPaths, init_data_dir
+
+N = TypeVar("N", int, float)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pct(values: Sequence[N], p: float, ndigits: int | None = None) -> N | float | None:
+    """The nearest-rank ``p`` percentile (None for no values), rounded if ``ndigits``."""
+    if not values:
+        return None
+    v = sorted(values)[min(len(values) - 1, int(p * len(values)))]
+    return v if ndigits is None else round(v, ndigits)
+
+
+def cloud_broker(tmp: Path) -> tuple[CloudPaths, ManagedBroker, str]:
+    """A cloud data dir in ``tmp/cloud`` and its managed Mosquitto on a free port (not started
+    yet); returns (paths, broker, the URL gateways use)."""
+    paths = init_data_dir(tmp / "cloud")
+    port = free_port()
+    return paths, ManagedBroker(paths, port), f"mqtts://127.0.0.1:{port}"
+
+
+def background_devices(rate: int) -> list[dict[str, Any]]:
+    """10 ``sim`` push devices x 10 points emitting ``rate`` readings/s in total, one burst
+    per 100 ms."""
+    per_device_points, devices_n = 10, 10
+    push_rate = rate / (per_device_points * devices_n)  # samples/s per point
+    return [
+        {
+            "id": f"bg{i}",
+            "driver": "sim",
+            "options": {
+                "push_rate": push_rate,
+                "burst": max(1, int(push_rate / 10)),  # one burst per 100 ms
+                "points": [{"name": f"p{j}"} for j in range(per_device_points)],
+            },
+        }
+        for i in range(devices_n)
+    ]
