@@ -38,6 +38,9 @@ Invariants (see docs/delivery.md for the whole story):
   bandwidth-delay product, see ``flow``); the alert lane comes first and may exceed it by a
   small headroom, so an alert never queues behind more than ~2 round trips of telemetry
   (in the TLS stream, the broker and the ingest).
+- TLS: one ``SSLContext`` across connections, rebuilt when the identity files change
+  (renewal); each reconnect offers the previous TLS session (``transport.mqtt_client``), so a
+  reconnect does not send the certificates again; verification is unchanged (docs/security.md).
 - MQTT v5 topic alias for the batch topic once the broker allows one (saves the topic name in
   every PUBLISH); ``on_delivered`` (optional) hears every seq the cloud acked DELIVERED.
 """
@@ -45,6 +48,7 @@ Invariants (see docs/delivery.md for the whole story):
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import random
@@ -66,7 +70,7 @@ from edgegw.protocol import topics
 from edgegw.protocol.ack import AckStatus, decode_acks
 from edgegw.protocol.broker_url import BrokerUrlError, parse_broker_url
 from edgegw.protocol.identity import Identity
-from edgegw.transport.mqtt_client import Client, TcpConnectError
+from edgegw.transport.mqtt_client import Client, TcpConnectError, TlsSessions
 from edgegw.uplink.flow import LinkEstimate
 from edgegw.uplink.outbox_io import AsyncOutbox
 from edgegw.uplink.reconnect import ReconnectPolicy
@@ -76,6 +80,14 @@ log = logging.getLogger("edgegw.uplink")
 ACK_DELIVERED, ACK_REJECTED = AckStatus.DELIVERED, AckStatus.REJECTED
 #: PUBACK reason codes that refuse the batch itself for good (resending cannot help)
 PERMANENT_PUBACK = frozenset({0x95, 0x99})
+ALERT_SAMPLES = 256
+
+
+def _pct(values: list[int], p: float) -> int:
+    if not values:
+        return 0
+    values = sorted(values)
+    return values[min(len(values) - 1, int(p * len(values)))]
 
 
 def _key_id(envelope: bytes) -> int:
@@ -113,6 +125,7 @@ class _Flight:
     sends: int = 0
     broker_has_it: bool = False
     idle: bool = False  # published into an empty pipe (its round trip holds no queueing)
+    first_ts_ms: int = 0  # its oldest reading (alert latency: reading -> publish)
 
 
 @dataclass
@@ -211,6 +224,15 @@ class Uplink:
         self.on_delivered: Callable[[list[int]], None] | None = None
         self._alias_max = 0
         self._alias_set = False
+        # alerts raised on this connection, last ALERT_SAMPLES: (reading -> first publish ms,
+        # bytes ahead of it in the pipe): where an alert's time goes on a saturated link
+        self._connected_ms = 0
+        self._alert_waits: collections.deque[tuple[int, int]] = collections.deque(
+            maxlen=ALERT_SAMPLES)
+        # TLS context + session kept across connections (resumption), rebuilt when the identity
+        # files change (certificate renewal): keyed by their (path, mtime_ns, size)
+        self._tls: TlsSessions | None = None
+        self._tls_key: tuple[tuple[str, int, int], ...] = ()
         # per-connection state
         self._gen = 0
         self._client: mqtt.Client | None = None
@@ -301,7 +323,15 @@ class Uplink:
         }
         out.update(self.flow.stats(time.monotonic()))
         out["topic_alias"] = int(self._alias_set)
+        out["tls_full_handshakes"] = self._tls.full if self._tls is not None else 0
+        out["tls_resumed_handshakes"] = self._tls.resumed if self._tls is not None else 0
         out["inflight_bytes"] = self._inflight_bytes()
+        waits = [w for w, _ in self._alert_waits]
+        ahead = [a for _, a in self._alert_waits]
+        out["alert_publish"] = {"n": len(waits), "lag_ms_p50": _pct(waits, 0.5),
+                                "lag_ms_p99": _pct(waits, 0.99),
+                                "pipe_bytes_ahead_p50": _pct(ahead, 0.5),
+                                "pipe_bytes_ahead_p99": _pct(ahead, 0.99)}
         return out
 
     async def run(self) -> None:
@@ -342,9 +372,9 @@ class Uplink:
             protocol=mqtt.MQTTv5,
             reconnect_on_failure=False,
         )
-        ident = self.identity
-        client.tls_set_context(pki.make_tls_context(Path(ident.ca), Path(ident.cert),
-                                                    Path(ident.key)))
+        tls = self._tls_sessions()
+        client.tls_set_context(tls.context)
+        client.tls_sessions = tls
         client.max_inflight_messages_set(self.window + 2)
         client.max_queued_messages_set(0)  # the window bounds what we queue
         client.will_set(self._topic_status, topics.STATUS_OFFLINE, qos=1)
@@ -362,6 +392,24 @@ class Uplink:
         client.on_subscribe = bridge(self._on_subscribe)
         client.on_message = bridge(self._on_message)
         return client
+
+    def _tls_sessions(self) -> TlsSessions:
+        """The TLS context (and resumable session) for the next connection: the same as last
+        time unless the identity files changed (renewal), so the broker can resume the session
+        instead of a full mTLS handshake (docs/weak-networks.md)."""
+        ident = self.identity
+        key: list[tuple[str, int, int]] = []
+        for path in (ident.ca, ident.cert, ident.key):
+            try:
+                st = Path(path).stat()
+                key.append((str(path), st.st_mtime_ns, st.st_size))
+            except OSError:
+                key.append((str(path), -1, -1))
+        if self._tls is None or tuple(key) != self._tls_key:
+            self._tls = TlsSessions(pki.make_tls_context(Path(ident.ca), Path(ident.cert),
+                                                         Path(ident.key)))
+            self._tls_key = tuple(key)
+        return self._tls
 
     async def _session(self) -> float:
         """One connection, from connect to loss. Returns how long it was up (seconds)."""
@@ -448,6 +496,8 @@ class Uplink:
                 self._auth_failed(f"broker refused the connection: CONNACK 0x{rc:02X} {rc_name}")
                 return 0.0
             connected_at = self.last_connected_at = loop.time()
+            self._connected_ms = time.time_ns() // 1_000_000
+            self._alert_waits.clear()
             self._connected = True
             self.c.connects += 1
             if self._auth_failing or self._unreachable:
@@ -525,7 +575,8 @@ class Uplink:
                                               in_flight=in_flight):
                         break  # a BDP awaits the cloud's ack: wait for acks (they wake us)
                     self._send(_Flight(b.seq, bytes(b.envelope), b.count, int(b.lane),
-                                       attempts=int(getattr(b, "attempts", 0))))
+                                       attempts=int(getattr(b, "attempts", 0)),
+                                       first_ts_ms=int(getattr(b, "first_ts_ms", 0))))
                     in_flight += len(b.envelope)
             timeout = self._next_deadline(loop.time())
             self._wake.clear()
@@ -561,6 +612,9 @@ class Uplink:
         else:
             info = client.publish(self._topic_batch, flight.envelope, qos=1)
         flight.idle = self.flow.in_pipe == 0
+        if flight.lane == 0 and flight.sends == 0 and flight.first_ts_ms >= self._connected_ms:
+            self._alert_waits.append(
+                (max(0, time.time_ns() // 1_000_000 - flight.first_ts_ms), self.flow.in_pipe))
         self.flow.on_send(info.mid, len(flight.envelope), time.monotonic())
         flight.mid = info.mid
         flight.sent_at = asyncio.get_running_loop().time()
