@@ -7,7 +7,8 @@ PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 APT_PACKAGES = python3-venv systemd mosquitto socat libcoap3-bin python3-gi gir1.2-gst-rtsp-server-1.0 \
                gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly \
-               gstreamer1.0-libav gstreamer1.0-tools fuse3 lrzsz chromium postgresql valgrind
+               gstreamer1.0-libav gstreamer1.0-tools fuse3 lrzsz chromium postgresql valgrind \
+               libfaketime
 DEMO_ARGS ?=
 
 .PHONY: demo test system-deps venv lint bench bench-perf fuzz powercut soak clean bundle install-test-debootstrap

@@ -22,7 +22,7 @@ The format (reference: docs/configuration.md, examples/gateway.example.yaml)::
                max_bytes: 256KiB}
     uplink:   {enabled: false, broker: "mqtts://127.0.0.1:8883", identity_dir: null, window: 32,
                ack_timeout: 10s, keepalive: 30s, backoff_min: 0.5s, backoff_max: 10s,
-               stable_after: 20s, max_attempts: 10}
+               stable_after: 20s, probe_interval: 1s, reconnect_spread: 1s, max_attempts: 10}
     breaker:  {failure_threshold: 3, backoff_min: 1s, backoff_max: 30s, jitter: 0.2}
     buses:    {line1: {inter_frame_delay: 5ms, timeout: 1s, breaker: {...}}}
     devices:  [{id: pump1, driver: modbus, enabled: true, poll: 1s, timeout: 2s, stagger: true,
@@ -234,6 +234,16 @@ class UplinkConfig(_Section):
     backoff_min: Duration = Field(default=0.5, gt=0)
     backoff_max: Duration = Field(default=10.0, gt=0)
     stable_after: Duration = 20.0
+    probe_interval: Duration = Field(
+        default=1.0, ge=0,
+        description="while the broker refuses TCP, probe it every probe_interval x U(1, 2) "
+        "and connect as soon as it listens (0 disables; docs/delivery.md)",
+    )
+    reconnect_spread: Duration = Field(
+        default=1.0, ge=0,
+        description="after a successful probe, connect after a random U(0, reconnect_spread) "
+        "so a fleet does not reconnect in one instant",
+    )
     max_attempts: int = Field(
         default=10, ge=1,
         description="counted delivery attempts before a batch the cloud keeps skipping is "
