@@ -7,10 +7,11 @@ PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 APT_PACKAGES = python3-venv systemd mosquitto socat libcoap3-bin python3-gi gir1.2-gst-rtsp-server-1.0 \
                gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly \
-               gstreamer1.0-libav gstreamer1.0-tools fuse3 lrzsz chromium postgresql
+               gstreamer1.0-libav gstreamer1.0-tools fuse3 lrzsz chromium postgresql valgrind \
+               libfaketime
 DEMO_ARGS ?=
 
-.PHONY: demo test system-deps venv lint bench fuzz powercut soak clean bundle install-test-debootstrap
+.PHONY: demo test system-deps venv lint bench bench-perf fuzz powercut soak clean bundle install-test-debootstrap
 
 system-deps:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
@@ -68,6 +69,16 @@ install-test-debootstrap: bundle
 
 bench: venv
 	for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b; done
+
+# issue 13's goals in one run (~12 min on the 2-core dev machine; docs/performance.md): W1/W2
+# beside ThingsBoard IoT Gateway (its venv is made on first use), memory at 100 x 20 with the
+# import floor, Modbus instructions per poll, compression data sets, pipeline vs SQLite ceiling
+bench-perf: venv
+	$(PY) bench/bench_thingsboard.py --workloads W1,W2 --seconds 15
+	$(PY) bench/bench_workloads.py --workloads M --seconds 15 --imports
+	$(PY) bench/bench_modbus.py --seconds 0.5 --rounds 3 --instructions 200
+	$(PY) bench/bench_codec_outbox.py --quick
+	$(PY) bench/bench_gateway.py --rss-seconds 0
 
 # long reliability runs (not part of `make bench`): POWERCUT_CYCLES, SOAK_MINUTES
 POWERCUT_CYCLES ?= 200

@@ -192,7 +192,8 @@ def _fleet_worker(data_dir: str, ids: list[str], port: int, readings: int, perio
     for g in ids:
         d = root / f"id-{g}"
         sealers[g] = _sealer(paths, g, d)
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=g, protocol=mqtt.MQTTv5)
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=pki.client_id(g),
+                        protocol=mqtt.MQTTv5)
         c.tls_set_context(pki.make_tls_context(d / "ca.crt", d / "gateway.crt",
                                                d / "gateway.key"))
 

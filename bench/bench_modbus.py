@@ -10,6 +10,11 @@ Prints one JSON object; ``overhead_pct`` = how much slower (3) is than (1) per p
 loop (client and server share the 2 cores, so this mixes in the server's time), and
 ``cpu_overhead_pct`` = how much more client CPU (3) spends per poll than (1): what a gateway
 polling at a fixed period actually pays.
+
+``--instructions N`` (issue 13, goal 5; deterministic under load, unlike CPU time): each mode
+(raw client, driver, poller + scheduler; all tight loops) runs in a child process under
+``valgrind --tool=callgrind`` for N and for 2N polls; instructions per poll = (I(2N) - I(N)) / N,
+so start-up and imports cancel out. The server runs natively.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import json
 import logging
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -120,6 +126,84 @@ async def bench_scheduled(
         "failures": poller.failures,
         "cpu_us_per_poll": cpu / max(polls, 1) * 1e6,
     }
+
+
+async def child_polls(mode: str, port: int, npoints: int, polls: int) -> None:
+    """``polls`` polls of ``mode`` (raw | driver | scheduled), nothing printed: for callgrind."""
+    options = _options(port, npoints)
+    groups = ModbusDriver(options).groups
+    tmp = Path("/tmp")
+    if mode == "raw":
+        client = AsyncModbusTcpClient("127.0.0.1", port=port, timeout=2, retries=0)
+        await client.connect()
+        calls = {"holding": client.read_holding_registers, "input": client.read_input_registers,
+                 "coil": client.read_coils, "discrete": client.read_discrete_inputs}
+        for _ in range(polls):
+            for g in groups:
+                await calls[g.kind](g.start, count=g.count, device_id=1)
+        client.close()
+        return
+    driver = await open_driver(options, tmp)
+    if mode == "driver":
+        for _ in range(polls):
+            await driver.read()
+    else:
+        done = asyncio.Event()
+        got = {"n": 0}
+
+        def sink(samples: list[Sample]) -> None:
+            got["n"] += 1
+            if got["n"] >= polls:
+                done.set()
+
+        poller = DevicePoller("bench", driver, period=1e-4, timeout=2.0, sink=sink)
+        bus = BusScheduler("bench")
+        bus.add(poller)
+        task = asyncio.create_task(bus.run())
+        await done.wait()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    await driver.close()
+
+
+def _callgrind(mode: str, port: int, npoints: int, polls: int) -> int:
+    with tempfile.TemporaryDirectory() as d:
+        out = Path(d) / "cg.out"
+        subprocess.run(
+            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable,
+             __file__, "--child", mode, "--port", str(port), "--points", str(npoints),
+             "--polls", str(polls)],
+            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for line in out.read_text().splitlines():
+            if line.startswith(("summary:", "totals:")):
+                return int(line.split()[1])
+    raise RuntimeError("no callgrind totals")
+
+
+def instructions(port: int, npoints: int, polls: int) -> dict[str, Any]:
+    per_poll = {}
+    for mode in ("raw", "driver", "scheduled"):
+        one, two = _callgrind(mode, port, npoints, polls), _callgrind(mode, port, npoints,
+                                                                       2 * polls)
+        per_poll[mode] = (two - one) / polls
+    raw = per_poll["raw"]
+    return {
+        "polls_n": polls,
+        "points": npoints,
+        "instructions_per_poll": {k: round(v) for k, v in per_poll.items()},
+        "driver_overhead_pct": round((per_poll["driver"] / raw - 1) * 100, 1),
+        "poller_scheduler_overhead_pct": round((per_poll["scheduled"] / raw - 1) * 100, 1),
+        "goal_overhead_pct": 10,
+        "met": per_poll["scheduled"] / raw - 1 <= 0.10,
+    }
+
+
+def _options(port: int, npoints: int) -> ModbusOptions:
+    points = [p for p in driver_points(1) if p["kind"] == "holding"][:npoints]
+    return ModbusOptions.model_validate(
+        {"host": "127.0.0.1", "port": port, "unit_id": 1, "timeout": 2, "max_gap": 10,
+         "points": points})
 
 
 def _median(xs: list[float]) -> float:
@@ -223,11 +307,21 @@ if __name__ == "__main__":
     ap.add_argument("--seconds", type=float, default=1.0)
     ap.add_argument("--points", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--instructions", type=int, default=0, metavar="N",
+                    help="also count instructions per poll under callgrind (N and 2N polls)")
+    ap.add_argument("--child", choices=("raw", "driver", "scheduled"), help=argparse.SUPPRESS)
+    ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--polls", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.child:
+        asyncio.run(child_polls(args.child, args.port, args.points, args.polls))
+        sys.exit(0)
     server, server_port = start_server()
     try:
         report = asyncio.run(main(server_port, args.seconds, args.points, args.rounds))
+        if args.instructions:
+            report["callgrind"] = instructions(server_port, args.points, args.instructions)
     finally:
         server.terminate()
         server.wait(5)

@@ -20,6 +20,8 @@ Scenarios (``--scenario``):
 - ``curve``: bytes/reading for W1, W2 (100 ms polling) and noisy analog data at 16, 64, 256
   kbit/s and 10 Mbit/s (the JSON peer at 64 kbit/s and 10 Mbit/s; its bytes do not depend on
   the link).
+- ``tls``: one reconnect's bytes on the link and time to CONNACK, full mTLS handshake vs a
+  resumed TLS session (``--connections`` each).
 - ``catchup``: W1 plus alarm devices whose rules raise an alert every few seconds; after the
   warm-up the link is cut for ``--cut`` seconds (600 = the issue's 10 minutes), then restored:
   drain time of the backlog while live readings keep flowing, bytes/reading of the drain vs
@@ -28,7 +30,8 @@ Scenarios (``--scenario``):
 
     python bench/bench_weaklink.py --scenario w1 [--seconds 90]
     python bench/bench_weaklink.py --scenario curve [--seconds 45]
-    python bench/bench_weaklink.py --scenario catchup [--cut 600]
+    python bench/bench_weaklink.py --scenario catchup [--cut 600] [--alarms 8 --backoff-max 3]
+    python bench/bench_weaklink.py --scenario tls [--connections 5]
 """
 
 from __future__ import annotations
@@ -116,8 +119,9 @@ class CloudRig:
         self.broker.start()
         self.url = f"mqtts://127.0.0.1:{self.port}"
         self.stop_ev = threading.Event()
-        self.ingest = threading.Thread(target=run_ingest, args=(self.paths, self.url,
-                                                               self.stop_ev), daemon=True)
+        # the ingest is a cloud service: it connects on the broker's service listener
+        self.ingest = threading.Thread(target=run_ingest, daemon=True, args=(
+            self.paths, self.broker.service_url, self.stop_ev))
         self.ingest.start()
 
     def db(self) -> sqlite3.Connection:
@@ -130,7 +134,7 @@ class CloudRig:
 
 
 def gateway_config(state: Path, identity: Path, broker: str, ports: list[int], poll: float,
-                   kind: str, alarms: int = 0) -> dict[str, Any]:
+                   kind: str, alarms: int = 0, backoff_max: float = 10.0) -> dict[str, Any]:
     points = [{"name": f"hr{r:03d}", "kind": "holding", "address": r,
                "type": "uint16" if kind == "stepping" else "int16",
                **({} if kind == "stepping" else {"scale": 0.01})} for r in range(100)]
@@ -152,20 +156,22 @@ def gateway_config(state: Path, identity: Path, broker: str, ports: list[int], p
         "metrics": {"enabled": False},
         "batch": {"repack": True},  # the slow-link setting (docs/weak-networks.md)
         "uplink": {"enabled": True, "broker": broker, "identity_dir": str(identity),
-                   "keepalive": "60s", "ack_timeout": "60s"},
+                   "keepalive": "60s", "ack_timeout": "60s",
+                   "backoff_max": f"{backoff_max:g}s"},
         "devices": devices,
         "rules": rules,
     }
 
 
 def start_gateway(tmp: Path, cloud: CloudRig, emu: LinkEmulator, plant: Plant, poll: float,
-                  kind: str, alarms: int = 0, drain: float = 120) -> subprocess.Popen[bytes]:
+                  kind: str, alarms: int = 0, drain: float = 120,
+                  backoff_max: float = 10.0) -> subprocess.Popen[bytes]:
     state = tmp / "gw"
     provision_gateway(cloud.paths, GW, state / "identity", broker=cloud.url)
     cfg = tmp / "gateway.yaml"
     cfg.write_text(yaml.safe_dump(gateway_config(
         state, state / "identity", f"mqtts://127.0.0.1:{emu.port}", plant.ports, poll, kind,
-        alarms)))
+        alarms, backoff_max)))
     return subprocess.Popen(
         [sys.executable, "-m", "edgegw.cli", "run", "-c", str(cfg), "--drain-timeout", str(drain)],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(tmp / "gw.log", "wb"))
@@ -248,8 +254,8 @@ def peer_child(args: argparse.Namespace) -> None:
     from edgegw import pki
 
     ident = Path(args.identity)
-    client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=PEER,
-                         protocol=mqtt.MQTTv5)
+    client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2,
+                         client_id=pki.client_id(PEER), protocol=mqtt.MQTTv5)
     client.tls_set_context(pki.make_tls_context(ident / "ca.crt", ident / "gateway.crt",
                                                 ident / "gateway.key"))
     sent: dict[int, tuple[int, int]] = {}  # mid -> (ts_ms, readings)
@@ -353,13 +359,14 @@ def peer_run(kind: str, poll: float, rate_bps: float, rtt: float, seconds: float
 
 # --------------------------------------------------------------------------- catch-up
 def catchup_run(rate_bps: float, rtt: float, warmup: float, cut: float,
-                limit: float) -> dict[str, Any]:
+                limit: float, alarms: int = 2, backoff_max: float = 10.0) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="edgegw-weak-cut-"))
     os.chmod(tmp, 0o711)
     cloud = CloudRig(tmp)
     plant = Plant("stepping")
     emu = LinkEmulator(cloud.port, rate=rate_bps / 8, delay=rtt / 2, buffer=64 * 1024).start()
-    gw = start_gateway(tmp, cloud, emu, plant, 1.0, "stepping", alarms=2)
+    gw = start_gateway(tmp, cloud, emu, plant, 1.0, "stepping", alarms=alarms,
+                       backoff_max=backoff_max)
     try:
         time.sleep(warmup)
         live0, tl0 = emu.counters(), time.time()
@@ -392,6 +399,10 @@ def catchup_run(rate_bps: float, rtt: float, warmup: float, cut: float,
             time.sleep(5)
         finally:
             con.close()
+        try:  # the gateway's own view of its alerts (written every second)
+            gw_uplink = json.loads((tmp / "gw" / "status.json").read_text())["stats"]["uplink"]
+        except (OSError, ValueError, KeyError):
+            gw_uplink = {}
         stop_gateway(gw)
         con = cloud.db()
         try:
@@ -415,10 +426,26 @@ def catchup_run(rate_bps: float, rtt: float, warmup: float, cut: float,
                                     (rs,)).fetchone()[0]
             drain_readings = carried(t_restore, drained_at or td1)
             rc = reconnect or rs
-            alerts_connected = [r[0] for r in con.execute(
+            connected_rows = con.execute(
+                "SELECT b.stored_ms - a.ts_ms, b.received_ms - a.ts_ms, b.stored_ms - "
+                "b.received_ms FROM alerts a JOIN batches b ON a.gateway = b.gateway AND "
+                "a.seq = b.seq WHERE a.gateway=? AND a.ts_ms >= ? AND a.ts_ms < ?",
+                (GW, rc, rd)).fetchall()
+            alerts_connected = [r[0] for r in connected_rows]
+            # where the time goes: reading -> ingest received (gateway + link), received ->
+            # stored (ingest queue + decode + commit)
+            to_ingest = [r[1] for r in connected_rows]
+            in_ingest = [r[2] for r in connected_rows]
+            # the alerts raised during the cut are a backlog of their own (FIFO in the alert
+            # lane, ~150 bytes each on the wire): alerts raised after it was delivered, while
+            # the telemetry backlog still saturates the link
+            old_done = con.execute(
+                "SELECT max(b.stored_ms) FROM alerts a JOIN batches b ON a.gateway = b.gateway "
+                "AND a.seq = b.seq WHERE a.gateway=? AND a.ts_ms < ?", (GW, rc)).fetchone()[0]
+            alerts_after_old = [r[0] for r in con.execute(
                 "SELECT b.stored_ms - a.ts_ms FROM alerts a JOIN batches b ON "
                 "a.gateway = b.gateway AND a.seq = b.seq WHERE a.gateway=? AND a.ts_ms >= ? "
-                "AND a.ts_ms < ?", (GW, rc, rd))]
+                "AND a.ts_ms < ?", (GW, max(rc, old_done or 0), rd))]
             live_readings = carried(tl0, tl1)
             live_lag_after = [r[0] for r in con.execute(
                 f"SELECT b.stored_ms - p.ts_ms FROM points p JOIN batches b ON b.seq = p.seq "
@@ -450,7 +477,22 @@ def catchup_run(rate_bps: float, rtt: float, warmup: float, cut: float,
             "alert_latency_ms_while_backlog_saturates_link": {
                 "what": "alerts raised after the reconnect, until the backlog had drained",
                 "n": len(alerts_connected), "p50": pct(alerts_connected, 0.5),
-                "p99": pct(alerts_connected, 0.99), "max": max(alerts_connected, default=None)},
+                "p99": pct(alerts_connected, 0.99), "max": max(alerts_connected, default=None),
+                "reading_to_ingest_ms": {"p50": pct(to_ingest, 0.5),
+                                         "p99": pct(to_ingest, 0.99)},
+                "ingest_to_store_ms": {"p50": pct(in_ingest, 0.5),
+                                       "p99": pct(in_ingest, 0.99)},
+                "gateway_reading_to_publish": gw_uplink.get("alert_publish")},
+            "gateway_link_estimate": {k: gw_uplink.get(k) for k in (
+                "link_rate_bps", "link_base_rtt_ms", "cwnd_bytes", "tls_full_handshakes",
+                "tls_resumed_handshakes")},
+            "alert_latency_ms_after_the_cut_alerts_delivered": {
+                "what": "alerts raised once the alerts of the cut had reached the store, until "
+                        "the backlog had drained (the link still saturated by telemetry)",
+                "cut_alerts_delivered_after_reconnect_s": round((old_done - rc) / 1000, 1)
+                if old_done else None,
+                "n": len(alerts_after_old), "p50": pct(alerts_after_old, 0.5),
+                "p99": pct(alerts_after_old, 0.99), "max": max(alerts_after_old, default=None)},
             "alert_latency_ms_from_restore": {"n": len(alerts), "p50": pct(alerts, 0.5),
                                               "p99": pct(alerts, 0.99),
                                               "max": max(alerts, default=None)},
@@ -469,9 +511,80 @@ def catchup_run(rate_bps: float, rtt: float, warmup: float, cut: float,
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+# --------------------------------------------------------------------------- TLS resumption
+def tls_run(rate_bps: float, rtt: float, n: int) -> dict[str, Any]:
+    """Bytes on the link and time to CONNACK of a connection (TCP payload both ways: TLS
+    handshake, MQTT CONNECT/CONNACK, DISCONNECT, TLS close), mTLS with our certificates: a
+    full handshake (a new TLS context each time, as before issue 15) vs a resumed one (the
+    uplink's ``TlsSessions``: the session of the previous connection offered again)."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from edgegw import pki
+    from edgegw.transport.mqtt_client import Client, TlsSessions
+
+    tmp = Path(tempfile.mkdtemp(prefix="edgegw-weak-tls-"))
+    os.chmod(tmp, 0o711)
+    cloud = CloudRig(tmp)
+    emu = LinkEmulator(cloud.port, rate=rate_bps / 8, delay=rtt / 2, buffer=64 * 1024).start()
+    ident = tmp / "gw"
+    provision_gateway(cloud.paths, GW, ident, broker=cloud.url)
+
+    def context() -> TlsSessions:
+        return TlsSessions(pki.make_tls_context(ident / "ca.crt", ident / "gateway.crt",
+                                                ident / "gateway.key"))
+
+    def connect_once(tls: TlsSessions) -> tuple[int, int, float, bool]:
+        c0 = emu.counters()
+        connected = threading.Event()
+        client = Client(callback_api_version=CallbackAPIVersion.VERSION2,
+                        client_id=pki.client_id(GW), protocol=mqtt.MQTTv5)
+        client.tls_set_context(tls.context)
+        client.tls_sessions = tls
+        client.on_connect = lambda *_a: connected.set()
+        resumed0 = tls.resumed
+        t0 = time.monotonic()
+        client.connect("127.0.0.1", emu.port, keepalive=60)
+        client.loop_start()
+        if not connected.wait(30):
+            raise RuntimeError("no CONNACK through the link emulator")
+        took = time.monotonic() - t0
+        client.disconnect()
+        client.loop_stop()
+        time.sleep(2 * rtt + 0.5)  # let the last bytes cross the link before counting
+        c1 = emu.counters()
+        return (c1["up_bytes"] - c0["up_bytes"], c1["down_bytes"] - c0["down_bytes"], took,
+                tls.resumed > resumed0)
+
+    try:
+        out: dict[str, Any] = {}
+        shared = context()
+        for mode in ("full", "resumed"):
+            rows = []
+            connect_once(shared)  # warm-up (and, for "resumed", the session to resume)
+            for _ in range(n):
+                rows.append(connect_once(context() if mode == "full" else shared))
+            out[mode] = {
+                "connections": n,
+                "resumed": sum(r[3] for r in rows),
+                "up_bytes": round(sum(r[0] for r in rows) / n),
+                "down_bytes": round(sum(r[1] for r in rows) / n),
+                "connack_ms_p50": round(1000 * sorted(r[2] for r in rows)[n // 2]),
+            }
+        full, res = out["full"], out["resumed"]
+        out["saved_bytes_per_reconnect"] = (full["up_bytes"] + full["down_bytes"]
+                                            - res["up_bytes"] - res["down_bytes"])
+        return out
+    finally:
+        emu.stop()
+        cloud.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--scenario", choices=["w1", "curve", "catchup"], default="w1")
+    p.add_argument("--scenario", choices=["w1", "curve", "catchup", "tls"], default="w1")
+    p.add_argument("--connections", type=int, default=5, help="tls: connections per mode")
     p.add_argument("--seconds", type=float, default=60.0)
     p.add_argument("--warmup", type=float, default=20.0)
     p.add_argument("--cut", type=float, default=600.0)
@@ -479,6 +592,9 @@ def main() -> None:
     p.add_argument("--links", default="16,64,256,10000", help="kbit/s, for --scenario curve")
     p.add_argument("--workloads", default="W1,W2,noisy")
     p.add_argument("--rtt", type=float, default=0.3)
+    p.add_argument("--alarms", type=int, default=2, help="catch-up: alarm devices (alerts)")
+    p.add_argument("--backoff-max", type=float, default=10.0,
+                   help="catch-up: the gateway's uplink.backoff_max (seconds)")
     # the JSON peer's child process
     p.add_argument("--peer-child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--identity", help=argparse.SUPPRESS)
@@ -519,8 +635,11 @@ def main() -> None:
                 print(json.dumps({wl: {f"json_peer_{kbit:g}k": r}}), file=sys.stderr, flush=True)
             curve[wl] = row
         out["curve"] = curve
+    elif a.scenario == "tls":
+        out["tls_reconnect"] = tls_run(64_000, a.rtt, a.connections)
     else:
-        out["catchup"] = catchup_run(64_000, a.rtt, a.warmup, a.cut, a.limit)
+        out["catchup"] = catchup_run(64_000, a.rtt, a.warmup, a.cut, a.limit, a.alarms,
+                                     a.backoff_max)
         out["goal"] = {"alert_p99_ms": 2000}
     print(json.dumps(out, indent=1))
 

@@ -6,8 +6,10 @@ Each server holds ``--registers`` holding registers (unit id 1). Kinds:
   poll sees exactly one step, whatever the poll period;
 - ``noisy``: an analog value around 20.00 with noise (raw int16 = 2000 + gauss(0, 40)), fresh
   on each read, meant for ``scale: 0.01``.
-Prints ``{"ports": [...]}`` then, on each stdin line, ``{"reads": n}`` (register-block reads
-served so far); exits when stdin closes. Framing, PDUs and transport are pymodbus' own.
+Prints ``{"ports": [...], "bases": [[...], ...]}`` (per device, the value each register has at
+its first read) then, on each stdin line, ``{"reads": n, "per_device": [...]}``
+(register-block reads served so far, in total and per device in port order); exits when stdin
+closes. Framing, PDUs and transport are pymodbus' own.
 
     python bench/plant.py --devices 10 --registers 100 --kind stepping
 """
@@ -34,6 +36,7 @@ def main() -> None:
     a = ap.parse_args()
     rng = random.Random(a.seed)
     reads = [0]
+    per_device = [0] * a.devices
 
     class Store(ModbusServerContext):
         def __init__(self, dev: int) -> None:  # storage is ours (no deprecated datastore)
@@ -47,6 +50,7 @@ def main() -> None:
         async def async_getValues(self, device_id: int, func_code: int, address: int,
                                   count: int = 1) -> Any:
             reads[0] += 1
+            per_device[self.dev] += 1
             out = []
             for r in range(address, min(address + count, a.registers)):
                 if a.kind == "stepping":
@@ -65,17 +69,18 @@ def main() -> None:
 
     async def serve() -> None:
         servers = []
-        for d in range(a.devices):
-            server = ModbusTcpServer(Store(d), address=("127.0.0.1", 0))
+        stores = [Store(d) for d in range(a.devices)]
+        for store in stores:
+            server = ModbusTcpServer(store, address=("127.0.0.1", 0))
             await server.serve_forever(background=True)
             servers.append(server)
         ports = [s.transport.sockets[0].getsockname()[1] for s in servers]
-        print(json.dumps({"ports": ports}), flush=True)
+        print(json.dumps({"ports": ports, "bases": [s.base for s in stores]}), flush=True)
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader()
         await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
         while await reader.readline():
-            print(json.dumps({"reads": reads[0]}), flush=True)
+            print(json.dumps({"reads": reads[0], "per_device": per_device}), flush=True)
         for s in servers:
             await s.shutdown()
 

@@ -12,14 +12,21 @@ this process. Requires root (mount) and Debian fuse3.
 
 Fault schedule, one event every `--every` seconds, round robin in a shuffled order: broker
 kill, link cut, blackhole (15 s), gateway SIGKILL, power cut (SIGKILL + LazyFS cut), disk
-full (a filler file leaves less than the outbox floor for 20 s), ingest down (20 s). A clock
-step back is NOT injected: the daemon has no clock seam, and stepping the host clock would hit
-every other process on this shared machine (libfaketime is not installed).
+full (a filler file leaves less than the outbox floor for 20 s), ingest down (20 s), clock
+step back (the gateway's wall clock jumps 40 s back, cumulative, at most 240 s in all: our
+certificates are backdated 5 minutes). The gateway runs under Debian's libfaketime
+(tests/reliability/fakeclock.py: only CLOCK_REALTIME moves, as with an NTP step; the file
+holding the offset is re-read on every call), so the step hits exactly the gateway's process:
+its reading timestamps, SQLite, OpenSSL. Stepping the host clock would hit every other process
+on this shared machine.
 
 At the end the faults stop, the link is restored, the gateway drains and stops, and every
 counter value the plant served is checked: stored exactly once with its value, or inside a gap
 record's interval (any reason: unclean_stop covers what a SIGKILL or power cut lost), never
-stored twice, never a value the plant did not serve. RSS and open fds of the gateway process
+stored twice, never a value the plant did not serve; its stored timestamp is the plant's serve
+time shifted by the gateway's clock offset at that instant (batch timestamps); the cloud saw no
+sequence conflict (the sequence floor held: no seq reused with other content) and the outbox is
+empty after the final drain (everything acked). RSS and open fds of the gateway process
 are sampled every 5 s (per run between restarts). Prints JSON; exit 1 on any accounting error.
 """
 
@@ -33,6 +40,7 @@ import random
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -49,6 +57,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 from modbus.simproc import SimServer  # noqa: E402
+from reliability.fakeclock import SteppedClock  # noqa: E402
 from reliability.powercut import LazyMount  # noqa: E402
 
 from edgegw import pki  # noqa: E402
@@ -60,6 +69,9 @@ from edgegw_cloud.store import CloudStore  # noqa: E402
 
 GW = "soak-gw"
 UNITS = (1, 2, 3, 4, 5)
+CLOCK_STEP_S = 40  # each clock_back fault
+CLOCK_MAX_BACK_S = 240  # total, inside the certificates' 5-minute backdating
+STAMP_DELAY_MAX_MS = 5_000  # serve -> poll stamp on a loaded machine (timeout 1 s, retries)
 
 
 def free_port() -> int:
@@ -140,6 +152,9 @@ class Soak:
         self.served: list[tuple[int, int, int]] = []
         self.gw: subprocess.Popen[bytes] | None = None
         self.ingest: Ingest | None = None
+        self.clock = SteppedClock(self.root / "faketime")
+        #: (real wall ms of the step, gateway clock offset in ms from then on)
+        self.clock_steps: list[tuple[int, int]] = [(0, 0)]
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -193,7 +208,8 @@ class Soak:
     def start_gateway(self) -> None:
         log = open(self.root / "gateway.log", "ab")  # noqa: SIM115 - the child keeps it
         self.gw = subprocess.Popen([sys.executable, "-m", "edgegw.cli", "run", "-c",
-                                    str(self.cfg)], stdout=log, stderr=subprocess.STDOUT)
+                                    str(self.cfg)], stdout=log, stderr=subprocess.STDOUT,
+                                   env=self.clock.env())
         log.close()
         self.events["gateway_starts"] += 1
 
@@ -229,6 +245,12 @@ class Soak:
                 f.write(b"\0" * max(0, free - 2 * 1024 * 1024))
             self._wait(20)
             (self.tmpfs / "filler").unlink()
+        elif kind == "clock_back":
+            if -self.clock.offset_s + CLOCK_STEP_S > CLOCK_MAX_BACK_S:
+                self.events["clock_back_skipped_at_limit"] += 1
+                return
+            self.clock.step(-CLOCK_STEP_S)
+            self.clock_steps.append((time.time_ns() // 1_000_000, self.clock.offset_s * 1000))
         elif kind == "ingest_down":
             assert self.ingest is not None
             self.ingest.stop()
@@ -260,7 +282,7 @@ class Soak:
         self.setup()
         self.start_gateway()
         kinds = ["broker_kill", "link_cut", "blackhole", "gateway_sigkill", "power_cut",
-                 "disk_full", "ingest_down"]
+                 "disk_full", "ingest_down", "clock_back"]
         end = time.monotonic() + self.args.minutes * 60
         t0 = time.monotonic()
         order: list[str] = []
@@ -279,10 +301,12 @@ class Soak:
         # drain what is left with a bounded run (the outbox delivers on its next start)
         subprocess.run([sys.executable, "-m", "edgegw.cli", "run", "-c", str(self.cfg),
                         "--for", "1", "--drain-timeout", "60"], check=False,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                       env=self.clock.env())
         self.served += [tuple(x) for x in self.plant.cmd(op="served")["served"]]
         result = self.account()
         result |= {"minutes": round((time.monotonic() - t0) / 60, 1), "events": dict(self.events),
+                   "gateway_clock_offset_s_at_end": self.clock.offset_s,
                    "final_sigterm_rc": rc, "resources": self.resources()}
         return result
 
@@ -293,21 +317,45 @@ class Soak:
                 "SELECT device, value, ts_ms FROM readings WHERE gateway=? AND metric='counter'",
                 (GW,)).fetchall()
             gaps = store.gaps(GW)
+            conflicts = store._db.execute("SELECT count(*) FROM seq_conflicts WHERE gateway=?",
+                                          (GW,)).fetchone()[0]
         finally:
             store.close()
+        outbox_left = self._outbox_rows()
         stored: dict[tuple[str, int], list[int]] = defaultdict(list)
+        not_good = 0
         for dev, value, ts in rows:
+            if value is None:  # a failed poll: a quality change (comm_error), no value
+                not_good += 1
+                continue
             stored[(dev, int(value))].append(int(ts))
         intervals = sorted((g["from_ts_ms"], g["to_ts_ms"], g["reason"]) for g in gaps)
         margin = 1000  # poll ts vs the plant's clock: same host, same wall clock
 
+        steps = self.clock_steps  # starts with (0, 0)
+
+        def offsets(t: int) -> set[int]:
+            """The gateway clock's offset (ms) at plant time ``t``; both, within ``margin`` of a
+            step (the plant stamps the serve, the gateway the poll, a few ms apart)."""
+            i = max(k for k, (at, _) in enumerate(steps) if at <= t)
+            out = {steps[i][1]}
+            if i > 0 and t - steps[i][0] <= margin:
+                out.add(steps[i - 1][1])
+            # a poll answered slowly is stamped after a step that came after the serve
+            if i + 1 < len(steps) and steps[i + 1][0] - t <= STAMP_DELAY_MAX_MS:
+                out.add(steps[i + 1][1])
+            return out
+
         def in_gap(t: int) -> str | None:
-            for a, b, why in intervals:
-                if a - margin <= t <= b + margin:
-                    return why
+            for off in offsets(t):
+                for a, b, why in intervals:
+                    if a - margin <= t + off <= b + margin:
+                        return why
             return None
 
-        once = twice = 0
+        once = twice = ts_mismatch = 0
+        mismatch_examples: list[tuple[int, int, int, int, list[int]]] = []
+        stamp_delays: list[int] = []
         in_gaps: Counter[str] = Counter()
         missing: list[tuple[int, int, int]] = []
         served_keys = set()
@@ -317,6 +365,16 @@ class Soak:
             n = len(stored.get(key, []))
             if n == 1:
                 once += 1
+                ts = stored[key][0]
+                # the poll is stamped after the response (late on a loaded machine): the check
+                # tells the clock offsets apart (40 s steps) and the delay is reported
+                late = min(ts - (t + off) for off in offsets(t))
+                if not any(abs(ts - (t + off)) <= CLOCK_STEP_S * 1000 // 4
+                           for off in offsets(t)):
+                    ts_mismatch += 1
+                    mismatch_examples.append((unit, value, t, ts, sorted(offsets(t))))
+                else:
+                    stamp_delays.append(late)
             elif n > 1:
                 twice += 1
             else:
@@ -334,9 +392,28 @@ class Soak:
             "lost_outside_any_gap": len(missing),
             "lost_examples": missing[:5],
             "stored_but_never_served": len(phantom),
+            "stored_quality_changes_without_value": not_good,
+            "stored_ts_not_the_gateway_clock": ts_mismatch,
+            "ts_mismatch_examples": mismatch_examples[:5],
+            "poll_stamp_after_serve_ms": {
+                "p50": sorted(stamp_delays)[len(stamp_delays) // 2] if stamp_delays else None,
+                "max": max(stamp_delays) if stamp_delays else None},
+            "seq_conflicts": conflicts,
+            "outbox_rows_after_drain": outbox_left,
             "gap_records": Counter(g["reason"] for g in gaps),
-            "ok": twice == 0 and not missing and not phantom,
+            "ok": (twice == 0 and not missing and not phantom and ts_mismatch == 0
+                   and conflicts == 0 and outbox_left == 0),
         }
+
+    def _outbox_rows(self) -> int | None:
+        db = self.state / "outbox.db"
+        if not db.exists():
+            return None
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+        try:
+            return int(con.execute("SELECT count(*) FROM batches").fetchone()[0])
+        finally:
+            con.close()
 
     def resources(self) -> dict[str, Any]:
         by_pid: dict[int, list[dict[str, Any]]] = defaultdict(list)

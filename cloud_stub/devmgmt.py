@@ -107,9 +107,15 @@ class DeviceManager:
             self.rollouts = RolloutStore(paths.data_dir)
             self.engine = RolloutEngine(self.rollouts, self._send_ota,
                                         functools.partial(_offer_of, releases),
-                                        online=self._online.get, reoffer_s=reoffer_s)
+                                        online=self._online.get,
+                                        labels_of=self._labels_of, reoffer_s=reoffer_s)
             self.chunks = ChunkServer(releases, self._send_ota, self.rollouts.may_download)
             self.down.listen(dl.OTA, self._on_ota)
+
+    def _labels_of(self, gw: str) -> dict[str, str]:
+        """The gateway's registry labels, sent in its offers (label-targeted releases)."""
+        with Registry(self.paths.registry_db) as reg:
+            return reg.labels(gw)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self, timeout: float = 15.0) -> DeviceManager:

@@ -577,8 +577,10 @@ class RolloutEngine:
     def __init__(self, store: RolloutStore, send: Sender,
                  offer_of: Callable[[str], tuple[bytes, bytes]], *,
                  online: Callable[[str], bool | None] = lambda gw: None,
+                 labels_of: Callable[[str], dict[str, str]] = lambda gw: {},
                  clock: Callable[[], float] = time.time, reoffer_s: float = 30.0) -> None:
         self.store = store
+        self.labels_of = labels_of
         self.send = send
         self.offer_of = offer_of
         self.online = online
@@ -714,7 +716,8 @@ class RolloutEngine:
             if self.store.auto_halt(r.id, reason, self._now()):
                 log.error("rollout %d halted: %s", r.id, reason)
             return
-        body = ot.Offer(r.id, r.release_id, manifest, sig, r.window).body()
+        body = ot.Offer(r.id, r.release_id, manifest, sig, r.window,
+                        self.labels_of(t.gateway)).body()
         sent = self.send(t.gateway, body)
         self.store.mark_offer(r.id, t.gateway, self._now(), sent)
         self._count("offers_sent" if sent else "offers_unsent")

@@ -18,10 +18,11 @@ The format (reference: docs/configuration.md, examples/gateway.example.yaml)::
     metrics:  {enabled: true, listen: "127.0.0.1:9108"}
     outbox:   {path: null, max_bytes: 64MiB, when_full: drop_oldest_telemetry, vacuum_every: 60s,
                min_free_bytes: 32MiB}
-    batch:    {max_readings: 5000, max_age: 250ms, max_bytes: 256KiB}
+    batch:    {max_readings: 5000, max_age: 250ms, quiet: 5ms, min_interval: 50ms,
+               max_bytes: 256KiB}
     uplink:   {enabled: false, broker: "mqtts://127.0.0.1:8883", identity_dir: null, window: 32,
                ack_timeout: 10s, keepalive: 30s, backoff_min: 0.5s, backoff_max: 10s,
-               stable_after: 20s, max_attempts: 10}
+               stable_after: 20s, probe_interval: 1s, reconnect_spread: 1s, max_attempts: 10}
     breaker:  {failure_threshold: 3, backoff_min: 1s, backoff_max: 30s, jitter: 0.2}
     buses:    {line1: {inter_frame_delay: 5ms, timeout: 1s, breaker: {...}}}
     devices:  [{id: pump1, driver: modbus, enabled: true, poll: 1s, timeout: 2s, stagger: true,
@@ -193,6 +194,14 @@ class BatchConfig(_Section):
     # batch would be refused there, so it is refused here, at check time
     max_readings: int = Field(default=5000, gt=0, le=100_000)
     max_age: Duration = Field(default=0.25, gt=0)
+    quiet: Duration = Field(
+        default=0.005, ge=0,
+        description="seal the telemetry batch once no reading arrived for this long (a poll "
+        "round's readings are in) instead of waiting for max_age; 0 turns round seals off")
+    min_interval: Duration = Field(
+        default=0.05, ge=0,
+        description="at most one round seal per interval (bounds batches per second under a "
+        "steady stream of polls; max_age still bounds the age)")
     max_bytes: ByteSize = Field(default=256 * 1024, gt=0, le=8 * 1024 * 1024)
     max_age_slow: Duration = Field(
         default=3.0, gt=0,
@@ -225,6 +234,16 @@ class UplinkConfig(_Section):
     backoff_min: Duration = Field(default=0.5, gt=0)
     backoff_max: Duration = Field(default=10.0, gt=0)
     stable_after: Duration = 20.0
+    probe_interval: Duration = Field(
+        default=1.0, ge=0,
+        description="while the broker refuses TCP, probe it every probe_interval x U(1, 2) "
+        "and connect as soon as it listens (0 disables; docs/delivery.md)",
+    )
+    reconnect_spread: Duration = Field(
+        default=1.0, ge=0,
+        description="after a successful probe, connect after a random U(0, reconnect_spread) "
+        "so a fleet does not reconnect in one instant",
+    )
     max_attempts: int = Field(
         default=10, ge=1,
         description="counted delivery attempts before a batch the cloud keeps skipping is "
@@ -294,7 +313,9 @@ class OtaConfig(_Section):
         default=60.0, gt=0, description="config releases: revert unless confirmed in this time"
     )
     labels: dict[str, str] = Field(
-        default_factory=dict, description="this gateway's labels (releases targeted by label)"
+        default_factory=dict,
+        description="local labels for label-targeted releases; the registry's labels, sent "
+        "with each offer by the cloud, take precedence",
     )
 
     @field_validator("window")
@@ -396,6 +417,18 @@ class GatewayConfig(_Section):
     def source(self) -> SourceMap | None:
         """Where each value came from (``None`` for a config built in code)."""
         return self._source
+
+    def release_source(self) -> None:
+        """Forget what only the check needs once the config is checked: the YAML source map,
+        the raw loaded data and the check's copy of the validated driver options.
+
+        The daemon calls this after its check: they are the biggest part of its config's
+        resident memory (~5 MB at 100 devices x 20 points; the drivers validate and keep
+        their own options). A later ``check_config`` of this object reports locations as
+        ``<file>:0:0`` and fills ``options_for`` again."""
+        self._source = None
+        self._data = {}
+        self._options = {}
 
     @property
     def file(self) -> str | None:

@@ -20,6 +20,13 @@ Invariants:
 - ``stddev`` is the population standard deviation (Welford); ``mean``/``sum``/``stddev`` are
   floats, ``count`` an int, ``min``/``max``/``first``/``last`` keep the value's own type.
 - The stage never reads the wall clock: windows close on the ``now_ms`` passed in.
+- Wall-clock step back: a ``now_ms`` more than ``CLOCK_STEP_BACK_MS`` below the previous one is
+  a clock step (NTP), not jitter. Every open window is closed at once (partial aggregates at
+  ``ts = start``, as on shutdown), every series may open windows again in the stepped clock, and
+  RBE baselines restart (counted ``clock_steps_back``). Without that, each new sample would be
+  "late" and dropped until the clock passed the last closed window again, and the open windows
+  would stay held (unsealed) for as long as the step. A window of the stepped clock may then
+  repeat a ``ts`` already sent: both aggregates are delivered.
 - Held samples (Stage API, ``edgegw.edge.stage``): a windowed sample is held until its window
   closes; the hold key is ``(series id, window start)``. ``flush`` closes every open window at
   once (partial aggregates at ``ts = start``, used on shutdown), after which a later sample for
@@ -40,6 +47,8 @@ from edgegw.edge.stage import HoldKey, StageOutput
 from edgegw.model import Sample
 
 DEFAULT_LATENESS_S = 1.0
+#: ``now_ms`` going back by more than this is a wall-clock step, not jitter between callers
+CLOCK_STEP_BACK_MS = 2_000
 DEFAULT_FUNCTIONS = ("mean",)
 DEFAULT_NAME = "{metric}.{fn}"
 
@@ -185,7 +194,9 @@ class AggregateStage:
             "rbe_suppressed": 0,
             "heartbeats": 0,
             "flushed_windows": 0,
+            "clock_steps_back": 0,
         }
+        self._now: int | None = None
         self._held = 0
         self._new_holds: set[HoldKey] = set()
         self._released: set[HoldKey] = set()
@@ -202,13 +213,28 @@ class AggregateStage:
         return series
 
     # ------------------------------------------------------------------ stage protocol
+    def _clock(self, now_ms: int) -> list[Sample]:
+        """Notice a wall-clock step back (see the module docstring); returns the windows it
+        closed."""
+        prev, self._now = self._now, now_ms
+        if prev is None or now_ms >= prev - CLOCK_STEP_BACK_MS:
+            return []
+        self.counters["clock_steps_back"] += 1
+        n = len(self._deadlines)
+        out = self._close(None)
+        self.counters["flushed_windows"] += n
+        for series in self._by_id:
+            series.closed_until = -(2**62)
+            series.sent.clear()  # RBE heartbeats are judged on timestamps: new baseline
+        return out
+
     def process(self, samples: list[Sample], now_ms: int) -> StageOutput:
         c = self.counters
         c["samples_in"] += len(samples)
         if not self._configs:
             c["passed_through"] += len(samples)
             return samples, [], []
-        out: list[Sample] = []
+        out: list[Sample] = self._clock(now_ms)
         for s in samples:
             if s.device not in self._configs:
                 out.append(s)
@@ -244,7 +270,7 @@ class AggregateStage:
         return out, [], []
 
     def tick(self, now_ms: int) -> StageOutput:
-        return self._close(now_ms), [], []
+        return self._clock(now_ms) + self._close(now_ms), [], []
 
     def flush(self, now_ms: int) -> StageOutput:
         """Close every open window now (shutdown): nothing stays held."""

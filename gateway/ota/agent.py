@@ -414,7 +414,8 @@ class OtaAgent:
             raise Refusal(exc.reason, exc.detail) from None
         last_serial, installed = await self.io(self._marks, signed.kind, signed.name)
         m = check_offer(offer.manifest, offer.sig, key, gateway_id=self.host.gateway_id,
-                        labels=self.cfg.labels, last_serial=last_serial,
+                        labels={**self.cfg.labels, **(offer.labels or {})},
+                        last_serial=last_serial,
                         installed_version=installed)
         if m.release_id != offer.release:
             raise Refusal("bad_manifest", f"the offer names {offer.release} but the signed "

@@ -13,8 +13,10 @@ Steps of ``install_software`` (each failure removes the half-made slot and raise
 
 Test mode (``deps_from``): instead of installing every dependency wheel, the slot gets a
 ``.pth`` line naming an existing site-packages (the test venv's) and only the edgegw wheel is
-installed, with ``--no-deps``. The slot still runs its own edgegw (a .pth path line does not
-activate the editable install's finder in that directory). Used by the fault tests to keep
+installed, with ``--no-deps``, by the running interpreter's pip (``pip --python SLOT``) into a
+venv made ``--without-pip`` (ensurepip is most of a venv's creation time). The slot still runs
+its own edgegw (a .pth path line does not activate the editable install's finder in that
+directory). Used by the fault tests to keep
 them fast; the full offline install of every wheel is tested once (test_bundle_install_offline).
 
 Slot retention: the committed and the previous committed slots are kept, older ones removed
@@ -103,7 +105,10 @@ def install_software(
         bundle = slot / "bundle"
         extract_verified(payload, m, bundle)
         info = json.loads((bundle / "bundle.json").read_text())
-        _run([python, "-m", "venv", str(slot)], "python -m venv", timeout)
+        venv = [python, "-m", "venv", str(slot)]
+        if deps_from is not None:
+            venv.insert(3, "--without-pip")  # test mode: this interpreter's pip installs
+        _run(venv, "python -m venv", timeout)
         spy = str(slot / "bin" / "python")
         wheels = bundle / "wheels"
         if deps_from is not None:
@@ -113,7 +118,8 @@ def install_software(
             own = sorted(wheels.glob(f"edgegw-{m.version}-*.whl"))
             if not own:
                 raise Refusal("install_failed", f"no edgegw-{m.version} wheel in the bundle")
-            cmd = [spy, "-m", "pip", "install", "-q", "--no-index", "--no-deps", str(own[0])]
+            cmd = [sys.executable, "-m", "pip", "--python", spy, "install", "-q", "--no-index",
+                   "--no-deps", str(own[0])]
         else:
             req = str(info.get("requirement") or f"edgegw=={m.version}")
             cmd = [spy, "-m", "pip", "install", "-q", "--no-index", "--find-links", str(wheels)]

@@ -6,10 +6,13 @@ object with an ``op``; bytes travel base64-encoded.
 
 Cloud -> gateway:
 
-- ``offer``  ``{op, rollout, release, manifest, sig, window}``: ``manifest`` and ``sig`` are the
-  exact ``manifest.json`` bytes and their Ed25519 signature (the gateway verifies them before it
-  requests a single chunk); ``window`` is an optional maintenance window (cron, 5 fields) for the
-  install step that overrides the gateway's configured one.
+- ``offer``  ``{op, rollout, release, manifest, sig, window, labels}``: ``manifest`` and ``sig``
+  are the exact ``manifest.json`` bytes and their Ed25519 signature (the gateway verifies them
+  before it requests a single chunk); ``window`` is an optional maintenance window (cron, 5
+  fields) for the install step that overrides the gateway's configured one; ``labels`` are the
+  gateway's registry labels (``edgegw-cloud gateways label``) as the cloud holds them, which the
+  gateway checks a label-targeted manifest against (the message is sealed end to end by the
+  cloud, the same authority that signs releases; absent in older offers).
 - ``chunk``  ``{op, release, index, data}``: one chunk of ``payload.tar`` (``chunk_size`` bytes,
   the last one shorter), checked against its SHA-256 in the signed manifest on arrival.
 - ``cancel`` ``{op, rollout, release}``: stop downloading / do not install (an installed trial
@@ -91,10 +94,12 @@ class Offer:
     manifest: bytes
     sig: bytes
     window: str | None = None
+    labels: dict[str, str] | None = None
 
     def body(self) -> dict[str, Any]:
         return {"op": OFFER, "rollout": self.rollout, "release": self.release,
-                "manifest": b64(self.manifest), "sig": b64(self.sig), "window": self.window}
+                "manifest": b64(self.manifest), "sig": b64(self.sig), "window": self.window,
+                "labels": self.labels}
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,9 +189,14 @@ def parse_down(body: Any) -> Offer | Chunk | Cancel:
     op = body.get("op")
     if op == OFFER:
         window = _get(body, "window", str, optional=True)
+        labels = _get(body, "labels", dict, optional=True)
+        if labels is not None and not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
+        ):
+            raise TransferError("labels must map strings to strings")
         return Offer(_get(body, "rollout", int), _release(body),
                      unb64(body.get("manifest"), "manifest"), unb64(body.get("sig"), "sig"),
-                     window)
+                     window, labels)
     if op == CHUNK:
         return Chunk(_release(body), _index(body.get("index"), "index"),
                      unb64(body.get("data"), "data"))

@@ -25,6 +25,7 @@ import collections
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 log = logging.getLogger("edgegw.pipeline")
@@ -65,18 +66,32 @@ async def repack_loop(repacker: Any, uplink: Any, outbox_thread: Any,
                       every: float = REPACK_EVERY) -> None:
     """Re-pack the telemetry backlog now and then (``edgegw.store.repack``), into batches of
     about ``REPACK_FLIGHT`` seconds of the measured link (``REPACK_DEFAULT`` before any
-    estimate). Runs until cancelled; a failing re-pack is logged and retried later."""
-    while True:
-        await asyncio.sleep(every)  # a period, not synchronisation
-        rate = uplink.flow.rate(time.monotonic())
-        target = max(REPACK_MIN, int(rate * REPACK_FLIGHT)) if rate else REPACK_DEFAULT
-        try:
-            while await outbox_thread.call(repacker.repack, uplink.held_seqs(), target):
-                uplink.notify()
-                # the outbox thread also seals alerts and feeds the uplink: let them through
-                await asyncio.sleep(REPACK_PAUSE)
-        except Exception:
-            log.exception("re-packing the backlog failed; retrying in %.0f s", every)
+    estimate). The CPU-heavy merge runs in a worker thread of its own, never in the outbox
+    thread (which seals alerts: an alert must not wait behind a re-pack). Runs until
+    cancelled; a failing re-pack is logged and retried later."""
+    loop = asyncio.get_running_loop()
+    worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="repack")
+    try:
+        while True:
+            await asyncio.sleep(every)  # a period, not synchronisation
+            rate = uplink.flow.rate(time.monotonic())
+            target = max(REPACK_MIN, int(rate * REPACK_FLIGHT)) if rate else REPACK_DEFAULT
+            try:
+                while True:
+                    rows = await outbox_thread.call(repacker.collect, uplink.held_seqs(), target)
+                    if not rows:
+                        break
+                    plan = await loop.run_in_executor(worker, repacker.merge, rows, target)
+                    if plan is None or await outbox_thread.call(repacker.commit, plan) is None:
+                        break
+                    uplink.notify()
+                    await asyncio.sleep(REPACK_PAUSE)  # let live batches and alerts through
+            except Exception:
+                log.exception("re-packing the backlog failed; retrying in %.0f s", every)
+    finally:
+        # never block the event loop on a merge in progress: it touches no database, and
+        # its result is simply dropped
+        worker.shutdown(wait=False, cancel_futures=True)
 
 
 class AdaptiveAge:

@@ -61,6 +61,7 @@ def load(config: Path) -> tuple[GatewayConfig, dict[str, DriverEntry]]:
         ok, broken = drivers_from_registry(drivers)
         # A broken plugin is a warning: only its own devices become unavailable.
         cfg = check_loaded(cfg, ok, unavailable=broken)
+        cfg.release_source()  # resident memory: only the check reads it
     except ConfigError as exc:
         for issue in exc.issues:
             print(issue, file=sys.stderr)

@@ -4,6 +4,11 @@ Invariants:
 - Stages run on the event loop and must be fast and non-blocking; they see samples in arrival order.
 - The batcher seals a lane's pending items when ``max_readings`` is reached or when the oldest
   pending item is ``max_age`` old, so a crash loses at most ``max_age`` of unsealed readings.
+- Round seal (telemetry, docs/delivery.md "When a batch is sealed"): once no reading has arrived
+  for ``quiet`` (a poll round's readings are in) and the last telemetry seal is at least
+  ``min_interval`` old, the lane is sealed at once instead of waiting for ``max_age``; at most
+  one round seal per ``min_interval``. Skipped while the link is slow (the adaptive age is above
+  ``max_age``) or a seal is still waiting for the outbox thread: then batches grow by age/size.
 - Encoding, sealing and the SQLite transaction run in the ONE outbox thread (``OutboxThread``),
   never on the event loop. A caller of ``submit(..., durable=True)`` resumes only after the
   transaction holding its samples has committed.
@@ -82,6 +87,8 @@ class Batcher:
         max_bulk_bytes: int = 4 * 1024 * 1024,
         max_pending_seals: int = 16,
         encode: Callable[..., bytes | tuple[bytes, list[int]]] | None = None,
+        quiet: float = 0.0,
+        min_interval: float = 0.05,
     ) -> None:
         self._encode = encode or encode_batch
         self._outbox = outbox
@@ -109,11 +116,24 @@ class Batcher:
         self.age_policy: Callable[[], float] | None = None
         #: called in the outbox thread after each append with (seq, series ids it defined)
         self.on_appended: Callable[[int, list[int]], None] | None = None
+        # round seals (module doc): 0 turns them off
+        self.quiet = quiet
+        self.min_interval = min_interval
+        self._last_in = 0.0  # monotonic time of the last telemetry reading in
+        self._last_tele_seal = -min_interval
+        self._round_timer: asyncio.TimerHandle | None = None
+        self._round_tasks: set[asyncio.Task[None]] = set()
+        self.round_seals = 0
 
     def add(self, lane: Lane, samples: Sequence[Sample], alerts: Sequence[Alert] = ()) -> _Pending:
         p = self._pending[lane]
+        now = time.monotonic()
         if not len(p):
-            p.since = time.monotonic()
+            p.since = now
+        if lane is Lane.TELEMETRY and self.quiet > 0 and samples:
+            self._last_in = now
+            if self._round_timer is None:
+                self._arm_round(now)
         p.samples.extend(samples)
         p.alerts.extend(alerts)
         self.readings_in += len(samples)
@@ -121,6 +141,30 @@ class Batcher:
         if lane is Lane.BULK:
             self._bulk_bytes += sum(len(s.value) for s in samples if isinstance(s.value, bytes))
         return p
+
+    def _arm_round(self, now: float) -> None:
+        at = max(self._last_in + self.quiet, self._last_tele_seal + self.min_interval)
+        loop = asyncio.get_running_loop()
+        self._round_timer = loop.call_at(loop.time() + max(0.0, at - now), self._round_check)
+
+    def _round_check(self) -> None:
+        """Timer callback: seal the telemetry lane if its round is in (see the module doc)."""
+        self._round_timer = None
+        p = self._pending[Lane.TELEMETRY]
+        if not len(p):
+            return
+        if self.age_policy is not None and self.age_policy() > self.max_age:
+            return  # a slow link: bigger batches (sealed by age or size)
+        if self._inflight:
+            return  # the disk is behind: the batch grows until that commit is done (re-arms)
+        now = time.monotonic()
+        if now < max(self._last_in + self.quiet, self._last_tele_seal + self.min_interval):
+            self._arm_round(now)  # more readings came in meanwhile
+            return
+        self.round_seals += 1
+        task = asyncio.get_running_loop().create_task(self.seal(Lane.TELEMETRY))
+        self._round_tasks.add(task)
+        task.add_done_callback(self._round_tasks.discard)
 
     def due(self, now: float) -> list[Lane]:
         """Lanes that must be sealed now (full, or oldest item older than max_age)."""
@@ -150,6 +194,8 @@ class Batcher:
         self._pending[lane] = _Pending()
         if lane is Lane.BULK:
             self._bulk_bytes = 0
+        elif lane is Lane.TELEMETRY:
+            self._last_tele_seal = time.monotonic()
         await self._seal_slots.acquire()
         task = asyncio.get_running_loop().create_task(self._commit(lane, p))
         self._inflight.add(task)
@@ -191,6 +237,9 @@ class Batcher:
                 self.on_sealed(lane)
         finally:
             self._seal_slots.release()
+            if (self.quiet > 0 and self._round_timer is None and not self._inflight - {
+                    asyncio.current_task()} and len(self._pending[Lane.TELEMETRY])):
+                self._arm_round(time.monotonic())
 
     def _encode_append(self, lane: Lane, samples: list[Sample], alerts: list[Alert]) -> int:
         # Runs in the outbox thread.
@@ -213,6 +262,8 @@ class Batcher:
 
     async def drain(self) -> None:
         """Seal everything pending and wait until the outbox thread has committed it."""
+        if self._round_tasks:
+            await asyncio.gather(*list(self._round_tasks), return_exceptions=True)
         for lane in Lane:
             await self.seal(lane)
         if self._inflight:
@@ -230,6 +281,7 @@ class Batcher:
             "readings_refused": self.readings_refused,
             "pending": {lane.name.lower(): len(p) for lane, p in self._pending.items()},
             "seals_in_flight": len(self._inflight),
+            "round_seals": self.round_seals,
         }
 
 

@@ -191,7 +191,10 @@ class Gateway:
                         self.runs["unclean_stops"], self.runs["starts"])
         try:
             tmp = runs_file.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self.runs))
+            with open(tmp, "w") as f:
+                f.write(json.dumps(self.runs))
+                f.flush()
+                os.fsync(f.fileno())  # else a power cut can leave an empty runs.json (reset counts)
             os.replace(tmp, runs_file)
             marker.write_text(f"{os.getpid()}\n")
         except OSError as exc:

@@ -78,6 +78,8 @@ class UplinkService:
             backoff_min=float(u.backoff_min),
             backoff_max=float(u.backoff_max),
             stable_after=float(u.stable_after),
+            probe_interval=float(u.probe_interval),
+            reconnect_spread=float(u.reconnect_spread),
             max_attempts=int(u.max_attempts),
         )
         dp.pipeline.batcher.on_sealed = lambda _lane: session.notify()

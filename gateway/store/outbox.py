@@ -520,26 +520,37 @@ class Outbox:
         start = min(starts) if starts else (s.created_ms or now)
         self._c["lost_in_corruption"] += len(s.bad)
         seq = self._write_gaps([Gap(
-            lane=Lane.TELEMETRY, seqs=tuple(s.bad), from_ts_ms=start, to_ts_ms=now,
+            lane=Lane.TELEMETRY, seqs=tuple(s.bad), from_ts_ms=start, to_ts_ms=max(now, start),
             batches=len(s.bad), readings=s.bad_readings, reason=GAP_CORRUPT)])
         log.warning("outbox: gap record seq %d reports batches possibly lost to corruption "
                     "between %d and %d ms (%d damaged rows named)", seq, start, now, len(s.bad))
 
     def _gap_for_unclean_stop(self) -> None:
         """The previous run ended without ``close()`` (SIGKILL, power cut, OOM): readings
-        polled after the last committed batch are gone; tell the cloud which interval."""
-        last = self._meta("last_ts_ms")
+        polled after the last committed batch are gone; tell the cloud which interval.
+
+        "Last committed" is in commit order (the newest telemetry/bulk batch's last reading),
+        not the highest timestamp ever committed: after a wall-clock step back the highest one
+        lies in the stepped clock's future, and an interval starting there would miss the
+        readings the kill lost (or, with ``now`` below it, not be written at all). If the clock
+        is behind even the last committed reading (stepped back after it), the interval is
+        written between the two instants anyway, with a WARNING: it is approximate then."""
+        last = self._meta("last_poll_ts_ms") or self._meta("last_ts_ms")
         if not last:
             return
         now = time.time_ns() // 1_000_000
-        if now <= last:
-            return
-        seq = self._write_gaps([Gap(lane=Lane.TELEMETRY, seqs=(), from_ts_ms=last + 1,
-                                    to_ts_ms=now, batches=0, readings=0,
+        start = last + 1
+        if now < start:
+            log.warning("outbox: the wall clock (%d ms) is %.1f s behind the last committed "
+                        "reading: it was stepped back; the unclean-stop interval is approximate",
+                        now, (start - now) / 1000)
+        lo, hi = min(start, now), max(start, now)
+        seq = self._write_gaps([Gap(lane=Lane.TELEMETRY, seqs=(), from_ts_ms=lo,
+                                    to_ts_ms=hi, batches=0, readings=0,
                                     reason=GAP_UNCLEAN_STOP)])
         log.warning("outbox: the previous run stopped uncleanly; gap record seq %d reports "
                     "%d..%d ms (last committed reading -> this start) as unaccounted for",
-                    seq, last + 1, now)
+                    seq, lo, hi)
 
     # ------------------------------------------------------------------ key changes
     def _key_fingerprint(self) -> int:
@@ -703,6 +714,11 @@ class Outbox:
             c.execute("UPDATE meta SET value=? WHERE key='next_seq'", (next_seq,))
             c.execute("INSERT INTO meta (key, value) VALUES ('last_ts_ms', ?) ON CONFLICT(key) "
                       "DO UPDATE SET value=max(value, excluded.value)", (last,))
+            if lane is not Lane.ALERT:
+                # commit order, not the maximum: after a wall-clock step back the maximum lies
+                # in the stepped clock's future (see _gap_for_unclean_stop)
+                c.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('last_poll_ts_ms', ?)",
+                          (last,))
             c.execute("COMMIT")
         except sqlite3.OperationalError as exc:
             if c.in_transaction:

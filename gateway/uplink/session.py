@@ -25,8 +25,12 @@ Invariants (see docs/delivery.md for the whole story):
 - One paho client per connection (clean start, no broker session): nothing of a dead connection
   leaks into the next one. paho's network loop runs in paho's thread; every callback is handed to
   the event loop with ``call_soon_threadsafe`` and tagged with its connection generation.
-- Reconnect: exponential backoff with full jitter, delay = uniform(0, min(max, min * 2**n));
-  n resets only after a connection stayed up ``stable_after`` seconds.
+- Reconnect (``edgegw.uplink.reconnect``): exponential backoff with full jitter, delay =
+  uniform(0, min(max, min * 2**n)); n resets only after a connection stayed up
+  ``stable_after`` seconds. After a TCP-level failure (nothing accepted the connection) the
+  wait also probes the broker with a bare TCP connect every ``probe_interval`` x U(1, 2) and
+  connects after a random spread U(0, ``reconnect_spread``) once a probe succeeds; refusals
+  and failures after TCP (TLS, CONNACK, lost connections) stay on the plain backoff.
 - ``online`` on connect, last will ``offline`` on ``gw/{id}/up/status``. Not retained: the
   broker refuses retained messages (``retain_available false``, docs/security.md), so nothing
   can park data in it; a watcher subscribes before it needs the transitions.
@@ -34,6 +38,9 @@ Invariants (see docs/delivery.md for the whole story):
   bandwidth-delay product, see ``flow``); the alert lane comes first and may exceed it by a
   small headroom, so an alert never queues behind more than ~2 round trips of telemetry
   (in the TLS stream, the broker and the ingest).
+- TLS: one ``SSLContext`` across connections, rebuilt when the identity files change
+  (renewal); each reconnect offers the previous TLS session (``transport.mqtt_client``), so a
+  reconnect does not send the certificates again; verification is unchanged (docs/security.md).
 - MQTT v5 topic alias for the batch topic once the broker allows one (saves the topic name in
   every PUBLISH); ``on_delivered`` (optional) hears every seq the cloud acked DELIVERED.
 """
@@ -41,6 +48,7 @@ Invariants (see docs/delivery.md for the whole story):
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import random
@@ -62,15 +70,24 @@ from edgegw.protocol import topics
 from edgegw.protocol.ack import AckStatus, decode_acks
 from edgegw.protocol.broker_url import BrokerUrlError, parse_broker_url
 from edgegw.protocol.identity import Identity
-from edgegw.transport.mqtt_client import Client
+from edgegw.transport.mqtt_client import Client, TcpConnectError, TlsSessions
 from edgegw.uplink.flow import LinkEstimate
 from edgegw.uplink.outbox_io import AsyncOutbox
+from edgegw.uplink.reconnect import ReconnectPolicy
 
 log = logging.getLogger("edgegw.uplink")
 
 ACK_DELIVERED, ACK_REJECTED = AckStatus.DELIVERED, AckStatus.REJECTED
 #: PUBACK reason codes that refuse the batch itself for good (resending cannot help)
 PERMANENT_PUBACK = frozenset({0x95, 0x99})
+ALERT_SAMPLES = 256
+
+
+def _pct(values: list[int], p: float) -> int:
+    if not values:
+        return 0
+    values = sorted(values)
+    return values[min(len(values) - 1, int(p * len(values)))]
 
 
 def _key_id(envelope: bytes) -> int:
@@ -108,6 +125,7 @@ class _Flight:
     sends: int = 0
     broker_has_it: bool = False
     idle: bool = False  # published into an empty pipe (its round trip holds no queueing)
+    first_ts_ms: int = 0  # its oldest reading (alert latency: reading -> publish)
 
 
 @dataclass
@@ -153,8 +171,10 @@ class Uplink:
         ack_timeout: float = 10.0,
         keepalive: float = 30,
         backoff_min: float = 0.5,
-        backoff_max: float = 30,
+        backoff_max: float = 10,
         stable_after: float = 20,
+        probe_interval: float = 1.0,
+        reconnect_spread: float = 1.0,
         poll_interval: float = 0.05,
         max_attempts: int = 10,
         stuck_after: float | None = None,
@@ -189,6 +209,11 @@ class Uplink:
         self._last_progress = 0.0  # monotonic: last delivered ack, or start of waiting
         self._stuck_warned = False
         self._rng = rng or random.Random()
+        self.reconnect = ReconnectPolicy(backoff_min, backoff_max, probe_interval,
+                                         reconnect_spread, self._rng)
+        #: loop times of the last connect attempt's start and of the last CONNACK accepted
+        self.last_attempt_at = 0.0
+        self.last_connected_at = 0.0
         self._topic_batch = topics.up_batch(gateway_id)
         self._topic_status = topics.up_status(gateway_id)
         self._topic_ack = topics.down_ack(gateway_id)
@@ -199,6 +224,15 @@ class Uplink:
         self.on_delivered: Callable[[list[int]], None] | None = None
         self._alias_max = 0
         self._alias_set = False
+        # alerts raised on this connection, last ALERT_SAMPLES: (reading -> first publish ms,
+        # bytes ahead of it in the pipe): where an alert's time goes on a saturated link
+        self._connected_ms = 0
+        self._alert_waits: collections.deque[tuple[int, int]] = collections.deque(
+            maxlen=ALERT_SAMPLES)
+        # TLS context + session kept across connections (resumption), rebuilt when the identity
+        # files change (certificate renewal): keyed by their (path, mtime_ns, size)
+        self._tls: TlsSessions | None = None
+        self._tls_key: tuple[tuple[str, int, int], ...] = ()
         # per-connection state
         self._gen = 0
         self._client: mqtt.Client | None = None
@@ -211,10 +245,9 @@ class Uplink:
         self._cooldown: dict[int, float] = {}  # seq -> monotonic time it may be sent again
         self._settling: set[int] = set()  # settled here, outbox thread not done yet
         self._refusals = 0  # consecutive broker/ingest refusals (drives the hold-back delay)
-        self._attempt = 0  # reconnect backoff exponent
-        self._backoff_now = 0.0
         self._auth_failing = False
         self._unreachable = False
+        self._tcp_failed = False  # nothing accepted TCP on the last attempt: probe while waiting
         self._tasks: set[asyncio.Task[None]] = set()
         # device management (edgegw.device.downlink): other messages on gw/{id}/down/#
         self._downlink: Callable[[str, bytes], None] | None = None
@@ -282,13 +315,23 @@ class Uplink:
             "stuck_warnings": c.stuck_warnings,
             "inflight": len(self._inflight),
             "held_back": len(self._cooldown),
-            "backoff_s": self._backoff_now,
+            "backoff_s": self.reconnect.delay,
+            "probes": self.reconnect.probes,
+            "probe_hits": self.reconnect.probe_hits,
             "last_ack_ms": c.last_ack_ms,
             "puback_reasons": dict(c.puback_reasons),
         }
         out.update(self.flow.stats(time.monotonic()))
         out["topic_alias"] = int(self._alias_set)
+        out["tls_full_handshakes"] = self._tls.full if self._tls is not None else 0
+        out["tls_resumed_handshakes"] = self._tls.resumed if self._tls is not None else 0
         out["inflight_bytes"] = self._inflight_bytes()
+        waits = [w for w, _ in self._alert_waits]
+        ahead = [a for _, a in self._alert_waits]
+        out["alert_publish"] = {"n": len(waits), "lag_ms_p50": _pct(waits, 0.5),
+                                "lag_ms_p99": _pct(waits, 0.99),
+                                "pipe_bytes_ahead_p50": _pct(ahead, 0.5),
+                                "pipe_bytes_ahead_p99": _pct(ahead, 0.99)}
         return out
 
     async def run(self) -> None:
@@ -297,12 +340,10 @@ class Uplink:
             while True:
                 stayed_up = await self._session()
                 if stayed_up >= self.stable_after:
-                    self._attempt = 0
-                cap = min(self.backoff_max, self.backoff_min * (2**self._attempt))
-                self._attempt = min(self._attempt + 1, 32)
-                self._backoff_now = self._rng.uniform(0, cap)
-                log.debug("reconnecting in %.2f s (attempt %d)", self._backoff_now, self._attempt)
-                await asyncio.sleep(self._backoff_now)  # backoff delay, not synchronisation
+                    self.reconnect.reset()
+                how = await self.reconnect.wait(self.host, self.port, probe=self._tcp_failed)
+                log.debug("reconnecting after %s (backoff %.2f s, attempt %d)", how,
+                          self.reconnect.delay, self.reconnect.attempt)
         finally:
             if self._tasks:  # let pending settles reach the outbox thread
                 await asyncio.gather(*list(self._tasks), return_exceptions=True)
@@ -331,9 +372,9 @@ class Uplink:
             protocol=mqtt.MQTTv5,
             reconnect_on_failure=False,
         )
-        ident = self.identity
-        client.tls_set_context(pki.make_tls_context(Path(ident.ca), Path(ident.cert),
-                                                    Path(ident.key)))
+        tls = self._tls_sessions()
+        client.tls_set_context(tls.context)
+        client.tls_sessions = tls
         client.max_inflight_messages_set(self.window + 2)
         client.max_queued_messages_set(0)  # the window bounds what we queue
         client.will_set(self._topic_status, topics.STATUS_OFFLINE, qos=1)
@@ -352,6 +393,24 @@ class Uplink:
         client.on_message = bridge(self._on_message)
         return client
 
+    def _tls_sessions(self) -> TlsSessions:
+        """The TLS context (and resumable session) for the next connection: the same as last
+        time unless the identity files changed (renewal), so the broker can resume the session
+        instead of a full mTLS handshake (docs/weak-networks.md)."""
+        ident = self.identity
+        key: list[tuple[str, int, int]] = []
+        for path in (ident.ca, ident.cert, ident.key):
+            try:
+                st = Path(path).stat()
+                key.append((str(path), st.st_mtime_ns, st.st_size))
+            except OSError:
+                key.append((str(path), -1, -1))
+        if self._tls is None or tuple(key) != self._tls_key:
+            self._tls = TlsSessions(pki.make_tls_context(Path(ident.ca), Path(ident.cert),
+                                                         Path(ident.key)))
+            self._tls_key = tuple(key)
+        return self._tls
+
     async def _session(self) -> float:
         """One connection, from connect to loss. Returns how long it was up (seconds)."""
         loop = asyncio.get_running_loop()
@@ -362,6 +421,8 @@ class Uplink:
         self._connack: asyncio.Future[tuple[int, str]] = loop.create_future()
         self._suback: asyncio.Future[int] = loop.create_future()
         self.c.connect_attempts += 1
+        self._tcp_failed = False
+        self.last_attempt_at = loop.time()
         client = self._new_client(gen, loop)
         self._client = client
         try:
@@ -385,6 +446,7 @@ class Uplink:
             return 0.0
         except OSError as exc:
             self.c.connect_failures += 1
+            self._tcp_failed = isinstance(exc, TcpConnectError)
             if not self._unreachable:
                 log.info("broker %s:%d unreachable: %s", self.host, self.port, exc)
                 self._unreachable = True
@@ -433,7 +495,9 @@ class Uplink:
                 self.c.connect_failures += 1
                 self._auth_failed(f"broker refused the connection: CONNACK 0x{rc:02X} {rc_name}")
                 return 0.0
-            connected_at = loop.time()
+            connected_at = self.last_connected_at = loop.time()
+            self._connected_ms = time.time_ns() // 1_000_000
+            self._alert_waits.clear()
             self._connected = True
             self.c.connects += 1
             if self._auth_failing or self._unreachable:
@@ -511,7 +575,8 @@ class Uplink:
                                               in_flight=in_flight):
                         break  # a BDP awaits the cloud's ack: wait for acks (they wake us)
                     self._send(_Flight(b.seq, bytes(b.envelope), b.count, int(b.lane),
-                                       attempts=int(getattr(b, "attempts", 0))))
+                                       attempts=int(getattr(b, "attempts", 0)),
+                                       first_ts_ms=int(getattr(b, "first_ts_ms", 0))))
                     in_flight += len(b.envelope)
             timeout = self._next_deadline(loop.time())
             self._wake.clear()
@@ -547,6 +612,9 @@ class Uplink:
         else:
             info = client.publish(self._topic_batch, flight.envelope, qos=1)
         flight.idle = self.flow.in_pipe == 0
+        if flight.lane == 0 and flight.sends == 0 and flight.first_ts_ms >= self._connected_ms:
+            self._alert_waits.append(
+                (max(0, time.time_ns() // 1_000_000 - flight.first_ts_ms), self.flow.in_pipe))
         self.flow.on_send(info.mid, len(flight.envelope), time.monotonic())
         flight.mid = info.mid
         flight.sent_at = asyncio.get_running_loop().time()

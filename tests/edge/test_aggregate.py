@@ -85,6 +85,29 @@ def test_window_closes_after_end_plus_lateness_and_drops_late_samples() -> None:
     assert stage.stats()["late_dropped"] == 1
 
 
+def test_wall_clock_step_back_closes_open_windows_and_keeps_aggregating() -> None:
+    """NTP steps the clock 40 s back in the middle of a 10 s window: the open window is closed
+    at once (not held for 40 s), and the samples of the stepped clock are aggregated, not
+    dropped as late until the clock has caught up (which happened before the fix)."""
+    stage = AggregateStage({"d1": agg(window="10s", functions=["count"], lateness="1s")})
+    base = 1_700_000_000_000
+    out: list[Sample] = []
+    for k in range(25):  # 0 .. 12 s: one window closed, one open
+        out += stage.process([Sample("d1", "v", base + k * 500, 1.0)], base + k * 500)[0]
+    assert [(s.ts_ms, s.value) for s in out] == [(base, 20)]
+    step = base + 12_500 - 40_000
+    out = []
+    for k in range(25):  # the stepped clock, 12 s of it
+        out += stage.process([Sample("d1", "v", step + k * 500, 1.0)], step + k * 500)[0]
+    out += stage.tick(step + 30_000)[0]
+    st = stage.stats()
+    assert st["clock_steps_back"] == 1 and st["late_dropped"] == 0
+    # the window open at the step (5 samples) first, then the stepped clock's windows
+    assert out[0].ts_ms == base + 10_000 and out[0].value == 5
+    assert sum(s.value for s in out[1:]) == 25  # type: ignore[misc]
+    assert stage.held() == 0
+
+
 def test_non_good_and_non_numeric_pass_through_immediately() -> None:
     stage = AggregateStage({"d1": agg(window="1m")})
     bad = Sample("d1", "temp", 1_000, None, Quality.COMM_ERROR)

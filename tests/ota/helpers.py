@@ -202,6 +202,10 @@ class ServiceSim:
         with contextlib.suppress(ProcessLookupError):
             os.kill(proc.pid, sig)
 
+    def request_stop(self) -> None:
+        """Begin stopping without waiting (``stop()`` waits): several services stop at once."""
+        self._stop.set()
+
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(60)

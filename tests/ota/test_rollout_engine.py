@@ -48,6 +48,7 @@ class Fleet:
         self.during_send: Any = None  # runs inside send (another process acting meanwhile)
         self.engine = RolloutEngine(self.store, self.send, lambda rel: (b"{}", b"s" * 64),
                                     online=lambda gw: False if gw in self.offline else None,
+                                    labels_of=lambda gw: {"site": f"s-{gw}"},
                                     clock=lambda: self.t, reoffer_s=30.0)
 
     def send(self, gw: str, body: dict[str, Any]) -> bool:
@@ -110,6 +111,7 @@ def test_waves_advance_in_order_and_complete(fleet: Fleet) -> None:
     assert fleet.offers() == ["gw-0"]
     offer = ot.parse_down(fleet.sent[0][1])
     assert isinstance(offer, ot.Offer) and offer.rollout == r.id and offer.window == "* 2-4 * * *"
+    assert offer.labels == {"site": "s-gw-0"}  # the gateway's registry labels travel with it
     fleet.engine.tick()
     assert fleet.offers() == ["gw-0"], "an unanswered offer is not repeated before reoffer_s"
     fleet.report(r.id, "gw-0", "downloading", received=3, total=10)

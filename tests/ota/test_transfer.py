@@ -193,6 +193,18 @@ def test_refusals_reach_the_cloud_with_nothing_written_and_cancel_stops(rig: Rig
     rig.server.offer(other)
     assert rig.server.wait_state(other.release_id, "refused").reason == "wrong_target"
 
+    # label-targeted releases are checked against the registry labels the (sealed) offer
+    # carries: another site's release is refused at the offer; one for this gateway's site
+    # passes the target check and is downloaded (then refused by the config checker here)
+    site_b = rig.server.publish({"gateway.yaml": _config_text(rig)}, name="siteb", version="1",
+                                targets={"labels": {"site": "b"}})
+    rig.server.offer(site_b, labels={"site": "a"})
+    assert rig.server.wait_state(site_b.release_id, "refused").reason == "wrong_target"
+    site_a = rig.server.publish({"gateway.yaml": _config_text(rig) + b"oops: 1\n"},
+                                name="sitea", version="1", targets={"labels": {"site": "a"}})
+    rig.server.offer(site_a, labels={"site": "a"})
+    assert rig.server.wait_state(site_a.release_id, "refused").reason == "check_failed"
+
     # a software release on a gateway not started by the launcher (no slots)
     sw = rig.server.publish({"bundle.json": b"{}", "wheels/edgegw-9.9.9-py3-none-any.whl": b"x"},
                             kind="software", name="edgegw", version="9.9.9")

@@ -76,11 +76,11 @@ class ChunkServer:
                                           int(manifest["payload"]["chunk_size"]))
 
     def offer(self, row: ReleaseRow, *, rollout: int = 1, window: str | None = None,
-              sig: bytes | None = None) -> None:
+              sig: bytes | None = None, labels: dict[str, str] | None = None) -> None:
         with ReleaseStore(self.cloud.paths.data_dir) as store:
             manifest, good_sig = store.read(row)
         body = ot.Offer(rollout, row.release_id, manifest, sig if sig is not None else good_sig,
-                        window).body()
+                        window, labels).body()
         self.down.send(GW, dl.OTA, body)
 
     def cancel(self, row: ReleaseRow, rollout: int = 1) -> None:

@@ -12,6 +12,7 @@ from edgegw.protocol import ota_transfer as ot
 def test_round_trip_every_op() -> None:
     msgs: list[Any] = [
         ot.Offer(3, "edgegw-0.2-software-7", b'{"a":1}', b"s" * 64, "0 2 * * *"),
+        ot.Offer(4, "site-3-config-8", b"{}", b"s" * 64, None, {"site": "a"}),
         ot.Chunk("edgegw-0.2-software-7", 5, bytes(range(256))),
         ot.Cancel(3, "edgegw-0.2-software-7"),
     ]
@@ -39,6 +40,9 @@ def test_round_trip_every_op() -> None:
         {"op": "chunk", "release": "r", "index": True, "data": ""},
         {"op": "chunk", "release": "", "index": 0, "data": ""},
         {"op": "cancel", "release": "r"},
+        {"op": "offer", "rollout": 1, "release": "r", "manifest": "", "sig": "", "labels": []},
+        {"op": "offer", "rollout": 1, "release": "r", "manifest": "", "sig": "",
+         "labels": {"site": 1}},
     ],
 )
 def test_bad_down_bodies_refused(body: Any) -> None:

@@ -5,12 +5,17 @@ driven through the ingest's own record builder (no broker needed for this proper
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from edgegw.model import Lane, Sample
+from edgegw.model import Alert, Lane, Sample
+from edgegw.protocol.codec import encode_batch
 from edgegw.protocol.codec_v2 import DecodedV2, decode_any
 from edgegw.protocol.keys import Sealer
+from edgegw.runtime.batching import repack_loop
+from edgegw.runtime.pipeline import OutboxThread
 from edgegw.store import Outbox
 from edgegw.store.repack import Repacker
 from edgegw.store.series_dict import SeriesDictionary
@@ -89,3 +94,71 @@ def test_repack_leaves_small_backlogs_and_held_batches_alone(
     r = Repacker(outbox, d)
     assert r.repack(set(seqs[:2]), 64 * 1024) is None  # 3 waiting: fewer than MIN_BATCHES
     assert {b.seq for b in outbox.next_batches(100)} == set(seqs)
+
+
+def test_merge_runs_outside_the_outbox_thread_so_an_alert_is_sealed_meanwhile(
+        open_outbox: Callable[..., Outbox], tmp_path: Path) -> None:
+    """Issue 15 goal 2: a re-pack's merge (seconds of CPU on a loaded machine) must not hold
+    the outbox thread, which seals alerts. The merge is held on an event here (a stand-in for
+    a slow CPU); the uplink is a stand-in with the three members repack_loop uses (no link
+    exists in this test). Asserted as an order: the alert is stored while the merge waits."""
+    outbox = open_outbox()
+    d = SeriesDictionary(tmp_path / "series-dict.db")
+    for k in range(6):
+        plaintext, defined = d.encode(w1(k))
+        d.sealed(outbox.append(Lane.TELEMETRY, plaintext, count=40, first_ts_ms=k,
+                               last_ts_ms=k), defined)
+    repacker = Repacker(outbox, d)
+    merging, release = threading.Event(), threading.Event()
+    real_merge = repacker.merge
+
+    def held_merge(rows: list[tuple[int, bytes]], target: int) -> object:
+        merging.set()
+        assert release.wait(30)
+        return real_merge(rows, target)
+
+    repacker.merge = held_merge  # type: ignore[method-assign,assignment]
+
+    class Link:
+        def rate(self, _now: float) -> float | None:
+            return None
+
+    class UplinkStandIn:
+        flow = Link()
+        notified = 0
+
+        def held_seqs(self) -> set[int]:
+            return set()
+
+        def notify(self) -> None:
+            self.notified += 1
+
+    async def run() -> tuple[int, int]:
+        thread = OutboxThread()
+        up = UplinkStandIn()
+        task = asyncio.create_task(repack_loop(repacker, up, thread, every=0.01))
+        try:
+            loop = asyncio.get_running_loop()
+            assert await loop.run_in_executor(None, merging.wait, 30)
+            # bounded: with the merge in the outbox thread this would wait for the release
+            alert = await asyncio.wait_for(thread.call(lambda: outbox.append(
+                Lane.ALERT, encode_batch(alerts=[Alert("r", "plc0", 1, True)]), count=1,
+                first_ts_ms=1, last_ts_ms=1)), 10)
+            assert not release.is_set()  # sealed while the merge still held its thread
+            release.set()
+            for _ in range(600):  # poll until the merge was committed (bounded)
+                if repacker.repacks:
+                    break
+                await asyncio.sleep(0.05)
+            return alert, up.notified
+        finally:
+            release.set()
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            thread.shutdown()
+
+    alert, notified = asyncio.run(run())
+    assert repacker.repacks == 1 and notified >= 1
+    lanes = [b.lane for b in outbox.next_batches(100)]
+    assert lanes == [Lane.ALERT, Lane.TELEMETRY]  # the alert, and ONE re-packed batch
+    assert outbox.next_batches(1)[0].seq == alert
