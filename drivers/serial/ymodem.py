@@ -99,12 +99,15 @@ class YmodemSender:
             if b in wanted:
                 return b
 
-    async def _send_block(self, data: bytes, what: str) -> None:
+    async def _send_block(self, data: bytes, what: str, *, first: bool = False) -> None:
+        """``first``: the first data block, which a receiver still asks for with 'C' (like the
+        header) when it did not get it; a 'C' then means resend, like a NAK."""
+        wanted = {ACK, NAK, CRC} if first else {ACK, NAK}
         for attempt in range(self.retries + 1):
             if attempt:
                 self.resends += 1
             await self.link.write_all(data, self.block_timeout)
-            b = await self._expect({ACK, NAK}, self.block_timeout, f"ACK for {what}")
+            b = await self._expect(wanted, self.block_timeout, f"ACK for {what}")
             if b == ACK:
                 return
         raise YmodemError(f"{what}: {self.retries} NAKs in a row")
@@ -157,7 +160,7 @@ class YmodemSender:
         seq = 1
         while sent < total:
             chunk = data[sent : sent + BLOCK]
-            await self._send_block(block(seq, chunk, BLOCK), f"block {seq}")
+            await self._send_block(block(seq, chunk, BLOCK), f"block {seq}", first=seq == 1)
             sent += len(chunk)
             seq += 1
             if progress is not None:

@@ -88,7 +88,9 @@ def write_config(tmp: Path, tty: str) -> Path:
                     "reply_timeout": "200ms",
                     "reopen_min": "100ms",
                     "line": {"parse": "kv"},
-                    "bootloader": {"start_timeout": "25s", "block_timeout": "7s"},
+                    # block_timeout above rb's longest own timeout (13 s at the first block and
+                    # every 128th), as drivers/serial/README.md asks
+                    "bootloader": {"start_timeout": "25s", "block_timeout": "15s"},
                 },
             },
             {
