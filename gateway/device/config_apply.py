@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from edgegw.protocol.bundle import APPLY_DIR, Bundle, BundleError
+from edgegw.protocol.fileperms import fsync_dir
 
 __all__ = ["APPLY_DIR", "Bundle", "BundleError", "ConfigApply", "Pending"]
 
@@ -63,14 +64,6 @@ class Pending:
         return max(0.0, (self.deadline_ms - _now_ms()) / 1000.0)
 
 
-def _fsync_dir(d: Path) -> None:
-    fd = os.open(d, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_atomic(path: Path, data: bytes, mode: int | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
@@ -85,7 +78,7 @@ def _write_atomic(path: Path, data: bytes, mode: int | None = None) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 class ConfigApply:
@@ -173,7 +166,7 @@ class ConfigApply:
                       json.dumps({"version": p.version, "confirmed_ms": _now_ms()}).encode(), 0o600)
         self._record_last(p.version, "confirmed", "")
         self.pending_file.unlink()
-        _fsync_dir(self.dir)
+        fsync_dir(self.dir)
         shutil.rmtree(self.rollback, ignore_errors=True)
         return True
 
@@ -190,7 +183,7 @@ class ConfigApply:
                 target.unlink(missing_ok=True)
         self._record_last(p.version, "reverted", reason)
         self.pending_file.unlink()
-        _fsync_dir(self.dir)
+        fsync_dir(self.dir)
         shutil.rmtree(self.rollback, ignore_errors=True)
         return p
 

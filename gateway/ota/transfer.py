@@ -38,6 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from edgegw.protocol.fileperms import fsync_dir
 from edgegw.protocol.release import Manifest
 
 OTA_DIR = "ota"
@@ -52,14 +53,6 @@ SYNC_EVERY_S = 0.25
 KEEP_RELEASES = 8
 
 
-def _fsync_dir(d: Path) -> None:
-    fd = os.open(d, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_atomic(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
@@ -71,7 +64,7 @@ def write_atomic(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -176,7 +169,7 @@ class ReleaseDir:
             f.truncate(self.manifest.payload_size)
             f.flush()
             os.fsync(f.fileno())
-        _fsync_dir(self.dir)
+        fsync_dir(self.dir)
 
     def write_chunk(self, index: int, data: bytes, net_bytes: int) -> None:
         """Write a chunk at its offset; it is claimed on disk by the next ``save`` (group

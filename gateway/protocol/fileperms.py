@@ -6,6 +6,7 @@ Invariants:
   existing file and its ``-wal``/``-shm`` created by an older version (e.g. 0644).
 - ``write_private(path, text, mode)`` replaces a file atomically; the temp file has ``mode``
   from creation, so no reader ever sees the content with a wider mode.
+- ``fsync_dir(d)`` makes a rename/create/unlink in ``d`` durable (after ``os.replace``).
 """
 
 from __future__ import annotations
@@ -35,3 +36,11 @@ def write_private(path: Path, text: str, mode: int = STATUS_MODE) -> None:
         os.fchmod(f.fileno(), mode)  # an older tmp file keeps its mode through O_CREAT
         f.write(text)
     os.replace(tmp, path)
+
+
+def fsync_dir(d: Path) -> None:
+    fd = os.open(d, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
