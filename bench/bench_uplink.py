@@ -25,7 +25,6 @@ import json
 import os
 import platform
 import shutil
-import socket
 import statistics
 import sys
 import tempfile
@@ -36,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from benchlib import free_port, time_commits
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edgegw import pki
@@ -51,26 +51,7 @@ from edgegw_cloud.pki_setup import CloudPaths, init_data_dir
 from edgegw_cloud.registry import Registry
 from edgegw_cloud.store import CloudStore
 
-# (gateway, seq) -> wall clock ms just after the store transaction holding it committed
-COMMITTED: dict[tuple[str, int], int] = {}
-_orig_commit = CloudStore.commit_statuses
-
-
-def _timed_commit(self: CloudStore, records: Any) -> list[str]:
-    out = _orig_commit(self, records)
-    done = time.time_ns() // 1_000_000
-    for rec in records:
-        COMMITTED.setdefault((rec.gateway, rec.seq), done)
-    return out
-
-
-CloudStore.commit_statuses = _timed_commit  # type: ignore[method-assign]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+COMMITTED = time_commits()
 
 
 def _identity(paths: CloudPaths, gw: str, d: Path) -> Sealer:
@@ -274,7 +255,7 @@ async def main() -> None:
     os.chmod(root, 0o711)  # mosquitto (dropped to its own user) must reach its files
     try:
         paths = init_data_dir(root / "cloud")
-        broker = ManagedBroker(paths, _free_port()).start()
+        broker = ManagedBroker(paths, free_port()).start()
         try:
             result = {
                 "bench": "uplink",

@@ -42,7 +42,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -57,6 +56,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
+from benchlib import free_port, pct  # noqa: E402
 from linkemu import LinkEmulator  # noqa: E402
 
 from edgegw_cloud.broker import ManagedBroker  # noqa: E402
@@ -71,19 +71,6 @@ WORKLOADS = {  # name: (poll seconds, plant kind)
     "W2": (0.1, "stepping"),
     "noisy": (1.0, "noisy"),
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def pct(values: list[int], p: float) -> int | None:
-    if not values:
-        return None
-    values = sorted(values)
-    return values[min(len(values) - 1, int(p * len(values)))]
 
 
 class Plant:

@@ -33,7 +33,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -45,12 +44,12 @@ from typing import Any
 
 import psutil
 import yaml
+from benchlib import free_port, pct, time_commits
 
 from edgegw_cloud.broker import ManagedBroker
 from edgegw_cloud.enrollment import provision_gateway
 from edgegw_cloud.ingest import run_ingest
 from edgegw_cloud.pki_setup import init_data_dir
-from edgegw_cloud.store import CloudStore
 
 ROOT = Path(__file__).resolve().parents[1]
 GW = "bench-gw"
@@ -111,33 +110,7 @@ def import_floor() -> dict[str, Any]:
 UNITS = 10
 REGISTERS = 100
 
-# (gateway, seq) -> wall clock ms just after the cloud store's transaction holding it committed
-COMMITTED: dict[tuple[str, int], int] = {}
-_orig_commit = CloudStore.commit_statuses
-
-
-def _timed_commit(self: CloudStore, records: Any) -> list[str]:
-    out = _orig_commit(self, records)
-    done = time.time_ns() // 1_000_000
-    for rec in records:
-        COMMITTED.setdefault((rec.gateway, rec.seq), done)
-    return out
-
-
-CloudStore.commit_statuses = _timed_commit  # type: ignore[method-assign]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def pct(values: list[int], p: float) -> int | None:
-    if not values:
-        return None
-    values = sorted(values)
-    return values[min(len(values) - 1, int(p * len(values)))]
+COMMITTED = time_commits()
 
 
 def wait_file(path: Path, timeout: float) -> None:

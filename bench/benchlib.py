@@ -1,18 +1,45 @@
 """Helpers the end-to-end benches share (run as ``python bench/NAME.py``, so this folder is on
-``sys.path``): a free loopback port, nearest-rank percentiles, the cloud's broker, and the
-background telemetry devices that load the gateway while a latency is measured."""
+``sys.path``): a free loopback port, nearest-rank percentiles, the cloud's broker, the
+background telemetry devices that load the gateway while a latency is measured, and the time
+each batch's cloud store transaction committed (``time_commits``)."""
 
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 from edgegw_cloud.broker import ManagedBroker
 from edgegw_cloud.pki_setup import CloudPaths, init_data_dir
+from edgegw_cloud.store import CloudStore
 
 N = TypeVar("N", int, float)
+
+
+#: (gateway, seq) -> wall clock ms just after the cloud store's transaction holding it committed
+#: (filled once ``time_commits()`` ran, by ingests in this process)
+COMMITTED: dict[tuple[str, int], int] = {}
+
+
+def time_commits() -> dict[tuple[str, int], int]:
+    """Stamp every batch the cloud store commits in this process (idempotent); returns
+    ``COMMITTED``."""
+    if getattr(CloudStore.commit_statuses, "_timed", False):
+        return COMMITTED
+    orig = CloudStore.commit_statuses
+
+    def timed(self: CloudStore, records: Any) -> list[str]:
+        out = orig(self, records)
+        done = time.time_ns() // 1_000_000
+        for rec in records:
+            COMMITTED.setdefault((rec.gateway, rec.seq), done)
+        return out
+
+    timed._timed = True  # type: ignore[attr-defined]
+    CloudStore.commit_statuses = timed  # type: ignore[method-assign]
+    return COMMITTED
 
 
 def free_port() -> int:

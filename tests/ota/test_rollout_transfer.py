@@ -19,11 +19,9 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from uplink.conftest import Cloud, GatewaySide, await_until, cloud_dir, free_port  # noqa: F401
 
 from edgegw import pki
@@ -31,23 +29,10 @@ from edgegw.device.downlink import DownlinkService
 from edgegw.protocol import downlink as dl
 from edgegw.protocol import ota_transfer as ot
 from edgegw.protocol.release import Manifest, verify_signature
-from edgegw_cloud.broker import ManagedBroker
 from edgegw_cloud.cli import main as cloud_main
 from edgegw_cloud.devmgmt import DeviceManager
 from edgegw_cloud.ota import ReleaseRow, ReleaseStore
-from edgegw_cloud.pki_setup import init_data_dir
 from edgegw_cloud.rollout import RolloutStore
-
-
-@pytest.fixture
-def cloud(cloud_dir: Path) -> Iterator[Cloud]:  # noqa: F811
-    paths = init_data_dir(cloud_dir)
-    broker = ManagedBroker(paths, free_port())
-    broker.start()
-    try:
-        yield Cloud(paths, broker)
-    finally:
-        broker.stop()
 
 
 class Responder:

@@ -12,35 +12,15 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
 import yaml
 from runtime.helpers import poll_until
-from uplink.conftest import Cloud, cloud_dir, free_port  # noqa: F401  (fixture re-export)
+from uplink.conftest import free_port
 
 from edgegw.device.config_apply import ConfigApply
-from edgegw_cloud.broker import ManagedBroker
-from edgegw_cloud.pki_setup import init_data_dir
 from tests.ota.transfer_rig import GW, Rig
 
 FAR_WINDOW = "0 0 1 1 *"  # 00:00 UTC on January 1st: the install waits
-
-
-@pytest.fixture
-def rig(cloud_dir: Path, tmp_path: Path) -> Iterator[Rig]:  # noqa: F811
-    paths = init_data_dir(cloud_dir)
-    broker = ManagedBroker(paths, free_port())
-    broker.start()
-    r = Rig(Cloud(paths, broker), tmp_path)
-    try:
-        yield r
-    finally:
-        try:
-            r.close()
-        finally:
-            broker.stop()
 
 
 def _config_text(rig: Rig, **kw: object) -> bytes:

@@ -11,40 +11,20 @@ agent reports ``committed`` (its ``version`` field says so) once its health gate
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from runtime.helpers import poll_until
-from uplink.conftest import Cloud, cloud_dir, free_port  # noqa: F401  (fixture re-export)
 
 from edgegw.ota import launcher
 from edgegw.ota.agent import ENV_DEPS_FROM
-from edgegw_cloud.broker import ManagedBroker
 from edgegw_cloud.ota import ReleaseStore, publish_bundle
-from edgegw_cloud.pki_setup import init_data_dir
 from tests.ota.helpers import SITE_PACKAGES, ServiceSim, build_wheel, fake_slot, make_bundle
 from tests.ota.transfer_rig import Rig
 
 pytestmark = pytest.mark.slow
 BASE = "0.1.0"
 LAUNCHER = Path(launcher.__file__)
-
-
-@pytest.fixture
-def rig(cloud_dir: Path, tmp_path: Path) -> Iterator[Rig]:  # noqa: F811
-    tmp_path.chmod(0o755)
-    paths = init_data_dir(cloud_dir)
-    broker = ManagedBroker(paths, free_port())
-    broker.start()
-    r = Rig(Cloud(paths, broker), tmp_path)
-    try:
-        yield r
-    finally:
-        try:
-            r.close()
-        finally:
-            broker.stop()
 
 
 def test_software_release_restarts_into_trial_and_new_version_reports_committed(

@@ -229,3 +229,4 @@ class Rig:
             self.server.stop()
             self.dm.stop()
             self.ingest.stop()
+
