@@ -17,10 +17,10 @@ import time
 from pathlib import Path
 
 from modbus.simproc import SimServer
-from runtime.helpers import EDGEGW, outbox_seqs, poll_until, write_config
+from runtime.helpers import EDGEGW, outbox_seqs, poll_until
 
 from .fakeclock import SteppedClock
-from .test_unclean_stop import _contents
+from .test_unclean_stop import _contents, one_modbus_device_config
 
 GW = "gw-unclean"  # _contents opens the envelopes of this gateway id
 STEP_S = 30
@@ -30,15 +30,7 @@ def test_sigkill_after_a_clock_step_back_is_still_reported(tmp_path: Path) -> No
     server = SimServer("--tcp", "0", "--units", "1", log_dir=tmp_path)
     state = tmp_path / "state"
     db = state / "outbox.db"
-    cfg = write_config(tmp_path / "gateway.yaml", {
-        "gateway": {"id": GW, "state_dir": str(state), "log_level": "info"},
-        "metrics": {"enabled": False},
-        "batch": {"max_age": "100ms"},
-        "devices": [{"id": "u1", "driver": "modbus", "poll": "100ms", "timeout": "1s",
-                     "options": {"transport": "tcp", "host": "127.0.0.1", "port": server.port,
-                                 "unit_id": 1, "points": [{"name": "v", "kind": "holding",
-                                                           "address": 0, "type": "int16"}]}}],
-    })
+    cfg = one_modbus_device_config(tmp_path, state, server.port)
     clock = SteppedClock(tmp_path / "faketime")
     log = tmp_path / "daemon.log"
     try:

@@ -49,18 +49,23 @@ def _contents(state: Path) -> tuple[list[Any], list[int]]:
     return gaps, ts
 
 
-def test_sigkill_is_reported_as_a_gap_and_counted(tmp_path: Path) -> None:
-    server = SimServer("--tcp", "0", "--units", "1", log_dir=tmp_path)
-    state = tmp_path / "state"
-    cfg = write_config(tmp_path / "gateway.yaml", {
+def one_modbus_device_config(tmp_path: Path, state: Path, port: int) -> Path:
+    """gateway.yaml (no uplink): one Modbus TCP device polled every 100 ms, 100 ms batches."""
+    return write_config(tmp_path / "gateway.yaml", {
         "gateway": {"id": GW, "state_dir": str(state), "log_level": "info"},
         "metrics": {"enabled": False},
         "batch": {"max_age": "100ms"},
         "devices": [{"id": "u1", "driver": "modbus", "poll": "100ms", "timeout": "1s",
-                     "options": {"transport": "tcp", "host": "127.0.0.1", "port": server.port,
+                     "options": {"transport": "tcp", "host": "127.0.0.1", "port": port,
                                  "unit_id": 1, "points": [{"name": "v", "kind": "holding",
                                                            "address": 0, "type": "int16"}]}}],
     })
+
+
+def test_sigkill_is_reported_as_a_gap_and_counted(tmp_path: Path) -> None:
+    server = SimServer("--tcp", "0", "--units", "1", log_dir=tmp_path)
+    state = tmp_path / "state"
+    cfg = one_modbus_device_config(tmp_path, state, server.port)
     try:
         proc = start_daemon(cfg, tmp_path / "daemon.log")
         poll_until(lambda: len(outbox_seqs(state / "outbox.db")) >= 10, 30, "stored batches")
