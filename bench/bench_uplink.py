@@ -156,7 +156,8 @@ async def drain(
     # who is busy during the drain: CPU seconds of the gateway side (this process: the uplink,
     # its outbox thread, paho), each ingest process and the broker
     who = {"gateway (uplink + outbox)": psutil.Process()} | {
-        f"ingest {i}": psutil.Process(pid) for i, pid in enumerate(procs.pids)}
+        f"ingest {i}": psutil.Process(pid) for i, pid in enumerate(
+            getattr(procs, "pids", None) or [p.pid for p in procs._procs])}  # older trees
     if broker_pid is not None:
         who["broker (mosquitto)"] = psutil.Process(broker_pid)
     cpu0 = {k: p.cpu_times() for k, p in who.items()}
