@@ -40,9 +40,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Container
+from collections.abc import Callable, Container, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from edgegw.model import Alert, Lane, Sample
 from edgegw.protocol.codec import CodecError
@@ -58,6 +58,30 @@ MAX_BATCHES = 256
 MIN_BATCHES = 4
 ALERT_MIN_BATCHES = 2
 MAX_ALERTS = 2_000
+
+
+_Encoded = tuple[bytes, list[int], int, int, int]  # plaintext, ids defined, count, first, last
+T = TypeVar("T")
+
+
+def _fit(chosen: list[T], least: int, target_bytes: int,
+         encode: Callable[[list[T]], _Encoded | None]) -> tuple[list[T], _Encoded] | None:
+    """Encode ``chosen``; while the result exceeds ``target_bytes``, drop the newest third
+    (never below ``least``). None when fewer than ``least`` or the encoding failed."""
+    while len(chosen) >= least:
+        result = encode(chosen)
+        if result is None:
+            return None
+        if len(result[0]) > target_bytes and len(chosen) > least:
+            chosen = chosen[: max(least, len(chosen) * 2 // 3)]
+            continue
+        return chosen, result
+    return None
+
+
+def _bytes_of(rows: list[tuple[int, bytes]], seqs: list[int]) -> int:
+    sizes = {s: len(e) for s, e in rows}
+    return sum(sizes[s] for s in seqs)
 
 
 def part_digest(plaintext: bytes) -> bytes:
@@ -140,41 +164,22 @@ class Repacker:
         if lane is Lane.ALERT:
             return self._merge_alerts(rows, target_bytes)
         chosen: list[tuple[int, bytes, list[Sample]]] = []
-        for seq, envelope in rows:
-            try:
-                plaintext = self.outbox.sealer.open(envelope)[1]
-                decoded = decode_any(plaintext, self.dictionary.resolve)
-            except (EnvelopeError, CodecError) as exc:
-                log.debug("re-pack stops at batch %d: %s", seq, exc)
-                break
+        for seq, plaintext, decoded in self._opened(rows):
             if (isinstance(decoded, DecodedV2) and decoded.parts) or decoded.alerts or decoded.gaps:
                 break  # already re-packed (or not plain telemetry): keep order, stop here
             chosen.append((seq, part_digest(plaintext), decoded.samples))
-        sizes = dict((s, len(e)) for s, e in rows)
-        while len(chosen) >= MIN_BATCHES:
-            result = self._encode(chosen)
-            if result is None:
-                return None
-            plaintext, defined, count, first, last = result
-            if len(plaintext) > target_bytes and len(chosen) > MIN_BATCHES:
-                chosen = chosen[: max(MIN_BATCHES, len(chosen) * 2 // 3)]
-                continue
-            seqs = [s for s, _, _ in chosen]
-            return _Plan(seqs, plaintext, defined, count, first, last,
-                         sum(sizes[s] for s in seqs))
-        return None
+        fitted = _fit(chosen, MIN_BATCHES, target_bytes, self._encode)
+        if fitted is None:
+            return None
+        chosen, (plaintext, defined, count, first, last) = fitted
+        seqs = [s for s, _, _ in chosen]
+        return _Plan(seqs, plaintext, defined, count, first, last, _bytes_of(rows, seqs))
 
     def _merge_alerts(self, rows: list[tuple[int, bytes]], target_bytes: int) -> _Plan | None:
         """Merge waiting alert batches (and earlier re-packed alert batches, flattened) into
         one version 3 batch whose parts are the ORIGINAL alert batches."""
         chosen: list[tuple[int, list[tuple[int, bytes, list[Alert]]]]] = []
-        for seq, envelope in rows:
-            try:
-                plaintext = self.outbox.sealer.open(envelope)[1]
-                decoded = decode_any(plaintext, self.dictionary.resolve)
-            except (EnvelopeError, CodecError) as exc:
-                log.debug("alert re-pack stops at batch %d: %s", seq, exc)
-                break
+        for seq, plaintext, decoded in self._opened(rows):
             if decoded.gaps or decoded.series or not decoded.alerts:
                 break  # a gap record (or anything but alerts): keep order, stop here
             if isinstance(decoded, DecodedV2) and decoded.parts:
@@ -185,26 +190,40 @@ class Repacker:
             else:
                 parts = [(seq, part_digest(plaintext), list(decoded.alerts))]
             chosen.append((seq, parts))
-        sizes = dict((s, len(e)) for s, e in rows)
-        while len(chosen) >= ALERT_MIN_BATCHES:
-            flat = [part for _, parts in chosen for part in parts]
-            alerts = [a for _, _, lst in flat for a in lst]
+        fitted = _fit(chosen, ALERT_MIN_BATCHES, target_bytes, self._encode_alerts)
+        if fitted is None:
+            return None
+        chosen, (plaintext, defined, count, first, last) = fitted
+        seqs = [s for s, _ in chosen]
+        return _Plan(seqs, plaintext, defined, count, first, last, _bytes_of(rows, seqs),
+                     Lane.ALERT)
+
+    def _opened(self, rows: list[tuple[int, bytes]]) -> Iterator[tuple[int, bytes, Any]]:
+        """(seq, plaintext, decoded) of ``rows`` in order, up to the first that does not open
+        or decode (logged; a re-pack keeps the lane's order, so it stops there)."""
+        for seq, envelope in rows:
             try:
-                plaintext, defined = self.dictionary.encode(
-                    alerts=alerts, parts=[p for p, _, _ in flat],
-                    part_digests=[d for _, d, _ in flat],
-                    alert_part_of=[i for i, (_, _, lst) in enumerate(flat) for _ in lst])
-            except CodecError as exc:
-                log.warning("alert re-pack skipped: %s", exc)
-                return None
-            if len(plaintext) > target_bytes and len(chosen) > ALERT_MIN_BATCHES:
-                chosen = chosen[: max(ALERT_MIN_BATCHES, len(chosen) * 2 // 3)]
-                continue
-            seqs = [s for s, _ in chosen]
-            stamps = [a.ts_ms for a in alerts]
-            return _Plan(seqs, plaintext, defined, len(alerts), min(stamps), max(stamps),
-                         sum(sizes[s] for s in seqs), Lane.ALERT)
-        return None
+                plaintext = self.outbox.sealer.open(envelope)[1]
+                decoded = decode_any(plaintext, self.dictionary.resolve)
+            except (EnvelopeError, CodecError) as exc:
+                log.debug("re-pack stops at batch %d: %s", seq, exc)
+                return
+            yield seq, plaintext, decoded
+
+    def _encode_alerts(self, chosen: list[tuple[int, list[tuple[int, bytes, list[Alert]]]]]
+                       ) -> tuple[bytes, list[int], int, int, int] | None:
+        flat = [part for _, parts in chosen for part in parts]
+        alerts = [a for _, _, lst in flat for a in lst]
+        try:
+            plaintext, defined = self.dictionary.encode(
+                alerts=alerts, parts=[p for p, _, _ in flat],
+                part_digests=[d for _, d, _ in flat],
+                alert_part_of=[i for i, (_, _, lst) in enumerate(flat) for _ in lst])
+        except CodecError as exc:
+            log.warning("alert re-pack skipped: %s", exc)
+            return None
+        stamps = [a.ts_ms for a in alerts]
+        return plaintext, defined, len(alerts), min(stamps), max(stamps)
 
     def commit(self, plan: _Plan) -> int | None:
         """Phase 3 (outbox thread): ``Outbox.replace`` in one transaction; None (nothing
@@ -229,8 +248,7 @@ class Repacker:
                   len(plan.seqs), plan.count, plan.bytes_in, len(plan.plaintext), new)
         return new
 
-    def _encode(self, chosen: list[tuple[int, bytes, list[Sample]]]
-                ) -> tuple[bytes, list[int], int, int, int] | None:
+    def _encode(self, chosen: list[tuple[int, bytes, list[Sample]]]) -> _Encoded | None:
         samples: list[Sample] = []
         part_of: list[int] = []
         for p, (_, _, lst) in enumerate(chosen):

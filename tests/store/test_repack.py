@@ -32,6 +32,16 @@ def w1(k: int) -> list[Sample]:
                    1000 + 37 * r + d + (r % 5 + 1) * k) for d in range(2) for r in range(20)]
 
 
+def _polls(outbox: Outbox, d: SeriesDictionary, n: int) -> list[int]:
+    """Seqs of ``n`` stored telemetry batches, one W1-like poll each."""
+    seqs = []
+    for k in range(n):
+        plaintext, _ = d.encode(w1(k))
+        seqs.append(outbox.append(Lane.TELEMETRY, plaintext, count=40, first_ts_ms=k,
+                                  last_ts_ms=k))
+    return seqs
+
+
 def test_repack_replaces_in_one_transaction_and_dedups_per_original_seq(
         open_outbox: Callable[..., Outbox], sealer: Sealer, tmp_path: Path) -> None:
     outbox = open_outbox()
@@ -91,11 +101,7 @@ def test_a_repacked_part_under_a_seq_used_by_another_batch_is_a_conflict(
     rolled-back gateway) is a conflict, not a duplicate: not stored, not acked."""
     outbox = open_outbox()
     d = SeriesDictionary(None)
-    seqs = []
-    for k in range(6):
-        plaintext, _ = d.encode(w1(k))
-        seqs.append(outbox.append(Lane.TELEMETRY, plaintext, count=40, first_ts_ms=k,
-                                  last_ts_ms=k))
+    seqs = _polls(outbox, d, 6)
     new = Repacker(outbox, d).repack(set(), 64 * 1024)
     assert new is not None
     env = next(b.envelope for b in outbox.next_batches(10) if b.seq == new)
@@ -185,11 +191,7 @@ def test_repack_leaves_small_backlogs_and_held_batches_alone(
         open_outbox: Callable[..., Outbox], tmp_path: Path) -> None:
     outbox = open_outbox()
     d = SeriesDictionary(None)
-    seqs = []
-    for k in range(5):
-        plaintext, _ = d.encode(w1(k))
-        seqs.append(outbox.append(Lane.TELEMETRY, plaintext, count=40, first_ts_ms=k,
-                                  last_ts_ms=k))
+    seqs = _polls(outbox, d, 5)
     r = Repacker(outbox, d)
     assert r.repack(set(seqs[:2]), 64 * 1024) is None  # 3 waiting: fewer than MIN_BATCHES
     assert {b.seq for b in outbox.next_batches(100)} == set(seqs)
