@@ -1,6 +1,7 @@
 """Anomaly detection on real labelled data, scored with the windowed streaming scorer; prints JSON.
 
-    .venv/bin/python bench/bench_anomaly.py [--skab DIR] [--gecco FILE] [--aeon-wheel FILE] [--quick]
+    .venv/bin/python bench/bench_anomaly.py [--skab DIR] [--gecco FILE] [--aeon-wheel FILE]
+        [--quick]
 
 Data sets (real sensor data with labelled anomalies; nothing is shipped in this repository):
 - ``skab``: the Skoltech Anomaly Benchmark, a water-pump testbed with 8 sensors (accelerometers,

@@ -107,8 +107,8 @@ class OnlineParams:
     learn_rows: int = 160
     refit_every: int = 1000
     refit_rows: int = 4000
-    threshold: float = 2.75
-    clear: float = 2.25
+    threshold: float = 2.5
+    clear: float = 2.0
     clear_rows: int = 10
     level_short: int = 12
     drift_rows: int = 120
