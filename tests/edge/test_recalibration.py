@@ -78,9 +78,10 @@ def test_shift_learns_a_sensor_that_jumps_every_few_hours_but_not_a_new_step() -
     plain = _shift_scores(rows, recal=False)
     scores = _shift_scores(rows)
     jumps = len(range(step - 6000, step, 150))
-    # without recalibration nearly every jump is an alert; with it, a handful: the largest
-    # jumps stay surprising (they are rarer), the usual ones are what the sensor does
+    # without recalibration every jump is an alert; with it, at most half: something a sensor
+    # does every 150 rows is worth about log10(150) = 2.2 at its usual size, and only the jumps
+    # that come out larger than usual (noise adds to them) stay over the threshold
     assert _onsets(plain, step - 6000, step) >= 0.9 * jumps
-    assert _onsets(scores, step - 6000, step) <= 0.3 * jumps
+    assert _onsets(scores, step - 6000, step) <= 0.5 * jumps
     fired = [i for i in range(step, n) if scores[i] >= P.threshold]
     assert fired and fired[0] - step <= P.shift_short, fired[:3]
