@@ -61,9 +61,7 @@ def _shift_scores(rows: np.ndarray, recal: bool = True) -> list[float]:
 
 
 def _onsets(scores: list[float], lo: int, hi: int) -> int:
-    return sum(
-        1 for i in range(lo, hi) if scores[i] >= P.threshold and scores[i - 1] < P.threshold
-    )
+    return sum(1 for i in range(lo, hi) if scores[i] >= P.threshold and scores[i - 1] < P.threshold)
 
 
 def test_shift_learns_a_sensor_that_jumps_every_few_hours_but_not_a_new_step() -> None:
