@@ -77,8 +77,9 @@ GRID = [round(1.0 + 0.25 * i, 2) for i in range(77)]  # surprise 1 .. 20
 
 # --------------------------------------------------------------------------- data
 SKAB_FOLDERS = ("valve1", "valve2", "other")
-#: the held-out split: the detector's design, weights and default threshold were chosen on these
-#: files only; the other files were not looked at while choosing (docs/edge.md §4)
+#: the held-out split: the detector's design, weights, recalibration and default threshold were
+#: chosen on these files only; the others were scored once, with the final configuration
+#: (docs/edge.md §4)
 CHOSEN_ON = ("skab/valve1", "skab/valve2", "gecco2018/a")
 
 

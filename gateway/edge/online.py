@@ -22,16 +22,22 @@ weight (``weights``: ``model`` 0.7, ``range`` 0; a hard-limit breach is never we
 - ``drift``: the same at the ``drift_rows`` time scale against a reference ``4 x history`` rows
   long. Catches drifts faster than about ``history`` rows; slower ones become the new normal.
 - ``stuck``: per feature, a run of ``n`` identical values: ``p = q^(n - 2L)`` with ``q`` the
-  learnt chance of a repeat and ``L`` the longest recent normal run (quantised sensors that sit
-  on a value for a while are not stuck).
+  learnt chance of a repeat and ``L`` the longest normal run of the last ``stuck_memory`` rows
+  (quantised sensors that sit on a value for a while are not stuck).
 - ``range``: per feature, a value beyond the min/max of the last ``history`` rows by a fraction
   ``e`` of that range: ``surprise = log10(rows seen / features) + 6 e`` (the largest over the
   features); a configured hard ``limits`` breach is always ``MAX_SURPRISE``.
 
+Every surprise (each detector's, each sensor's inside ``shift``, and the combined score) is then
+recalibrated (``Recalibration``): lowered by how much more often than its nominal ``10^-s`` the
+detector really reached it outside alert episodes over the last ``recal_memory`` rows, so heavy
+real-world tails stop raising an alert every few hours on long streams.
+
 An alert episode starts when the combined score reaches ``threshold`` (2.5) and ends after
 ``clear_rows`` (10) rows below ``clear`` (2.0): one alert per episode. The weights, the ``shift``
-settings and the threshold were chosen on part of the real labelled data (SKAB valve1/valve2) and
-judged on the rest (``bench/bench_anomaly.py``, docs/edge.md). The model is fitted on
+settings, the recalibration and the threshold were chosen on part of the real labelled data
+(SKAB valve1/valve2, the first half of the GECCO 2018 water stream) and judged on the rest
+(``bench/bench_anomaly.py``, docs/edge.md). The model is fitted on
 the device (numpy SVD, written as a flatbuffer, no TensorFlow) after ``learn_rows`` rows when none
 was given,
 and refitted every ``refit_every`` rows on the newest ``refit_rows`` rows outside alert episodes;
