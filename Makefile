@@ -70,15 +70,13 @@ install-test-debootstrap: bundle
 bench: venv
 	for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b; done
 
-# issue 13's goals in one run (~12 min on the 2-core dev machine; docs/performance.md): W1/W2
+# issue 13's goals in one run (~15 min on the 2-core dev machine; docs/performance.md): W1/W2
 # beside ThingsBoard IoT Gateway (its venv is made on first use), memory at 100 x 20 with the
-# import floor, Modbus instructions per poll, compression data sets, pipeline vs SQLite ceiling
+# import floor, Modbus instructions per poll, backlog drain beside raw paho, compression data
+# sets, pipeline vs SQLite ceiling; prints one JSON report (goal, figure, ceiling or peer, met),
+# keeps each bench's JSON in bench/results/perf/ and regenerates the README's goal table
 bench-perf: venv
-	$(PY) bench/bench_thingsboard.py --workloads W1,W2 --seconds 15
-	$(PY) bench/bench_workloads.py --workloads M --seconds 15 --imports
-	$(PY) bench/bench_modbus.py --seconds 0.5 --rounds 3 --instructions 200
-	$(PY) bench/bench_codec_outbox.py --quick
-	$(PY) bench/bench_gateway.py --rss-seconds 0
+	$(PY) bench/perf_report.py --out bench/results/perf --readme README.md
 
 # long reliability runs (not part of `make bench`): POWERCUT_CYCLES, SOAK_MINUTES
 POWERCUT_CYCLES ?= 200

@@ -141,7 +141,6 @@ def gateway_config(state: Path, identity: Path, broker: str, ports: list[int], p
     return {
         "gateway": {"id": GW, "state_dir": str(state), "log_level": "warning"},
         "metrics": {"enabled": False},
-        "batch": {"repack": True},  # the slow-link setting (docs/weak-networks.md)
         "uplink": {"enabled": True, "broker": broker, "identity_dir": str(identity),
                    "keepalive": "60s", "ack_timeout": "60s",
                    "backoff_max": f"{backoff_max:g}s"},

@@ -679,13 +679,19 @@ def _records(o: _Opened) -> list[BatchRecord]:
     assert d is not None
     defs = (d.epoch, d.definitions) if isinstance(d, DecodedV2) and d.definitions else None
     if isinstance(d, DecodedV2) and d.parts:
-        parts = d.split_parts()
-        # a part has no digest of its original batch (it was re-encoded): deduplicated by
-        # sequence only (docs/delivery.md, "Sequence conflicts")
+        # each part carries the digest prefix of its original batch (version 3), so a part
+        # whose seq is stored with another digest is a sequence conflict; a version 2
+        # re-pack (no digests: an older gateway) is deduplicated by sequence only
+        if d.alert_part_counts:
+            return [
+                BatchRecord(o.gw, seq, int(Lane.ALERT), o.received_ms, alerts=alerts,
+                            definitions=defs if i == 0 else None, digest=d.part_digest(i))
+                for i, (seq, alerts) in enumerate(d.split_alert_parts())
+            ]
         return [
             BatchRecord(o.gw, seq, int(Lane.TELEMETRY), o.received_ms, series=series,
-                        definitions=defs if i == 0 else None)
-            for i, (seq, series) in enumerate(parts)
+                        definitions=defs if i == 0 else None, digest=d.part_digest(i))
+            for i, (seq, series) in enumerate(d.split_parts())
         ]
     return [
         BatchRecord(o.gw, o.seq, _lane_of(d), o.received_ms, alerts=d.alerts, gaps=d.gaps,

@@ -154,6 +154,17 @@ CREATE TABLE IF NOT EXISTS gaps (
 NEW, DUPLICATE, CONFLICT = "new", "duplicate", "conflict"
 
 
+def same_batch(stored: bytes | None, offered: bytes | None) -> bool:
+    """Whether two digests of batches under one (gateway, seq) name the same batch. A
+    re-packed part carries only a prefix of its original's SHA-256 (codec version 3), so the
+    shorter of the two is compared; an unknown digest (None, e.g. a version 2 re-pack) cannot
+    show a conflict."""
+    if stored is None or offered is None:
+        return True
+    n = min(len(stored), len(offered))
+    return n > 0 and bytes(stored[:n]) == bytes(offered[:n])
+
+
 @dataclass(frozen=True, slots=True)
 class BatchRecord:
     """One decoded, authenticated batch ready to be stored."""
@@ -289,8 +300,7 @@ class BatchWriter(StoreQueries):
                             (rec.gateway, rec.seq, int(rec.lane), rec.received_ms, stored_ms,
                              readings, len(rec.alerts), len(rec.gaps), rec.digest)):
                         stored = self._stored_digest(rec.gateway, rec.seq)
-                        if stored is not None and rec.digest is not None and (
-                                stored != rec.digest):
+                        if not same_batch(stored, rec.digest):
                             self._record_conflict(
                                 (rec.gateway, rec.seq, stored, rec.digest, rec.received_ms))
                             result.append(CONFLICT)

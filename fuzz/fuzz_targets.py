@@ -8,9 +8,10 @@ input (``fuzz/corpus/<target>/``, seeds and regression inputs) through the same 
 Targets and what they hold to:
 - ``envelope``: ``parse_header`` / ``open_sealed`` raise ``EnvelopeError`` only; a sequence is
   never >= 2**63 after a successful parse.
-- ``codec``: ``decode_batch`` raises ``CodecError`` only, returns at most ``MAX_SAMPLES``
-  readings and gap counters below 2**63, and what it returns re-encodes (the ingest stores
-  exactly that).
+- ``codec``: ``decode_any`` (versions 1, 2 and the re-packed version 3) raises ``CodecError``
+  only, returns at most ``MAX_SAMPLES`` readings and gap counters below 2**63, re-packed parts
+  add up (each part's readings and alerts, one digest per part), and what a version 1 batch
+  returns re-encodes (the ingest stores exactly that).
 - ``ack``: ``decode_acks`` raises ``AckError`` only.
 - ``config``: the YAML config loader raises ``ConfigError`` only (whatever the file holds).
 - ``coap``: the CoAP payload parser raises ``Malformed`` / ``UnsupportedFormat`` only.
@@ -41,6 +42,7 @@ from edgegw.drivers.serial.options import BinaryOptions, LineOptions
 from edgegw.protocol import envelope
 from edgegw.protocol.ack import AckError, decode_acks
 from edgegw.protocol.codec import MAX_SAMPLES, CodecError, decode_batch, encode_batch
+from edgegw.protocol.codec_v2 import DIGEST_BYTES, DecodedV2, decode_any
 
 logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # it logs every undecodable frame
 
@@ -58,14 +60,27 @@ def fuzz_envelope(data: bytes) -> None:
         envelope.open_sealed(KEY, GW, data)
 
 
+def _names(epoch: int, ids: object) -> dict[int, tuple[str, str]]:
+    return {i: ("dev", f"m{i}") for i in ids}  # type: ignore[attr-defined]
+
+
 def fuzz_codec(data: bytes) -> None:
     try:
-        batch = decode_batch(data)
+        batch = decode_any(data, _names)
     except CodecError:
         return
     assert batch.readings <= MAX_SAMPLES
     # what the cloud stores as signed 64-bit INTEGERs (a larger one rolled back a group commit)
     assert all(0 <= v < 2**63 for g in batch.gaps for v in (*g.seqs, g.batches, g.readings))
+    if isinstance(batch, DecodedV2):
+        if batch.parts:  # what the ingest splits a re-packed batch into adds up
+            assert all(len(d) == DIGEST_BYTES for d in batch.part_digests)
+            assert not batch.part_digests or len(batch.part_digests) == len(batch.parts)
+            split = batch.split_parts()
+            assert sum(len(s.ts) for _, lst in split for s in lst) == batch.readings
+            if batch.alert_part_counts:
+                assert sum(len(a) for _, a in batch.split_alert_parts()) == len(batch.alerts)
+        return
     again = decode_batch(encode_batch(batch.samples, batch.alerts, batch.gaps))
     assert again.readings == batch.readings
     assert len(again.alerts) == len(batch.alerts) and again.gaps == batch.gaps

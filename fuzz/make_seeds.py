@@ -14,6 +14,7 @@ from edgegw.model import Alert, Lane, Quality, Sample
 from edgegw.protocol import envelope
 from edgegw.protocol.ack import encode_acks
 from edgegw.protocol.codec import Gap, encode_batch
+from edgegw.protocol.codec_v2 import DIGEST_BYTES, encode_batch_v2
 
 ROOT = Path(__file__).resolve().parent / "corpus"
 
@@ -41,6 +42,13 @@ def main() -> None:
     put("codec", "floats", encode_batch([Sample("d", "x", i, v) for i, v in
                                          enumerate([0.1, 1e300, -0.0, float("inf"), 3.25])]))
     put("codec", "empty", encode_batch([]))
+    put("codec", "v2", encode_batch_v2(samples, alerts, gaps)[0])
+    put("codec", "v3-telemetry", encode_batch_v2(
+        samples[:30], parts=[11, 12, 20], part_of=[i // 10 for i in range(30)],
+        part_digests=[bytes([k]) * DIGEST_BYTES for k in (11, 12, 20)])[0])
+    put("codec", "v3-alerts", encode_batch_v2(
+        alerts=alerts * 3, parts=[5, 6], alert_part_of=[0, 0, 1],
+        part_digests=[b"\x05" * DIGEST_BYTES, b"\x06" * DIGEST_BYTES])[0])
     put("envelope", "sealed", envelope.seal(ft.KEY, 1, 7, ft.GW, encode_batch(samples[:5])))
     put("envelope", "gap", envelope.seal(ft.KEY, 0, 2**63 - 1, ft.GW, b"", envelope.FLAG_GAP))
     put("ack", "three", encode_acks([(1, 0), (2**63, 1), (5, 2)]))

@@ -207,11 +207,12 @@ class BatchConfig(_Section):
         default=3.0, gt=0,
         description="on a slow link telemetry batches grow up to this age (fewer bytes per "
         "reading); set it equal to max_age to turn adaptive batching off")
-    # off by default: a re-packed part carries no digest of its original batch, so the cloud's
-    # sequence-conflict check (docs/delivery.md) does not cover it; turn it on for slow links
+    # each re-packed part carries the digest prefix of its original batch (codec version 3),
+    # so the cloud's sequence-conflict check (docs/delivery.md) covers it as any batch
     repack: bool = Field(
-        default=False, description="re-pack a telemetry backlog into bigger batches (codec v2; "
-        "recommended on slow links, docs/weak-networks.md)")
+        default=True, description="re-pack a backlog (telemetry: into bigger batches; alerts: "
+        "a cut's one-alert batches into one) before sending; needs codec v2 "
+        "(docs/weak-networks.md)")
     codec: Literal["v1", "v2"] = Field(
         default="v2",
         description="v2: series dictionary + step-aware columns (docs/weak-networks.md)")

@@ -22,16 +22,22 @@ weight (``weights``: ``model`` 0.7, ``range`` 0; a hard-limit breach is never we
 - ``drift``: the same at the ``drift_rows`` time scale against a reference ``4 x history`` rows
   long. Catches drifts faster than about ``history`` rows; slower ones become the new normal.
 - ``stuck``: per feature, a run of ``n`` identical values: ``p = q^(n - 2L)`` with ``q`` the
-  learnt chance of a repeat and ``L`` the longest recent normal run (quantised sensors that sit
-  on a value for a while are not stuck).
+  learnt chance of a repeat and ``L`` the longest normal run of the last ``stuck_memory`` rows
+  (quantised sensors that sit on a value for a while are not stuck).
 - ``range``: per feature, a value beyond the min/max of the last ``history`` rows by a fraction
   ``e`` of that range: ``surprise = log10(rows seen / features) + 6 e`` (the largest over the
   features); a configured hard ``limits`` breach is always ``MAX_SURPRISE``.
 
+Every surprise (each detector's, each sensor's inside ``shift``, and the combined score) is then
+recalibrated (``Recalibration``): lowered by how much more often than its nominal ``10^-s`` the
+detector really reached it outside alert episodes over the last ``recal_memory`` rows, so heavy
+real-world tails stop raising an alert every few hours on long streams.
+
 An alert episode starts when the combined score reaches ``threshold`` (2.5) and ends after
 ``clear_rows`` (10) rows below ``clear`` (2.0): one alert per episode. The weights, the ``shift``
-settings and the threshold were chosen on part of the real labelled data (SKAB valve1/valve2) and
-judged on the rest (``bench/bench_anomaly.py``, docs/edge.md). The model is fitted on
+settings, the recalibration and the threshold were chosen on part of the real labelled data
+(SKAB valve1/valve2, the first half of the GECCO 2018 water stream) and judged on the rest
+(``bench/bench_anomaly.py``, docs/edge.md). The model is fitted on
 the device (numpy SVD, written as a flatbuffer, no TensorFlow) after ``learn_rows`` rows when none
 was given,
 and refitted every ``refit_every`` rows on the newest ``refit_rows`` rows outside alert episodes;
@@ -116,6 +122,36 @@ class OnlineParams:
     shift_long: int = 400
     shift_calib: int = 300
     stuck_min_rows: int = 5
+    #: rows a stuck detector remembers the longest normal run of a sensor (e-folding)
+    stuck_memory: int = 10_000
+    #: per-detector recalibration of the surprise against how often the detector actually
+    #: reached it outside alert episodes, over this many rows (``Recalibration``; 0: off)
+    recal_memory: int = 10_000
+    recal_levels: tuple[float, ...] = (
+        1.0,
+        1.5,
+        2.0,
+        2.5,
+        3.0,
+        4.0,
+        5.0,
+        6.0,
+        8.0,
+        10.0,
+        13.0,
+        16.0,
+        20.0,
+        25.0,
+    )
+    #: rows of prior belief that the detector is right (at the nominal rate)
+    recal_prior: float = 1000.0
+    #: ``shift``: each sensor's statistic recalibrated against its own tail over this many rows
+    #: (``Recalibration`` per sensor; 0: off): a sensor that jumps often (turbidity spikes, a
+    #: pump switching) stops raising alerts for what it does every day
+    shift_recal_memory: int = 10_000
+    #: the combined score (the maximum over detectors) recalibrated the same way (needs
+    #: ``recal_memory``): the maximum of several right surprises is reached more often than each
+    score_recal: bool = True
     max_gap_ms: int | None = None
     detectors: tuple[str, ...] = ("model", "shift", "level", "drift", "stuck", "range")
     #: per-detector factor on its surprise before the maximum (hard-limit breaches excepted);
@@ -215,6 +251,65 @@ class Likelihood:
         return result
 
 
+class Recalibration:
+    """Shrinks a detector's surprise by how much more often than nominal it was reached.
+
+    A surprise ``s = -log10 p`` is right when the detector reaches level ``L`` on a fraction
+    ``10^-L`` of normal rows. Real sensors have heavier tails than the detectors' models, so some
+    detectors reach ``L`` far more often: on a long stream that is a false alert every few hours
+    at any fixed threshold. This keeps, for a few levels ``L``, the count ``E(L)`` of rows at or
+    above ``L`` and the count ``N`` of rows judged (both decaying over ``memory`` rows; the
+    detector learns only outside alert episodes, plus each episode's first row, so an anomaly
+    does not teach itself away). The rate of reaching ``L`` is estimated as
+    ``r = (E(L) + a 10^-L) / (N + a)``: ``a`` rows of prior belief that the detector is right.
+    The surprise becomes ``s - log10(max(1, r / 10^-L))`` with ``L`` the highest level at or
+    below ``s``. A detector that is right (or quiet) keeps its surprise; an over-confident one is
+    corrected by its observed excess, down to ``-log10 r`` at the level: something a sensor does
+    every 150 rows is worth about 2.2, however unlikely a Gaussian finds it."""
+
+    __slots__ = ("_grow", "_nominal", "_w", "counts", "levels", "n", "prior")
+
+    def __init__(self, levels: Sequence[float], memory: int, prior: float) -> None:
+        self.levels = tuple(levels)
+        self._nominal = tuple(10.0**-lv for lv in self.levels)
+        # exponential forgetting without touching every count on every row: each new row weighs
+        # ``_w``, which grows by 1/decay per row (counts and ``n`` share the scale; rescaled now
+        # and then so the numbers stay finite)
+        self.counts = [0.0] * len(self.levels)
+        self.n = 0.0
+        self.prior = prior
+        self._grow = 1.0 / (1.0 - 1.0 / memory)
+        self._w = 1.0
+
+    def excess(self, s: float) -> float:
+        """``log10`` of the observed / expected exceedance ratio at the level below ``s``."""
+        k = -1
+        for i, lv in enumerate(self.levels):
+            if s < lv:
+                break
+            k = i
+        if k < 0:
+            return 0.0
+        a = self.prior * self._w  # the prior is in rows of the current weight
+        nominal = self._nominal[k]
+        ratio = (self.counts[k] + a * nominal) / ((self.n + a) * nominal)
+        return math.log10(ratio) if ratio > 1.0 else 0.0
+
+    def learn(self, s: float) -> None:
+        w = self._w * self._grow
+        if w > 1e150:
+            self.counts = [c / w for c in self.counts]
+            self.n /= w
+            w = 1.0
+        self._w = w
+        self.n += w
+        counts = self.counts
+        for i, lv in enumerate(self.levels):
+            if s < lv:
+                break
+            counts[i] += w
+
+
 # --------------------------------------------------------------------------- cheap detectors
 class LevelShift:
     """max over features of |EW mean (short) - EW mean (long)| / EW std (long), as a surprise."""
@@ -272,7 +367,16 @@ class Shift:
 
     FLOOR = 0.01  # rms(d)^2 never below this (0.1 long sd)
 
-    def __init__(self, n: int, short_rows: int, long_rows: int, calib_rows: int, warm: int) -> None:
+    def __init__(
+        self,
+        n: int,
+        short_rows: int,
+        long_rows: int,
+        calib_rows: int,
+        warm: int,
+        recal: Callable[[], Recalibration] | None = None,
+    ) -> None:
+        self.recal = [recal() for _ in range(n)] if recal is not None else None
         self.a_s = 2.0 / (short_rows + 1)
         self.a_l = 2.0 / (long_rows + 1)
         self.short = [0.0] * n
@@ -299,6 +403,9 @@ class Shift:
         judged = r >= self.warm
         alpha = 1.0 / min(r - self.warm + 1, self.calib) if judged else 0.0
         zmax = 0.0
+        smax = 0.0
+        recal = self.recal
+        learn = not self.frozen
         for i, x in enumerate(row):
             s = short[i] + a_s * (x - short[i])
             short[i] = s
@@ -308,7 +415,16 @@ class Shift:
             c = c2[i]
             if judged:
                 z2 = d2 / max(c, self.FLOOR)
-                if z2 > zmax:
+                if recal is not None:
+                    # below z = 2 the surprise is under every level: no tail to compute
+                    rc = recal[i]
+                    raw = tail_surprise(math.sqrt(z2)) if z2 >= 4.0 else 0.0
+                    si = raw - rc.excess(raw) if raw > 0.0 else 0.0
+                    if learn and r >= 2 * self.warm:
+                        rc.learn(raw)
+                    if si > smax:
+                        smax = si
+                elif z2 > zmax:
                     zmax = z2
                 c2[i] = c + alpha * (min(d2, 16.0 * max(c, self.FLOOR)) - c)
             elif r == 2:
@@ -322,6 +438,8 @@ class Shift:
                 var[i] = (1.0 - a_l) * (v + a_l * dx * dx)
         if r < 2 * self.warm:  # the learnt spread is young: learn, do not judge yet
             return None
+        if recal is not None:
+            return max(0.0, smax + self.correction)
         return max(0.0, tail_surprise(math.sqrt(zmax)) + self.correction)
 
 
@@ -331,8 +449,11 @@ class Stuck:
     run seen recently (decaying over ``history`` rows): quantised sensors that sit on one value
     for a while are not "stuck", a run far longer than any normal one is."""
 
-    def __init__(self, n: int, history: int, min_rows: int, min_history: int) -> None:
+    def __init__(
+        self, n: int, history: int, min_rows: int, min_history: int, memory: int | None = None
+    ) -> None:
         self.history = history
+        self.memory = memory or history
         self.q = [0.0] * n
         self.mean_run = [0.0] * n
         self.longest = [0.0] * n
@@ -368,7 +489,7 @@ class Stuck:
                 if n > self.longest[i]:
                     self.longest[i] = float(n)
                 n = 0
-            self.longest[i] *= 1.0 - 1.0 / self.history
+            self.longest[i] *= 1.0 - 1.0 / self.memory
             self.run[i] = n
             if n < self.min_rows:
                 self.q[i] += alpha * ((1.0 if same else 0.0) - self.q[i])
@@ -697,9 +818,28 @@ class OnlineDetector:
         self.drift = LevelShift(
             n, p.drift_rows, 4 * p.history, Likelihood(p.history, p.short, p.min_history)
         )
-        self.shift = Shift(n, p.shift_short, p.shift_long, p.shift_calib, p.min_history)
+        self.shift = Shift(
+            n,
+            p.shift_short,
+            p.shift_long,
+            p.shift_calib,
+            p.min_history,
+            (lambda: Recalibration(p.recal_levels, p.shift_recal_memory, p.recal_prior))
+            if p.shift_recal_memory > 0
+            else None,
+        )
         self.weights = dict(p.weights)
-        self.stuck = Stuck(n, p.history, p.stuck_min_rows, p.min_history)
+        self.stuck = Stuck(n, p.history, p.stuck_min_rows, p.min_history, p.stuck_memory)
+        self.recal = (
+            {k: Recalibration(p.recal_levels, p.recal_memory, p.recal_prior) for k in p.detectors}
+            if p.recal_memory > 0
+            else {}
+        )
+        self.score_recal = (
+            Recalibration(p.recal_levels, p.recal_memory, p.recal_prior)
+            if p.recal_memory > 0 and p.score_recal
+            else None
+        )
         self.range = Range(n, p.history, p.min_history, list(limits) if limits else [])
         self.active = False
         self.below = 0
@@ -780,11 +920,27 @@ class OnlineDetector:
                 s = det.update(row)
                 if s is not None:
                     comps[name] = s
+        recal = self.recal
+        if recal:
+            learn = not self.active
+            for name, s in comps.items():
+                rc = recal.get(name)
+                if rc is None or s >= MAX_SURPRISE:
+                    continue
+                shrink = rc.excess(s)
+                if learn:
+                    rc.learn(s)
+                comps[name] = max(0.0, s - shrink)
         if weights:
             for name, s in comps.items():
                 if name in weights and s < MAX_SURPRISE:
                     comps[name] = s * weights[name]
         score = max(comps.values()) if comps else None
+        if score is not None and self.score_recal is not None and score < MAX_SURPRISE:
+            shrink = self.score_recal.excess(score)
+            if not self.active:
+                self.score_recal.learn(score)
+            score = max(0.0, score - shrink)
         verdict = Verdict(score, comps)
         if score is not None:
             if not self.active and score >= p.threshold:

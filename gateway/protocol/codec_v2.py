@@ -20,15 +20,23 @@ names dominate. Version 2 keeps v1's value columns and adds:
   sequence numbers and, per series, how many readings came from each; the cloud splits it back
   and deduplicates per ORIGINAL sequence (a part already stored is skipped), then acks the
   re-packed batch's own sequence.
+- **version 3 = a re-packed batch with part digests**: the same layout, plus, after the part
+  seqs, the first ``DIGEST_BYTES`` (8) bytes of the SHA-256 of each original batch's plaintext,
+  so the cloud's sequence-conflict check (docs/delivery.md) covers re-packed parts as it covers
+  ordinary batches: a part whose seq is stored with a different digest is a conflict, not a
+  duplicate. A version 3 batch may carry the alerts of re-packed ALERT batches instead of
+  series: then per part the number of its alerts follows the alerts (alerts in part order).
+  A build that reads only version 2 refuses version 3 with "not a version 2 batch"; every
+  ordinary batch stays version 2 (byte for byte as before).
 
 Layout (after byte 0 = 2, snappy of)::
 
     epoch u-varint | strings (v1 table) | defs: n, ids (zig-zag deltas), device idx, metric idx
-    parts: n, first seq, then n-1 seq deltas
+    parts: n, first seq, then n-1 seq deltas, [v3: n x DIGEST_BYTES digest prefixes]
     series: n, ids (zig-zag deltas), counts, flags (u8), [part counts per series unless
             FLAG_PARTS_SAME], value kinds, then per series: timestamps, qualities,
             presence, value payload
-    alerts, gaps (as in v1, names in the string table)
+    alerts, [v3 with alerts: n part alert counts], gaps (as in v1, names in the string table)
 
 Invariants: as v1 (exact round trip of every value type, ``CodecError`` and nothing else on
 malformed input, bounded work: ``MAX_BODY_BYTES``, ``MAX_SAMPLES``, at most ``MAX_DEFS``
@@ -78,6 +86,8 @@ from edgegw.protocol.codec import (
 from edgegw.protocol.model import Alert, Quality, Sample
 
 VERSION = 2
+VERSION_REPACKED = 3  # v2 + part digests (+ alert parts): re-packed batches only
+DIGEST_BYTES = 8  # per part: SHA-256 prefix of the original batch's plaintext
 MAX_DEFS = 1_000_000
 MAX_PARTS = 100_000
 MAX_ID = 2**32 - 1
@@ -118,10 +128,16 @@ class DecodedV2(DecodedBatch):
     definitions: dict[int, SeriesKey] = field(default_factory=dict)
     parts: list[int] = field(default_factory=list)
     part_counts: list[list[int]] = field(default_factory=list)
+    #: version 3: per part, the digest prefix of the original batch (empty in version 2)
+    part_digests: list[bytes] = field(default_factory=list)
+    #: version 3 alert batch: per part, how many of ``alerts`` (in part order) it had
+    alert_part_counts: list[int] = field(default_factory=list)
 
     def split_parts(self) -> list[tuple[int, list[Series]]]:
         """(original seq, its series) for a re-packed batch; [] for an ordinary one."""
         out: list[tuple[int, list[Series]]] = []
+        if self.alert_part_counts:
+            return [(seq, []) for seq in self.parts]
         for p, seq in enumerate(self.parts):
             mine = []
             for s, counts in zip(self.series, self.part_counts, strict=True):
@@ -133,6 +149,19 @@ class DecodedV2(DecodedBatch):
                                        s.qualities[start:start + k]))
             out.append((seq, mine))
         return out
+
+    def split_alert_parts(self) -> list[tuple[int, list[Alert]]]:
+        """(original seq, its alerts) for a re-packed alert batch; [] otherwise."""
+        out: list[tuple[int, list[Alert]]] = []
+        start = 0
+        for seq, k in zip(self.parts, self.alert_part_counts, strict=True):
+            out.append((seq, list(self.alerts[start:start + k])))
+            start += k
+        return out
+
+    def part_digest(self, p: int) -> bytes | None:
+        """The digest prefix of part ``p``'s original batch (None in a version 2 batch)."""
+        return self.part_digests[p] if self.part_digests else None
 
 
 # =========================================================================== encoding
@@ -277,6 +306,8 @@ def encode_batch_v2(
     epoch: int = 0,
     parts: Sequence[int] = (),
     part_of: Sequence[int] = (),
+    part_digests: Sequence[bytes] = (),
+    alert_part_of: Sequence[int] = (),
 ) -> tuple[bytes, list[int]]:
     """Encode a v2 batch; returns (bytes, ids defined in it).
 
@@ -285,7 +316,9 @@ def encode_batch_v2(
     trip); without either, ids
     are batch-local (epoch 0, all defined inline). For a re-packed batch,
     ``parts`` are the original seqs and ``part_of[i]`` the index in ``parts`` of sample i;
-    samples must come in part order.
+    samples must come in part order. With ``part_digests`` (one ``DIGEST_BYTES`` prefix per
+    part) the batch is version 3, which may instead carry alerts, ``alert_part_of[i]`` being
+    the part of alert i (alerts in part order).
     """
     if ids is None and ids_many is None:
         epoch = 0
@@ -305,7 +338,7 @@ def encode_batch_v2(
     n_parts = len(parts)
     if n_parts > MAX_PARTS:
         raise CodecError(f"{n_parts} parts exceed the limit of {MAX_PARTS}")
-    if n_parts and len(part_of) == 0:
+    if n_parts and len(part_of) == 0 and len(alert_part_of) == 0:
         raise CodecError("parts given without part_of")
     total = 0
     if not n_parts:
@@ -335,8 +368,20 @@ def encode_batch_v2(
     if total > MAX_SAMPLES:
         raise CodecError(f"batch of {total} samples exceeds the limit of {MAX_SAMPLES}")
     alerts_l, gaps_l = list(alerts), list(gaps)
-    if n_parts and (alerts_l or gaps_l):
-        raise CodecError("a re-packed batch carries telemetry only")
+    digests = list(part_digests)
+    if digests and (len(digests) != n_parts or any(
+            not isinstance(d, bytes) or len(d) != DIGEST_BYTES for d in digests)):
+        raise CodecError(f"part digests must be one {DIGEST_BYTES}-byte prefix per part")
+    alert_counts = [0] * n_parts
+    if n_parts and (gaps_l or (alerts_l and not digests)):
+        raise CodecError("a re-packed batch carries telemetry, or (version 3) alerts")
+    if alerts_l and n_parts:
+        if total or len(alert_part_of) != len(alerts_l):
+            raise CodecError("a re-packed alert batch needs alert_part_of and no samples")
+        for p in alert_part_of:
+            if any(alert_counts[p + 1:]):
+                raise CodecError("re-packed alerts must come in part order")
+            alert_counts[p] += 1
     if ids_many is not None:
         sid, define = ids_many(series)
     else:
@@ -365,6 +410,8 @@ def encode_batch_v2(
                 raise CodecError(f"part seq {p!r} outside [0, 2**63)")
         _put_uvarint(tail, parts[0])
         _put_zz_deltas(tail, list(parts[1:]), parts[0])
+        for d in digests:
+            tail += d
     _put_uvarint(tail, len(series))
     _put_zz_deltas(tail, sid)
     _put_small_uvarints(tail, list(map(len, series.values())))
@@ -417,6 +464,8 @@ def encode_batch_v2(
     _put_small_uvarints(tail, kinds)
     tail += data
     v1._write_alerts(tail, alerts_l, strings)
+    if digests and alerts_l:
+        _put_uvarints(tail, alert_counts)
     v1._write_gaps(tail, gaps_l, strings)
     body = bytearray()
     _put_uvarint(body, epoch)
@@ -424,7 +473,8 @@ def encode_batch_v2(
     body += tail
     if len(body) > MAX_BODY_BYTES:
         raise CodecError(f"batch body of {len(body)} bytes exceeds {MAX_BODY_BYTES}")
-    return bytes((VERSION,)) + snappy.compress(bytes(body)), [d[0] for d in defined]
+    version = VERSION_REPACKED if digests else VERSION
+    return bytes((version,)) + snappy.compress(bytes(body)), [d[0] for d in defined]
 
 
 def _write_series(
@@ -458,17 +508,19 @@ def _write_series(
 
 # =========================================================================== decoding
 def decode_batch_v2(data: bytes, resolve: Resolver | None = None) -> DecodedV2:
-    """Decode a v2 batch (byte 0 == 2). Raises ``CodecError`` (``UnknownSeries`` when an id
-    is neither defined in the batch nor known to ``resolve``)."""
+    """Decode a v2 batch (byte 0 == 2) or a version 3 re-packed one (byte 0 == 3). Raises
+    ``CodecError`` (``UnknownSeries`` when an id is neither defined in the batch nor known to
+    ``resolve``)."""
     if not isinstance(data, bytes | bytearray | memoryview):
         raise CodecError(f"expected bytes, got {type(data).__name__}")
     data = bytes(data)
-    if not data or data[0] != VERSION:
-        raise CodecError("not a version 2 batch")
-    return _decode_snappy(data, lambda r: _decode_body(r, resolve))
+    if not data or data[0] not in (VERSION, VERSION_REPACKED):
+        raise CodecError("not a version 2 or 3 batch")
+    v3 = data[0] == VERSION_REPACKED
+    return _decode_snappy(data, lambda r: _decode_body(r, resolve, v3))
 
 
-def _decode_body(r: _Reader, resolve: Resolver | None) -> DecodedV2:
+def _decode_body(r: _Reader, resolve: Resolver | None, v3: bool = False) -> DecodedV2:
     epoch = r.uvarint()
     if epoch >= 2**63:
         raise r.fail("epoch outside [0, 2**63)")
@@ -501,6 +553,12 @@ def _decode_body(r: _Reader, resolve: Resolver | None) -> DecodedV2:
         parts = [first, *r.zz_deltas(n_parts - 1, first)]
         if min(parts) < 0 or max(parts) >= 2**63 or len(set(parts)) != n_parts:
             raise r.fail("part seqs must be distinct and in [0, 2**63)")
+    digests: list[bytes] = []
+    if v3:
+        if not n_parts:
+            raise r.fail("a version 3 batch without parts")
+        raw = r.take(n_parts * DIGEST_BYTES)
+        digests = [bytes(raw[i:i + DIGEST_BYTES]) for i in range(0, len(raw), DIGEST_BYTES)]
     n_series = r.count("series", 3)
     sids = r.zz_deltas(n_series)
     counts = r.uvarints(n_series)
@@ -574,17 +632,26 @@ def _decode_body(r: _Reader, resolve: Resolver | None) -> DecodedV2:
         device, metric = names[sids[j]]
         series.append(Series(device, metric, ts, values, qualities))
     alerts = v1._read_alerts(r, name)
+    alert_counts: list[int] = []
+    if v3 and alerts:
+        if series:
+            raise r.fail("a re-packed batch carries telemetry or alerts, not both")
+        alert_counts = r.uvarints(n_parts)
+        if sum(alert_counts) != len(alerts):
+            raise r.fail("alert part counts do not add up to the alerts")
     gaps = v1._read_gaps(r, name)
     if r.pos != r.end:
         raise r.fail(f"{r.end - r.pos} trailing bytes")
-    if n_parts and (alerts or gaps):
-        raise r.fail("a re-packed batch carries telemetry only")
-    return DecodedV2(series, alerts, gaps, epoch, defs, parts, part_counts)
+    if n_parts and (gaps or (alerts and not v3)):
+        raise r.fail("a re-packed batch carries telemetry, or (version 3) alerts")
+    return DecodedV2(series, alerts, gaps, epoch, defs, parts, part_counts, digests,
+                     alert_counts)
 
 
 def decode_any(data: bytes, resolve: Resolver | None = None) -> DecodedBatch:
-    """Decode a batch of either version (the version is byte 0)."""
-    if isinstance(data, bytes | bytearray | memoryview) and len(data) and data[0] == VERSION:
+    """Decode a batch of any version (the version is byte 0)."""
+    if isinstance(data, bytes | bytearray | memoryview) and len(data) and data[0] in (
+            VERSION, VERSION_REPACKED):
         return decode_batch_v2(data, resolve)
     return v1.decode_batch(data)
 

@@ -28,6 +28,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
+from edgegw.model import Lane
+
 log = logging.getLogger("edgegw.pipeline")
 
 EVERY = 1.0
@@ -77,15 +79,21 @@ async def repack_loop(repacker: Any, uplink: Any, outbox_thread: Any,
             rate = uplink.flow.rate(time.monotonic())
             target = max(REPACK_MIN, int(rate * REPACK_FLIGHT)) if rate else REPACK_DEFAULT
             try:
-                while True:
-                    rows = await outbox_thread.call(repacker.collect, uplink.held_seqs(), target)
-                    if not rows:
-                        break
-                    plan = await loop.run_in_executor(worker, repacker.merge, rows, target)
-                    if plan is None or await outbox_thread.call(repacker.commit, plan) is None:
-                        break
-                    uplink.notify()
-                    await asyncio.sleep(REPACK_PAUSE)  # let live batches and alerts through
+                # alerts first: a backlog of one-alert batches costs a round of per-batch work
+                # each, ahead of every alert raised after the reconnect
+                for lane in (Lane.ALERT, Lane.TELEMETRY):
+                    while True:
+                        rows = await outbox_thread.call(repacker.collect, uplink.held_seqs(),
+                                                        target, lane)
+                        if not rows:
+                            break
+                        plan = await loop.run_in_executor(worker, repacker.merge, rows,
+                                                          target, lane)
+                        if plan is None or await outbox_thread.call(repacker.commit,
+                                                                    plan) is None:
+                            break
+                        uplink.notify()
+                        await asyncio.sleep(REPACK_PAUSE)  # let live batches and alerts through
             except Exception:
                 log.exception("re-packing the backlog failed; retrying in %.0f s", every)
     finally:

@@ -773,19 +773,21 @@ class Outbox:
         return seq
 
     def replace(
-        self, old: list[int], plaintext: bytes, *, count: int, first_ts_ms: int, last_ts_ms: int
+        self, old: list[int], plaintext: bytes, *, count: int, first_ts_ms: int, last_ts_ms: int,
+        lane: Lane = Lane.TELEMETRY,
     ) -> int | None:
-        """Re-pack: seal ``plaintext`` (which carries the readings of the TELEMETRY batches
-        ``old``, by their seqs) under a new seq and delete ``old``, in ONE transaction.
-        Returns the new seq, or None (nothing changed) if any of ``old`` is gone or is not
-        telemetry. The cloud deduplicates the new batch per original seq (codec v2 parts), so
-        a replaced batch that had reached the cloud is never stored twice."""
+        """Re-pack: seal ``plaintext`` (which carries the readings or alerts of the ``lane``
+        batches ``old``, by their seqs) under a new seq and delete ``old``, in ONE
+        transaction. Returns the new seq, or None (nothing changed) if any of ``old`` is gone
+        or is not of ``lane``. The cloud deduplicates the new batch per original seq (codec
+        parts, with the originals' digests), so a replaced batch that had reached the cloud is
+        never stored twice."""
         with self._lock:
             return self._guard(lambda: self._replace(old, plaintext, count, first_ts_ms,
-                                                     last_ts_ms))
+                                                     last_ts_ms, Lane(lane)))
 
     def _replace(self, old: list[int], plaintext: bytes, count: int, first: int,
-                 last: int) -> int | None:
+                 last: int, lane: Lane) -> int | None:
         c = self._conn
         seq = self._next_seq
         env = self.sealer.seal(seq, plaintext)
@@ -794,7 +796,7 @@ class Outbox:
             for s in old:
                 row = c.execute("SELECT lane, length(envelope) FROM batches WHERE seq=?",
                                 (s,)).fetchone()
-                if row is None or row[0] != int(Lane.TELEMETRY):
+                if row is None or row[0] != int(lane):
                     c.execute("ROLLBACK")
                     return None
                 sizes.append(row[1])
@@ -804,12 +806,12 @@ class Outbox:
                 return None
             c.executemany("DELETE FROM batches WHERE seq=?", [(s,) for s in old])
             c.execute(f"INSERT INTO batches ({_COLS}) VALUES (?,?,?,?,?,?,?,0)",
-                      (seq, int(Lane.TELEMETRY), env, zlib.crc32(env), count, first, last))
+                      (seq, int(lane), env, zlib.crc32(env), count, first, last))
             c.execute("UPDATE meta SET value=? WHERE key='next_seq'", (seq + 1,))
         self._next_seq = seq + 1
         for size in sizes:
-            self._account_remove(int(Lane.TELEMETRY), size)
-        self._account_add(Lane.TELEMETRY, len(env))
+            self._account_remove(int(lane), size)
+        self._account_add(lane, len(env))
         self._c["repacked"] = self._c.get("repacked", 0) + len(old)
         self._tick(force=False)
         return seq

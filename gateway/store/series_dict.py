@@ -113,10 +113,14 @@ class SeriesDictionary:
 
     def encode(self, samples: Iterable[Sample] = (), alerts: Iterable[Alert] = (),
                gaps: Iterable[Gap] = (), parts: Sequence[int] = (),
-               part_of: Sequence[int] = ()) -> tuple[bytes, list[int]]:
-        """A v2 batch using this dictionary; returns (plaintext, ids defined in it)."""
+               part_of: Sequence[int] = (), part_digests: Sequence[bytes] = (),
+               alert_part_of: Sequence[int] = ()) -> tuple[bytes, list[int]]:
+        """A v2 batch using this dictionary (v3 with ``part_digests``); returns (plaintext,
+        ids defined in it)."""
         data, defined = encode_batch_v2(samples, alerts, gaps, ids_many=self.assign_many,
-                                        epoch=self.epoch, parts=parts, part_of=part_of)
+                                        epoch=self.epoch, parts=parts, part_of=part_of,
+                                        part_digests=part_digests,
+                                        alert_part_of=alert_part_of)
         self.flush()
         return data, defined
 

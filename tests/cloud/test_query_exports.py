@@ -23,23 +23,24 @@ from edgegw_cloud.stores import open_store
 
 from .helpers import BIN, pg_database
 
-NOW = int(time.time() * 1000)
-
 
 def _fill(target: str | Path) -> None:
+    # "now" when the data is stored, not when the module was collected: in a long parallel
+    # run the test may start many minutes after collection ("--since -10m" is relative)
+    now = int(time.time() * 1000)
     store = open_store(target)
     try:
         store.commit_many([
-            BatchRecord("gw1", 1, 1, NOW, samples=[
-                Sample("boiler", "temp", NOW - 3_600_000, 10.0),  # an hour ago
-                *(Sample("boiler", "temp", NOW - 1000 * i, 50.0 + i) for i in range(5)),
-                Sample("boiler", "state", NOW, "running"),
-                Sample("boiler", "count", NOW, 2**60),
+            BatchRecord("gw1", 1, 1, now, samples=[
+                Sample("boiler", "temp", now - 3_600_000, 10.0),  # an hour ago
+                *(Sample("boiler", "temp", now - 1000 * i, 50.0 + i) for i in range(5)),
+                Sample("boiler", "state", now, "running"),
+                Sample("boiler", "count", now, 2**60),
             ]),
-            BatchRecord("gw1", 2, 0, NOW,
-                        alerts=[Alert("hot", "boiler", NOW - 500, True, message="hot, 55"),
-                                Alert("hot", "boiler", NOW, False, message="cleared")],
-                        gaps=[Gap(1, (7, 8), NOW - 90_000, NOW - 80_000, 2, 300)]),
+            BatchRecord("gw1", 2, 0, now,
+                        alerts=[Alert("hot", "boiler", now - 500, True, message="hot, 55"),
+                                Alert("hot", "boiler", now, False, message="cleared")],
+                        gaps=[Gap(1, (7, 8), now - 90_000, now - 80_000, 2, 300)]),
         ])
     finally:
         store.close()
@@ -75,8 +76,9 @@ def test_formats_alerts_gaps_and_relative_times(data: list[str], tmp_path: Path,
     rows = list(csv.DictReader(io.StringIO(_query(capsys, *data, "--format", "csv"))))
     assert len(rows) == 8 and rows[0].keys() >= {"gateway", "device", "metric", "time", "value"}
     # "--since -10m" as documented (argparse alone would take "-10m" for an option)
+    cutoff = int(time.time() * 1000) - 600_000
     recent = _query(capsys, *data, "--since", "-10m", "--format", "jsonl").splitlines()
-    assert len(recent) == 7 and all(json.loads(x)["ts_ms"] >= NOW - 600_000 for x in recent)
+    assert len(recent) == 7 and all(json.loads(x)["ts_ms"] >= cutoff for x in recent)
     big = next(json.loads(x) for x in recent if json.loads(x)["metric"] == "count")
     assert big["value"] == 2**60
     alerts = [json.loads(x) for x in
@@ -113,8 +115,9 @@ def test_piped_to_head_ends_quietly(tmp_path: Path) -> None:
     d = tmp_path / "cloud"
     init_data_dir(d)
     store = open_store(d / "store.db")
-    store.commit_many([BatchRecord("gw1", 1, 1, NOW, samples=[
-        Sample("dev", "m", NOW + i, float(i)) for i in range(50_000)])])
+    now = int(time.time() * 1000)
+    store.commit_many([BatchRecord("gw1", 1, 1, now, samples=[
+        Sample("dev", "m", now + i, float(i)) for i in range(50_000)])])
     store.close()
     p = subprocess.run(
         f"{BIN / 'edgegw-cloud'} query --data-dir {d} --format csv | head -n 3",

@@ -158,10 +158,55 @@ def test_repacked_batch_splits_back_per_original_seq() -> None:
         got = [x for s in series for x in s.samples()]
         want = [s for s, q in zip(samples, part_of, strict=True) if q == p]
         assert canon(got) == canon(want), seq
-    with pytest.raises(CodecError, match="telemetry only"):
+    with pytest.raises(CodecError, match="telemetry, or"):
         encode_batch_v2(samples, [Alert("r", "plc", 1, True)], parts=parts, part_of=part_of)
     with pytest.raises(CodecError, match="part order"):
         encode_batch_v2(samples[::-1], parts=parts, part_of=part_of[::-1])
+
+
+def test_version_3_carries_part_digests_and_alert_parts() -> None:
+    """Version 3 (re-packed batches): the digest prefix of each original batch rides with its
+    part, telemetry or alerts; ordinary batches stay version 2; malformed uses are refused."""
+    parts = [7, 8, 12]
+    digests = [bytes([p]) * codec_v2.DIGEST_BYTES for p in parts]
+    samples = [Sample("plc", "r", 1000 * p + k, p + k) for p in parts for k in range(2)]
+    part_of = [i // 2 for i in range(6)]
+    blob, _ = encode_batch_v2(samples, parts=parts, part_of=part_of, part_digests=digests)
+    assert blob[0] == codec_v2.VERSION_REPACKED
+    out = decode_any(blob)
+    assert isinstance(out, codec_v2.DecodedV2)
+    assert out.parts == parts and out.part_digests == digests
+    assert [len(series[0].ts) for _, series in out.split_parts()] == [2, 2, 2]
+    assert [out.part_digest(i) for i in range(3)] == digests
+
+    alerts = [Alert("hot", f"plc{i}", 100 + i, i % 2 == 0, message=f"m{i}") for i in range(5)]
+    a_of = [0, 0, 1, 2, 2]
+    blob, _ = encode_batch_v2(alerts=alerts, parts=parts, part_digests=digests,
+                              alert_part_of=a_of)
+    out = decode_any(blob)
+    assert isinstance(out, codec_v2.DecodedV2)
+    assert out.alert_part_counts == [2, 1, 2] and out.part_digests == digests
+    assert out.split_alert_parts() == [(7, alerts[:2]), (8, alerts[2:3]), (12, alerts[3:])]
+    assert [series for _, series in out.split_parts()] == [[], [], []]
+
+    assert encode_batch_v2(samples)[0][0] == codec_v2.VERSION  # ordinary: still version 2
+    with pytest.raises(CodecError, match="one 8-byte prefix per part"):
+        encode_batch_v2(samples, parts=parts, part_of=part_of, part_digests=digests[:2])
+    with pytest.raises(CodecError, match="one 8-byte prefix per part"):
+        encode_batch_v2(samples, parts=parts, part_of=part_of,
+                        part_digests=[b"short"] * 3)
+    with pytest.raises(CodecError, match="telemetry, or"):  # alert parts need version 3
+        encode_batch_v2(alerts=alerts, parts=parts, alert_part_of=a_of)
+    with pytest.raises(CodecError, match="no samples"):
+        encode_batch_v2(samples, alerts, parts=parts, part_of=part_of, part_digests=digests,
+                        alert_part_of=a_of)
+    with pytest.raises(CodecError, match="part order"):
+        encode_batch_v2(alerts=alerts, parts=parts, part_digests=digests,
+                        alert_part_of=a_of[::-1])
+    # a version 3 batch without parts, or a v2 body relabelled version 3, is refused
+    plain, _ = encode_batch_v2(samples)
+    with pytest.raises(CodecError):
+        decode_batch_v2(bytes((codec_v2.VERSION_REPACKED,)) + plain[1:])
 
 
 def test_v1_batches_still_decode() -> None:
@@ -183,7 +228,8 @@ def test_hostile_bodies_raise_codec_error_only(data: st.DataObject) -> None:
         samples = [s for _, s in sorted(zip(part_of, samples, strict=True),
                                         key=lambda x: x[0])]
         part_of = sorted(part_of)
-    blob, _ = encode_batch_v2(samples, parts=parts, part_of=part_of)
+    digests = [b"\x01" * 8, b"\x02" * 8] if parts and data.draw(st.booleans()) else []
+    blob, _ = encode_batch_v2(samples, parts=parts, part_of=part_of, part_digests=digests)
     body = bytearray(snappy.decompress(blob[1:]))
     for _ in range(data.draw(st.integers(1, 6))):
         op = data.draw(st.sampled_from(["flip", "cut", "insert"]))
@@ -194,7 +240,7 @@ def test_hostile_bodies_raise_codec_error_only(data: st.DataObject) -> None:
             del body[i:]
         else:
             body[i:i] = data.draw(st.binary(min_size=1, max_size=10))
-    hostile = bytes((codec_v2.VERSION,)) + snappy.compress(bytes(body))
+    hostile = bytes((blob[0],)) + snappy.compress(bytes(body))
     with contextlib.suppress(CodecError):
         decode_batch_v2(hostile, lambda e, ids: {i: ("x", "y") for i in ids})
 

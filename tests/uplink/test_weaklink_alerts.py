@@ -7,7 +7,8 @@ link; alerts sealed while it drains must overtake it. Asserted as an ORDER (no t
 assertion): of the telemetry already waiting when an alert is raised, at most what flow
 control keeps in flight (~3 batches) is stored before it - with a fixed window of 32 batches
 the whole backlog (80 KB, ten seconds of link) would sit in the TLS stream ahead of it.
-Everything is delivered exactly once.
+Everything is delivered exactly once. The second test: the alerts raised during a cut go out
+as one re-packed batch, not one round trip each.
 The bench (bench/bench_weaklink.py) measures the latency itself.
 """
 
@@ -23,7 +24,11 @@ from linkemu import LinkEmulator  # tests/ is on sys.path (rootdir)
 
 from edgegw.model import Alert, Lane, Sample, Severity
 from edgegw.protocol.codec import encode_batch
+from edgegw.runtime.batching import repack_loop
+from edgegw.runtime.pipeline import OutboxThread
 from edgegw.store.outbox import Outbox
+from edgegw.store.repack import Repacker
+from edgegw.store.series_dict import SeriesDictionary
 from edgegw.uplink.outbox_io import OutboxIO
 from edgegw.uplink.session import Uplink
 
@@ -111,3 +116,73 @@ def test_alert_overtakes_a_saturating_backlog(cloud: Cloud, tmp_path: Path) -> N
     # here) ahead of an alert; a FIFO window would store all of the waiting backlog first
     assert len(waiting_at_alert[0]) >= 8, waiting_at_alert[0]
     assert max(ahead) <= 4, (ahead, [len(w) for w in waiting_at_alert])
+
+
+CUT_ALERTS = 60
+
+
+@pytest.mark.slow
+def test_a_cut_s_alert_backlog_goes_out_as_one_batch(cloud: Cloud, tmp_path: Path) -> None:
+    """The alerts raised during a cut (one batch each: an alert is sealed at once) are merged
+    while the link is down (the daemon's re-pack loop, real Repacker), so after the reconnect
+    they cross the 64 kbit/s link as ONE publish instead of 60 per-batch round trips ahead of
+    any newer alert (issue 15 goal 2; the bench measures the latency). Asserted: the outbox's
+    alert lane holds one batch before the link returns, every alert is stored exactly once
+    under its original seq, and all of them arrived in one publish (one received_ms)."""
+    ident = cloud.gateway(GW, tmp_path / "identity")
+    ingest = cloud.ingest()
+    outbox = Outbox(tmp_path / "outbox.db", max_bytes=16 << 20, sealer=ident.sealer())
+    d = SeriesDictionary(tmp_path / "series-dict.db")
+    emu = LinkEmulator(cloud.broker.port, rate=8000, delay=0.15, buffer=64 * 1024).start()
+    emu.cut()  # the cut: the gateway cannot reach the broker
+    thread = OutboxThread()
+    seqs = []
+    for a in range(CUT_ALERTS):
+        plaintext, _ = d.encode(alerts=[Alert(f"rule{a % 4}", f"pump{a % 3}",
+                                              1_700_000_000_000 + 1000 * a, a % 2 == 0,
+                                              Severity.CRITICAL, f"pressure {a} bar")])
+        seqs.append(outbox.append(Lane.ALERT, plaintext, count=1, first_ts_ms=a,
+                                  last_ts_ms=a))
+    repacker = Repacker(outbox, d)
+
+    async def run() -> None:
+        up = Uplink(GW, ident.dir, f"mqtts://127.0.0.1:{emu.port}",
+                    OutboxIO(outbox, thread.executor), window=32, ack_timeout=60)
+        up.on_delivered = d.delivered
+        tasks = [asyncio.create_task(up.run()),
+                 asyncio.create_task(repack_loop(repacker, up, thread, every=0.2))]
+        try:
+            await await_until(lambda: repacker.alert_repacks >= 1, 60, "the alert re-pack")
+            lanes = await thread.call(lambda: [b.lane for b in outbox.next_batches(100)])
+            assert lanes == [Lane.ALERT]  # 60 batches became one, before the link returned
+            emu.restore()
+            store = cloud.store()
+            try:
+                await await_until(lambda: len(store.batch_seqs(GW)) == CUT_ALERTS, 120,
+                                  "every alert of the cut")
+            finally:
+                store.close()
+            await await_until(lambda: not outbox.next_batches(1), 60, "the re-pack's ack")
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    try:
+        asyncio.run(run())
+        store = cloud.store()
+        try:
+            rows = store.batches(GW)
+            assert [b["seq"] for b in rows] == seqs  # each under its ORIGINAL seq, once
+            assert sum(b["alerts"] for b in rows) == CUT_ALERTS
+            assert len({b["received_ms"] for b in rows}) == 1  # in ONE publish
+            assert store.stats()["seq_conflicts"] == 0
+        finally:
+            store.close()
+    finally:
+        emu.stop()
+        ingest.stop()
+        thread.shutdown()
+        outbox.close()
+        d.close()
+    assert repacker.alert_batches_in >= CUT_ALERTS
