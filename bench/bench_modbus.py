@@ -173,7 +173,7 @@ def _callgrind(mode: str, port: int, npoints: int, polls: int) -> int:
         subprocess.run(
             ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable,
              __file__, "--child", mode, "--port", str(port), "--points", str(npoints),
-             "--polls", str(polls)],
+             "--polls", str(polls), "--layout", LAYOUT],
             check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for line in out.read_text().splitlines():
             if line.startswith(("summary:", "totals:")):
@@ -199,8 +199,19 @@ def instructions(port: int, npoints: int, polls: int) -> dict[str, Any]:
     }
 
 
+LAYOUT = "mixed"  # --layout
+
+
+def _points(npoints: int) -> list[dict[str, Any]]:
+    """The test layout's holding registers (mixed types), or W2's plain uint16 registers."""
+    if LAYOUT == "uint16":
+        return [{"name": f"r{a}", "kind": "holding", "address": 1000 + a, "type": "uint16"}
+                for a in range(npoints)]
+    return [p for p in driver_points(1) if p["kind"] == "holding"][:npoints]
+
+
 def _options(port: int, npoints: int) -> ModbusOptions:
-    points = [p for p in driver_points(1) if p["kind"] == "holding"][:npoints]
+    points = _points(npoints)
     return ModbusOptions.model_validate(
         {"host": "127.0.0.1", "port": port, "unit_id": 1, "timeout": 2, "max_gap": 10,
          "points": points})
@@ -224,7 +235,7 @@ def start_server() -> tuple[subprocess.Popen[str], int]:
 
 
 async def main(port: int, seconds: float, npoints: int, rounds: int) -> dict[str, Any]:
-    points = [p for p in driver_points(1) if p["kind"] == "holding"][:npoints]
+    points = _points(npoints)
     options = ModbusOptions.model_validate(
         {
             "host": "127.0.0.1",
@@ -260,6 +271,7 @@ async def main(port: int, seconds: float, npoints: int, rounds: int) -> dict[str
     ratio_sched = [r["polls_per_s"] / s["polls_per_s"] for r, s in zip(raw, sched, strict=True)]
     return {
         "points": len(points),
+        "layout": LAYOUT,
         "requests_per_poll": len(groups),
         "rounds": rounds,
         "seconds_each": seconds,
@@ -309,10 +321,14 @@ if __name__ == "__main__":
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--instructions", type=int, default=0, metavar="N",
                     help="also count instructions per poll under callgrind (N and 2N polls)")
+    ap.add_argument("--layout", choices=("mixed", "uint16"), default="mixed",
+                    help="mixed: the test layout's types (float32, scaled, strings...); "
+                    "uint16: plain registers as in W1/W2")
     ap.add_argument("--child", choices=("raw", "driver", "scheduled"), help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--polls", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    LAYOUT = args.layout
     logging.basicConfig(level=logging.WARNING)
     if args.child:
         asyncio.run(child_polls(args.child, args.port, args.points, args.polls))

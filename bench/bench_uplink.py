@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+import psutil
 from benchlib import free_port, time_commits
 from paho.mqtt.enums import CallbackAPIVersion
 
@@ -124,7 +125,7 @@ def raw_publish_ceiling(port: int, d: Path, gw: str, envelopes: list[bytes], win
 
 async def drain(
     paths: CloudPaths, url: str, port: int, root: Path, args: argparse.Namespace, processes: int,
-    ingest_url: str,
+    ingest_url: str, broker_pid: int | None = None,
 ) -> dict[str, Any]:
     gw = f"bench-drain-{processes}"
     sealer = _identity(paths, gw, root / f"id-{gw}")
@@ -152,10 +153,20 @@ async def drain(
     procs = IngestProcesses(paths, ingest_url, processes)
     assert procs.wait_ready(60), "ingest processes did not subscribe"
     uplink = Uplink(gw, root / f"id-{gw}", url, io, window=args.window)
+    # who is busy during the drain: CPU seconds of the gateway side (this process: the uplink,
+    # its outbox thread, paho), each ingest process and the broker
+    who = {"gateway (uplink + outbox)": psutil.Process()} | {
+        f"ingest {i}": psutil.Process(pid) for i, pid in enumerate(
+            getattr(procs, "pids", None) or [p.pid for p in procs._procs])}  # older trees
+    if broker_pid is not None:
+        who["broker (mosquitto)"] = psutil.Process(broker_pid)
+    cpu0 = {k: p.cpu_times() for k, p in who.items()}
     t0 = time.perf_counter()
     task = asyncio.ensure_future(uplink.run())
     await _poll(lambda: io.next_batches(1, ()), 0.02)
     drain_s = time.perf_counter() - t0
+    cpu_pct = {k: round(100 * (sum(p.cpu_times()[:2]) - sum(cpu0[k][:2])) / drain_s, 1)
+               for k, p in who.items()}
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     procs.stop()
@@ -178,6 +189,7 @@ async def drain(
         "raw_paho_qos1_msgs_per_s": round(len(envelopes) / raw_s),
         "drain_vs_raw_ratio": round(raw_s / drain_s, 3),
         "goal_readings_per_s": 200_000,
+        "cpu_percent_of_one_core_during_drain": cpu_pct,
         "uplink": {k: v for k, v in uplink.stats().items() if isinstance(v, int)},
         "ingest_processes": processes,
     }
@@ -266,7 +278,7 @@ async def main() -> None:
                 },
                 "drain": [
                     await drain(paths, broker.url, broker.port, root, args, int(n),
-                                      broker.service_url)
+                                      broker.service_url, broker.pid)
                     for n in args.ingest_processes.split(",")
                 ],
                 "latency": [await latency(paths, broker.url, root, args, n, broker.service_url)

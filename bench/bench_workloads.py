@@ -114,6 +114,7 @@ UNITS = 10
 REGISTERS = 100
 
 COMMITTED = time_commits()
+PROFILE_GIL = False  # --profile-gil
 
 
 def wait_file(path: Path, timeout: float) -> None:
@@ -174,6 +175,43 @@ def profile_summary(raw: Path, top: int = 25) -> dict[str, Any]:
         return {k: round(100 * v / total, 1) for k, v in best}
 
     return {"samples": total, "self_percent": share(self_n), "inclusive_percent": share(incl)}
+
+
+def thread_names(pid: int) -> dict[int, str]:
+    """Native thread id -> Python thread name (the roots of its stack), from one ``py-spy
+    dump`` (empty without py-spy in the venv: threads are then named by their id)."""
+    spy = Path(sys.executable).parent / "py-spy"
+    if not spy.exists():
+        return {}
+    try:
+        res = subprocess.run([str(spy), "dump", "--json", "--nonblocking", "-p", str(pid)],
+                             capture_output=True, text=True, timeout=30, check=True)
+        threads = json.loads(res.stdout)
+    except (subprocess.SubprocessError, ValueError):
+        return {}
+    out: dict[int, str] = {}
+    for t in threads:
+        frames = [f.get("name", "?") for f in t.get("frames", [])]
+        # the innermost frames that say what the thread is for
+        hint = next((f for f in reversed(frames) if f in {
+            "_worker", "_thread_main", "run_forever", "_loop"}), frames[-1] if frames else "")
+        out[int(t.get("os_thread_id") or t.get("thread_id") or 0)] = (
+            f"{t.get('thread_name') or '?'} ({hint})")
+    return out
+
+
+def thread_cpu(th0: dict[int, Any], th1: dict[int, Any], names: dict[int, str],
+               window_s: float) -> dict[str, float]:
+    """CPU % of one core per thread of the gateway over the window (user + system)."""
+    out: dict[str, float] = {}
+    for tid, t in th1.items():
+        before = th0.get(tid)
+        used = (t.user_time + t.system_time) - (
+            (before.user_time + before.system_time) if before is not None else 0.0)
+        if used > 0:
+            name = names.get(tid, f"tid {tid}")
+            out[name] = round(out.get(name, 0.0) + 100 * used / window_s, 1)
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 
 def scheduler_summary(status: Path) -> dict[str, Any]:
@@ -246,11 +284,12 @@ def run_workload(name: str, seconds: float, warmup: float,
             spy = subprocess.Popen(
                 [str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(gw.pid), "-d",
                  str(int(seconds)), "-r", "100", "-f", "raw", "-o",
-                 str(profile / f"{name}.txt")],
+                 str(profile / f"{name}.txt"), *(["--gil"] if PROFILE_GIL else [])],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        c0 = proc.cpu_times()
+        c0, th0 = proc.cpu_times(), {t.id: t for t in proc.threads()}
         time.sleep(seconds)  # the measurement window
-        c1 = proc.cpu_times()
+        c1, th1 = proc.cpu_times(), {t.id: t for t in proc.threads()}
+        names = thread_names(gw.pid)
         if spy is not None:
             spy.wait(60)
         t_end = time.time_ns() // 1_000_000
@@ -298,6 +337,10 @@ def run_workload(name: str, seconds: float, warmup: float,
             "rss_mb": round(mem.rss / 2**20, 1),
             "pss_mb": round(mem.pss / 2**20, 1),
             "uss_mb": round(mem.uss / 2**20, 1),
+            "cpu_percent_by_thread": thread_cpu(th0, th1, names, (t_end - t_start) / 1000),
+            "cpu_percent_user_system": [
+                round(100 * (c1.user - c0.user) / ((t_end - t_start) / 1000), 1),
+                round(100 * (c1.system - c0.system) / ((t_end - t_start) / 1000), 1)],
             "lag_ms_at_durable_cloud_commit": {
                 "mean": round(sum(lags) / len(lags), 1) if lags else None,
                 "p50": pct(lags, 0.5), "p99": pct(lags, 0.99), "max": max(lags, default=None),
@@ -346,9 +389,14 @@ def main() -> None:
                    "'{max_age: 250ms, quiet: 0}' (default: the defaults)")
     p.add_argument("--profile", type=Path, default=None,
                    help="py-spy the gateway during the window; collapsed stacks to DIR/W.txt")
+    p.add_argument("--profile-gil", action="store_true",
+                   help="profile only samples holding the GIL (py-spy --gil): Python work, "
+                   "without threads waiting for the GIL, a lock or a system call")
     p.add_argument("--imports", action="store_true", help="also print the import floor")
     p.add_argument("--env", action="append", default=[], help="NAME=VALUE for the gateway")
     a = p.parse_args()
+    global PROFILE_GIL
+    PROFILE_GIL = a.profile_gil
     env = dict(e.split("=", 1) for e in a.env)
     extra = yaml.safe_load(a.batch) if a.batch else {}
     out = {"machine": f"{os.cpu_count()} cores, loaded (timings: loaded 2-core machine)",

@@ -828,6 +828,11 @@ class IngestProcesses:
         for p in self._procs:
             p.start()
 
+    @property
+    def pids(self) -> list[int]:
+        """The ingest processes' ids (for CPU accounting in benches)."""
+        return [p.pid for p in self._procs if p.pid is not None]
+
     def wait_ready(self, timeout: float) -> bool:
         """True once every process has subscribed."""
         deadline = time.monotonic() + timeout

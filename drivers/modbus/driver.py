@@ -15,6 +15,7 @@ Invariants:
 from __future__ import annotations
 
 import math
+import operator
 import struct
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
@@ -71,6 +72,12 @@ class ModbusDriver(PolledDriver):
         self._readers: list[list[tuple[str, PointReader]]] = [
             [(p.name, self._compile(p, g)) for p in g.points] for g in self.groups
         ]
+        #: per group, when every point is a raw value (a uint16 register or a bit, no scale,
+        #: no range): (names, itemgetter of their offsets); read() then decodes the group with
+        #: one C-level zip instead of a Python call per point (issue 13, goal 5)
+        self._plain: list[tuple[tuple[str, ...], Callable[[Sequence[Any]], Any]] | None] = [
+            self._plain_group(g) for g in self.groups
+        ]
         self._bus: ModbusBus | None = None
 
     @classmethod
@@ -123,6 +130,13 @@ class ModbusDriver(PolledDriver):
                     result[point.name] = PointValue(None, Quality.BAD_DATA)
                 continue
             try:
+                plain = self._plain[index]
+                if plain is not None:
+                    names, getter = plain
+                    picked = getter(values)
+                    result.update(zip(names, map(bool, picked) if group.kind in BIT_KINDS
+                                      else picked, strict=True))
+                    continue
                 for name, reader in self._readers[index]:
                     result[name] = reader(values)
             except (struct.error, IndexError, TypeError, ValueError):  # not 16-bit registers
@@ -145,6 +159,23 @@ class ModbusDriver(PolledDriver):
         if len(values) < group.count:
             raise BadDataError(f"{what}: short response ({len(values)} of {group.count})")
         return values
+
+    def _plain_group(
+        self, group: ReadGroup
+    ) -> tuple[tuple[str, ...], Callable[[Sequence[Any]], Any]] | None:
+        """(names, getter) if every point of ``group`` is its raw value, else None."""
+        for p in group.points:
+            if group.kind not in BIT_KINDS and not (
+                p.data_type == "uint16" and (p.byte_order or self.opts.byte_order) == "big"
+                and p.scale == 1.0 and p.offset == 0.0 and p.min is None and p.max is None):
+                return None
+        offsets = [p.address - group.start for p in group.points]
+        if not offsets:
+            return None
+        # itemgetter of one index returns the item, not a 1-tuple
+        getter = (operator.itemgetter(*offsets) if len(offsets) > 1
+                  else lambda values, at=offsets[0]: (values[at],))
+        return tuple(p.name for p in group.points), getter
 
     def _compile(self, point: ModbusPoint, group: ReadGroup) -> PointReader:
         """Build the point's decoder once: ``fn(group values) -> value | PointValue``."""

@@ -38,12 +38,13 @@ Invariants:
 from __future__ import annotations
 
 import math
+import operator
 import struct
 from array import array
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from itertools import repeat
+from itertools import chain, repeat
 from typing import Any, NamedTuple, TypeVar
 
 import snappy
@@ -184,12 +185,9 @@ def _put_uvarint(out: bytearray, v: int) -> None:
 
 
 def _put_zz_deltas(out: bytearray, values: Sequence[int], start: int = 0) -> None:
-    prev = start
-    zs = []
-    for v in values:
-        d = v - prev
-        zs.append(d << 1 if d >= 0 else ((-d) << 1) - 1)
-        prev = v
+    # the deltas by one C-level map (values[i] - values[i - 1]), then zig-zag
+    zs = [d << 1 if d >= 0 else ((-d) << 1) - 1
+          for d in map(operator.sub, values, chain((start,), values))]
     if zs and max(zs) < 0x80:
         out += bytes(zs)
     else:

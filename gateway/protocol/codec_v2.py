@@ -47,7 +47,7 @@ never REJECTED, because the batch itself is fine and only the cloud's dictionary
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Any
@@ -165,6 +165,21 @@ class DecodedV2(DecodedBatch):
 
 
 # =========================================================================== encoding
+#: the single-reading fast path of ``encode_batch_v2`` (tests turn it off to compare bytes)
+_FAST_SINGLE = True
+_GOOD = Quality.GOOD
+_INT_MIN, _INT_MAX, _TS_END = v1.INT_MIN, v1.INT_MAX, 2**63
+
+
+def _put_small_uvarints(out: bytearray, values: list[int]) -> None:
+    """``_put_uvarints``; one ``bytes()`` when every value fits in one byte (the usual case
+    for series counts and value kinds)."""
+    if values and min(values) >= 0 and max(values) < 0x80:
+        out += bytes(values)
+    else:
+        _put_uvarints(out, values)
+
+
 def _put_zz(out: bytearray, values: Iterable[int]) -> None:
     _put_uvarints(out, (v << 1 if v >= 0 else ((-v) << 1) - 1 for v in values))
 
@@ -287,6 +302,7 @@ def encode_batch_v2(
     gaps: Iterable[Gap] = (),
     *,
     ids: Callable[[SeriesKey], tuple[int, bool]] | None = None,
+    ids_many: Callable[[Collection[SeriesKey]], tuple[list[int], list[bool]]] | None = None,
     epoch: int = 0,
     parts: Sequence[int] = (),
     part_of: Sequence[int] = (),
@@ -295,14 +311,16 @@ def encode_batch_v2(
 ) -> tuple[bytes, list[int]]:
     """Encode a v2 batch; returns (bytes, ids defined in it).
 
-    ``ids(key) -> (id, must_define)`` assigns dictionary ids (``SeriesDictionary.assign``);
-    without it ids are batch-local (epoch 0, all defined inline). For a re-packed batch,
+    ``ids(key) -> (id, must_define)`` assigns dictionary ids (``SeriesDictionary.assign``),
+    or ``ids_many(keys) -> (ids, must_define)`` all of a batch's at once (one lock round
+    trip); without either, ids
+    are batch-local (epoch 0, all defined inline). For a re-packed batch,
     ``parts`` are the original seqs and ``part_of[i]`` the index in ``parts`` of sample i;
     samples must come in part order. With ``part_digests`` (one ``DIGEST_BYTES`` prefix per
     part) the batch is version 3, which may instead carry alerts, ``alert_part_of[i]`` being
     the part of alert i (alerts in part order).
     """
-    if ids is None:
+    if ids is None and ids_many is None:
         epoch = 0
         local: dict[SeriesKey, int] = {}
 
@@ -323,20 +341,29 @@ def encode_batch_v2(
     if n_parts and len(part_of) == 0 and len(alert_part_of) == 0:
         raise CodecError("parts given without part_of")
     total = 0
-    for i, s in enumerate(samples):
+    if not n_parts:
+        # the hot path (every sealed batch): group by series, nothing else
+        get = series.get
+        for s in samples:
+            key = (s.device, s.metric)
+            lst = get(key)
+            if lst is None:
+                series[key] = [s]
+            else:
+                lst.append(s)
+        total = sum(map(len, series.values()))
+    for i, s in enumerate(samples if n_parts else ()):
         key = (s.device, s.metric)
         lst = series.get(key)
         if lst is None:
             series[key] = lst = []
-            if n_parts:
-                sparts[key] = [0] * n_parts
+            sparts[key] = [0] * n_parts
         lst.append(s)
-        if n_parts:
-            counts = sparts[key]
-            p = part_of[i]
-            if any(counts[p + 1:]):
-                raise CodecError("re-packed samples must come in part order")
-            counts[p] += 1
+        counts = sparts[key]
+        p = part_of[i]
+        if any(counts[p + 1:]):
+            raise CodecError("re-packed samples must come in part order")
+        counts[p] += 1
         total += 1
     if total > MAX_SAMPLES:
         raise CodecError(f"batch of {total} samples exceeds the limit of {MAX_SAMPLES}")
@@ -355,15 +382,19 @@ def encode_batch_v2(
             if any(alert_counts[p + 1:]):
                 raise CodecError("re-packed alerts must come in part order")
             alert_counts[p] += 1
-    sid: list[int] = []
-    defined: list[tuple[int, int, int]] = []
-    for key in series:
-        i, define = ids(key)
-        if not 0 <= i <= MAX_ID:
-            raise CodecError(f"series id {i} outside u32")
-        sid.append(i)
-        if define:
-            defined.append((i, strings(key[0]), strings(key[1])))
+    if ids_many is not None:
+        sid, define = ids_many(series)
+    else:
+        assert ids is not None  # set above when neither was given
+        assigned = list(map(ids, series))
+        sid, define = [i for i, _ in assigned], [d for _, d in assigned]
+    if not len(sid) == len(define) == len(series):
+        raise CodecError(f"{len(sid)} ids assigned for {len(series)} series")
+    if sid and not (min(sid) >= 0 and max(sid) <= MAX_ID):
+        bad = next(i for i in sid if not 0 <= i <= MAX_ID)
+        raise CodecError(f"series id {bad} outside u32")
+    defined = [(i, strings(key[0]), strings(key[1]))
+               for key, i, d in zip(series, sid, define, strict=True) if d] if any(define) else []
     if len(defined) > MAX_DEFS:
         raise CodecError(f"{len(defined)} definitions exceed the limit of {MAX_DEFS}")
 
@@ -383,11 +414,11 @@ def encode_batch_v2(
             tail += d
     _put_uvarint(tail, len(series))
     _put_zz_deltas(tail, sid)
-    _put_uvarints(tail, (len(lst) for lst in series.values()))
+    _put_small_uvarints(tail, list(map(len, series.values())))
     flags_at = len(tail)
     tail += bytes(len(series))
     prev_parts: list[int] | None = None
-    for j, key in enumerate(series):
+    for j, key in enumerate(series if n_parts else ()):
         if n_parts:
             counts = sparts[key]
             if counts == prev_parts:
@@ -399,11 +430,38 @@ def encode_batch_v2(
     prev_ts: list[int] | None = None
     data = bytearray()
     kinds: list[int] = []
+    append = data.append
     for j, lst in enumerate(series.values()):
+        if len(lst) == 1 and _FAST_SINGLE:
+            # One reading of an int series (a round seal: one poll round per batch). Writes
+            # exactly what _write_series would, without its per-series lists and checks.
+            s = lst[0]
+            t, v = s.ts_ms, s.value
+            if (type(t) is int and type(v) is int and s.quality is _GOOD
+                    and _INT_MIN <= t < _TS_END and _INT_MIN <= v <= _INT_MAX):
+                if prev_ts is not None and len(prev_ts) == 1 and prev_ts[0] == t:
+                    tail[flags_at + j] |= FLAG_TS_SAME | FLAG_ALL_GOOD
+                else:
+                    tail[flags_at + j] |= FLAG_ALL_GOOD
+                    z = t - prev_first_ts
+                    z = z << 1 if z >= 0 else ((-z) << 1) - 1
+                    while z > 0x7F:
+                        append((z & 0x7F) | 0x80)
+                        z >>= 7
+                    append(z)
+                    prev_ts = [t]
+                prev_first_ts = t
+                z = v << 1 if v >= 0 else ((-v) << 1) - 1
+                while z > 0x7F:
+                    append((z & 0x7F) | 0x80)
+                    z >>= 7
+                append(z)
+                kinds.append(COL_INT)  # + 8 * I_DELTA: one value
+                continue
         flags, kind, prev_first_ts, prev_ts = _write_series(data, lst, prev_first_ts, prev_ts)
         tail[flags_at + j] |= flags
         kinds.append(kind)
-    _put_uvarints(tail, kinds)
+    _put_small_uvarints(tail, kinds)
     tail += data
     v1._write_alerts(tail, alerts_l, strings)
     if digests and alerts_l:

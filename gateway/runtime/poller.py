@@ -18,6 +18,7 @@ import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from itertools import repeat
 from typing import Any
 
 from edgegw.model import Quality, Sample, now_ms
@@ -26,6 +27,7 @@ from edgegw.sdk import DriverError, PointValue, PolledDriver
 log = logging.getLogger("edgegw.poller")
 
 Sink = Callable[[list[Sample]], Awaitable[None] | None]
+_TUPLE_NEW = tuple.__new__
 STATUS_METRIC = "_status"
 
 
@@ -140,7 +142,15 @@ class DevicePoller:
 
     def _samples(self, result: Any) -> list[Sample]:
         ts, dev, good = self._wall_clock(), self.device_id, Quality.GOOD
-        # one comprehension: this runs for every point of every poll
+        values = result.values()
+        if not any(issubclass(t, PointValue) for t in set(map(type, values))):
+            # Plain values (the usual poll): the Samples are built by C-level map/zip, no
+            # Python call per point (issue 13: 5x cheaper than the comprehension below).
+            # ``tuple.__new__(Sample, fields)`` is what ``Sample._make`` does.
+            n = len(result)
+            return list(map(_TUPLE_NEW, repeat(Sample, n),
+                            zip(repeat(dev, n), result.keys(), repeat(ts, n), values,
+                                repeat(good, n), strict=True)))
         return [
             Sample(dev, name, ts, value, good)
             if not isinstance(value, PointValue)

@@ -51,6 +51,17 @@ Invariants (read these before changing anything):
    database and the seq counter continues above them. I/O and permission errors are not
    corruption: they propagate and the file is left alone.
 9. Threads. Synchronous; calls are serialised by a lock. The runtime calls it from one thread.
+10. Settles are not fsynced. The transaction of ``settle(DELIVERED | RETRY)`` commits with
+   ``synchronous=NORMAL`` (issue 13: it was one fsync per ack). In WAL mode such a commit is
+   atomic and the WAL is a sequential log replayed up to its last valid commit, so a power cut
+   keeps a PREFIX of the transactions: every synced commit (each append, replace, give-up,
+   quarantine) and everything before it, and at most loses the settles since the last synced
+   commit or checkpoint (which fsyncs the WAL first). What such a loss does: the delivered
+   batch is back in the outbox and is sent again, same seq and same envelope; the cloud holds
+   that (gateway, seq) with the same plaintext digest, answers "duplicate, delivered", and the
+   next settle deletes it (docs/delivery.md: re-sending is always safe). A lost RETRY count
+   delays the poison policy by one attempt. Nothing acked is ever lost, nothing is stored
+   twice in the cloud, and no seq can be reused (the seq counter is written by appends).
 """
 
 from __future__ import annotations
@@ -623,19 +634,29 @@ class Outbox:
             return op()
 
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[None]:
+    def _transaction(self, synced: bool = True) -> Iterator[None]:
         """One write transaction on ``self._conn``: BEGIN IMMEDIATE, COMMIT when the body ends
-        (unless it rolled back itself: nothing to change), ROLLBACK if it raises."""
+        (unless it rolled back itself: nothing to change), ROLLBACK if it raises.
+
+        ``synced=False`` commits without an fsync (``synchronous=NORMAL`` for this transaction
+        only; invariant 10): atomic and ordered, but a power cut may undo it until the next
+        synced commit or checkpoint."""
         c = self._conn
-        c.execute("BEGIN IMMEDIATE")
+        if not synced:
+            c.execute("PRAGMA synchronous=NORMAL")
         try:
-            yield
-            if c.in_transaction:
-                c.execute("COMMIT")
-        except BaseException:
-            if c.in_transaction:
-                c.execute("ROLLBACK")
-            raise
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+                if c.in_transaction:
+                    c.execute("COMMIT")
+            except BaseException:
+                if c.in_transaction:
+                    c.execute("ROLLBACK")
+                raise
+        finally:
+            if not synced:
+                c.execute("PRAGMA synchronous=FULL")
 
     # ------------------------------------------------------------------ accounting
     def row_cost(self, envelope_len: int) -> int:
@@ -1132,7 +1153,8 @@ class Outbox:
         retry = [(s,) for s, o in items if o is AckStatus.RETRY]
         removed: list[tuple[int, int, int]] = []
         if delivered or retry:
-            with self._transaction():
+            # unsynced (invariant 10): a delete a power cut undoes only re-sends the batch
+            with self._transaction(synced=False):
                 for (s,) in delivered:
                     removed += c.execute(
                         "DELETE FROM batches WHERE seq=? RETURNING lane, length(envelope), "

@@ -22,7 +22,7 @@ from __future__ import annotations
 import secrets
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 
 from edgegw.model import Alert, Sample
@@ -81,6 +81,26 @@ class SeriesDictionary:
                 return i, True
             return i, i not in self._confirmed
 
+    def assign_many(self, keys: Collection[SeriesKey]) -> tuple[list[int], list[bool]]:
+        """``assign`` for every series of a batch under one lock round trip:
+        (ids, must define) in the order of ``keys``."""
+        with self._lock:
+            get = self._ids.get
+            found = [get(key) for key in keys]
+            if None in found:
+                for n, key in enumerate(keys):
+                    if found[n] is None:
+                        i = get(key)  # a key given twice gets one id
+                        if i is None:
+                            i = len(self._ids)
+                            self._ids[key] = i
+                            self._names[i] = key
+                            self._new.append((i, key[0], key[1]))
+                        found[n] = i
+            ids: list[int] = found  # type: ignore[assignment]  # no None left
+            confirmed = self._confirmed
+            return ids, [i not in confirmed for i in ids]
+
     def flush(self) -> None:
         """Write new assignments to disk (before the batch using them is sealed)."""
         with self._lock:
@@ -97,7 +117,7 @@ class SeriesDictionary:
                alert_part_of: Sequence[int] = ()) -> tuple[bytes, list[int]]:
         """A v2 batch using this dictionary (v3 with ``part_digests``); returns (plaintext,
         ids defined in it)."""
-        data, defined = encode_batch_v2(samples, alerts, gaps, ids=self.assign,
+        data, defined = encode_batch_v2(samples, alerts, gaps, ids_many=self.assign_many,
                                         epoch=self.epoch, parts=parts, part_of=part_of,
                                         part_digests=part_digests,
                                         alert_part_of=alert_part_of)

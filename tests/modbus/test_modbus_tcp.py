@@ -189,3 +189,25 @@ async def test_mismatched_line_settings_on_one_bus_are_refused(
     await devices.open("a", **base, baudrate=9600)
     with pytest.raises(PermanentError, match="baudrate"):
         await devices.open("b", **base, baudrate=19200, unit_id=2)
+
+
+async def test_plain_register_groups_decode_like_the_point_readers(
+    tcp_server: SimServer, devices: Devices
+) -> None:
+    """Groups of plain uint16 registers and of bits are decoded in one step (issue 13): the
+    values, their order and a group's BAD_DATA on a bad answer are those of the per-point
+    readers; a group with one scaled or little-endian point keeps the per-point readers."""
+    plain = [p for p in driver_points(1) if p["kind"] == "coil" or (
+        p["kind"] == "holding" and p.get("type") == "uint16" and "scale" not in p
+        and "byte_order" not in p and p.get("max") is None)]
+    assert {p["kind"] for p in plain} == {"holding", "coil"}
+    driver = await open_unit(devices, tcp_server, 1, points=plain)
+    assert all(g is not None for g in driver._plain)  # the fast path is taken
+    want = {k: v for k, v in expected(1).items() if k in {p["name"] for p in plain}}
+    got = await driver.read()
+    assert list(got.items()) == [(p["name"], want[p["name"]]) for p in plain]
+    assert all(type(v) is (bool if k.startswith("c_") else int) for k, v in got.items())
+    mixed = await open_unit(devices, tcp_server, 1, max_gap=60, points=[
+        p for p in driver_points(1) if p["name"] in ("h_uint16_1", "h_uint16_54")])
+    assert mixed._plain == [None]
+    assert dict(await mixed.read()) == {"h_uint16_1": 40001, "h_uint16_54": 4661}

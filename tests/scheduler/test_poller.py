@@ -71,6 +71,25 @@ async def test_values_and_point_values_become_samples() -> None:
     ]
 
 
+class LatePointValue(PointValue):
+    """A driver's own PointValue subclass: still a PointValue."""
+
+
+async def test_plain_values_become_samples_in_order() -> None:
+    """The plain-values path (every poll of a register map) gives real, ordered Samples."""
+    plain: dict[str, Any] = {f"r{i}": i * 7 for i in range(50)} | {"s": "RUN", "f": 2.5,
+                                                                   "n": None, "t": True}
+    poller, out = make([plain, {"a": 1, "b": LatePointValue(3, Quality.STALE, ts_ms=5)}])
+    assert await poller.poll() is True
+    assert out == [Sample("dev", k, 1_700_000_000_000, v, Quality.GOOD) for k, v in plain.items()]
+    assert all(type(s) is Sample and s.good for s in out)
+    assert out[3].metric == "r3" and out[3].value == 21 and out[3].ts_ms == 1_700_000_000_000
+    out.clear()
+    assert await poller.poll() is True  # a PointValue subclass takes the per-point path
+    assert out == [Sample("dev", "a", 1_700_000_000_000, 1, Quality.GOOD),
+                   Sample("dev", "b", 5, 3, Quality.STALE)]
+
+
 @pytest.mark.parametrize(
     ("error", "quality", "kind"),
     [(TransientError("gone"), Quality.COMM_ERROR, "TransientError"),
