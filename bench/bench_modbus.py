@@ -26,7 +26,6 @@ import json
 import logging
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchlib import callgrind_total  # noqa: E402
 from pymodbus.client import AsyncModbusTcpClient  # noqa: E402
 
 from edgegw import DeviceContext, Sample  # noqa: E402
@@ -168,17 +168,8 @@ async def child_polls(mode: str, port: int, npoints: int, polls: int) -> None:
 
 
 def _callgrind(mode: str, port: int, npoints: int, polls: int) -> int:
-    with tempfile.TemporaryDirectory() as d:
-        out = Path(d) / "cg.out"
-        subprocess.run(
-            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable,
-             __file__, "--child", mode, "--port", str(port), "--points", str(npoints),
-             "--polls", str(polls), "--layout", LAYOUT],
-            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for line in out.read_text().splitlines():
-            if line.startswith(("summary:", "totals:")):
-                return int(line.split()[1])
-    raise RuntimeError("no callgrind totals")
+    return callgrind_total([__file__, "--child", mode, "--port", str(port), "--points",
+                            str(npoints), "--polls", str(polls), "--layout", LAYOUT])
 
 
 def instructions(port: int, npoints: int, polls: int) -> dict[str, Any]:

@@ -25,7 +25,6 @@ import argparse
 import gc
 import json
 import random
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,6 +33,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from benchlib import callgrind_total  # noqa: E402
 
 from edgegw.model import Lane, Quality, Sample  # noqa: E402
 from edgegw.protocol.ack import AckStatus  # noqa: E402
@@ -99,17 +100,8 @@ def run(tmp: Path, n: int, series: int, per_series: int, stages: tuple[str, ...]
 
 
 def _callgrind(n: int, series: int, per_series: int, stages: str) -> int:
-    with tempfile.TemporaryDirectory() as d:
-        out = Path(d) / "cg.out"
-        subprocess.run(
-            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable,
-             __file__, "--child", stages, "--batches", str(n), "--series", str(series),
-             "--per-series", str(per_series)],
-            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for line in out.read_text().splitlines():
-            if line.startswith(("summary:", "totals:")):
-                return int(line.split()[1])
-    raise RuntimeError("no callgrind totals")
+    return callgrind_total([__file__, "--child", stages, "--batches", str(n), "--series",
+                            str(series), "--per-series", str(per_series)])
 
 
 def instructions(n: int, series: int, per_series: int) -> dict[str, Any]:

@@ -1,11 +1,15 @@
 """Helpers the end-to-end benches share (run as ``python bench/NAME.py``, so this folder is on
 ``sys.path``): a free loopback port, nearest-rank percentiles, the cloud's broker, the
 background telemetry devices that load the gateway while a latency is measured, and the time
-each batch's cloud store transaction committed (``time_commits``)."""
+each batch's cloud store transaction committed (``time_commits``), and the instruction count of
+a child run under callgrind (``callgrind_total``)."""
 
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,6 +44,20 @@ def time_commits() -> dict[tuple[str, int], int]:
     timed._timed = True  # type: ignore[attr-defined]
     CloudStore.commit_statuses = timed  # type: ignore[method-assign]
     return COMMITTED
+
+
+def callgrind_total(args: Sequence[str]) -> int:
+    """Instructions executed by ``python ARGS`` under valgrind's callgrind (deterministic: the
+    benches take (I(2N) - I(N)) / N to cancel start-up)."""
+    with tempfile.TemporaryDirectory() as d:
+        out = Path(d) / "cg.out"
+        subprocess.run(
+            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable,
+             *args], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for line in out.read_text().splitlines():
+            if line.startswith(("summary:", "totals:")):
+                return int(line.split()[1])
+    raise RuntimeError("no callgrind totals")
 
 
 def free_port() -> int:
