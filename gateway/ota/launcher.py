@@ -183,6 +183,11 @@ def decide(slots: Path) -> str:
             reason = f"slot {version} is incomplete or missing"
         if reason:
             _log(f"rolling back {version} -> {committed}: {reason}")
+            if committed and slot_ok(slots, committed):
+                # ``current`` first: whoever reads the rollback in boot.json (the agent, the
+                # status command) then finds the committed version current. A crash between
+                # the two leaves the trial recorded and this branch runs again.
+                point_current(slots, committed)
             doc["trial"] = None
             doc["last_result"] = {
                 "release": trial.get("release", ""),

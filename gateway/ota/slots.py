@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -62,7 +63,23 @@ def _site_packages(slot: Path) -> Path:
     )
 
 
+def _discard(slot: Path) -> None:
+    """Remove a slot directory that something may still be writing into: the pip of an
+    interrupted install keeps running after its updater was SIGKILLed, so a plain rmtree can
+    fail with "Directory not empty" while pip adds files. The slot is renamed out of the way
+    first (atomic; the orphan writes into the renamed tree), then deleted as far as it can be;
+    ``prune`` removes what is left next time."""
+    trash = slot.with_name(f".trash-{slot.name}-{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        slot.rename(trash)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(trash, ignore_errors=True)
+
+
 def prune(slots: Path) -> None:
+    for d in slots.glob(".trash-*"):
+        shutil.rmtree(d, ignore_errors=True)
     boot = launcher.read_boot(slots)
     keep = {boot.get("committed"), boot.get("previous"), launcher.current_version(slots)}
     trial = boot.get("trial")
@@ -97,7 +114,7 @@ def install_software(
     slot = slots / m.version
     if slot.exists():
         log.info("removing leftover slot %s (interrupted install or old trial)", slot)
-        shutil.rmtree(slot)
+        _discard(slot)
     prune(slots)
     try:
         slot.mkdir()
@@ -138,7 +155,7 @@ def install_software(
         finally:
             os.close(fd)
     except BaseException:
-        shutil.rmtree(slot, ignore_errors=True)
+        _discard(slot)
         raise
     launcher.begin_trial(
         slots,
