@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -40,7 +39,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import yaml
-from benchlib import background_devices, cloud_broker, pct
+from benchlib import background_devices, cloud_broker, pct, stop_process
 from paho.mqtt.enums import CallbackAPIVersion
 
 import edgegw
@@ -176,12 +175,7 @@ def download_run(cloud: Cloud, tmp: Path, name: str, rate: int, a: argparse.Name
         sent = cloud.dm.stats()["ota"].get("chunk_bytes_sent", 0) - sent0
         final = read_state(state, release)
     finally:
-        gw.send_signal(signal.SIGTERM)
-        try:
-            gw.wait(30)
-        except subprocess.TimeoutExpired:
-            gw.kill()
-            gw.wait()
+        stop_process(gw, 30)
     seconds = t_done - t_roll
     out: dict[str, Any] = {
         "payload_bytes": size, "chunks": total, "chunk_bytes": a.chunk_kb << 10,

@@ -41,7 +41,6 @@ import asyncio
 import json
 import os
 import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -56,7 +55,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from benchlib import free_port, pct  # noqa: E402
+from benchlib import free_port, pct, stop_process  # noqa: E402
 from linkemu import LinkEmulator  # noqa: E402
 
 from edgegw_cloud.broker import ManagedBroker  # noqa: E402
@@ -164,12 +163,7 @@ def start_gateway(tmp: Path, cloud: CloudRig, emu: LinkEmulator, plant: Plant, p
 
 
 def stop_gateway(gw: subprocess.Popen[bytes]) -> None:
-    gw.send_signal(signal.SIGTERM)
-    try:
-        gw.wait(200)
-    except subprocess.TimeoutExpired:
-        gw.kill()
-        gw.wait()
+    stop_process(gw, 200)  # it drains its backlog over the slow link first
 
 
 # --------------------------------------------------------------------------- edgegw runs

@@ -513,16 +513,6 @@ def software_release(cloud: OtaCloud, workdir: Path, version: str,
     return cloud.publish_software(bundle, *opts)
 
 
-def patch_source(path: str, old: str, new: str) -> Callable[[Path], None]:
-    def apply(src: Path) -> None:
-        f = src / path
-        text = f.read_text()
-        assert old in text, f"patch target not found in {path}"
-        f.write_text(text.replace(old, new, 1))
-
-    return apply
-
-
 def delivered_once(cloud: OtaCloud, plant: Plant, gateways: list[OtaGateway],
                    timeout: float = 60) -> dict[str, int]:
     """Every plant read of each gateway's device is stored at the cloud exactly once.

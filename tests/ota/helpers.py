@@ -11,12 +11,14 @@ cgroup). Every start, READY, exit and kill is recorded in ``events``.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 from collections.abc import Callable
@@ -27,6 +29,32 @@ SITE_PACKAGES = Path(next(p for p in sys.path if p.endswith("site-packages")))
 
 
 _UNPATCHED: dict[str, Path] = {}
+
+
+def patch_source(path: str, old: str, new: str) -> Callable[[Path], None]:
+    """A ``build_wheel`` patch: replace ``old`` by ``new`` once in the source file ``path``."""
+
+    def apply(src: Path) -> None:
+        f = src / path
+        text = f.read_text()
+        assert old in text, f"patch target not found in {path}"
+        f.write_text(text.replace(old, new, 1))
+
+    return apply
+
+
+def write_tar(path: Path, members: list[tarfile.TarInfo | tuple[str, bytes]]) -> Path:
+    """A tar file holding ``members`` exactly as given: ``TarInfo`` entries as they are (links,
+    odd paths), ``(name, data)`` as regular files. For hostile OTA payloads."""
+    with tarfile.open(path, "w") as tar:
+        for m in members:
+            if isinstance(m, tarfile.TarInfo):
+                tar.addfile(m)
+            else:
+                ti = tarfile.TarInfo(m[0])
+                ti.size = len(m[1])
+                tar.addfile(ti, io.BytesIO(m[1]))
+    return path
 
 
 def build_wheel(workdir: Path, version: str, patch: Callable[[Path], None] | None = None) -> Path:

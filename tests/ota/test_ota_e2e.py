@@ -14,7 +14,6 @@ wave rollout of acceptance 1) runs once and the refusal test builds on the seria
 
 from __future__ import annotations
 
-import io
 import json
 import tarfile
 import time
@@ -38,10 +37,10 @@ from tests.ota.fleet import (
     close_all,
     delivered_once,
     modbus_device,
-    patch_source,
     software_release,
     workdir,
 )
+from tests.ota.helpers import patch_source, write_tar
 from tests.runtime.helpers import poll_until
 
 pytestmark = pytest.mark.slow
@@ -235,15 +234,7 @@ def _craft(cloud: OtaCloud, release: dict[str, Any],
     with this cloud's own key (same kind, name, version and serial): a bundle that was
     crafted before signing, which only the gateway's member checks can catch."""
     d = _store_dir(cloud, release["release"])
-    payload = d / "payload.tar"
-    with tarfile.open(payload, "w") as tar:
-        for m in members:
-            if isinstance(m, tarfile.TarInfo):
-                tar.addfile(m)
-            else:
-                ti = tarfile.TarInfo(m[0])
-                ti.size = len(m[1])
-                tar.addfile(ti, io.BytesIO(m[1]))
+    payload = write_tar(d / "payload.tar", members)
     files = tar_file_entries(payload)
     if bad_file_hash:
         files[0] = FileEntry(files[0].path, "0" * 64, files[0].size)

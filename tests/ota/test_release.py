@@ -7,7 +7,6 @@ dir (the verifier runs before any slot is created).
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import tarfile
 from pathlib import Path
@@ -28,6 +27,7 @@ from edgegw.protocol.release import (
 from edgegw_cloud.cli import main as cloud_main
 from edgegw_cloud.ota import ReleaseStore, make_manifest, tar_file_entries
 from edgegw_cloud.pki_setup import init_data_dir
+from tests.ota.helpers import write_tar
 
 
 @pytest.fixture(scope="module")
@@ -134,15 +134,7 @@ def _evil_release(
     cloud: Path, tmp: Path, members: list[tarfile.TarInfo | tuple[str, bytes]], version: str = "9.0"
 ) -> tuple[Manifest, Path]:
     """A release signed with the right key whose payload tar holds ``members`` as given."""
-    payload = tmp / "evil.tar"
-    with tarfile.open(payload, "w") as tar:
-        for m in members:
-            if isinstance(m, tarfile.TarInfo):
-                tar.addfile(m)
-            else:
-                ti = tarfile.TarInfo(m[0])
-                ti.size = len(m[1])
-                tar.addfile(ti, io.BytesIO(m[1]))
+    payload = write_tar(tmp / "evil.tar", members)
     files = tar_file_entries(payload)
     manifest = make_manifest(
         payload, files, kind="software", name="edgegw", version=version, serial=10_000

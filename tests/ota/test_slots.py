@@ -22,7 +22,14 @@ from edgegw.ota.slots import install_software
 from edgegw.ota.verify import check_offer, load_trusted_key
 from edgegw_cloud.ota import ReleaseStore, publish_bundle
 from edgegw_cloud.pki_setup import init_data_dir
-from tests.ota.helpers import SITE_PACKAGES, ServiceSim, build_wheel, fake_slot, make_bundle
+from tests.ota.helpers import (
+    SITE_PACKAGES,
+    ServiceSim,
+    build_wheel,
+    fake_slot,
+    make_bundle,
+    patch_source,
+)
 from tests.runtime.helpers import gateway_config, poll_until, write_config
 
 pytestmark = pytest.mark.slow
@@ -121,16 +128,6 @@ def rig(tmp_path: Path):  # type: ignore[no-untyped-def]
     r.close()
 
 
-def _patch(path: str, old: str, new: str) -> Callable[[Path], None]:
-    def apply(src: Path) -> None:
-        f = src / path
-        text = f.read_text()
-        assert old in text, f"patch target not found in {path}"
-        f.write_text(text.replace(old, new, 1))
-
-    return apply
-
-
 def test_update_commits_after_health_gate(rig: Rig) -> None:
     rig.install("0.2.0")
     assert rig.boot()["trial"]["version"] == "0.2.0"
@@ -157,7 +154,7 @@ def test_update_commits_after_health_gate(rig: Rig) -> None:
 
 
 def test_failing_health_gate_rolls_back_without_network(rig: Rig) -> None:
-    broken = _patch(
+    broken = patch_source(
         "drivers/sim/__init__.py",
         "        ts = now_ms()\n        return {s.p.name",
         "        from edgegw import PermanentError\n"
@@ -176,7 +173,7 @@ def test_failing_health_gate_rolls_back_without_network(rig: Rig) -> None:
 
 
 def test_crash_loop_rolls_back_by_boot_counter(rig: Rig) -> None:
-    crash = _patch(
+    crash = patch_source(
         "gateway/commands/run.py",
         "def run(args: argparse.Namespace) -> int:\n",
         "def run(args: argparse.Namespace) -> int:\n    import os\n\n    os._exit(3)\n",
@@ -191,7 +188,7 @@ def test_crash_loop_rolls_back_by_boot_counter(rig: Rig) -> None:
 
 
 def test_hang_before_ready_rolls_back(rig: Rig) -> None:
-    hang = _patch(
+    hang = patch_source(
         "gateway/runtime/daemon.py",
         "    gw = Gateway(cfg, drivers)\n",
         "    await asyncio.Event().wait()\n    gw = Gateway(cfg, drivers)\n",
@@ -205,7 +202,7 @@ def test_hang_before_ready_rolls_back(rig: Rig) -> None:
 
 
 def test_watchdog_silence_rolls_back(rig: Rig) -> None:
-    mute = _patch(
+    mute = patch_source(
         "gateway/runtime/supervisor.py",
         '                notify("WATCHDOG=1")\n                self.watchdog_pings += 1',
         "                pass",
@@ -219,7 +216,7 @@ def test_watchdog_silence_rolls_back(rig: Rig) -> None:
 
 
 def test_trial_deadline_rolls_back_when_gate_never_passes(rig: Rig) -> None:
-    silent = _patch(
+    silent = patch_source(
         "drivers/sim/__init__.py",
         "        ts = now_ms()\n        return {s.p.name",
         "        from edgegw import TransientError\n"
