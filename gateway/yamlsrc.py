@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from yaml.composer import ComposerError
 from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.resolver import Resolver
 
@@ -188,20 +189,140 @@ class LoadedYaml:
     files: list[str]
 
 
+# --------------------------------------------------------------------------- composing
+# PyYAML's ``compose`` keeps a ``Node`` and two ``Mark`` objects (all with a ``__dict__``) for
+# every value until the load ends: ~3.3 KB per device point, the largest part of the daemon's
+# start-up peak (and a peak stays resident: freed memory is not returned to the system). This
+# composer reads the same parser events and keeps a slotted node with its tag, value and start
+# line/column only; the rules are PyYAML's (``yaml.composer``): tags resolved the same way,
+# anchors registered before their children (so a recursive alias is seen by ``build``), the same
+# errors for an undefined alias, a duplicate anchor and a second document.
+@dataclass(slots=True)
+class _YScalar:
+    tag: str
+    value: str
+    style: str | None
+    line: int  # 0-based, as in yaml.Mark
+    col: int
+
+
+@dataclass(slots=True)
+class _YSeq:
+    tag: str
+    value: list[_YNode]
+    line: int
+    col: int
+
+
+@dataclass(slots=True)
+class _YMap:
+    tag: str
+    value: list[tuple[_YNode, _YNode]]
+    line: int
+    col: int
+
+
+_YNode = _YScalar | _YSeq | _YMap
+
+
+def _mark(name: str, line: int, col: int) -> yaml.Mark:
+    return yaml.Mark(name, 0, line, col, None, None)
+
+
+class _Composer:
+    def __init__(self, text: str) -> None:
+        self.parser = _YamlLoader(text)
+        self.anchors: dict[str, _YNode] = {}
+
+    def compose(self) -> _YNode | None:
+        """The single document's root node (``None`` for an empty stream)."""
+        parser = self.parser
+        try:
+            parser.get_event()  # StreamStart
+            root: _YNode | None = None
+            start = None
+            if not parser.check_event(yaml.StreamEndEvent):
+                start = parser.get_event()  # DocumentStart
+                root = self.node()
+                parser.get_event()  # DocumentEnd
+            if not parser.check_event(yaml.StreamEndEvent):
+                event = parser.get_event()
+                first = _mark("<config>", root.line, root.col) if root else start.start_mark
+                raise ComposerError(
+                    "expected a single document in the stream",
+                    first,
+                    "but found another document",
+                    event.start_mark,
+                )
+            return root
+        finally:
+            parser.dispose()
+
+    def node(self) -> _YNode:
+        parser = self.parser
+        if parser.check_event(yaml.AliasEvent):
+            event = parser.get_event()
+            if event.anchor not in self.anchors:
+                raise ComposerError(None, None, "found undefined alias", event.start_mark)
+            return self.anchors[event.anchor]
+        event = parser.get_event()
+        anchor = event.anchor
+        if anchor is not None and anchor in self.anchors:
+            first = self.anchors[anchor]
+            raise ComposerError(
+                "found duplicate anchor; first occurrence",
+                _mark("<config>", first.line, first.col),
+                "second occurrence",
+                event.start_mark,
+            )
+        mark = event.start_mark
+        tag = event.tag
+        made: _YNode
+        if isinstance(event, yaml.ScalarEvent):
+            if tag is None or tag == "!":
+                tag = parser.resolve(yaml.ScalarNode, event.value, event.implicit)
+            made = _YScalar(tag, event.value, event.style, mark.line, mark.column)
+            if anchor is not None:
+                self.anchors[anchor] = made
+            return made
+        if isinstance(event, yaml.SequenceStartEvent):
+            if tag is None or tag == "!":
+                tag = parser.resolve(yaml.SequenceNode, None, event.implicit)
+            items: list[_YNode] = []
+            made = _YSeq(tag, items, mark.line, mark.column)
+            if anchor is not None:
+                self.anchors[anchor] = made
+            while not parser.check_event(yaml.SequenceEndEvent):
+                items.append(self.node())
+            parser.get_event()
+            return made
+        if tag is None or tag == "!":
+            tag = parser.resolve(yaml.MappingNode, None, event.implicit)
+        pairs: list[tuple[_YNode, _YNode]] = []
+        made = _YMap(tag, pairs, mark.line, mark.column)
+        if anchor is not None:
+            self.anchors[anchor] = made
+        while not parser.check_event(yaml.MappingEndEvent):
+            key = self.node()
+            pairs.append((key, self.node()))
+        parser.get_event()
+        return made
+
+
 # --------------------------------------------------------------------------- located tree
-@dataclass
+@dataclass(slots=True)
 class _Scalar:
     value: Any
     loc: Loc
 
 
-@dataclass
+@dataclass(slots=True)
 class _Seq:
     items: list[_Node]
     loc: Loc
 
 
-@dataclass
+@dataclass(slots=True)
 class _Map:
     entries: dict[Any, tuple[Loc, _Node]]
     loc: Loc
@@ -264,11 +385,14 @@ class _FileLoader:
             self.issues.append(ConfigIssue.at(where, (), f"cannot read {display}: {reason}"))
             return empty
         if len(raw) > MAX_FILE_BYTES:
-            self.issues.append(ConfigIssue.at(
-                via or Loc(display, 0, 0), (),
-                f"{display} is too large (over {MAX_FILE_BYTES // (1024 * 1024)} MiB): not a "
-                "config file? Configs are a few KB; split big device lists with `include`",
-            ))
+            self.issues.append(
+                ConfigIssue.at(
+                    via or Loc(display, 0, 0),
+                    (),
+                    f"{display} is too large (over {MAX_FILE_BYTES // (1024 * 1024)} MiB): not a "
+                    "config file? Configs are a few KB; split big device lists with `include`",
+                )
+            )
             return empty
         self.files.append(display)
         try:
@@ -283,7 +407,7 @@ class _FileLoader:
             )
             return empty
         try:
-            root_node = yaml.compose(text, Loader=_YamlLoader)
+            root_node = _Composer(text).compose()
         except yaml.MarkedYAMLError as exc:
             self.issues.append(self._syntax_issue(exc, display))
             return empty
@@ -293,6 +417,7 @@ class _FileLoader:
         if root_node is None:
             return empty
         root = self.build(root_node, display, ())
+        del root_node  # the composed tree: only the located tree is needed from here on
         if not isinstance(root, _Map):
             self.issues.append(
                 ConfigIssue.at(
@@ -405,10 +530,10 @@ class _FileLoader:
         return ConfigIssue.at(Loc(display, line, col), (), f"unreadable YAML: {detail}")
 
     # ----------------------------------------------------------------- nodes
-    def _loc(self, node: yaml.Node, display: str) -> Loc:
-        return Loc(display, node.start_mark.line + 1, node.start_mark.column + 1)
+    def _loc(self, node: _YNode, display: str) -> Loc:
+        return Loc(display, node.line + 1, node.col + 1)
 
-    def build(self, node: yaml.Node, display: str, path: PathT) -> _Node:
+    def build(self, node: _YNode, display: str, path: PathT) -> _Node:
         self.budget -= 1
         loc = self._loc(node, display)
         if self.budget < 0:
@@ -421,35 +546,35 @@ class _FileLoader:
         if id(node) in self.active:
             self.issues.append(ConfigIssue.at(loc, path, "recursive YAML alias"))
             return _Scalar(None, loc)
-        if isinstance(node, yaml.ScalarNode):
+        if isinstance(node, _YScalar):
             return _Scalar(self._scalar(node, display, path), loc)
         self.active.add(id(node))
         try:
-            if isinstance(node, yaml.SequenceNode):
+            if isinstance(node, _YSeq):
                 self._check_tag(node, "tag:yaml.org,2002:seq", display, path)
                 items = [self.build(n, display, (*path, i)) for i, n in enumerate(node.value)]
                 return _Seq(items, loc)
-            assert isinstance(node, yaml.MappingNode)
+            assert isinstance(node, _YMap)
             self._check_tag(node, "tag:yaml.org,2002:map", display, path)
             return self._mapping(node, display, path, loc)
         finally:
             self.active.discard(id(node))
 
-    def _check_tag(self, node: yaml.Node, expected: str, display: str, path: PathT) -> None:
+    def _check_tag(self, node: _YNode, expected: str, display: str, path: PathT) -> None:
         if node.tag != expected:
             self.issues.append(
                 ConfigIssue.at(self._loc(node, display), path, f"unsupported YAML tag '{node.tag}'")
             )
 
-    def _mapping(self, node: yaml.MappingNode, display: str, path: PathT, loc: Loc) -> _Map:
+    def _mapping(self, node: _YMap, display: str, path: PathT, loc: Loc) -> _Map:
         entries: dict[Any, tuple[Loc, _Node]] = {}
-        merges: list[yaml.Node] = []
+        merges: list[_YNode] = []
         for knode, vnode in node.value:
             if knode.tag == _MERGE_TAG:
                 merges.append(vnode)
                 continue
             kloc = self._loc(knode, display)
-            if not isinstance(knode, yaml.ScalarNode):
+            if not isinstance(knode, _YScalar):
                 self.issues.append(ConfigIssue.at(kloc, path, "mapping keys must be plain scalars"))
                 continue
             key = self._construct(knode, display, path)
@@ -467,7 +592,7 @@ class _FileLoader:
                 continue
             entries[key] = (kloc, self.build(vnode, display, (*path, key)))
         for mnode in merges:  # YAML merge keys: explicit keys win, earlier merges win
-            sources = mnode.value if isinstance(mnode, yaml.SequenceNode) else [mnode]
+            sources = mnode.value if isinstance(mnode, _YSeq) else [mnode]
             for src in sources:
                 merged = self.build(src, display, path)
                 if not isinstance(merged, _Map):
@@ -481,16 +606,21 @@ class _FileLoader:
                     entries.setdefault(key, entry)
         return _Map(entries, loc)
 
-    def _construct(self, node: yaml.ScalarNode, display: str, path: PathT) -> Any:
+    def _construct(self, node: _YScalar, display: str, path: PathT) -> Any:
+        ynode = yaml.ScalarNode(node.tag, node.value, None, None, node.style)
         try:
-            return self.constructor.construct_object(node, deep=True)
+            value = self.constructor.construct_object(ynode, deep=True)
         except ConstructorError as exc:
             self.issues.append(
                 ConfigIssue.at(self._loc(node, display), path, f"cannot read value: {exc.problem}")
             )
             return None
+        # the constructor remembers every node it built (for aliases of whole documents): a
+        # scalar is cheap to build again, and the memo would keep them all until the load ends
+        self.constructor.constructed_objects.pop(ynode, None)
+        return value
 
-    def _scalar(self, node: yaml.ScalarNode, display: str, path: PathT) -> Any:
+    def _scalar(self, node: _YScalar, display: str, path: PathT) -> Any:
         if node.tag != _STR_TAG or "${" not in node.value:
             return self._construct(node, display, path)
         text = self._substitute(node.value, self._loc(node, display), path)
@@ -498,9 +628,7 @@ class _FileLoader:
             tag = self.resolver.resolve(yaml.ScalarNode, text, (True, False))
         else:
             tag = _STR_TAG
-        return self._construct(
-            yaml.ScalarNode(tag, text, node.start_mark, node.end_mark, node.style), display, path
-        )
+        return self._construct(_YScalar(tag, text, node.style, node.line, node.col), display, path)
 
     def _substitute(self, text: str, loc: Loc, path: PathT) -> str:
         def replace(match: re.Match[str]) -> str:
