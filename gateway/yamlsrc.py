@@ -239,18 +239,16 @@ class _Composer:
         parser = self.parser
         try:
             parser.get_event()  # StreamStart
-            root: _YNode | None = None
-            start = None
-            if not parser.check_event(yaml.StreamEndEvent):
-                start = parser.get_event()  # DocumentStart
-                root = self.node()
-                parser.get_event()  # DocumentEnd
+            if parser.check_event(yaml.StreamEndEvent):
+                return None
+            parser.get_event()  # DocumentStart
+            root = self.node()
+            parser.get_event()  # DocumentEnd
             if not parser.check_event(yaml.StreamEndEvent):
                 event = parser.get_event()
-                first = _mark("<config>", root.line, root.col) if root else start.start_mark
                 raise ComposerError(
                     "expected a single document in the stream",
-                    first,
+                    _mark("<config>", root.line, root.col),
                     "but found another document",
                     event.start_mark,
                 )
@@ -354,8 +352,9 @@ def _flatten(node: _Node, path: PathT, smap: SourceMap) -> Any:
     if isinstance(node, _Map):
         out: dict[Any, Any] = {}
         for key, (kloc, value) in node.entries.items():
-            smap.keys[(*path, key)] = kloc
-            out[key] = _flatten(value, (*path, key), smap)
+            sub = (*path, key)  # one tuple for both maps
+            smap.keys[sub] = kloc
+            out[key] = _flatten(value, sub, smap)
         return out
     if isinstance(node, _Seq):
         return [_flatten(item, (*path, i), smap) for i, item in enumerate(node.items)]
