@@ -233,6 +233,10 @@ class _Composer:
     def __init__(self, text: str) -> None:
         self.parser = _YamlLoader(text)
         self.anchors: dict[str, _YNode] = {}
+        #: one str object per distinct scalar text: the loaded data keeps them (the devices'
+        #: raw options live as long as the daemon), and a device list repeats its keys and
+        #: most of its values (``name``, ``type: uint16``) once per point
+        self.texts: dict[str, str] = {}
 
     def compose(self) -> _YNode | None:
         """The single document's root node (``None`` for an empty stream)."""
@@ -279,7 +283,8 @@ class _Composer:
         if isinstance(event, yaml.ScalarEvent):
             if tag is None or tag == "!":
                 tag = parser.resolve(yaml.ScalarNode, event.value, event.implicit)
-            made = _YScalar(tag, event.value, event.style, mark.line, mark.column)
+            text = self.texts.setdefault(event.value, event.value)
+            made = _YScalar(tag, text, event.style, mark.line, mark.column)
             if anchor is not None:
                 self.anchors[anchor] = made
             return made
