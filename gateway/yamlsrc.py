@@ -26,10 +26,10 @@ from __future__ import annotations
 import glob
 import os
 import re
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from yaml.composer import ComposerError
@@ -127,23 +127,38 @@ def format_path(path: PathT) -> str:
 # --------------------------------------------------------------------------- source map
 @dataclass
 class SourceMap:
-    """Where every value (and every mapping key) of the loaded data came from."""
+    """Where every value (and every mapping key) of the loaded data came from.
+
+    Backed by the located tree the data was flattened from (a lookup walks the path): a
+    second structure keyed by path tuples would double the loader's peak, which stays in the
+    daemon's resident memory after the check (docs/performance.md, section 3)."""
 
     root: Loc
-    values: dict[PathT, Loc] = field(default_factory=dict)
-    keys: dict[PathT, Loc] = field(default_factory=dict)
+    tree: _Node | None = None
+
+    def _walk(self, path: PathT) -> tuple[Loc, int, _Node | None]:
+        """(the deepest existing value's place, how many parts matched, its parent node)."""
+        node = self.tree
+        if node is None:
+            return self.root, 0, None
+        parent: _Node | None = None
+        for n, part in enumerate(path):
+            child = _child(node, part)
+            if child is None:
+                return node.loc, n, parent
+            parent, node = node, child
+        return node.loc, len(path), parent
 
     def value(self, path: PathT) -> Loc:
         """The value at ``path``, or the nearest enclosing value that exists."""
-        for n in range(len(path), -1, -1):
-            loc = self.values.get(path[:n])
-            if loc is not None:
-                return loc
-        return self.root
+        return self._walk(path)[0]
 
     def key(self, path: PathT) -> Loc:
         """The key that introduced ``path`` (falls back to the value's place)."""
-        return self.keys.get(path) or self.value(path)
+        loc, matched, parent = self._walk(path)
+        if path and matched == len(path) and isinstance(parent, _Map):
+            return parent.entries[path[-1]][0]
+        return loc
 
     def resolve(self, dotted: str, data: Any) -> PathT:
         """Turn ``rules[0].when`` or ``rules.0.when`` into a path tuple, guided by ``data``.
@@ -212,6 +227,7 @@ class _YSeq:
     value: list[_YNode]
     line: int
     col: int
+    shared: bool = False  # anchored or inside an anchored node: an alias may visit it again
 
 
 @dataclass(slots=True)
@@ -220,9 +236,24 @@ class _YMap:
     value: list[tuple[_YNode, _YNode]]
     line: int
     col: int
+    shared: bool = False
 
 
 _YNode = _YScalar | _YSeq | _YMap
+_T = TypeVar("_T")
+
+
+def _children(node: _YSeq | _YMap, items: list[_T]) -> Iterator[_T]:
+    """``items`` (the node's ``value``) in order. A node outside every anchored node is visited
+    once (only aliases revisit), so each of its children is let go once it is built: the
+    composed tree shrinks while the located tree grows, instead of both being whole at once."""
+    if node.shared:
+        yield from list(items)
+        return
+    node.value = []
+    items.reverse()
+    while items:
+        yield items.pop()
 
 
 def _mark(name: str, line: int, col: int) -> yaml.Mark:
@@ -233,6 +264,7 @@ class _Composer:
     def __init__(self, text: str) -> None:
         self.parser = _YamlLoader(text)
         self.anchors: dict[str, _YNode] = {}
+        self.in_anchor = 0  # depth of anchored nodes around the node being composed
         #: one str object per distinct scalar text: the loaded data keeps them (the devices'
         #: raw options live as long as the daemon), and a device list repeats its keys and
         #: most of its values (``name``, ``type: uint16``) once per point
@@ -292,23 +324,29 @@ class _Composer:
             if tag is None or tag == "!":
                 tag = parser.resolve(yaml.SequenceNode, None, event.implicit)
             items: list[_YNode] = []
-            made = _YSeq(tag, items, mark.line, mark.column)
+            made = _YSeq(tag, items, mark.line, mark.column, bool(anchor or self.in_anchor))
             if anchor is not None:
                 self.anchors[anchor] = made
+                self.in_anchor += 1
             while not parser.check_event(yaml.SequenceEndEvent):
                 items.append(self.node())
             parser.get_event()
+            if anchor is not None:
+                self.in_anchor -= 1
             return made
         if tag is None or tag == "!":
             tag = parser.resolve(yaml.MappingNode, None, event.implicit)
         pairs: list[tuple[_YNode, _YNode]] = []
-        made = _YMap(tag, pairs, mark.line, mark.column)
+        made = _YMap(tag, pairs, mark.line, mark.column, bool(anchor or self.in_anchor))
         if anchor is not None:
             self.anchors[anchor] = made
+            self.in_anchor += 1
         while not parser.check_event(yaml.MappingEndEvent):
             key = self.node()
             pairs.append((key, self.node()))
         parser.get_event()
+        if anchor is not None:
+            self.in_anchor -= 1
         return made
 
 
@@ -352,18 +390,25 @@ def _merge(base: _Node, over: _Node) -> _Node:
     return over
 
 
-def _flatten(node: _Node, path: PathT, smap: SourceMap) -> Any:
-    smap.values[path] = node.loc
+def _flatten(node: _Node) -> Any:
     if isinstance(node, _Map):
-        out: dict[Any, Any] = {}
-        for key, (kloc, value) in node.entries.items():
-            sub = (*path, key)  # one tuple for both maps
-            smap.keys[sub] = kloc
-            out[key] = _flatten(value, sub, smap)
-        return out
+        return {key: _flatten(value) for key, (_kloc, value) in node.entries.items()}
     if isinstance(node, _Seq):
-        return [_flatten(item, (*path, i), smap) for i, item in enumerate(node.items)]
+        return [_flatten(item) for item in node.items]
     return node.value
+
+
+def _child(node: _Node, part: Any) -> _Node | None:
+    """The value under ``node`` at one path part (a mapping key or a list index), if any."""
+    if isinstance(node, _Map):
+        try:
+            entry = node.entries.get(part)
+        except TypeError:  # an unhashable part names nothing
+            return None
+        return entry[1] if entry is not None else None
+    if isinstance(node, _Seq) and isinstance(part, int) and 0 <= part < len(node.items):
+        return node.items[part]
+    return None
 
 
 # --------------------------------------------------------------------------- loader
@@ -556,7 +601,8 @@ class _FileLoader:
         try:
             if isinstance(node, _YSeq):
                 self._check_tag(node, "tag:yaml.org,2002:seq", display, path)
-                items = [self.build(n, display, (*path, i)) for i, n in enumerate(node.value)]
+                children = _children(node, node.value)
+                items = [self.build(n, display, (*path, i)) for i, n in enumerate(children)]
                 return _Seq(items, loc)
             assert isinstance(node, _YMap)
             self._check_tag(node, "tag:yaml.org,2002:map", display, path)
@@ -573,7 +619,7 @@ class _FileLoader:
     def _mapping(self, node: _YMap, display: str, path: PathT, loc: Loc) -> _Map:
         entries: dict[Any, tuple[Loc, _Node]] = {}
         merges: list[_YNode] = []
-        for knode, vnode in node.value:
+        for knode, vnode in _children(node, node.value):
             if knode.tag == _MERGE_TAG:
                 merges.append(vnode)
                 continue
@@ -684,6 +730,4 @@ def load_yaml(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = N
         root = _Map({}, Loc(display, 1, 1))
     if loader.issues:
         raise ConfigError(sorted(loader.issues, key=lambda i: i.sort_key))
-    smap = SourceMap(root=Loc(display, 1, 1))
-    data = _flatten(root, (), smap)
-    return LoadedYaml(data, smap, loader.files)
+    return LoadedYaml(_flatten(root), SourceMap(Loc(display, 1, 1), root), loader.files)
