@@ -117,6 +117,17 @@ COMMITTED = time_commits()
 PROFILE_GIL = False  # --profile-gil
 
 
+def rss_kinds(pid: int) -> dict[str, float]:
+    """RssAnon / RssFile / RssShmem of a process from /proc (MB)."""
+    out: dict[str, float] = {}
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith(("RssAnon", "RssFile", "RssShmem")):
+                name, value = line.split(":", 1)
+                out[name] = round(int(value.split()[0]) / 1024, 1)
+    return out
+
+
 def wait_file(path: Path, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not path.exists():
@@ -294,6 +305,7 @@ def run_workload(name: str, seconds: float, warmup: float,
             spy.wait(60)
         t_end = time.time_ns() // 1_000_000
         mem = proc.memory_full_info()
+        rss_split = rss_kinds(gw.pid)
         sched = scheduler_summary(state / "status.json")
         gw.send_signal(signal.SIGTERM)
         gw.wait(90)
@@ -337,6 +349,10 @@ def run_workload(name: str, seconds: float, warmup: float,
             "rss_mb": round(mem.rss / 2**20, 1),
             "pss_mb": round(mem.pss / 2**20, 1),
             "uss_mb": round(mem.uss / 2**20, 1),
+            # RSS = anonymous (the process's own objects) + file-backed (shared libraries'
+            # pages that are mapped and cached: depends on the page cache, not on the process)
+            "rss_anon_mb": rss_split.get("RssAnon"),
+            "rss_file_mb": rss_split.get("RssFile"),
             "cpu_percent_by_thread": thread_cpu(th0, th1, names, (t_end - t_start) / 1000),
             "cpu_percent_user_system": [
                 round(100 * (c1.user - c0.user) / ((t_end - t_start) / 1000), 1),

@@ -26,12 +26,13 @@ from __future__ import annotations
 import glob
 import os
 import re
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
+from yaml.composer import ComposerError
 from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.resolver import Resolver
 
@@ -126,23 +127,38 @@ def format_path(path: PathT) -> str:
 # --------------------------------------------------------------------------- source map
 @dataclass
 class SourceMap:
-    """Where every value (and every mapping key) of the loaded data came from."""
+    """Where every value (and every mapping key) of the loaded data came from.
+
+    Backed by the located tree the data was flattened from (a lookup walks the path): a
+    second structure keyed by path tuples would double the loader's peak, which stays in the
+    daemon's resident memory after the check (docs/performance.md, section 3)."""
 
     root: Loc
-    values: dict[PathT, Loc] = field(default_factory=dict)
-    keys: dict[PathT, Loc] = field(default_factory=dict)
+    tree: _Node | None = None
+
+    def _walk(self, path: PathT) -> tuple[Loc, int, _Node | None]:
+        """(the deepest existing value's place, how many parts matched, its parent node)."""
+        node = self.tree
+        if node is None:
+            return self.root, 0, None
+        parent: _Node | None = None
+        for n, part in enumerate(path):
+            child = _child(node, part)
+            if child is None:
+                return node.loc, n, parent
+            parent, node = node, child
+        return node.loc, len(path), parent
 
     def value(self, path: PathT) -> Loc:
         """The value at ``path``, or the nearest enclosing value that exists."""
-        for n in range(len(path), -1, -1):
-            loc = self.values.get(path[:n])
-            if loc is not None:
-                return loc
-        return self.root
+        return self._walk(path)[0]
 
     def key(self, path: PathT) -> Loc:
         """The key that introduced ``path`` (falls back to the value's place)."""
-        return self.keys.get(path) or self.value(path)
+        loc, matched, parent = self._walk(path)
+        if path and matched == len(path) and isinstance(parent, _Map):
+            return parent.entries[path[-1]][0]
+        return loc
 
     def resolve(self, dotted: str, data: Any) -> PathT:
         """Turn ``rules[0].when`` or ``rules.0.when`` into a path tuple, guided by ``data``.
@@ -188,20 +204,166 @@ class LoadedYaml:
     files: list[str]
 
 
+# --------------------------------------------------------------------------- composing
+# PyYAML's ``compose`` keeps a ``Node`` and two ``Mark`` objects (all with a ``__dict__``) for
+# every value until the load ends: ~3.3 KB per device point, the largest part of the daemon's
+# start-up peak (and a peak stays resident: freed memory is not returned to the system). This
+# composer reads the same parser events and keeps a slotted node with its tag, value and start
+# line/column only; the rules are PyYAML's (``yaml.composer``): tags resolved the same way,
+# anchors registered before their children (so a recursive alias is seen by ``build``), the same
+# errors for an undefined alias, a duplicate anchor and a second document.
+@dataclass(slots=True)
+class _YScalar:
+    tag: str
+    value: str
+    style: str | None
+    line: int  # 0-based, as in yaml.Mark
+    col: int
+
+
+@dataclass(slots=True)
+class _YSeq:
+    tag: str
+    value: list[_YNode]
+    line: int
+    col: int
+    shared: bool = False  # anchored or inside an anchored node: an alias may visit it again
+
+
+@dataclass(slots=True)
+class _YMap:
+    tag: str
+    value: list[tuple[_YNode, _YNode]]
+    line: int
+    col: int
+    shared: bool = False
+
+
+_YNode = _YScalar | _YSeq | _YMap
+_T = TypeVar("_T")
+
+
+def _children(node: _YSeq | _YMap, items: list[_T]) -> Iterator[_T]:
+    """``items`` (the node's ``value``) in order. A node outside every anchored node is visited
+    once (only aliases revisit), so each of its children is let go once it is built: the
+    composed tree shrinks while the located tree grows, instead of both being whole at once."""
+    if node.shared:
+        yield from list(items)
+        return
+    node.value = []
+    items.reverse()
+    while items:
+        yield items.pop()
+
+
+def _mark(name: str, line: int, col: int) -> yaml.Mark:
+    return yaml.Mark(name, 0, line, col, None, None)
+
+
+class _Composer:
+    def __init__(self, text: str) -> None:
+        self.parser = _YamlLoader(text)
+        self.anchors: dict[str, _YNode] = {}
+        self.in_anchor = 0  # depth of anchored nodes around the node being composed
+        #: one str object per distinct scalar text: the loaded data keeps them (the devices'
+        #: raw options live as long as the daemon), and a device list repeats its keys and
+        #: most of its values (``name``, ``type: uint16``) once per point
+        self.texts: dict[str, str] = {}
+
+    def compose(self) -> _YNode | None:
+        """The single document's root node (``None`` for an empty stream)."""
+        parser = self.parser
+        try:
+            parser.get_event()  # StreamStart
+            if parser.check_event(yaml.StreamEndEvent):
+                return None
+            parser.get_event()  # DocumentStart
+            root = self.node()
+            parser.get_event()  # DocumentEnd
+            if not parser.check_event(yaml.StreamEndEvent):
+                event = parser.get_event()
+                raise ComposerError(
+                    "expected a single document in the stream",
+                    _mark("<config>", root.line, root.col),
+                    "but found another document",
+                    event.start_mark,
+                )
+            return root
+        finally:
+            parser.dispose()
+
+    def node(self) -> _YNode:
+        parser = self.parser
+        if parser.check_event(yaml.AliasEvent):
+            event = parser.get_event()
+            if event.anchor not in self.anchors:
+                raise ComposerError(None, None, "found undefined alias", event.start_mark)
+            return self.anchors[event.anchor]
+        event = parser.get_event()
+        anchor = event.anchor
+        if anchor is not None and anchor in self.anchors:
+            first = self.anchors[anchor]
+            raise ComposerError(
+                "found duplicate anchor; first occurrence",
+                _mark("<config>", first.line, first.col),
+                "second occurrence",
+                event.start_mark,
+            )
+        mark = event.start_mark
+        tag = event.tag
+        made: _YNode
+        if isinstance(event, yaml.ScalarEvent):
+            if tag is None or tag == "!":
+                tag = parser.resolve(yaml.ScalarNode, event.value, event.implicit)
+            text = self.texts.setdefault(event.value, event.value)
+            made = _YScalar(tag, text, event.style, mark.line, mark.column)
+            if anchor is not None:
+                self.anchors[anchor] = made
+            return made
+        if isinstance(event, yaml.SequenceStartEvent):
+            if tag is None or tag == "!":
+                tag = parser.resolve(yaml.SequenceNode, None, event.implicit)
+            items: list[_YNode] = []
+            made = _YSeq(tag, items, mark.line, mark.column, bool(anchor or self.in_anchor))
+            if anchor is not None:
+                self.anchors[anchor] = made
+                self.in_anchor += 1
+            while not parser.check_event(yaml.SequenceEndEvent):
+                items.append(self.node())
+            parser.get_event()
+            if anchor is not None:
+                self.in_anchor -= 1
+            return made
+        if tag is None or tag == "!":
+            tag = parser.resolve(yaml.MappingNode, None, event.implicit)
+        pairs: list[tuple[_YNode, _YNode]] = []
+        made = _YMap(tag, pairs, mark.line, mark.column, bool(anchor or self.in_anchor))
+        if anchor is not None:
+            self.anchors[anchor] = made
+            self.in_anchor += 1
+        while not parser.check_event(yaml.MappingEndEvent):
+            key = self.node()
+            pairs.append((key, self.node()))
+        parser.get_event()
+        if anchor is not None:
+            self.in_anchor -= 1
+        return made
+
+
 # --------------------------------------------------------------------------- located tree
-@dataclass
+@dataclass(slots=True)
 class _Scalar:
     value: Any
     loc: Loc
 
 
-@dataclass
+@dataclass(slots=True)
 class _Seq:
     items: list[_Node]
     loc: Loc
 
 
-@dataclass
+@dataclass(slots=True)
 class _Map:
     entries: dict[Any, tuple[Loc, _Node]]
     loc: Loc
@@ -228,17 +390,25 @@ def _merge(base: _Node, over: _Node) -> _Node:
     return over
 
 
-def _flatten(node: _Node, path: PathT, smap: SourceMap) -> Any:
-    smap.values[path] = node.loc
+def _flatten(node: _Node) -> Any:
     if isinstance(node, _Map):
-        out: dict[Any, Any] = {}
-        for key, (kloc, value) in node.entries.items():
-            smap.keys[(*path, key)] = kloc
-            out[key] = _flatten(value, (*path, key), smap)
-        return out
+        return {key: _flatten(value) for key, (_kloc, value) in node.entries.items()}
     if isinstance(node, _Seq):
-        return [_flatten(item, (*path, i), smap) for i, item in enumerate(node.items)]
+        return [_flatten(item) for item in node.items]
     return node.value
+
+
+def _child(node: _Node, part: Any) -> _Node | None:
+    """The value under ``node`` at one path part (a mapping key or a list index), if any."""
+    if isinstance(node, _Map):
+        try:
+            entry = node.entries.get(part)
+        except TypeError:  # an unhashable part names nothing
+            return None
+        return entry[1] if entry is not None else None
+    if isinstance(node, _Seq) and isinstance(part, int) and 0 <= part < len(node.items):
+        return node.items[part]
+    return None
 
 
 # --------------------------------------------------------------------------- loader
@@ -264,11 +434,14 @@ class _FileLoader:
             self.issues.append(ConfigIssue.at(where, (), f"cannot read {display}: {reason}"))
             return empty
         if len(raw) > MAX_FILE_BYTES:
-            self.issues.append(ConfigIssue.at(
-                via or Loc(display, 0, 0), (),
-                f"{display} is too large (over {MAX_FILE_BYTES // (1024 * 1024)} MiB): not a "
-                "config file? Configs are a few KB; split big device lists with `include`",
-            ))
+            self.issues.append(
+                ConfigIssue.at(
+                    via or Loc(display, 0, 0),
+                    (),
+                    f"{display} is too large (over {MAX_FILE_BYTES // (1024 * 1024)} MiB): not a "
+                    "config file? Configs are a few KB; split big device lists with `include`",
+                )
+            )
             return empty
         self.files.append(display)
         try:
@@ -283,7 +456,7 @@ class _FileLoader:
             )
             return empty
         try:
-            root_node = yaml.compose(text, Loader=_YamlLoader)
+            root_node = _Composer(text).compose()
         except yaml.MarkedYAMLError as exc:
             self.issues.append(self._syntax_issue(exc, display))
             return empty
@@ -293,6 +466,7 @@ class _FileLoader:
         if root_node is None:
             return empty
         root = self.build(root_node, display, ())
+        del root_node  # the composed tree: only the located tree is needed from here on
         if not isinstance(root, _Map):
             self.issues.append(
                 ConfigIssue.at(
@@ -405,10 +579,10 @@ class _FileLoader:
         return ConfigIssue.at(Loc(display, line, col), (), f"unreadable YAML: {detail}")
 
     # ----------------------------------------------------------------- nodes
-    def _loc(self, node: yaml.Node, display: str) -> Loc:
-        return Loc(display, node.start_mark.line + 1, node.start_mark.column + 1)
+    def _loc(self, node: _YNode, display: str) -> Loc:
+        return Loc(display, node.line + 1, node.col + 1)
 
-    def build(self, node: yaml.Node, display: str, path: PathT) -> _Node:
+    def build(self, node: _YNode, display: str, path: PathT) -> _Node:
         self.budget -= 1
         loc = self._loc(node, display)
         if self.budget < 0:
@@ -421,35 +595,36 @@ class _FileLoader:
         if id(node) in self.active:
             self.issues.append(ConfigIssue.at(loc, path, "recursive YAML alias"))
             return _Scalar(None, loc)
-        if isinstance(node, yaml.ScalarNode):
+        if isinstance(node, _YScalar):
             return _Scalar(self._scalar(node, display, path), loc)
         self.active.add(id(node))
         try:
-            if isinstance(node, yaml.SequenceNode):
+            if isinstance(node, _YSeq):
                 self._check_tag(node, "tag:yaml.org,2002:seq", display, path)
-                items = [self.build(n, display, (*path, i)) for i, n in enumerate(node.value)]
+                children = _children(node, node.value)
+                items = [self.build(n, display, (*path, i)) for i, n in enumerate(children)]
                 return _Seq(items, loc)
-            assert isinstance(node, yaml.MappingNode)
+            assert isinstance(node, _YMap)
             self._check_tag(node, "tag:yaml.org,2002:map", display, path)
             return self._mapping(node, display, path, loc)
         finally:
             self.active.discard(id(node))
 
-    def _check_tag(self, node: yaml.Node, expected: str, display: str, path: PathT) -> None:
+    def _check_tag(self, node: _YNode, expected: str, display: str, path: PathT) -> None:
         if node.tag != expected:
             self.issues.append(
                 ConfigIssue.at(self._loc(node, display), path, f"unsupported YAML tag '{node.tag}'")
             )
 
-    def _mapping(self, node: yaml.MappingNode, display: str, path: PathT, loc: Loc) -> _Map:
+    def _mapping(self, node: _YMap, display: str, path: PathT, loc: Loc) -> _Map:
         entries: dict[Any, tuple[Loc, _Node]] = {}
-        merges: list[yaml.Node] = []
-        for knode, vnode in node.value:
+        merges: list[_YNode] = []
+        for knode, vnode in _children(node, node.value):
             if knode.tag == _MERGE_TAG:
                 merges.append(vnode)
                 continue
             kloc = self._loc(knode, display)
-            if not isinstance(knode, yaml.ScalarNode):
+            if not isinstance(knode, _YScalar):
                 self.issues.append(ConfigIssue.at(kloc, path, "mapping keys must be plain scalars"))
                 continue
             key = self._construct(knode, display, path)
@@ -467,7 +642,7 @@ class _FileLoader:
                 continue
             entries[key] = (kloc, self.build(vnode, display, (*path, key)))
         for mnode in merges:  # YAML merge keys: explicit keys win, earlier merges win
-            sources = mnode.value if isinstance(mnode, yaml.SequenceNode) else [mnode]
+            sources = mnode.value if isinstance(mnode, _YSeq) else [mnode]
             for src in sources:
                 merged = self.build(src, display, path)
                 if not isinstance(merged, _Map):
@@ -481,16 +656,21 @@ class _FileLoader:
                     entries.setdefault(key, entry)
         return _Map(entries, loc)
 
-    def _construct(self, node: yaml.ScalarNode, display: str, path: PathT) -> Any:
+    def _construct(self, node: _YScalar, display: str, path: PathT) -> Any:
+        ynode = yaml.ScalarNode(node.tag, node.value, None, None, node.style)
         try:
-            return self.constructor.construct_object(node, deep=True)
+            value = self.constructor.construct_object(ynode, deep=True)
         except ConstructorError as exc:
             self.issues.append(
                 ConfigIssue.at(self._loc(node, display), path, f"cannot read value: {exc.problem}")
             )
             return None
+        # the constructor remembers every node it built (for aliases of whole documents): a
+        # scalar is cheap to build again, and the memo would keep them all until the load ends
+        self.constructor.constructed_objects.pop(ynode, None)
+        return value
 
-    def _scalar(self, node: yaml.ScalarNode, display: str, path: PathT) -> Any:
+    def _scalar(self, node: _YScalar, display: str, path: PathT) -> Any:
         if node.tag != _STR_TAG or "${" not in node.value:
             return self._construct(node, display, path)
         text = self._substitute(node.value, self._loc(node, display), path)
@@ -498,9 +678,7 @@ class _FileLoader:
             tag = self.resolver.resolve(yaml.ScalarNode, text, (True, False))
         else:
             tag = _STR_TAG
-        return self._construct(
-            yaml.ScalarNode(tag, text, node.start_mark, node.end_mark, node.style), display, path
-        )
+        return self._construct(_YScalar(tag, text, node.style, node.line, node.col), display, path)
 
     def _substitute(self, text: str, loc: Loc, path: PathT) -> str:
         def replace(match: re.Match[str]) -> str:
@@ -552,6 +730,4 @@ def load_yaml(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = N
         root = _Map({}, Loc(display, 1, 1))
     if loader.issues:
         raise ConfigError(sorted(loader.issues, key=lambda i: i.sort_key))
-    smap = SourceMap(root=Loc(display, 1, 1))
-    data = _flatten(root, (), smap)
-    return LoadedYaml(data, smap, loader.files)
+    return LoadedYaml(_flatten(root), SourceMap(Loc(display, 1, 1), root), loader.files)

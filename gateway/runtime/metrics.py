@@ -24,7 +24,6 @@ import logging
 import re
 import socket
 from collections.abc import Callable, Iterator, Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from threading import Thread
 from typing import Any
 
@@ -164,6 +163,11 @@ def serve(listen: str, collector: StatsCollector) -> Any:
 
     Paths: ``/metrics`` (Prometheus text), ``/healthz`` (liveness), ``/readyz`` (readiness).
     """
+    from http.server import (  # lazy: with html + socketserver ~0.6 MB; only with the endpoint
+        BaseHTTPRequestHandler,
+        ThreadingHTTPServer,
+    )
+
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest  # lazy: ~4 MB RSS
     from prometheus_client.registry import CollectorRegistry  # lazy: ~4 MB RSS
 

@@ -141,6 +141,47 @@ def test_yaml_merge_keys_and_aliases(tmp_path: Path) -> None:
     assert check_config(cfg, DRIVERS) == []
 
 
+def test_an_anchored_mapping_is_whole_at_every_use_with_its_places(tmp_path: Path) -> None:
+    """The loader lets go of composed nodes as it builds them, except under an anchor: a
+    nested mapping of an anchored one reads the same (data and places) at each alias."""
+    path = write(
+        tmp_path,
+        "anchors.yaml",
+        "a: &a {b: {c: 1}, d: [{e: 2}]}\n"
+        "x: *a\n"
+        "y:\n"
+        "  <<: *a\n"
+        "  f: 3\n"
+        "z: [*a]\n",
+    )
+    loaded = load_yaml(path, env={})
+    whole = {"b": {"c": 1}, "d": [{"e": 2}]}
+    assert loaded.data == {"a": whole, "x": whole, "y": {**whole, "f": 3}, "z": [whole]}
+    src = loaded.source
+    for use in (("a",), ("x",), ("y",), ("z", 0)):
+        assert (src.value((*use, "b", "c")).line, src.value((*use, "b", "c")).col) == (1, 15)
+        assert (src.key((*use, "d")).line, src.key((*use, "d")).col) == (1, 19)
+        assert src.value((*use, "d", 0, "e")).col == 27
+    assert (src.key(("y", "f")).line, src.key(("y", "f")).col) == (5, 3)
+    # a path that goes past the data ends at the nearest enclosing value
+    assert src.value(("y", "b", "c", "deeper")) == src.value(("y", "b", "c"))
+    assert src.value(("z", 7)) == src.value(("z",))
+    assert (src.value(()).line, src.key(("nope",)).line) == (1, 1)
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "message"),
+    [
+        ("a: 1\nb: *nope\n", 2, "YAML syntax error: found undefined alias"),
+        ("a: &x 1\nb: &x 2\n", 2, "YAML syntax error: second occurrence"),
+        ("a: 1\n---\nb: 2\n", 2, "YAML syntax error: but found another document"),
+    ],
+)
+def test_composer_errors_are_located(tmp_path: Path, text: str, line: int, message: str) -> None:
+    issues = problems(write(tmp_path, "bad.yaml", text))
+    assert [(i.line, i.message) for i in issues] == [(line, message)]
+
+
 def test_alias_bomb_is_refused_not_expanded(tmp_path: Path) -> None:
     lines = ['a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
     lines += [f"a{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 9)]
