@@ -739,6 +739,8 @@ _GOOD = Quality.GOOD
 _TS_END = 2**63
 _POW10 = tuple(10**e for e in range(_MAX_DECIMALS + 1))
 _FAST_SINGLE_FLAGS = (FLAG_ALL_GOOD, FLAG_ALL_GOOD | FLAG_TS_SAME)
+#: ``Series(...)`` without the NamedTuple's Python-level ``__new__`` (what ``_make`` does)
+_new_tuple = tuple.__new__
 
 
 def _uvarint_at(data: bytes, pos: int) -> tuple[int, int]:
@@ -785,11 +787,17 @@ def _decode_body(r: _Reader) -> DecodedBatch:
                 di = data[p]
                 if di < 0x80:
                     p += 1
+                elif data[p + 1] < 0x80:
+                    di = (di & 0x7F) | data[p + 1] << 7
+                    p += 2
                 else:
                     di, p = _uvarint_at(data, p)
                 mi = data[p]
                 if mi < 0x80:
                     p += 1
+                elif data[p + 1] < 0x80:
+                    mi = (mi & 0x7F) | data[p + 1] << 7
+                    p += 2
                 else:
                     mi, p = _uvarint_at(data, p)
                 flags = data[p + 1]
@@ -801,6 +809,9 @@ def _decode_body(r: _Reader) -> DecodedBatch:
                         z = data[p]
                         if z < 0x80:
                             p += 1
+                        elif data[p + 1] < 0x80:
+                            z = (z & 0x7F) | data[p + 1] << 7
+                            p += 2
                         else:
                             z, p = _uvarint_at(data, p)
                         t = prev_first_ts + (z >> 1 if not z & 1 else -((z + 1) >> 1))
@@ -818,6 +829,9 @@ def _decode_body(r: _Reader) -> DecodedBatch:
                     z = data[p]
                     if z < 0x80:
                         p += 1
+                    elif data[p + 1] < 0x80:
+                        z = (z & 0x7F) | data[p + 1] << 7
+                        p += 2
                     else:
                         z, p = _uvarint_at(data, p)
                     i = z >> 1 if not z & 1 else -((z + 1) >> 1)
@@ -831,7 +845,8 @@ def _decode_body(r: _Reader) -> DecodedBatch:
                         elif mode == F_SCALED and 1 <= e < len(_SCALES):
                             value = i * _SCALES[e]
                     if value is not None and ts is not None:
-                        append(Series(strings[di], strings[mi], ts, [value], [_GOOD]))
+                        append(_new_tuple(Series, (strings[di], strings[mi], ts, [value],
+                                                   [_GOOD])))
                         prev_first_ts = ts[0]
                         prev_ts = ts
                         total += 1

@@ -632,6 +632,9 @@ def _decode_body(r: _Reader, resolve: Resolver | None, v3: bool = False) -> Deco
                     z = data[p]
                     if z < 0x80:
                         p += 1
+                    elif data[p + 1] < 0x80:
+                        z = (z & 0x7F) | data[p + 1] << 7
+                        p += 2
                     else:
                         z, p = v1._uvarint_at(data, p)
                     t = prev_first_ts + (z >> 1 if not z & 1 else -((z + 1) >> 1))
@@ -642,6 +645,9 @@ def _decode_body(r: _Reader, resolve: Resolver | None, v3: bool = False) -> Deco
                 z = data[p]
                 if z < 0x80:
                     p += 1
+                elif data[p + 1] < 0x80:
+                    z = (z & 0x7F) | data[p + 1] << 7
+                    p += 2
                 else:
                     z, p = v1._uvarint_at(data, p)
                 i = z >> 1 if not z & 1 else -((z + 1) >> 1)
@@ -653,7 +659,7 @@ def _decode_body(r: _Reader, resolve: Resolver | None, v3: bool = False) -> Deco
                     value = i / scale if type(scale) is int else i * scale
                 if kind in _FAST_KINDS and value is not None and ts is not None:
                     device, metric = names[sids[j]]
-                    append(Series(device, metric, ts, [value], [_GOOD]))
+                    append(v1._new_tuple(Series, (device, metric, ts, [value], [_GOOD])))
                     prev_first_ts = ts[0]
                     prev_ts = ts
                     r.pos = p
