@@ -12,6 +12,8 @@ only, deterministic):
 3. ``store``: ``CloudStore.commit_statuses`` of a group of ``--group`` batches (one
    ``synchronous=FULL`` transaction), as the ingest's writer thread commits them.
 
+The garbage collector is set as in an ingest process (``ingest.tune_gc``).
+
 Data: bench_uplink.py's drain backlog (labelled so): 1000 readings per batch = 50 devices x 20
 registers, ONE reading per series, two-decimal floats; codec v1 (what bench_uplink seals) or
 ``--codec v2`` (the daemon's default; ids defined in the first batch only, as in steady state).
@@ -93,7 +95,8 @@ def run(tmp: Path, n: int, readings: int, group: int, codec: str, stages: tuple[
         return ingest._Opened(None, GW, seq, TS0, decoded, digest=digest)  # type: ignore[arg-type]
 
     store.commit_statuses(ingest._records(opened(blobs[0], 1)))  # warm-up: definitions
-    gc.freeze()
+    # the collector as in an ingest process (a tree from before tune_gc: start-up frozen only)
+    getattr(ingest, "tune_gc", gc.freeze)()
     cpu = dict.fromkeys(STAGES, 0.0)
     clock = time.process_time
     pending: list[Any] = []
