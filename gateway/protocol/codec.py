@@ -154,9 +154,13 @@ class DecodedBatch:
     def samples(self) -> list[Sample]:
         return [sample for s in self.series for sample in s.samples()]
 
-    @property
+    @cached_property
     def readings(self) -> int:
-        return sum(len(s.ts) for s in self.series)
+        """Readings in the batch (counted once: the ingest asks for it several times)."""
+        return sum(map(len, map(_SERIES_TS, self.series)))
+
+
+_SERIES_TS = operator.itemgetter(2)  # Series.ts, at C speed
 
 
 # =========================================================================== primitives
