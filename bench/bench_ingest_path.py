@@ -37,12 +37,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench_uplink import _samples  # noqa: E402
+from bench_uplink import _samples, encoder  # noqa: E402
 from benchlib import callgrind_total  # noqa: E402
 
 from edgegw.protocol import envelope  # noqa: E402
-from edgegw.protocol.codec import encode_batch  # noqa: E402
-from edgegw.protocol.codec_v2 import DecodedV2, decode_any, encode_batch_v2  # noqa: E402
+from edgegw.protocol.codec_v2 import DecodedV2, decode_any  # noqa: E402
 from edgegw.protocol.keys import Sealer  # noqa: E402
 from edgegw_cloud import ingest  # noqa: E402
 from edgegw_cloud.store import CloudStore  # noqa: E402
@@ -54,24 +53,11 @@ TS0 = 1_790_000_000_000
 
 
 def envelopes(n: int, readings: int, codec: str) -> list[bytes]:
-    """``n`` sealed batches of the drain bench's backlog (v2: one dictionary, ids defined in
-    the first batch only, as after the cloud's first ack)."""
+    """``n`` sealed batches of the drain bench's backlog (``bench_uplink.encoder``)."""
     sealer = Sealer(KEY, 1, GW)
-    ids: dict[tuple[str, str], int] = {}
-
-    def assign(key: tuple[str, str]) -> tuple[int, bool]:
-        i = ids.get(key)
-        if i is None:
-            i = ids[key] = len(ids)
-            return i, True
-        return i, False
-
-    out = []
-    for k in range(n):
-        s = _samples(k, readings, TS0 + k * 1000)
-        pt = encode_batch(s) if codec == "v1" else encode_batch_v2(s, ids=assign, epoch=7)[0]
-        out.append(sealer.seal(k + 1, pt))
-    return out
+    encode = encoder(codec)
+    return [sealer.seal(k + 1, encode(_samples(k, readings, TS0 + k * 1000)))
+            for k in range(n)]
 
 
 def run(tmp: Path, n: int, readings: int, group: int, codec: str, stages: tuple[str, ...]
