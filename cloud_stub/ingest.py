@@ -78,8 +78,9 @@ from edgegw_cloud.stores import open_store
 log = logging.getLogger("edgegw.cloud.ingest")
 
 ACK_DELIVERED, ACK_RETRY, ACK_REJECTED = AckStatus.DELIVERED, AckStatus.RETRY, AckStatus.REJECTED
-#: per-gateway quota defaults: above a gateway's documented drain rate (113-183k readings/s),
-#: and a burst that lets a 1M-reading backlog drain at full speed
+#: per-gateway quota defaults: the drain goal's rate (one process drains a gateway's backlog at
+#: 210-420k readings/s on the dev machine), and a burst that lets a backlog of a few million
+#: readings drain at full speed (docs/performance.md "Drain (goal 6)")
 GATEWAY_RATE = 200_000.0
 GATEWAY_BURST = 2_000_000.0
 MAX_GROUP_READINGS = 50_000  # one transaction ~0.2 s at the store's ~300k rows/s
