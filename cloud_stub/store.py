@@ -70,9 +70,10 @@ _FAST_VTYPES: dict[type, int] = {
 _I64_MIN, _I64_MAX = -(2**63), 2**63 - 1  # SQLite's INTEGER
 _SERIES_TS = operator.itemgetter(2)  # Series.ts, at C speed
 _POINT_COLUMNS = 6  # series, ts_ms, value, vtype, quality, seq
-#: rows per multi-row INSERT into ``points`` (1536 bound parameters; SQLite >= 3.32 allows
-#: 32766): long enough that the per-statement cost vanishes, a power of two (see _insert_points)
-_POINTS_PER_INSERT = 256
+#: rows per multi-row INSERT into ``points``: long enough that the per-statement cost vanishes
+#: (50-1000 rows cost the same per row), 768 bound parameters (within the 999 of SQLite before
+#: 3.32), a power of two (see _insert_points)
+_POINTS_PER_INSERT = 128
 
 
 @functools.lru_cache(maxsize=16)
