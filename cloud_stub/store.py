@@ -169,6 +169,7 @@ CREATE TABLE IF NOT EXISTS gaps (
 
 
 NEW, DUPLICATE, CONFLICT = "new", "duplicate", "conflict"
+_NO_IDS: frozenset[int] = frozenset()
 
 
 def same_batch(stored: bytes | None, offered: bytes | None) -> bool:
@@ -269,6 +270,10 @@ class BatchWriter(StoreQueries):
     _counts: _Counts
     _series: dict[tuple[str, str, str], int]
     _new_series: list[tuple[str, str, str]]  # created in the open transaction
+    #: dictionary ids per (gateway, epoch) whose definitions this writer's committed
+    #: transactions stored (or found stored): not sent again (a backlog sealed before the
+    #: cloud's first ack repeats every definition in every batch)
+    _defs_stored: dict[tuple[str, int], set[int]]
 
     def commit_batch(
         self,
@@ -303,14 +308,22 @@ class BatchWriter(StoreQueries):
         self._before_commit(records)
         result: list[str] = []
         n_readings = n_alerts = n_gaps = 0
+        stored_defs = self._defs_stored
+        new_defs: dict[tuple[str, int], set[int]] = {}  # written by this transaction
         try:
             with self._write_transaction():
                 stored_ms = time.time_ns() // 1_000_000  # the group's commit time (latency)
                 for rec in records:
                     if rec.definitions is not None and rec.definitions[1]:
                         epoch, defs = rec.definitions
-                        self._store_definitions(
-                            [(rec.gateway, epoch, i, d, m) for i, (d, m) in defs.items()])
+                        dict_key = (rec.gateway, epoch)
+                        known = stored_defs.get(dict_key, _NO_IDS)
+                        fresh = new_defs.setdefault(dict_key, set())
+                        rows = [(rec.gateway, epoch, i, d, m) for i, (d, m) in defs.items()
+                                if i not in known and i not in fresh]
+                        if rows:
+                            self._store_definitions(rows)
+                            fresh.update(row[2] for row in rows)
                 for rec in records:
                     readings = rec.readings
                     if not self._insert_batch_row(
@@ -333,8 +346,11 @@ class BatchWriter(StoreQueries):
             for key in self._new_series:  # their rows are gone with the transaction
                 self._series.pop(key, None)
             self._new_series.clear()
-            raise
+            raise  # new_defs are dropped: their rows are gone with the transaction too
         self._new_series.clear()
+        for dict_key, ids in new_defs.items():
+            if ids:
+                stored_defs.setdefault(dict_key, set()).update(ids)
         c = self._counts
         c.transactions += 1
         c.batches += result.count(NEW)
@@ -354,7 +370,8 @@ class BatchWriter(StoreQueries):
 
     def _store_definitions(self, rows: list[tuple[Any, ...]]) -> None:
         """Store codec v2 dictionary definitions, ``series_dict`` rows (gateway, epoch, id,
-        device, metric); already stored ones are kept."""
+        device, metric); already stored ones are kept (``commit_statuses`` leaves out the ids
+        this writer has committed before)."""
         raise NotImplementedError
 
     def _insert_batch_row(self, row: tuple[Any, ...]) -> bool:
@@ -411,6 +428,7 @@ class CloudStore(BatchWriter):
         self._counts = _Counts()
         self._series: dict[tuple[str, str, str], int] = {}
         self._new_series: list[tuple[str, str, str]] = []  # created in the open transaction
+        self._defs_stored: dict[tuple[str, int], set[int]] = {}
 
     # ------------------------------------------------------------------ writing
     @contextlib.contextmanager
