@@ -14,7 +14,7 @@
    only after its durable commit.
 
 Usage: python bench/bench_uplink.py [--batches 1000] [--readings 1000] [--rate 10000]
-       [--seconds 10] [--window 32]
+       [--seconds 10] [--window 32] [--codec v1|v2]
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from edgegw import pki
 from edgegw.model import Lane, Sample
 from edgegw.protocol.codec import encode_batch
+from edgegw.protocol.codec_v2 import encode_batch_v2
 from edgegw.protocol.keys import Sealer, derive_data_key
 from edgegw.store.outbox import Outbox
 from edgegw.uplink.outbox_io import OutboxIO
@@ -53,6 +55,7 @@ from edgegw_cloud.registry import Registry
 from edgegw_cloud.store import CloudStore
 
 COMMITTED = time_commits()
+V2_EPOCH = 7  # the backlog's dictionary epoch with --codec v2
 
 
 def _identity(paths: CloudPaths, gw: str, d: Path) -> Sealer:
@@ -80,6 +83,24 @@ def _samples(k: int, n: int, ts: int) -> list[Sample]:
         )
         for i in range(n)
     ]
+
+
+def encoder(codec: str) -> Callable[[list[Sample]], bytes]:
+    """The batch encoder of the backlog: codec v1 (the figures' history), or v2 (the
+    daemon's default) as in steady state: one dictionary epoch, each series' id defined in
+    the first batch that holds it only (the cloud learns it there; its ack came long ago)."""
+    if codec == "v1":
+        return encode_batch
+    ids: dict[tuple[str, str], int] = {}
+
+    def assign(key: tuple[str, str]) -> tuple[int, bool]:
+        i = ids.get(key)
+        if i is None:
+            i = ids[key] = len(ids)
+            return i, True
+        return i, False
+
+    return lambda samples: encode_batch_v2(samples, ids=assign, epoch=V2_EPOCH)[0]
 
 
 async def _poll(pred: Any, step: float) -> None:
@@ -132,11 +153,12 @@ async def drain(
     outbox = Outbox(root / f"{gw}-outbox.db", max_bytes=2 * 1024**3, sealer=sealer)
     t0 = time.perf_counter()
     ts = time.time_ns() // 1_000_000
+    encode = encoder(args.codec)
     for k in range(args.batches):
         s = _samples(k, args.readings, ts + k * 1000)
         outbox.append(
             Lane.TELEMETRY,
-            encode_batch(s),
+            encode(s),
             count=len(s),
             first_ts_ms=s[0].ts_ms,
             last_ts_ms=s[-1].ts_ms,
@@ -192,6 +214,7 @@ async def drain(
         "cpu_percent_of_one_core_during_drain": cpu_pct,
         "uplink": {k: v for k, v in uplink.stats().items() if isinstance(v, int)},
         "ingest_processes": processes,
+        "codec": args.codec,
     }
 
 
@@ -259,6 +282,8 @@ async def main() -> None:
     ap.add_argument("--rate", type=int, default=10_000)
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--window", type=int, default=32)
+    ap.add_argument("--codec", choices=("v1", "v2"), default="v1",
+                    help="the drain backlog's codec (v2: steady state, see encoder())")
     ap.add_argument(
         "--ingest-processes", default="1,2", help="comma-separated process counts to drain with"
     )

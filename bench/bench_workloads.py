@@ -48,7 +48,7 @@ from benchlib import free_port, pct, time_commits
 
 from edgegw_cloud.broker import ManagedBroker
 from edgegw_cloud.enrollment import provision_gateway
-from edgegw_cloud.ingest import run_ingest
+from edgegw_cloud.ingest import run_ingest, tune_gc
 from edgegw_cloud.pki_setup import init_data_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -266,6 +266,7 @@ def run_workload(name: str, seconds: float, warmup: float,
         broker = ManagedBroker(paths, port)
         broker.start()
         url = f"mqtts://127.0.0.1:{port}"
+        tune_gc()  # as `edgegw-cloud serve` does when the ingest runs in its process
         ingest = threading.Thread(target=run_ingest, args=(paths, broker.service_url, stop),
                                   daemon=True)
         ingest.start()

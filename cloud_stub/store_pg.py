@@ -197,6 +197,7 @@ class PgStore(BatchWriter):
         self._counts = _Counts()
         self._series: dict[tuple[str, str, str], int] = {}
         self._new_series: list[tuple[str, str, str]] = []
+        self._defs_stored: dict[tuple[str, int], set[int]] = {}
         self._days: set[int] = set()  # partitions known to exist
 
     # ------------------------------------------------------------------ schema

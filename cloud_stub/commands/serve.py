@@ -16,6 +16,7 @@ from pathlib import Path
 from types import FrameType
 
 from edgegw_cloud.commands import add_data_dir, paths
+from edgegw_cloud.ingest import tune_gc
 from edgegw_cloud.server import serve
 
 HELP = "run the broker, enrollment service and ingest (and the dashboard with --http)"
@@ -99,6 +100,8 @@ def run(args: argparse.Namespace) -> int:
     handler = _Signals(stop)
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
+    if not args.no_ingest and not args.ingest_processes:
+        tune_gc()  # the ingest runs in this process (a thread): ingest_processes tune their own
     return serve(
         data,
         port=args.port,

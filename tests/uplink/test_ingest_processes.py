@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -55,3 +57,18 @@ async def test_two_ingest_processes_share_the_load_exactly_once(
     stored = [json.loads(f.read_text())["batches_stored"] for f in sorted(stats_dir.iterdir())]
     assert len(stored) == 2 and sum(stored) == 120, stored
     assert min(stored) > 0, f"one process took everything: {stored}"
+
+
+def test_tune_gc_freezes_start_up_and_raises_the_young_threshold() -> None:
+    """What an ingest process (and ``edgegw-cloud serve`` with the ingest in process) does
+    to its collector once started (docs/performance.md "Drain"); in a fresh interpreter, as
+    it changes process-wide settings."""
+    code = ("import gc; from edgegw_cloud.ingest import GC_GEN0_THRESHOLD, tune_gc; "
+            "before = gc.get_threshold(); tune_gc(); "
+            "print(json.dumps([before, gc.get_threshold(), gc.get_freeze_count(), "
+            "GC_GEN0_THRESHOLD]))")
+    out = subprocess.run([sys.executable, "-c", "import json; " + code], check=True,
+                         capture_output=True, text=True).stdout
+    before, after, frozen, gen0 = json.loads(out)
+    assert after == [max(before[0], gen0), before[1], before[2]] and after[0] > 700
+    assert frozen > 10_000  # the start-up objects (modules) are out of every collection

@@ -46,6 +46,27 @@ def _rows(store: CloudStore) -> list[tuple[object, ...]]:
     ]
 
 
+def test_points_of_any_count_are_all_stored_in_order(tmp_path: Path) -> None:
+    """The store inserts points in multi-row INSERTs (128 rows, the rest in power-of-two
+    chunks): every count around those edges stores every reading once, as given."""
+    store = CloudStore(tmp_path / "store.db")
+    try:
+        for seq, n in enumerate((1, 2, 3, 127, 128, 129, 255, 256, 257, 1000, 1037), start=1):
+            samples = [Sample(f"d{i % 7}", f"m{i}", 1_700_000_000_000 + seq * 10_000 + i,
+                              [i, i / 4, f"s{i}", i % 2 == 0, None][i % 5],
+                              Quality.COMM_ERROR if i % 5 == 4 else Quality.GOOD)
+                       for i in range(n)]
+            decoded = decode_batch(encode_batch(samples))
+            assert store.commit_many([BatchRecord("gw", seq, 1, 0, series=decoded.series)])
+            got = sorted(((r.device, r.metric, r.ts_ms, repr(r.value), r.quality)
+                          for r in store.readings(gateway="gw") if r.seq == seq),
+                         key=lambda r: r[2])
+            assert got == [(s.device, s.metric, s.ts_ms, repr(s.value), int(s.quality))
+                           for s in samples]
+    finally:
+        store.close()
+
+
 @settings(max_examples=60, deadline=None)
 @given(batches())
 def test_series_path_equals_sample_path(samples: list[Sample]) -> None:

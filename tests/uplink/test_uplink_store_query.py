@@ -77,6 +77,45 @@ def test_group_commit_is_per_batch_dedup_and_all_or_nothing(tmp_path: Path) -> N
     store.close()
 
 
+def test_definitions_are_written_once_and_again_after_a_rollback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A backlog sealed before the cloud's first ack repeats every codec v2 definition in every
+    batch: the store writes each (gateway, epoch, id) once, and a definition whose transaction
+    rolled back is written again by the next batch carrying it."""
+    store = CloudStore(tmp_path / "store.db")
+    written: list[int] = []
+    real = store._store_definitions
+
+    def spy(rows: list[tuple[object, ...]]) -> None:
+        written.extend(int(r[2]) for r in rows)  # type: ignore[call-overload]
+        real(rows)
+
+    monkeypatch.setattr(store, "_store_definitions", spy)
+
+    def rec(seq: int, defs: dict[int, tuple[str, str]], samples: list[Sample]) -> BatchRecord:
+        return BatchRecord("gw", seq, 1, 0, samples, definitions=(7, defs))
+
+    ab = {0: ("d", "a"), 1: ("d", "b")}
+    assert store.commit_many([rec(1, ab, _samples(2)), rec(2, ab, _samples(2, t0=5))])
+    assert written == [0, 1]  # the second batch of the group repeats them: not written again
+    assert store.commit_many([rec(3, {**ab, 2: ("d", "c")}, _samples(2, t0=9))]) == [True]
+    assert written == [0, 1, 2]
+    bad = Sample("d", "m", 1, object())  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        store.commit_many([rec(4, {**ab, 3: ("e", "x")}, [bad])])
+    assert store.series_names("gw", 7, [3]) == {}  # rolled back
+    assert store.commit_many([rec(5, {3: ("e", "x")}, _samples(1, t0=20))]) == [True]
+    assert written == [0, 1, 2, 3, 3]
+    assert store.series_names("gw", 7, range(5)) == {**ab, 2: ("d", "c"), 3: ("e", "x")}
+    other = CloudStore(tmp_path / "store.db")  # another writer (process): its own memory
+    assert other.commit_many([BatchRecord("gw", 6, 1, 0, _samples(1, t0=30),
+                                          definitions=(7, {0: ("d", "a")}))]) == [True]
+    assert other.series_names("gw", 7, [0]) == {0: ("d", "a")}
+    other.close()
+    store.close()
+
+
 def _args(tmp_path: Path, **kw: object) -> argparse.Namespace:
     p = argparse.ArgumentParser()
     query_cmd.add_arguments(p)
