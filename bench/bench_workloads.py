@@ -63,6 +63,10 @@ WORKLOADS: dict[str, dict[str, Any]] = {
            "fast_plant": True},
     "M": {"endpoints": 10, "period": 1.0, "registers": 20, "goal_cpu_percent": 100.0,
           "goal_rss_mb": 45},
+    # the fixed cost of a running gateway (timers, housekeeping, the uplink's loop): one device,
+    # one register, polled at 1 s; no goal of its own, it explains W1's
+    "IDLE": {"endpoints": 1, "units": 1, "period": 1.0, "registers": 1,
+             "goal_cpu_percent": 100.0},
 }
 IMPORT_GROUPS = [
     ("asyncio + ssl (OpenSSL)", "asyncio, ssl"),
@@ -126,7 +130,7 @@ def wait_file(path: Path, timeout: float) -> None:
 
 
 def gateway_config(state: Path, broker: str, ports: list[int], period: float, registers: int,
-                   extra_batch: dict[str, Any]) -> dict[str, Any]:
+                   extra_batch: dict[str, Any], units: int = UNITS) -> dict[str, Any]:
     devices = [
         {
             "id": f"e{e}-u{u}",
@@ -139,7 +143,7 @@ def gateway_config(state: Path, broker: str, ports: list[int], period: float, re
             },
         }
         for e, port in enumerate(ports)
-        for u in range(1, UNITS + 1)
+        for u in range(1, units + 1)
     ]
     cfg: dict[str, Any] = {
         "gateway": {"id": GW, "state_dir": str(state), "log_level": "warning"},
@@ -238,6 +242,7 @@ def run_workload(name: str, seconds: float, warmup: float,
     extra_env = extra_env or {}
     spec = WORKLOADS[name]
     registers = spec.get("registers", REGISTERS)
+    units = spec.get("units", UNITS)
     tmp = Path(tempfile.mkdtemp(prefix=f"edgegw-{name}-"))
     os.chmod(tmp, 0o711)  # Mosquitto drops to its own user: the data dir must be enterable
     stop = threading.Event()
@@ -247,7 +252,7 @@ def run_workload(name: str, seconds: float, warmup: float,
         ports_file = tmp / "ports.json"
         plant = subprocess.Popen(
             [sys.executable, str(ROOT / "bench" / "register_plant.py"), "--endpoints",
-             str(spec["endpoints"]), "--units", str(UNITS), "--registers", str(registers),
+             str(spec["endpoints"]), "--units", str(units), "--registers", str(registers),
              "--ports-file", str(ports_file), *(["--fast"] if spec.get("fast_plant") else [])],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         paths = init_data_dir(tmp / "cloud")
@@ -264,7 +269,7 @@ def run_workload(name: str, seconds: float, warmup: float,
         ports = json.loads(ports_file.read_text())["ports"]
         cfg = tmp / "gateway.yaml"
         cfg.write_text(yaml.safe_dump(gateway_config(state, url, ports, spec["period"],
-                                                     registers, extra_batch)))
+                                                     registers, extra_batch, units)))
         gw = subprocess.Popen(
             [sys.executable, "-m", "edgegw.cli", "run", "-c", str(cfg), "--drain-timeout", "30"],
             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -317,7 +322,7 @@ def run_workload(name: str, seconds: float, warmup: float,
         to_recv = [received[seq] - ts for seq, ts in rows if seq in received]
         in_cloud = [COMMITTED[(GW, seq)] - received[seq] for seq in {s for s, _ in rows}
                     if seq in received and (GW, seq) in COMMITTED]
-        devices = spec["endpoints"] * UNITS
+        devices = spec["endpoints"] * units
         polls = round(devices * (t_end - t_start) / 1000 / spec["period"])
         expected = polls * registers
         cpu = 100 * ((c1.user - c0.user) + (c1.system - c0.system)) / ((t_end - t_start) / 1000)

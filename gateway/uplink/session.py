@@ -41,6 +41,12 @@ Invariants (see docs/delivery.md for the whole story):
 - TLS: one ``SSLContext`` across connections, rebuilt when the identity files change
   (renewal); each reconnect offers the previous TLS session (``transport.mqtt_client``), so a
   reconnect does not send the certificates again; verification is unchanged (docs/security.md).
+- The outbox is scanned (``next_batches``, a trip to the outbox thread) only when it may hold
+  a sendable batch the last scan did not return: a ``notify()`` (a batch was stored), a
+  held-back batch's pause ended, a settle that may have left its batch (RETRY, REJECTED, a
+  failure), a give-up or re-sequencing, a scan cut short by the window or the pipe, a new
+  connection; and at least every ``poll_interval`` (1 s) as a backstop. An ack that only
+  deletes delivered batches wakes the loop (room in the window) without a scan.
 - MQTT v5 topic alias for the batch topic once the broker allows one (saves the topic name in
   every PUBLISH); ``on_delivered`` (optional) hears every seq the cloud acked DELIVERED.
 """
@@ -51,6 +57,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import math
 import random
 import ssl
 import time
@@ -175,7 +182,7 @@ class Uplink:
         stable_after: float = 20,
         probe_interval: float = 1.0,
         reconnect_spread: float = 1.0,
-        poll_interval: float = 0.05,
+        poll_interval: float = 1.0,
         max_attempts: int = 10,
         stuck_after: float | None = None,
         rng: random.Random | None = None,
@@ -239,6 +246,8 @@ class Uplink:
         self._connected = False
         self._lost: asyncio.Event | None = None
         self._wake: asyncio.Event | None = None
+        #: the outbox may hold a sendable batch the last scan did not return (module doc)
+        self._rescan = True
         self._inflight: dict[int, _Flight] = {}
         self._mids: dict[int, int] = {}
         # across connections
@@ -275,7 +284,10 @@ class Uplink:
         return info.rc == mqtt.MQTT_ERR_SUCCESS
 
     def notify(self) -> None:
-        """Tell the uplink the outbox has new batches (optional: it also polls)."""
+        """Tell the uplink the outbox has new batches. Whoever stores a batch calls this (the
+        batcher after each commit, the re-packer); without it a batch waits for the backstop
+        scan (``poll_interval``)."""
+        self._rescan = True
         if self._wake is not None:
             self._wake.set()
 
@@ -555,17 +567,25 @@ class Uplink:
         loop = asyncio.get_running_loop()
         assert self._lost is not None and self._wake is not None
         self._last_progress = loop.time()
+        self._rescan = True  # a new connection: everything stored is sendable again
+        last_scan = -math.inf
         while not self._lost.is_set():
+            # cleared BEFORE the work: a wake-up that arrives during the scan is kept
+            self._wake.clear()
             now = loop.time()
             self._check_stuck(now)
             self._resend_overdue(now)
             self._release_cooldown(now)
             room = self.window - len(self._inflight)
-            if room > 0:
+            if room > 0 and (self._rescan or now - last_scan >= self.poll_interval):
+                self._rescan = False
+                last_scan = now
                 exclude = set(self._inflight) | set(self._cooldown) | self._settling
                 batches = await self._io.next_batches(room, exclude)
                 if self._lost.is_set():
                     break
+                if len(batches) >= room:
+                    self._rescan = True  # the window cut the scan short: more may wait
                 now = time.monotonic()
                 in_flight = self._inflight_bytes()
                 for b in batches:
@@ -573,13 +593,15 @@ class Uplink:
                         continue
                     if not self.flow.may_send(len(b.envelope), now, alert=b.lane == 0,
                                               in_flight=in_flight):
-                        break  # a BDP awaits the cloud's ack: wait for acks (they wake us)
+                        # a BDP awaits the cloud's ack: wait for acks (they wake us), then
+                        # scan again
+                        self._rescan = True
+                        break
                     self._send(_Flight(b.seq, bytes(b.envelope), b.count, int(b.lane),
                                        attempts=int(getattr(b, "attempts", 0)),
                                        first_ts_ms=int(getattr(b, "first_ts_ms", 0))))
                     in_flight += len(b.envelope)
             timeout = self._next_deadline(loop.time())
-            self._wake.clear()
             # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation that
             # arrives as the event is set, and a stopping gateway then never finishes.
             with contextlib.suppress(TimeoutError):
@@ -702,6 +724,7 @@ class Uplink:
         for seq, until in list(self._cooldown.items()):
             if until <= now:
                 del self._cooldown[seq]
+                self._rescan = True  # sendable again
 
     def _hold_back(self, seq: int) -> None:
         """Keep ``seq`` out of the window for a jittered, growing delay (refusals)."""
@@ -715,6 +738,9 @@ class Uplink:
         if not items:
             return
         seqs = [seq for seq, _ in items]
+        # a delivered batch is deleted: its settle makes nothing new sendable (anything else
+        # may leave it in the outbox, out of the window)
+        kept = any(outcome != AckStatus.DELIVERED for _, outcome in items)
 
         async def go() -> None:
             many = getattr(self._io, "settle_many", None)
@@ -724,21 +750,28 @@ class Uplink:
                 for seq, outcome in items:
                     await self._io.settle(seq, outcome)
 
-        self._in_background(seqs, go, "settling batches %s in the outbox failed", seqs[:10])
+        self._in_background(seqs, go, "settling batches %s in the outbox failed", seqs[:10],
+                            rescan=kept)
 
     def _in_background(self, seqs: list[int], work: Callable[[], Awaitable[object]],
-                       failed: str, *args: object) -> None:
+                       failed: str, *args: object, rescan: bool = True) -> None:
         """Run ``work`` (an outbox call) as a tracked task; ``seqs`` stay out of the window until
-        it is done, and the send loop is woken then. A failure is logged as ``failed % args``."""
+        it is done, and the send loop is woken then (to scan the outbox again when ``rescan``
+        or the work failed: the batches may still be there). A failure is logged as
+        ``failed % args``."""
         self._settling.update(seqs)
 
         async def go() -> None:
+            ok = False
             try:
                 await work()
+                ok = True
             except Exception:
                 log.exception(failed, *args)
             finally:
                 self._settling.difference_update(seqs)
+                if rescan or not ok:
+                    self._rescan = True
                 if self._wake is not None:
                     self._wake.set()
 
