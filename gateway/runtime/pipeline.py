@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -124,12 +125,19 @@ class Batcher:
         self._round_timer: asyncio.TimerHandle | None = None
         self._round_tasks: set[asyncio.Task[None]] = set()
         self.round_seals = 0
+        # age timers (set by ``Pipeline.run``): one loop timer at the earliest age bound of the
+        # pending lanes, instead of a 50 ms clock checking them
+        self.timed_ages = False
+        self._age_timer: asyncio.TimerHandle | None = None
+        self._age_at = math.inf
 
     def add(self, lane: Lane, samples: Sequence[Sample], alerts: Sequence[Alert] = ()) -> _Pending:
         p = self._pending[lane]
         now = time.monotonic()
         if not len(p):
             p.since = now
+            if self.timed_ages and (samples or alerts):
+                self._arm_age(lane, now)
         if lane is Lane.TELEMETRY and self.quiet > 0 and samples:
             self._last_in = now
             if self._round_timer is None:
@@ -141,6 +149,40 @@ class Batcher:
         if lane is Lane.BULK:
             self._bulk_bytes += sum(len(s.value) for s in samples if isinstance(s.value, bytes))
         return p
+
+    def _lane_age(self, lane: Lane) -> float:
+        if lane is Lane.TELEMETRY and self.age_policy is not None:
+            return self.age_policy()
+        return 0.0 if lane is Lane.ALERT else self.max_age
+
+    def _arm_age(self, lane: Lane, now: float) -> None:
+        """Have ``_age_check`` run when ``lane``'s oldest pending item reaches its age bound
+        (one timer for all lanes: the earliest bound)."""
+        at = self._pending[lane].since + self._lane_age(lane)
+        if self._age_timer is not None:
+            if self._age_at <= at:
+                return
+            self._age_timer.cancel()
+        loop = asyncio.get_running_loop()
+        self._age_at = at
+        self._age_timer = loop.call_at(loop.time() + max(0.0, at - now), self._age_check)
+
+    def _age_check(self) -> None:
+        """Timer callback: seal the lanes that are due; re-arm for those still pending."""
+        self._age_timer, self._age_at = None, math.inf
+        now = time.monotonic()
+        lanes = self.due(now)
+        if lanes:
+            task = asyncio.get_running_loop().create_task(self._seal_all(lanes))
+            self._round_tasks.add(task)
+            task.add_done_callback(self._round_tasks.discard)
+        for lane, p in self._pending.items():
+            if len(p) and lane not in lanes:
+                self._arm_age(lane, now)
+
+    async def _seal_all(self, lanes: list[Lane]) -> None:
+        for lane in lanes:
+            await self.seal(lane)
 
     def _arm_round(self, now: float) -> None:
         at = max(self._last_in + self.quiet, self._last_tele_seal + self.min_interval)
@@ -295,9 +337,13 @@ class _Round:
 
 
 class Pipeline:
-    """Runs the edge stages and feeds the batcher; ``run()`` is its clock (ticks every 50 ms)."""
+    """Runs the edge stages and feeds the batcher; ``run()`` is its clock: it ticks every
+    ``TICK`` (50 ms) while edge stages are configured (their windows and timers), else every
+    ``IDLE_TICK`` (1 s: the watchdog's heartbeat and a backstop), the batcher's age bounds then
+    being kept by its own timers (``Batcher.timed_ages``)."""
 
     TICK = 0.05
+    IDLE_TICK = 1.0
 
     def __init__(
         self,
@@ -444,11 +490,18 @@ class Pipeline:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
+        self.batcher.timed_ages = True
         deadline = loop.time()
-        while True:
-            deadline = max(deadline + self.TICK, loop.time())
-            await asyncio.sleep(deadline - loop.time())
-            await self.tick_once()
+        try:
+            while True:
+                # a stage configured at run time (remote configuration) gets its 50 ms ticks
+                # from the next idle tick on (within IDLE_TICK)
+                deadline = max(deadline + (self.TICK if self.stages else self.IDLE_TICK),
+                               loop.time())
+                await asyncio.sleep(deadline - loop.time())
+                await self.tick_once()
+        finally:
+            self.batcher.timed_ages = False
 
     @property
     def last_tick_ms(self) -> int:

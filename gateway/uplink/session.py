@@ -85,6 +85,17 @@ from edgegw.uplink.reconnect import ReconnectPolicy
 log = logging.getLogger("edgegw.uplink")
 
 ACK_DELIVERED, ACK_REJECTED = AckStatus.DELIVERED, AckStatus.REJECTED
+
+
+def _alias_properties() -> Properties:
+    props = Properties(PacketTypes.PUBLISH)
+    props.TopicAlias = 1
+    return props
+
+
+#: the PUBLISH properties of every batch once the alias is set (paho only packs them: one
+#: object for all publishes, not a Properties object and its name lookups per batch)
+_ALIAS_PROPS = _alias_properties()
 #: PUBACK reason codes that refuse the batch itself for good (resending cannot help)
 PERMANENT_PUBACK = frozenset({0x95, 0x99})
 ALERT_SAMPLES = 256
@@ -623,13 +634,10 @@ class Uplink:
         client = self._client
         assert client is not None
         if self._alias_set:
-            props = Properties(PacketTypes.PUBLISH)
-            props.TopicAlias = 1
-            info = client.publish("", flight.envelope, qos=1, properties=props)
+            info = client.publish("", flight.envelope, qos=1, properties=_ALIAS_PROPS)
         elif self._alias_max >= 1:
-            props = Properties(PacketTypes.PUBLISH)
-            props.TopicAlias = 1
-            info = client.publish(self._topic_batch, flight.envelope, qos=1, properties=props)
+            info = client.publish(self._topic_batch, flight.envelope, qos=1,
+                                  properties=_ALIAS_PROPS)
             self._alias_set = True
         else:
             info = client.publish(self._topic_batch, flight.envelope, qos=1)
