@@ -125,9 +125,10 @@ PROFILE_GIL = False  # --profile-gil
 CALLGRIND = False  # --callgrind
 
 
-def callgrind_window(pid: int, out: Path, on: bool) -> int | None:
+def callgrind_window(pid: int, out: Path, on: bool) -> dict[str, int] | None:
     """Switch callgrind's instrumentation of the gateway on (window start), or dump and switch
-    it off (window end): returns the instructions executed in the window, all threads."""
+    it off (window end): returns the instructions executed in the window per thread (callgrind
+    numbers the threads in start order: 1 = the main thread / event loop) and "total"."""
     if on:
         subprocess.run(["callgrind_control", "-i", "on", str(pid)], check=True,
                        capture_output=True, timeout=120)
@@ -136,11 +137,15 @@ def callgrind_window(pid: int, out: Path, on: bool) -> int | None:
                    timeout=300)
     subprocess.run(["callgrind_control", "-i", "off", str(pid)], capture_output=True,
                    timeout=120)
-    dumps = sorted(out.parent.glob(out.name + "*"), key=lambda f: f.stat().st_mtime)
-    for line in dumps[-1].read_text(errors="replace").splitlines() if dumps else ():
-        if line.startswith(("summary:", "totals:")):
-            return int(line.split()[1])
-    return None
+    per_thread: dict[str, int] = {}
+    for dump in out.parent.glob(out.name + ".*"):  # one dump: NAME.1-01, NAME.1-02, ...
+        for line in dump.read_text(errors="replace").splitlines():
+            if line.startswith(("summary:", "totals:")):
+                per_thread[f"thread {dump.name.rsplit('-', 1)[-1]}"] = int(line.split()[1])
+                break
+    if not per_thread:
+        return None
+    return {"total": sum(per_thread.values()), **dict(sorted(per_thread.items()))}
 
 
 def wait_file(path: Path, timeout: float) -> None:
@@ -296,7 +301,7 @@ def run_workload(name: str, seconds: float, warmup: float,
         cg_out = (profile if profile is not None else tmp) / f"{name}.callgrind"
         if profile is not None:
             profile.mkdir(parents=True, exist_ok=True)
-        wrap = (["valgrind", "--tool=callgrind", "--instr-atstart=no",
+        wrap = (["valgrind", "--tool=callgrind", "--instr-atstart=no", "--separate-threads=yes",
                  f"--callgrind-out-file={cg_out}"] if CALLGRIND else [])
         gw = subprocess.Popen(
             [*wrap, sys.executable, "-m", "edgegw.cli", "run", "-c", str(cfg),
@@ -325,7 +330,8 @@ def run_workload(name: str, seconds: float, warmup: float,
         c0, th0 = proc.cpu_times(), {t.id: t for t in proc.threads()}
         time.sleep(seconds)  # the measurement window
         c1, th1 = proc.cpu_times(), {t.id: t for t in proc.threads()}
-        instructions = callgrind_window(gw.pid, cg_out, on=False) if CALLGRIND else None
+        counted = callgrind_window(gw.pid, cg_out, on=False) if CALLGRIND else None
+        instructions = counted["total"] if counted else None
         polls1 = scheduler_summary(state / "status.json").get("polls", 0)
         names = thread_names(gw.pid)
         if spy is not None:
@@ -394,6 +400,7 @@ def run_workload(name: str, seconds: float, warmup: float,
             # load (IDLE) or the per-poll figure means anything (polls from status.json, +-1 s)
             **({"callgrind": {
                 "instructions": instructions,
+                "instructions_by_thread": counted,
                 "per_second": round(instructions / ((t_end - t_start) / 1000))
                 if instructions else None,
                 "polls_in_window": polls1 - polls0,

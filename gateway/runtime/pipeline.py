@@ -35,6 +35,7 @@ from edgegw.edge.stage import HoldKey, Stage, WriteRequest
 from edgegw.model import Alert, Lane, Sample, now_ms
 from edgegw.protocol.codec import encode_batch
 from edgegw.protocol.envelope import HEADER_SIZE, TAG_SIZE
+from edgegw.protocol.model import SampleBlock
 
 log = logging.getLogger("edgegw.pipeline")
 
@@ -70,9 +71,28 @@ class _Pending:
     alerts: list[Alert] = field(default_factory=list)
     since: float = 0.0  # monotonic time of the oldest pending item
     waiters: list[asyncio.Future[int]] = field(default_factory=list)
+    #: polls' SampleBlocks, kept as columns while ``samples`` is empty (arrival order: once a
+    #: plain sample arrives, the blocks become samples first)
+    blocks: list[SampleBlock] = field(default_factory=list)
+    in_blocks: int = 0  # readings in ``blocks``
 
     def __len__(self) -> int:
-        return len(self.samples) + len(self.alerts)
+        return len(self.samples) + self.in_blocks + len(self.alerts)
+
+    @property
+    def readings(self) -> int:
+        return len(self.samples) + self.in_blocks
+
+    def add_samples(self, samples: Sequence[Sample]) -> None:
+        if type(samples) is SampleBlock and not self.samples:
+            self.blocks.append(samples)
+            self.in_blocks += len(samples)
+            return
+        if self.blocks:
+            for b in self.blocks:
+                self.samples.extend(b)
+            self.blocks, self.in_blocks = [], 0
+        self.samples.extend(samples)
 
 
 class Batcher:
@@ -91,7 +111,7 @@ class Batcher:
         quiet: float = 0.0,
         min_interval: float = 0.05,
     ) -> None:
-        self._encode = encode or encode_batch
+        self._encode: Callable[..., bytes | tuple[bytes, list[int]]] = encode or encode_batch
         self._outbox = outbox
         self._thread = outbox_thread
         self.max_readings = max_readings
@@ -142,7 +162,10 @@ class Batcher:
             self._last_in = now
             if self._round_timer is None:
                 self._arm_round(now)
-        p.samples.extend(samples)
+        if lane is Lane.TELEMETRY:
+            p.add_samples(samples)
+        else:
+            p.samples.extend(samples)
         p.alerts.extend(alerts)
         self.readings_in += len(samples)
         self.alerts_in += len(alerts)
@@ -245,14 +268,15 @@ class Batcher:
 
     async def _commit(self, lane: Lane, p: _Pending) -> None:
         try:
-            seq = await self._thread.call(self._encode_append, lane, p.samples, p.alerts)
+            seq = await self._thread.call(self._encode_append, lane, p.samples, p.alerts,
+                                          p.blocks)
         except Exception as exc:
             self.seal_errors += 1
             if type(exc).__name__ == "OutboxFull":
                 # expected trouble under the outbox's stated policy (full, disk space low): the
                 # outbox counts it and names it in its next gap record; say so once per episode
                 self.batches_refused += 1
-                self.readings_refused += len(p.samples)
+                self.readings_refused += p.readings
                 if not self._refusing:
                     log.warning("outbox refused a %s batch of %d items: %s (further refusals "
                                 "are counted, and named by gap records)", lane.name.lower(),
@@ -270,7 +294,7 @@ class Batcher:
                          self.batches_refused)
                 self._refusing = False
             self.batches_sealed += 1
-            self.readings_sealed += len(p.samples)
+            self.readings_sealed += p.readings
             self.last_seal_ms = now_ms()
             for w in p.waiters:
                 if not w.done():
@@ -283,18 +307,24 @@ class Batcher:
                     asyncio.current_task()} and len(self._pending[Lane.TELEMETRY])):
                 self._arm_round(time.monotonic())
 
-    def _encode_append(self, lane: Lane, samples: list[Sample], alerts: list[Alert]) -> int:
+    def _encode_append(self, lane: Lane, samples: list[Sample], alerts: list[Alert],
+                       blocks: Sequence[SampleBlock] = ()) -> int:
         # Runs in the outbox thread.
-        plaintext = self._encode(samples=samples, alerts=alerts)
+        if blocks and not getattr(self._encode, "takes_blocks", False):
+            samples = [s for b in blocks for s in b] + samples
+            blocks = ()
+        plaintext = (self._encode(samples=samples, alerts=alerts, blocks=blocks) if blocks
+                     else self._encode(samples=samples, alerts=alerts))
         defined: list[int] = []
         if isinstance(plaintext, tuple):  # a dictionary encoder: (bytes, ids defined in it)
             plaintext, defined = plaintext
         self.bytes_sealed += HEADER_SIZE + len(plaintext) + TAG_SIZE
-        stamps = [s.ts_ms for s in samples] + [a.ts_ms for a in alerts]
+        stamps = ([s.ts_ms for s in samples] + [a.ts_ms for a in alerts]
+                  + [b.ts_ms for b in blocks])
         seq = self._outbox.append(
             lane,
             plaintext,
-            count=len(samples) + len(alerts),
+            count=len(samples) + len(alerts) + sum(map(len, blocks)),
             first_ts_ms=min(stamps),
             last_ts_ms=max(stamps),
         )
@@ -423,8 +453,12 @@ class Pipeline:
     ) -> None:
         """Accept samples from a driver (this is the ``emit`` given to push drivers)."""
         rnd = _Round(durable)
+        out: Sequence[Sample]
         if lane is Lane.TELEMETRY and self.stages:
+            # the stages take Samples: a poll's SampleBlock is materialised here, only here
             out, alerts = self._run_stages(list(samples), 0, self._clock_ms(), rnd)
+        elif type(samples) is SampleBlock:
+            out, alerts = samples, []  # kept as columns up to the encoder
         else:
             out, alerts = list(samples), []
         waiters: list[asyncio.Future[int]] = rnd.wait_for
