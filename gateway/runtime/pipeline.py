@@ -125,8 +125,10 @@ class Batcher:
         self.alerts_in = 0
         self.batches_sealed = 0
         self.readings_sealed = 0
-        #: called on the event loop after each committed batch (the uplink's wake-up)
-        self.on_sealed: Callable[[Lane], None] | None = None
+        #: called on the event loop after each committed batch (the uplink's wake-up), with
+        #: the stored batch when the outbox says what it stored (``Outbox.last_appended``)
+        #: or None (then the uplink reads the outbox)
+        self.on_sealed: Callable[[Lane, Any], None] | None = None
         self.seal_errors = 0
         self.batches_refused = 0
         self.readings_refused = 0
@@ -268,8 +270,8 @@ class Batcher:
 
     async def _commit(self, lane: Lane, p: _Pending) -> None:
         try:
-            seq = await self._thread.call(self._encode_append, lane, p.samples, p.alerts,
-                                          p.blocks)
+            seq, stored = await self._thread.call(self._encode_append, lane, p.samples,
+                                                  p.alerts, p.blocks)
         except Exception as exc:
             self.seal_errors += 1
             if type(exc).__name__ == "OutboxFull":
@@ -300,7 +302,7 @@ class Batcher:
                 if not w.done():
                     w.set_result(seq)
             if self.on_sealed is not None:
-                self.on_sealed(lane)
+                self.on_sealed(lane, stored)
         finally:
             self._seal_slots.release()
             if (self.quiet > 0 and self._round_timer is None and not self._inflight - {
@@ -308,7 +310,7 @@ class Batcher:
                 self._arm_round(time.monotonic())
 
     def _encode_append(self, lane: Lane, samples: list[Sample], alerts: list[Alert],
-                       blocks: Sequence[SampleBlock] = ()) -> int:
+                       blocks: Sequence[SampleBlock] = ()) -> tuple[int, Any]:
         # Runs in the outbox thread.
         if blocks and not getattr(self._encode, "takes_blocks", False):
             samples = [s for b in blocks for s in b] + samples
@@ -330,7 +332,7 @@ class Batcher:
         )
         if self.on_appended is not None:
             self.on_appended(seq, defined)
-        return seq
+        return seq, getattr(self._outbox, "last_appended", None)
 
     async def drain(self) -> None:
         """Seal everything pending and wait until the outbox thread has committed it."""

@@ -259,6 +259,8 @@ class Uplink:
         self._wake: asyncio.Event | None = None
         #: the outbox may hold a sendable batch the last scan did not return (module doc)
         self._rescan = True
+        #: batches just stored, handed over by the batcher (``offer``): sent without a scan
+        self._fresh: list[Any] = []
         self._inflight: dict[int, _Flight] = {}
         self._mids: dict[int, int] = {}
         # across connections
@@ -299,6 +301,16 @@ class Uplink:
         batcher after each commit, the re-packer); without it a batch waits for the backstop
         scan (``poll_interval``)."""
         self._rescan = True
+        if self._wake is not None:
+            self._wake.set()
+
+    def offer(self, batch: Any) -> None:
+        """The batcher stored ``batch`` (a ``StoredBatch``; None: something, read the outbox).
+        It is sent as it is unless a scan is due anyway (the scan returns it too)."""
+        if batch is None or not self._connected or len(self._fresh) >= self.window:
+            self.notify()  # offline (the next connection scans) or a backlog: scan
+            return
+        self._fresh.append(batch)
         if self._wake is not None:
             self._wake.set()
 
@@ -560,6 +572,7 @@ class Uplink:
     def _drop_connection_state(self) -> None:
         # Everything in flight stays in the outbox; the next connection sends it again.
         self._inflight.clear()
+        self._fresh.clear()
         self._mids.clear()
         self.flow.reset()
         self._alias_set = False
@@ -588,8 +601,11 @@ class Uplink:
             self._resend_overdue(now)
             self._release_cooldown(now)
             room = self.window - len(self._inflight)
-            if room > 0 and (self._rescan or now - last_scan >= self.poll_interval):
+            batches: list[Any] = []
+            if room > 0 and (self._rescan or now - last_scan >= self.poll_interval
+                             or len(self._fresh) > room):
                 self._rescan = False
+                self._fresh.clear()  # the scan returns them
                 last_scan = now
                 exclude = set(self._inflight) | set(self._cooldown) | self._settling
                 batches = await self._io.next_batches(room, exclude)
@@ -597,6 +613,12 @@ class Uplink:
                     break
                 if len(batches) >= room:
                     self._rescan = True  # the window cut the scan short: more may wait
+            elif room > 0 and self._fresh:
+                # stored since the last complete scan, which sent everything sendable: these
+                # are the outbox's only new sendable batches (lane order holds: alerts are
+                # sealed at once, so no older telemetry batch waits behind them)
+                batches, self._fresh = self._fresh, []
+            if batches:
                 now = time.monotonic()
                 in_flight = self._inflight_bytes()
                 for b in batches:
