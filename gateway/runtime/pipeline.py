@@ -454,15 +454,6 @@ class Pipeline:
         self, samples: Sequence[Sample], *, lane: Lane = Lane.TELEMETRY, durable: bool = False
     ) -> None:
         """Accept samples from a driver (this is the ``emit`` given to push drivers)."""
-        b = self.batcher
-        if lane is Lane.TELEMETRY and not durable and not self.stages and b.timed_ages:
-            # the usual poll (no stages, nothing to wait for): the age bounds are the batcher's
-            # timers (``run`` is going), so only the size bound can make a lane due here
-            p = b.add(lane, samples if type(samples) is SampleBlock else list(samples))
-            if len(p) >= b.max_readings:
-                for ln in b.due(time.monotonic()):
-                    await b.seal(ln)
-            return
         rnd = _Round(durable)
         out: Sequence[Sample]
         if lane is Lane.TELEMETRY and self.stages:
