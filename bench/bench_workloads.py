@@ -63,6 +63,13 @@ WORKLOADS: dict[str, dict[str, Any]] = {
            "fast_plant": True},
     "M": {"endpoints": 10, "period": 1.0, "registers": 20, "goal_cpu_percent": 100.0,
           "goal_rss_mb": 45},
+    # the fixed cost of a running gateway (timers, housekeeping, the uplink's loop): one device,
+    # one register, polled at 1 s; no goal of its own, it explains W1's
+    "IDLE": {"endpoints": 1, "units": 1, "period": 1.0, "registers": 1,
+             "goal_cpu_percent": 100.0},
+    # W1's poll and batch rate (10 polls, 10 round-seal batches per second) with one register
+    # per device: (R10 - IDLE) / 9 is the cost of one poll + one batch, without W1's readings
+    "R10": {"endpoints": 1, "period": 1.0, "registers": 1, "goal_cpu_percent": 100.0},
 }
 IMPORT_GROUPS = [
     ("asyncio + ssl (OpenSSL)", "asyncio, ssl"),
@@ -115,6 +122,30 @@ REGISTERS = 100
 
 COMMITTED = time_commits()
 PROFILE_GIL = False  # --profile-gil
+CALLGRIND = False  # --callgrind
+
+
+def callgrind_window(pid: int, out: Path, on: bool) -> dict[str, int] | None:
+    """Switch callgrind's instrumentation of the gateway on (window start), or dump and switch
+    it off (window end): returns the instructions executed in the window per thread (callgrind
+    numbers the threads in start order: 1 = the main thread / event loop) and "total"."""
+    if on:
+        subprocess.run(["callgrind_control", "-i", "on", str(pid)], check=True,
+                       capture_output=True, timeout=120)
+        return None
+    subprocess.run(["callgrind_control", "-d", str(pid)], check=True, capture_output=True,
+                   timeout=300)
+    subprocess.run(["callgrind_control", "-i", "off", str(pid)], capture_output=True,
+                   timeout=120)
+    per_thread: dict[str, int] = {}
+    for dump in out.parent.glob(out.name + ".*"):  # one dump: NAME.1-01, NAME.1-02, ...
+        for line in dump.read_text(errors="replace").splitlines():
+            if line.startswith(("summary:", "totals:")):
+                per_thread[f"thread {dump.name.rsplit('-', 1)[-1]}"] = int(line.split()[1])
+                break
+    if not per_thread:
+        return None
+    return {"total": sum(per_thread.values()), **dict(sorted(per_thread.items()))}
 
 
 def rss_kinds(pid: int) -> dict[str, float]:
@@ -137,7 +168,7 @@ def wait_file(path: Path, timeout: float) -> None:
 
 
 def gateway_config(state: Path, broker: str, ports: list[int], period: float, registers: int,
-                   extra_batch: dict[str, Any]) -> dict[str, Any]:
+                   extra_batch: dict[str, Any], units: int = UNITS) -> dict[str, Any]:
     devices = [
         {
             "id": f"e{e}-u{u}",
@@ -150,7 +181,7 @@ def gateway_config(state: Path, broker: str, ports: list[int], period: float, re
             },
         }
         for e, port in enumerate(ports)
-        for u in range(1, UNITS + 1)
+        for u in range(1, units + 1)
     ]
     cfg: dict[str, Any] = {
         "gateway": {"id": GW, "state_dir": str(state), "log_level": "warning"},
@@ -249,6 +280,7 @@ def run_workload(name: str, seconds: float, warmup: float,
     extra_env = extra_env or {}
     spec = WORKLOADS[name]
     registers = spec.get("registers", REGISTERS)
+    units = spec.get("units", UNITS)
     tmp = Path(tempfile.mkdtemp(prefix=f"edgegw-{name}-"))
     os.chmod(tmp, 0o711)  # Mosquitto drops to its own user: the data dir must be enterable
     stop = threading.Event()
@@ -258,7 +290,7 @@ def run_workload(name: str, seconds: float, warmup: float,
         ports_file = tmp / "ports.json"
         plant = subprocess.Popen(
             [sys.executable, str(ROOT / "bench" / "register_plant.py"), "--endpoints",
-             str(spec["endpoints"]), "--units", str(UNITS), "--registers", str(registers),
+             str(spec["endpoints"]), "--units", str(units), "--registers", str(registers),
              "--ports-file", str(ports_file), *(["--fast"] if spec.get("fast_plant") else [])],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         paths = init_data_dir(tmp / "cloud")
@@ -276,9 +308,16 @@ def run_workload(name: str, seconds: float, warmup: float,
         ports = json.loads(ports_file.read_text())["ports"]
         cfg = tmp / "gateway.yaml"
         cfg.write_text(yaml.safe_dump(gateway_config(state, url, ports, spec["period"],
-                                                     registers, extra_batch)))
+                                                     registers, extra_batch, units)))
+        # with --profile DIR the dump stays there (callgrind_annotate DIR/W.callgrind.*)
+        cg_out = (profile if profile is not None else tmp) / f"{name}.callgrind"
+        if profile is not None:
+            profile.mkdir(parents=True, exist_ok=True)
+        wrap = (["valgrind", "--tool=callgrind", "--instr-atstart=no", "--separate-threads=yes",
+                 f"--callgrind-out-file={cg_out}"] if CALLGRIND else [])
         gw = subprocess.Popen(
-            [sys.executable, "-m", "edgegw.cli", "run", "-c", str(cfg), "--drain-timeout", "30"],
+            [*wrap, sys.executable, "-m", "edgegw.cli", "run", "-c", str(cfg),
+             "--drain-timeout", "30"],
             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             env=os.environ | extra_env)
         proc = psutil.Process(gw.pid)
@@ -291,16 +330,21 @@ def run_workload(name: str, seconds: float, warmup: float,
         time.sleep(warmup)  # ...plus a warm-up (caches, the series dictionary, TCP windows)
         t_start = time.time_ns() // 1_000_000
         spy = None
-        if profile is not None:
-            profile.mkdir(parents=True, exist_ok=True)
+        if profile is not None and not CALLGRIND:
             spy = subprocess.Popen(
                 [str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(gw.pid), "-d",
                  str(int(seconds)), "-r", "100", "-f", "raw", "-o",
                  str(profile / f"{name}.txt"), *(["--gil"] if PROFILE_GIL else [])],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        polls0 = scheduler_summary(state / "status.json").get("polls", 0)
+        if CALLGRIND:
+            callgrind_window(gw.pid, cg_out, on=True)
         c0, th0 = proc.cpu_times(), {t.id: t for t in proc.threads()}
         time.sleep(seconds)  # the measurement window
         c1, th1 = proc.cpu_times(), {t.id: t for t in proc.threads()}
+        counted = callgrind_window(gw.pid, cg_out, on=False) if CALLGRIND else None
+        instructions = counted["total"] if counted else None
+        polls1 = scheduler_summary(state / "status.json").get("polls", 0)
         names = thread_names(gw.pid)
         if spy is not None:
             spy.wait(60)
@@ -330,7 +374,7 @@ def run_workload(name: str, seconds: float, warmup: float,
         to_recv = [received[seq] - ts for seq, ts in rows if seq in received]
         in_cloud = [COMMITTED[(GW, seq)] - received[seq] for seq in {s for s, _ in rows}
                     if seq in received and (GW, seq) in COMMITTED]
-        devices = spec["endpoints"] * UNITS
+        devices = spec["endpoints"] * units
         polls = round(devices * (t_end - t_start) / 1000 / spec["period"])
         expected = polls * registers
         cpu = 100 * ((c1.user - c0.user) + (c1.system - c0.system)) / ((t_end - t_start) / 1000)
@@ -368,6 +412,17 @@ def run_workload(name: str, seconds: float, warmup: float,
             "batches_stored": len({seq for seq, _ in rows}),
             "scheduler": sched,
             "batch_settings": extra_batch or "defaults",
+            # --callgrind: instructions of the gateway (all threads) in the window; under
+            # valgrind the gateway runs ~50x slower, so only the per-second figure of a light
+            # load (IDLE) or the per-poll figure means anything (polls from status.json, +-1 s)
+            **({"callgrind": {
+                "instructions": instructions,
+                "instructions_by_thread": counted,
+                "per_second": round(instructions / ((t_end - t_start) / 1000))
+                if instructions else None,
+                "polls_in_window": polls1 - polls0,
+                "per_poll": round(instructions / (polls1 - polls0))
+                if instructions and polls1 > polls0 else None}} if CALLGRIND else {}),
             "gateway_env": extra_env or None,
         }
         goals: dict[str, Any] = {}
@@ -410,10 +465,14 @@ def main() -> None:
                    help="profile only samples holding the GIL (py-spy --gil): Python work, "
                    "without threads waiting for the GIL, a lock or a system call")
     p.add_argument("--imports", action="store_true", help="also print the import floor")
+    p.add_argument("--callgrind", action="store_true",
+                   help="run the gateway under valgrind's callgrind and count its instructions "
+                   "in the window (load-independent; IDLE is the workload it can keep up with)")
     p.add_argument("--env", action="append", default=[], help="NAME=VALUE for the gateway")
     a = p.parse_args()
-    global PROFILE_GIL
+    global PROFILE_GIL, CALLGRIND
     PROFILE_GIL = a.profile_gil
+    CALLGRIND = a.callgrind
     env = dict(e.split("=", 1) for e in a.env)
     extra = yaml.safe_load(a.batch) if a.batch else {}
     out = {"machine": f"{os.cpu_count()} cores, loaded (timings: loaded 2-core machine)",

@@ -49,8 +49,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
-from itertools import pairwise
-from typing import Any
+from itertools import chain, pairwise, repeat
+from typing import Any, cast
 
 import snappy
 
@@ -83,7 +83,7 @@ from edgegw.protocol.codec import (
     _Where,
     _zz,
 )
-from edgegw.protocol.model import Alert, Quality, Sample
+from edgegw.protocol.model import Alert, Quality, Sample, SampleBlock
 
 VERSION = 2
 VERSION_REPACKED = 3  # v2 + part digests (+ alert parts): re-packed batches only
@@ -169,6 +169,8 @@ class DecodedV2(DecodedBatch):
 _FAST_SINGLE = True
 _GOOD = Quality.GOOD
 _INT_MIN, _INT_MAX, _TS_END = v1.INT_MIN, v1.INT_MAX, 2**63
+_INTS = {int}
+_TS_SAME_GOOD = bytes((FLAG_TS_SAME | FLAG_ALL_GOOD,))
 
 
 def _put_small_uvarints(out: bytearray, values: list[int]) -> None:
@@ -308,8 +310,14 @@ def encode_batch_v2(
     part_of: Sequence[int] = (),
     part_digests: Sequence[bytes] = (),
     alert_part_of: Sequence[int] = (),
+    blocks: Sequence[SampleBlock] = (),
 ) -> tuple[bytes, list[int]]:
     """Encode a v2 batch; returns (bytes, ids defined in it).
+
+    ``blocks``: readings given as polls' ``SampleBlock`` columns, after those of ``samples``;
+    the bytes are exactly those of the same readings given as samples. Read column-wise when
+    they are the batch's only readings and no two come from one device (every series then
+    holds one reading: a round seal's shape); otherwise made into samples first.
 
     ``ids(key) -> (id, must_define)`` assigns dictionary ids (``SeriesDictionary.assign``),
     or ``ids_many(keys) -> (ids, must_define)`` all of a batch's at once (one lock round
@@ -332,6 +340,13 @@ def encode_batch_v2(
             return i, False
     if not 0 <= epoch < 2**63:
         raise CodecError(f"dictionary epoch {epoch} outside [0, 2**63)")
+    blocks_l = list(blocks)
+    if blocks_l:
+        samples = list(samples)
+        if (samples or parts or not _FAST_SINGLE
+                or len({b.device for b in blocks_l}) != len(blocks_l)):
+            samples += [s for b in blocks_l for s in b]
+            blocks_l = []
     strings = _Strings()
     series: dict[SeriesKey, list[Sample]] = {}
     sparts: dict[SeriesKey, list[int]] = {}
@@ -365,6 +380,10 @@ def encode_batch_v2(
             raise CodecError("re-packed samples must come in part order")
         counts[p] += 1
         total += 1
+    keys: Collection[SeriesKey] = series
+    if blocks_l:  # distinct devices, metrics distinct per block: one reading per series
+        keys = list(chain.from_iterable(b.keys for b in blocks_l))
+        total = len(keys)
     if total > MAX_SAMPLES:
         raise CodecError(f"batch of {total} samples exceeds the limit of {MAX_SAMPLES}")
     alerts_l, gaps_l = list(alerts), list(gaps)
@@ -383,18 +402,18 @@ def encode_batch_v2(
                 raise CodecError("re-packed alerts must come in part order")
             alert_counts[p] += 1
     if ids_many is not None:
-        sid, define = ids_many(series)
+        sid, define = ids_many(keys)
     else:
         assert ids is not None  # set above when neither was given
-        assigned = list(map(ids, series))
+        assigned = list(map(ids, keys))
         sid, define = [i for i, _ in assigned], [d for _, d in assigned]
-    if not len(sid) == len(define) == len(series):
-        raise CodecError(f"{len(sid)} ids assigned for {len(series)} series")
+    if not len(sid) == len(define) == len(keys):
+        raise CodecError(f"{len(sid)} ids assigned for {len(keys)} series")
     if sid and not (min(sid) >= 0 and max(sid) <= MAX_ID):
         bad = next(i for i in sid if not 0 <= i <= MAX_ID)
         raise CodecError(f"series id {bad} outside u32")
     defined = [(i, strings(key[0]), strings(key[1]))
-               for key, i, d in zip(series, sid, define, strict=True) if d] if any(define) else []
+               for key, i, d in zip(keys, sid, define, strict=True) if d] if any(define) else []
     if len(defined) > MAX_DEFS:
         raise CodecError(f"{len(defined)} definitions exceed the limit of {MAX_DEFS}")
 
@@ -412,11 +431,11 @@ def encode_batch_v2(
         _put_zz_deltas(tail, list(parts[1:]), parts[0])
         for d in digests:
             tail += d
-    _put_uvarint(tail, len(series))
+    _put_uvarint(tail, len(keys))
     _put_zz_deltas(tail, sid)
-    _put_small_uvarints(tail, list(map(len, series.values())))
+    _put_small_uvarints(tail, [1] * total if blocks_l else list(map(len, series.values())))
     flags_at = len(tail)
-    tail += bytes(len(series))
+    tail += bytes(len(keys))
     prev_parts: list[int] | None = None
     for j, key in enumerate(series if n_parts else ()):
         if n_parts:
@@ -461,6 +480,42 @@ def encode_batch_v2(
         flags, kind, prev_first_ts, prev_ts = _write_series(data, lst, prev_first_ts, prev_ts)
         tail[flags_at + j] |= flags
         kinds.append(kind)
+    j = flags_at
+    for b in blocks_l:
+        # the single-reading path above, a block at a time: the block's readings share its
+        # timestamp, so every series after its first one has FLAG_TS_SAME
+        t, vals = b.ts_ms, cast(list[Any], b.values)  # ints, once the check below passed
+        n = len(vals)
+        if not (n and type(t) is int and _INT_MIN <= t < _TS_END and set(map(type, vals)) == _INTS
+                and min(vals) >= _INT_MIN and max(vals) <= _INT_MAX):
+            for s in b:  # floats, bools, strings...: the general path, reading by reading
+                flags, kind, prev_first_ts, prev_ts = _write_series(data, [s], prev_first_ts,
+                                                                    prev_ts)
+                tail[j] |= flags
+                kinds.append(kind)
+                j += 1
+            continue
+        if prev_ts is not None and len(prev_ts) == 1 and prev_ts[0] == t:
+            tail[j] |= FLAG_TS_SAME | FLAG_ALL_GOOD
+        else:
+            tail[j] |= FLAG_ALL_GOOD
+            z = t - prev_first_ts
+            z = z << 1 if z >= 0 else ((-z) << 1) - 1
+            while z > 0x7F:
+                append((z & 0x7F) | 0x80)
+                z >>= 7
+            append(z)
+            prev_ts = [t]
+        prev_first_ts = t
+        tail[j + 1:j + n] = _TS_SAME_GOOD * (n - 1)
+        j += n
+        for v in vals:
+            z = v << 1 if v >= 0 else ((-v) << 1) - 1
+            while z > 0x7F:
+                append((z & 0x7F) | 0x80)
+                z >>= 7
+            append(z)
+        kinds += repeat(COL_INT, n)  # + 8 * I_DELTA: one value
     _put_small_uvarints(tail, kinds)
     tail += data
     v1._write_alerts(tail, alerts_l, strings)

@@ -11,9 +11,11 @@ Invariants:
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import NamedTuple
+from itertools import repeat
+from typing import NamedTuple, overload
 
 Value = float | int | bool | str | bytes | None
 
@@ -67,6 +69,62 @@ class Sample(NamedTuple):
 
 # The brief and the design speak of "readings"; a reading is a sample.
 Reading = Sample
+
+_TUPLE_NEW = tuple.__new__
+
+
+class SampleBlock(Sequence[Sample]):
+    """One poll's readings of GOOD quality, as columns: one device, one timestamp, the metric
+    names once and a value list (issue 13: a poll of 100 registers without 100 objects).
+
+    A ``Sequence[Sample]``: iterating or indexing it makes the ``Sample`` objects on demand
+    (edge stages, observers), so any consumer of samples takes it as is; the batcher and the
+    v2 encoder read its columns instead. ``keys`` are the ``(device, metric)`` series keys,
+    shared between the blocks of one device (the poller keeps one tuple per point map), so
+    a consumer may cache per ``keys`` object. Compares equal to a list of the same samples.
+    """
+
+    __slots__ = ("device", "keys", "metrics", "ts_ms", "values")
+
+    def __init__(self, device: str, metrics: tuple[str, ...], ts_ms: int, values: list[Value],
+                 keys: tuple[tuple[str, str], ...] | None = None) -> None:
+        if len(metrics) != len(values):
+            raise ValueError(f"{len(metrics)} metrics but {len(values)} values")
+        self.device = device
+        self.metrics = metrics
+        self.ts_ms = ts_ms
+        self.values = values
+        self.keys = keys if keys is not None else tuple(zip(repeat(device), metrics))
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __iter__(self) -> Iterator[Sample]:
+        n = len(self.values)
+        return map(_TUPLE_NEW, repeat(Sample, n), zip(  # what Sample._make does, in C
+            repeat(self.device, n), self.metrics, repeat(self.ts_ms, n), self.values,
+            repeat(Quality.GOOD, n), strict=True))
+
+    @overload
+    def __getitem__(self, i: int) -> Sample: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[Sample]: ...
+
+    def __getitem__(self, i: int | slice) -> Sample | list[Sample]:
+        if isinstance(i, slice):
+            return list(self)[i]
+        return Sample(self.device, self.metrics[i], self.ts_ms, self.values[i])
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, SampleBlock | list | tuple):
+            return list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # mutable values list, like a list
+
+    def __repr__(self) -> str:
+        return f"SampleBlock({self.device!r}, {len(self)} readings at {self.ts_ms})"
 
 
 class Severity(IntEnum):

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +35,7 @@ from edgegw.edge.stage import HoldKey, Stage, WriteRequest
 from edgegw.model import Alert, Lane, Sample, now_ms
 from edgegw.protocol.codec import encode_batch
 from edgegw.protocol.envelope import HEADER_SIZE, TAG_SIZE
+from edgegw.protocol.model import SampleBlock
 
 log = logging.getLogger("edgegw.pipeline")
 
@@ -69,9 +71,28 @@ class _Pending:
     alerts: list[Alert] = field(default_factory=list)
     since: float = 0.0  # monotonic time of the oldest pending item
     waiters: list[asyncio.Future[int]] = field(default_factory=list)
+    #: polls' SampleBlocks, kept as columns while ``samples`` is empty (arrival order: once a
+    #: plain sample arrives, the blocks become samples first)
+    blocks: list[SampleBlock] = field(default_factory=list)
+    in_blocks: int = 0  # readings in ``blocks``
 
     def __len__(self) -> int:
-        return len(self.samples) + len(self.alerts)
+        return len(self.samples) + self.in_blocks + len(self.alerts)
+
+    @property
+    def readings(self) -> int:
+        return len(self.samples) + self.in_blocks
+
+    def add_samples(self, samples: Sequence[Sample]) -> None:
+        if type(samples) is SampleBlock and not self.samples:
+            self.blocks.append(samples)
+            self.in_blocks += len(samples)
+            return
+        if self.blocks:
+            for b in self.blocks:
+                self.samples.extend(b)
+            self.blocks, self.in_blocks = [], 0
+        self.samples.extend(samples)
 
 
 class Batcher:
@@ -90,7 +111,7 @@ class Batcher:
         quiet: float = 0.0,
         min_interval: float = 0.05,
     ) -> None:
-        self._encode = encode or encode_batch
+        self._encode: Callable[..., bytes | tuple[bytes, list[int]]] = encode or encode_batch
         self._outbox = outbox
         self._thread = outbox_thread
         self.max_readings = max_readings
@@ -104,8 +125,10 @@ class Batcher:
         self.alerts_in = 0
         self.batches_sealed = 0
         self.readings_sealed = 0
-        #: called on the event loop after each committed batch (the uplink's wake-up)
-        self.on_sealed: Callable[[Lane], None] | None = None
+        #: called on the event loop after each committed batch (the uplink's wake-up), with
+        #: the stored batch when the outbox says what it stored (``Outbox.last_appended``)
+        #: or None (then the uplink reads the outbox)
+        self.on_sealed: Callable[[Lane, Any], None] | None = None
         self.seal_errors = 0
         self.batches_refused = 0
         self.readings_refused = 0
@@ -124,23 +147,67 @@ class Batcher:
         self._round_timer: asyncio.TimerHandle | None = None
         self._round_tasks: set[asyncio.Task[None]] = set()
         self.round_seals = 0
+        # age timers (set by ``Pipeline.run``): one loop timer at the earliest age bound of the
+        # pending lanes, instead of a 50 ms clock checking them
+        self.timed_ages = False
+        self._age_timer: asyncio.TimerHandle | None = None
+        self._age_at = math.inf
 
     def add(self, lane: Lane, samples: Sequence[Sample], alerts: Sequence[Alert] = ()) -> _Pending:
         p = self._pending[lane]
         now = time.monotonic()
         if not len(p):
             p.since = now
+            if self.timed_ages and (samples or alerts):
+                self._arm_age(lane, now)
         if lane is Lane.TELEMETRY and self.quiet > 0 and samples:
             self._last_in = now
             if self._round_timer is None:
                 self._arm_round(now)
-        p.samples.extend(samples)
+        if lane is Lane.TELEMETRY:
+            p.add_samples(samples)
+        else:
+            p.samples.extend(samples)
         p.alerts.extend(alerts)
         self.readings_in += len(samples)
         self.alerts_in += len(alerts)
         if lane is Lane.BULK:
             self._bulk_bytes += sum(len(s.value) for s in samples if isinstance(s.value, bytes))
         return p
+
+    def _lane_age(self, lane: Lane) -> float:
+        if lane is Lane.TELEMETRY and self.age_policy is not None:
+            return self.age_policy()
+        return 0.0 if lane is Lane.ALERT else self.max_age
+
+    def _arm_age(self, lane: Lane, now: float) -> None:
+        """Have ``_age_check`` run when ``lane``'s oldest pending item reaches its age bound
+        (one timer for all lanes: the earliest bound)."""
+        at = self._pending[lane].since + self._lane_age(lane)
+        if self._age_timer is not None:
+            if self._age_at <= at:
+                return
+            self._age_timer.cancel()
+        loop = asyncio.get_running_loop()
+        self._age_at = at
+        self._age_timer = loop.call_at(loop.time() + max(0.0, at - now), self._age_check)
+
+    def _age_check(self) -> None:
+        """Timer callback: seal the lanes that are due; re-arm for those still pending."""
+        self._age_timer, self._age_at = None, math.inf
+        now = time.monotonic()
+        lanes = self.due(now)
+        if lanes:
+            task = asyncio.get_running_loop().create_task(self._seal_all(lanes))
+            self._round_tasks.add(task)
+            task.add_done_callback(self._round_tasks.discard)
+        for lane, p in self._pending.items():
+            if len(p) and lane not in lanes:
+                self._arm_age(lane, now)
+
+    async def _seal_all(self, lanes: list[Lane]) -> None:
+        for lane in lanes:
+            await self.seal(lane)
 
     def _arm_round(self, now: float) -> None:
         at = max(self._last_in + self.quiet, self._last_tele_seal + self.min_interval)
@@ -203,14 +270,15 @@ class Batcher:
 
     async def _commit(self, lane: Lane, p: _Pending) -> None:
         try:
-            seq = await self._thread.call(self._encode_append, lane, p.samples, p.alerts)
+            seq, stored = await self._thread.call(self._encode_append, lane, p.samples,
+                                                  p.alerts, p.blocks)
         except Exception as exc:
             self.seal_errors += 1
             if type(exc).__name__ == "OutboxFull":
                 # expected trouble under the outbox's stated policy (full, disk space low): the
                 # outbox counts it and names it in its next gap record; say so once per episode
                 self.batches_refused += 1
-                self.readings_refused += len(p.samples)
+                self.readings_refused += p.readings
                 if not self._refusing:
                     log.warning("outbox refused a %s batch of %d items: %s (further refusals "
                                 "are counted, and named by gap records)", lane.name.lower(),
@@ -228,37 +296,43 @@ class Batcher:
                          self.batches_refused)
                 self._refusing = False
             self.batches_sealed += 1
-            self.readings_sealed += len(p.samples)
+            self.readings_sealed += p.readings
             self.last_seal_ms = now_ms()
             for w in p.waiters:
                 if not w.done():
                     w.set_result(seq)
             if self.on_sealed is not None:
-                self.on_sealed(lane)
+                self.on_sealed(lane, stored)
         finally:
             self._seal_slots.release()
             if (self.quiet > 0 and self._round_timer is None and not self._inflight - {
                     asyncio.current_task()} and len(self._pending[Lane.TELEMETRY])):
                 self._arm_round(time.monotonic())
 
-    def _encode_append(self, lane: Lane, samples: list[Sample], alerts: list[Alert]) -> int:
+    def _encode_append(self, lane: Lane, samples: list[Sample], alerts: list[Alert],
+                       blocks: Sequence[SampleBlock] = ()) -> tuple[int, Any]:
         # Runs in the outbox thread.
-        plaintext = self._encode(samples=samples, alerts=alerts)
+        if blocks and not getattr(self._encode, "takes_blocks", False):
+            samples = [s for b in blocks for s in b] + samples
+            blocks = ()
+        plaintext = (self._encode(samples=samples, alerts=alerts, blocks=blocks) if blocks
+                     else self._encode(samples=samples, alerts=alerts))
         defined: list[int] = []
         if isinstance(plaintext, tuple):  # a dictionary encoder: (bytes, ids defined in it)
             plaintext, defined = plaintext
         self.bytes_sealed += HEADER_SIZE + len(plaintext) + TAG_SIZE
-        stamps = [s.ts_ms for s in samples] + [a.ts_ms for a in alerts]
+        stamps = ([s.ts_ms for s in samples] + [a.ts_ms for a in alerts]
+                  + [b.ts_ms for b in blocks])
         seq = self._outbox.append(
             lane,
             plaintext,
-            count=len(samples) + len(alerts),
+            count=len(samples) + len(alerts) + sum(map(len, blocks)),
             first_ts_ms=min(stamps),
             last_ts_ms=max(stamps),
         )
         if self.on_appended is not None:
             self.on_appended(seq, defined)
-        return seq
+        return seq, getattr(self._outbox, "last_appended", None)
 
     async def drain(self) -> None:
         """Seal everything pending and wait until the outbox thread has committed it."""
@@ -295,9 +369,13 @@ class _Round:
 
 
 class Pipeline:
-    """Runs the edge stages and feeds the batcher; ``run()`` is its clock (ticks every 50 ms)."""
+    """Runs the edge stages and feeds the batcher; ``run()`` is its clock: it ticks every
+    ``TICK`` (50 ms) while edge stages are configured (their windows and timers), else every
+    ``IDLE_TICK`` (1 s: the watchdog's heartbeat and a backstop), the batcher's age bounds then
+    being kept by its own timers (``Batcher.timed_ages``)."""
 
     TICK = 0.05
+    IDLE_TICK = 1.0
 
     def __init__(
         self,
@@ -377,8 +455,12 @@ class Pipeline:
     ) -> None:
         """Accept samples from a driver (this is the ``emit`` given to push drivers)."""
         rnd = _Round(durable)
+        out: Sequence[Sample]
         if lane is Lane.TELEMETRY and self.stages:
+            # the stages take Samples: a poll's SampleBlock is materialised here, only here
             out, alerts = self._run_stages(list(samples), 0, self._clock_ms(), rnd)
+        elif type(samples) is SampleBlock:
+            out, alerts = samples, []  # kept as columns up to the encoder
         else:
             out, alerts = list(samples), []
         waiters: list[asyncio.Future[int]] = rnd.wait_for
@@ -444,11 +526,18 @@ class Pipeline:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
+        self.batcher.timed_ages = True
         deadline = loop.time()
-        while True:
-            deadline = max(deadline + self.TICK, loop.time())
-            await asyncio.sleep(deadline - loop.time())
-            await self.tick_once()
+        try:
+            while True:
+                # a stage configured at run time (remote configuration) gets its 50 ms ticks
+                # from the next idle tick on (within IDLE_TICK)
+                deadline = max(deadline + (self.TICK if self.stages else self.IDLE_TICK),
+                               loop.time())
+                await asyncio.sleep(deadline - loop.time())
+                await self.tick_once()
+        finally:
+            self.batcher.timed_ages = False
 
     @property
     def last_tick_ms(self) -> int:

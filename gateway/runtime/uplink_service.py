@@ -82,7 +82,7 @@ class UplinkService:
             reconnect_spread=float(u.reconnect_spread),
             max_attempts=int(u.max_attempts),
         )
-        dp.pipeline.batcher.on_sealed = lambda _lane: session.notify()
+        dp.pipeline.batcher.on_sealed = lambda _lane, stored: session.offer(stored)
         batch = dp.cfg.batch
         self._batching = wire(dp.pipeline.batcher, session, dp.series_dict,
                               min_age=float(batch.max_age), max_age_slow=float(batch.max_age_slow))

@@ -354,6 +354,9 @@ class Outbox:
         #: readings refused since the last successful append, per gap reason and lane:
         #: (first ts, last ts, batches, readings); written as a gap record by the next append
         self._refused: dict[tuple[str, int], list[int]] = {}
+        #: the batch the last ``append`` stored, if it stored nothing else (no gap record):
+        #: read by its caller in the outbox thread right after the append
+        self.last_appended: StoredBatch | None = None
         self._disk_low = False
         self._lock = threading.RLock()
         #: WAL is truncated to this after checkpoints; also the auto-checkpoint size
@@ -761,6 +764,9 @@ class Outbox:
             raise
         # committed: now the in-memory view follows
         self._next_seq = next_seq
+        # the uplink may send this batch without reading it back (no gap record came with it)
+        self.last_appended = (StoredBatch(seq, lane, env, count, first, last, 0)
+                              if gap_row is None else None)
         self._refused.clear()
         self._account_add(lane, len(env))
         self._c["appended"] += 1

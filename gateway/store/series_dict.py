@@ -28,6 +28,7 @@ from pathlib import Path
 from edgegw.model import Alert, Sample
 from edgegw.protocol.codec import Gap
 from edgegw.protocol.codec_v2 import SeriesKey, encode_batch_v2
+from edgegw.protocol.model import SampleBlock
 
 FILE_NAME = "series-dict.db"
 
@@ -86,7 +87,7 @@ class SeriesDictionary:
         (ids, must define) in the order of ``keys``."""
         with self._lock:
             get = self._ids.get
-            found = [get(key) for key in keys]
+            found = list(map(get, keys))
             if None in found:
                 for n, key in enumerate(keys):
                     if found[n] is None:
@@ -99,6 +100,8 @@ class SeriesDictionary:
                         found[n] = i
             ids: list[int] = found  # type: ignore[assignment]  # no None left
             confirmed = self._confirmed
+            if confirmed.issuperset(ids):  # the steady state: nothing to define
+                return ids, [False] * len(ids)
             return ids, [i not in confirmed for i in ids]
 
     def flush(self) -> None:
@@ -114,15 +117,19 @@ class SeriesDictionary:
     def encode(self, samples: Iterable[Sample] = (), alerts: Iterable[Alert] = (),
                gaps: Iterable[Gap] = (), parts: Sequence[int] = (),
                part_of: Sequence[int] = (), part_digests: Sequence[bytes] = (),
-               alert_part_of: Sequence[int] = ()) -> tuple[bytes, list[int]]:
+               alert_part_of: Sequence[int] = (),
+               blocks: Sequence[SampleBlock] = ()) -> tuple[bytes, list[int]]:
         """A v2 batch using this dictionary (v3 with ``part_digests``); returns (plaintext,
-        ids defined in it)."""
+        ids defined in it). ``blocks``: more readings as polls' columns (``encode_batch_v2``)."""
         data, defined = encode_batch_v2(samples, alerts, gaps, ids_many=self.assign_many,
                                         epoch=self.epoch, parts=parts, part_of=part_of,
                                         part_digests=part_digests,
-                                        alert_part_of=alert_part_of)
+                                        alert_part_of=alert_part_of, blocks=blocks)
         self.flush()
         return data, defined
+
+    #: the batcher may hand this encoder SampleBlocks as they are
+    encode.takes_blocks = True  # type: ignore[attr-defined]
 
     def sealed(self, seq: int, defined: Sequence[int]) -> None:
         """The batch ``seq`` carrying definitions ``defined`` is in the outbox."""

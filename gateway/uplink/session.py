@@ -41,6 +41,12 @@ Invariants (see docs/delivery.md for the whole story):
 - TLS: one ``SSLContext`` across connections, rebuilt when the identity files change
   (renewal); each reconnect offers the previous TLS session (``transport.mqtt_client``), so a
   reconnect does not send the certificates again; verification is unchanged (docs/security.md).
+- The outbox is scanned (``next_batches``, a trip to the outbox thread) only when it may hold
+  a sendable batch the last scan did not return: a ``notify()`` (a batch was stored), a
+  held-back batch's pause ended, a settle that may have left its batch (RETRY, REJECTED, a
+  failure), a give-up or re-sequencing, a scan cut short by the window or the pipe, a new
+  connection; and at least every ``poll_interval`` (1 s) as a backstop. An ack that only
+  deletes delivered batches wakes the loop (room in the window) without a scan.
 - MQTT v5 topic alias for the batch topic once the broker allows one (saves the topic name in
   every PUBLISH); ``on_delivered`` (optional) hears every seq the cloud acked DELIVERED.
 """
@@ -51,6 +57,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import math
 import random
 import ssl
 import time
@@ -78,6 +85,17 @@ from edgegw.uplink.reconnect import ReconnectPolicy
 log = logging.getLogger("edgegw.uplink")
 
 ACK_DELIVERED, ACK_REJECTED = AckStatus.DELIVERED, AckStatus.REJECTED
+
+
+def _alias_properties() -> Properties:
+    props = Properties(PacketTypes.PUBLISH)
+    props.TopicAlias = 1
+    return props
+
+
+#: the PUBLISH properties of every batch once the alias is set (paho only packs them: one
+#: object for all publishes, not a Properties object and its name lookups per batch)
+_ALIAS_PROPS = _alias_properties()
 #: PUBACK reason codes that refuse the batch itself for good (resending cannot help)
 PERMANENT_PUBACK = frozenset({0x95, 0x99})
 ALERT_SAMPLES = 256
@@ -175,7 +193,7 @@ class Uplink:
         stable_after: float = 20,
         probe_interval: float = 1.0,
         reconnect_spread: float = 1.0,
-        poll_interval: float = 0.05,
+        poll_interval: float = 1.0,
         max_attempts: int = 10,
         stuck_after: float | None = None,
         rng: random.Random | None = None,
@@ -239,6 +257,10 @@ class Uplink:
         self._connected = False
         self._lost: asyncio.Event | None = None
         self._wake: asyncio.Event | None = None
+        #: the outbox may hold a sendable batch the last scan did not return (module doc)
+        self._rescan = True
+        #: batches just stored, handed over by the batcher (``offer``): sent without a scan
+        self._fresh: list[Any] = []
         self._inflight: dict[int, _Flight] = {}
         self._mids: dict[int, int] = {}
         # across connections
@@ -275,7 +297,20 @@ class Uplink:
         return info.rc == mqtt.MQTT_ERR_SUCCESS
 
     def notify(self) -> None:
-        """Tell the uplink the outbox has new batches (optional: it also polls)."""
+        """Tell the uplink the outbox has new batches. Whoever stores a batch calls this (the
+        batcher after each commit, the re-packer); without it a batch waits for the backstop
+        scan (``poll_interval``)."""
+        self._rescan = True
+        if self._wake is not None:
+            self._wake.set()
+
+    def offer(self, batch: Any) -> None:
+        """The batcher stored ``batch`` (a ``StoredBatch``; None: something, read the outbox).
+        It is sent as it is unless a scan is due anyway (the scan returns it too)."""
+        if batch is None or not self._connected or len(self._fresh) >= self.window:
+            self.notify()  # offline (the next connection scans) or a backlog: scan
+            return
+        self._fresh.append(batch)
         if self._wake is not None:
             self._wake.set()
 
@@ -537,6 +572,7 @@ class Uplink:
     def _drop_connection_state(self) -> None:
         # Everything in flight stays in the outbox; the next connection sends it again.
         self._inflight.clear()
+        self._fresh.clear()
         self._mids.clear()
         self.flow.reset()
         self._alias_set = False
@@ -555,17 +591,34 @@ class Uplink:
         loop = asyncio.get_running_loop()
         assert self._lost is not None and self._wake is not None
         self._last_progress = loop.time()
+        self._rescan = True  # a new connection: everything stored is sendable again
+        last_scan = -math.inf
         while not self._lost.is_set():
+            # cleared BEFORE the work: a wake-up that arrives during the scan is kept
+            self._wake.clear()
             now = loop.time()
             self._check_stuck(now)
             self._resend_overdue(now)
             self._release_cooldown(now)
             room = self.window - len(self._inflight)
-            if room > 0:
+            batches: list[Any] = []
+            if room > 0 and (self._rescan or now - last_scan >= self.poll_interval
+                             or len(self._fresh) > room):
+                self._rescan = False
+                self._fresh.clear()  # the scan returns them
+                last_scan = now
                 exclude = set(self._inflight) | set(self._cooldown) | self._settling
                 batches = await self._io.next_batches(room, exclude)
                 if self._lost.is_set():
                     break
+                if len(batches) >= room:
+                    self._rescan = True  # the window cut the scan short: more may wait
+            elif room > 0 and self._fresh:
+                # stored since the last complete scan, which sent everything sendable: these
+                # are the outbox's only new sendable batches (lane order holds: alerts are
+                # sealed at once, so no older telemetry batch waits behind them)
+                batches, self._fresh = self._fresh, []
+            if batches:
                 now = time.monotonic()
                 in_flight = self._inflight_bytes()
                 for b in batches:
@@ -573,13 +626,15 @@ class Uplink:
                         continue
                     if not self.flow.may_send(len(b.envelope), now, alert=b.lane == 0,
                                               in_flight=in_flight):
-                        break  # a BDP awaits the cloud's ack: wait for acks (they wake us)
+                        # a BDP awaits the cloud's ack: wait for acks (they wake us), then
+                        # scan again
+                        self._rescan = True
+                        break
                     self._send(_Flight(b.seq, bytes(b.envelope), b.count, int(b.lane),
                                        attempts=int(getattr(b, "attempts", 0)),
                                        first_ts_ms=int(getattr(b, "first_ts_ms", 0))))
                     in_flight += len(b.envelope)
             timeout = self._next_deadline(loop.time())
-            self._wake.clear()
             # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation that
             # arrives as the event is set, and a stopping gateway then never finishes.
             with contextlib.suppress(TimeoutError):
@@ -601,13 +656,10 @@ class Uplink:
         client = self._client
         assert client is not None
         if self._alias_set:
-            props = Properties(PacketTypes.PUBLISH)
-            props.TopicAlias = 1
-            info = client.publish("", flight.envelope, qos=1, properties=props)
+            info = client.publish("", flight.envelope, qos=1, properties=_ALIAS_PROPS)
         elif self._alias_max >= 1:
-            props = Properties(PacketTypes.PUBLISH)
-            props.TopicAlias = 1
-            info = client.publish(self._topic_batch, flight.envelope, qos=1, properties=props)
+            info = client.publish(self._topic_batch, flight.envelope, qos=1,
+                                  properties=_ALIAS_PROPS)
             self._alias_set = True
         else:
             info = client.publish(self._topic_batch, flight.envelope, qos=1)
@@ -702,6 +754,7 @@ class Uplink:
         for seq, until in list(self._cooldown.items()):
             if until <= now:
                 del self._cooldown[seq]
+                self._rescan = True  # sendable again
 
     def _hold_back(self, seq: int) -> None:
         """Keep ``seq`` out of the window for a jittered, growing delay (refusals)."""
@@ -715,6 +768,9 @@ class Uplink:
         if not items:
             return
         seqs = [seq for seq, _ in items]
+        # a delivered batch is deleted: its settle makes nothing new sendable (anything else
+        # may leave it in the outbox, out of the window)
+        kept = any(outcome != AckStatus.DELIVERED for _, outcome in items)
 
         async def go() -> None:
             many = getattr(self._io, "settle_many", None)
@@ -724,21 +780,28 @@ class Uplink:
                 for seq, outcome in items:
                     await self._io.settle(seq, outcome)
 
-        self._in_background(seqs, go, "settling batches %s in the outbox failed", seqs[:10])
+        self._in_background(seqs, go, "settling batches %s in the outbox failed", seqs[:10],
+                            rescan=kept)
 
     def _in_background(self, seqs: list[int], work: Callable[[], Awaitable[object]],
-                       failed: str, *args: object) -> None:
+                       failed: str, *args: object, rescan: bool = True) -> None:
         """Run ``work`` (an outbox call) as a tracked task; ``seqs`` stay out of the window until
-        it is done, and the send loop is woken then. A failure is logged as ``failed % args``."""
+        it is done, and the send loop is woken then (to scan the outbox again when ``rescan``
+        or the work failed: the batches may still be there). A failure is logged as
+        ``failed % args``."""
         self._settling.update(seqs)
 
         async def go() -> None:
+            ok = False
             try:
                 await work()
+                ok = True
             except Exception:
                 log.exception(failed, *args)
             finally:
                 self._settling.difference_update(seqs)
+                if rescan or not ok:
+                    self._rescan = True
                 if self._wake is not None:
                     self._wake.set()
 

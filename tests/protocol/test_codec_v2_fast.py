@@ -21,6 +21,7 @@ from edgegw.model import Quality, Sample
 from edgegw.protocol import codec_v2
 from edgegw.protocol.codec import CodecError
 from edgegw.protocol.codec_v2 import decode_batch_v2, encode_batch_v2
+from edgegw.protocol.model import SampleBlock
 from edgegw.store.series_dict import SeriesDictionary
 from protocol.test_codec import canon, samples_mixed, samples_typed
 
@@ -129,3 +130,65 @@ def test_assign_many_gives_a_repeated_key_one_id(tmp_path: Path) -> None:
     ids, define = sd.assign_many([("d", "a"), ("d", "b"), ("d", "a")])
     assert ids == [0, 1, 0] and define == [True, True, True]
     sd.close()
+
+
+def _blocks(samples: list[Sample]) -> list[SampleBlock]:
+    """Runs of GOOD samples of one device and one instant as SampleBlocks (what a poll of
+    plain values emits), everything else as it is: the same readings in the same order."""
+    out: list[Any] = []
+    for s in samples:
+        last = out[-1] if out else None
+        if (isinstance(last, list) and last[0].device == s.device and last[0].ts_ms == s.ts_ms
+                and s.quality == Quality.GOOD and s.metric not in {x.metric for x in last}):
+            last.append(s)
+        elif s.quality == Quality.GOOD:
+            out.append([s])
+        else:
+            out.append(s)
+    return [SampleBlock(x[0].device, tuple(y.metric for y in x), x[0].ts_ms,
+                        [y.value for y in x]) for x in out if isinstance(x, list)]
+
+
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(samples=poll_rounds())
+def test_blocks_write_the_bytes_of_the_same_samples(samples: list[Sample],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A poll's SampleBlock (columns) encodes to exactly the bytes of its Samples: column-wise
+    when every block is another device's, made into samples otherwise (fast path on and off)."""
+    blocks = _blocks([s for s in samples if s.quality == Quality.GOOD])
+    readings = [s for b in blocks for s in b]
+    try:
+        want, slow = _both(readings, monkeypatch)
+    except CodecError:
+        with pytest.raises(CodecError):
+            encode_batch_v2((), blocks=blocks)
+        return
+    assert encode_batch_v2((), blocks=blocks)[0] == want == slow
+    with monkeypatch.context() as m:
+        m.setattr(codec_v2, "_FAST_SINGLE", False)
+        assert encode_batch_v2((), blocks=blocks)[0] == want
+    # samples first, then blocks: the order the batcher never mixes, still the same readings
+    if len(blocks) > 1:
+        assert encode_batch_v2(list(blocks[0]), blocks=blocks[1:])[0] == want
+    assert canon(decode_batch_v2(want).samples) == canon(readings)
+
+
+def test_block_path_is_taken_for_a_poll_round(monkeypatch: pytest.MonkeyPatch,
+                                              tmp_path: Path) -> None:
+    """W2's batch (several devices' polls of uint16 registers, as blocks) is written column-wise
+    (no Sample is made, no general series path), through the series dictionary too."""
+    monkeypatch.setattr(codec_v2, "_write_series", None)  # any use of it fails
+    names = tuple(f"r{i}" for i in range(100))
+    blocks = [SampleBlock(f"u{d}", names, 1_790_000_000_000 + d, [(d * 997 + i * 31) % 65536
+                                                                  for i in range(100)])
+              for d in range(5)]
+    monkeypatch.setattr(SampleBlock, "__iter__", None)  # materialising would fail too
+    d = SeriesDictionary(tmp_path / "sd.db")
+    data, defined = d.encode(blocks=blocks)
+    assert len(defined) == 500
+    monkeypatch.undo()
+    want = [s for b in blocks for s in b]
+    assert canon(decode_batch_v2(data, d.resolve).samples) == canon(want)
+    # the same readings as Samples, same dictionary state (ids assigned, none confirmed yet)
+    assert d.encode(want)[0] == data

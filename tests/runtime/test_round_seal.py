@@ -13,10 +13,15 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from edgegw.model import Sample
+import pytest
+
+from edgegw.model import Quality, Sample
+from edgegw.protocol.model import SampleBlock
+from edgegw.runtime.outbox_reader import read_outbox_samples
 from edgegw.runtime.pipeline import Batcher, OutboxThread, Pipeline
 from edgegw.runtime.sealing import make_sealer
 from edgegw.store.outbox import Outbox
+from edgegw.store.series_dict import FILE_NAME, SeriesDictionary
 
 GW = "round-gw"
 FAR = 60.0  # max_age: never reached within a test
@@ -102,4 +107,45 @@ async def test_no_round_seal_while_the_link_is_slow(tmp_path: Path) -> None:
         await _until(lambda: b.batches_sealed == 1, 10.0, "the round's seal")
         assert b.readings_sealed == 200 and b.round_seals == 1
     finally:
+        await _close(outbox, thread)
+
+
+async def test_poll_blocks_reach_the_outbox_as_columns_in_arrival_order(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Polls' SampleBlocks travel to the v2 encoder as columns (no Sample made on the way);
+    a plain sample list arriving in between (a failed poll) turns the blocks pending before
+    it into samples, so the batch keeps the arrival order either way."""
+    (tmp_path / "gateway-id").write_text(GW + "\n")
+    thread = OutboxThread()
+    sealer = make_sealer(GW, tmp_path, None)
+    outbox = await thread.call(lambda: Outbox(tmp_path / "outbox.db", max_bytes=1 << 24,
+                                              sealer=sealer))
+    sd = await thread.call(SeriesDictionary, tmp_path / FILE_NAME)
+    b = Batcher(outbox, thread, max_readings=100_000, max_age=FAR, quiet=0.005,
+                min_interval=0.0, encode=sd.encode)
+    pipe = Pipeline(b)
+    names = tuple(f"r{i}" for i in range(10))
+
+    def block(dev: str, ts: int) -> SampleBlock:
+        return SampleBlock(dev, names, ts, [ts % 1000 + i for i in range(10)])
+
+    t = 1_700_000_000_000
+    try:
+        first = [block("u0", t), [Sample("u9", "r0", t + 1, None, Quality.COMM_ERROR)],
+                 block("u1", t + 2)]
+        for polled in first:
+            await pipe.submit(polled)
+        await _until(lambda: b.batches_sealed == 1, 10.0, "the first round's seal")
+        # blocks only: never iterated on the way to the outbox
+        second = [block("u0", t + 100), block("u1", t + 102)]
+        with monkeypatch.context() as m:
+            m.setattr(SampleBlock, "__iter__", None)
+            for polled in second:
+                await pipe.submit(polled)
+            await _until(lambda: b.batches_sealed == 2, 10.0, "the second round's seal")
+        assert b.readings_sealed == 41 and b.seal_errors == 0
+        want = [s for polled in first + second for s in polled]
+        assert read_outbox_samples(tmp_path, GW) == want
+    finally:
+        await thread.call(sd.close)
         await _close(outbox, thread)

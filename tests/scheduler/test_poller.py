@@ -23,6 +23,7 @@ from edgegw import (
     Sample,
     TransientError,
 )
+from edgegw.protocol.model import SampleBlock
 from edgegw.runtime.poller import DevicePoller
 
 
@@ -143,3 +144,21 @@ async def test_async_sink_and_failing_sink() -> None:
     poller, _ = make([{"a": 1}], sink=broken_sink)
     assert await poller.poll() is True  # the device is fine; the sink problem is counted
     assert poller.stats()["sink_errors"] == 1
+
+
+async def test_plain_values_are_emitted_as_one_block_per_poll() -> None:
+    """A poll of plain values reaches the sink as ONE SampleBlock (columns, no Sample objects
+    made): the Samples it stands for, its series keys kept from poll to poll while the point
+    names stay the same (the encoder and the series dictionary read them as they are)."""
+    got: list[Any] = []
+    poller, _ = make([{"a": 1, "b": 2}, {"a": 3, "b": 4}, {"a": 5, "c": 6}], sink=got.append)
+    for _ in range(3):
+        assert await poller.poll() is True
+    assert all(type(b) is SampleBlock for b in got)
+    first, second, third = got
+    assert (first.device, first.metrics, first.ts_ms, first.values) == (
+        "dev", ("a", "b"), 1_700_000_000_000, [1, 2])
+    assert list(second) == [Sample("dev", "a", 1_700_000_000_000, 3),
+                            Sample("dev", "b", 1_700_000_000_000, 4)]
+    assert second.keys is first.keys and first.keys == (("dev", "a"), ("dev", "b"))
+    assert third.keys == (("dev", "a"), ("dev", "c")) and poller.samples_out == 6

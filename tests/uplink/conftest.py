@@ -212,7 +212,10 @@ class CutProxy:
 class GatewaySide:
     """The real gateway data path minus drivers: Outbox (own thread) + OutboxIO + Uplink."""
 
-    def __init__(self, ident: Identity, state: Path, broker_url: str, **uplink_kw: object) -> None:
+    def __init__(self, ident: Identity, state: Path, broker_url: str, *, hand_off: bool = False,
+                 **uplink_kw: object) -> None:
+        """``hand_off``: each appended batch is handed to the uplink (``Uplink.offer``, as the
+        daemon's batcher does) instead of a ``notify()`` that makes it read the outbox."""
         from concurrent.futures import ThreadPoolExecutor
 
         from edgegw.store.outbox import Outbox
@@ -233,6 +236,7 @@ class GatewaySide:
         self.produced_seqs: list[int] = []
         self.produced_readings = 0
         self._k = 0
+        self.hand_off = hand_off
 
     def start(self) -> None:
         self.task = asyncio.ensure_future(self.uplink.run())
@@ -247,15 +251,20 @@ class GatewaySide:
         alerts = [Alert("rule", "dev", t0, True)] if alert else []
         plaintext = encode_batch(samples, alerts)
         loop = asyncio.get_running_loop()
-        seq: int = await loop.run_in_executor(
-            self.executor, lambda: self.outbox.append(
+        def store() -> tuple[int, object]:
+            seq = self.outbox.append(
                 Lane(lane), plaintext, count=n_readings + len(alerts), first_ts_ms=t0,
                 last_ts_ms=t0 + max(n_readings - 1, 0),
-            ),
-        )
+            )
+            return seq, self.outbox.last_appended
+
+        seq, stored = await loop.run_in_executor(self.executor, store)
         self.produced_seqs.append(seq)
         self.produced_readings += n_readings
-        self.uplink.notify()
+        if self.hand_off:
+            self.uplink.offer(stored)
+        else:
+            self.uplink.notify()
         return seq
 
     async def pending(self) -> int:

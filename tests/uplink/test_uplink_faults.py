@@ -102,3 +102,44 @@ async def test_ingest_down_then_back(cloud: Cloud, tmp_path: Path) -> None:
             ingest.stop()
     finally:
         await gw.close()
+
+
+async def test_handed_off_batches_exactly_once_through_cuts(cloud: Cloud, tmp_path: Path) -> None:
+    """Batches handed to the uplink as they are stored (``Uplink.offer``, the daemon's path)
+    are sent without reading the outbox back, and still exactly once through connection cuts
+    (after a reconnect the outbox is read again); the outbox is read far less often than
+    batches are stored."""
+    ident = cloud.gateway("gw-handoff", tmp_path / "id")
+    ingest = cloud.ingest()
+    proxy = await CutProxy(cloud.broker.port).start()
+    gw = GatewaySide(ident, tmp_path / "state", proxy.url, hand_off=True)
+    scans = {"n": 0}
+    scan = gw.io.next_batches
+
+    async def counting(limit: int, exclude: object) -> list[object]:
+        scans["n"] += 1
+        return await scan(limit, exclude)  # type: ignore[arg-type]
+
+    gw.io.next_batches = counting  # type: ignore[method-assign]
+    gw.start()
+    rng = random.Random(11)
+    try:
+        await await_until(lambda: gw.uplink.connected, 15, "uplink connected")
+        await _produce(gw, 60, 50, 0.02)  # paced: every batch finds the window open
+        await await_until(lambda: gw.uplink.stats()["batches_delivered"] >= 60, 30,
+                          "the first batches delivered")
+        assert scans["n"] < 30, f"{scans['n']} outbox scans for 60 handed-off batches"
+        producer = asyncio.ensure_future(_produce(gw, 100, 50, 0.02))
+        for _ in range(3):
+            await asyncio.sleep(rng.uniform(0.1, 0.6))  # cut at a random point mid-upload
+            connects = gw.uplink.stats()["connects"]
+            proxy.cut()
+            await await_until(lambda c=connects: gw.uplink.stats()["connects"] > c, 20,
+                              "uplink reconnected through the proxy")
+        await producer
+        await gw.drained(60)
+        assert_exactly_once(cloud, gw)
+    finally:
+        await gw.close()
+        await proxy.close()
+        ingest.stop()
