@@ -499,12 +499,7 @@ def encode_batch_v2(
             tail[j] |= FLAG_TS_SAME | FLAG_ALL_GOOD
         else:
             tail[j] |= FLAG_ALL_GOOD
-            z = t - prev_first_ts
-            z = z << 1 if z >= 0 else ((-z) << 1) - 1
-            while z > 0x7F:
-                append((z & 0x7F) | 0x80)
-                z >>= 7
-            append(z)
+            _put_zz(data, (t - prev_first_ts,))  # once per block: no need to inline it
             prev_ts = [t]
         prev_first_ts = t
         tail[j + 1:j + n] = _TS_SAME_GOOD * (n - 1)
