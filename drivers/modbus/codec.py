@@ -15,6 +15,7 @@ other.
 
 from __future__ import annotations
 
+import functools
 import math
 import struct
 from collections.abc import Callable, Sequence
@@ -135,6 +136,7 @@ def encode(
 RegisterDecoder = Callable[[Sequence[int], int], "int | float | bool | str"]
 
 
+@functools.cache  # pure functions of their arguments: one per distinct layout, not per point
 def compile_decoder(
     dtype: str,
     width: int,
@@ -146,7 +148,7 @@ def compile_decoder(
 ) -> RegisterDecoder:
     """A fast decoder ``fn(registers, at)`` equal to ``decode(registers[at:at+width], ...)``.
 
-    Built once per point at open (one ``struct`` pack + unpack per value on the hot path).
+    Built once per distinct layout (one ``struct`` pack + unpack per value on the hot path).
     Registers must be 16-bit values; pymodbus guarantees that for decoded responses.
     """
     if dtype == "bit":

@@ -10,6 +10,7 @@ import pytest
 
 from edgegw import BadDataError, PermanentError, PointValue, Quality, TransientError
 from edgegw.drivers.modbus import ModbusDriver
+from edgegw.drivers.modbus.codec import compile_decoder
 
 from .modbus_sim import driver_points, layout
 from .simproc import Devices, SimServer
@@ -211,3 +212,9 @@ async def test_plain_register_groups_decode_like_the_point_readers(
         p for p in driver_points(1) if p["name"] in ("h_uint16_1", "h_uint16_54")])
     assert mixed._plain == [None]
     assert dict(await mixed.read()) == {"h_uint16_1": 40001, "h_uint16_54": 4661}
+    # memory (W3's 10,000 points): a plain group keeps no decoder per point, and points of
+    # one layout share one decoder function
+    assert driver._readers == [[] for _ in driver.groups]
+    assert [len(r) for r in mixed._readers] == [2]
+    assert compile_decoder("float32", 2, word_order="little") is compile_decoder(
+        "float32", 2, word_order="little")
