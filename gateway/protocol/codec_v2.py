@@ -674,6 +674,7 @@ def _decode_body(r: _Reader, resolve: Resolver | None, v3: bool = False) -> Deco
             # One GOOD reading of an int, exact-decimal or scaled-register series (a round
             # seal's batch is all of them): read inline, the same values as the general path
             # below; anything else or malformed is left to it from the series' first byte.
+            # Varints unrolled on purpose, as in the v1 decoder's fast path (codec.py).
             scale = _FAST_KINDS.get(kind)
             try:
                 p = r.pos
