@@ -370,7 +370,10 @@ class DeviceConfig(_Section):
     enabled: bool = True
     poll: Duration = Field(default=1.0, gt=0, description="poll period (polled drivers)")
     timeout: Duration = Field(default=2.0, gt=0)
-    stagger: bool = Field(default=True, description="spread first polls over one period")
+    stagger: bool = Field(
+        default=True,
+        description="spread first polls over one period, bus by bus (a bus's devices back to back)",
+    )
     bus: str | None = Field(
         default=None, description="name of a `buses:` entry tuning this device's bus"
     )

@@ -148,11 +148,16 @@ class DeviceManager:
         for dev in self.cfg.devices:
             if dev.enabled:
                 self._start_device(dev)
-        # `stagger` spreads the first polls over one period across the WHOLE gateway (not per
-        # bus: ten single-device endpoints would otherwise all poll at once)
+        # `stagger` spreads the first polls over one period across the WHOLE gateway, bus by
+        # bus: ten single-device endpoints do not all poll at once, while the devices of one
+        # bus share their bus's slot and are polled back to back (a bus serves one request at
+        # a time anyway), so a bus's poll round arrives together and is sealed as one batch
+        # instead of one batch per device (docs/configuration.md, `stagger`)
         staggered = [p for p in self._pollers if p.stagger]
-        for i, poller in enumerate(staggered):
-            poller.stagger_slot = (i, len(staggered))
+        buses = list(dict.fromkeys(id(self._device_bus[p.device_id]) for p in staggered))
+        slot = {bus: i for i, bus in enumerate(buses)}
+        for poller in staggered:
+            poller.stagger_slot = (slot[id(self._device_bus[poller.device_id])], len(buses))
         for name, sched in self._schedulers.items():
             self._tasks.append(asyncio.create_task(sched.run(), name=f"bus:{name}"))
         self._running = True

@@ -51,7 +51,8 @@ class DevicePoller:
         self.period = period
         self.timeout = timeout
         self.stagger = stagger
-        #: (index, count) among all staggered devices of the gateway; None = per bus
+        #: (index, count): its bus among the buses of the gateway with staggered devices (set
+        #: by the device manager); None = its own index among its bus's devices
         self.stagger_slot: tuple[int, int] | None = None
         self.sink = sink
         self.driver_name = driver_name or type(driver).__name__

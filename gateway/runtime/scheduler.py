@@ -6,7 +6,8 @@ Invariants:
   period (never now + period), so polling does not drift. A target more than one period
   behind skips the missed slots and counts them (``skipped_slots``).
 - First deadlines are staggered: target i of n starts at ``i / n`` of its period (deterministic);
-  n counts every staggered device of the gateway when the target carries ``stagger_slot``.
+  with a ``stagger_slot`` (set by the device manager) i / n is its BUS among the gateway's
+  buses, so every device of this bus shares one deadline and they are polled back to back.
 - Queued writes run before the next poll (``submit_write``).
 - Per-device circuit breaker: after ``failure_threshold`` consecutive failed polls the device
   is only probed every backoff interval (exponential from ``backoff_min`` to ``backoff_max``,
