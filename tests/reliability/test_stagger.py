@@ -55,54 +55,18 @@ class Forwarder:
         self.sock.close()
 
 
-def test_first_polls_spread_across_the_gateway(tmp_path: Path) -> None:
-    server = SimServer("--tcp", "0", "--units", "1", log_dir=tmp_path)
+def first_polls(tmp_path: Path, buses: int, units: int, period: str) -> dict[str, int]:
+    """Run the daemon 3 s with ``buses`` endpoints of ``units`` unit ids each (device
+    ``b{bus}-u{unit}``); the wall-clock time of each device's first reading."""
+    server = SimServer("--tcp", "0", "--units", str(units), log_dir=tmp_path)
     state = tmp_path / "state"
-    n = 10
-    relays = [Forwarder(server.port) for _ in range(n)]
-    try:
-        cfg = write_config(tmp_path / "gateway.yaml", {
-            "gateway": {"id": "gw-stagger", "state_dir": str(state), "log_level": "warning"},
-            "metrics": {"enabled": False},
-            "devices": [{
-                "id": f"d{i}", "driver": "modbus", "poll": "2s", "timeout": "1s",
-                # one device per endpoint (bus), like ten single-device Modbus gateways
-                "options": {"transport": "tcp", "host": "127.0.0.1", "port": relays[i].port,
-                            "unit_id": 1, "points": [{"name": "v", "kind": "holding",
-                                                      "address": 0, "type": "int16"}]},
-            } for i in range(n)],
-        })
-        r = edgegw_cli("run", "-c", str(cfg), "--for", "3")
-        assert r.returncode == 0, r.stderr
-    finally:
-        server.close()
-        for r in relays:
-            r.close()
-    samples = read_outbox(state)[0]
-    first = {}
-    for s in sorted(samples, key=lambda s: s.ts_ms):
-        first.setdefault(s.device, s.ts_ms)
-    assert len(first) == n
-    starts = sorted(first.values())
-    # i / n of the 2 s period: 0, 0.2 ... 1.8 s; allow generous slack for a loaded machine
-    assert starts[-1] - starts[0] >= 1200, starts
-    gaps = [b - a for a, b in itertools.pairwise(starts)]
-    assert sum(g >= 100 for g in gaps) >= n // 2, gaps
-
-
-def test_devices_of_one_bus_poll_as_one_round_and_buses_spread(tmp_path: Path) -> None:
-    """Three buses of three unit ids each: a bus's devices share its slot and are polled back
-    to back (one round, sealed together), the buses are spread over the period."""
-    server = SimServer("--tcp", "0", "--units", "3", log_dir=tmp_path)
-    state = tmp_path / "state"
-    buses, units = 3, 3
     relays = [Forwarder(server.port) for _ in range(buses)]
     try:
         cfg = write_config(tmp_path / "gateway.yaml", {
             "gateway": {"id": "gw-stagger", "state_dir": str(state), "log_level": "warning"},
             "metrics": {"enabled": False},
             "devices": [{
-                "id": f"b{b}-u{u}", "driver": "modbus", "poll": "3s", "timeout": "1s",
+                "id": f"b{b}-u{u}", "driver": "modbus", "poll": period, "timeout": "1s",
                 "options": {"transport": "tcp", "host": "127.0.0.1", "port": relays[b].port,
                             "unit_id": u, "points": [{"name": "v", "kind": "holding",
                                                       "address": 0, "type": "int16"}]},
@@ -114,11 +78,28 @@ def test_devices_of_one_bus_poll_as_one_round_and_buses_spread(tmp_path: Path) -
         server.close()
         for r in relays:
             r.close()
-    samples = read_outbox(state)[0]
     first: dict[str, int] = {}
-    for s in sorted(samples, key=lambda s: s.ts_ms):
+    for s in sorted(read_outbox(state)[0], key=lambda s: s.ts_ms):
         first.setdefault(s.device, s.ts_ms)
     assert len(first) == buses * units
+    return first
+
+
+def test_first_polls_spread_across_the_gateway(tmp_path: Path) -> None:
+    # one device per endpoint (bus), like ten single-device Modbus gateways
+    n = 10
+    starts = sorted(first_polls(tmp_path, n, 1, "2s").values())
+    # i / n of the 2 s period: 0, 0.2 ... 1.8 s; allow generous slack for a loaded machine
+    assert starts[-1] - starts[0] >= 1200, starts
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    assert sum(g >= 100 for g in gaps) >= n // 2, gaps
+
+
+def test_devices_of_one_bus_poll_as_one_round_and_buses_spread(tmp_path: Path) -> None:
+    """Three buses of three unit ids each: a bus's devices share its slot and are polled back
+    to back (one round, sealed together), the buses are spread over the period."""
+    buses, units = 3, 3
+    first = first_polls(tmp_path, buses, units, "3s")
     rounds = [sorted(first[f"b{b}-u{u}"] for u in range(1, units + 1)) for b in range(buses)]
     # one bus: its devices back to back (a few ms each; generous for a loaded machine)
     assert all(r[-1] - r[0] < 500 for r in rounds), rounds
