@@ -528,20 +528,16 @@ class CloudStore(BatchWriter):
     def _series_rows(
         self, gw: str, seq: int, col: Series, blobs: list[tuple[Any, int, bytes]]
     ) -> Iterable[tuple[Any, ...]]:
-        """Rows of one decoded series: one id lookup and, for a single-typed column (the usual
-        case), no per-value Python work; mixed columns go through ``_encode_value``."""
+        """Rows of one decoded series: one id lookup and, for a single-typed column, no
+        per-value Python work; mixed columns go through ``_encode_value``. (A one-reading
+        series of a plain type never gets here: ``_insert_contents`` writes it inline.)"""
         sid = self._series.get((gw, col.device, col.metric))
         if sid is None:
             sid = self._series_id(gw, col.device, col.metric)
         n = len(col.ts)
-        if n == 1:  # a gateway batch usually holds one reading per series: no column machinery
-            value, vtype1 = col.values[0], _FAST_VTYPES.get(type(col.values[0]))
-            if vtype1 is not None and (vtype1 != VT_INT or -(2**63) <= value < 2**63):
-                stored = int(value) if vtype1 == VT_BOOL else value
-                return ((sid, col.ts[0], stored, vtype1, col.qualities[0], seq),)
         types = set(map(type, col.values))
         vtype = _FAST_VTYPES.get(types.pop()) if len(types) == 1 else None
-        if vtype == VT_INT and not (min(col.values) >= -(2**63) and max(col.values) < 2**63):
+        if vtype == VT_INT and not (min(col.values) >= _I64_MIN and max(col.values) <= _I64_MAX):
             vtype = None  # beyond SQLite's 64-bit INTEGER: _encode_value keeps the digits
         if vtype is not None:
             values: Iterable[Any] = col.values

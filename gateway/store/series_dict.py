@@ -71,16 +71,9 @@ class SeriesDictionary:
 
     # ------------------------------------------------------------------ encoder side
     def assign(self, key: SeriesKey) -> tuple[int, bool]:
-        """(id, must define) for a series; called by the encoder (outbox thread)."""
-        with self._lock:
-            i = self._ids.get(key)
-            if i is None:
-                i = len(self._ids)
-                self._ids[key] = i
-                self._names[i] = key
-                self._new.append((i, key[0], key[1]))
-                return i, True
-            return i, i not in self._confirmed
+        """(id, must define) for a series (``assign_many`` of one)."""
+        ids, define = self.assign_many((key,))
+        return ids[0], define[0]
 
     def assign_many(self, keys: Collection[SeriesKey]) -> tuple[list[int], list[bool]]:
         """``assign`` for every series of a batch under one lock round trip:
