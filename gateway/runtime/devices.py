@@ -153,11 +153,12 @@ class DeviceManager:
         # bus share their bus's slot and are polled back to back (a bus serves one request at
         # a time anyway), so a bus's poll round arrives together and is sealed as one batch
         # instead of one batch per device (docs/configuration.md, `stagger`)
-        staggered = [p for p in self._pollers if p.stagger]
-        buses = list(dict.fromkeys(id(self._device_bus[p.device_id]) for p in staggered))
-        slot = {bus: i for i, bus in enumerate(buses)}
-        for poller in staggered:
-            poller.stagger_slot = (slot[id(self._device_bus[poller.device_id])], len(buses))
+        staggered = [(p, self._device_bus[p.device_id]) for p in self._pollers if p.stagger]
+        slot: dict[BusScheduler, int] = {}
+        for _, bus in staggered:
+            slot.setdefault(bus, len(slot))
+        for poller, bus in staggered:
+            poller.stagger_slot = (slot[bus], len(slot))
         for name, sched in self._schedulers.items():
             self._tasks.append(asyncio.create_task(sched.run(), name=f"bus:{name}"))
         self._running = True
