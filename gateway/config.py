@@ -61,6 +61,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.dataclasses import is_pydantic_dataclass
+from pydantic.fields import FieldInfo
 
 from edgegw.edge.config import AggregateConfig, AnomalyConfig, RuleConfig, validate_edge
 from edgegw.protocol.broker_url import BrokerUrl, parse_broker_url
@@ -499,15 +501,25 @@ def _unwrap(tp: Any) -> Any:
 
 
 def _is_model(tp: Any) -> bool:
-    return isinstance(tp, type) and issubclass(tp, BaseModel)
+    """A pydantic model or a pydantic dataclass (a driver may use either for its options)."""
+    return isinstance(tp, type) and (
+        issubclass(tp, BaseModel) or is_pydantic_dataclass(tp)
+    )
 
 
-def _field_names(model: type[BaseModel]) -> list[str]:
-    return [f.alias or name for name, f in model.model_fields.items()]
+def _fields(model: Any) -> dict[str, FieldInfo]:
+    fields: dict[str, FieldInfo] = (
+        model.model_fields if issubclass(model, BaseModel) else model.__pydantic_fields__
+    )
+    return fields
 
 
-def _field(model: type[BaseModel], key: Any) -> Any | None:
-    for name, f in model.model_fields.items():
+def _field_names(model: Any) -> list[str]:
+    return [f.alias or name for name, f in _fields(model).items()]
+
+
+def _field(model: Any, key: Any) -> Any | None:
+    for name, f in _fields(model).items():
         if key in (name, f.alias):
             return f.annotation
     return None
@@ -521,13 +533,13 @@ def _union_member(tp: Any, part: Any) -> Any | None:
             continue
         if member.__name__ == part:
             return member
-        for f in member.model_fields.values():
+        for f in _fields(member).values():
             if typing.get_origin(f.annotation) is Literal and part in typing.get_args(f.annotation):
                 return member
     return None
 
 
-def _model_at(root: type[BaseModel], loc: Sequence[Any]) -> type[BaseModel] | None:
+def _model_at(root: type[BaseModel], loc: Sequence[Any]) -> Any | None:
     """The model class that validates the value at pydantic ``loc`` (for did-you-mean)."""
     tp: Any = root
     for part in loc:
@@ -596,6 +608,7 @@ _TYPE_WORDS = {
     "string_type": "expected a text value",
     "model_type": "expected a mapping of keys",
     "model_attributes_type": "expected a mapping of keys",
+    "dataclass_type": "expected a mapping of keys",
     "dict_type": "expected a mapping",
     "list_type": "expected a list (items starting with '- ')",
     "path_type": "expected a file path",
@@ -618,7 +631,7 @@ def _issue_from_error(
     if kind == "missing":
         where = source.value(path[:-1])
         return ConfigIssue.at(where, path, f"missing required key '{path[-1]}'")
-    if kind == "extra_forbidden":
+    if kind in ("extra_forbidden", "unexpected_keyword_argument"):  # model / dataclass
         key = str(path[-1])
         owner = _model_at(model, loc[:-1])
         names = _field_names(owner) if owner else []

@@ -26,8 +26,8 @@ from __future__ import annotations
 import glob
 import os
 import re
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -129,15 +129,25 @@ def format_path(path: PathT) -> str:
 class SourceMap:
     """Where every value (and every mapping key) of the loaded data came from.
 
-    Backed by the located tree the data was flattened from (a lookup walks the path): a
-    second structure keyed by path tuples would double the loader's peak, which stays in the
-    daemon's resident memory after the check (docs/performance.md, section 3)."""
+    Backed by a located tree (a lookup walks the path): a second structure keyed by path
+    tuples would double its size. ``load_yaml`` builds the data without places and gives a
+    ``rebuild`` that loads the same texts again with them, on the first lookup only: a config
+    without issues never builds the tree, whose peak would stay in the daemon's resident memory
+    (~1.4 KB per device point; docs/performance.md, section 3)."""
 
     root: Loc
     tree: _Node | None = None
+    rebuild: Callable[[], _Node] | None = field(default=None, repr=False)
+
+    @property
+    def located(self) -> bool:
+        """True once the located tree exists (built by the loader or by a first lookup)."""
+        return self.tree is not None
 
     def _walk(self, path: PathT) -> tuple[Loc, int, _Node | None]:
         """(the deepest existing value's place, how many parts matched, its parent node)."""
+        if self.tree is None and self.rebuild is not None:
+            self.tree, self.rebuild = self.rebuild(), None
         node = self.tree
         if node is None:
             return self.root, 0, None
@@ -208,10 +218,17 @@ class LoadedYaml:
 # PyYAML's ``compose`` keeps a ``Node`` and two ``Mark`` objects (all with a ``__dict__``) for
 # every value until the load ends: ~3.3 KB per device point, the largest part of the daemon's
 # start-up peak (and a peak stays resident: freed memory is not returned to the system). This
-# composer reads the same parser events and keeps a slotted node with its tag, value and start
+# composer reads the same parser events and makes a slotted node with its tag, value and start
 # line/column only; the rules are PyYAML's (``yaml.composer``): tags resolved the same way,
 # anchors registered before their children (so a recursive alias is seen by ``build``), the same
 # errors for an undefined alias, a duplicate anchor and a second document.
+#
+# Only an anchored node (and what is inside it) is composed whole, as an alias may visit it
+# again. Any other collection is streamed: its ``value`` is an iterator that composes each
+# child from the parser when the builder asks for it, so the composed nodes of a document never
+# exist all at once (~1.2 KB per device point otherwise). The builder consumes children in
+# document order; a child it skips (an issue, a merge key's value) is read whole before the
+# next one (``_drain``), so the parser never loses its place.
 @dataclass(slots=True)
 class _YScalar:
     tag: str
@@ -224,7 +241,7 @@ class _YScalar:
 @dataclass(slots=True)
 class _YSeq:
     tag: str
-    value: list[_YNode]
+    value: list[_YNode] | Iterator[_YNode]  # an iterator: streamed (not ``shared``)
     line: int
     col: int
     shared: bool = False  # anchored or inside an anchored node: an alias may visit it again
@@ -233,7 +250,7 @@ class _YSeq:
 @dataclass(slots=True)
 class _YMap:
     tag: str
-    value: list[tuple[_YNode, _YNode]]
+    value: list[tuple[_YNode, _YNode]] | Iterator[tuple[_YNode, _YNode]]
     line: int
     col: int
     shared: bool = False
@@ -243,17 +260,27 @@ _YNode = _YScalar | _YSeq | _YMap
 _T = TypeVar("_T")
 
 
-def _children(node: _YSeq | _YMap, items: list[_T]) -> Iterator[_T]:
+def _children(node: _YSeq | _YMap, items: list[_T] | Iterator[_T]) -> Iterator[_T]:
     """``items`` (the node's ``value``) in order. A node outside every anchored node is visited
-    once (only aliases revisit), so each of its children is let go once it is built: the
-    composed tree shrinks while the located tree grows, instead of both being whole at once."""
+    once (only aliases revisit), so each of its children is let go once it is built: streamed
+    from the parser, or (a drained node) popped from its list."""
     if node.shared:
         yield from list(items)
+        return
+    if not isinstance(items, list):
+        yield from items
         return
     node.value = []
     items.reverse()
     while items:
         yield items.pop()
+
+
+def _drain(node: _YNode) -> _YNode:
+    """Compose the rest of a streamed node whole (its children drain each other in turn)."""
+    if isinstance(node, _YSeq | _YMap) and not isinstance(node.value, list):
+        node.value = list(node.value)  # type: ignore[assignment]
+    return node
 
 
 def _mark(name: str, line: int, col: int) -> yaml.Mark:
@@ -271,26 +298,53 @@ class _Composer:
         self.texts: dict[str, str] = {}
 
     def compose(self) -> _YNode | None:
-        """The single document's root node (``None`` for an empty stream)."""
+        """The single document's root node (``None`` for an empty stream); ``finish`` after
+        the root is built (its streamed children are read while it is built)."""
         parser = self.parser
-        try:
-            parser.get_event()  # StreamStart
-            if parser.check_event(yaml.StreamEndEvent):
-                return None
-            parser.get_event()  # DocumentStart
-            root = self.node()
-            parser.get_event()  # DocumentEnd
-            if not parser.check_event(yaml.StreamEndEvent):
-                event = parser.get_event()
-                raise ComposerError(
-                    "expected a single document in the stream",
-                    _mark("<config>", root.line, root.col),
-                    "but found another document",
-                    event.start_mark,
-                )
-            return root
-        finally:
-            parser.dispose()
+        parser.get_event()  # StreamStart
+        if parser.check_event(yaml.StreamEndEvent):
+            return None
+        parser.get_event()  # DocumentStart
+        return self.node()
+
+    def finish(self, root: _YNode) -> None:
+        """Read the document's end: a second document is an error."""
+        parser = self.parser
+        _drain(root)
+        parser.get_event()  # DocumentEnd
+        if not parser.check_event(yaml.StreamEndEvent):
+            event = parser.get_event()
+            raise ComposerError(
+                "expected a single document in the stream",
+                _mark("<config>", root.line, root.col),
+                "but found another document",
+                event.start_mark,
+            )
+
+    def _stream_items(self) -> Iterator[_YNode]:
+        parser = self.parser
+        child: _YNode | None = None
+        while True:
+            if child is not None:
+                _drain(child)  # whatever the builder left unread of the previous child
+            if parser.check_event(yaml.SequenceEndEvent):
+                break
+            child = self.node()
+            yield child
+        parser.get_event()
+
+    def _stream_pairs(self) -> Iterator[tuple[_YNode, _YNode]]:
+        parser = self.parser
+        value: _YNode | None = None
+        while True:
+            if value is not None:
+                _drain(value)
+            if parser.check_event(yaml.MappingEndEvent):
+                break
+            key = _drain(self.node())
+            value = self.node()
+            yield key, value
+        parser.get_event()
 
     def node(self) -> _YNode:
         parser = self.parser
@@ -320,11 +374,14 @@ class _Composer:
             if anchor is not None:
                 self.anchors[anchor] = made
             return made
+        shared = bool(anchor or self.in_anchor)
         if isinstance(event, yaml.SequenceStartEvent):
             if tag is None or tag == "!":
                 tag = parser.resolve(yaml.SequenceNode, None, event.implicit)
+            if not shared:
+                return _YSeq(tag, self._stream_items(), mark.line, mark.column)
             items: list[_YNode] = []
-            made = _YSeq(tag, items, mark.line, mark.column, bool(anchor or self.in_anchor))
+            made = _YSeq(tag, items, mark.line, mark.column, True)
             if anchor is not None:
                 self.anchors[anchor] = made
                 self.in_anchor += 1
@@ -336,8 +393,10 @@ class _Composer:
             return made
         if tag is None or tag == "!":
             tag = parser.resolve(yaml.MappingNode, None, event.implicit)
+        if not shared:
+            return _YMap(tag, self._stream_pairs(), mark.line, mark.column)
         pairs: list[tuple[_YNode, _YNode]] = []
-        made = _YMap(tag, pairs, mark.line, mark.column, bool(anchor or self.in_anchor))
+        made = _YMap(tag, pairs, mark.line, mark.column, True)
         if anchor is not None:
             self.anchors[anchor] = made
             self.in_anchor += 1
@@ -376,7 +435,15 @@ class _Abort(Exception):
     """Stop loading now (the issue is already recorded)."""
 
 
-def _merge(base: _Node, over: _Node) -> _Node:
+def _merge(base: Any, over: Any) -> Any:
+    """Deep merge of two loaded values, located nodes or plain data (the first pass)."""
+    if isinstance(base, dict) and isinstance(over, dict):
+        merged = dict(base)
+        for key, value in over.items():
+            merged[key] = _merge(merged[key], value) if key in merged else value
+        return merged
+    if isinstance(base, list) and isinstance(over, list):
+        return base + over
     if isinstance(base, _Map) and isinstance(over, _Map):
         entries = dict(base.entries)
         for key, (kloc, value) in over.entries.items():
@@ -388,14 +455,6 @@ def _merge(base: _Node, over: _Node) -> _Node:
     if isinstance(base, _Seq) and isinstance(over, _Seq):
         return _Seq(base.items + over.items, over.loc)
     return over
-
-
-def _flatten(node: _Node) -> Any:
-    if isinstance(node, _Map):
-        return {key: _flatten(value) for key, (_kloc, value) in node.entries.items()}
-    if isinstance(node, _Seq):
-        return [_flatten(item) for item in node.items]
-    return node.value
 
 
 def _child(node: _Node, part: Any) -> _Node | None:
@@ -411,10 +470,30 @@ def _child(node: _Node, part: Any) -> _Node | None:
     return None
 
 
+#: the place of everything in the first pass: it records no places (``located`` False)
+_UNPLACED = Loc("", 0, 0)
+
+
+def _loc_of(node: Any) -> Loc:
+    return node.loc if isinstance(node, _Scalar | _Seq | _Map) else _UNPLACED
+
+
 # --------------------------------------------------------------------------- loader
 class _FileLoader:
-    def __init__(self, env: Mapping[str, str]) -> None:
+    """Loads a file and its includes into a located tree (``located``) or into plain data.
+
+    The first pass is plain: a config file is loaded at every start and is usually right, and
+    the located tree costs ~1.4 KB per device point (a ``Loc`` per key and value, a node per
+    value) against ~0.2 KB for the data. When the plain pass records an issue, or the source
+    map is first asked for a place, the same texts (``texts``, filled by the first pass) are
+    loaded again, located. Both passes run the same code; only the node makers differ."""
+
+    def __init__(
+        self, env: Mapping[str, str], *, located: bool, texts: dict[Path, bytes]
+    ) -> None:
         self.env = env
+        self.located = located
+        self.texts = texts
         self.issues: list[ConfigIssue] = []
         self.files: list[str] = []
         self.budget = MAX_NODES
@@ -422,12 +501,33 @@ class _FileLoader:
         self.resolver = Resolver()
         self.active: set[int] = set()
 
-    # ----------------------------------------------------------------- files
-    def load_file(self, path: Path, display: str, stack: tuple[Path, ...], via: Loc | None) -> _Map:
-        empty = _Map({}, Loc(display, 1, 1))
+    def run(self, display: str) -> Any:
+        """The merged root (a ``_Map``, or a ``dict`` in the plain pass); issues in ``issues``."""
         try:
+            return self.load_file(Path(display), display, (), None)
+        except _Abort:
+            pass
+        except RecursionError:
+            self.issues.append(ConfigIssue.at(Loc(display, 0, 0), (), "YAML nested too deeply"))
+        return self._map({}, Loc(display, 1, 1))
+
+    # ----------------------------------------------------------------- node makers
+    def _map(self, entries: dict[Any, Any], loc: Loc) -> Any:
+        return _Map(entries, loc) if self.located else entries
+
+    def _read(self, path: Path) -> bytes:
+        raw = self.texts.get(path)
+        if raw is None:
             with path.open("rb") as fh:
                 raw = fh.read(MAX_FILE_BYTES + 1)
+            self.texts[path] = raw
+        return raw
+
+    # ----------------------------------------------------------------- files
+    def load_file(self, path: Path, display: str, stack: tuple[Path, ...], via: Loc | None) -> Any:
+        empty = self._map({}, Loc(display, 1, 1))
+        try:
+            raw = self._read(path)
         except OSError as exc:
             where = via or Loc(display, 0, 0)
             reason = exc.strerror or str(exc)
@@ -455,58 +555,67 @@ class _FileLoader:
                 )
             )
             return empty
+        composer = _Composer(text)
+        before = len(self.issues)
         try:
-            root_node = _Composer(text).compose()
+            root_node = composer.compose()
+            if root_node is None:
+                return empty
+            root = self.build(root_node, display, ())
+            composer.finish(root_node)
         except yaml.MarkedYAMLError as exc:
+            # as if composed first: a file that does not parse reports that alone
+            del self.issues[before:]
             self.issues.append(self._syntax_issue(exc, display))
             return empty
         except yaml.YAMLError as exc:  # ReaderError (control characters) has no mark
+            del self.issues[before:]
             self.issues.append(self._reader_issue(exc, display, text))
             return empty
-        if root_node is None:
-            return empty
-        root = self.build(root_node, display, ())
-        del root_node  # the composed tree: only the located tree is needed from here on
-        if not isinstance(root, _Map):
+        finally:
+            composer.parser.dispose()
+        del root_node  # the composed root: only the built one is needed from here on
+        if not isinstance(root, _Map | dict):
             self.issues.append(
                 ConfigIssue.at(
-                    root.loc,
+                    _loc_of(root),
                     (),
                     "the top level of a config file must be a mapping of sections",
                     "start with e.g. 'gateway:' and 'devices:'",
                 )
             )
             return empty
-        included: _Node = _Map({}, root.loc)
-        inc = root.entries.pop("include", None)
-        if inc is not None:
-            for target, loc in self._include_targets(inc[1], path, display):
+        included: Any = self._map({}, _loc_of(root))
+        entries = root.entries if isinstance(root, _Map) else root
+        if "include" in entries:
+            inc = entries.pop("include")
+            inc_node = inc[1] if isinstance(root, _Map) else inc
+            for target, loc in self._include_targets(inc_node, path, display):
                 included = _merge(included, self._load_include(target, loc, path, stack))
-        return _merge(included, root)  # type: ignore[return-value]
+        return _merge(included, root)
 
     def _include_targets(
-        self, node: _Node, path: Path, display: str
+        self, node: Any, path: Path, display: str
     ) -> list[tuple[tuple[Path, str], Loc]]:
-        entries: list[_Node]
+        is_list = isinstance(node, _Seq | list)
+        entries: list[Any]
         if isinstance(node, _Seq):
             entries = node.items
-        elif isinstance(node, _Scalar) and node.value is None:
+        elif isinstance(node, list):
+            entries = node
+        elif node is None or (isinstance(node, _Scalar) and node.value is None):
             entries = []
         else:
             entries = [node]
         targets: list[tuple[tuple[Path, str], Loc]] = []
         for i, entry in enumerate(entries):
-            ipath: PathT = ("include", i) if isinstance(node, _Seq) else ("include",)
-            if (
-                not isinstance(entry, _Scalar)
-                or not isinstance(entry.value, str)
-                or not entry.value
-            ):
+            ipath: PathT = ("include", i) if is_list else ("include",)
+            rel = entry.value if isinstance(entry, _Scalar) else entry
+            if not isinstance(rel, str) or not rel:
                 self.issues.append(
-                    ConfigIssue.at(entry.loc, ipath, "an include entry must be a file path")
+                    ConfigIssue.at(_loc_of(entry), ipath, "an include entry must be a file path")
                 )
                 continue
-            rel = entry.value
             base_dir = path.parent
             display_dir = os.path.dirname(display)
             if _GLOB_CHARS.search(rel):
@@ -514,15 +623,15 @@ class _FileLoader:
                     shown = os.path.normpath(
                         os.path.join(display_dir, os.path.relpath(match, base_dir))
                     )
-                    targets.append(((Path(match), shown), entry.loc))
+                    targets.append(((Path(match), shown), _loc_of(entry)))
             else:
                 shown = os.path.normpath(os.path.join(display_dir, rel))
-                targets.append(((base_dir / rel, shown), entry.loc))
+                targets.append(((base_dir / rel, shown), _loc_of(entry)))
         return targets
 
     def _load_include(
         self, target: tuple[Path, str], loc: Loc, parent: Path, stack: tuple[Path, ...]
-    ) -> _Map:
+    ) -> Any:
         path, display = target
         real = path.resolve()
         chain = (*stack, parent.resolve())
@@ -536,14 +645,14 @@ class _FileLoader:
                     "remove one of these includes",
                 )
             )
-            return _Map({}, loc)
+            return self._map({}, loc)
         if len(chain) > MAX_INCLUDE_DEPTH:
             self.issues.append(
                 ConfigIssue.at(
                     loc, ("include",), f"includes nested deeper than {MAX_INCLUDE_DEPTH}"
                 )
             )
-            return _Map({}, loc)
+            return self._map({}, loc)
         if not path.is_file():
             what = "is not a file" if path.exists() else "does not exist"
             self.issues.append(
@@ -554,7 +663,7 @@ class _FileLoader:
                     f"paths are relative to the including file's folder ({parent.parent})",
                 )
             )
-            return _Map({}, loc)
+            return self._map({}, loc)
         return self.load_file(path, display, chain, loc)
 
     @staticmethod
@@ -580,9 +689,12 @@ class _FileLoader:
 
     # ----------------------------------------------------------------- nodes
     def _loc(self, node: _YNode, display: str) -> Loc:
+        if not self.located:
+            return _UNPLACED
         return Loc(display, node.line + 1, node.col + 1)
 
-    def build(self, node: _YNode, display: str, path: PathT) -> _Node:
+    def build(self, node: _YNode, display: str, path: PathT) -> Any:
+        """The value of ``node``: a located node, or plain data in the plain pass."""
         self.budget -= 1
         loc = self._loc(node, display)
         if self.budget < 0:
@@ -594,16 +706,17 @@ class _FileLoader:
             raise _Abort
         if id(node) in self.active:
             self.issues.append(ConfigIssue.at(loc, path, "recursive YAML alias"))
-            return _Scalar(None, loc)
+            return _Scalar(None, loc) if self.located else None
         if isinstance(node, _YScalar):
-            return _Scalar(self._scalar(node, display, path), loc)
+            value = self._scalar(node, display, path)
+            return _Scalar(value, loc) if self.located else value
         self.active.add(id(node))
         try:
             if isinstance(node, _YSeq):
                 self._check_tag(node, "tag:yaml.org,2002:seq", display, path)
                 children = _children(node, node.value)
                 items = [self.build(n, display, (*path, i)) for i, n in enumerate(children)]
-                return _Seq(items, loc)
+                return _Seq(items, loc) if self.located else items
             assert isinstance(node, _YMap)
             self._check_tag(node, "tag:yaml.org,2002:map", display, path)
             return self._mapping(node, display, path, loc)
@@ -616,12 +729,13 @@ class _FileLoader:
                 ConfigIssue.at(self._loc(node, display), path, f"unsupported YAML tag '{node.tag}'")
             )
 
-    def _mapping(self, node: _YMap, display: str, path: PathT, loc: Loc) -> _Map:
-        entries: dict[Any, tuple[Loc, _Node]] = {}
+    def _mapping(self, node: _YMap, display: str, path: PathT, loc: Loc) -> Any:
+        # located: key -> (the key's place, node); plain pass: key -> value
+        entries: dict[Any, Any] = {}
         merges: list[_YNode] = []
         for knode, vnode in _children(node, node.value):
             if knode.tag == _MERGE_TAG:
-                merges.append(vnode)
+                merges.append(_drain(vnode))  # built after the explicit keys
                 continue
             kloc = self._loc(knode, display)
             if not isinstance(knode, _YScalar):
@@ -629,7 +743,7 @@ class _FileLoader:
                 continue
             key = self._construct(knode, display, path)
             if key in entries:
-                first = entries[key][0]
+                first = entries[key][0] if self.located else _UNPLACED
                 where = f"line {first.line}" if first.file == display else str(first)
                 self.issues.append(
                     ConfigIssue.at(
@@ -640,21 +754,22 @@ class _FileLoader:
                     )
                 )
                 continue
-            entries[key] = (kloc, self.build(vnode, display, (*path, key)))
+            value = self.build(vnode, display, (*path, key))
+            entries[key] = (kloc, value) if self.located else value
         for mnode in merges:  # YAML merge keys: explicit keys win, earlier merges win
             sources = mnode.value if isinstance(mnode, _YSeq) else [mnode]
             for src in sources:
                 merged = self.build(src, display, path)
-                if not isinstance(merged, _Map):
+                if not isinstance(merged, _Map | dict):
                     self.issues.append(
                         ConfigIssue.at(
-                            merged.loc, path, "'<<' must merge a mapping or a list of mappings"
+                            _loc_of(merged), path, "'<<' must merge a mapping or a list of mappings"
                         )
                     )
                     continue
-                for key, entry in merged.entries.items():
+                for key, entry in (merged.entries if isinstance(merged, _Map) else merged).items():
                     entries.setdefault(key, entry)
-        return _Map(entries, loc)
+        return self._map(entries, loc)
 
     def _construct(self, node: _YScalar, display: str, path: PathT) -> Any:
         ynode = yaml.ScalarNode(node.tag, node.value, None, None, node.style)
@@ -718,16 +833,24 @@ class _FileLoader:
 
 
 def load_yaml(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> LoadedYaml:
-    """Load a config file with its includes; raise ``ConfigError`` with every issue found."""
+    """Load a config file with its includes; raise ``ConfigError`` with every issue found.
+
+    The data is built without places; the source map loads the same texts (kept until the
+    source map is let go) and the same environment again, located, when it is first asked for
+    a place, and so does an issue of the first pass, to say where it is."""
     display = os.fspath(path)
-    loader = _FileLoader(os.environ if env is None else env)
-    try:
-        root = loader.load_file(Path(display), display, (), None)
-    except _Abort:
-        root = _Map({}, Loc(display, 1, 1))
-    except RecursionError:
-        loader.issues.append(ConfigIssue.at(Loc(display, 0, 0), (), "YAML nested too deeply"))
-        root = _Map({}, Loc(display, 1, 1))
+    environ = dict(os.environ if env is None else env)
+    texts: dict[Path, bytes] = {}
+    loader = _FileLoader(environ, located=False, texts=texts)
+    data = loader.run(display)
+
+    def located() -> tuple[_Node, list[ConfigIssue]]:
+        again = _FileLoader(environ, located=True, texts=texts)
+        return again.run(display), again.issues
+
     if loader.issues:
-        raise ConfigError(sorted(loader.issues, key=lambda i: i.sort_key))
-    return LoadedYaml(_flatten(root), SourceMap(Loc(display, 1, 1), root), loader.files)
+        issues = located()[1] or loader.issues
+        raise ConfigError(sorted(issues, key=lambda i: i.sort_key))
+    return LoadedYaml(
+        data, SourceMap(Loc(display, 1, 1), rebuild=lambda: located()[0]), loader.files
+    )

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
+from pydantic.dataclasses import dataclass
 
 from edgegw import DriverOptions, Duration
 
@@ -40,14 +41,13 @@ MAX_BITS_PER_READ = 2000  # Modbus spec: read coils/discrete inputs
 Seconds = Annotated[Duration, Field(ge=0)]
 
 
-class ModbusPoint(BaseModel):
+@dataclass(config=ConfigDict(extra="forbid"), frozen=True, slots=True, kw_only=True)
+class ModbusPoint:
     """One named value of the device: where it lives and how to decode it."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
     name: str = Field(min_length=1)
-    kind: Kind = "holding"
     address: int = Field(ge=0, le=65535, description="protocol (0-based) address")
+    kind: Kind = "holding"
     type: DataType | None = Field(default=None, description="default: uint16, bool for bits")
     bit: int | None = Field(default=None, ge=0, le=15, description="bit of the register (type bit)")
     length: int | None = Field(

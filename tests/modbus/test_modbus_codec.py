@@ -127,7 +127,7 @@ BASE: dict[str, Any] = {"host": "10.0.0.5", "points": [{"name": "t", "address": 
      ({"points": [{"name": "x", "address": 70000}]}, "less than or equal"),
      ({"points": [{"name": "x", "address": 0}, {"name": "x", "address": 1}]}, "duplicate point"),
      ({"points": [{"name": "x", "address": 0, "kind": "input", "writable": True}]}, "writable"),
-     ({"points": [{"name": "x", "address": 0, "typo": 1}]}, "Extra inputs"),
+     ({"points": [{"name": "x", "address": 0, "typo": 1}]}, "Unexpected keyword argument"),
      ({"transport": "rtu", "host": None}, "needs serial_port"),
      ({"host": None}, "needs host"),
      ({"max_registers": 126}, "less than or equal"),
