@@ -14,8 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from cfgtest_drivers import DRIVERS
 from cfgtest_helpers import FIXTURES
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from edgegw.config import load_and_check
 from edgegw.yamlsrc import ConfigError, load_yaml
@@ -95,3 +98,36 @@ def test_places_come_from_the_texts_read_at_load_time(tmp_path: Path) -> None:
     path.write_text("\n\n\n\nb: {c: 2}\na: 1\n", encoding="utf-8")
     assert loaded.source.value(("b", "c")).line == 2
     assert loaded.source.key(("a",)).line == 1
+
+
+_KEYS = st.text(alphabet="abcxyz_", min_size=1, max_size=4)
+_SCALARS = st.one_of(
+    st.none(), st.booleans(), st.integers(-10**6, 10**6), st.text("ab c:#-", max_size=6),
+    st.floats(allow_nan=False, allow_infinity=False, width=32),
+)
+_DOCS = st.dictionaries(
+    _KEYS,
+    st.recursive(
+        _SCALARS,
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_KEYS, inner, max_size=4),
+        max_leaves=25,
+    ),
+    min_size=1,
+    max_size=5,
+)
+
+
+@settings(max_examples=120, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(_DOCS, st.booleans())
+def test_any_document_reads_the_same_in_both_passes(
+    tmp_path: Path, doc: dict[str, Any], flow: bool
+) -> None:
+    """Random nested documents (block and flow style): the plain pass gives what PyYAML gives,
+    and the located tree built afterwards holds the same data."""
+    path = tmp_path / "doc.yaml"
+    path.write_text(yaml.safe_dump(doc, default_flow_style=flow), encoding="utf-8")
+    loaded = load_yaml(path, env={})
+    assert loaded.data == yaml.safe_load(path.read_text(encoding="utf-8"))
+    loaded.source.value(())
+    assert _plain(loaded.source.tree) == loaded.data
