@@ -81,6 +81,8 @@ class ModbusDriver(PolledDriver):
             [] if plain is not None else [(p.name, self._compile(p, g)) for p in g.points]
             for g, plain in zip(self.groups, self._plain, strict=True)
         ]
+        #: per group, the request's description for error messages (formatted once, not per poll)
+        self._what = [f"unit {options.unit_id} {g.kind} {g.start}+{g.count}" for g in self.groups]
         self._bus: ModbusBus | None = None
 
     @classmethod
@@ -125,7 +127,7 @@ class ModbusDriver(PolledDriver):
         failures: list[BadDataError] = []
         for index, group in enumerate(self.groups):
             try:
-                values = await self._read_group(bus, group)
+                values = await self._read_group(bus, group, self._what[index])
             except BadDataError as exc:  # this group only; TransientError ends the poll
                 failures.append(exc)
                 self.ctx.count(_event(exc))
@@ -150,15 +152,17 @@ class ModbusDriver(PolledDriver):
             raise BadDataError(f"every read failed; first: {failures[0]}")
         return result
 
-    async def _read_group(self, bus: ModbusBus, group: ReadGroup) -> list[int] | list[bool]:
-        what = f"unit {self.opts.unit_id} {group.kind} {group.start}+{group.count}"
+    async def _read_group(
+        self, bus: ModbusBus, group: ReadGroup, what: str
+    ) -> list[int] | list[bool]:
         call = getattr(bus.client, _READ_CALL[group.kind])
         response = await bus.request(
             call, what, timeout_s=self.opts.timeout, retries=self.opts.retries,
             address=group.start, count=group.count, device_id=self.opts.unit_id,
         )
+        # pymodbus decodes a fresh list per response; nothing here changes it: no copy
         values: list[int] | list[bool]
-        values = list(response.bits) if group.kind in BIT_KINDS else list(response.registers)
+        values = response.bits if group.kind in BIT_KINDS else response.registers
         if len(values) < group.count:
             raise BadDataError(f"{what}: short response ({len(values)} of {group.count})")
         return values
