@@ -154,14 +154,14 @@ class ModbusDriver(PolledDriver):
 
     async def _read_group(
         self, bus: ModbusBus, group: ReadGroup, what: str
-    ) -> list[int] | list[bool]:
+    ) -> Sequence[int] | Sequence[bool]:
         call = getattr(bus.client, _READ_CALL[group.kind])
         response = await bus.request(
             call, what, timeout_s=self.opts.timeout, retries=self.opts.retries,
             address=group.start, count=group.count, device_id=self.opts.unit_id,
         )
         # pymodbus decodes a fresh list per response; nothing here changes it: no copy
-        values: list[int] | list[bool]
+        values: Sequence[int] | Sequence[bool]
         values = response.bits if group.kind in BIT_KINDS else response.registers
         if len(values) < group.count:
             raise BadDataError(f"{what}: short response ({len(values)} of {group.count})")

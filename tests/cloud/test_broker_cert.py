@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import socket
 import ssl
 import tempfile
+import warnings
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -65,12 +68,24 @@ def test_a_running_serve_presents_an_added_host_after_broker_cert() -> None:
             ctx = pki.make_tls_context(cloud.data / "pki" / "ca.crt",
                                        cloud.data / "pki" / "bootstrap.crt",
                                        cloud.data / "pki" / "bootstrap.key")
-            try:
-                with socket.create_connection(("127.0.0.1", cloud.port), timeout=2) as raw, \
-                        ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
-                    cert = tls.getpeercert() or {}
-            except (OSError, ssl.SSLError):
-                return set()  # the broker is restarting
+            # A connection the restarting broker resets before the handshake makes CPython
+            # 3.11's SSLSocket._create raise from its not-connected check without closing the
+            # socket it built (the fd is closed when it is collected, with a ResourceWarning):
+            # that warning of the stdlib's probe socket is not this test's finding.
+            # The exception's traceback holds that socket in a reference cycle: it is let go
+            # by the collection below, while the warning is ignored.
+            cert: dict[str, Any] | None = None
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ResourceWarning)
+                try:
+                    with socket.create_connection(("127.0.0.1", cloud.port), timeout=2) as raw, \
+                            ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+                        cert = dict(tls.getpeercert() or {})
+                except (OSError, ssl.SSLError):
+                    pass  # the broker is restarting
+                if cert is None:
+                    gc.collect()
+                    return set()
             return {v for _k, v in cert.get("subjectAltName", ())}
 
         assert "192.0.2.77" not in sans()
