@@ -502,16 +502,12 @@ def _unwrap(tp: Any) -> Any:
 
 def _is_model(tp: Any) -> bool:
     """A pydantic model or a pydantic dataclass (a driver may use either for its options)."""
-    return isinstance(tp, type) and (
-        issubclass(tp, BaseModel) or is_pydantic_dataclass(tp)
-    )
+    return isinstance(tp, type) and (issubclass(tp, BaseModel) or is_pydantic_dataclass(tp))
 
 
 def _fields(model: Any) -> dict[str, FieldInfo]:
-    fields: dict[str, FieldInfo] = (
-        model.model_fields if issubclass(model, BaseModel) else model.__pydantic_fields__
-    )
-    return fields
+    """The field definitions of a pydantic model or dataclass."""
+    return model.model_fields if issubclass(model, BaseModel) else model.__pydantic_fields__
 
 
 def _field_names(model: Any) -> list[str]:

@@ -261,19 +261,9 @@ _T = TypeVar("_T")
 
 
 def _children(node: _YSeq | _YMap, items: list[_T] | Iterator[_T]) -> Iterator[_T]:
-    """``items`` (the node's ``value``) in order. A node outside every anchored node is visited
-    once (only aliases revisit), so each of its children is let go once it is built: streamed
-    from the parser, or (a drained node) popped from its list."""
-    if node.shared:
-        yield from list(items)
-        return
-    if not isinstance(items, list):
-        yield from items
-        return
-    node.value = []
-    items.reverse()
-    while items:
-        yield items.pop()
+    """``items`` (the node's ``value``) in order: streamed from the parser, or the list of an
+    anchored node (visited again by each alias) or of a drained one."""
+    yield from list(items) if node.shared else items
 
 
 def _drain(node: _YNode) -> _YNode:
@@ -586,11 +576,10 @@ class _FileLoader:
             )
             return empty
         included: Any = self._map({}, _loc_of(root))
-        entries = root.entries if isinstance(root, _Map) else root
-        if "include" in entries:
-            inc = entries.pop("include")
-            inc_node = inc[1] if isinstance(root, _Map) else inc
-            for target, loc in self._include_targets(inc_node, path, display):
+        inc = (root.entries if isinstance(root, _Map) else root).pop("include", None)
+        if inc is not None:
+            for target, loc in self._include_targets(inc[1] if self.located else inc, path,
+                                                     display):
                 included = _merge(included, self._load_include(target, loc, path, stack))
         return _merge(included, root)
 
