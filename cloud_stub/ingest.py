@@ -420,11 +420,8 @@ class Ingest:
                 if opened is None:
                     continue
                 gw, header, decoded, retry, digest = opened
-                self._put(
-                    self._opened,
-                    _Opened(m.client, gw, header.seq, m.received_ms, decoded, retry=retry,
-                            digest=digest),
-                )
+                # last seen before the hand-over: once a batch is stored (and acked), its
+                # gateway's last-seen time is recorded (a reader of both never sees one alone)
                 now = time.monotonic()
                 if now - last_touch.get(gw, 0.0) >= TOUCH_EVERY_S:
                     last_touch[gw] = now
@@ -432,6 +429,11 @@ class Ingest:
                         registry.touch(gw)
                     except Exception as exc:  # last-seen is informational only
                         log.debug("registry touch failed: %s", exc)
+                self._put(
+                    self._opened,
+                    _Opened(m.client, gw, header.seq, m.received_ms, decoded, retry=retry,
+                            digest=digest),
+                )
         finally:
             registry.close()
             self._names.close()
