@@ -128,25 +128,88 @@ async def bench_scheduled(
     }
 
 
+def _raw_decoders(points: list[dict[str, Any]], start: int) -> list[Any]:
+    """Per point, what a raw pymodbus user writes to get its value from the group's registers:
+    pymodbus's own ``convert_from_registers`` (word order), the byte swap, bit, scale and range
+    (the ``raw_decoded`` ceiling: the driver's decoding work, done the plain pymodbus way)."""
+    convert, dt = AsyncModbusTcpClient.convert_from_registers, AsyncModbusTcpClient.DATATYPE
+    widths = {"int16": 1, "uint16": 1, "int32": 2, "uint32": 2, "float32": 2, "int64": 4,
+              "uint64": 4, "float64": 4}
+    out = []
+    for p in points:
+        a, kind = p["address"] - start, p.get("type", "uint16")
+        if kind == "bit":
+            out.append(lambda r, a=a, b=p["bit"]: bool((r[a] >> b) & 1))
+            continue
+        if kind == "bool":
+            out.append(lambda r, a=a: r[a] != 0)
+            continue
+        w = p["length"] if kind == "string" else widths[kind]  # length: in registers
+        swap = p.get("byte_order") == "little"
+        wo = p.get("word_order", "big")
+        scale, offset = p.get("scale", 1.0), p.get("offset", 0.0)
+        lo, hi = p.get("min"), p.get("max")
+        t = dt[kind.upper()]
+
+        def read(r: Any, a: int = a, w: int = w, t: Any = t, wo: str = wo,
+                 swap: bool = swap, scale: float = scale, offset: float = offset,
+                 lo: Any = lo, hi: Any = hi) -> Any:
+            regs = r[a:a + w]
+            if swap:
+                regs = [((x & 0xFF) << 8) | (x >> 8) for x in regs]
+            v = convert(regs, t, word_order=wo)
+            if scale != 1.0 or offset != 0.0:
+                v = v * scale + offset
+            if (lo is not None and v < lo) or (hi is not None and v > hi):
+                return ("out_of_range", v)
+            return v
+        out.append(read)
+    return out
+
+
 async def child_polls(mode: str, port: int, npoints: int, polls: int) -> None:
-    """``polls`` polls of ``mode`` (raw | driver | scheduled), nothing printed: for callgrind."""
+    """``polls`` polls of ``mode``, nothing printed: for callgrind. The modes add one layer
+    each: raw (requests only) | raw_decoded (+ pymodbus's decoding into a name -> value dict) |
+    bus (the driver's requests under its bus discipline: lock, connection check, error
+    mapping) | driver (+ decoding into the read result) | poller (+ the per-poll deadline,
+    the samples, the sink) | scheduled (+ the bus scheduler: deadlines, breaker)."""
     options = _options(port, npoints)
     groups = ModbusDriver(options).groups
     tmp = Path("/tmp")
-    if mode == "raw":
+    if mode in ("raw", "raw_decoded"):
         client = AsyncModbusTcpClient("127.0.0.1", port=port, timeout=2, retries=0)
         await client.connect()
         calls = {"holding": client.read_holding_registers, "input": client.read_input_registers,
                  "coil": client.read_coils, "discrete": client.read_discrete_inputs}
+        points = _points(npoints)
+        decoders = []
+        for g in groups:
+            mine = [p for p in points if g.start <= p["address"] < g.start + g.count]
+            decoders.append(list(zip([p["name"] for p in mine], _raw_decoders(mine, g.start),
+                                     strict=True)))
         for _ in range(polls):
-            for g in groups:
-                await calls[g.kind](g.start, count=g.count, device_id=1)
+            result: dict[str, Any] = {}
+            for g, decode in zip(groups, decoders, strict=True):
+                response = await calls[g.kind](g.start, count=g.count, device_id=1)
+                if mode == "raw_decoded":
+                    regs = response.registers
+                    for name, f in decode:
+                        result[name] = f(regs)
         client.close()
         return
     driver = await open_driver(options, tmp)
-    if mode == "driver":
+    if mode == "bus":
+        bus = driver._bus
+        for _ in range(polls):
+            for index, group in enumerate(driver.groups):
+                await driver._read_group(bus, group, driver._what[index])
+    elif mode == "driver":
         for _ in range(polls):
             await driver.read()
+    elif mode == "poller":
+        poller = DevicePoller("bench", driver, period=1e-4, timeout=2.0, sink=lambda s: None)
+        for _ in range(polls):
+            await poller.poll()
     else:
         done = asyncio.Event()
         got = {"n": 0}
@@ -172,22 +235,43 @@ def _callgrind(mode: str, port: int, npoints: int, polls: int) -> int:
                             str(npoints), "--polls", str(polls), "--layout", LAYOUT])
 
 
+CHILD_MODES = ("raw", "raw_decoded", "bus", "driver", "poller", "scheduled")
+
+
 def instructions(port: int, npoints: int, polls: int) -> dict[str, Any]:
+    """Instructions per poll of each layer (``child_polls``); the increments between layers
+    say where the overhead over raw pymodbus goes."""
     per_poll = {}
-    for mode in ("raw", "driver", "scheduled"):
+    for mode in CHILD_MODES:
+        if mode == "raw_decoded" and LAYOUT == "uint16":
+            continue  # plain registers: the raw values are the values
         one, two = _callgrind(mode, port, npoints, polls), _callgrind(mode, port, npoints,
                                                                        2 * polls)
         per_poll[mode] = (two - one) / polls
     raw = per_poll["raw"]
-    return {
+    out: dict[str, Any] = {
         "polls_n": polls,
         "points": npoints,
         "instructions_per_poll": {k: round(v) for k, v in per_poll.items()},
+        "layers": {
+            "bus discipline (lock, connection check, error mapping)":
+                round(per_poll["bus"] - raw),
+            "decoding into the read result": round(per_poll["driver"] - per_poll["bus"]),
+            "poller (per-poll deadline, SampleBlock, sink)":
+                round(per_poll["poller"] - per_poll["driver"]),
+            "bus scheduler (deadlines, breaker, lateness)":
+                round(per_poll["scheduled"] - per_poll["poller"]),
+        },
         "driver_overhead_pct": round((per_poll["driver"] / raw - 1) * 100, 1),
         "poller_scheduler_overhead_pct": round((per_poll["scheduled"] / raw - 1) * 100, 1),
         "goal_overhead_pct": 10,
         "met": per_poll["scheduled"] / raw - 1 <= 0.10,
     }
+    if "raw_decoded" in per_poll:
+        # like for like when points need decoding: raw pymodbus decoding them itself
+        out["poller_scheduler_overhead_vs_raw_decoded_pct"] = round(
+            (per_poll["scheduled"] / per_poll["raw_decoded"] - 1) * 100, 1)
+    return out
 
 
 LAYOUT = "mixed"  # --layout
@@ -315,7 +399,7 @@ if __name__ == "__main__":
     ap.add_argument("--layout", choices=("mixed", "uint16"), default="mixed",
                     help="mixed: the test layout's types (float32, scaled, strings...); "
                     "uint16: plain registers as in W1/W2")
-    ap.add_argument("--child", choices=("raw", "driver", "scheduled"), help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=CHILD_MODES, help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--polls", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()

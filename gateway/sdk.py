@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -88,6 +88,46 @@ class PointValue:
 
 
 ReadResult = Mapping[str, "Value | PointValue"]
+
+
+class Columns(Mapping[str, Value]):
+    """A poll's result as two columns: the point names and their plain values, in the same
+    order. A ``ReadResult`` (a read-only mapping) that the poller hands on as one block of
+    GOOD readings without a dict per poll (issue 13): return one from ``read()`` when no
+    point carries a quality of its own (use a dict with ``PointValue`` items otherwise).
+
+    Reuse one ``names`` tuple from poll to poll (the poller keys its series by it); give a
+    fresh ``values`` list each time (``data``) (it is kept, not copied). Values are plain (``int``,
+    ``float``, ``bool``, ``str``, ``bytes`` or ``None``); anything else (a ``PointValue``,
+    a numpy integer) is found when the batch is encoded and stored as ``bad_data`` with no
+    value, counted in the pipeline's ``bad_values``.
+    """
+
+    __slots__ = ("_map", "data", "names")
+
+    def __init__(self, names: tuple[str, ...], values: list[Value]) -> None:
+        if len(names) != len(values):
+            raise ValueError(f"{len(names)} names but {len(values)} values")
+        self.names = names
+        self.data = values  # (not ``values``: that is the Mapping method)
+        self._map: dict[str, Value] | None = None
+
+    def _as_dict(self) -> dict[str, Value]:
+        if self._map is None:
+            self._map = dict(zip(self.names, self.data, strict=True))
+        return self._map
+
+    def __getitem__(self, name: str) -> Value:
+        return self._as_dict()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __repr__(self) -> str:
+        return f"Columns({self._as_dict()!r})"
 
 
 class Emit(Protocol):

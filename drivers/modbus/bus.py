@@ -126,55 +126,52 @@ class ModbusBus:
     ) -> ModbusPDU:
         """Run one request (``call`` is a bound client method) under the bus discipline."""
         async with self._lock:
+            gap = self.frame_gap  # 0 on TCP: no clock read per request
             try:
-                return await self._request_locked(call, what, timeout_s, retries, kwargs)
+                if not self.client.connected:
+                    await self._connect(timeout_s)
+                if gap and (wait := self._ready_at - time.monotonic()) > 0:
+                    await asyncio.sleep(wait)  # the RTU inter-frame gap: protocol timing
+                ctx = self.client.ctx
+                ctx.comm_params.timeout_connect = timeout_s
+                ctx.retries = retries
+                rx_before = self._rx_bytes
+                try:
+                    response = await call(**kwargs)
+                except MalformedFrameError:
+                    self._count("malformed_frame")
+                    raise
+                except ModbusIOException as exc:
+                    if self._rx_bytes != rx_before:
+                        self._count("garbage")
+                        raise BadDataError(f"{what}: unreadable answer from {self.endpoint}"
+                                           ) from exc
+                    self._count("timeout")
+                    raise TransientError(f"{what}: no answer within {timeout_s:g}s") from exc
+                except ConnectionException as exc:
+                    self._count("connection_lost")
+                    raise TransientError(f"{what}: connection to {self.endpoint} lost: {exc}"
+                                         ) from exc
+                except (ModbusException, OSError) as exc:
+                    self._count("io_error")
+                    raise TransientError(f"{what}: {type(exc).__name__}: {exc}") from exc
             finally:
-                self._ready_at = time.monotonic() + self.frame_gap
-
-    async def _request_locked(
-        self,
-        call: Callable[..., Awaitable[ModbusPDU]],
-        what: str,
-        timeout_s: float,
-        retries: int,
-        kwargs: dict[str, Any],
-    ) -> ModbusPDU:
-        if not self.client.connected:
-            try:
-                async with asyncio.timeout(timeout_s + 1.0):  # not wait_for: see scheduler.run
-                    ok = await self.client.connect()
-            except (TimeoutError, OSError) as exc:
-                ok, _ = False, exc
-            if not ok:
-                self._count("connect_failed")
-                raise TransientError(f"cannot connect to {self.endpoint}")
-        if (wait := self._ready_at - time.monotonic()) > 0:
-            await asyncio.sleep(wait)  # the RTU inter-frame gap: protocol timing, not sync
-        ctx = self.client.ctx
-        ctx.comm_params.timeout_connect = timeout_s
-        ctx.retries = retries
-        rx_before = self._rx_bytes
-        try:
-            response = await call(**kwargs)
-        except MalformedFrameError:
-            self._count("malformed_frame")
-            raise
-        except ModbusIOException as exc:
-            if self._rx_bytes != rx_before:
-                self._count("garbage")
-                raise BadDataError(f"{what}: unreadable answer from {self.endpoint}") from exc
-            self._count("timeout")
-            raise TransientError(f"{what}: no answer within {timeout_s:g}s") from exc
-        except ConnectionException as exc:
-            self._count("connection_lost")
-            raise TransientError(f"{what}: connection to {self.endpoint} lost: {exc}") from exc
-        except (ModbusException, OSError) as exc:
-            self._count("io_error")
-            raise TransientError(f"{what}: {type(exc).__name__}: {exc}") from exc
+                if gap:
+                    self._ready_at = time.monotonic() + gap
         if response.isError():
             self._count("exception_response")
             raise ExceptionResponseError(int(getattr(response, "exception_code", 0)), what)
         return response
+
+    async def _connect(self, timeout_s: float) -> None:
+        try:
+            async with asyncio.timeout(timeout_s + 1.0):  # not wait_for: see scheduler.run
+                ok = await self.client.connect()
+        except (TimeoutError, OSError):
+            ok = False
+        if not ok:
+            self._count("connect_failed")
+            raise TransientError(f"cannot connect to {self.endpoint}")
 
     def close(self) -> None:
         self.client.close()

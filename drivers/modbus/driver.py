@@ -18,10 +18,12 @@ import math
 import operator
 import struct
 from collections.abc import Callable, Sequence
+from itertools import repeat
 from typing import Any, ClassVar
 
 from edgegw import (
     BadDataError,
+    Columns,
     DeviceContext,
     DriverOptions,
     PermanentError,
@@ -38,6 +40,15 @@ from edgegw.drivers.modbus.options import BIT_KINDS, ModbusOptions, ModbusPoint
 from edgegw.drivers.modbus.planner import ReadGroup, plan_reads
 
 PointReader = Callable[[Sequence[Any]], "Value | PointValue"]
+
+
+def WHOLE(values: Sequence[Any]) -> Sequence[Any]:
+    """A plain group's pick when its points are its registers one by one (a marker: read()
+    extends its values with the response's list directly)."""
+    return values
+
+
+_BAD_DATA = PointValue(None, Quality.BAD_DATA)  # frozen: one instance serves every point
 
 _READ_CALL = {
     "holding": "read_holding_registers",
@@ -69,17 +80,21 @@ class ModbusDriver(PolledDriver):
             max_bits=options.max_bits,
         )
         self._by_name = {p.name: p for p in options.points}
+        #: every point's name in read order (groups in plan order, each group's points in
+        #: order): read() returns its values as ``Columns`` of these names
+        self._names: tuple[str, ...] = tuple(p.name for g in self.groups for p in g.points)
         #: per group, when every point is a raw value (a uint16 register or a bit, no scale,
-        #: no range): (names, itemgetter of their offsets); read() then decodes the group with
-        #: one C-level zip instead of a Python call per point (issue 13, goal 5)
-        self._plain: list[tuple[tuple[str, ...], Callable[[Sequence[Any]], Any]] | None] = [
+        #: no range): WHOLE when the points are the group's registers one by one (the response
+        #: list is taken as it is), else an itemgetter of their offsets; read() then decodes
+        #: the group in C instead of with a Python call per point (issue 13, goal 5)
+        self._pick: list[Callable[[Sequence[Any]], Any] | None] = [
             self._plain_group(g) for g in self.groups
         ]
         #: per group, one decoder per point; none for a plain group (never used: a decoder
         #: closure per point is ~0.5 KB, 5 MB at 10,000 points; issue 13, W3's memory)
-        self._readers: list[list[tuple[str, PointReader]]] = [
-            [] if plain is not None else [(p.name, self._compile(p, g)) for p in g.points]
-            for g, plain in zip(self.groups, self._plain, strict=True)
+        self._readers: list[list[PointReader]] = [
+            [] if pick is not None else [self._compile(p, g) for p in g.points]
+            for g, pick in zip(self.groups, self._pick, strict=True)
         ]
         #: per group, the request's description for error messages (formatted once, not per poll)
         self._what = [f"unit {options.unit_id} {g.kind} {g.start}+{g.count}" for g in self.groups]
@@ -122,35 +137,45 @@ class ModbusDriver(PolledDriver):
 
     # ----------------------------------------------------------------- reads
     async def read(self) -> ReadResult:
+        """Every point's value, as ``Columns`` (no dict per poll; issue 13) unless a point
+        carries a quality (a group's BAD_DATA, out of range, non-finite): then a dict."""
         bus = self._require_bus()
-        result: dict[str, Value | PointValue] = {}
+        values: list[Any] = []
         failures: list[BadDataError] = []
+        qualified = False  # a PointValue among the values
         for index, group in enumerate(self.groups):
             try:
-                values = await self._read_group(bus, group, self._what[index])
+                registers = await self._read_group(bus, group, self._what[index])
             except BadDataError as exc:  # this group only; TransientError ends the poll
                 failures.append(exc)
                 self.ctx.count(_event(exc))
-                for point in group.points:
-                    result[point.name] = PointValue(None, Quality.BAD_DATA)
+                values.extend(repeat(_BAD_DATA, len(group.points)))
+                qualified = True
                 continue
+            start = len(values)
             try:
-                plain = self._plain[index]
-                if plain is not None:
-                    names, getter = plain
-                    picked = getter(values)
-                    result.update(zip(names, map(bool, picked) if group.kind in BIT_KINDS
-                                      else picked, strict=True))
-                    continue
-                for name, reader in self._readers[index]:
-                    result[name] = reader(values)
+                pick = self._pick[index]
+                if pick is WHOLE:
+                    values.extend(registers)  # a list of ints (pymodbus decodes a fresh one)
+                elif pick is not None:
+                    picked = pick(registers)
+                    values.extend(map(bool, picked) if group.kind in BIT_KINDS else picked)
+                else:
+                    for reader in self._readers[index]:
+                        value = reader(registers)
+                        if type(value) is PointValue:
+                            qualified = True
+                        values.append(value)
             except (struct.error, IndexError, TypeError, ValueError):  # not 16-bit registers
                 self.ctx.count("decode_error")
-                for point in group.points:
-                    result[point.name] = PointValue(None, Quality.BAD_DATA)
+                del values[start:]
+                values.extend(repeat(_BAD_DATA, len(group.points)))
+                qualified = True
         if failures and len(failures) == len(self.groups):
             raise BadDataError(f"every read failed; first: {failures[0]}")
-        return result
+        if qualified:
+            return dict(zip(self._names, values, strict=True))
+        return Columns(self._names, values)
 
     async def _read_group(
         self, bus: ModbusBus, group: ReadGroup, what: str
@@ -163,14 +188,16 @@ class ModbusDriver(PolledDriver):
         # pymodbus decodes a fresh list per response; nothing here changes it: no copy
         values: Sequence[int] | Sequence[bool]
         values = response.bits if group.kind in BIT_KINDS else response.registers
-        if len(values) < group.count:
-            raise BadDataError(f"{what}: short response ({len(values)} of {group.count})")
+        if len(values) != group.count:
+            if len(values) < group.count:
+                raise BadDataError(f"{what}: short response ({len(values)} of {group.count})")
+            if group.kind not in BIT_KINDS:  # more registers than asked for: the ones asked
+                values = values[:group.count]
         return values
 
-    def _plain_group(
-        self, group: ReadGroup
-    ) -> tuple[tuple[str, ...], Callable[[Sequence[Any]], Any]] | None:
-        """(names, getter) if every point of ``group`` is its raw value, else None."""
+    def _plain_group(self, group: ReadGroup) -> Callable[[Sequence[Any]], Any] | None:
+        """WHOLE or a getter of the raw values if every point of ``group`` is its raw value,
+        else None."""
         for p in group.points:
             if group.kind not in BIT_KINDS and not (
                 p.data_type == "uint16" and (p.byte_order or self.opts.byte_order) == "big"
@@ -179,10 +206,12 @@ class ModbusDriver(PolledDriver):
         offsets = [p.address - group.start for p in group.points]
         if not offsets:
             return None
-        # itemgetter of one index returns the item, not a 1-tuple
-        getter = (operator.itemgetter(*offsets) if len(offsets) > 1
-                  else lambda values, at=offsets[0]: (values[at],))
-        return tuple(p.name for p in group.points), getter
+        if group.kind not in BIT_KINDS and offsets == list(range(group.count)):
+            return WHOLE  # (_read_group checks the response holds group.count registers)
+        if len(offsets) > 1:
+            return operator.itemgetter(*offsets)
+        at = offsets[0]  # itemgetter of one index returns the item, not a 1-tuple
+        return lambda values: (values[at],)
 
     def _compile(self, point: ModbusPoint, group: ReadGroup) -> PointReader:
         """Build the point's decoder once: ``fn(group values) -> value | PointValue``."""

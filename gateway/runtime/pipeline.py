@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from edgegw.edge.stage import HoldKey, Stage, WriteRequest
-from edgegw.model import Alert, Lane, Sample, now_ms
-from edgegw.protocol.codec import encode_batch
+from edgegw.model import Alert, Lane, Quality, Sample, now_ms
+from edgegw.protocol.codec import CodecError, encode_batch
 from edgegw.protocol.envelope import HEADER_SIZE, TAG_SIZE
 from edgegw.protocol.model import SampleBlock
 
@@ -132,6 +132,10 @@ class Batcher:
         self.seal_errors = 0
         self.batches_refused = 0
         self.readings_refused = 0
+        #: readings whose value the encoder refused (a driver returned e.g. a numpy integer or
+        #: an int over 64 bits): stored as BAD_DATA with no value instead of failing the batch
+        self.bad_values = 0
+        self._bad_series: set[tuple[str, str]] = set()  # those already logged
         self._refusing = False
         self.bytes_sealed = 0  # envelope bytes (header + ciphertext + tag), what goes on the wire
         self.last_seal_ms = 0
@@ -315,8 +319,18 @@ class Batcher:
         if blocks and not getattr(self._encode, "takes_blocks", False):
             samples = [s for b in blocks for s in b] + samples
             blocks = ()
-        plaintext = (self._encode(samples=samples, alerts=alerts, blocks=blocks) if blocks
-                     else self._encode(samples=samples, alerts=alerts))
+        try:
+            plaintext = (self._encode(samples=samples, alerts=alerts, blocks=blocks) if blocks
+                         else self._encode(samples=samples, alerts=alerts))
+        except CodecError:
+            # One bad value must not lose the batch (every device's readings in it): find the
+            # readings the encoder refuses, store them as BAD_DATA without a value, encode
+            # again. Raises on if no reading is at fault (then the batch fails as before).
+            fixed = self._without_bad_values(samples, blocks)
+            if fixed is None:
+                raise
+            samples, blocks = fixed, ()
+            plaintext = self._encode(samples=samples, alerts=alerts)
         defined: list[int] = []
         if isinstance(plaintext, tuple):  # a dictionary encoder: (bytes, ids defined in it)
             plaintext, defined = plaintext
@@ -333,6 +347,29 @@ class Batcher:
         if self.on_appended is not None:
             self.on_appended(seq, defined)
         return seq, getattr(self._outbox, "last_appended", None)
+
+    def _without_bad_values(self, samples: list[Sample],
+                            blocks: Sequence[SampleBlock]) -> list[Sample] | None:
+        """The batch's readings with every value the encoder refuses replaced by None and
+        BAD_DATA; None when no reading is at fault."""
+        out: list[Sample] = []
+        bad = 0
+        for s in [*(s for b in blocks for s in b), *samples]:
+            try:
+                encode_batch(samples=(s,))
+            except CodecError as exc:
+                bad += 1
+                key = (s.device, s.metric)
+                if key not in self._bad_series and len(self._bad_series) < 10_000:
+                    self._bad_series.add(key)
+                    log.warning("%s; stored as bad_data with no value (further ones of this "
+                                "series are counted in the pipeline's bad_values)", exc)
+                s = Sample(s.device, s.metric, s.ts_ms, None, Quality.BAD_DATA)
+            out.append(s)
+        if not bad:
+            return None
+        self.bad_values += bad
+        return out
 
     async def drain(self) -> None:
         """Seal everything pending and wait until the outbox thread has committed it."""
@@ -353,6 +390,7 @@ class Batcher:
             "seal_errors": self.seal_errors,
             "batches_refused": self.batches_refused,
             "readings_refused": self.readings_refused,
+            "bad_values": self.bad_values,
             "pending": {lane.name.lower(): len(p) for lane, p in self._pending.items()},
             "seals_in_flight": len(self._inflight),
             "round_seals": self.round_seals,

@@ -23,7 +23,8 @@ from typing import Any
 
 from edgegw.model import Quality, Sample, now_ms
 from edgegw.protocol.model import SampleBlock
-from edgegw.sdk import DriverError, PointValue, PolledDriver
+from edgegw.runtime.deadline import Deadline
+from edgegw.sdk import Columns, DriverError, PointValue, PolledDriver
 
 log = logging.getLogger("edgegw.poller")
 
@@ -49,7 +50,7 @@ class DevicePoller:
         self.device_id = device_id
         self.driver = driver
         self.period = period
-        self.timeout = timeout
+        self._deadline = Deadline(timeout)  # asyncio.timeout without a timer per poll
         self.stagger = stagger
         #: (index, count): its bus among the buses of the gateway with staggered devices (set
         #: by the device manager); None = its own index among its bus's devices
@@ -81,12 +82,21 @@ class DevicePoller:
         self._metrics: tuple[str, ...] = ()
         self._keys: tuple[tuple[str, str], ...] = ()
 
+    @property
+    def timeout(self) -> float:
+        """Seconds one poll may take before it is abandoned as a COMM_ERROR."""
+        return self._deadline.seconds
+
+    @timeout.setter
+    def timeout(self, seconds: float) -> None:
+        self._deadline.seconds = seconds
+
     async def poll(self) -> bool:
         """One read; returns False when it failed (the breaker counts those)."""
         self.polls += 1
         start = time.perf_counter()
         try:
-            async with asyncio.timeout(self.timeout):
+            async with self._deadline:
                 result = await self.driver.read()
             samples = self._samples(result)
             ok = True
@@ -146,11 +156,19 @@ class DevicePoller:
 
     def _samples(self, result: Any) -> Sequence[Sample]:
         ts, dev, good = self._wall_clock(), self.device_id, Quality.GOOD
+        if type(result) is Columns:
+            # The driver's columns as they are: one SampleBlock (issue 13: no object per
+            # reading). Its series keys are kept while the names stay the same tuple (every
+            # poll of a healthy device).
+            metrics = result.names
+            if metrics is not self._metrics:
+                if metrics != self._metrics:
+                    self._keys = tuple(zip(repeat(dev), metrics))
+                self._metrics = metrics
+            return SampleBlock(dev, metrics, ts, result.data, self._keys)
         values = result.values()
         if not any(issubclass(t, PointValue) for t in set(map(type, values))):
-            # Plain values (the usual poll): one SampleBlock (issue 13: columns, no object
-            # per reading; Samples are made only if a consumer iterates it). Its series keys
-            # are kept while the point names stay the same (every poll of a healthy device).
+            # Plain values in a mapping: one SampleBlock as well
             metrics = tuple(result)
             if metrics != self._metrics:
                 self._metrics = metrics
@@ -170,11 +188,12 @@ class DevicePoller:
         ]
 
     async def _emit(self, samples: Sequence[Sample]) -> None:
-        if not samples:
+        n = len(samples)
+        if not n:
             return
         try:
             result = self.sink(samples)
-            if inspect.isawaitable(result):
+            if result is not None and inspect.isawaitable(result):
                 await result
         except asyncio.CancelledError:
             raise
@@ -182,4 +201,4 @@ class DevicePoller:
             self.sink_errors += 1
             log.exception("device %s: sink rejected %d samples", self.device_id, len(samples))
             return
-        self.samples_out += len(samples)
+        self.samples_out += n

@@ -194,7 +194,9 @@ class BusScheduler:
             raise RuntimeError(f"device {device_id} is already held (an update is running)")
         self._held.add(device_id)
         try:
-            while self._polling == device_id and self._poll_done is not None:
+            while self._polling == device_id:
+                if self._poll_done is None:  # made only when someone waits (not per poll)
+                    self._poll_done = asyncio.Event()
                 await self._poll_done.wait()
             yield
         finally:
@@ -335,11 +337,12 @@ class BusScheduler:
             await self._report_skipped(slot)
         else:
             slot.lateness_last = lateness
-            slot.lateness_max = max(slot.lateness_max, lateness)
-            slot.record_lateness(lateness)
+            if lateness > slot.lateness_max:
+                slot.lateness_max = lateness
+            slot.lateness[slot.lateness_n % LATENESS_WINDOW] = lateness  # record_lateness
+            slot.lateness_n += 1
             self.in_flight = 1
             self._polling = slot.target.device_id
-            self._poll_done = asyncio.Event()
             try:
                 ok = await slot.target.poll()
             except asyncio.CancelledError:
@@ -351,12 +354,16 @@ class BusScheduler:
             finally:
                 self.in_flight = 0
                 self._polling = None
-                self._poll_done.set()
+                done, self._poll_done = self._poll_done, None
+                if done is not None:
+                    done.set()
             end = self._clock()
             slot.last_latency = end - start
             slot.polls += 1
-            self._breaker(slot, bool(ok), start)
-            await self._gap()
+            if not ok or slot.open or slot.consecutive_failures:  # else the breaker stays shut
+                self._breaker(slot, bool(ok), start)
+            if self.inter_frame_delay > 0:
+                await self._gap()
         self._advance(slot)
 
     async def _report_skipped(self, slot: _Slot) -> None:

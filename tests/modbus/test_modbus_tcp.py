@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 
-from edgegw import BadDataError, PermanentError, PointValue, Quality, TransientError
+from edgegw import BadDataError, Columns, PermanentError, PointValue, Quality, TransientError
 from edgegw.drivers.modbus import ModbusDriver
 from edgegw.drivers.modbus.codec import compile_decoder
+from edgegw.drivers.modbus.driver import WHOLE
 
 from .modbus_sim import driver_points, layout
 from .simproc import Devices, SimServer
@@ -203,14 +204,14 @@ async def test_plain_register_groups_decode_like_the_point_readers(
         and "byte_order" not in p and p.get("max") is None)]
     assert {p["kind"] for p in plain} == {"holding", "coil"}
     driver = await open_unit(devices, tcp_server, 1, points=plain)
-    assert all(g is not None for g in driver._plain)  # the fast path is taken
+    assert all(g is not None for g in driver._pick)  # the fast path is taken
     want = {k: v for k, v in expected(1).items() if k in {p["name"] for p in plain}}
     got = await driver.read()
     assert list(got.items()) == [(p["name"], want[p["name"]]) for p in plain]
     assert all(type(v) is (bool if k.startswith("c_") else int) for k, v in got.items())
     mixed = await open_unit(devices, tcp_server, 1, max_gap=60, points=[
         p for p in driver_points(1) if p["name"] in ("h_uint16_1", "h_uint16_54")])
-    assert mixed._plain == [None]
+    assert mixed._pick == [None]
     assert dict(await mixed.read()) == {"h_uint16_1": 40001, "h_uint16_54": 4661}
     # memory (W3's 10,000 points): a plain group keeps no decoder per point, and points of
     # one layout share one decoder function
@@ -218,3 +219,34 @@ async def test_plain_register_groups_decode_like_the_point_readers(
     assert [len(r) for r in mixed._readers] == [2]
     assert compile_decoder("float32", 2, word_order="little") is compile_decoder(
         "float32", 2, word_order="little")
+
+
+async def test_contiguous_plain_registers_are_returned_as_columns(
+    tcp_server: SimServer, devices: Devices
+) -> None:
+    """Points that are a group's registers one by one take the response's register list as it
+    is (issue 13, goal 5: no dict, no per-point pick); the values are those the per-point
+    readers give; a failed group still comes back as a dict with BAD_DATA points."""
+    points = [{"name": f"r{a}", "address": a} for a in range(12)]
+    driver = await open_unit(devices, tcp_server, 1, points=points)
+    assert driver._pick == [WHOLE]
+    got = await driver.read()
+    assert type(got) is Columns and got.names == tuple(p["name"] for p in points)
+    assert all(type(v) is int for v in got.data)
+    # the same registers through the per-point readers (a range makes the group non-plain)
+    ranged = await open_unit(devices, tcp_server, 1, points=[
+        {**p, "min": 0} if p["address"] == 0 else p for p in points])
+    assert ranged._pick == [None]
+    slow = await ranged.read()
+    assert type(slow) is Columns  # no point out of its range: still columns
+    assert list(slow.items()) == list(got.items())
+    assert got["r1"] == 40001  # layout(1): holding register 1
+    with_coil = await open_unit(devices, tcp_server, 1, points=[
+        *points, {"name": "c_0", "address": 0, "kind": "coil"}])
+    tcp_server.mode("short", unit=1)  # register answers short, bit answers whole
+    result = await with_coil.read()
+    assert type(result) is dict
+    assert result["r0"] == result["r11"] == PointValue(None, Quality.BAD_DATA)
+    assert result["c_0"] == expected(1)["c_0"]
+    tcp_server.mode("normal", unit=1)
+    assert type(await with_coil.read()) is Columns
