@@ -30,6 +30,7 @@ log = logging.getLogger("edgegw.poller")
 
 Sink = Callable[[Sequence[Sample]], Awaitable[None] | None]
 STATUS_METRIC = "_status"
+_new = tuple.__new__
 
 
 class DevicePoller:
@@ -174,16 +175,18 @@ class DevicePoller:
                 self._metrics = metrics
                 self._keys = tuple(zip(repeat(dev), metrics))
             return SampleBlock(dev, self._metrics, ts, list(values), self._keys)
+        # Some point has a quality of its own: one Sample each, built as tuples in C
+        # (``tuple.__new__``: what ``Sample._make`` does, without a Python call per reading)
         return [
-            Sample(dev, name, ts, value, good)
+            _new(Sample, (dev, name, ts, value, good))
             if not isinstance(value, PointValue)
-            else Sample(
+            else _new(Sample, (
                 dev,
                 name,
                 value.ts_ms if value.ts_ms is not None else ts,
                 value.value,
                 value.quality,
-            )
+            ))
             for name, value in result.items()
         ]
 
