@@ -125,39 +125,41 @@ class ModbusBus:
         **kwargs: Any,
     ) -> ModbusPDU:
         """Run one request (``call`` is a bound client method) under the bus discipline."""
-        async with self._lock:
-            gap = self.frame_gap  # 0 on TCP: no clock read per request
+        lock = self._lock
+        await lock.acquire()  # (what ``async with lock`` does, without its two coroutine calls)
+        gap = self.frame_gap  # 0 on TCP: no clock read per request
+        try:
+            if not self.client.connected:
+                await self._connect(timeout_s)
+            if gap and (wait := self._ready_at - time.monotonic()) > 0:
+                await asyncio.sleep(wait)  # the RTU inter-frame gap: protocol timing
+            ctx = self.client.ctx
+            ctx.comm_params.timeout_connect = timeout_s
+            ctx.retries = retries
+            rx_before = self._rx_bytes
             try:
-                if not self.client.connected:
-                    await self._connect(timeout_s)
-                if gap and (wait := self._ready_at - time.monotonic()) > 0:
-                    await asyncio.sleep(wait)  # the RTU inter-frame gap: protocol timing
-                ctx = self.client.ctx
-                ctx.comm_params.timeout_connect = timeout_s
-                ctx.retries = retries
-                rx_before = self._rx_bytes
-                try:
-                    response = await call(**kwargs)
-                except MalformedFrameError:
-                    self._count("malformed_frame")
-                    raise
-                except ModbusIOException as exc:
-                    if self._rx_bytes != rx_before:
-                        self._count("garbage")
-                        raise BadDataError(f"{what}: unreadable answer from {self.endpoint}"
-                                           ) from exc
-                    self._count("timeout")
-                    raise TransientError(f"{what}: no answer within {timeout_s:g}s") from exc
-                except ConnectionException as exc:
-                    self._count("connection_lost")
-                    raise TransientError(f"{what}: connection to {self.endpoint} lost: {exc}"
-                                         ) from exc
-                except (ModbusException, OSError) as exc:
-                    self._count("io_error")
-                    raise TransientError(f"{what}: {type(exc).__name__}: {exc}") from exc
-            finally:
-                if gap:
-                    self._ready_at = time.monotonic() + gap
+                response = await call(**kwargs)
+            except MalformedFrameError:
+                self._count("malformed_frame")
+                raise
+            except ModbusIOException as exc:
+                if self._rx_bytes != rx_before:
+                    self._count("garbage")
+                    raise BadDataError(f"{what}: unreadable answer from {self.endpoint}"
+                                       ) from exc
+                self._count("timeout")
+                raise TransientError(f"{what}: no answer within {timeout_s:g}s") from exc
+            except ConnectionException as exc:
+                self._count("connection_lost")
+                raise TransientError(f"{what}: connection to {self.endpoint} lost: {exc}"
+                                     ) from exc
+            except (ModbusException, OSError) as exc:
+                self._count("io_error")
+                raise TransientError(f"{what}: {type(exc).__name__}: {exc}") from exc
+        finally:
+            if gap:
+                self._ready_at = time.monotonic() + gap
+            lock.release()
         if response.isError():
             self._count("exception_response")
             raise ExceptionResponseError(int(getattr(response, "exception_code", 0)), what)

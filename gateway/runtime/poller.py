@@ -97,7 +97,7 @@ class DevicePoller:
         self.polls += 1
         start = time.perf_counter()
         try:
-            async with self._deadline:
+            with self._deadline:  # (a plain with: entering and leaving never await)
                 result = await self.driver.read()
             samples = self._samples(result)
             ok = True

@@ -120,3 +120,17 @@ async def test_overlapping_uses_are_refused() -> None:
             async with deadline:
                 pass
     deadline.close()
+
+
+async def test_a_plain_with_behaves_like_async_with() -> None:
+    """The poller enters its deadline with a plain ``with`` (no coroutine calls per poll)."""
+    deadline = Deadline(0.02)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    with pytest.raises(TimeoutError), deadline:
+        await asyncio.Event().wait()
+    assert loop.time() - start < 5.0 and deadline.expired()
+    with deadline:
+        await asyncio.sleep(0)
+    assert not deadline.expired()
+    deadline.close()
