@@ -204,7 +204,10 @@ class BatchConfig(_Section):
         default=0.05, ge=0,
         description="at most one round seal per interval (bounds batches per second under a "
         "steady stream of polls; max_age still bounds the age)")
-    max_bytes: ByteSize = Field(default=256 * 1024, gt=0, le=8 * 1024 * 1024)
+    max_bytes: ByteSize = Field(
+        default=256 * 1024, gt=0, le=8 * 1024 * 1024,
+        description="not enforced yet: accepted so that existing configs stay valid "
+        "(docs/configuration.md)")
     max_age_slow: Duration = Field(
         default=3.0, gt=0,
         description="on a slow link telemetry batches grow up to this age (fewer bytes per "
