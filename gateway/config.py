@@ -206,8 +206,8 @@ class BatchConfig(_Section):
         "steady stream of polls; max_age still bounds the age)")
     max_bytes: ByteSize = Field(
         default=256 * 1024, gt=0, le=8 * 1024 * 1024,
-        description="not enforced yet: accepted so that existing configs stay valid "
-        "(docs/configuration.md)")
+        description="telemetry: seal once the str and bytes values pending reach this many "
+        "bytes (numbers are bounded by max_readings)")
     max_age_slow: Duration = Field(
         default=3.0, gt=0,
         description="on a slow link telemetry batches grow up to this age (fewer bytes per "

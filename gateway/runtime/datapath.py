@@ -88,6 +88,7 @@ class DataPath:
             self.outbox_thread,
             max_readings=cfg.batch.max_readings,
             max_age=float(cfg.batch.max_age),
+            max_bytes=int(cfg.batch.max_bytes),
             quiet=float(cfg.batch.quiet),
             min_interval=float(cfg.batch.min_interval),
             encode=self.series_dict.encode if self.series_dict is not None else None,

@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any, Protocol, TypeVar
 
 from edgegw.edge.stage import HoldKey, Stage, WriteRequest
@@ -65,6 +66,19 @@ class OutboxLike(Protocol):
     ) -> int: ...
 
 
+_VARLEN = frozenset((str, bytes))
+_VALUE = attrgetter("value")
+
+
+def _var_bytes(samples: Sequence[Sample]) -> int:
+    """Bytes of the str and bytes values among ``samples`` (characters for a str): a C-level
+    pass over the value types first, so a poll of numbers costs one type look-up per value."""
+    values = samples.values if type(samples) is SampleBlock else list(map(_VALUE, samples))
+    if _VARLEN.isdisjoint(map(type, values)):
+        return 0
+    return sum(len(v) for v in values if isinstance(v, str | bytes))
+
+
 @dataclass
 class _Pending:
     samples: list[Sample] = field(default_factory=list)
@@ -75,6 +89,8 @@ class _Pending:
     #: plain sample arrives, the blocks become samples first)
     blocks: list[SampleBlock] = field(default_factory=list)
     in_blocks: int = 0  # readings in ``blocks``
+    #: bytes of the str and bytes values pending (telemetry; ``batch.max_bytes``)
+    var_bytes: int = 0
 
     def __len__(self) -> int:
         return len(self.samples) + self.in_blocks + len(self.alerts)
@@ -106,6 +122,7 @@ class Batcher:
         max_readings: int = 5000,
         max_age: float = 0.25,
         max_bulk_bytes: int = 4 * 1024 * 1024,
+        max_bytes: int = 256 * 1024,
         max_pending_seals: int = 16,
         encode: Callable[..., bytes | tuple[bytes, list[int]]] | None = None,
         quiet: float = 0.0,
@@ -117,6 +134,10 @@ class Batcher:
         self.max_readings = max_readings
         self.max_age = max_age
         self.max_bulk_bytes = max_bulk_bytes
+        #: ``batch.max_bytes``: a telemetry batch is sealed once the str and bytes values
+        #: pending reach this many bytes (numbers, a few bytes each once encoded, are bounded
+        #: by ``max_readings``)
+        self.max_bytes = max_bytes
         self._pending: dict[Lane, _Pending] = {lane: _Pending() for lane in Lane}
         self._bulk_bytes = 0
         self._seal_slots = asyncio.Semaphore(max_pending_seals)
@@ -170,6 +191,7 @@ class Batcher:
                 self._arm_round(now)
         if lane is Lane.TELEMETRY:
             p.add_samples(samples)
+            p.var_bytes += _var_bytes(samples)
         else:
             p.samples.extend(samples)
         p.alerts.extend(alerts)
@@ -252,6 +274,7 @@ class Batcher:
                 n >= (tele_cap if lane is Lane.TELEMETRY else self.max_readings)
                 or now - p.since >= (tele_age if lane is Lane.TELEMETRY else self.max_age)
                 or (lane is Lane.BULK and self._bulk_bytes >= self.max_bulk_bytes)
+                or (lane is Lane.TELEMETRY and p.var_bytes >= self.max_bytes)
                 or lane is Lane.ALERT  # alerts are sealed at once: latency budget 100 ms
             ):
                 out.append(lane)
