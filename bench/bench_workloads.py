@@ -124,6 +124,7 @@ def import_floor() -> dict[str, Any]:
             continue
         out[label] = {"rss_mb": value, "added_mb": round(value - prev, 1)}
         prev = value
+    out["dependencies_rss_mb"] = out[DEPS_DONE]["rss_mb"]
     return out
 
 UNITS = 10

@@ -146,7 +146,7 @@ def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
     m = (results.get("memory", {}).get("results") or [{}])[0]
     floor = results.get("memory", {}).get("import_floor", {})
     floor_rss = max((v["rss_mb"] for v in floor.values() if isinstance(v, dict)), default=None)
-    deps = floor.get("pydantic model machinery (one one-field model)", {}).get("rss_mb")
+    deps = floor.get("dependencies_rss_mb")
     deps_text = f", of which the third-party dependencies alone {deps} MB" if deps else ""
     out.append(_goal("RSS at 100 devices x 20 points @ 1 s", m.get("rss_mb"), "MB",
                      f"import floor of the daemon's modules: {floor_rss} MB{deps_text} (PSS/USS "

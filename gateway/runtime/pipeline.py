@@ -89,7 +89,8 @@ class _Pending:
     #: plain sample arrives, the blocks become samples first)
     blocks: list[SampleBlock] = field(default_factory=list)
     in_blocks: int = 0  # readings in ``blocks``
-    #: bytes of the str and bytes values pending (telemetry; ``batch.max_bytes``)
+    #: bytes of the str and bytes values pending (telemetry: ``batch.max_bytes``; bulk:
+    #: ``max_bulk_bytes``)
     var_bytes: int = 0
 
     def __len__(self) -> int:
@@ -139,7 +140,6 @@ class Batcher:
         #: by ``max_readings``)
         self.max_bytes = max_bytes
         self._pending: dict[Lane, _Pending] = {lane: _Pending() for lane in Lane}
-        self._bulk_bytes = 0
         self._seal_slots = asyncio.Semaphore(max_pending_seals)
         self._inflight: set[asyncio.Task[None]] = set()
         self.readings_in = 0
@@ -191,14 +191,13 @@ class Batcher:
                 self._arm_round(now)
         if lane is Lane.TELEMETRY:
             p.add_samples(samples)
-            p.var_bytes += _var_bytes(samples)
         else:
             p.samples.extend(samples)
+        if lane is not Lane.ALERT and samples:
+            p.var_bytes += _var_bytes(samples)
         p.alerts.extend(alerts)
         self.readings_in += len(samples)
         self.alerts_in += len(alerts)
-        if lane is Lane.BULK:
-            self._bulk_bytes += sum(len(s.value) for s in samples if isinstance(s.value, bytes))
         return p
 
     def _lane_age(self, lane: Lane) -> float:
@@ -273,8 +272,8 @@ class Batcher:
             if (
                 n >= (tele_cap if lane is Lane.TELEMETRY else self.max_readings)
                 or now - p.since >= (tele_age if lane is Lane.TELEMETRY else self.max_age)
-                or (lane is Lane.BULK and self._bulk_bytes >= self.max_bulk_bytes)
-                or (lane is Lane.TELEMETRY and p.var_bytes >= self.max_bytes)
+                or p.var_bytes >= (self.max_bytes if lane is Lane.TELEMETRY
+                                   else self.max_bulk_bytes)
                 or lane is Lane.ALERT  # alerts are sealed at once: latency budget 100 ms
             ):
                 out.append(lane)
@@ -286,9 +285,7 @@ class Batcher:
         if not len(p):
             return
         self._pending[lane] = _Pending()
-        if lane is Lane.BULK:
-            self._bulk_bytes = 0
-        elif lane is Lane.TELEMETRY:
+        if lane is Lane.TELEMETRY:
             self._last_tele_seal = time.monotonic()
         await self._seal_slots.acquire()
         task = asyncio.get_running_loop().create_task(self._commit(lane, p))

@@ -157,38 +157,32 @@ class DevicePoller:
 
     def _samples(self, result: Any) -> Sequence[Sample]:
         ts, dev, good = self._wall_clock(), self.device_id, Quality.GOOD
-        if type(result) is Columns:
-            # The driver's columns as they are: one SampleBlock (issue 13: no object per
-            # reading). Its series keys are kept while the names stay the same tuple (every
-            # poll of a healthy device).
-            metrics = result.names
-            if metrics is not self._metrics:
-                if metrics != self._metrics:
-                    self._keys = tuple(zip(repeat(dev), metrics))
-                self._metrics = metrics
-            return SampleBlock(dev, metrics, ts, result.data, self._keys)
-        values = result.values()
-        if not any(issubclass(t, PointValue) for t in set(map(type, values))):
-            # Plain values in a mapping: one SampleBlock as well
-            metrics = tuple(result)
+        if type(result) is Columns:  # the driver's columns as they are (issue 13)
+            metrics, values = result.names, result.data
+        elif any(issubclass(t, PointValue) for t in set(map(type, result.values()))):
+            # Some point has a quality of its own: one Sample each, built as tuples in C
+            # (``tuple.__new__``: what ``Sample._make`` does, without a Python call per reading)
+            return [
+                _new(Sample, (dev, name, ts, value, good))
+                if not isinstance(value, PointValue)
+                else _new(Sample, (
+                    dev,
+                    name,
+                    value.ts_ms if value.ts_ms is not None else ts,
+                    value.value,
+                    value.quality,
+                ))
+                for name, value in result.items()
+            ]
+        else:
+            metrics, values = tuple(result), list(result.values())  # plain values in a mapping
+        # One SampleBlock (no object per reading). Its series keys are kept while the names
+        # stay the same (every poll of a healthy device).
+        if metrics is not self._metrics:
             if metrics != self._metrics:
-                self._metrics = metrics
                 self._keys = tuple(zip(repeat(dev), metrics))
-            return SampleBlock(dev, self._metrics, ts, list(values), self._keys)
-        # Some point has a quality of its own: one Sample each, built as tuples in C
-        # (``tuple.__new__``: what ``Sample._make`` does, without a Python call per reading)
-        return [
-            _new(Sample, (dev, name, ts, value, good))
-            if not isinstance(value, PointValue)
-            else _new(Sample, (
-                dev,
-                name,
-                value.ts_ms if value.ts_ms is not None else ts,
-                value.value,
-                value.quality,
-            ))
-            for name, value in result.items()
-        ]
+            self._metrics = metrics
+        return SampleBlock(dev, metrics, ts, values, self._keys)
 
     async def _emit(self, samples: Sequence[Sample]) -> None:
         n = len(samples)
@@ -202,6 +196,6 @@ class DevicePoller:
             raise
         except Exception:
             self.sink_errors += 1
-            log.exception("device %s: sink rejected %d samples", self.device_id, len(samples))
+            log.exception("device %s: sink rejected %d samples", self.device_id, n)
             return
         self.samples_out += n
