@@ -183,11 +183,15 @@ class DeviceManager:
         if c is None or c["status"] != "pending":
             return
         self._last_send[cid] = time.monotonic()
+        # counted before the publish: the gateway's answer can come back (and end a
+        # command_wait) before the send returns; a send that fails is taken back
+        with self._lock:
+            self.store.command_sent(cid)
         if self._send(c["gateway"], dl.COMMAND, {"device": c["device"], "action": c["action"],
                                                  "args": c["args"]},
-                      msg_id=cid, expires_ms=c["deadline_ms"]) is not None:
+                      msg_id=cid, expires_ms=c["deadline_ms"]) is None:
             with self._lock:
-                self.store.command_sent(cid)
+                self.store.command_sent(cid, -1)
 
     def command_wait(self, cid: str, timeout: float | None = None) -> dict[str, Any]:
         """Block until the command has its final result (at most deadline + grace)."""

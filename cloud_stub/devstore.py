@@ -118,8 +118,9 @@ class DevStore:
                        "deadline_ms, status) VALUES (?, ?, ?, ?, ?, ?, ?, 'pending')",
                        (cmd_id, gw, device, action, json.dumps(args), _ms(), deadline_ms))
 
-    def command_sent(self, cmd_id: str) -> None:
-        self._db.execute("UPDATE commands SET sends = sends + 1 WHERE id=?", (cmd_id,))
+    def command_sent(self, cmd_id: str, delta: int = 1) -> None:
+        """Count a send (``delta=-1`` takes back one that failed)."""
+        self._db.execute("UPDATE commands SET sends = sends + ? WHERE id=?", (delta, cmd_id))
 
     def command_finish(self, cmd_id: str, status: str, value: Any = None,
                        reason: str | None = None) -> bool:
