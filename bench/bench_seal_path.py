@@ -74,7 +74,7 @@ def run(tmp: Path, n: int, series: int, per_series: int, stages: tuple[str, ...]
     data = batches(n + 1, series, per_series)
     gc.freeze()  # the daemon holds one batch, not n: keep the garbage collector off the rest
     # warm-up: define every id, then confirm them as the cloud's ack would
-    seq, _ = batcher._encode_append(Lane.TELEMETRY, data[0], [])
+    seq, _, _ = batcher._encode_append(Lane.TELEMETRY, data[0], [])
     outbox.settle_many([(seq, AckStatus.DELIVERED)])
     sd.delivered([seq])
     cpu = dict.fromkeys(STAGES, 0.0)
@@ -85,7 +85,7 @@ def run(tmp: Path, n: int, series: int, per_series: int, stages: tuple[str, ...]
         t1 = clock()
         if "append" in stages:
             batcher._encode = lambda samples, alerts, p=plaintext: p  # type: ignore[misc]
-            seq, _ = batcher._encode_append(Lane.TELEMETRY, b, [])
+            seq, _, _ = batcher._encode_append(Lane.TELEMETRY, b, [])
         t2 = clock()
         if "settle" in stages:
             outbox.settle_many([(seq, AckStatus.DELIVERED)])

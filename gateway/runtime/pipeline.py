@@ -66,6 +66,10 @@ class OutboxLike(Protocol):
     ) -> int: ...
 
 
+class _AllDropped(CodecError):
+    """Every reading of a batch was unstorable (dropped and counted): nothing to append."""
+
+
 _VARLEN = frozenset((str, bytes))
 _VALUE = attrgetter("value")
 
@@ -156,7 +160,10 @@ class Batcher:
         #: readings whose value the encoder refused (a driver returned e.g. a numpy integer or
         #: an int over 64 bits): stored as BAD_DATA with no value instead of failing the batch
         self.bad_values = 0
-        self._bad_series: set[tuple[str, str]] = set()  # those already logged
+        #: readings the encoder refuses even without their value (a push driver's Sample with
+        #: a float ts_ms or a non-str metric): dropped alone, the rest of the batch is stored
+        self.bad_readings = 0
+        self._bad_series: set[tuple[Any, Any]] = set()  # those already logged
         self._refusing = False
         self.bytes_sealed = 0  # envelope bytes (header + ciphertext + tag), what goes on the wire
         self.last_seal_ms = 0
@@ -294,8 +301,12 @@ class Batcher:
 
     async def _commit(self, lane: Lane, p: _Pending) -> None:
         try:
-            seq, stored = await self._thread.call(self._encode_append, lane, p.samples,
-                                                  p.alerts, p.blocks)
+            seq, stored, dropped = await self._thread.call(self._encode_append, lane,
+                                                           p.samples, p.alerts, p.blocks)
+        except _AllDropped as exc:  # counted in bad_readings and logged once per series
+            for w in p.waiters:
+                if not w.done():
+                    w.set_exception(exc)
         except Exception as exc:
             self.seal_errors += 1
             if type(exc).__name__ == "OutboxFull":
@@ -320,7 +331,7 @@ class Batcher:
                          self.batches_refused)
                 self._refusing = False
             self.batches_sealed += 1
-            self.readings_sealed += p.readings
+            self.readings_sealed += p.readings - dropped
             self.last_seal_ms = now_ms()
             for w in p.waiters:
                 if not w.done():
@@ -334,8 +345,10 @@ class Batcher:
                 self._arm_round(time.monotonic())
 
     def _encode_append(self, lane: Lane, samples: list[Sample], alerts: list[Alert],
-                       blocks: Sequence[SampleBlock] = ()) -> tuple[int, Any]:
-        # Runs in the outbox thread.
+                       blocks: Sequence[SampleBlock] = ()) -> tuple[int, Any, int]:
+        """Encode and append one batch: (outbox seq, the outbox's last append, readings
+        dropped as unstorable). Runs in the outbox thread."""
+        dropped = 0
         if blocks and not getattr(self._encode, "takes_blocks", False):
             samples = [s for b in blocks for s in b] + samples
             blocks = ()
@@ -349,6 +362,10 @@ class Batcher:
             fixed = self._without_bad_values(samples, blocks)
             if fixed is None:
                 raise
+            dropped = len(samples) + sum(map(len, blocks)) - len(fixed)
+            if not fixed and not alerts:
+                raise _AllDropped(f"all {dropped} readings of the batch were dropped as "
+                                  "unstorable (see the warnings and bad_readings)") from None
             samples, blocks = fixed, ()
             plaintext = self._encode(samples=samples, alerts=alerts)
         defined: list[int] = []
@@ -366,30 +383,48 @@ class Batcher:
         )
         if self.on_appended is not None:
             self.on_appended(seq, defined)
-        return seq, getattr(self._outbox, "last_appended", None)
+        return seq, getattr(self._outbox, "last_appended", None), dropped
 
     def _without_bad_values(self, samples: list[Sample],
                             blocks: Sequence[SampleBlock]) -> list[Sample] | None:
         """The batch's readings with every value the encoder refuses replaced by None and
-        BAD_DATA; None when no reading is at fault."""
+        BAD_DATA, and without the readings it refuses even so (a push driver's own Sample with
+        a float timestamp or a metric that is not a str: nothing of them can be stored, they
+        are dropped and counted in ``bad_readings``); None when no reading is at fault."""
         out: list[Sample] = []
-        bad = 0
+        bad = dropped = 0
         for s in [*(s for b in blocks for s in b), *samples]:
             try:
                 encode_batch(samples=(s,))
             except CodecError as exc:
-                bad += 1
                 key = (s.device, s.metric)
-                if key not in self._bad_series and len(self._bad_series) < 10_000:
-                    self._bad_series.add(key)
-                    log.warning("%s; stored as bad_data with no value (further ones of this "
-                                "series are counted in the pipeline's bad_values)", exc)
                 s = Sample(s.device, s.metric, s.ts_ms, None, Quality.BAD_DATA)
+                try:
+                    encode_batch(samples=(s,))
+                except CodecError:
+                    dropped += 1
+                    self._warn_once(key, f"{exc}; reading dropped: it cannot be stored even "
+                                         "without its value (further ones of this series are "
+                                         "counted in the pipeline's bad_readings)")
+                    continue
+                bad += 1
+                self._warn_once(key, f"{exc}; stored as bad_data with no value (further ones "
+                                     "of this series are counted in the pipeline's bad_values)")
             out.append(s)
-        if not bad:
+        if not bad and not dropped:
             return None
         self.bad_values += bad
+        self.bad_readings += dropped
         return out
+
+    def _warn_once(self, key: tuple[Any, Any], message: str) -> None:
+        try:
+            if key in self._bad_series or len(self._bad_series) >= 10_000:
+                return
+            self._bad_series.add(key)
+        except TypeError:  # an unhashable device or metric: say it every time it happens
+            pass
+        log.warning("%s", message)
 
     async def drain(self) -> None:
         """Seal everything pending and wait until the outbox thread has committed it."""
@@ -411,6 +446,7 @@ class Batcher:
             "batches_refused": self.batches_refused,
             "readings_refused": self.readings_refused,
             "bad_values": self.bad_values,
+            "bad_readings": self.bad_readings,
             "pending": {lane.name.lower(): len(p) for lane, p in self._pending.items()},
             "seals_in_flight": len(self._inflight),
             "round_seals": self.round_seals,

@@ -22,6 +22,7 @@ import pytest
 
 from edgegw import Columns, DriverOptions, PointValue, PolledDriver, Quality
 from edgegw.model import Sample
+from edgegw.protocol.codec import CodecError
 from edgegw.protocol.model import SampleBlock
 from edgegw.runtime.outbox_reader import read_outbox_samples
 from edgegw.runtime.pipeline import Batcher, OutboxThread, Pipeline
@@ -125,6 +126,53 @@ async def test_a_bad_value_is_stored_as_bad_data_and_the_batch_survives(
     finally:
         if sd is not None:
             await thread.call(sd.close)
+        await thread.call(outbox.close)
+        thread.shutdown()
+    await asyncio.sleep(0)
+
+
+async def test_a_reading_that_cannot_be_stored_at_all_is_dropped_alone(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A push driver's own Sample with a float timestamp or a non-str metric cannot be stored
+    even without its value: that reading is dropped, counted (``bad_readings``) and logged once
+    per series; the rest of its batch is stored as read (before, the whole batch was lost)."""
+    (tmp_path / "gateway-id").write_text(GW + "\n")
+    thread = OutboxThread()
+    sealer = make_sealer(GW, tmp_path, None)
+    outbox = await thread.call(lambda: Outbox(tmp_path / "outbox.db", max_bytes=1 << 24,
+                                              sealer=sealer))
+    batcher = Batcher(outbox, thread, max_readings=100_000, max_age=60.0, quiet=0.0,
+                      min_interval=0.0)
+    pipe = Pipeline(batcher)
+    try:
+        with caplog.at_level(logging.WARNING, logger="edgegw.pipeline"):
+            await pipe.submit([Sample("good", "a", T, 1.0),
+                               Sample("push", "t", float(T) + 0.5, 2.0),  # type: ignore[arg-type]
+                               Sample("push", 5, T, 3.0),  # type: ignore[arg-type]
+                               Sample("push", "q", T, 4.0, 99),  # type: ignore[arg-type]
+                               Sample("good", "b", T + 1, 5)])
+            await pipe.batcher.drain()
+            # a batch of nothing but unstorable readings: nothing to append, counted, and no
+            # error per batch (a driver doing this every second would flood the log)
+            await pipe.submit([Sample("push", "t", float(T) + 1.5, 6.0)])  # type: ignore[arg-type]
+            await pipe.batcher.drain()
+            with pytest.raises(CodecError, match="all 1 readings of the batch were dropped"):
+                await pipe.submit([Sample("push", "t", float(T) + 2.5, 7.0)],  # type: ignore[arg-type]
+                                  durable=True)
+        assert batcher.seal_errors == 0
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert batcher.bad_readings == 4 and batcher.stats()["bad_readings"] == 4
+        assert batcher.bad_values == 1  # the unknown quality: stored as bad_data
+        assert batcher.readings_sealed == 3  # what the outbox holds
+        stored = {(s.device, s.metric, s.ts_ms): (s.value, s.quality)
+                  for s in read_outbox_samples(tmp_path, GW)}
+        assert stored == {("good", "a", T): (1.0, Quality.GOOD),
+                          ("push", "q", T): (None, Quality.BAD_DATA),
+                          ("good", "b", T + 1): (5, Quality.GOOD)}
+        dropped = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+        assert len(dropped) == 2, dropped  # once per series: push/t, push/5
+        assert any("ts_ms must be int" in w for w in dropped)
+    finally:
         await thread.call(outbox.close)
         thread.shutdown()
     await asyncio.sleep(0)
