@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from edgegw.config import GatewayConfig
-from edgegw.edge import Stage, WriteRequest, build_stages
+from edgegw.edge import Stage, WriteRequest, build_stages, stage_configs
 from edgegw.model import Lane, Sample
 from edgegw.runtime.pipeline import Batcher, OutboxThread, Pipeline
 from edgegw.runtime.sealing import make_sealer, previous_keys, remember_key
@@ -57,6 +57,8 @@ class DataPath:
         self._outbox_stats: dict[str, Any] = {}
         #: codec v2 series dictionary (``batch.codec: v2``), shared with the uplink service
         self.series_dict: SeriesDictionary | None = None
+        #: what the running stages were built from (``edgegw.edge.stage_configs``)
+        self._stage_configs: dict[str, str] = {}
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -114,13 +116,25 @@ class DataPath:
             self.series_dict = None
         self.outbox_thread.shutdown()
 
-    def _build_stages(self) -> list[Stage]:
-        return build_stages(self.cfg, submit_blocking=self._submit_blocking)
+    def _build_stages(self, reuse: Mapping[str, Stage] | None = None) -> list[Stage]:
+        self._stage_configs = stage_configs(self.cfg)
+        return build_stages(self.cfg, submit_blocking=self._submit_blocking, reuse=reuse)
 
-    def rebuild_stages(self) -> None:
-        """New edge stages from ``self.cfg`` (remote configuration changed rules/anomaly)."""
-        if self.pipeline is not None:
-            self.pipeline.stages = self._build_stages()
+    def rebuild_stages(self) -> dict[str, list[str]]:
+        """The edge stages for a new ``self.cfg`` (remote configuration): a stage whose
+        configuration did not change is kept as it is (its open aggregation windows, learnt
+        anomaly models, active rule episodes); a changed or removed one is flushed out first
+        (``Pipeline.replace_stages``: nothing it holds is lost). Returns the stage names built
+        anew and flushed out (both empty when nothing changed)."""
+        if self.pipeline is None:
+            return {"built": [], "flushed": []}
+        before = self._stage_configs
+        after = stage_configs(self.cfg)
+        keep = {st.name: st for st in self.pipeline.stages
+                if st.name in after and before.get(st.name) == after[st.name]}
+        stages = self._build_stages(reuse=keep)
+        flushed = self.pipeline.replace_stages(stages)
+        return {"built": [st.name for st in stages if st.name not in keep], "flushed": flushed}
 
     @staticmethod
     def _submit_blocking(fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:

@@ -154,11 +154,12 @@ class GatewayAccess:
         if _dump(new.uplink) != _dump(old.uplink):
             await self._uplink.restart(new.uplink)
             report["uplink"] = "restarted"
-        if [_dump(r) for r in new.rules] != [_dump(r) for r in old.rules] or [
-            _dump(a) for a in new.anomaly
-        ] != [_dump(a) for a in old.anomaly]:
-            self._datapath.rebuild_stages()
-            report["edge"] = "rebuilt"
+        # rules, anomaly, and every device's aggregate (an added, removed or changed device
+        # with `aggregate:` too): only the stages whose configuration changed are rebuilt,
+        # after the old ones are flushed out (nothing they hold is lost)
+        edge = self._datapath.rebuild_stages()
+        if edge["built"] or edge["flushed"]:
+            report["edge"] = edge
         report["restart_needed"] = [
             s for s in ("gateway", *_RESTART_SECTIONS)
             if _dump(getattr(new, s, None)) != _dump(getattr(old, s, None))

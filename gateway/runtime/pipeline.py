@@ -586,23 +586,55 @@ class Pipeline:
     def _stage_outputs(self, now: int, flush: bool) -> None:
         """One clock round: every stage's ``tick`` (or ``flush``) output, on through the rest."""
         for i, stage in enumerate(self.stages):
-            rnd = _Round(False)
-            try:
-                samples, alerts, writes = stage.flush(now) if flush else stage.tick(now)
-            except Exception:
-                self.stage_errors[stage.name] = self.stage_errors.get(stage.name, 0) + 1
-                what = "flush" if flush else "tick"
-                log.exception("edge stage %s failed in %s", stage.name, what)
+            self._stage_output(i, stage, now, flush)
+
+    def _stage_output(self, i: int, stage: Stage, now: int, flush: bool) -> None:
+        rnd = _Round(False)
+        try:
+            samples, alerts, writes = stage.flush(now) if flush else stage.tick(now)
+        except Exception:
+            self.stage_errors[stage.name] = self.stage_errors.get(stage.name, 0) + 1
+            what = "flush" if flush else "tick"
+            log.exception("edge stage %s failed in %s", stage.name, what)
+            return
+        self._holds(i, stage, rnd)
+        if writes and self._on_writes is not None:
+            self._on_writes(writes)
+        more_alerts: list[Alert] = []
+        if samples:
+            samples, more_alerts = self._run_stages(samples, i + 1, now, rnd)
+        if alerts or more_alerts:
+            self.batcher.add(Lane.ALERT, (), alerts + more_alerts)
+        self._settle_round(rnd, self.batcher.add(Lane.TELEMETRY, samples) if samples else None)
+
+    def replace_stages(self, stages: Sequence[Stage]) -> list[str]:
+        """Swap in new edge stages (remote configuration) without losing what the old ones hold.
+
+        Every old stage that is not in ``stages`` (the same object) is flushed first, through
+        the old stages behind it: its open aggregation windows are closed and their outputs
+        stored, its holds released (durable submitters waiting on them complete with the batch
+        of the output). A kept stage keeps its state (open windows, learnt models, active
+        episodes) and its holds' waiters. Returns the names of the stages flushed out."""
+        new = list(stages)
+        kept = {id(s) for s in new}
+        now = self._clock_ms()
+        gone: list[str] = []
+        for i, stage in enumerate(self.stages):
+            if id(stage) not in kept:
+                self._stage_output(i, stage, now, flush=True)
+                gone.append(stage.name)
+        index = {id(s): j for j, s in enumerate(new)}
+        waiters, self._hold_waiters = self._hold_waiters, {}
+        for (i, key), futs in waiters.items():
+            j = index.get(id(self.stages[i]))
+            if j is not None:
+                self._hold_waiters[(j, key)] = futs
                 continue
-            self._holds(i, stage, rnd)
-            if writes and self._on_writes is not None:
-                self._on_writes(writes)
-            more_alerts: list[Alert] = []
-            if samples:
-                samples, more_alerts = self._run_stages(samples, i + 1, now, rnd)
-            if alerts or more_alerts:
-                self.batcher.add(Lane.ALERT, (), alerts + more_alerts)
-            self._settle_round(rnd, self.batcher.add(Lane.TELEMETRY, samples) if samples else None)
+            for fut in futs:  # a flushed stage kept a hold against its contract: do not hang
+                if not fut.done():
+                    fut.set_result(0)
+        self.stages = new
+        return gone
 
     async def tick_once(self) -> None:
         now = self._clock_ms()
