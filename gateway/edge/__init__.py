@@ -88,13 +88,15 @@ def build_stages(
     *,
     submit_blocking: SubmitBlocking | None = None,
     reuse: Mapping[str, Stage] | None = None,
+    previous: Mapping[str, Stage] | None = None,
 ) -> list[Stage]:
     """The edge stages for ``cfg`` (anomaly, rules, aggregate; empty ones omitted).
 
     ``reuse``: stages to keep instead of building them anew, by name (the caller decides they
-    fit ``cfg``: ``stage_configs``). A stage's module is imported only when the config uses the
-    stage: a gateway without ``anomaly:``, ``rules:`` or ``aggregate:`` does not keep their code
-    resident (~0.6 MB)."""
+    fit ``cfg``: ``stage_configs``). ``previous``: the running stages, by name; a new rules
+    stage carries on the episodes of the rules that did not change (``RuleStage(previous=)``).
+    A stage's module is imported only when the config uses the stage: a gateway without
+    ``anomaly:``, ``rules:`` or ``aggregate:`` does not keep their code resident (~0.6 MB)."""
     keep = reuse or {}
     stages: list[Stage] = []
     base = getattr(cfg, "base_dir", None)
@@ -113,7 +115,10 @@ def build_stages(
         else:
             from edgegw.edge.rules import RuleStage  # lazy: only a config with enabled `rules:`
 
-            stages.append(RuleStage(cfg.rules))
+            old = (previous or {}).get("rules")
+            stages.append(
+                RuleStage(cfg.rules, previous=old if isinstance(old, RuleStage) else None)
+            )
     aggregates = _aggregates(cfg)
     if aggregates:
         if "aggregate" in keep:

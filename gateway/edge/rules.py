@@ -19,6 +19,11 @@ Invariants:
   (``for`` means *continuously* true). An ACTIVE rule is never cleared by missing data.
 - Samples pass through unchanged; write actions become ``WriteRequest``s (rate limited per action
   by ``min_interval``), which the runtime executes through the bus scheduler.
+- A new configuration (``RuleStage(rules, previous=old)``): a rule whose settings did not change
+  carries its episode on (state, timers, write rate limits), and every device keeps its latest
+  values and window histories; the old stage's ``retire`` then ends each episode it alone still
+  holds (a rule removed or changed while active) with ``Alert(active=False)`` saying so, so the
+  cloud never shows an alert active forever. Retiring runs no write action.
 """
 
 from __future__ import annotations
@@ -128,9 +133,11 @@ class RuleStage(NoHolds):
 
     name = "rules"
 
-    def __init__(self, rules: Sequence[RuleConfig]) -> None:
+    def __init__(self, rules: Sequence[RuleConfig], previous: RuleStage | None = None) -> None:
         self._devices: dict[str, _Device] = {}
         self._rules: list[_Rule] = []
+        #: rules of this stage a newer stage carries on (``retire`` leaves their episodes)
+        self._handed_over: set[int] = set()
         self.counters: dict[str, int] = {
             "evaluations": 0,
             "unknown": 0,
@@ -140,6 +147,7 @@ class RuleStage(NoHolds):
             "writes": 0,
             "writes_suppressed": 0,
             "out_of_order": 0,
+            "retired": 0,
         }
         for cfg in rules:
             if not cfg.enabled:
@@ -168,6 +176,62 @@ class RuleStage(NoHolds):
                         dev.history[metric] = SeriesHistory(seconds)
                     elif seconds * 1000 > h.horizon_ms:
                         h.horizon_ms = int(seconds * 1000 + 0.999)
+
+        if previous is not None:
+            self._adopt(previous)
+
+    def _adopt(self, old: RuleStage) -> None:
+        """Carry on what ``old`` knows: its unchanged rules' episodes, its devices' values."""
+        before = {r.cfg.name: r for r in old._rules}
+        for rule in self._rules:
+            prev = before.get(rule.cfg.name)
+            if prev is None or prev.cfg.model_dump() != rule.cfg.model_dump():
+                continue
+            rule.state, rule.since, rule.last_eval = prev.state, prev.since, prev.last_eval
+            rule.last_write_ms = dict(prev.last_write_ms)
+            rule.error_logged = prev.error_logged
+            old._handed_over.add(id(prev))
+        for dev_id, dev in self._devices.items():
+            was = old._devices.get(dev_id)
+            if was is None:
+                continue
+            dev.values.update(was.values)
+            dev.clock = was.clock
+            for metric, h in dev.history.items():
+                kept = was.history.get(metric)
+                if kept is not None:
+                    kept.horizon_ms = max(kept.horizon_ms, h.horizon_ms)
+                    dev.history[metric] = kept
+
+    def retire(self, now_ms: int) -> StageOutput:
+        """This stage is replaced by a new configuration: end each episode no newer stage
+        carries on (its rule was removed or changed) with a clear alert saying why."""
+        alerts: list[Alert] = []
+        for rule in self._rules:
+            if id(rule) in self._handed_over or rule.state not in (
+                RuleState.ACTIVE, RuleState.CLEARING
+            ):
+                continue
+            rule.state = RuleState.IDLE
+            self.counters["retired"] += 1
+            cfg = rule.cfg
+            for action in cfg.actions:
+                if isinstance(action, WriteAction | LogAction):
+                    continue
+                alerts.append(
+                    Alert(
+                        rule=cfg.name,
+                        device=cfg.device,
+                        ts_ms=now_ms,
+                        active=False,
+                        severity=rule.severity,
+                        message=f"{cfg.name}: ended because a new configuration changed or "
+                        "removed the rule",
+                        metric=rule.when.metrics[0] if rule.when.metrics else "",
+                        value=None,
+                    )
+                )
+        return [], alerts, []
 
     # ------------------------------------------------------------------ stage protocol
     def process(self, samples: list[Sample], now_ms: int) -> StageOutput:

@@ -116,23 +116,27 @@ class DataPath:
             self.series_dict = None
         self.outbox_thread.shutdown()
 
-    def _build_stages(self, reuse: Mapping[str, Stage] | None = None) -> list[Stage]:
+    def _build_stages(
+        self, reuse: Mapping[str, Stage] | None = None, previous: Sequence[Stage] = ()
+    ) -> list[Stage]:
         self._stage_configs = stage_configs(self.cfg)
-        return build_stages(self.cfg, submit_blocking=self._submit_blocking, reuse=reuse)
+        return build_stages(self.cfg, submit_blocking=self._submit_blocking, reuse=reuse,
+                            previous={st.name: st for st in previous})
 
     def rebuild_stages(self) -> dict[str, list[str]]:
         """The edge stages for a new ``self.cfg`` (remote configuration): a stage whose
         configuration did not change is kept as it is (its open aggregation windows, learnt
         anomaly models, active rule episodes); a changed or removed one is flushed out first
-        (``Pipeline.replace_stages``: nothing it holds is lost). Returns the stage names built
-        anew and flushed out (both empty when nothing changed)."""
+        (``Pipeline.replace_stages``: nothing it holds is lost; a new rules stage carries on the
+        episodes of the unchanged rules, the old one ends the others with a clear alert).
+        Returns the stage names built anew and flushed out (both empty when nothing changed)."""
         if self.pipeline is None:
             return {"built": [], "flushed": []}
         before = self._stage_configs
         after = stage_configs(self.cfg)
         keep = {st.name: st for st in self.pipeline.stages
                 if st.name in after and before.get(st.name) == after[st.name]}
-        stages = self._build_stages(reuse=keep)
+        stages = self._build_stages(reuse=keep, previous=self.pipeline.stages)
         flushed = self.pipeline.replace_stages(stages)
         return {"built": [st.name for st in stages if st.name not in keep], "flushed": flushed}
 

@@ -588,14 +588,18 @@ class Pipeline:
         for i, stage in enumerate(self.stages):
             self._stage_output(i, stage, now, flush)
 
-    def _stage_output(self, i: int, stage: Stage, now: int, flush: bool) -> None:
+    def _stage_output(self, i: int, stage: Stage, now: int, flush: bool,
+                      retire: bool = False) -> None:
         rnd = _Round(False)
+        # retire: the stage is replaced (``replace_stages``); one that has more to say then
+        # than at a flush (the rules stage ends its episodes) has a ``retire`` of its own
+        fn = (getattr(stage, "retire", stage.flush) if retire
+              else stage.flush if flush else stage.tick)
         try:
-            samples, alerts, writes = stage.flush(now) if flush else stage.tick(now)
+            samples, alerts, writes = fn(now)
         except Exception:
             self.stage_errors[stage.name] = self.stage_errors.get(stage.name, 0) + 1
-            what = "flush" if flush else "tick"
-            log.exception("edge stage %s failed in %s", stage.name, what)
+            log.exception("edge stage %s failed in %s", stage.name, fn.__name__)
             return
         self._holds(i, stage, rnd)
         if writes and self._on_writes is not None:
@@ -621,7 +625,7 @@ class Pipeline:
         gone: list[str] = []
         for i, stage in enumerate(self.stages):
             if id(stage) not in kept:
-                self._stage_output(i, stage, now, flush=True)
+                self._stage_output(i, stage, now, flush=True, retire=True)
                 gone.append(stage.name)
         index = {id(s): j for j, s in enumerate(new)}
         waiters, self._hold_waiters = self._hold_waiters, {}

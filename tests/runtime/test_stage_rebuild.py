@@ -18,7 +18,7 @@ from edgegw.edge.aggregate import AggregateStage
 from edgegw.edge.config import AggregateConfig
 from edgegw.model import Sample
 from edgegw.runtime.datapath import DataPath
-from edgegw.runtime.outbox_reader import read_outbox_samples
+from edgegw.runtime.outbox_reader import read_outbox, read_outbox_samples
 from edgegw.runtime.pipeline import Batcher, OutboxThread, Pipeline
 from edgegw.runtime.sealing import make_sealer
 from edgegw.store.outbox import Outbox
@@ -126,3 +126,41 @@ async def test_a_durable_push_held_by_a_replaced_stage_completes(tmp_path: Path)
     finally:
         await thread.call(outbox.close)
         thread.shutdown()
+
+
+def _rule(name: str, when: str) -> dict[str, Any]:
+    return {"name": name, "device": "d", "when": when, "severity": "warning"}
+
+
+async def test_rule_episodes_carry_on_or_end_with_a_clear_alert(tmp_path: Path) -> None:
+    """An unchanged rule keeps its episode (no second raise, its clear comes from the new
+    stage); a changed or removed rule's episode is ended by a clear alert saying why (before,
+    the cloud showed it active for ever)."""
+    state = tmp_path / "state"
+    rules1 = [_rule("hot", "v > 100"), _rule("vhot", "v > 120"), _rule("gone", "v > 110")]
+    dp = DataPath(_config(tmp_path, "a.yaml", state, devices=[_device(None)], rules=rules1),
+                  state, None)
+    await dp.start()
+    try:
+        assert dp.pipeline is not None
+        now = dp.pipeline._clock_ms()
+        await dp.submit([Sample("d", "v", now - 10, 150.0)])  # all three raise
+        (old,) = dp.pipeline.stages
+        assert old.stats()["active"] == 3
+        rules2 = [_rule("hot", "v > 100"), _rule("vhot", "v > 130")]
+        dp.cfg = _config(tmp_path, "b.yaml", state, devices=[_device(None)], rules=rules2)
+        assert dp.rebuild_stages() == {"built": ["rules"], "flushed": ["rules"]}
+        (new,) = dp.pipeline.stages
+        assert new.stats()["active"] == 1 and old.stats()["retired"] == 2
+        await dp.submit([Sample("d", "v", now - 5, 150.0)])  # vhot (changed) raises anew
+        await dp.submit([Sample("d", "v", now, 50.0)])  # hot and vhot clear
+    finally:
+        await dp.stop()
+    _, alerts, _ = read_outbox(state, gateway_id=GW)
+    seen = [(a.rule, a.active, "new configuration" in a.message) for a in alerts]
+    assert sorted(seen) == sorted([
+        ("hot", True, False), ("vhot", True, False), ("gone", True, False),  # first sample
+        ("vhot", False, True), ("gone", False, True),  # retired by the new configuration
+        ("vhot", True, False),  # the changed rule's own new episode
+        ("hot", False, False), ("vhot", False, False),  # cleared by the new stage
+    ]), seen
