@@ -485,6 +485,7 @@ class Pipeline:
         self._clock_ms = clock_ms
         self.ticks = 0
         self.stage_errors: dict[str, int] = {}
+        self._stage_error_logged: dict[str, float] = {}  # stage -> when its traceback was logged
         self._last_tick_ms = 0
         #: durable submitters waiting for a hold to be released: (stage index, key) -> futures
         self._hold_waiters: dict[tuple[int, HoldKey], list[asyncio.Future[int]]] = {}
@@ -503,8 +504,7 @@ class Pipeline:
                 samples, a, w = stage.process(samples, now)
             except Exception:
                 # A broken stage must not lose data: pass its input through unchanged.
-                self.stage_errors[stage.name] = self.stage_errors.get(stage.name, 0) + 1
-                log.exception("edge stage %s failed; passing samples through", stage.name)
+                self._stage_failed(stage, "process; passing samples through")
                 continue
             self._holds(i, stage, rnd)
             alerts.extend(a)
@@ -512,6 +512,18 @@ class Pipeline:
         if writes and self._on_writes is not None:
             self._on_writes(writes)
         return samples, alerts
+
+    def _stage_failed(self, stage: Stage, where: str) -> None:
+        """Count a stage's failure; the traceback is logged for the first one of each stage and
+        then at most once a minute (a stage failing on every poll must not flood the log)."""
+        n = self.stage_errors[stage.name] = self.stage_errors.get(stage.name, 0) + 1
+        now = time.monotonic()
+        last = self._stage_error_logged.get(stage.name)
+        if last is not None and now - last < 60.0:
+            return
+        self._stage_error_logged[stage.name] = now
+        log.exception("edge stage %s failed in %s (%d failures so far, counted in "
+                      "stage_errors)", stage.name, where, n)
 
     def _holds(self, i: int, stage: Stage, rnd: _Round) -> None:
         """Record the holds the last call of ``stage`` made and released (see the module doc)."""
@@ -598,8 +610,7 @@ class Pipeline:
         try:
             samples, alerts, writes = fn(now)
         except Exception:
-            self.stage_errors[stage.name] = self.stage_errors.get(stage.name, 0) + 1
-            log.exception("edge stage %s failed in %s", stage.name, fn.__name__)
+            self._stage_failed(stage, fn.__name__)
             return
         self._holds(i, stage, rnd)
         if writes and self._on_writes is not None:
