@@ -164,3 +164,42 @@ async def test_rule_episodes_carry_on_or_end_with_a_clear_alert(tmp_path: Path) 
         ("vhot", True, False),  # the changed rule's own new episode
         ("hot", False, False), ("vhot", False, False),  # cleared by the new stage
     ]), seen
+
+
+async def test_a_kept_stage_that_moves_keeps_its_durable_waiters(tmp_path: Path) -> None:
+    """The rules stage in front is removed, so the kept aggregation stage moves from the second
+    place to the first: the durable push it holds still completes when its window closes."""
+    from edgegw.edge.config import RuleConfig
+    from edgegw.edge.rules import RuleStage
+
+    (tmp_path / "gateway-id").write_text(GW + "\n")
+    thread = OutboxThread()
+    sealer = make_sealer(GW, tmp_path, None)
+    outbox = await thread.call(
+        lambda: Outbox(tmp_path / "outbox.db", max_bytes=1 << 24, sealer=sealer))
+    clock = [T0 + 10]
+    rules = RuleStage([RuleConfig.model_validate(_rule("hot", "v > 100"))])
+    agg = AggregateStage({"d": AggregateConfig(window=1.0, lateness=0.0, functions=["count"])})
+    pipe = Pipeline(Batcher(outbox, thread, max_readings=1000, max_age=0.05), [rules, agg],
+                    clock_ms=lambda: clock[0])
+    try:
+        held = asyncio.create_task(
+            pipe.submit([Sample("d", "v", T0 + i, float(i)) for i in range(3)], durable=True))
+        await asyncio.sleep(0.1)
+        assert not held.done() and pipe.held == 3
+        assert pipe.replace_stages([agg]) == ["rules"]
+        assert not held.done() and pipe.held == 3  # the window is still open: still held
+        clock[0] = T0 + 1000  # the window [T0, T0 + 1 s) closes
+
+        async def clock_runs() -> None:
+            while not held.done():
+                await pipe.tick_once()
+                await asyncio.sleep(0.02)
+
+        await asyncio.wait_for(asyncio.gather(held, clock_runs()), 5)
+        await pipe.batcher.drain()
+        stored = {(s.metric, s.ts_ms): s.value for s in read_outbox_samples(tmp_path, GW)}
+        assert stored == {("v.count", T0 // 1000 * 1000): 3}
+    finally:
+        await thread.call(outbox.close)
+        thread.shutdown()
