@@ -131,8 +131,9 @@ async def test_a_bad_value_is_stored_as_bad_data_and_the_batch_survives(
     await asyncio.sleep(0)
 
 
+@pytest.mark.parametrize("dictionary", [False, True], ids=["v1", "v2-dictionary"])
 async def test_a_reading_that_cannot_be_stored_at_all_is_dropped_alone(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+        tmp_path: Path, dictionary: bool, caplog: pytest.LogCaptureFixture) -> None:
     """A push driver's own Sample with a float timestamp or a non-str metric cannot be stored
     even without its value: that reading is dropped, counted (``bad_readings``) and logged once
     per series; the rest of its batch is stored as read (before, the whole batch was lost)."""
@@ -141,8 +142,9 @@ async def test_a_reading_that_cannot_be_stored_at_all_is_dropped_alone(
     sealer = make_sealer(GW, tmp_path, None)
     outbox = await thread.call(lambda: Outbox(tmp_path / "outbox.db", max_bytes=1 << 24,
                                               sealer=sealer))
+    sd = await thread.call(SeriesDictionary, tmp_path / FILE_NAME) if dictionary else None
     batcher = Batcher(outbox, thread, max_readings=100_000, max_age=60.0, quiet=0.0,
-                      min_interval=0.0)
+                      min_interval=0.0, encode=sd.encode if sd is not None else None)
     pipe = Pipeline(batcher)
     try:
         with caplog.at_level(logging.WARNING, logger="edgegw.pipeline"):
@@ -173,6 +175,8 @@ async def test_a_reading_that_cannot_be_stored_at_all_is_dropped_alone(
         assert len(dropped) == 2, dropped  # once per series: push/t, push/5
         assert any("ts_ms must be int" in w for w in dropped)
     finally:
+        if sd is not None:
+            await thread.call(sd.close)
         await thread.call(outbox.close)
         thread.shutdown()
     await asyncio.sleep(0)
