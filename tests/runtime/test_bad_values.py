@@ -12,7 +12,9 @@ with the v2 dictionary encoder (which takes SampleBlocks as they are).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -78,9 +80,9 @@ async def test_the_poller_hands_columns_on_as_one_block_with_stable_keys() -> No
     assert blocks[3].keys == (("dev", "a"), ("dev", "c"))
 
 
-@pytest.mark.parametrize("dictionary", [False, True], ids=["v1", "v2-dictionary"])
-async def test_a_bad_value_is_stored_as_bad_data_and_the_batch_survives(
-        tmp_path: Path, dictionary: bool, caplog: pytest.LogCaptureFixture) -> None:
+@contextlib.asynccontextmanager
+async def _pipeline(tmp_path: Path, dictionary: bool) -> AsyncIterator[tuple[Pipeline, Batcher]]:
+    """A pipeline without stages on the real outbox (in its thread), v1 or v2 encoder."""
     (tmp_path / "gateway-id").write_text(GW + "\n")
     thread = OutboxThread()
     sealer = make_sealer(GW, tmp_path, None)
@@ -89,16 +91,27 @@ async def test_a_bad_value_is_stored_as_bad_data_and_the_batch_survives(
     sd = await thread.call(SeriesDictionary, tmp_path / FILE_NAME) if dictionary else None
     batcher = Batcher(outbox, thread, max_readings=100_000, max_age=60.0, quiet=0.0,
                       min_interval=0.0, encode=sd.encode if sd is not None else None)
-    pipe = Pipeline(batcher)
-    names = ("r0", "r1", "r2")
-    good = [SampleBlock("good", names, T, [1, 2, 3]), [Sample("good", "x", T + 1, 4.5)]]
-    bad: list[Any] = [
-        SampleBlock("np", names, T + 2, [np.int64(7), 8, 9]),  # a numpy integer in a block
-        [Sample("dec", "d", T + 3, Decimal("1.5")),  # type: ignore[arg-type]
-         Sample("big", "b", T + 4, 2**70)],  # over 64 bits
-        SampleBlock("pv", ("p",), T + 5, [PointValue(3)]),  # type: ignore[list-item]
-    ]
     try:
+        yield Pipeline(batcher), batcher
+    finally:
+        if sd is not None:
+            await thread.call(sd.close)
+        await thread.call(outbox.close)
+        thread.shutdown()
+
+
+@pytest.mark.parametrize("dictionary", [False, True], ids=["v1", "v2-dictionary"])
+async def test_a_bad_value_is_stored_as_bad_data_and_the_batch_survives(
+        tmp_path: Path, dictionary: bool, caplog: pytest.LogCaptureFixture) -> None:
+    async with _pipeline(tmp_path, dictionary) as (pipe, batcher):
+        names = ("r0", "r1", "r2")
+        good = [SampleBlock("good", names, T, [1, 2, 3]), [Sample("good", "x", T + 1, 4.5)]]
+        bad: list[Any] = [
+            SampleBlock("np", names, T + 2, [np.int64(7), 8, 9]),  # a numpy integer in a block
+            [Sample("dec", "d", T + 3, Decimal("1.5")),  # type: ignore[arg-type]
+             Sample("big", "b", T + 4, 2**70)],  # over 64 bits
+            SampleBlock("pv", ("p",), T + 5, [PointValue(3)]),  # type: ignore[list-item]
+        ]
         with caplog.at_level(logging.WARNING, logger="edgegw.pipeline"):
             for polled in [good[0], bad[0], bad[1], good[1], bad[2]]:
                 await pipe.submit(polled)
@@ -123,11 +136,6 @@ async def test_a_bad_value_is_stored_as_bad_data_and_the_batch_survives(
         warned = [r.getMessage() for r in caplog.records if "stored as bad_data" in r.getMessage()]
         assert len(warned) == 4, warned  # once per series: np/r0, dec/d, big/b, pv/p
         assert any("unsupported value type int64" in w and "'np'" in w for w in warned)
-    finally:
-        if sd is not None:
-            await thread.call(sd.close)
-        await thread.call(outbox.close)
-        thread.shutdown()
     await asyncio.sleep(0)
 
 
@@ -137,16 +145,7 @@ async def test_a_reading_that_cannot_be_stored_at_all_is_dropped_alone(
     """A push driver's own Sample with a float timestamp or a non-str metric cannot be stored
     even without its value: that reading is dropped, counted (``bad_readings``) and logged once
     per series; the rest of its batch is stored as read (before, the whole batch was lost)."""
-    (tmp_path / "gateway-id").write_text(GW + "\n")
-    thread = OutboxThread()
-    sealer = make_sealer(GW, tmp_path, None)
-    outbox = await thread.call(lambda: Outbox(tmp_path / "outbox.db", max_bytes=1 << 24,
-                                              sealer=sealer))
-    sd = await thread.call(SeriesDictionary, tmp_path / FILE_NAME) if dictionary else None
-    batcher = Batcher(outbox, thread, max_readings=100_000, max_age=60.0, quiet=0.0,
-                      min_interval=0.0, encode=sd.encode if sd is not None else None)
-    pipe = Pipeline(batcher)
-    try:
+    async with _pipeline(tmp_path, dictionary) as (pipe, batcher):
         with caplog.at_level(logging.WARNING, logger="edgegw.pipeline"):
             await pipe.submit([Sample("good", "a", T, 1.0),
                                Sample("push", "t", float(T) + 0.5, 2.0),  # type: ignore[arg-type]
@@ -174,9 +173,4 @@ async def test_a_reading_that_cannot_be_stored_at_all_is_dropped_alone(
         dropped = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
         assert len(dropped) == 2, dropped  # once per series: push/t, push/5
         assert any("ts_ms must be int" in w for w in dropped)
-    finally:
-        if sd is not None:
-            await thread.call(sd.close)
-        await thread.call(outbox.close)
-        thread.shutdown()
     await asyncio.sleep(0)

@@ -10,6 +10,8 @@ the others keep their state. Real SQLite outbox in the real outbox thread.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -96,16 +98,40 @@ async def test_only_changed_stages_are_rebuilt_and_the_old_windows_are_stored(
     assert ("v", now - 2) not in stored  # aggregated, not raw: the window held it
 
 
-async def test_a_durable_push_held_by_a_replaced_stage_completes(tmp_path: Path) -> None:
+@contextlib.asynccontextmanager
+async def _outbox(tmp_path: Path) -> AsyncIterator[tuple[Outbox, OutboxThread]]:
+    """The real outbox in its own thread, closed at the end."""
     (tmp_path / "gateway-id").write_text(GW + "\n")
     thread = OutboxThread()
     sealer = make_sealer(GW, tmp_path, None)
     outbox = await thread.call(
         lambda: Outbox(tmp_path / "outbox.db", max_bytes=1 << 24, sealer=sealer))
-    old = AggregateStage({"d": AggregateConfig(window=3600.0, functions=["count"])})
-    pipe = Pipeline(Batcher(outbox, thread, max_readings=1000, max_age=0.05), [old],
-                    clock_ms=lambda: T0 + 10)
     try:
+        yield outbox, thread
+    finally:
+        await thread.call(outbox.close)
+        thread.shutdown()
+
+
+async def _run_until_done(pipe: Pipeline, held: asyncio.Task[None],
+                          tmp_path: Path) -> dict[tuple[str, int], Any]:
+    """Tick the pipeline as ``Pipeline.run`` does (every 50 ms, here 20) until the held durable
+    push completes; then what the outbox holds, by (metric, ts)."""
+    async def clock_runs() -> None:
+        while not held.done():
+            await pipe.tick_once()
+            await asyncio.sleep(0.02)
+
+    await asyncio.wait_for(asyncio.gather(held, clock_runs()), 5)
+    await pipe.batcher.drain()
+    return {(s.metric, s.ts_ms): s.value for s in read_outbox_samples(tmp_path, GW)}
+
+
+async def test_a_durable_push_held_by_a_replaced_stage_completes(tmp_path: Path) -> None:
+    async with _outbox(tmp_path) as (outbox, thread):
+        old = AggregateStage({"d": AggregateConfig(window=3600.0, functions=["count"])})
+        pipe = Pipeline(Batcher(outbox, thread, max_readings=1000, max_age=0.05), [old],
+                        clock_ms=lambda: T0 + 10)
         held = asyncio.create_task(
             pipe.submit([Sample("d", "v", T0 + i, float(i)) for i in range(4)], durable=True))
         await asyncio.sleep(0.1)  # two seal ages: only the window's end may complete it
@@ -114,18 +140,8 @@ async def test_a_durable_push_held_by_a_replaced_stage_completes(tmp_path: Path)
         assert pipe.replace_stages([new]) == ["aggregate"]
         assert pipe.stages == [new]
 
-        async def clock_runs() -> None:  # what Pipeline.run does every 50 ms
-            while not held.done():
-                await pipe.tick_once()
-                await asyncio.sleep(0.02)
-
-        await asyncio.wait_for(asyncio.gather(held, clock_runs()), 5)
-        await pipe.batcher.drain()
-        stored = {(s.metric, s.ts_ms): s.value for s in read_outbox_samples(tmp_path, GW)}
+        stored = await _run_until_done(pipe, held, tmp_path)
         assert stored == {("v.count", T0 // 3_600_000 * 3_600_000): 4}
-    finally:
-        await thread.call(outbox.close)
-        thread.shutdown()
 
 
 def _rule(name: str, when: str) -> dict[str, Any]:
@@ -172,17 +188,12 @@ async def test_a_kept_stage_that_moves_keeps_its_durable_waiters(tmp_path: Path)
     from edgegw.edge.config import RuleConfig
     from edgegw.edge.rules import RuleStage
 
-    (tmp_path / "gateway-id").write_text(GW + "\n")
-    thread = OutboxThread()
-    sealer = make_sealer(GW, tmp_path, None)
-    outbox = await thread.call(
-        lambda: Outbox(tmp_path / "outbox.db", max_bytes=1 << 24, sealer=sealer))
-    clock = [T0 + 10]
-    rules = RuleStage([RuleConfig.model_validate(_rule("hot", "v > 100"))])
-    agg = AggregateStage({"d": AggregateConfig(window=1.0, lateness=0.0, functions=["count"])})
-    pipe = Pipeline(Batcher(outbox, thread, max_readings=1000, max_age=0.05), [rules, agg],
-                    clock_ms=lambda: clock[0])
-    try:
+    async with _outbox(tmp_path) as (outbox, thread):
+        clock = [T0 + 10]
+        rules = RuleStage([RuleConfig.model_validate(_rule("hot", "v > 100"))])
+        agg = AggregateStage({"d": AggregateConfig(window=1.0, lateness=0.0, functions=["count"])})
+        pipe = Pipeline(Batcher(outbox, thread, max_readings=1000, max_age=0.05), [rules, agg],
+                        clock_ms=lambda: clock[0])
         held = asyncio.create_task(
             pipe.submit([Sample("d", "v", T0 + i, float(i)) for i in range(3)], durable=True))
         await asyncio.sleep(0.1)
@@ -191,15 +202,5 @@ async def test_a_kept_stage_that_moves_keeps_its_durable_waiters(tmp_path: Path)
         assert not held.done() and pipe.held == 3  # the window is still open: still held
         clock[0] = T0 + 1000  # the window [T0, T0 + 1 s) closes
 
-        async def clock_runs() -> None:
-            while not held.done():
-                await pipe.tick_once()
-                await asyncio.sleep(0.02)
-
-        await asyncio.wait_for(asyncio.gather(held, clock_runs()), 5)
-        await pipe.batcher.drain()
-        stored = {(s.metric, s.ts_ms): s.value for s in read_outbox_samples(tmp_path, GW)}
+        stored = await _run_until_done(pipe, held, tmp_path)
         assert stored == {("v.count", T0 // 1000 * 1000): 3}
-    finally:
-        await thread.call(outbox.close)
-        thread.shutdown()
