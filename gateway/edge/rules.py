@@ -106,6 +106,20 @@ class _Rule:
         return self.when.uses_time or (self.clear is not None and self.clear.uses_time)
 
 
+def _alert(rule: _Rule, ts_ms: int, active: bool, message: str, value: float | None) -> Alert:
+    """The alert of one edge of ``rule``'s episode (one per alert action)."""
+    return Alert(
+        rule=rule.cfg.name,
+        device=rule.cfg.device,
+        ts_ms=ts_ms,
+        active=active,
+        severity=rule.severity,
+        message=message,
+        metric=rule.when.metrics[0] if rule.when.metrics else "",
+        value=value,
+    )
+
+
 def render_message(template: str, lookup: Callable[[str], Any]) -> str:
     """``str.format``-style template; field names may contain dots (``{anomaly.score:.2f}``)."""
     out: list[str] = []
@@ -185,7 +199,7 @@ class RuleStage(NoHolds):
         before = {r.cfg.name: r for r in old._rules}
         for rule in self._rules:
             prev = before.get(rule.cfg.name)
-            if prev is None or prev.cfg.model_dump() != rule.cfg.model_dump():
+            if prev is None or prev.cfg != rule.cfg:
                 continue
             rule.state, rule.since, rule.last_eval = prev.state, prev.since, prev.last_eval
             rule.last_write_ms = dict(prev.last_write_ms)
@@ -214,23 +228,10 @@ class RuleStage(NoHolds):
                 continue
             rule.state = RuleState.IDLE
             self.counters["retired"] += 1
-            cfg = rule.cfg
-            for action in cfg.actions:
-                if isinstance(action, WriteAction | LogAction):
-                    continue
-                alerts.append(
-                    Alert(
-                        rule=cfg.name,
-                        device=cfg.device,
-                        ts_ms=now_ms,
-                        active=False,
-                        severity=rule.severity,
-                        message=f"{cfg.name}: ended because a new configuration changed or "
-                        "removed the rule",
-                        metric=rule.when.metrics[0] if rule.when.metrics else "",
-                        value=None,
-                    )
-                )
+            message = (f"{rule.cfg.name}: ended because a new configuration changed or removed "
+                       "the rule")
+            alerts += [_alert(rule, now_ms, False, message, None) for action in rule.cfg.actions
+                       if not isinstance(action, WriteAction | LogAction)]
         return [], alerts, []
 
     # ------------------------------------------------------------------ stage protocol
@@ -398,16 +399,8 @@ class RuleStage(NoHolds):
                     )
             else:
                 alerts.append(
-                    Alert(
-                        rule=cfg.name,
-                        device=cfg.device,
-                        ts_ms=ctx.now,
-                        active=raised,
-                        severity=rule.severity,
-                        message=message,
-                        metric=primary,
-                        value=float(cast(float, value)) if is_number(value) else None,
-                    )
+                    _alert(rule, ctx.now, raised, message,
+                           float(cast(float, value)) if is_number(value) else None)
                 )
 
     def _message(self, rule: _Rule, ctx: _Context, raised: bool) -> str:

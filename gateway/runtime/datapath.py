@@ -117,9 +117,11 @@ class DataPath:
         self.outbox_thread.shutdown()
 
     def _build_stages(
-        self, reuse: Mapping[str, Stage] | None = None, previous: Sequence[Stage] = ()
+        self, reuse: Mapping[str, Stage] | None = None, previous: Sequence[Stage] = (),
+        configs: dict[str, str] | None = None,
     ) -> list[Stage]:
-        self._stage_configs = stage_configs(self.cfg)
+        """The stages for ``self.cfg``; ``configs``: its ``stage_configs`` when known."""
+        self._stage_configs = configs if configs is not None else stage_configs(self.cfg)
         return build_stages(self.cfg, submit_blocking=self._submit_blocking, reuse=reuse,
                             previous={st.name: st for st in previous})
 
@@ -136,7 +138,7 @@ class DataPath:
         after = stage_configs(self.cfg)
         keep = {st.name: st for st in self.pipeline.stages
                 if st.name in after and before.get(st.name) == after[st.name]}
-        stages = self._build_stages(reuse=keep, previous=self.pipeline.stages)
+        stages = self._build_stages(reuse=keep, previous=self.pipeline.stages, configs=after)
         flushed = self.pipeline.replace_stages(stages)
         return {"built": [st.name for st in stages if st.name not in keep], "flushed": flushed}
 

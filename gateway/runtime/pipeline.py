@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any, Protocol, TypeVar
 
-from edgegw.edge.stage import HoldKey, Stage, WriteRequest
+from edgegw.edge.stage import HoldKey, Stage, StageOutput, WriteRequest
 from edgegw.model import Alert, Lane, Quality, Sample, now_ms
 from edgegw.protocol.codec import CodecError, encode_batch
 from edgegw.protocol.envelope import HEADER_SIZE, TAG_SIZE
@@ -68,6 +68,12 @@ class OutboxLike(Protocol):
 
 class _AllDropped(CodecError):
     """Every reading of a batch was unstorable (dropped and counted): nothing to append."""
+
+
+def _fail(waiters: Sequence[asyncio.Future[int]], exc: BaseException) -> None:
+    for w in waiters:
+        if not w.done():
+            w.set_exception(exc)
 
 
 _VARLEN = frozenset((str, bytes))
@@ -304,9 +310,7 @@ class Batcher:
             seq, stored, dropped = await self._thread.call(self._encode_append, lane,
                                                            p.samples, p.alerts, p.blocks)
         except _AllDropped as exc:  # counted in bad_readings and logged once per series
-            for w in p.waiters:
-                if not w.done():
-                    w.set_exception(exc)
+            _fail(p.waiters, exc)
         except Exception as exc:
             self.seal_errors += 1
             if type(exc).__name__ == "OutboxFull":
@@ -322,9 +326,7 @@ class Batcher:
             else:
                 log.error("sealing a %s batch of %d items failed: %s", lane.name.lower(), len(p),
                           exc)
-            for w in p.waiters:
-                if not w.done():
-                    w.set_exception(exc)
+            _fail(p.waiters, exc)
         else:
             if self._refusing:
                 log.info("outbox accepts batches again (%d refused meanwhile)",
@@ -598,15 +600,12 @@ class Pipeline:
     def _stage_outputs(self, now: int, flush: bool) -> None:
         """One clock round: every stage's ``tick`` (or ``flush``) output, on through the rest."""
         for i, stage in enumerate(self.stages):
-            self._stage_output(i, stage, now, flush)
+            self._stage_output(i, stage, now, stage.flush if flush else stage.tick)
 
-    def _stage_output(self, i: int, stage: Stage, now: int, flush: bool,
-                      retire: bool = False) -> None:
+    def _stage_output(self, i: int, stage: Stage, now: int,
+                      fn: Callable[[int], StageOutput]) -> None:
+        """``fn`` (the stage's tick, flush or retire) and its output on through the rest."""
         rnd = _Round(False)
-        # retire: the stage is replaced (``replace_stages``); one that has more to say then
-        # than at a flush (the rules stage ends its episodes) has a ``retire`` of its own
-        fn = (getattr(stage, "retire", stage.flush) if retire
-              else stage.flush if flush else stage.tick)
         try:
             samples, alerts, writes = fn(now)
         except Exception:
@@ -631,14 +630,15 @@ class Pipeline:
         of the output). A kept stage keeps its state (open windows, learnt models, active
         episodes) and its holds' waiters. Returns the names of the stages flushed out."""
         new = list(stages)
-        kept = {id(s) for s in new}
+        index = {id(s): j for j, s in enumerate(new)}  # where each kept stage goes
         now = self._clock_ms()
         gone: list[str] = []
         for i, stage in enumerate(self.stages):
-            if id(stage) not in kept:
-                self._stage_output(i, stage, now, flush=True, retire=True)
+            if id(stage) not in index:
+                # a stage with more to say when replaced than at a flush (the rules stage ends
+                # its episodes) has a ``retire`` of its own
+                self._stage_output(i, stage, now, getattr(stage, "retire", stage.flush))
                 gone.append(stage.name)
-        index = {id(s): j for j, s in enumerate(new)}
         waiters, self._hold_waiters = self._hold_waiters, {}
         for (i, key), futs in waiters.items():
             j = index.get(id(self.stages[i]))

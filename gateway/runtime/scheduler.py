@@ -96,6 +96,9 @@ class _Slot:
     removed: bool = False  # taken off the bus (remote configuration); never polled again
 
     def record_lateness(self, value: float) -> None:
+        self.lateness_last = value
+        if value > self.lateness_max:
+            self.lateness_max = value
         self.lateness[self.lateness_n % LATENESS_WINDOW] = value
         self.lateness_n += 1
 
@@ -336,11 +339,7 @@ class BusScheduler:
             slot.breaker_skips += 1
             await self._report_skipped(slot)
         else:
-            slot.lateness_last = lateness
-            if lateness > slot.lateness_max:
-                slot.lateness_max = lateness
-            slot.lateness[slot.lateness_n % LATENESS_WINDOW] = lateness  # record_lateness
-            slot.lateness_n += 1
+            slot.record_lateness(lateness)
             self.in_flight = 1
             self._polling = slot.target.device_id
             try:
